@@ -1,0 +1,61 @@
+#pragma once
+// Status and Result: how every kvpool call reports an expected failure.
+//
+// A Status is a code plus a human message. Pick the code by what the caller
+// should do next (STYLE.md): kUnavailable means retry this call,
+// kResourceExhausted means the pool is full (evict or back off),
+// kFailedPrecondition means don't retry until some state changes.
+// Result<T> is tl::expected<T, Status>; it becomes std::expected with C++23.
+
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <tl/expected.hpp>
+
+namespace kvpool {
+
+enum class StatusCode {
+  kOk = 0,
+  kInvalidArgument,
+  kNotFound,
+  kAlreadyExists,
+  kFailedPrecondition,
+  kResourceExhausted,
+  kUnavailable,
+  kDeadlineExceeded,
+  kCancelled,
+  kDataLoss,  // bytes failed verification (checksum, torn block)
+  kUnimplemented,
+  kInternal,
+};
+
+// Stable lower-case name of a code ("unavailable"), for logs and --json.
+std::string_view code_name(StatusCode code);
+
+class [[nodiscard]] Status {
+ public:
+  Status() = default;  // ok
+  Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
+
+  static Status ok_status() { return Status(); }
+
+  bool ok() const { return code_ == StatusCode::kOk; }
+  StatusCode code() const { return code_; }
+  const std::string& message() const { return message_; }
+  // "unavailable: peer 127.0.0.1 closed the connection"
+  std::string to_string() const;
+
+ private:
+  StatusCode code_ = StatusCode::kOk;
+  std::string message_;
+};
+
+template <typename T>
+using Result = tl::expected<T, Status>;
+
+inline tl::unexpected<Status> make_error(StatusCode code, std::string message) {
+  return tl::unexpected<Status>(Status(code, std::move(message)));
+}
+
+}  // namespace kvpool

@@ -1,0 +1,51 @@
+#pragma once
+// Subprocess: a real process started by a test (an agent, a region owner),
+// with its stdout readable line by line, killed and reaped on destruction so
+// a failed test leaves nothing running.
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kvpool/status.h"
+#include "runtime/common/units.h"
+
+namespace kvpool::testing {
+
+class Subprocess {
+ public:
+  // Starts argv[0] (a path) with the environment plus `env` (overrides).
+  static Result<Subprocess> spawn(const std::vector<std::string>& argv,
+                                  const std::map<std::string, std::string>& env = {});
+  Subprocess(Subprocess&& other) noexcept;
+  Subprocess& operator=(Subprocess&& other) noexcept;
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+  ~Subprocess();  // SIGKILL and reap if still running
+
+  pid_t pid() const { return pid_; }
+  // The next line of the child's stdout, without the newline.
+  Result<std::string> read_line(Deadline deadline);
+  // Reads lines until one starts with `prefix`; returns the rest of it.
+  Result<std::string> wait_for_line(const std::string& prefix, Deadline deadline);
+  void kill(int signal);
+  // Exit status as from waitpid (use WIFEXITED etc.); kDeadlineExceeded if
+  // the child is still running at the deadline.
+  Result<int> wait(Deadline deadline);
+
+ private:
+  Subprocess(pid_t pid, int out_fd) : pid_(pid), out_fd_(out_fd) {}
+  pid_t pid_ = -1;
+  int out_fd_ = -1;
+  std::string buffer_;
+  bool reaped_ = false;
+};
+
+// Directory of the built binaries (KVPOOL_TEST_BIN_DIR, set by CTest), so a
+// test can start kvpool's programs.
+std::string bin_dir();
+
+}  // namespace kvpool::testing

@@ -1,0 +1,199 @@
+// Transport behaviour that needs no second process: the owner-read wire
+// format, region descriptors, argument checks and deadlines, with two
+// Transports in one process.
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cstring>
+#include <vector>
+
+#include "tests/common/pattern.h"
+#include "tests/common/test_util.h"
+#include "transport/internal.h"
+#include "transport/rendezvous.h"
+#include "transport/transport.h"
+
+using namespace kvpool;
+using namespace kvpool::transport;
+using kvpool::testing::scaled;
+
+static_assert(!std::is_copy_constructible_v<MemoryRegion>);
+static_assert(std::is_nothrow_move_constructible_v<MemoryRegion>);
+static_assert(!std::is_copy_constructible_v<RemoteRegion>);
+static_assert(!std::is_copy_constructible_v<Peer>);
+static_assert(!std::is_copy_constructible_v<Transport>);
+
+TEST_CASE("owner read requests round trip and malformed ones are refused", "[transport]") {
+  ReadRequest req;
+  req.id = 42;
+  req.reader_address = "reader-address";
+  req.reader_peer_errors = true;
+  req.rkey = std::string("\x01\x02\x03", 3);
+  req.ops = {{0x1000, 0x2000, 64}, {0x3000, 0x4000, 128}};
+  std::string wire = encode_read_request(req);
+  auto back = decode_read_request(wire.data(), wire.size());
+  REQUIRE(back);
+  CHECK(back->id == 42);
+  CHECK(back->rkey == req.rkey);
+  CHECK(back->reader_address == req.reader_address);
+  CHECK(back->reader_peer_errors);
+  REQUIRE(back->ops.size() == 2);
+  CHECK(back->ops[1].src == 0x3000);
+  CHECK(back->ops[1].length == 128);
+
+  SECTION("every truncation is refused") {
+    for (std::size_t n = 0; n < wire.size(); ++n) {
+      INFO("length " << n);
+      auto r = decode_read_request(wire.data(), n);
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code() == StatusCode::kInvalidArgument);
+    }
+  }
+  SECTION("a trailing byte is refused") {
+    std::string longer = wire + "x";
+    CHECK_FALSE(decode_read_request(longer.data(), longer.size()));
+  }
+  SECTION("a length field past the message is refused") {
+    std::string bad = wire;
+    bad[12] = '\xff';  // the reader address length
+    bad[13] = '\xff';
+    CHECK_FALSE(decode_read_request(bad.data(), bad.size()));
+  }
+  SECTION("a bad magic is refused") {
+    std::string bad = wire;
+    bad[0] ^= 1;
+    CHECK_FALSE(decode_read_request(bad.data(), bad.size()));
+  }
+}
+
+TEST_CASE("region info survives the rendezvous encoding and garbage does not decode", "[transport]") {
+  RegionInfo info{"addr\0ess", "rkey", 0x7f0000000000ull, 1ull << 30, "boot-id"};
+  auto back = decode_region_info(encode_region_info(info));
+  REQUIRE(back);
+  CHECK(back->worker_address == info.worker_address);
+  CHECK(back->packed_rkey == info.packed_rkey);
+  CHECK(back->base == info.base);
+  CHECK(back->length == info.length);
+  CHECK(back->host_id == info.host_id);
+  std::string wire = encode_region_info(info);
+  CHECK_FALSE(decode_region_info(wire.substr(0, wire.size() - 1)));
+  CHECK_FALSE(decode_region_info(wire + "z"));
+}
+
+TEST_CASE("a rendezvous channel carries messages and refuses oversized lengths", "[transport]") {
+  auto listener = Listener::listen("127.0.0.1", 0);
+  REQUIRE(listener);
+  REQUIRE(listener->port() != 0);
+  auto client = Channel::connect("127.0.0.1", listener->port(), Deadline::after(std::chrono::seconds(5)));
+  REQUIRE(client);
+  auto server = listener->accept(Deadline::after(std::chrono::seconds(5)));
+  REQUIRE(server);
+  REQUIRE(client->send("hello").ok());
+  auto got = server->receive(Deadline::after(std::chrono::seconds(5)));
+  REQUIRE(got);
+  CHECK(*got == "hello");
+  auto nothing = server->receive(Deadline::after(std::chrono::milliseconds(50)));
+  REQUIRE_FALSE(nothing);
+  CHECK(nothing.error().code() == StatusCode::kDeadlineExceeded);
+}
+
+namespace {
+// An owner and a client Transport in one process.
+struct Pair {
+  std::unique_ptr<Transport> owner;
+  std::unique_ptr<Transport> client;
+  MemoryRegion region;
+  std::unique_ptr<Peer> peer;
+  RemoteRegion remote;
+  ~Pair() {
+    remote = RemoteRegion();
+    peer.reset();
+    region = MemoryRegion();
+  }
+};
+
+std::unique_ptr<Pair> make_pair(const std::string& tls, ErrorMode mode, bool progress_thread,
+                                std::size_t bytes = 8 << 20) {
+  auto p = std::make_unique<Pair>();
+  auto owner = Transport::create({.tls = tls, .serve_owner_reads = true});
+  REQUIRE(owner);
+  p->owner = std::move(*owner);
+  auto client = Transport::create({.tls = tls});
+  REQUIRE(client);
+  p->client = std::move(*client);
+  auto region = p->owner->allocate(bytes);
+  REQUIRE(region);
+  p->region = std::move(*region);
+  p->owner->serve(p->region);
+  if (progress_thread) REQUIRE(p->owner->start_progress_thread(ProgressMode::kEvent).ok());
+  auto info = p->owner->describe(p->region);
+  REQUIRE(info);
+  auto peer = p->client->connect(info->worker_address, mode);
+  REQUIRE(peer);
+  p->peer = std::move(*peer);
+  auto remote = p->peer->import_region(*info);
+  REQUIRE(remote);
+  p->remote = std::move(*remote);
+  return p;
+}
+}  // namespace
+
+TEST_CASE("an allocated region is mapped into a same-host peer", "[transport]") {
+  auto p = make_pair("posix,self", ErrorMode::kNone, false);
+  CHECK(p->region.ucx_allocated());
+  auto mapped = p->remote.mapped();
+  REQUIRE(mapped);
+  kvpool::testing::fill_pattern(p->region.data(), 0, 4096, 5);
+  CHECK(kvpool::testing::pattern_mismatches(*mapped, 0, 4096, 5) == 0);
+}
+
+TEST_CASE("ops outside the remote region are refused before anything moves", "[transport]") {
+  auto p = make_pair("posix,self", ErrorMode::kNone, false);
+  std::vector<std::byte> buf(4096);
+  RmaOp past_end{buf.data(), p->remote.length() - 100, 4096};
+  auto st = p->peer->put(p->remote, std::span(&past_end, 1), Deadline::after(std::chrono::seconds(5)));
+  CHECK(st.code() == StatusCode::kInvalidArgument);
+  RmaOp wraps{buf.data(), ~0ull - 10, 4096};
+  CHECK(p->peer->get(p->remote, std::span(&wraps, 1), Deadline::after(std::chrono::seconds(5))).code() ==
+        StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("an owner refuses to read outside the regions it serves", "[transport]") {
+  auto p = make_pair("tcp", ErrorMode::kPeer, true);
+  auto info = p->owner->describe(p->region);
+  REQUIRE(info);
+  info->length *= 4;  // a lying descriptor: the client-side check passes
+  auto lying = p->peer->import_region(*info);
+  REQUIRE(lying);
+  std::vector<std::byte> buf(1 << 20);
+  auto local = p->client->register_memory(buf.data(), buf.size());
+  REQUIRE(local);
+  RmaOp outside{buf.data(), p->region.size() * 2, 1 << 20};
+  auto st = p->peer->read_by_owner(*lying, std::span(&outside, 1), *local,
+                                   Deadline::after(scaled(std::chrono::seconds(10))));
+  CHECK(st.code() == StatusCode::kInvalidArgument);
+  // The owner keeps serving valid reads.
+  kvpool::testing::fill_pattern(p->region.data(), 0, 1 << 20, 9);
+  RmaOp inside{buf.data(), 0, 1 << 20};
+  REQUIRE(p->peer->read_by_owner(p->remote, std::span(&inside, 1), *local,
+                                 Deadline::after(scaled(std::chrono::seconds(10))))
+              .ok());
+  CHECK(kvpool::testing::pattern_mismatches(buf.data(), 0, 1 << 20, 9) == 0);
+}
+
+TEST_CASE("a put over tcp to an owner that never progresses ends at its deadline", "[transport]") {
+  // No progress thread on the owner: TCP emulates RMA in software, so the
+  // put cannot complete, and the wait must end at the deadline, not hang.
+  auto p = make_pair("tcp", ErrorMode::kPeer, false);
+  std::vector<std::byte> buf(4 << 20, std::byte{3});
+  RmaOp op{buf.data(), 0, buf.size()};
+  auto t0 = Clock::now();
+  auto st = p->peer->put(p->remote, std::span(&op, 1), Deadline::after(std::chrono::milliseconds(300)));
+  auto took = Clock::now() - t0;
+  CHECK(st.code() == StatusCode::kDeadlineExceeded);
+  CHECK(took < scaled(std::chrono::seconds(2)));
+  // Once the owner progresses, the same peer works again.
+  REQUIRE(p->owner->start_progress_thread(ProgressMode::kEvent).ok());
+  CHECK(p->peer->put(p->remote, std::span(&op, 1), Deadline::after(scaled(std::chrono::seconds(10)))).ok());
+}

@@ -1,0 +1,215 @@
+// Two real processes: this test (the client) and transport_test_owner (the
+// region owner), over TCP and over shared memory, selected with UCX_TLS.
+
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "tests/common/pattern.h"
+#include "tests/common/subprocess.h"
+#include "tests/common/test_util.h"
+#include "transport/rendezvous.h"
+#include "transport/transport.h"
+
+using namespace kvpool;
+using namespace kvpool::transport;
+using kvpool::testing::scaled;
+using kvpool::testing::Subprocess;
+using Ms = std::chrono::milliseconds;
+
+namespace {
+
+constexpr std::uint64_t kOwnerSeed = 11;
+constexpr std::uint64_t kClientSeed = 22;
+constexpr std::uint64_t kMiB = 1 << 20;
+
+struct Setup {
+  std::string tls;       // what both sides use
+  ErrorMode mode;        // how the client watches the owner
+  std::string expected;  // the transport the RMA lanes must use
+};
+
+Setup tcp_setup() { return {"tcp", ErrorMode::kPeer, "tcp"}; }
+Setup shm_setup() { return {"posix,self", ErrorMode::kNone, "posix"}; }
+
+// A started owner process with the client side connected to it.
+struct Session {
+  Subprocess owner;
+  std::unique_ptr<Transport> transport;
+  Channel channel;
+  RegionInfo info;
+  std::unique_ptr<Peer> peer;
+  RemoteRegion remote;
+
+  ~Session() {
+    remote = RemoteRegion();
+    peer.reset();
+  }
+
+  std::size_t owner_check(std::uint64_t seed, std::uint64_t off, std::uint64_t len) {
+    REQUIRE(channel.send("check " + std::to_string(seed) + " " + std::to_string(off) + " " + std::to_string(len)).ok());
+    auto reply = channel.receive(Deadline::after(scaled(std::chrono::seconds(10))));
+    REQUIRE(reply);
+    REQUIRE(reply->rfind("OK ", 0) == 0);
+    return std::stoull(reply->substr(3));
+  }
+};
+
+std::unique_ptr<Session> start(const Setup& setup, std::uint64_t region_bytes) {
+  auto owner = Subprocess::spawn(
+      {kvpool::testing::bin_dir() + "/transport_test_owner", std::to_string(region_bytes), std::to_string(kOwnerSeed)},
+      {{"UCX_TLS", setup.tls}});
+  REQUIRE(owner);
+  auto port = owner->wait_for_line("PORT ", Deadline::after(scaled(std::chrono::seconds(30))));
+  REQUIRE(port);
+  auto t = Transport::create({.tls = setup.tls});
+  REQUIRE(t);
+  auto channel = Channel::connect("127.0.0.1", static_cast<std::uint16_t>(std::stoi(*port)),
+                                  Deadline::after(scaled(std::chrono::seconds(10))));
+  REQUIRE(channel);
+  auto blob = channel->receive(Deadline::after(scaled(std::chrono::seconds(10))));
+  REQUIRE(blob);
+  auto info = decode_region_info(*blob);
+  REQUIRE(info);
+  auto peer = (*t)->connect(info->worker_address, setup.mode);
+  REQUIRE(peer);
+  auto remote = (*peer)->import_region(*info);
+  REQUIRE(remote);
+  return std::unique_ptr<Session>(new Session{std::move(*owner), std::move(*t), std::move(*channel), *info,
+                                              std::move(*peer), std::move(*remote)});
+}
+
+void move_and_verify(const Setup& setup) {
+  constexpr std::uint64_t kRegion = 256 * kMiB;
+  constexpr std::size_t kBlocks = 48;
+  constexpr std::uint64_t kBlock = kMiB;
+  auto s = start(setup, kRegion);
+  INFO("UCX_TLS=" << setup.tls << " rma lanes over " << s->peer->rma_transports());
+  CHECK(s->peer->rma_transports().find(setup.expected) != std::string::npos);
+
+  std::vector<std::byte> buf(kBlocks * kBlock);
+  auto local = s->transport->register_memory(buf.data(), buf.size());
+  REQUIRE(local);
+  // Blocks spread over the whole region, not one hot buffer.
+  auto offset_of = [&](std::size_t i) { return (i * 5 % kBlocks) * (kRegion / kBlocks) / kBlock * kBlock; };
+  std::vector<RmaOp> ops;
+  for (std::size_t i = 0; i < kBlocks; ++i) ops.push_back({buf.data() + i * kBlock, offset_of(i), kBlock});
+  auto deadline = [] { return Deadline::after(scaled(std::chrono::seconds(20))); };
+
+  // get: the owner's own pattern arrives intact.
+  REQUIRE(s->peer->get(s->remote, ops, deadline(), {.local = &*local}).ok());
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    REQUIRE(kvpool::testing::pattern_mismatches(buf.data() + i * kBlock, offset_of(i), kBlock, kOwnerSeed) == 0);
+  }
+  // put: the client's pattern lands, as the owner sees it.
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    kvpool::testing::fill_pattern(buf.data() + i * kBlock, offset_of(i), kBlock, kClientSeed);
+  }
+  REQUIRE(s->peer->put(s->remote, ops, deadline(), {.local = &*local}).ok());
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    CHECK(s->owner_check(kClientSeed, offset_of(i), kBlock) == 0);
+  }
+  // read by owner: the owner puts the blocks back into our buffer.
+  std::memset(buf.data(), 0, buf.size());
+  REQUIRE(s->peer->read_by_owner(s->remote, ops, *local, deadline()).ok());
+  for (std::size_t i = 0; i < kBlocks; ++i) {
+    REQUIRE(kvpool::testing::pattern_mismatches(buf.data() + i * kBlock, offset_of(i), kBlock, kClientSeed) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("blocks move between two processes over tcp and both sides verify the bytes", "[transport][process]") {
+  move_and_verify(tcp_setup());
+}
+
+TEST_CASE("blocks move between two processes over posix shared memory and both sides verify the bytes",
+          "[transport][process]") {
+  move_and_verify(shm_setup());
+}
+
+TEST_CASE("killing the owner mid-batch fails the batch over tcp within the bound", "[transport][process][fault]") {
+  auto s = start(tcp_setup(), 512 * kMiB);
+  constexpr std::uint64_t kBlock = kMiB;
+  std::vector<std::byte> buf(16 * kBlock, std::byte{1});
+  std::vector<RmaOp> ops;
+  for (std::size_t i = 0; i < 16; ++i) ops.push_back({buf.data() + i * kBlock, i * 32 * kBlock, kBlock});
+
+  std::atomic<bool> killed{false};
+  std::atomic<std::int64_t> killed_at_ns{0};
+  std::thread killer([&] {
+    std::this_thread::sleep_for(Ms(300));
+    killed_at_ns = Clock::now().time_since_epoch().count();
+    s->owner.kill(SIGKILL);
+    killed = true;
+  });
+  Status last;
+  std::size_t batches = 0;
+  // Each batch's own deadline is long: the failure must come from UCX's
+  // peer failure detection, not from the deadline.
+  auto give_up = Deadline::after(scaled(std::chrono::seconds(30)));
+  while (!give_up.expired()) {
+    last = s->peer->put(s->remote, ops, Deadline::after(scaled(std::chrono::seconds(20))));
+    if (!last.ok()) break;
+    ++batches;
+  }
+  auto failed_at = Clock::now();
+  killer.join();
+  INFO("batches before the failure: " << batches << "; error: " << last.to_string());
+  REQUIRE(killed);
+  REQUIRE_FALSE(last.ok());
+  CHECK(last.code() == StatusCode::kUnavailable);
+  auto latency = failed_at - Clock::time_point(Clock::duration(killed_at_ns.load()));
+  CHECK(latency < scaled(std::chrono::seconds(2)));
+  // Later operations fail at once.
+  auto t0 = Clock::now();
+  CHECK(s->peer->put(s->remote, ops, Deadline::after(std::chrono::seconds(5))).code() == StatusCode::kUnavailable);
+  CHECK(Clock::now() - t0 < scaled(Ms(200)));
+}
+
+TEST_CASE("over shared memory a killed owner fails pending and later batches once marked dead",
+          "[transport][process][fault]") {
+  auto s = start(shm_setup(), 512 * kMiB);
+  constexpr std::uint64_t kBlock = kMiB;
+  std::vector<std::byte> buf(16 * kBlock, std::byte{1});
+  std::vector<RmaOp> ops;
+  for (std::size_t i = 0; i < 16; ++i) ops.push_back({buf.data() + i * kBlock, i * 32 * kBlock, kBlock});
+
+  std::atomic<bool> stop{false};
+  std::atomic<std::int64_t> marked_at_ns{0};
+  Status last;
+  std::size_t batches = 0;
+  std::thread writer([&] {
+    auto give_up = Deadline::after(scaled(std::chrono::seconds(30)));
+    while (!give_up.expired()) {
+      last = s->peer->put(s->remote, ops, Deadline::after(scaled(std::chrono::seconds(20))));
+      if (!last.ok()) break;
+      ++batches;
+    }
+    stop = true;
+  });
+  std::this_thread::sleep_for(Ms(300));
+  s->owner.kill(SIGKILL);
+  REQUIRE(s->owner.wait(Deadline::after(scaled(std::chrono::seconds(5)))));
+  // UCX cannot see this death over shared memory: puts into the dead
+  // owner's still-mapped segment complete. The control plane notices (here:
+  // waitpid) and says so.
+  std::this_thread::sleep_for(Ms(100));
+  CHECK_FALSE(stop.load());
+  marked_at_ns = Clock::now().time_since_epoch().count();
+  s->peer->mark_dead("owner process exited");
+  writer.join();
+  auto latency = Clock::now() - Clock::time_point(Clock::duration(marked_at_ns.load()));
+  INFO("batches: " << batches << "; error: " << last.to_string());
+  REQUIRE_FALSE(last.ok());
+  CHECK(last.code() == StatusCode::kUnavailable);
+  CHECK(latency < scaled(Ms(500)));
+  CHECK(s->peer->get(s->remote, ops, Deadline::after(std::chrono::seconds(5))).code() == StatusCode::kUnavailable);
+  CHECK(s->peer->health().code() == StatusCode::kUnavailable);
+}

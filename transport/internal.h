@@ -1,0 +1,100 @@
+#pragma once
+// Internal to transport/: state shared by Transport and Peer, and the owner
+// read wire format.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "transport/transport.h"
+#include "transport/ucx_util.h"
+
+namespace kvpool::transport {
+
+// Active message ids of the owner-read protocol.
+inline constexpr unsigned kAmReadRequest = 0x4b31;
+inline constexpr unsigned kAmReadReply = 0x4b32;
+inline constexpr std::uint32_t kReadRequestMagic = 0x524f564bu;  // "KVOR"
+// An owner-read request is small and sent eagerly; refuse anything bigger
+// rather than size an allocation by a peer's claim.
+inline constexpr std::size_t kMaxReadRequestBytes = 64 * 1024;
+inline constexpr std::size_t kMaxReadOps = 1024;
+
+// Wire format, little-endian:
+//   request: u32 magic, u64 request id, u32 reader address length, the
+//            reader's worker address, u32 flags (bit 0: the reader's endpoint
+//            has peer error handling), u32 rkey length, rkey bytes, u32 op count, count x (u64 source address in the owner,
+//            u64 destination address in the reader, u64 length)
+//   reply:   u64 request id, i32 ucs_status_t
+struct ReadOp {
+  std::uint64_t src = 0;
+  std::uint64_t dst = 0;
+  std::uint64_t length = 0;
+};
+struct ReadRequest {
+  std::uint64_t id = 0;
+  std::string reader_address;  // the owner connects back to put and reply
+  bool reader_peer_errors = false;  // the back endpoint must match the reader's mode
+  std::string rkey;
+  std::vector<ReadOp> ops;
+};
+std::string encode_read_request(const ReadRequest& req);
+// kInvalidArgument with the reason for a malformed request.
+Result<ReadRequest> decode_read_request(const void* data, std::size_t length);
+
+// A client's owner read waiting for its reply.
+struct PendingRead {
+  std::atomic<bool> done{false};
+  std::atomic<int> status{UCS_OK};
+};
+
+struct Transport::Impl {
+  // Teardown order (the destructor): stop the progress thread, destroy the
+  // worker, then ucp_cleanup. Peers and regions are gone by then (contract).
+  ucp_context_h context = nullptr;
+  ucp_worker_h worker = nullptr;
+  std::string address;
+  std::string host_id;
+  std::string tls;
+
+  // Owner side: the ranges owner reads may touch, and work queued by UCX
+  // callbacks to run outside ucp_worker_progress.
+  std::mutex served_mu;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> served;  // [begin, end), guarded by served_mu
+  std::mutex work_mu;
+  std::deque<std::function<void()>> work;  // guarded by work_mu
+  std::atomic<bool> has_work{false};
+
+  // Client side: owner reads waiting for replies, by request id.
+  std::mutex reads_mu;
+  std::unordered_map<std::uint64_t, std::shared_ptr<PendingRead>> reads;  // guarded by reads_mu
+  std::atomic<std::uint64_t> next_read_id{1};
+
+  std::thread progress_thread;
+  std::atomic<bool> stop_progress{false};
+
+  void post(std::function<void()> fn);
+  void run_work();
+  bool in_served_range(std::uint64_t addr, std::uint64_t length);
+  // Endpoints from the owner back to its readers, by reader worker address.
+  // UCX's reply endpoint of an active message cannot carry RMA (1.13
+  // asserts on a put over it), so the owner connects to the reader itself.
+  std::mutex readers_mu;
+  std::unordered_map<std::string, ucp_ep_h> readers;  // guarded by readers_mu
+  ucp_ep_h reader_endpoint(const std::string& address, bool peer_errors);
+  void drop_reader(ucp_ep_h ep);
+  void close_readers();
+
+  void handle_read_request(std::vector<std::byte> bytes);
+  void send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status);
+};
+
+}  // namespace kvpool::transport

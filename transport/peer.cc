@@ -1,0 +1,381 @@
+#include "transport/peer.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "runtime/common/logging.h"
+#include "transport/internal.h"
+
+namespace kvpool::transport {
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() {
+  static auto l = log::get("transport");
+  return l;
+}
+
+// A flush in flight: the waiter and UCX's callback each hold a reference, so
+// a waiter that gives up at its deadline leaves the callback safe memory.
+struct FlushWait {
+  std::atomic<int> refs{2};
+  std::atomic<bool> done{false};
+  std::atomic<int> status{UCS_OK};
+  void release() {
+    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+};
+
+void on_flush(void* request, ucs_status_t status, void* user_data) {
+  auto* w = static_cast<FlushWait*>(user_data);
+  w->status.store(status);
+  w->done.store(true, std::memory_order_release);
+  w->release();
+  ucp_request_free(request);
+}
+
+void on_send_done(void* request, ucs_status_t /*status*/, void* user_data) {
+  delete static_cast<std::string*>(user_data);
+  ucp_request_free(request);
+}
+
+// Which UCX transports carry an endpoint's RMA, from ucp_ep_print_info:
+//   lane[0]:  1:posix/memory.0 md[1] -> md[1]/posix/sysdev[255] am am_bw#0
+//   put[0]: 0..<short>..4294967296..<bcopy>..(inf)
+// "put[N]"/"get[N]" name the lanes RMA uses. With none (TCP in UCX 1.13),
+// RMA is emulated over the active-message lanes: "tcp (emulated)".
+std::string rma_transports_of(ucp_ep_h ep, std::string* full_text) {
+  char* buf = nullptr;
+  size_t len = 0;
+  FILE* f = open_memstream(&buf, &len);
+  if (f == nullptr) return "unknown";
+  ucp_ep_print_info(ep, f);
+  std::fclose(f);
+  std::string text(buf, len);
+  std::free(buf);
+  if (full_text != nullptr) *full_text = text;
+  std::map<int, std::string> lane_tl;
+  std::set<int> am_lanes, rma_lanes;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    int lane = -1;
+    if (auto p = line.find("lane["); p != std::string::npos) {
+      lane = std::atoi(line.c_str() + p + 5);
+      auto colon = line.find(':', line.find(']', p));
+      auto slash = line.find('/', colon);
+      if (colon == std::string::npos || slash == std::string::npos) continue;
+      auto start = line.find(':', colon + 1);  // "0:tcp/lo.0": skip the resource index
+      if (start == std::string::npos || start > slash) start = colon;
+      lane_tl[lane] = line.substr(start + 1, slash - start - 1);
+      if (line.find(" am") != std::string::npos) am_lanes.insert(lane);
+      continue;
+    }
+    for (const char* op : {"put[", "get["}) {
+      if (auto p = line.find(op); p != std::string::npos && line.find_first_not_of("# ") == p) {
+        rma_lanes.insert(std::atoi(line.c_str() + p + 4));
+      }
+    }
+  }
+  bool emulated = rma_lanes.empty();
+  std::set<std::string> tls;
+  for (int lane : emulated ? am_lanes : rma_lanes) {
+    if (auto it = lane_tl.find(lane); it != lane_tl.end()) tls.insert(it->second);
+  }
+  std::string out;
+  for (const auto& tl : tls) out += (out.empty() ? "" : ",") + tl;
+  if (out.empty()) return "none";
+  return emulated ? out + " (emulated)" : out;
+}
+
+}  // namespace
+
+struct Peer::State {
+  std::atomic<bool> dead{false};
+  mutable std::mutex mu;
+  Status failure;  // guarded by mu
+  void fail(Status s) {
+    std::lock_guard lock(mu);
+    if (!dead.load()) failure = std::move(s);
+    dead.store(true, std::memory_order_release);
+  }
+};
+
+namespace {
+void on_peer_error(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
+  auto* state = static_cast<Peer::State*>(arg);
+  logger()->warn("peer failed: {}", ucs_status_string(status));
+  state->fail(Status(StatusCode::kUnavailable, std::string("peer failed: ") + ucs_status_string(status)));
+}
+}  // namespace
+
+RemoteRegion::RemoteRegion(RemoteRegion&& other) noexcept
+    : rkey_(std::exchange(other.rkey_, nullptr)),
+      base_(std::exchange(other.base_, 0)),
+      length_(std::exchange(other.length_, 0)) {}
+
+RemoteRegion& RemoteRegion::operator=(RemoteRegion&& other) noexcept {
+  if (this != &other) {
+    if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
+    rkey_ = std::exchange(other.rkey_, nullptr);
+    base_ = std::exchange(other.base_, 0);
+    length_ = std::exchange(other.length_, 0);
+  }
+  return *this;
+}
+
+RemoteRegion::~RemoteRegion() {
+  if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
+}
+
+Result<std::byte*> RemoteRegion::mapped() const {
+  void* ptr = nullptr;
+  ucs_status_t st = ucp_rkey_ptr(rkey_, base_, &ptr);
+  if (st != UCS_OK) {
+    return make_error(StatusCode::kUnimplemented,
+                      std::string("region is not mapped into this process: ") + ucs_status_string(st));
+  }
+  return static_cast<std::byte*>(ptr);
+}
+
+Peer::Peer(Transport* owner, ErrorMode mode) : owner_(owner), mode_(mode), state_(std::make_shared<State>()) {}
+
+Result<std::unique_ptr<Peer>> Transport::connect(std::string_view worker_address, ErrorMode mode,
+                                                 std::string_view peer_host_id) {
+  if (worker_address.empty()) return make_error(StatusCode::kInvalidArgument, "connect: empty worker address");
+  if (mode == ErrorMode::kAuto) {
+    mode = (!peer_host_id.empty() && peer_host_id == impl_->host_id) ? ErrorMode::kNone : ErrorMode::kPeer;
+  }
+  std::unique_ptr<Peer> peer(new Peer(this, mode));
+  ucp_ep_params_t p{};
+  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  p.address = reinterpret_cast<const ucp_address_t*>(worker_address.data());
+  p.err_mode = mode == ErrorMode::kPeer ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+  if (mode == ErrorMode::kPeer) {
+    p.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    p.err_handler.cb = on_peer_error;
+    p.err_handler.arg = peer->state_.get();
+  }
+  ucs_status_t st = ucp_ep_create(impl_->worker, &p, &peer->ep_);
+  if (st != UCS_OK) {
+    std::string hint = mode == ErrorMode::kPeer ? " (peer failure detection needs a network transport; over "
+                                                  "shared memory alone connect with ErrorMode::kNone)"
+                                                : "";
+    return tl::unexpected(to_status(st, "connecting to a peer with UCX_TLS=" + impl_->tls + hint));
+  }
+  std::string info;
+  peer->rma_transports_ = rma_transports_of(peer->ep_, &info);
+  logger()->debug("endpoint up, error mode {}, RMA over {}\n{}", mode == ErrorMode::kPeer ? "peer" : "none",
+                  peer->rma_transports_, info);
+  return peer;
+}
+
+Peer::~Peer() {
+  if (ep_ == nullptr) return;
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  // Force only where UCX allows it (peer error mode); a flush close of a
+  // dead shared-memory peer completes locally.
+  p.flags = (mode_ == ErrorMode::kPeer && state_->dead.load()) ? UCP_EP_CLOSE_FLAG_FORCE : 0;
+  ucs_status_ptr_t req = ucp_ep_close_nbx(ep_, &p);
+  if (UCS_PTR_IS_PTR(req)) {
+    auto deadline = Deadline::after(std::chrono::seconds(1));
+    while (ucp_request_check_status(req) == UCS_INPROGRESS && !deadline.expired()) owner_->progress();
+    if (ucp_request_check_status(req) == UCS_INPROGRESS) {
+      logger()->warn("closing an endpoint took over 1 s; leaving it to the worker's teardown");
+    }
+    ucp_request_free(req);
+  }
+}
+
+Result<RemoteRegion> Peer::import_region(const RegionInfo& info) {
+  if (info.packed_rkey.empty() || info.length == 0) {
+    return make_error(StatusCode::kInvalidArgument, "import_region: empty rkey or region");
+  }
+  RemoteRegion r;
+  ucs_status_t st = ucp_ep_rkey_unpack(ep_, info.packed_rkey.data(), &r.rkey_);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "unpacking a peer's remote key"));
+  r.base_ = info.base;
+  r.length_ = info.length;
+  return r;
+}
+
+Status Peer::health() const {
+  if (!state_->dead.load(std::memory_order_acquire)) return Status();
+  std::lock_guard lock(state_->mu);
+  return state_->failure;
+}
+
+void Peer::mark_dead(std::string reason) {
+  logger()->info("peer marked dead: {}", reason);
+  state_->fail(Status(StatusCode::kUnavailable, "peer marked dead: " + reason));
+}
+
+Status Peer::fence() {
+  ucs_status_t st = ucp_worker_fence(owner_->impl_->worker);
+  return to_status(st, "fence");
+}
+
+Status Peer::flush(Deadline deadline, const char* what) {
+  auto* w = new FlushWait();
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.send = on_flush;
+  p.user_data = w;
+  ucs_status_ptr_t req = ucp_ep_flush_nbx(ep_, &p);
+  if (!UCS_PTR_IS_PTR(req)) {
+    w->release();  // the callback's reference: it will not run
+    w->release();
+    return to_status(UCS_PTR_STATUS(req), what);
+  }
+  Status result;
+  while (!w->done.load(std::memory_order_acquire)) {
+    if (state_->dead.load(std::memory_order_acquire)) {
+      result = health();
+      break;
+    }
+    if (deadline.expired()) {
+      result = Status(StatusCode::kDeadlineExceeded, std::string(what) + ": deadline passed before completion");
+      break;
+    }
+    owner_->progress();
+  }
+  if (result.ok()) result = to_status(static_cast<ucs_status_t>(w->status.load()), what);
+  w->release();
+  return result;
+}
+
+Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
+                 const BatchOptions& options) {
+  const char* what = is_put ? "batch put" : "batch get";
+  if (Status h = health(); !h.ok()) return h;
+  if (remote.rkey_ == nullptr) return Status(StatusCode::kInvalidArgument, std::string(what) + ": no remote region");
+  for (const RmaOp& op : ops) {
+    if (op.local == nullptr || op.length == 0 || op.remote_offset > remote.length_ ||
+        op.length > remote.length_ - op.remote_offset) {
+      return Status(StatusCode::kInvalidArgument, std::string(what) + ": op of " + std::to_string(op.length) +
+                                                      " bytes at offset " + std::to_string(op.remote_offset) +
+                                                      " does not fit the remote region of " +
+                                                      std::to_string(remote.length_) + " bytes");
+    }
+  }
+  ucp_request_param_t p{};
+  if (options.local != nullptr && options.local->valid()) {
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+    p.memh = options.local->handle();
+  }
+  const auto* lbegin = options.local != nullptr ? options.local->data() : nullptr;
+  const auto* lend = lbegin != nullptr ? lbegin + options.local->size() : nullptr;
+  for (const RmaOp& op : ops) {
+    ucp_request_param_t opp = p;
+    auto* lp = static_cast<std::byte*>(op.local);
+    if (lbegin != nullptr && (lp < lbegin || lp + op.length > lend)) opp.op_attr_mask = 0;
+    ucs_status_ptr_t req = is_put ? ucp_put_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
+                                                remote.rkey_, &opp)
+                                  : ucp_get_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
+                                                remote.rkey_, &opp);
+    if (UCS_PTR_IS_ERR(req)) {
+      // Earlier ops may be in flight: flush them before reporting.
+      (void)flush(deadline, what);
+      return to_status(UCS_PTR_STATUS(req), what);
+    }
+    // Released now, freed by UCX on completion; the flush below waits for it.
+    if (req != nullptr) ucp_request_free(req);
+  }
+  Status s = flush(deadline, what);
+  if (!s.ok() && state_->dead.load()) return health();
+  return s;
+}
+
+Status Peer::put(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
+                 const BatchOptions& options) {
+  return rma(true, remote, ops, deadline, options);
+}
+
+Status Peer::get(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
+                 const BatchOptions& options) {
+  return rma(false, remote, ops, deadline, options);
+}
+
+Status Peer::read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops, const MemoryRegion& local,
+                           Deadline deadline) {
+  if (Status h = health(); !h.ok()) return h;
+  if (ops.empty()) return Status();
+  if (ops.size() > kMaxReadOps) {
+    // Split: a request must stay a small eager message.
+    for (std::size_t i = 0; i < ops.size(); i += kMaxReadOps) {
+      Status s = read_by_owner(remote, ops.subspan(i, std::min(kMaxReadOps, ops.size() - i)), local, deadline);
+      if (!s.ok()) return s;
+    }
+    return Status();
+  }
+  auto rkey = local.pack_rkey();
+  if (!rkey) return rkey.error();
+  Transport::Impl& impl = *owner_->impl_;
+  ReadRequest req;
+  req.reader_address = impl.address;
+  req.reader_peer_errors = mode_ == ErrorMode::kPeer;
+  req.rkey = std::move(*rkey);
+  const auto* lbegin = local.data();
+  const auto* lend = lbegin + local.size();
+  for (const RmaOp& op : ops) {
+    auto* lp = static_cast<std::byte*>(op.local);
+    if (op.length == 0 || lp < lbegin || lp + op.length > lend || op.remote_offset > remote.length_ ||
+        op.length > remote.length_ - op.remote_offset) {
+      return Status(StatusCode::kInvalidArgument, "owner read: op of " + std::to_string(op.length) +
+                                                      " bytes falls outside the local or the remote region");
+    }
+    req.ops.push_back({remote.base_ + op.remote_offset, reinterpret_cast<std::uint64_t>(op.local), op.length});
+  }
+  req.id = impl.next_read_id.fetch_add(1);
+  auto pending = std::make_shared<PendingRead>();
+  {
+    std::lock_guard lock(impl.reads_mu);
+    impl.reads.emplace(req.id, pending);
+  }
+  auto* buf = new std::string(encode_read_request(req));
+  if (buf->size() > kMaxReadRequestBytes) {
+    delete buf;
+    std::lock_guard lock(impl.reads_mu);
+    impl.reads.erase(req.id);
+    return Status(StatusCode::kInvalidArgument, "owner read request too large");
+  }
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_AM_SEND_FLAG_EAGER;
+  p.cb.send = on_send_done;
+  p.user_data = buf;
+  ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
+  if (!UCS_PTR_IS_PTR(sreq)) {
+    delete buf;
+    if (UCS_PTR_IS_ERR(sreq)) {
+      std::lock_guard lock(impl.reads_mu);
+      impl.reads.erase(req.id);
+      return to_status(UCS_PTR_STATUS(sreq), "sending an owner read request");
+    }
+  }
+  Status result;
+  while (!pending->done.load(std::memory_order_acquire)) {
+    if (state_->dead.load(std::memory_order_acquire)) {
+      result = health();
+      break;
+    }
+    if (deadline.expired()) {
+      result = Status(StatusCode::kDeadlineExceeded, "owner read: no reply before the deadline");
+      break;
+    }
+    owner_->progress();
+  }
+  if (!result.ok()) {
+    std::lock_guard lock(impl.reads_mu);
+    impl.reads.erase(req.id);
+    return result;
+  }
+  return to_status(static_cast<ucs_status_t>(pending->status.load()), "owner read");
+}
+
+}  // namespace kvpool::transport

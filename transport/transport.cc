@@ -1,0 +1,552 @@
+#include "transport/transport.h"
+
+#include <poll.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+
+#include "runtime/common/logging.h"
+#include "transport/internal.h"
+
+namespace kvpool::transport {
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() {
+  static auto l = log::get("transport");
+  return l;
+}
+
+std::string read_host_id() {
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  if (f && std::getline(f, id) && !id.empty()) return id;
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return host;
+}
+
+void put_u32(std::string& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void put_u64(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+// Bounds-checked little-endian reader over an untrusted message.
+class Reader {
+ public:
+  Reader(const void* data, std::size_t length) : p_(static_cast<const unsigned char*>(data)), left_(length) {}
+  bool u32(std::uint32_t& v) {
+    if (left_ < 4) return false;
+    v = 0;
+    for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p_[i]) << (8 * i);
+    p_ += 4;
+    left_ -= 4;
+    return true;
+  }
+  bool u64(std::uint64_t& v) {
+    if (left_ < 8) return false;
+    v = 0;
+    for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p_[i]) << (8 * i);
+    p_ += 8;
+    left_ -= 8;
+    return true;
+  }
+  bool bytes(std::string& out, std::size_t n) {
+    if (left_ < n) return false;
+    out.assign(reinterpret_cast<const char*>(p_), n);
+    p_ += n;
+    left_ -= n;
+    return true;
+  }
+  std::size_t left() const { return left_; }
+
+ private:
+  const unsigned char* p_;
+  std::size_t left_;
+};
+
+ucs_status_t on_read_request(void* arg, const void* /*header*/, size_t /*header_length*/, void* data,
+                             size_t length, const ucp_am_recv_param_t* param) {
+  auto* impl = static_cast<Transport::Impl*>(arg);
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || length > kMaxReadRequestBytes) {
+    // Requests are sent eagerly and are small; a rendezvous one is not ours,
+    // and without decoding it there is no one to answer.
+    logger()->warn("owner read request of {} bytes dropped (limit {}, eager only)", length, kMaxReadRequestBytes);
+    return UCS_OK;
+  }
+  std::vector<std::byte> copy(length);
+  std::memcpy(copy.data(), data, length);
+  impl->post([impl, bytes = std::move(copy)]() mutable { impl->handle_read_request(std::move(bytes)); });
+  return UCS_OK;
+}
+
+void on_reader_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  auto* impl = static_cast<Transport::Impl*>(arg);
+  logger()->info("reader endpoint failed: {}", ucs_status_string(status));
+  impl->post([impl, ep] { impl->drop_reader(ep); });
+}
+
+ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_length*/, void* data,
+                           size_t length, const ucp_am_recv_param_t* /*param*/) {
+  auto* impl = static_cast<Transport::Impl*>(arg);
+  Reader r(data, length);
+  std::uint64_t id = 0;
+  std::uint32_t status = 0;
+  if (!r.u64(id) || !r.u32(status)) {
+    logger()->warn("malformed owner read reply of {} bytes dropped", length);
+    return UCS_OK;
+  }
+  std::shared_ptr<PendingRead> pending;
+  {
+    std::lock_guard lock(impl->reads_mu);
+    auto it = impl->reads.find(id);
+    if (it == impl->reads.end()) return UCS_OK;  // the reader gave up (deadline)
+    pending = std::move(it->second);
+    impl->reads.erase(it);
+  }
+  pending->status.store(static_cast<std::int32_t>(status));
+  pending->done.store(true, std::memory_order_release);
+  return UCS_OK;
+}
+
+// State of one owner read in flight on the owner: freed when its flush ends.
+struct OwnerReadJob {
+  Transport::Impl* impl;
+  ucp_ep_h ep;
+  ucp_rkey_h rkey;
+  std::uint64_t id;
+};
+
+void finish_owner_read(OwnerReadJob* job, ucs_status_t status) {
+  job->impl->post([job, status] {
+    ucp_rkey_destroy(job->rkey);
+    job->impl->send_read_reply(job->ep, job->id, status);
+    delete job;
+  });
+}
+
+void on_owner_read_flushed(void* request, ucs_status_t status, void* user_data) {
+  finish_owner_read(static_cast<OwnerReadJob*>(user_data), status);
+  ucp_request_free(request);
+}
+
+void on_reply_sent(void* request, ucs_status_t /*status*/, void* user_data) {
+  delete static_cast<std::string*>(user_data);
+  ucp_request_free(request);
+}
+
+}  // namespace
+
+std::string encode_read_request(const ReadRequest& req) {
+  std::string out;
+  out.reserve(24 + req.rkey.size() + 24 * req.ops.size());
+  put_u32(out, kReadRequestMagic);
+  put_u64(out, req.id);
+  put_u32(out, static_cast<std::uint32_t>(req.reader_address.size()));
+  out += req.reader_address;
+  put_u32(out, req.reader_peer_errors ? 1u : 0u);
+  put_u32(out, static_cast<std::uint32_t>(req.rkey.size()));
+  out += req.rkey;
+  put_u32(out, static_cast<std::uint32_t>(req.ops.size()));
+  for (const ReadOp& op : req.ops) {
+    put_u64(out, op.src);
+    put_u64(out, op.dst);
+    put_u64(out, op.length);
+  }
+  return out;
+}
+
+Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
+  Reader r(data, length);
+  std::uint32_t magic = 0, rkey_len = 0, count = 0;
+  ReadRequest req;
+  if (!r.u32(magic) || magic != kReadRequestMagic) {
+    return make_error(StatusCode::kInvalidArgument, "owner read request: bad magic");
+  }
+  std::uint32_t addr_len = 0, flags = 0;
+  if (!r.u64(req.id) || !r.u32(addr_len) || addr_len == 0 || !r.bytes(req.reader_address, addr_len) ||
+      !r.u32(flags) || !r.u32(rkey_len)) {
+    return make_error(StatusCode::kInvalidArgument, "owner read request: truncated header");
+  }
+  req.reader_peer_errors = (flags & 1u) != 0;
+  if (rkey_len > r.left() || !r.bytes(req.rkey, rkey_len)) {
+    return make_error(StatusCode::kInvalidArgument, "owner read request: rkey length overruns the message");
+  }
+  if (!r.u32(count)) return make_error(StatusCode::kInvalidArgument, "owner read request: truncated op count");
+  if (count > kMaxReadOps || static_cast<std::size_t>(count) * 24 != r.left()) {
+    return make_error(StatusCode::kInvalidArgument,
+                      "owner read request: op count " + std::to_string(count) + " does not match the message");
+  }
+  req.ops.resize(count);
+  for (ReadOp& op : req.ops) {
+    r.u64(op.src);
+    r.u64(op.dst);
+    r.u64(op.length);
+  }
+  return req;
+}
+
+void Transport::Impl::post(std::function<void()> fn) {
+  {
+    std::lock_guard lock(work_mu);
+    work.push_back(std::move(fn));
+  }
+  has_work.store(true, std::memory_order_release);
+  ucp_worker_signal(worker);
+}
+
+void Transport::Impl::run_work() {
+  if (!has_work.load(std::memory_order_acquire)) return;
+  std::deque<std::function<void()>> batch;
+  {
+    std::lock_guard lock(work_mu);
+    batch.swap(work);
+    has_work.store(false, std::memory_order_release);
+  }
+  for (auto& fn : batch) fn();
+}
+
+bool Transport::Impl::in_served_range(std::uint64_t addr, std::uint64_t length) {
+  std::lock_guard lock(served_mu);
+  for (auto [begin, end] : served) {
+    if (addr >= begin && addr <= end && length <= end - addr) return true;
+  }
+  return false;
+}
+
+ucp_ep_h Transport::Impl::reader_endpoint(const std::string& address, bool peer_errors) {
+  std::lock_guard lock(readers_mu);
+  auto it = readers.find(address);
+  if (it != readers.end()) return it->second;
+  ucp_ep_params_t p{};
+  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE;
+  p.address = reinterpret_cast<const ucp_address_t*>(address.data());
+  // UCX matches this endpoint with the reader's own endpoint to us and
+  // refuses (unsupported operation) when their error modes differ.
+  p.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+  if (peer_errors) {
+    p.field_mask |= UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    p.err_handler.cb = on_reader_error;
+    p.err_handler.arg = this;
+  }
+  ucp_ep_h ep = nullptr;
+  ucs_status_t st = ucp_ep_create(worker, &p, &ep);
+  if (st != UCS_OK) {
+    logger()->warn("connecting back to a reader: {}", ucs_status_string(st));
+    return nullptr;
+  }
+  readers.emplace(address, ep);
+  return ep;
+}
+
+void Transport::Impl::drop_reader(ucp_ep_h ep) {
+  {
+    std::lock_guard lock(readers_mu);
+    bool found = false;
+    for (auto it = readers.begin(); it != readers.end(); ++it) {
+      if (it->second == ep) {
+        readers.erase(it);
+        found = true;
+        break;
+      }
+    }
+    if (!found) return;
+  }
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &p);
+  if (UCS_PTR_IS_PTR(req)) ucp_request_free(req);
+}
+
+void Transport::Impl::close_readers() {
+  std::unordered_map<std::string, ucp_ep_h> all;
+  {
+    std::lock_guard lock(readers_mu);
+    all.swap(readers);
+  }
+  std::vector<ucs_status_ptr_t> pending;
+  for (auto& [addr, ep] : all) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = 0;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &p);
+    if (UCS_PTR_IS_PTR(req)) pending.push_back(req);
+  }
+  auto deadline = Deadline::after(std::chrono::seconds(1));
+  for (ucs_status_ptr_t req : pending) {
+    while (ucp_request_check_status(req) == UCS_INPROGRESS && !deadline.expired()) ucp_worker_progress(worker);
+    ucp_request_free(req);
+  }
+}
+
+void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
+  auto req = decode_read_request(bytes.data(), bytes.size());
+  if (!req) {
+    // Without a decoded reader address there is no one to answer.
+    logger()->warn("{}", req.error().message());
+    return;
+  }
+  ucp_ep_h ep = reader_endpoint(req->reader_address, req->reader_peer_errors);
+  if (ep == nullptr) return;
+  for (const ReadOp& op : req->ops) {
+    if (!in_served_range(op.src, op.length)) {
+      logger()->warn("owner read request {}: {} bytes at {:#x} outside every served region", req->id, op.length,
+                     op.src);
+      send_read_reply(ep, req->id, UCS_ERR_INVALID_ADDR);
+      return;
+    }
+  }
+  ucp_rkey_h rkey = nullptr;
+  ucs_status_t st = ucp_ep_rkey_unpack(ep, req->rkey.data(), &rkey);
+  if (st != UCS_OK) {
+    logger()->warn("owner read request {}: unpacking the reader's rkey: {}", req->id, ucs_status_string(st));
+    send_read_reply(ep, req->id, st);
+    return;
+  }
+  ucp_request_param_t param{};
+  for (const ReadOp& op : req->ops) {
+    ucs_status_ptr_t sp = ucp_put_nbx(ep, reinterpret_cast<void*>(op.src), op.length, op.dst, rkey, &param);
+    if (UCS_PTR_IS_ERR(sp)) {
+      st = UCS_PTR_STATUS(sp);
+      break;
+    }
+    if (sp != nullptr) ucp_request_free(sp);
+  }
+  auto* job = new OwnerReadJob{this, ep, rkey, req->id};
+  if (st != UCS_OK) {
+    finish_owner_read(job, st);
+    return;
+  }
+  ucp_request_param_t fparam{};
+  fparam.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  fparam.cb.send = on_owner_read_flushed;
+  fparam.user_data = job;
+  ucs_status_ptr_t fp = ucp_ep_flush_nbx(ep, &fparam);
+  if (fp == nullptr) {
+    finish_owner_read(job, UCS_OK);
+  } else if (UCS_PTR_IS_ERR(fp)) {
+    finish_owner_read(job, UCS_PTR_STATUS(fp));
+  }
+}
+
+void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status) {
+  auto* buf = new std::string();
+  put_u64(*buf, id);
+  put_u32(*buf, static_cast<std::uint32_t>(static_cast<std::int32_t>(status)));
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_AM_SEND_FLAG_EAGER;
+  param.cb.send = on_reply_sent;
+  param.user_data = buf;
+  ucs_status_ptr_t sp = ucp_am_send_nbx(ep, kAmReadReply, nullptr, 0, buf->data(), buf->size(), &param);
+  if (sp == nullptr) {
+    delete buf;
+  } else if (UCS_PTR_IS_ERR(sp)) {
+    logger()->warn("owner read reply {}: {}", id, ucs_status_string(UCS_PTR_STATUS(sp)));
+    delete buf;
+  }
+}
+
+Transport::Transport() : impl_(std::make_unique<Impl>()) {}
+
+Transport::~Transport() {
+  stop_progress_thread();
+  if (impl_->worker != nullptr) {
+    impl_->run_work();
+    impl_->close_readers();
+    ucp_worker_destroy(impl_->worker);
+  }
+  if (impl_->context != nullptr) ucp_cleanup(impl_->context);
+}
+
+Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& options) {
+  std::unique_ptr<Transport> t(new Transport());
+  Impl& impl = *t->impl_;
+
+  const char* env_tls = std::getenv("UCX_TLS");
+  impl.tls = !options.tls.empty() ? options.tls : (env_tls != nullptr ? env_tls : std::string(kDefaultTls));
+  // Our defaults apply only where the operator has not set UCX's variable.
+  // Set through the environment before ucp_config_read: UCX 1.13 reports
+  // transport-level keys given to ucp_config_modify as invalid.
+  static const std::pair<const char*, const char*> kDefaults[] = {
+      // posix first: only memory the posix md allocated is reachable one-sided
+      // by the posix transport (UCX's default allocates through sysv).
+      {"UCX_ALLOC_PRIO", "md:posix,md:sysv,huge,thp,md:*,mmap,heap"},
+      // Large TCP segments: 1 MiB puts go from ~0.8 to 3.3-4.3 GB/s (DESIGN.md).
+      {"UCX_TCP_TX_SEG_SIZE", "256k"},
+      {"UCX_TCP_RX_SEG_SIZE", "256k"},
+  };
+  // Only name TCP settings when TCP may be used: UCX warns about unused ones.
+  bool tcp_possible = impl.tls.find("tcp") != std::string::npos || impl.tls == "all" || impl.tls[0] == '^';
+  for (const auto& [name, value] : kDefaults) {
+    if (!tcp_possible && std::string_view(name).starts_with("UCX_TCP_")) continue;
+    ::setenv(name, value, /*overwrite=*/0);
+  }
+  ucp_config_t* config = nullptr;
+  ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "reading the UCX configuration"));
+  st = ucp_config_modify(config, "TLS", impl.tls.c_str());
+  if (st != UCS_OK) {
+    ucp_config_release(config);
+    return tl::unexpected(to_status(st, "setting UCX_TLS=" + impl.tls));
+  }
+
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+  params.mt_workers_shared = 1;
+  st = ucp_init(&params, config, &impl.context);
+  ucp_config_release(config);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "initializing UCX with UCX_TLS=" + impl.tls));
+
+  ucp_worker_params_t wparams{};
+  wparams.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wparams.thread_mode = UCS_THREAD_MODE_MULTI;
+  st = ucp_worker_create(impl.context, &wparams, &impl.worker);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "creating the UCX worker"));
+
+  ucp_address_t* addr = nullptr;
+  size_t addr_len = 0;
+  st = ucp_worker_get_address(impl.worker, &addr, &addr_len);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "getting the UCX worker address"));
+  impl.address.assign(reinterpret_cast<const char*>(addr), addr_len);
+  ucp_worker_release_address(impl.worker, addr);
+  impl.host_id = read_host_id();
+
+  ucp_am_handler_param_t am{};
+  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG |
+                  UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  am.arg = &impl;
+  am.flags = UCP_AM_FLAG_WHOLE_MSG;
+  am.id = kAmReadReply;
+  am.cb = on_read_reply;
+  st = ucp_worker_set_am_recv_handler(impl.worker, &am);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read reply handler"));
+  if (options.serve_owner_reads) {
+    am.id = kAmReadRequest;
+    am.cb = on_read_request;
+    st = ucp_worker_set_am_recv_handler(impl.worker, &am);
+    if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read handler"));
+  }
+  logger()->debug("UCX worker up, UCX_TLS={}, address {} bytes", impl.tls, impl.address.size());
+  return t;
+}
+
+const std::string& Transport::worker_address() const { return impl_->address; }
+const std::string& Transport::host_id() const { return impl_->host_id; }
+const std::string& Transport::tls() const { return impl_->tls; }
+
+Result<MemoryRegion> Transport::allocate(std::size_t bytes) {
+  if (bytes == 0) return make_error(StatusCode::kInvalidArgument, "allocating a region of 0 bytes");
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+  p.address = nullptr;
+  p.length = bytes;
+  p.flags = UCP_MEM_MAP_ALLOCATE;
+  ucp_mem_h memh = nullptr;
+  ucs_status_t st = ucp_mem_map(impl_->context, &p, &memh);
+  if (st != UCS_OK) {
+    return tl::unexpected(to_status(st, "allocating a region of " + std::to_string(bytes) + " bytes through UCX"));
+  }
+  ucp_mem_attr_t attr{};
+  attr.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS | UCP_MEM_ATTR_FIELD_LENGTH;
+  st = ucp_mem_query(memh, &attr);
+  if (st != UCS_OK) {
+    ucp_mem_unmap(impl_->context, memh);
+    return tl::unexpected(to_status(st, "querying an allocated region"));
+  }
+  return MemoryRegion(impl_->context, memh, static_cast<std::byte*>(attr.address), bytes, true);
+}
+
+Result<MemoryRegion> Transport::register_memory(void* address, std::size_t bytes) {
+  if (address == nullptr || bytes == 0) {
+    return make_error(StatusCode::kInvalidArgument, "registering an empty buffer");
+  }
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  p.address = address;
+  p.length = bytes;
+  ucp_mem_h memh = nullptr;
+  ucs_status_t st = ucp_mem_map(impl_->context, &p, &memh);
+  if (st != UCS_OK) {
+    return tl::unexpected(to_status(st, "registering " + std::to_string(bytes) + " bytes"));
+  }
+  return MemoryRegion(impl_->context, memh, static_cast<std::byte*>(address), bytes, false);
+}
+
+Result<RegionInfo> Transport::describe(const MemoryRegion& region) const {
+  auto rkey = region.pack_rkey();
+  if (!rkey) return tl::unexpected(rkey.error());
+  RegionInfo info;
+  info.worker_address = impl_->address;
+  info.packed_rkey = std::move(*rkey);
+  info.base = reinterpret_cast<std::uint64_t>(region.data());
+  info.length = region.size();
+  info.host_id = impl_->host_id;
+  return info;
+}
+
+void Transport::serve(const MemoryRegion& region) {
+  auto begin = reinterpret_cast<std::uint64_t>(region.data());
+  std::lock_guard lock(impl_->served_mu);
+  impl_->served.emplace_back(begin, begin + region.size());
+}
+
+void Transport::stop_serving(const MemoryRegion& region) {
+  auto begin = reinterpret_cast<std::uint64_t>(region.data());
+  std::lock_guard lock(impl_->served_mu);
+  std::erase_if(impl_->served, [&](const auto& r) { return r.first == begin; });
+}
+
+unsigned Transport::progress() {
+  unsigned n = ucp_worker_progress(impl_->worker);
+  if (impl_->has_work.load(std::memory_order_acquire)) {
+    impl_->run_work();
+    ++n;
+  }
+  return n;
+}
+
+Status Transport::start_progress_thread(ProgressMode mode) {
+  if (impl_->progress_thread.joinable()) {
+    return Status(StatusCode::kFailedPrecondition, "a progress thread already runs");
+  }
+  int efd = -1;
+  if (mode == ProgressMode::kEvent) {
+    ucs_status_t st = ucp_worker_get_efd(impl_->worker, &efd);
+    if (st != UCS_OK) return to_status(st, "getting the worker's event fd");
+  }
+  impl_->stop_progress.store(false);
+  impl_->progress_thread = std::thread([this, mode, efd] {
+    while (!impl_->stop_progress.load(std::memory_order_relaxed)) {
+      if (progress() != 0) continue;
+      if (mode == ProgressMode::kPoll) continue;
+      // Arm, then sleep until the worker has events (or 100 ms, so a stop
+      // request that raced with arming is seen).
+      ucs_status_t st = ucp_worker_arm(impl_->worker);
+      if (st == UCS_ERR_BUSY) continue;
+      if (st != UCS_OK) {
+        logger()->error("arming the worker for events: {}; progress thread falls back to polling",
+                        ucs_status_string(st));
+        while (!impl_->stop_progress.load(std::memory_order_relaxed)) progress();
+        return;
+      }
+      pollfd pfd{efd, POLLIN, 0};
+      ::poll(&pfd, 1, 100);
+    }
+  });
+  return Status();
+}
+
+void Transport::stop_progress_thread() {
+  if (!impl_->progress_thread.joinable()) return;
+  impl_->stop_progress.store(true);
+  ucp_worker_signal(impl_->worker);
+  impl_->progress_thread.join();
+}
+
+}  // namespace kvpool::transport

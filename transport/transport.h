@@ -1,0 +1,106 @@
+#pragma once
+// Transport: one UCX context and worker per process, the only door to UCX.
+//
+// A region owner (the agent) allocates its region here, publishes
+// RegionInfo, runs a progress thread (over TCP, RMA is emulated in software
+// and needs the target's worker to progress) and serves owner reads. A client
+// (a worker) connects a Peer per owner and moves bytes with batch put/get.
+//
+// Which UCX transports carry the bytes is UCX's choice within `tls`: shared
+// memory (posix) and TCP here, rc/dc/ud on RDMA NICs; the same code.
+//
+// Thread-safety: the worker runs in UCX's multi-thread mode, so every call
+// may come from any thread, concurrently with the progress thread.
+// Lifetime: destroy every Peer and MemoryRegion before their Transport.
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "kvpool/status.h"
+#include "transport/memory.h"
+#include "transport/peer.h"
+
+namespace kvpool::transport {
+
+// The UCX transports we ask for when neither the caller nor UCX_TLS says:
+// posix shared memory for same-host peers (DESIGN.md: UCX's default pick of
+// sysv reaches 4.3 GB/s, posix alone 12), cma for same-host access to
+// registered (not UCX-allocated) buffers, tcp, and the verbs transports
+// where a host has an RDMA NIC. Names a host lacks are ignored.
+inline constexpr std::string_view kDefaultTls = "posix,cma,tcp,rc,ud,dc,self";
+
+enum class ProgressMode {
+  kEvent,  // sleep on the worker's event fd; costs no CPU when idle
+  kPoll,   // spin on ucp_worker_progress; lowest latency, burns a core
+};
+
+struct TransportOptions {
+  // UCX_TLS syntax. Empty: the environment's UCX_TLS when set, else kDefaultTls.
+  std::string tls;
+  // Whether this process lends memory (agent) or only reaches it (worker):
+  // an owner registers the owner-read handler.
+  bool serve_owner_reads = false;
+};
+
+class Transport {
+ public:
+  // Creates the UCX context and worker. kFailedPrecondition when UCX finds no
+  // usable transport among `tls`.
+  static Result<std::unique_ptr<Transport>> create(const TransportOptions& options);
+  ~Transport();
+  Transport(const Transport&) = delete;
+  Transport& operator=(const Transport&) = delete;
+
+  // This worker's address as bytes, to publish through the control plane.
+  const std::string& worker_address() const;
+  // Identifies this host (kernel boot id): peers with equal ids share memory.
+  const std::string& host_id() const;
+  // The UCX_TLS value in force.
+  const std::string& tls() const;
+
+  // Allocates `bytes` through UCX as POSIX shared memory (page-aligned), so
+  // same-host peers map it one-sided. kResourceExhausted when the host cannot
+  // provide it.
+  Result<MemoryRegion> allocate(std::size_t bytes);
+  // Registers caller-owned memory for one-sided access; the caller keeps it
+  // alive and unchanged in place until the region is destroyed.
+  Result<MemoryRegion> register_memory(void* address, std::size_t bytes);
+
+  // What a peer needs to reach `region` (worker address, packed rkey, base).
+  Result<RegionInfo> describe(const MemoryRegion& region) const;
+
+  // Connects to the worker at `worker_address`. With kPeer, a dead peer fails
+  // pending and later operations (tcp, rc, dc, ud); UCX cannot detect it over
+  // shared memory, so same-host peers use kNone and the control plane calls
+  // Peer::mark_dead. kAuto picks kNone when `peer_host_id` equals ours.
+  Result<std::unique_ptr<Peer>> connect(std::string_view worker_address, ErrorMode mode,
+                                        std::string_view peer_host_id = {});
+
+  // Owner reads: a client may ask this process to put bytes of `region` into
+  // the client's registered buffer (faster than UCX get over TCP). Requests
+  // outside every served region are refused with an error reply. The region
+  // must outlive the Transport or be withdrawn with stop_serving().
+  void serve(const MemoryRegion& region);
+  void stop_serving(const MemoryRegion& region);
+
+  // Starts a thread that progresses the worker until stop_progress_thread()
+  // or destruction. kFailedPrecondition when one already runs.
+  Status start_progress_thread(ProgressMode mode);
+  void stop_progress_thread();
+
+  // Progresses the worker once from the calling thread (and runs queued
+  // owner-read work); returns how many events were processed.
+  unsigned progress();
+
+  struct Impl;  // opaque: shared with Peer and UCX callbacks
+
+ private:
+  Transport();
+  friend class Peer;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvpool::transport
