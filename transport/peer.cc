@@ -1,5 +1,9 @@
 #include "transport/peer.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -140,6 +144,21 @@ Result<std::byte*> RemoteRegion::mapped() const {
                       std::string("region is not mapped into this process: ") + ucs_status_string(st));
   }
   return static_cast<std::byte*>(ptr);
+}
+
+Status RemoteRegion::prefault() const {
+  auto ptr = mapped();
+  if (!ptr) return Status();
+  const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
+  auto begin = reinterpret_cast<std::uintptr_t>(*ptr) & ~(page - 1);
+  auto end = reinterpret_cast<std::uintptr_t>(*ptr) + length_;
+  if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0) return Status();
+  if (errno != EINVAL) {
+    return Status(StatusCode::kInternal, std::string("prefaulting a mapped region: ") + std::strerror(errno));
+  }
+  // Kernels before 5.14 lack MADV_POPULATE_WRITE: a read per page maps it.
+  for (auto p = begin; p < end; p += page) (void)*reinterpret_cast<volatile const char*>(p);
+  return Status();
 }
 
 Peer::Peer(Transport* owner, ErrorMode mode) : owner_(owner), mode_(mode), state_(std::make_shared<State>()) {}

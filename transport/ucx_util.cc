@@ -22,12 +22,12 @@ Status to_status(ucs_status_t status, std::string_view what) {
       code = StatusCode::kFailedPrecondition;
       break;
     case UCS_ERR_TIMED_OUT:
-    case UCS_ERR_ENDPOINT_TIMEOUT:
       code = StatusCode::kDeadlineExceeded;
       break;
     case UCS_ERR_CANCELED:
       code = StatusCode::kCancelled;
       break;
+    case UCS_ERR_ENDPOINT_TIMEOUT:  // the peer stopped answering: go elsewhere
     case UCS_ERR_CONNECTION_RESET:
     case UCS_ERR_NOT_CONNECTED:
     case UCS_ERR_REJECTED:

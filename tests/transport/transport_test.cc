@@ -8,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "tests/common/pattern.h"
+#include "runtime/common/pattern.h"
 #include "tests/common/test_util.h"
 #include "transport/internal.h"
 #include "transport/rendezvous.h"
@@ -23,6 +23,18 @@ static_assert(std::is_nothrow_move_constructible_v<MemoryRegion>);
 static_assert(!std::is_copy_constructible_v<RemoteRegion>);
 static_assert(!std::is_copy_constructible_v<Peer>);
 static_assert(!std::is_copy_constructible_v<Transport>);
+
+TEST_CASE("UCX errors map to the code that says what to do next, with UCX's message", "[transport]") {
+  Status dead = to_status(UCS_ERR_CONNECTION_RESET, "put to agent 3");
+  CHECK(dead.code() == StatusCode::kUnavailable);
+  CHECK(dead.message().find("put to agent 3") != std::string::npos);
+  CHECK(dead.message().find(ucs_status_string(UCS_ERR_CONNECTION_RESET)) != std::string::npos);
+  CHECK(to_status(UCS_ERR_ENDPOINT_TIMEOUT, "x").code() == StatusCode::kUnavailable);
+  CHECK(to_status(UCS_ERR_NO_MEMORY, "x").code() == StatusCode::kResourceExhausted);
+  CHECK(to_status(UCS_ERR_INVALID_PARAM, "x").code() == StatusCode::kInvalidArgument);
+  CHECK(to_status(UCS_ERR_UNSUPPORTED, "x").code() == StatusCode::kFailedPrecondition);
+  CHECK(to_status(UCS_OK, "x").ok());
+}
 
 TEST_CASE("owner read requests round trip and malformed ones are refused", "[transport]") {
   ReadRequest req;
@@ -144,8 +156,8 @@ TEST_CASE("an allocated region is mapped into a same-host peer", "[transport]") 
   CHECK(p->region.ucx_allocated());
   auto mapped = p->remote.mapped();
   REQUIRE(mapped);
-  kvpool::testing::fill_pattern(p->region.data(), 0, 4096, 5);
-  CHECK(kvpool::testing::pattern_mismatches(*mapped, 0, 4096, 5) == 0);
+  kvpool::fill_pattern(p->region.data(), 0, 4096, 5);
+  CHECK(kvpool::pattern_mismatches(*mapped, 0, 4096, 5) == 0);
 }
 
 TEST_CASE("ops outside the remote region are refused before anything moves", "[transport]") {
@@ -174,12 +186,12 @@ TEST_CASE("an owner refuses to read outside the regions it serves", "[transport]
                                    Deadline::after(scaled(std::chrono::seconds(10))));
   CHECK(st.code() == StatusCode::kInvalidArgument);
   // The owner keeps serving valid reads.
-  kvpool::testing::fill_pattern(p->region.data(), 0, 1 << 20, 9);
+  kvpool::fill_pattern(p->region.data(), 0, 1 << 20, 9);
   RmaOp inside{buf.data(), 0, 1 << 20};
   REQUIRE(p->peer->read_by_owner(p->remote, std::span(&inside, 1), *local,
                                  Deadline::after(scaled(std::chrono::seconds(10))))
               .ok());
-  CHECK(kvpool::testing::pattern_mismatches(buf.data(), 0, 1 << 20, 9) == 0);
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, 1 << 20, 9) == 0);
 }
 
 TEST_CASE("a put over tcp to an owner that never progresses ends at its deadline", "[transport]") {

@@ -1,5 +1,6 @@
-// Two real processes: this test (the client) and transport_test_owner (the
-// region owner), over TCP and over shared memory, selected with UCX_TLS.
+// Two real processes: this test (the client) and `kvbench serve` (the region
+// owner, which answers "check" requests over the rendezvous channel), over
+// TCP and over shared memory, selected with UCX_TLS.
 
 #include <catch2/catch.hpp>
 
@@ -11,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "tests/common/pattern.h"
+#include "runtime/common/pattern.h"
 #include "tests/common/subprocess.h"
 #include "tests/common/test_util.h"
 #include "transport/rendezvous.h"
@@ -61,10 +62,11 @@ struct Session {
   }
 };
 
-std::unique_ptr<Session> start(const Setup& setup, std::uint64_t region_bytes) {
-  auto owner = Subprocess::spawn(
-      {kvpool::testing::bin_dir() + "/transport_test_owner", std::to_string(region_bytes), std::to_string(kOwnerSeed)},
-      {{"UCX_TLS", setup.tls}});
+std::unique_ptr<Session> start(const Setup& setup, std::uint64_t region_bytes, bool owner_polls = false) {
+  std::vector<std::string> argv = {kvpool::testing::bin_dir() + "/kvbench", "serve", "--region",
+                                   std::to_string(region_bytes), "--seed", std::to_string(kOwnerSeed)};
+  if (owner_polls) argv.push_back("--poll");
+  auto owner = Subprocess::spawn(argv, {{"UCX_TLS", setup.tls}});
   REQUIRE(owner);
   auto port = owner->wait_for_line("PORT ", Deadline::after(scaled(std::chrono::seconds(30))));
   REQUIRE(port);
@@ -85,11 +87,11 @@ std::unique_ptr<Session> start(const Setup& setup, std::uint64_t region_bytes) {
                                               std::move(*peer), std::move(*remote)});
 }
 
-void move_and_verify(const Setup& setup) {
+void move_and_verify(const Setup& setup, bool owner_polls = false) {
   constexpr std::uint64_t kRegion = 256 * kMiB;
   constexpr std::size_t kBlocks = 48;
   constexpr std::uint64_t kBlock = kMiB;
-  auto s = start(setup, kRegion);
+  auto s = start(setup, kRegion, owner_polls);
   INFO("UCX_TLS=" << setup.tls << " rma lanes over " << s->peer->rma_transports());
   CHECK(s->peer->rma_transports().find(setup.expected) != std::string::npos);
 
@@ -105,11 +107,11 @@ void move_and_verify(const Setup& setup) {
   // get: the owner's own pattern arrives intact.
   REQUIRE(s->peer->get(s->remote, ops, deadline(), {.local = &*local}).ok());
   for (std::size_t i = 0; i < kBlocks; ++i) {
-    REQUIRE(kvpool::testing::pattern_mismatches(buf.data() + i * kBlock, offset_of(i), kBlock, kOwnerSeed) == 0);
+    REQUIRE(kvpool::pattern_mismatches(buf.data() + i * kBlock, offset_of(i), kBlock, kOwnerSeed) == 0);
   }
   // put: the client's pattern lands, as the owner sees it.
   for (std::size_t i = 0; i < kBlocks; ++i) {
-    kvpool::testing::fill_pattern(buf.data() + i * kBlock, offset_of(i), kBlock, kClientSeed);
+    kvpool::fill_pattern(buf.data() + i * kBlock, offset_of(i), kBlock, kClientSeed);
   }
   REQUIRE(s->peer->put(s->remote, ops, deadline(), {.local = &*local}).ok());
   for (std::size_t i = 0; i < kBlocks; ++i) {
@@ -119,7 +121,7 @@ void move_and_verify(const Setup& setup) {
   std::memset(buf.data(), 0, buf.size());
   REQUIRE(s->peer->read_by_owner(s->remote, ops, *local, deadline()).ok());
   for (std::size_t i = 0; i < kBlocks; ++i) {
-    REQUIRE(kvpool::testing::pattern_mismatches(buf.data() + i * kBlock, offset_of(i), kBlock, kClientSeed) == 0);
+    REQUIRE(kvpool::pattern_mismatches(buf.data() + i * kBlock, offset_of(i), kBlock, kClientSeed) == 0);
   }
 }
 
@@ -127,6 +129,10 @@ void move_and_verify(const Setup& setup) {
 
 TEST_CASE("blocks move between two processes over tcp and both sides verify the bytes", "[transport][process]") {
   move_and_verify(tcp_setup());
+}
+
+TEST_CASE("an owner whose progress thread polls instead of sleeping serves tcp transfers", "[transport][process]") {
+  move_and_verify(tcp_setup(), /*owner_polls=*/true);
 }
 
 TEST_CASE("blocks move between two processes over posix shared memory and both sides verify the bytes",

@@ -1,5 +1,5 @@
 #pragma once
-// Deterministic byte patterns for verifying transfers: the bytes at region
+// Deterministic byte patterns for verifying transfers (tests, kvbench, demos): the bytes at region
 // offset o under seed s are the same in every process, so one side writes
 // and the other checks without shipping the data.
 
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-namespace kvpool::testing {
+namespace kvpool {
 
 inline std::uint64_t pattern_word(std::uint64_t seed, std::uint64_t word_index) {
   std::uint64_t z = seed * 0x9e3779b97f4a7c15ull + word_index + 1;  // splitmix64
@@ -36,4 +36,4 @@ inline std::size_t pattern_mismatches(const void* src, std::uint64_t offset, std
   return bad;
 }
 
-}  // namespace kvpool::testing
+}  // namespace kvpool

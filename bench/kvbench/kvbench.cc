@@ -1,0 +1,402 @@
+// kvbench: measures kvpool's data path between two processes on one host.
+//
+// kvbench starts a region owner (itself, as `kvbench serve`) with the UCX
+// transports of each --transports entry, connects to it, and moves --total
+// bytes per operation in blocks of --block, --batch blocks per batch, spread
+// over the whole region. Operations: put, get, owner-read (the owner puts
+// into our registered buffer: over TCP, UCX get is 5-60x slower than put).
+// With --verify every byte is checked (get and owner-read against what the
+// owner or we wrote; put by the owner itself), outside the timed sections.
+// --memcpy adds the single-threaded memcpy baseline over a region of the same
+// size: the memory-bandwidth limit for shared memory.
+
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "bench/kvbench/owner.h"
+#include "runtime/common/pattern.h"
+#include "runtime/common/units.h"
+#include "transport/rendezvous.h"
+#include "transport/transport.h"
+
+using namespace kvpool;
+using namespace kvpool::transport;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr std::uint64_t kOwnerSeed = 1001;
+constexpr std::uint64_t kClientSeed = 2002;
+
+struct Options {
+  std::uint64_t region = 2ull << 30;
+  std::uint64_t block = 1ull << 20;
+  std::uint64_t batch = 16;
+  std::uint64_t total = 2ull << 30;
+  std::vector<std::string> transports = {"shm", "tcp"};
+  std::vector<std::string> ops = {"put", "get", "owner-read"};
+  bool verify = false;
+  bool memcpy_baseline = false;
+  bool json = false;
+  bool owner_poll = false;
+};
+
+struct Row {
+  std::string transport;
+  std::string lanes;
+  std::string op;
+  std::uint64_t block = 0;
+  std::uint64_t batch = 0;
+  std::uint64_t blocks = 0;
+  double seconds = 0;
+  double p50_us = 0;
+  double p99_us = 0;
+  std::uint64_t verified = 0;
+  std::uint64_t wrong = 0;
+  bool ok = true;
+  std::string error;
+  double gbps() const { return seconds > 0 ? static_cast<double>(blocks * block) / seconds / 1e9 : 0; }
+};
+
+std::string tls_for(const std::string& transport) {
+  if (transport == "shm") return "posix,self";
+  if (transport == "tcp") return "tcp";
+  return transport;  // a raw UCX_TLS value
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  auto idx = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(idx, v.size() - 1)];
+}
+
+// Remote slot of the i-th block: a stride coprime with the slot count walks
+// the whole region, so no block is cache-hot on the owner side.
+std::uint64_t slot_of(std::uint64_t i, std::uint64_t slots) {
+  std::uint64_t stride = slots / 2 + 1;
+  while (std::gcd(stride, slots) != 1) ++stride;
+  return (i * stride) % slots;
+}
+
+// One owner process reached over one UCX transport selection.
+class Session {
+ public:
+  static Result<std::unique_ptr<Session>> start(const std::string& self, const Options& o, const std::string& tls);
+  ~Session();
+  Row run(const std::string& op, const Options& o);
+
+ private:
+  Status check_on_owner(std::uint64_t seed, std::uint64_t off, std::uint64_t len, std::uint64_t& wrong);
+
+  pid_t owner_pid_ = -1;
+  int owner_out_ = -1;
+  std::string tls_;
+  std::unique_ptr<Transport> transport_;
+  std::unique_ptr<Channel> channel_;
+  std::unique_ptr<Peer> peer_;
+  RemoteRegion remote_;
+  std::vector<std::byte> buffer_;
+  MemoryRegion local_;
+  std::vector<std::uint64_t> slot_seed_;  // which pattern each remote slot holds now
+};
+
+Result<std::unique_ptr<Session>> Session::start(const std::string& self, const Options& o, const std::string& tls) {
+  auto s = std::make_unique<Session>();
+  s->tls_ = tls;
+  int pipefd[2];
+  if (pipe(pipefd) != 0) return make_error(StatusCode::kInternal, "pipe failed");
+  std::string region = std::to_string(o.region);
+  std::string seed = std::to_string(kOwnerSeed);
+  pid_t pid = fork();
+  if (pid < 0) return make_error(StatusCode::kInternal, "fork failed");
+  if (pid == 0) {
+    dup2(pipefd[1], STDOUT_FILENO);
+    close(pipefd[0]);
+    setenv("UCX_TLS", tls.c_str(), 1);
+    std::vector<const char*> argv = {self.c_str(), "serve", "--region", region.c_str(), "--seed", seed.c_str()};
+    if (o.owner_poll) argv.push_back("--poll");
+    argv.push_back(nullptr);
+    execv(self.c_str(), const_cast<char* const*>(argv.data()));
+    _exit(127);
+  }
+  close(pipefd[1]);
+  s->owner_pid_ = pid;
+  s->owner_out_ = pipefd[0];
+  std::string line;
+  char c;
+  while (read(s->owner_out_, &c, 1) == 1 && c != '\n') line += c;
+  if (line.rfind("PORT ", 0) != 0) return make_error(StatusCode::kUnavailable, "owner did not start: '" + line + "'");
+  auto port = static_cast<std::uint16_t>(std::stoi(line.substr(5)));
+
+  auto t = Transport::create({.tls = tls});
+  if (!t) return tl::unexpected(t.error());
+  s->transport_ = std::move(*t);
+  auto ch = Channel::connect("127.0.0.1", port, Deadline::after(std::chrono::seconds(30)));
+  if (!ch) return tl::unexpected(ch.error());
+  s->channel_ = std::make_unique<Channel>(std::move(*ch));
+  auto blob = s->channel_->receive(Deadline::after(std::chrono::seconds(60)));
+  if (!blob) return tl::unexpected(blob.error());
+  auto info = decode_region_info(*blob);
+  if (!info) return tl::unexpected(info.error());
+  auto peer = s->transport_->connect(info->worker_address, ErrorMode::kAuto, info->host_id);
+  if (!peer) return tl::unexpected(peer.error());
+  s->peer_ = std::move(*peer);
+  auto remote = s->peer_->import_region(*info);
+  if (!remote) return tl::unexpected(remote.error());
+  s->remote_ = std::move(*remote);
+  if (Status pf = s->remote_.prefault(); !pf.ok()) return tl::unexpected(pf);
+  s->buffer_.resize(o.batch * o.block);
+  std::memset(s->buffer_.data(), 0, s->buffer_.size());  // fault in before timing
+  auto local = s->transport_->register_memory(s->buffer_.data(), s->buffer_.size());
+  if (!local) return tl::unexpected(local.error());
+  s->local_ = std::move(*local);
+  s->slot_seed_.assign(o.region / o.block, kOwnerSeed);
+  return s;
+}
+
+Session::~Session() {
+  remote_ = RemoteRegion();
+  peer_.reset();
+  local_ = MemoryRegion();
+  transport_.reset();
+  channel_.reset();  // the owner exits when the channel closes
+  if (owner_pid_ > 0) {
+    int status = 0;
+    for (int i = 0; i < 500 && waitpid(owner_pid_, &status, WNOHANG) == 0; ++i) usleep(10000);
+    if (waitpid(owner_pid_, &status, WNOHANG) == 0) {
+      kill(owner_pid_, SIGKILL);
+      waitpid(owner_pid_, &status, 0);
+    }
+  }
+  if (owner_out_ >= 0) close(owner_out_);
+}
+
+Status Session::check_on_owner(std::uint64_t seed, std::uint64_t off, std::uint64_t len, std::uint64_t& wrong) {
+  Status s = channel_->send("check " + std::to_string(seed) + " " + std::to_string(off) + " " + std::to_string(len));
+  if (!s.ok()) return s;
+  auto reply = channel_->receive(Deadline::after(std::chrono::seconds(30)));
+  if (!reply) return reply.error();
+  if (reply->rfind("OK ", 0) != 0) return Status(StatusCode::kInternal, "owner check: " + *reply);
+  wrong += std::stoull(reply->substr(3));
+  return Status();
+}
+
+Row Session::run(const std::string& op, const Options& o) {
+  Row row;
+  row.transport = tls_;
+  row.lanes = peer_->rma_transports();
+  row.op = op;
+  row.block = o.block;
+  row.batch = o.batch;
+  const std::uint64_t slots = o.region / o.block;
+  const std::uint64_t nblocks = std::max<std::uint64_t>(o.batch, o.total / o.block / o.batch * o.batch);
+  std::vector<double> lat_us;
+  std::vector<RmaOp> ops(o.batch);
+  double busy = 0;
+  for (std::uint64_t first = 0; first < nblocks; first += o.batch) {
+    for (std::uint64_t j = 0; j < o.batch; ++j) {
+      std::uint64_t slot = slot_of(first + j, slots);
+      ops[j] = {buffer_.data() + j * o.block, slot * o.block, o.block};
+      if (o.verify && op == "put") fill_pattern(ops[j].local, ops[j].remote_offset, o.block, kClientSeed);
+      // Poison what a read must overwrite, so stale buffer contents never pass.
+      if (o.verify && op != "put") std::memset(ops[j].local, 0xa5, o.block);
+    }
+    auto t0 = Clock::now();
+    auto deadline = Deadline::after(std::chrono::seconds(60));
+    Status s = op == "put"   ? peer_->put(remote_, ops, deadline, {.local = &local_})
+               : op == "get" ? peer_->get(remote_, ops, deadline, {.local = &local_})
+                             : peer_->read_by_owner(remote_, ops, local_, deadline);
+    double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    if (!s.ok()) {
+      row.ok = false;
+      row.error = s.to_string();
+      break;
+    }
+    busy += us / 1e6;
+    lat_us.push_back(us);
+    row.blocks += o.batch;
+    if (!o.verify) continue;
+    for (const RmaOp& r : ops) {
+      std::uint64_t slot = r.remote_offset / o.block;
+      if (op == "put") {
+        slot_seed_[slot] = kClientSeed;
+        std::uint64_t wrong = 0;
+        if (Status c = check_on_owner(kClientSeed, r.remote_offset, o.block, wrong); !c.ok()) {
+          row.ok = false;
+          row.error = c.to_string();
+        }
+        row.wrong += wrong;
+      } else {
+        row.wrong += pattern_mismatches(r.local, r.remote_offset, o.block, slot_seed_[slot]);
+      }
+      row.verified += o.block;
+    }
+  }
+  row.seconds = busy;
+  row.p50_us = percentile(lat_us, 0.50);
+  row.p99_us = percentile(lat_us, 0.99);
+  return row;
+}
+
+Row memcpy_row(const Options& o) {
+  Row row;
+  row.transport = "memcpy";
+  row.lanes = "local";
+  row.op = "memcpy";
+  row.block = o.block;
+  row.batch = o.batch;
+  void* mem = mmap(nullptr, o.region, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (mem == MAP_FAILED) {
+    row.ok = false;
+    row.error = "mmap failed";
+    return row;
+  }
+  auto* region = static_cast<std::byte*>(mem);
+  std::vector<std::byte> src(o.batch * o.block, std::byte{7});
+  const std::uint64_t slots = o.region / o.block;
+  const std::uint64_t nblocks = std::max<std::uint64_t>(o.batch, o.total / o.block / o.batch * o.batch);
+  std::vector<double> lat_us;
+  double busy = 0;
+  for (std::uint64_t first = 0; first < nblocks; first += o.batch) {
+    auto t0 = Clock::now();
+    for (std::uint64_t j = 0; j < o.batch; ++j) {
+      std::memcpy(region + slot_of(first + j, slots) * o.block, src.data() + j * o.block, o.block);
+    }
+    double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    busy += us / 1e6;
+    lat_us.push_back(us);
+    row.blocks += o.batch;
+  }
+  munmap(mem, o.region);
+  row.seconds = busy;
+  row.p50_us = percentile(lat_us, 0.50);
+  row.p99_us = percentile(lat_us, 0.99);
+  return row;
+}
+
+void print_table(const std::vector<Row>& rows, bool verify) {
+  std::printf("%-10s %-18s %-10s %9s %6s %8s %9s %10s %10s", "transport", "ucx lanes", "op", "block", "batch",
+              "blocks", "GB/s", "p50 us", "p99 us");
+  if (verify) std::printf(" %14s %11s", "verified", "wrong bytes");
+  std::printf("\n");
+  for (const Row& r : rows) {
+    std::printf("%-10s %-18s %-10s %9s %6llu %8llu %9.2f %10.1f %10.1f", r.transport.c_str(), r.lanes.c_str(),
+                r.op.c_str(), format_size(r.block).c_str(), static_cast<unsigned long long>(r.batch),
+                static_cast<unsigned long long>(r.blocks), r.gbps(), r.p50_us, r.p99_us);
+    if (verify) {
+      std::printf(" %14s %11llu", format_size(r.verified).c_str(), static_cast<unsigned long long>(r.wrong));
+    }
+    if (!r.ok) std::printf("  FAILED: %s", r.error.c_str());
+    std::printf("\n");
+  }
+}
+
+json to_json(const Row& r) {
+  return json{{"transport", r.transport}, {"lanes", r.lanes},       {"op", r.op},
+              {"block_bytes", r.block},   {"batch", r.batch},       {"blocks", r.blocks},
+              {"bytes", r.blocks * r.block}, {"seconds", r.seconds}, {"gbps", r.gbps()},
+              {"p50_us", r.p50_us},       {"p99_us", r.p99_us},     {"verified_bytes", r.verified},
+              {"wrong_bytes", r.wrong},   {"ok", r.ok},             {"error", r.error}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvbench: kvpool data-path benchmark between two processes on this host"};
+  Options o;
+  std::string region = "2GiB", block = "1MiB", total = "2GiB";
+  app.add_option("--region", region, "Size of the owner's region (blocks are spread over all of it)")
+      ->capture_default_str();
+  app.add_option("--block", block, "Block size, e.g. 64KiB, 1MiB, 2MiB")->capture_default_str();
+  app.add_option("--batch", o.batch, "Blocks per batch (one completion per batch)")->capture_default_str();
+  app.add_option("--total", total, "Bytes moved per operation")->capture_default_str();
+  app.add_option("--transports", o.transports,
+                 "shm (UCX_TLS=posix,self), tcp (UCX_TLS=tcp), or a raw UCX_TLS value; one session each")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--ops", o.ops, "put, get, owner-read")->delimiter(',')->capture_default_str();
+  app.add_flag("--verify", o.verify, "Check every byte moved (outside the timed sections)");
+  app.add_flag("--memcpy", o.memcpy_baseline, "Add the single-threaded spread-memcpy baseline row");
+  app.add_flag("--owner-poll", o.owner_poll, "Owner progress thread polls instead of sleeping on events");
+  app.add_flag("--json", o.json, "Print rows as JSON");
+
+  auto* serve = app.add_subcommand("serve", "Run as the region owner (kvbench starts this itself)");
+  bench::OwnerOptions owner;
+  std::string serve_region = "2GiB";
+  serve->add_option("--region", serve_region, "Region size")->capture_default_str();
+  serve->add_option("--seed", owner.seed, "Pattern seed for the region's initial contents");
+  serve->add_flag("--poll", owner.poll_progress, "Poll instead of waiting on the worker's event fd");
+  CLI11_PARSE(app, argc, argv);
+
+  if (serve->parsed()) {
+    auto bytes = parse_size(serve_region);
+    if (!bytes) {
+      std::fprintf(stderr, "kvbench serve: %s\n", bytes.error().to_string().c_str());
+      return 2;
+    }
+    owner.region_bytes = *bytes;
+    return bench::run_owner(owner);
+  }
+
+  auto r = parse_size(region), b = parse_size(block), t = parse_size(total);
+  for (const auto* v : {&r, &b, &t}) {
+    if (!*v) {
+      std::fprintf(stderr, "kvbench: %s\n", v->error().to_string().c_str());
+      return 2;
+    }
+  }
+  o.region = *r;
+  o.block = *b;
+  o.total = *t;
+  if (o.block % 8 != 0 || o.block == 0 || o.batch == 0 || o.region < o.block * o.batch) {
+    std::fprintf(stderr, "kvbench: need block a multiple of 8 and region >= block x batch\n");
+    return 2;
+  }
+  for (const auto& op : o.ops) {
+    if (op != "put" && op != "get" && op != "owner-read") {
+      std::fprintf(stderr, "kvbench: unknown op '%s' (put, get, owner-read)\n", op.c_str());
+      return 2;
+    }
+  }
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return 1;
+  self[n] = '\0';
+
+  std::vector<Row> rows;
+  bool failed = false;
+  if (o.memcpy_baseline) rows.push_back(memcpy_row(o));
+  for (const auto& tr : o.transports) {
+    auto session = Session::start(self, o, tls_for(tr));
+    if (!session) {
+      std::fprintf(stderr, "kvbench: transport %s: %s\n", tr.c_str(), session.error().to_string().c_str());
+      failed = true;
+      continue;
+    }
+    for (const auto& op : o.ops) rows.push_back((*session)->run(op, o));
+  }
+  for (const Row& row : rows) failed |= !row.ok || row.wrong != 0;
+  if (o.json) {
+    json out = json::array();
+    for (const Row& row : rows) out.push_back(to_json(row));
+    std::cout << out.dump(2) << std::endl;
+  } else {
+    print_table(rows, o.verify);
+  }
+  return failed ? 1 : 0;
+}
