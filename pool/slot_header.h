@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "kvpool/status.h"
+#include "kvpool/types.h"
 
 namespace kvpool::pool {
 
@@ -83,11 +84,7 @@ struct RegionLayout {
   friend bool operator==(const RegionLayout&, const RegionLayout&) = default;
 };
 
-struct Key128 {
-  std::uint64_t lo = 0;
-  std::uint64_t hi = 0;
-  friend bool operator==(const Key128&, const Key128&) = default;
-};
+using Key128 = kvpool::Key128;  // include/kvpool/types.h
 
 // The caller-visible fields of a header; magic, version, flags and the header
 // checksum are written by encode() and checked by decode().
