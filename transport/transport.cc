@@ -512,19 +512,27 @@ unsigned Transport::progress() {
 }
 
 Status Transport::start_progress_thread(ProgressMode mode) {
+  return start_progress_thread(ProgressOptions{.mode = mode});
+}
+
+Status Transport::start_progress_thread(const ProgressOptions& options) {
   if (impl_->progress_thread.joinable()) {
     return Status(StatusCode::kFailedPrecondition, "a progress thread already runs");
   }
   int efd = -1;
-  if (mode == ProgressMode::kEvent) {
+  if (options.mode == ProgressMode::kEvent) {
     ucs_status_t st = ucp_worker_get_efd(impl_->worker, &efd);
     if (st != UCS_OK) return to_status(st, "getting the worker's event fd");
   }
   impl_->stop_progress.store(false);
-  impl_->progress_thread = std::thread([this, mode, efd] {
+  impl_->progress_thread = std::thread([this, options, efd] {
+    auto last_event = Clock::now();
     while (!impl_->stop_progress.load(std::memory_order_relaxed)) {
-      if (progress() != 0) continue;
-      if (mode == ProgressMode::kPoll) continue;
+      if (progress() != 0) {
+        last_event = Clock::now();
+        continue;
+      }
+      if (options.mode == ProgressMode::kPoll || Clock::now() - last_event < options.spin) continue;
       // Arm, then sleep until the worker has events (or 100 ms, so a stop
       // request that raced with arming is seen).
       ucs_status_t st = ucp_worker_arm(impl_->worker);
@@ -537,6 +545,7 @@ Status Transport::start_progress_thread(ProgressMode mode) {
       }
       pollfd pfd{efd, POLLIN, 0};
       ::poll(&pfd, 1, 100);
+      last_event = Clock::now();
     }
   });
   return Status();

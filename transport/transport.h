@@ -33,8 +33,17 @@ namespace kvpool::transport {
 inline constexpr std::string_view kDefaultTls = "posix,cma,tcp,rc,ud,dc,self";
 
 enum class ProgressMode {
-  kEvent,  // sleep on the worker's event fd; costs no CPU when idle
-  kPoll,   // spin on ucp_worker_progress; lowest latency, burns a core
+  // Sleep on the worker's event fd, but keep polling for a short while after
+  // the last event first (ProgressOptions::spin): traffic comes in bursts,
+  // and a wake-up per TCP segment halves put bandwidth. Idle costs no CPU.
+  kEvent,
+  kPoll,  // spin on ucp_worker_progress; lowest latency, burns a core
+};
+
+struct ProgressOptions {
+  ProgressMode mode = ProgressMode::kEvent;
+  // kEvent: how long to keep polling after the last event before sleeping.
+  std::chrono::microseconds spin{200};
 };
 
 struct TransportOptions {
@@ -89,6 +98,7 @@ class Transport {
   // Starts a thread that progresses the worker until stop_progress_thread()
   // or destruction. kFailedPrecondition when one already runs.
   Status start_progress_thread(ProgressMode mode);
+  Status start_progress_thread(const ProgressOptions& options);
   void stop_progress_thread();
 
   // Progresses the worker once from the calling thread (and runs queued
