@@ -10,8 +10,6 @@
 // --memcpy adds the single-threaded memcpy baseline over a region of the same
 // size: the memory-bandwidth limit for shared memory.
 
-#include <sys/mman.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +27,7 @@
 
 #include "bench/kvbench/owner.h"
 #include "runtime/common/pattern.h"
+#include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
 #include "transport/rendezvous.h"
 #include "transport/transport.h"
@@ -107,8 +106,7 @@ class Session {
   Status batch(const std::string& op, std::span<const RmaOp> ops);
   Status check_on_owner(std::uint64_t seed, std::uint64_t off, std::uint64_t len, std::uint64_t& wrong);
 
-  pid_t owner_pid_ = -1;
-  int owner_out_ = -1;
+  std::unique_ptr<Subprocess> owner_;
   std::string tls_;
   std::unique_ptr<Transport> transport_;
   std::unique_ptr<Channel> channel_;
@@ -122,30 +120,15 @@ class Session {
 Result<std::unique_ptr<Session>> Session::start(const std::string& self, const Options& o, const std::string& tls) {
   auto s = std::make_unique<Session>();
   s->tls_ = tls;
-  int pipefd[2];
-  if (pipe(pipefd) != 0) return make_error(StatusCode::kInternal, "pipe failed");
-  std::string region = std::to_string(o.region);
-  std::string seed = std::to_string(kOwnerSeed);
-  pid_t pid = fork();
-  if (pid < 0) return make_error(StatusCode::kInternal, "fork failed");
-  if (pid == 0) {
-    dup2(pipefd[1], STDOUT_FILENO);
-    close(pipefd[0]);
-    setenv("UCX_TLS", tls.c_str(), 1);
-    std::vector<const char*> argv = {self.c_str(), "serve", "--region", region.c_str(), "--seed", seed.c_str()};
-    if (o.owner_poll) argv.push_back("--poll");
-    argv.push_back(nullptr);
-    execv(self.c_str(), const_cast<char* const*>(argv.data()));
-    _exit(127);
-  }
-  close(pipefd[1]);
-  s->owner_pid_ = pid;
-  s->owner_out_ = pipefd[0];
-  std::string line;
-  char c;
-  while (read(s->owner_out_, &c, 1) == 1 && c != '\n') line += c;
-  if (line.rfind("PORT ", 0) != 0) return make_error(StatusCode::kUnavailable, "owner did not start: '" + line + "'");
-  auto port = static_cast<std::uint16_t>(std::stoi(line.substr(5)));
+  std::vector<std::string> argv = {self, "serve", "--region", std::to_string(o.region), "--seed",
+                                   std::to_string(kOwnerSeed)};
+  if (o.owner_poll) argv.push_back("--poll");
+  auto owner = Subprocess::spawn(argv, {{"UCX_TLS", tls}});
+  if (!owner) return tl::unexpected(owner.error());
+  s->owner_ = std::make_unique<Subprocess>(std::move(*owner));
+  auto line = s->owner_->wait_for_line("PORT ", Deadline::after(std::chrono::seconds(120)));
+  if (!line) return make_error(StatusCode::kUnavailable, "owner did not start: " + line.error().message());
+  auto port = static_cast<std::uint16_t>(std::stoi(*line));
 
   auto t = Transport::create({.tls = tls});
   if (!t) return tl::unexpected(t.error());
@@ -179,15 +162,7 @@ Session::~Session() {
   local_ = MemoryRegion();
   transport_.reset();
   channel_.reset();  // the owner exits when the channel closes
-  if (owner_pid_ > 0) {
-    int status = 0;
-    for (int i = 0; i < 500 && waitpid(owner_pid_, &status, WNOHANG) == 0; ++i) usleep(10000);
-    if (waitpid(owner_pid_, &status, WNOHANG) == 0) {
-      kill(owner_pid_, SIGKILL);
-      waitpid(owner_pid_, &status, 0);
-    }
-  }
-  if (owner_out_ >= 0) close(owner_out_);
+  if (owner_) (void)owner_->wait(Deadline::after(std::chrono::seconds(5)));  // then the destructor kills it
 }
 
 Status Session::check_on_owner(std::uint64_t seed, std::uint64_t off, std::uint64_t len, std::uint64_t& wrong) {
@@ -361,10 +336,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  char self[4096];
-  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return 1;
-  self[n] = '\0';
+  const std::string self = bin_dir() + "/kvbench";
 
   std::vector<Row> rows;
   bool failed = false;

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "runtime/common/pattern.h"
-#include "tests/common/subprocess.h"
+#include "runtime/common/subprocess.h"
 #include "tests/common/test_util.h"
 #include "transport/rendezvous.h"
 #include "transport/transport.h"
@@ -21,7 +21,7 @@
 using namespace kvpool;
 using namespace kvpool::transport;
 using kvpool::testing::scaled;
-using kvpool::testing::Subprocess;
+using kvpool::Subprocess;
 using Ms = std::chrono::milliseconds;
 
 namespace {
@@ -63,7 +63,7 @@ struct Session {
 };
 
 std::unique_ptr<Session> start(const Setup& setup, std::uint64_t region_bytes, bool owner_polls = false) {
-  std::vector<std::string> argv = {kvpool::testing::bin_dir() + "/kvbench", "serve", "--region",
+  std::vector<std::string> argv = {kvpool::bin_dir() + "/kvbench", "serve", "--region",
                                    std::to_string(region_bytes), "--seed", std::to_string(kOwnerSeed)};
   if (owner_polls) argv.push_back("--poll");
   auto owner = Subprocess::spawn(argv, {{"UCX_TLS", setup.tls}});

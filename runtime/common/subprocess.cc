@@ -1,4 +1,4 @@
-#include "tests/common/subprocess.h"
+#include "runtime/common/subprocess.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -12,7 +12,7 @@
 #include <thread>
 #include <utility>
 
-namespace kvpool::testing {
+namespace kvpool {
 
 Result<Subprocess> Subprocess::spawn(const std::vector<std::string>& argv,
                                      const std::map<std::string, std::string>& env) {
@@ -133,4 +133,4 @@ std::string bin_dir() {
   return path.substr(0, path.rfind('/'));
 }
 
-}  // namespace kvpool::testing
+}  // namespace kvpool

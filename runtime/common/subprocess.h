@@ -1,7 +1,7 @@
 #pragma once
-// Subprocess: a real process started by a test (an agent, a region owner),
-// with its stdout readable line by line, killed and reaped on destruction so
-// a failed test leaves nothing running.
+// Subprocess: a real process started by a test, a benchmark or the demo (an
+// agent, a region owner, a worker), with its stdout readable line by line,
+// killed and reaped on destruction so a failure leaves nothing running.
 
 #include <sys/types.h>
 
@@ -13,7 +13,7 @@
 #include "kvpool/status.h"
 #include "runtime/common/units.h"
 
-namespace kvpool::testing {
+namespace kvpool {
 
 class Subprocess {
  public:
@@ -44,8 +44,8 @@ class Subprocess {
   bool reaped_ = false;
 };
 
-// Directory of the built binaries (KVPOOL_TEST_BIN_DIR, set by CTest), so a
-// test can start kvpool's programs.
+// Directory of kvpool's built programs: KVPOOL_TEST_BIN_DIR when set (CTest
+// sets it), else the directory of the running binary.
 std::string bin_dir();
 
-}  // namespace kvpool::testing
+}  // namespace kvpool

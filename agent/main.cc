@@ -1,0 +1,106 @@
+// kvpool-agent: lends this host's DRAM to the pool. With --standalone it
+// also runs the coordinator in-process: the embedded default for one machine
+// (same protocol, same port).
+
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+
+#include "agent/agent.h"
+#include "coordinator/server.h"
+#include "coordinator/server_cli.h"
+#include "runtime/common/json_config.h"
+#include "runtime/common/logging.h"
+#include "runtime/common/process_util.h"
+#include "runtime/common/units.h"
+
+using namespace kvpool;
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvpool-agent: lends this host's DRAM to the kvpool pool"};
+  app.config_formatter(std::make_shared<JsonConfig>());
+  app.set_config("--config", "", "JSON file; every flag has a key of the same name (\"pool-size\": \"4GiB\")");
+  std::string coordinator_addr = "127.0.0.1:7400", listen = "127.0.0.1:7400", pool_size = "1GiB", port_file,
+              log_level = "info", progress = "event", lock = "try", huge = "try", tls;
+  bool standalone = false;
+  coordinator::CoordinatorFlags flags;
+  app.add_flag("--standalone", standalone, "Also run the coordinator in this process, on --listen");
+  app.add_option("--coordinator", coordinator_addr, "HOST:PORT of the coordinator (ignored with --standalone)")
+      ->capture_default_str();
+  app.add_option("--listen", listen,
+                 "With --standalone: HOST:PORT the embedded coordinator serves on; port 0 lets the OS pick")
+      ->capture_default_str();
+  app.add_option("--pool-size", pool_size, "DRAM to lend: 512MiB, 4GiB or a byte count")->capture_default_str();
+  app.add_option("--port-file", port_file, "With --standalone: write the bound port here once listening");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--progress", progress,
+                 "How the UCX progress thread waits: event (sleeps when idle) or poll (burns a core)")
+      ->check(CLI::IsMember({"event", "poll"}))
+      ->capture_default_str();
+  app.add_option("--lock", lock, "mlock the pool: try (log and go on if refused), require, off")
+      ->check(CLI::IsMember({"try", "require", "off"}))
+      ->capture_default_str();
+  app.add_option("--huge-pages", huge, "Ask for transparent huge pages: try, off")
+      ->check(CLI::IsMember({"try", "off"}))
+      ->capture_default_str();
+  app.add_option("--tls", tls, "UCX transports (UCX_TLS syntax); default: the environment's, else "
+                               "^sysv (every transport UCX finds but sysv)");
+  flags.add_to(app);
+  CLI11_PARSE(app, argc, argv);
+
+  if (!log::set_log_level(log_level)) {
+    std::fprintf(stderr, "--log-level: unknown level '%s'\n", log_level.c_str());
+    return 2;
+  }
+  auto size = parse_size(pool_size);
+  if (!size) {
+    std::fprintf(stderr, "--pool-size: %s\n", size.error().message().c_str());
+    return 2;
+  }
+  agent::AgentOptions ao;
+  ao.coordinator = coordinator_addr;
+  ao.pool_size = *size;
+  ao.progress = progress == "poll" ? transport::ProgressMode::kPoll : transport::ProgressMode::kEvent;
+  ao.lock = lock == "require" ? pool::Lock::kRequire : lock == "off" ? pool::Lock::kOff : pool::Lock::kTry;
+  ao.huge_pages = huge == "off" ? pool::HugePages::kOff : pool::HugePages::kTry;
+  ao.tls = tls;
+
+  block_stop_signals();
+  std::unique_ptr<coordinator::CoordinatorServer> server;
+  if (standalone) {
+    auto hp = parse_host_port(listen);
+    if (!hp) {
+      std::fprintf(stderr, "--listen: %s\n", hp.error().message().c_str());
+      return 2;
+    }
+    auto options = flags.to_options(hp->first, hp->second);
+    if (!options) {
+      std::fprintf(stderr, "%s\n", options.error().message().c_str());
+      return 2;
+    }
+    auto started = coordinator::CoordinatorServer::start(*options);
+    if (!started) {
+      std::fprintf(stderr, "kvpool-agent: coordinator: %s\n", started.error().to_string().c_str());
+      return 1;
+    }
+    server = std::move(*started);
+    ao.coordinator = (hp->first == "0.0.0.0" ? std::string("127.0.0.1") : hp->first) + ":" +
+                     std::to_string(server->port());
+  }
+  auto agent = agent::Agent::start(ao);
+  if (!agent) {
+    std::fprintf(stderr, "kvpool-agent: %s\n", agent.error().to_string().c_str());
+    return 1;
+  }
+  if (server && !port_file.empty()) {
+    if (Status s = write_port_file(port_file, server->port()); !s.ok()) {
+      std::fprintf(stderr, "kvpool-agent: %s\n", s.to_string().c_str());
+      return 1;
+    }
+  }
+  int sig = wait_for_stop_signal();
+  log::get("agent")->info("signal {}: stopping", sig);
+  (*agent)->stop();
+  if (server) server->stop();
+  return 0;
+}

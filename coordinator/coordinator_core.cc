@@ -1,0 +1,1464 @@
+#include "coordinator/coordinator_core.h"
+
+#include <algorithm>
+#include <cassert>
+#include <chrono>
+#include <cstdio>
+#include <deque>
+#include <functional>
+#include <numeric>
+#include <optional>
+#include <queue>
+#include <random>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "coordinator/block_lists.h"
+#include "coordinator/block_slab.h"
+#include "coordinator/index_table.h"
+#include "coordinator/reclaim_queue.h"
+#include "coordinator/shard.h"
+#include "pool/slot_allocator.h"
+#include "pool/slot_header.h"
+#include "runtime/common/logging.h"
+
+namespace kvpool::coordinator {
+namespace {
+
+using pool::kGranule;
+
+// Agents tried per key before giving up on placing it now: if the least-full
+// few cannot take a block, fuller ones will not either, and every try may
+// evict (above the high watermark).
+constexpr std::size_t kMaxPlacementTries = 8;
+// Candidate windows (largest free-to-be extents) tried by size-aware eviction
+// before the bounded sweep of the whole region.
+constexpr std::size_t kWindowCandidates = 16;
+// Bounds the sweep (a hash lookup a step) to a few milliseconds under the lock.
+constexpr std::uint64_t kMaxSweepSteps = 1u << 16;
+
+std::shared_ptr<spdlog::logger> logger() {
+  static const std::shared_ptr<spdlog::logger> l = log::get("coordinator");
+  return l;
+}
+
+std::uint64_t key_hash(std::uint32_t ns, const Key128& key) {
+  return mix64(key.lo ^
+               mix64(key.hi ^ (static_cast<std::uint64_t>(ns) * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull)));
+}
+
+std::uint64_t slot_hash(std::uint32_t agent, std::uint32_t granule) {
+  return mix64((static_cast<std::uint64_t>(agent) << 32) | granule);
+}
+
+std::string hex(std::uint64_t v) {
+  char buf[19];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string key_text(const Key128& k) { return hex(k.hi) + hex(k.lo); }
+
+struct Namespace {
+  NamespaceId id = 0;
+  NamespaceDescriptor descriptor;
+  std::uint64_t block_bytes = 0;
+  std::uint64_t blocks = 0;
+};
+
+struct Agent {
+  AgentId id{};
+  AgentRegistration reg;
+  bool alive = false;
+  Clock::time_point last_heartbeat{};
+  pool::RegionLayout layout;
+  // `space`: what can be placed now. `future`: what will be free once every
+  // slot in `reclaim` is acknowledged (space plus reclaim). Every placement
+  // is taken from space and reserved in future; a retired slot is freed in
+  // future at once and in space on acknowledgement. So space's free extents
+  // are always inside future's, and "would an extent fit once reclaim
+  // completes" is one look at future, which keeps eviction from evicting
+  // again while acknowledgements are in flight.
+  std::optional<pool::SlotAllocator> space;
+  std::optional<pool::SlotAllocator> future;
+  BlockLists lists;
+  ReclaimQueue reclaim;
+  std::uint64_t used_granules = 0;  // space: everything not allocatable now
+  std::uint64_t live_granules = 0;  // kWriting + kCommitted
+  std::uint64_t committed_blocks = 0;
+  std::uint64_t high_granules = 0;
+  std::uint64_t low_granules = 0;
+  bool draining = false;           // above the high watermark and eviction ran out of budget: tick() goes on
+  std::uint64_t sweep_cursor = 0;  // where the next bounded window sweep starts (granule)
+};
+
+struct WriteLease {
+  std::uint32_t entry = 0;
+  Generation generation = 0;
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  Clock::time_point deadline{};
+};
+
+struct ReadLease {
+  Clock::time_point deadline{};
+  std::vector<std::pair<std::uint32_t, Generation>> pins;  // entry, generation (a reused entry has another)
+};
+
+struct WaitKey {
+  std::uint32_t ns = 0;
+  Key128 key;
+  friend bool operator==(const WaitKey&, const WaitKey&) = default;
+};
+struct WaitKeyHash {
+  std::size_t operator()(const WaitKey& k) const { return static_cast<std::size_t>(key_hash(k.ns, k.key)); }
+};
+
+struct Waiter {
+  std::uint32_t ns = 0;
+  std::vector<Key128> keys;
+  std::vector<bool> committed;
+  std::size_t remaining = 0;
+  Clock::time_point deadline{};
+  WaitCallback done;
+};
+
+// Callbacks to run once the lock is released.
+using ReadyCallbacks = std::vector<std::pair<WaitCallback, std::vector<bool>>>;
+
+void run_callbacks(ReadyCallbacks& ready) {
+  for (auto& [done, committed] : ready) done(std::move(committed));
+}
+
+using ExpiryHeap = std::priority_queue<std::pair<Clock::time_point, std::uint64_t>,
+                                       std::vector<std::pair<Clock::time_point, std::uint64_t>>, std::greater<>>;
+
+// A lease that ends early (commit, abort, release) leaves its heap pair
+// behind until the deadline passes. At a high rate that is rate x ttl stale
+// pairs (16 MB per million), so the heap is rebuilt from the live leases once
+// it holds more than twice as many pairs: amortised O(1) per lease.
+template <typename Map>
+void compact_expiry(ExpiryHeap& heap, const Map& live) {
+  if (heap.size() < 1024 || heap.size() <= 2 * live.size()) return;
+  std::vector<std::pair<Clock::time_point, std::uint64_t>> pairs;
+  pairs.reserve(live.size());
+  for (const auto& [id, lease] : live) pairs.emplace_back(lease.deadline, id);
+  heap = ExpiryHeap(std::greater<>(), std::move(pairs));
+}
+
+enum class RoomOutcome { kFits, kProgress, kNoWay };
+
+// What occupies a granule of the future map, for window planning.
+struct Step {
+  enum Kind { kFree, kEvictable, kBlocked } kind = kBlocked;
+  std::uint64_t granules = 1;
+  std::uint32_t entry = kNil;
+};
+
+}  // namespace
+
+struct CoordinatorCore::State {
+  CoordinatorConfig config;
+
+  std::vector<Namespace> namespaces;
+  std::unordered_map<NamespaceId, std::uint32_t> ns_index;
+
+  std::vector<std::unique_ptr<Agent>> agents;  // AgentId v at agents[v - 1]
+  std::unordered_map<std::string, std::uint32_t> agent_by_identity;
+
+  BlockSlab slab;
+  IndexTable by_key;   // (namespace, key) -> entry, for kWriting and kCommitted
+  IndexTable by_slot;  // (agent, slot start granule) -> entry, every entry in use
+
+  std::unordered_map<std::uint64_t, WriteLease> write_leases;
+  ExpiryHeap write_expiry;  // (deadline, lease); stale pairs are skipped
+  std::unordered_map<std::uint64_t, ReadLease> read_leases;
+  ExpiryHeap read_expiry;
+
+  std::unordered_map<std::uint64_t, Waiter> waiters;
+  std::unordered_map<WaitKey, std::vector<std::pair<std::uint64_t, std::uint32_t>>, WaitKeyHash> wait_index;
+  std::set<std::pair<Clock::time_point, std::uint64_t>> waiter_deadlines;
+
+  std::uint64_t next_lease = 1;
+  std::uint64_t next_waiter = 1;
+  Generation next_generation = 1;
+  std::uint64_t touch_clock = 0;
+  std::uint64_t epoch = 0;
+  std::vector<DeadAgent> dead_since_tick;
+
+  std::uint64_t lookup_hits = 0;
+  std::uint64_t lookup_misses = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t removals = 0;
+  std::uint64_t expired_write_leases = 0;
+  std::uint64_t aborted_write_leases = 0;
+
+  // ---- helpers ----
+
+  Agent& agent(std::uint32_t id) { return *agents[id - 1]; }
+  const Agent& agent(std::uint32_t id) const { return *agents[id - 1]; }
+  Agent* find_agent(AgentId id) {
+    const std::uint32_t v = to_u32(id);
+    return v == 0 || v > agents.size() ? nullptr : agents[v - 1].get();
+  }
+  const Agent* find_agent(AgentId id) const { return const_cast<State*>(this)->find_agent(id); }
+
+  Result<std::uint32_t> ns_lookup(NamespaceId id) const {
+    auto it = ns_index.find(id);
+    if (it == ns_index.end()) {
+      return make_error(StatusCode::kNotFound, "unknown namespace " + hex(id) + ": register it first");
+    }
+    return it->second;
+  }
+
+  bool owns(const Key128& key) const {
+    return config.shard_count == 1 || shard_of(key, config.shard_count) == config.shard_index;
+  }
+  Status shard_error(const Key128& key) const {
+    return Status(StatusCode::kFailedPrecondition,
+                  "key " + key_text(key) + " belongs to shard " + std::to_string(shard_of(key, config.shard_count)) +
+                      ", this coordinator serves shard " + std::to_string(config.shard_index));
+  }
+  Status check_shard(std::span<const Key128> keys) const {
+    if (config.shard_count == 1) return Status::ok_status();
+    for (const Key128& k : keys) {
+      if (!owns(k)) return shard_error(k);
+    }
+    return Status::ok_status();
+  }
+
+  std::uint32_t find_key(std::uint32_t ns, const Key128& key) const {
+    return by_key.find(key_hash(ns, key), [&](std::uint32_t i) {
+      const BlockEntry& e = slab[i];
+      return e.key == key && e.ns == ns;
+    });
+  }
+  std::uint32_t find_slot(std::uint32_t agent_id, std::uint32_t granule) const {
+    return by_slot.find(slot_hash(agent_id, granule), [&](std::uint32_t i) {
+      const BlockEntry& e = slab[i];
+      return e.agent == agent_id && e.granule == granule;
+    });
+  }
+
+  Location location_of(const BlockEntry& e) const {
+    const Agent& a = agent(e.agent);
+    const std::uint64_t offset = static_cast<std::uint64_t>(e.granule) * kGranule;
+    return Location{
+        AgentId{e.agent}, a.reg.incarnation, a.layout.payload_region_offset(offset), a.layout.header_offset(offset),
+        e.length,         e.generation};
+  }
+
+  SlotRef slot_ref(const Agent& a, const ReclaimQueue::Pending& p) const {
+    const std::uint64_t offset = static_cast<std::uint64_t>(p.granule) * kGranule;
+    return SlotRef{a.layout.header_offset(offset), a.layout.payload_region_offset(offset),
+                   static_cast<std::uint64_t>(p.granules) * kGranule, p.generation};
+  }
+
+  void touch(std::uint32_t i) {
+    BlockEntry& e = slab[i];
+    e.stamp = ++touch_clock;
+    if (e.list == BlockLists::kLru) {
+      Agent& a = agent(e.agent);
+      a.lists.unlink(slab, i);
+      a.lists.link_lru(slab, i);
+    }
+  }
+
+  void pin(std::uint32_t i) {
+    BlockEntry& e = slab[i];
+    if (e.pins++ == 0 && e.list == BlockLists::kLru) {
+      Agent& a = agent(e.agent);
+      a.lists.unlink(slab, i);
+      a.lists.link_busy(slab, i);
+    }
+  }
+
+  void unpin(std::uint32_t i, Generation generation) {
+    // The entry may be gone (its agent died) and even reused since.
+    if (i >= slab.high_water()) return;
+    BlockEntry& e = slab[i];
+    if (e.state == BlockState::kFree || e.generation != generation || e.pins == 0) return;
+    if (--e.pins > 0) return;
+    Agent& a = agent(e.agent);
+    if (e.state == BlockState::kCommitted) {
+      a.lists.unlink(slab, i);
+      e.stamp = ++touch_clock;
+      a.lists.link_lru(slab, i);
+    } else if (e.state == BlockState::kRemovedLeased) {
+      retire(i, std::nullopt);
+    }
+  }
+
+  // Takes an entry out of the index and puts its slot on the reclaim queue:
+  // quarantined until `quarantine_until` when given, else ready to
+  // invalidate.
+  void retire(std::uint32_t i, std::optional<Clock::time_point> quarantine_until) {
+    BlockEntry& e = slab[i];
+    Agent& a = agent(e.agent);
+    const std::uint32_t g = slot_granules(e.length);
+    a.lists.unlink(slab, i);
+    if (e.state == BlockState::kWriting || e.state == BlockState::kCommitted) {
+      [[maybe_unused]] const bool erased = by_key.erase(key_hash(e.ns, e.key), i);
+      assert(erased);
+      a.live_granules -= g;
+      if (e.state == BlockState::kCommitted) {
+        --a.committed_blocks;
+        --namespaces[e.ns].blocks;
+      }
+    }
+    [[maybe_unused]] const bool erased = by_slot.erase(slot_hash(e.agent, e.granule), i);
+    assert(erased);
+    const pool::Slot slot{static_cast<std::uint64_t>(e.granule) * kGranule, static_cast<std::uint64_t>(g) * kGranule};
+    if (Status st = a.future->free(slot); !st.ok()) {
+      logger()->error("agent {}: reclaim of slot of block {}: {}", e.agent, key_text(e.key), st.to_string());
+    }
+    if (quarantine_until) {
+      a.reclaim.add_quarantined(e.granule, g, e.generation, *quarantine_until);
+    } else {
+      a.reclaim.add_ready(e.granule, g, e.generation);
+    }
+    slab.free(i);
+  }
+
+  void evict(std::uint32_t i) {
+    assert(slab[i].state == BlockState::kCommitted && slab[i].pins == 0);
+    SPDLOG_LOGGER_TRACE(logger(), "evict block {} from agent {}", key_text(slab[i].key), slab[i].agent);
+    retire(i, std::nullopt);
+    ++evictions;
+  }
+
+  // Drops every block and slot of an agent whose memory is gone.
+  void drop_agent_state(Agent& a) {
+    std::vector<std::uint32_t> all;
+    all.reserve(a.lists.evictable_count() + a.lists.busy_count());
+    a.lists.for_each(slab, [&](std::uint32_t i) { all.push_back(i); });
+    for (std::uint32_t i : all) {
+      BlockEntry& e = slab[i];
+      if (e.state == BlockState::kWriting || e.state == BlockState::kCommitted) {
+        by_key.erase(key_hash(e.ns, e.key), i);
+        if (e.state == BlockState::kCommitted) --namespaces[e.ns].blocks;
+      }
+      by_slot.erase(slot_hash(e.agent, e.granule), i);
+      e.list = BlockLists::kNone;
+      slab.free(i);
+    }
+    a.lists = BlockLists{};
+    a.reclaim = ReclaimQueue{};
+    a.space.reset();
+    a.future.reset();
+    a.used_granules = a.live_granules = a.committed_blocks = 0;
+    a.draining = false;
+  }
+
+  void declare_dead(Agent& a, const char* why) {
+    logger()->warn("agent {} ({}, incarnation {}) declared dead: {}; dropping {} blocks", to_u32(a.id),
+                   a.reg.control_address, a.reg.incarnation, why, a.committed_blocks);
+    drop_agent_state(a);
+    a.alive = false;
+    ++epoch;
+    dead_since_tick.push_back(DeadAgent{a.id, a.reg.incarnation});
+  }
+
+  void sweep(Clock::time_point now) {
+    for (auto& ap : agents) {
+      if (ap->alive && now - ap->last_heartbeat > config.agent_timeout) declare_dead(*ap, "missed heartbeats");
+    }
+  }
+
+  std::vector<InvalidateRequest> collect_ready(Clock::time_point now) {
+    std::vector<InvalidateRequest> out;
+    std::vector<ReclaimQueue::Pending> pending;
+    for (auto& ap : agents) {
+      if (!ap->alive) continue;
+      pending.clear();
+      ap->reclaim.collect_ready(now, pending);
+      if (pending.empty()) continue;
+      InvalidateRequest req{ap->id, ap->reg.incarnation, {}};
+      req.slots.reserve(pending.size());
+      for (const auto& p : pending) req.slots.push_back(slot_ref(*ap, p));
+      out.push_back(std::move(req));
+    }
+    return out;
+  }
+
+  // ---- placement and eviction ----
+
+  // Evicts least-recently-used blocks while the agent would pass its high
+  // watermark, down to the low one (counting the new block).
+  void watermark_evict(Agent& a, std::uint64_t granules, std::uint32_t& budget) {
+    if (a.live_granules + granules <= a.high_granules) return;
+    while (a.live_granules + granules > a.low_granules) {
+      if (budget == 0) {
+        a.draining = true;
+        return;
+      }
+      const std::uint32_t i = a.lists.oldest(slab);
+      if (i == kNil) return;
+      evict(i);
+      --budget;
+    }
+  }
+
+  std::optional<pool::Slot> place_now(Agent& a, std::uint64_t bytes, std::uint32_t& budget) {
+    watermark_evict(a, bytes / kGranule, budget);
+    auto slot = a.space->allocate(bytes);
+    if (!slot) return std::nullopt;
+    if (Status st = a.future->reserve(*slot); !st.ok()) {
+      // space's free extents lie inside future's: this is a bug.
+      logger()->error("agent {}: placement {}: {}", to_u32(a.id), slot->offset, st.to_string());
+      (void)a.space->free(*slot);
+      return std::nullopt;
+    }
+    a.used_granules += slot->length / kGranule;
+    return *slot;
+  }
+
+  Step step_at(const Agent& a, std::uint64_t granule, const std::vector<pool::Slot>& free_extents) const {
+    const std::uint64_t offset = granule * kGranule;
+    // The free extent holding offset, if any (the last one starting at or before it).
+    auto it = std::upper_bound(free_extents.begin(), free_extents.end(), offset,
+                               [](std::uint64_t off, const pool::Slot& s) { return off < s.offset; });
+    if (it != free_extents.begin() && std::prev(it)->end() > offset) {
+      return Step{Step::kFree, (std::prev(it)->end() - offset) / kGranule, kNil};
+    }
+    const std::uint32_t i = find_slot(to_u32(a.id), static_cast<std::uint32_t>(granule));
+    // Inside a slot (a sweep resuming where boundaries have since moved):
+    // step one granule until the next boundary.
+    if (i == kNil) return Step{};
+    const BlockEntry& e = slab[i];
+    const bool evictable = e.state == BlockState::kCommitted && e.pins == 0;
+    return Step{evictable ? Step::kEvictable : Step::kBlocked, slot_granules(e.length), i};
+  }
+
+  // The evictable blocks that make [start, start + granules) free-to-be, or
+  // nullopt when a block there may not be evicted or more than `budget`
+  // would have to go.
+  std::optional<std::vector<std::uint32_t>> plan_window(const Agent& a, std::uint64_t start, std::uint64_t granules,
+                                                        const std::vector<pool::Slot>& free_extents,
+                                                        std::uint32_t budget) const {
+    if (start + granules > a.layout.num_granules) return std::nullopt;
+    std::vector<std::uint32_t> plan;
+    for (std::uint64_t pos = start; pos < start + granules;) {
+      const Step s = step_at(a, pos, free_extents);
+      if (s.kind == Step::kBlocked) return std::nullopt;
+      if (s.kind == Step::kEvictable) {
+        if (plan.size() == budget) return std::nullopt;
+        plan.push_back(s.entry);
+      }
+      pos += s.granules;
+    }
+    return plan;
+  }
+
+  // Size-aware eviction for an allocation of `granules` that nothing can
+  // hold now (slot_allocator.h: freeing random small blocks leaves the space
+  // in crumbs). In order: nothing when the space will exist once pending
+  // invalidations are acknowledged; the least recently used block of exactly
+  // that size (its slot alone fits); of the smallest larger size; else a
+  // window of consecutive evictable blocks next to one of the largest
+  // free-to-be extents; else the first such window of a bounded sweep over
+  // the region. When the cheapest window needs more than the budget, evicts
+  // part of it (kProgress) so the next call finds a larger extent.
+  RoomOutcome make_room(Agent& a, std::uint64_t granules, std::uint32_t& budget) {
+    if (a.future->stats().largest_free >= granules * kGranule) return RoomOutcome::kFits;
+    if (a.lists.evictable_count() == 0) return RoomOutcome::kNoWay;
+    if (budget == 0) return RoomOutcome::kProgress;
+    const auto g32 = static_cast<std::uint32_t>(granules);
+    std::uint32_t i = a.lists.oldest_of_size(g32);
+    if (i == kNil) i = a.lists.oldest_larger_than(g32);
+    if (i != kNil) {
+      evict(i);
+      --budget;
+      return RoomOutcome::kFits;
+    }
+
+    const std::vector<pool::Slot> extents = a.future->free_extents();
+    std::vector<std::size_t> order(extents.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    const std::size_t n = std::min(order.size(), kWindowCandidates);
+    std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
+                      [&](std::size_t x, std::size_t y) { return extents[x].length > extents[y].length; });
+    for (std::size_t k = 0; k < n; ++k) {
+      if (auto plan = plan_window(a, extents[order[k]].offset / kGranule, granules, extents, budget)) {
+        for (std::uint32_t e : *plan) evict(e);
+        budget -= static_cast<std::uint32_t>(plan->size());
+        return RoomOutcome::kFits;
+      }
+    }
+
+    // Sliding window over the region, resuming where the previous sweep
+    // stopped and wrapping around: the shortest run ending at each position
+    // that spans `granules` with no blocked slot; the first within budget
+    // wins, else the one needing the fewest evictions is started on. A
+    // sweep cut short by its bound asks for a retry (the next one goes on).
+    std::deque<Step> window;
+    std::uint64_t window_granules = 0;
+    std::uint32_t window_evictable = 0;
+    std::vector<std::uint32_t> best;
+    bool best_set = false;
+    auto reset_window = [&] {
+      window.clear();
+      window_granules = 0;
+      window_evictable = 0;
+    };
+    const std::uint64_t total = a.layout.num_granules;
+    std::uint64_t pos = a.sweep_cursor < total ? a.sweep_cursor : 0;
+    std::uint64_t covered = 0;
+    std::uint64_t steps = 0;
+    for (; covered < total + granules && steps < kMaxSweepSteps; ++steps) {
+      if (pos >= total) {
+        pos = 0;
+        reset_window();
+      }
+      const Step s = step_at(a, pos, extents);
+      pos += s.granules;
+      covered += s.granules;
+      if (s.kind == Step::kBlocked) {
+        reset_window();
+        continue;
+      }
+      window.push_back(s);
+      window_granules += s.granules;
+      if (s.kind == Step::kEvictable) ++window_evictable;
+      while (!window.empty() && window_granules - window.front().granules >= granules) {
+        window_granules -= window.front().granules;
+        if (window.front().kind == Step::kEvictable) --window_evictable;
+        window.pop_front();
+      }
+      if (window_granules < granules) continue;
+      if (window_evictable <= budget) {
+        for (const Step& w : window) {
+          if (w.kind == Step::kEvictable) evict(w.entry);
+        }
+        budget -= window_evictable;
+        a.sweep_cursor = pos;
+        return RoomOutcome::kFits;
+      }
+      if (!best_set || window_evictable < best.size()) {
+        best.clear();
+        for (const Step& w : window) {
+          if (w.kind == Step::kEvictable) best.push_back(w.entry);
+        }
+        best_set = true;
+      }
+    }
+    a.sweep_cursor = pos;
+    if (best_set) {
+      for (std::size_t k = 0; k < best.size() && budget > 0; ++k, --budget) evict(best[k]);
+      return RoomOutcome::kProgress;
+    }
+    return steps < kMaxSweepSteps ? RoomOutcome::kNoWay : RoomOutcome::kProgress;
+  }
+
+  // The live agent with the lowest used fraction among `pool_ids` (all live
+  // agents when null) that can hold `bytes` and was not tried yet.
+  std::uint32_t least_full(const std::vector<std::uint32_t>* pool_ids, std::uint64_t bytes,
+                           const std::vector<std::uint32_t>& tried) const {
+    std::uint32_t best = 0;
+    double best_fraction = 2.0;
+    auto consider = [&](std::uint32_t id) {
+      const Agent& a = agent(id);
+      if (!a.alive || a.layout.payload_bytes < bytes) return;
+      if (std::find(tried.begin(), tried.end(), id) != tried.end()) return;
+      const double f = static_cast<double>(a.used_granules) / static_cast<double>(a.layout.num_granules);
+      if (f < best_fraction) {
+        best_fraction = f;
+        best = id;
+      }
+    };
+    if (pool_ids != nullptr) {
+      for (std::uint32_t id : *pool_ids) consider(id);
+    } else {
+      for (std::uint32_t id = 1; id <= agents.size(); ++id) consider(id);
+    }
+    return best;
+  }
+
+  AllocateItem place(std::uint32_t ns, const BlockRequest& req, const std::vector<std::uint32_t>& local,
+                     Clock::time_point now, std::uint32_t& budget) {
+    AllocateItem item;
+    const std::uint64_t granules = slot_granules(req.length);
+    const std::uint64_t bytes = granules * kGranule;
+    std::vector<std::uint32_t> tried;
+    std::optional<pool::Slot> slot;
+    std::uint32_t chosen = 0;
+    if (config.placement == PlacementPolicy::kLocalFirst && !local.empty()) {
+      if (std::uint32_t id = least_full(&local, bytes, tried); id != 0) {
+        tried.push_back(id);
+        slot = place_now(agent(id), bytes, budget);
+        if (slot) chosen = id;
+      }
+    }
+    while (!slot && tried.size() < kMaxPlacementTries) {
+      const std::uint32_t id = least_full(nullptr, bytes, tried);
+      if (id == 0) break;
+      tried.push_back(id);
+      slot = place_now(agent(id), bytes, budget);
+      if (slot) chosen = id;
+    }
+    if (!slot) {
+      if (tried.empty()) {
+        item.status = Status(StatusCode::kResourceExhausted,
+                             "no live agent can hold a block of " + std::to_string(req.length) + " bytes");
+        return item;
+      }
+      for (std::uint32_t id : tried) {
+        const RoomOutcome room = make_room(agent(id), granules, budget);
+        if (room != RoomOutcome::kNoWay) {
+          item.status = Status(StatusCode::kUnavailable, "no space free now for " + std::to_string(bytes) +
+                                                             " bytes; agent " + std::to_string(id) +
+                                                             " is reclaiming space (evicted blocks wait for their " +
+                                                             "invalidation to be acknowledged): retry shortly");
+          return item;
+        }
+      }
+      item.status = Status(StatusCode::kResourceExhausted,
+                           "no agent can fit " + std::to_string(bytes) +
+                               " bytes even after eviction: the space is read-leased or being written");
+      return item;
+    }
+
+    Agent& a = agent(chosen);
+    const std::uint32_t i = slab.allocate();
+    if (i == kNil) {
+      (void)a.space->free(*slot);
+      (void)a.future->free(*slot);
+      a.used_granules -= granules;
+      item.status = Status(StatusCode::kResourceExhausted, "block index full (2^32 - 1 entries)");
+      return item;
+    }
+    BlockEntry& e = slab[i];
+    e.key = req.key;
+    e.generation = next_generation++;
+    e.stamp = ++touch_clock;
+    e.agent = chosen;
+    e.granule = static_cast<std::uint32_t>(slot->offset / kGranule);
+    e.length = static_cast<std::uint32_t>(req.length);
+    e.ns = ns;
+    e.state = BlockState::kWriting;
+    by_key.insert(key_hash(ns, req.key), i);
+    by_slot.insert(slot_hash(chosen, e.granule), i);
+    a.lists.link_busy(slab, i);
+    a.live_granules += granules;
+
+    const std::uint64_t lease = next_lease++;
+    const Clock::time_point deadline = now + config.write_lease_ttl;
+    write_leases.emplace(lease, WriteLease{i, e.generation, chosen, a.reg.incarnation, deadline});
+    compact_expiry(write_expiry, write_leases);
+    write_expiry.emplace(deadline, lease);
+
+    item.outcome = AllocateOutcome::kPlaced;
+    item.location = location_of(e);
+    item.lease = LeaseId{lease};
+    item.lease_deadline = deadline;
+    return item;
+  }
+
+  // ---- leases ----
+
+  // The live, current-incarnation agent of a write lease with its entry
+  // still being written, or null.
+  bool write_lease_valid(const WriteLease& l) const {
+    const Agent& a = agent(l.agent);
+    if (!a.alive || a.reg.incarnation != l.incarnation) return false;
+    const BlockEntry& e = slab[l.entry];
+    return e.state == BlockState::kWriting && e.generation == l.generation;
+  }
+
+  void expire_write_lease(const WriteLease& l, Clock::time_point now) {
+    if (!write_lease_valid(l)) return;
+    retire(l.entry, now + config.write_quarantine);
+    ++expired_write_leases;
+  }
+
+  // ---- waiters ----
+
+  void finish_waiter(std::uint64_t id, ReadyCallbacks* ready) {
+    auto it = waiters.find(id);
+    if (it == waiters.end()) return;
+    Waiter& w = it->second;
+    for (std::size_t pos = 0; pos < w.keys.size(); ++pos) {
+      if (w.committed[pos]) continue;
+      auto wi = wait_index.find(WaitKey{w.ns, w.keys[pos]});
+      if (wi == wait_index.end()) continue;
+      auto& v = wi->second;
+      v.erase(std::remove_if(v.begin(), v.end(), [&](const auto& p) { return p.first == id; }), v.end());
+      if (v.empty()) wait_index.erase(wi);
+    }
+    waiter_deadlines.erase({w.deadline, id});
+    if (ready != nullptr) ready->emplace_back(std::move(w.done), std::move(w.committed));
+    waiters.erase(it);
+  }
+
+  void notify_committed(std::uint32_t ns, const Key128& key, ReadyCallbacks& ready) {
+    if (wait_index.empty()) return;
+    auto it = wait_index.find(WaitKey{ns, key});
+    if (it == wait_index.end()) return;
+    const auto list = std::move(it->second);
+    wait_index.erase(it);
+    for (const auto& [id, pos] : list) {
+      auto wit = waiters.find(id);
+      if (wit == waiters.end() || wit->second.committed[pos]) continue;
+      wit->second.committed[pos] = true;
+      if (--wit->second.remaining == 0) finish_waiter(id, &ready);
+    }
+  }
+
+  // ---- consistency ----
+
+  Status check_agent(const Agent& a) const;
+  Status check_all() const;
+};
+
+// ---------------------------------------------------------------------------
+
+CoordinatorCore::CoordinatorCore(std::unique_ptr<State> state) : s_(std::move(state)) {}
+CoordinatorCore::~CoordinatorCore() = default;
+
+Result<std::unique_ptr<CoordinatorCore>> CoordinatorCore::create(const CoordinatorConfig& config) {
+  using std::chrono::nanoseconds;
+  if (!(config.low_watermark > 0.0 && config.low_watermark <= config.high_watermark && config.high_watermark <= 1.0)) {
+    return make_error(StatusCode::kInvalidArgument, "watermarks must satisfy 0 < low <= high <= 1");
+  }
+  if (config.agent_timeout <= nanoseconds(0) || config.write_lease_ttl <= nanoseconds(0) ||
+      config.read_lease_ttl <= nanoseconds(0) || config.invalidation_retry <= nanoseconds(0) ||
+      config.write_quarantine < nanoseconds(0)) {
+    return make_error(StatusCode::kInvalidArgument,
+                      "agent timeout, lease ttls and invalidation retry must be positive, quarantine not negative");
+  }
+  if (config.shard_count == 0 || config.shard_index >= config.shard_count) {
+    return make_error(StatusCode::kInvalidArgument, "shard_index must be below shard_count (>= 1)");
+  }
+  auto state = std::make_unique<State>();
+  state->config = config;
+  state->next_generation = config.first_generation;
+  if (state->next_generation == 0) {
+    state->next_generation = static_cast<Generation>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count());
+  }
+  state->next_lease = config.first_lease_id;
+  if (state->next_lease == 0) {
+    std::random_device rd;
+    // 62 bits: ids never wrap around in practice.
+    state->next_lease = (((static_cast<std::uint64_t>(rd()) << 32) | rd()) & ((1ull << 62) - 1)) + 1;
+  }
+  return std::unique_ptr<CoordinatorCore>(new CoordinatorCore(std::move(state)));
+}
+
+// ---- namespaces ----
+
+Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescriptor& desc) {
+  auto bytes = block_bytes_of(desc);
+  if (!bytes) return tl::unexpected(bytes.error());
+  const NamespaceId id = namespace_id(desc);
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  if (s.ns_index.count(id) != 0) return id;
+  if (s.namespaces.size() >= kNil) return make_error(StatusCode::kResourceExhausted, "too many namespaces");
+  s.ns_index.emplace(id, static_cast<std::uint32_t>(s.namespaces.size()));
+  s.namespaces.push_back(Namespace{id, desc, *bytes, 0});
+  logger()->info("namespace {} registered: {} {} block {} bytes", hex(id), desc.model_id, desc.layout, *bytes);
+  return id;
+}
+
+std::vector<NamespaceView> CoordinatorCore::namespaces() const {
+  std::lock_guard lock(mu_);
+  std::vector<NamespaceView> out;
+  for (const Namespace& n : s_->namespaces) out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks});
+  return out;
+}
+
+// ---- agents ----
+
+Result<AgentId> CoordinatorCore::register_agent(const AgentRegistration& reg, Clock::time_point now) {
+  std::string identity;
+  if (!reg.control_address.empty()) {
+    identity = "control:" + reg.control_address;
+  } else if (!reg.worker_address.empty()) {
+    identity = "worker:" + reg.worker_address;
+  } else {
+    return make_error(StatusCode::kInvalidArgument, "agent registration has neither a control nor a worker address");
+  }
+  auto layout = pool::RegionLayout::create(reg.region_bytes);
+  if (!layout) {
+    return make_error(StatusCode::kInvalidArgument, "agent " + reg.control_address + ": " + layout.error().message());
+  }
+  if (layout->num_granules >= kNil) {
+    return make_error(StatusCode::kInvalidArgument, "agent " + reg.control_address + ": region of " +
+                                                        std::to_string(reg.region_bytes) +
+                                                        " bytes is over 2^32 granules");
+  }
+  auto space = pool::SlotAllocator::create(layout->payload_bytes);
+  auto future = pool::SlotAllocator::create(layout->payload_bytes);
+  if (!space || !future) return make_error(StatusCode::kInternal, "slot allocator for a valid layout failed");
+
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = nullptr;
+  if (auto it = s.agent_by_identity.find(identity); it != s.agent_by_identity.end()) {
+    a = &s.agent(it->second);
+    if (a->reg.incarnation == reg.incarnation) {
+      if (!a->alive) {
+        return make_error(StatusCode::kFailedPrecondition,
+                          "agent " + std::to_string(it->second) + " incarnation " + std::to_string(reg.incarnation) +
+                              " was declared dead: zero the header table and register a new incarnation");
+      }
+      if (a->reg.region_bytes != reg.region_bytes) {
+        return make_error(StatusCode::kFailedPrecondition, "agent " + std::to_string(it->second) + " incarnation " +
+                                                               std::to_string(reg.incarnation) +
+                                                               " registered before with another region size");
+      }
+      a->last_heartbeat = std::max(a->last_heartbeat, now);
+      return a->id;
+    }
+    if (a->alive) {
+      logger()->info("agent {} restarted: incarnation {} replaces {}", it->second, reg.incarnation, a->reg.incarnation);
+      s.declare_dead(*a, "replaced by a new incarnation");
+    }
+  } else {
+    if (s.agents.size() + 1 >= kNil) return make_error(StatusCode::kResourceExhausted, "too many agents");
+    s.agents.push_back(std::make_unique<Agent>());
+    a = s.agents.back().get();
+    a->id = AgentId{static_cast<std::uint32_t>(s.agents.size())};
+    s.agent_by_identity.emplace(identity, to_u32(a->id));
+  }
+  a->reg = reg;
+  a->alive = true;
+  a->last_heartbeat = now;
+  a->layout = *layout;
+  a->space.emplace(std::move(*space));
+  a->future.emplace(std::move(*future));
+  const auto n = static_cast<double>(layout->num_granules);
+  a->high_granules = static_cast<std::uint64_t>(s.config.high_watermark * n);
+  a->low_granules = static_cast<std::uint64_t>(s.config.low_watermark * n);
+  ++s.epoch;
+  logger()->info("agent {} joined: {} host {} incarnation {} region {} bytes ({} payload)", to_u32(a->id),
+                 reg.control_address, reg.host_id, reg.incarnation, reg.region_bytes, layout->payload_bytes);
+  return a->id;
+}
+
+Status CoordinatorCore::heartbeat(AgentId id, std::uint64_t incarnation, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = s.find_agent(id);
+  if (a == nullptr) return Status(StatusCode::kNotFound, "unknown agent " + std::to_string(to_u32(id)));
+  if (!a->alive) {
+    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " was declared dead: register again");
+  }
+  if (a->reg.incarnation != incarnation) {
+    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " incarnation " +
+                                             std::to_string(incarnation) + " is not the registered one (" +
+                                             std::to_string(a->reg.incarnation) + "): register again");
+  }
+  a->last_heartbeat = std::max(a->last_heartbeat, now);
+  return Status::ok_status();
+}
+
+namespace {
+
+AgentView view_of(const Agent& a) {
+  AgentView v;
+  v.id = a.id;
+  v.incarnation = a.reg.incarnation;
+  v.registration = a.reg;
+  v.alive = a.alive;
+  v.last_heartbeat = a.last_heartbeat;
+  if (a.alive) {
+    v.capacity_bytes = a.layout.payload_bytes;
+    v.used_bytes = a.used_granules * kGranule;
+    v.live_bytes = a.live_granules * kGranule;
+    v.reclaiming_bytes = a.reclaim.granules_total() * kGranule;
+    v.blocks = a.committed_blocks;
+    v.largest_free = a.space->stats().largest_free;
+  }
+  return v;
+}
+
+}  // namespace
+
+std::vector<AgentView> CoordinatorCore::agents() const {
+  std::lock_guard lock(mu_);
+  std::vector<AgentView> out;
+  for (const auto& a : s_->agents) out.push_back(view_of(*a));
+  return out;
+}
+
+std::uint64_t CoordinatorCore::membership_epoch() const {
+  std::lock_guard lock(mu_);
+  return s_->epoch;
+}
+
+// ---- writes ----
+
+Result<AllocateResult> CoordinatorCore::allocate(NamespaceId ns_id, std::span<const BlockRequest> blocks,
+                                                 const WriterInfo& writer, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto ns = s.ns_lookup(ns_id);
+  if (!ns) return tl::unexpected(ns.error());
+  const std::uint64_t max_bytes = s.namespaces[*ns].block_bytes;
+
+  std::vector<std::uint32_t> local;
+  if (!writer.host_id.empty()) {
+    for (const auto& a : s.agents) {
+      if (a->alive && a->reg.host_id == writer.host_id) local.push_back(to_u32(a->id));
+    }
+  }
+
+  AllocateResult result;
+  result.items.reserve(blocks.size());
+  std::uint32_t budget = s.config.max_evictions_per_call;
+  for (const BlockRequest& req : blocks) {
+    AllocateItem item;
+    if (req.length == 0 || req.length > max_bytes) {
+      item.status = Status(StatusCode::kInvalidArgument,
+                           "block " + key_text(req.key) + " length " + std::to_string(req.length) + " is not in 1.." +
+                               std::to_string(max_bytes) + " (the namespace's block size)");
+    } else if (!s.owns(req.key)) {
+      item.status = s.shard_error(req.key);
+    } else if (const std::uint32_t i = s.find_key(*ns, req.key); i != kNil) {
+      BlockEntry& e = s.slab[i];
+      if (e.state == BlockState::kCommitted) {
+        item.outcome = AllocateOutcome::kExists;
+        item.location = s.location_of(e);
+        s.touch(i);
+      } else {
+        item.outcome = AllocateOutcome::kPending;
+      }
+    } else {
+      item = s.place(*ns, req, local, now, budget);
+    }
+    result.items.push_back(std::move(item));
+  }
+  result.invalidations = s.collect_ready(now);
+  result.membership_epoch = s.epoch;
+  return result;
+}
+
+std::vector<Status> CoordinatorCore::commit(std::span<const LeaseId> leases, Clock::time_point now) {
+  std::vector<Status> out;
+  out.reserve(leases.size());
+  ReadyCallbacks ready;
+  {
+    std::lock_guard lock(mu_);
+    State& s = *s_;
+    s.sweep(now);
+    for (LeaseId lease : leases) {
+      auto it = s.write_leases.find(to_u64(lease));
+      if (it == s.write_leases.end()) {
+        out.emplace_back(StatusCode::kNotFound, "unknown write lease " + std::to_string(to_u64(lease)) +
+                                                    " (never issued, committed, aborted or expired)");
+        continue;
+      }
+      const WriteLease l = it->second;
+      s.write_leases.erase(it);
+      const Agent& a = s.agent(l.agent);
+      if (!a.alive || a.reg.incarnation != l.incarnation) {
+        out.emplace_back(StatusCode::kUnavailable, "agent " + std::to_string(l.agent) + " incarnation " +
+                                                       std::to_string(l.incarnation) +
+                                                       " is gone and the block with it: write it again");
+        continue;
+      }
+      if (now > l.deadline) {
+        s.expire_write_lease(l, now);
+        out.emplace_back(StatusCode::kFailedPrecondition,
+                         "write lease " + std::to_string(to_u64(lease)) + " expired before the commit");
+        continue;
+      }
+      BlockEntry& e = s.slab[l.entry];
+      if (e.state != BlockState::kWriting || e.generation != l.generation) {
+        out.emplace_back(StatusCode::kInternal,
+                         "write lease " + std::to_string(to_u64(lease)) + " names an entry in another state");
+        logger()->error("{}", out.back().to_string());
+        continue;
+      }
+      Agent& owner = s.agent(l.agent);
+      owner.lists.unlink(s.slab, l.entry);
+      e.state = BlockState::kCommitted;
+      e.stamp = ++s.touch_clock;
+      owner.lists.link_lru(s.slab, l.entry);
+      ++owner.committed_blocks;
+      ++s.namespaces[e.ns].blocks;
+      s.notify_committed(e.ns, e.key, ready);
+      out.emplace_back();
+    }
+  }
+  run_callbacks(ready);
+  return out;
+}
+
+BatchResult CoordinatorCore::abort(std::span<const LeaseId> leases, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  BatchResult r;
+  r.statuses.reserve(leases.size());
+  for (LeaseId lease : leases) {
+    auto it = s.write_leases.find(to_u64(lease));
+    if (it == s.write_leases.end()) {
+      r.statuses.emplace_back(StatusCode::kNotFound, "unknown write lease " + std::to_string(to_u64(lease)));
+      continue;
+    }
+    const WriteLease l = it->second;
+    s.write_leases.erase(it);
+    if (s.write_lease_valid(l)) {
+      if (now > l.deadline) {
+        s.retire(l.entry, now + s.config.write_quarantine);
+        ++s.expired_write_leases;
+      } else {
+        s.retire(l.entry, std::nullopt);
+        ++s.aborted_write_leases;
+      }
+    }
+    r.statuses.emplace_back();
+  }
+  r.invalidations = s.collect_ready(now);
+  return r;
+}
+
+// ---- reads ----
+
+Result<LookupResult> CoordinatorCore::lookup(NamespaceId ns_id, std::span<const Key128> keys, bool take_read_lease,
+                                             Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto ns = s.ns_lookup(ns_id);
+  if (!ns) return tl::unexpected(ns.error());
+  if (Status st = s.check_shard(keys); !st.ok()) return tl::unexpected(st);
+  LookupResult r;
+  r.membership_epoch = s.epoch;
+  std::vector<std::pair<std::uint32_t, Generation>> pins;
+  for (const Key128& key : keys) {
+    const std::uint32_t i = s.find_key(*ns, key);
+    if (i == kNil || s.slab[i].state != BlockState::kCommitted) break;
+    r.locations.push_back(s.location_of(s.slab[i]));
+    s.touch(i);
+    if (take_read_lease) {
+      s.pin(i);
+      pins.emplace_back(i, s.slab[i].generation);
+    }
+  }
+  s.lookup_hits += r.locations.size();
+  s.lookup_misses += keys.size() - r.locations.size();
+  if (take_read_lease && !pins.empty()) {
+    const std::uint64_t id = s.next_lease++;
+    const Clock::time_point deadline = now + s.config.read_lease_ttl;
+    s.read_leases.emplace(id, ReadLease{deadline, std::move(pins)});
+    compact_expiry(s.read_expiry, s.read_leases);
+    s.read_expiry.emplace(deadline, id);
+    r.read_lease = LeaseId{id};
+    r.lease_deadline = deadline;
+  }
+  return r;
+}
+
+Result<std::vector<bool>> CoordinatorCore::contains(NamespaceId ns_id, std::span<const Key128> keys,
+                                                    Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto ns = s.ns_lookup(ns_id);
+  if (!ns) return tl::unexpected(ns.error());
+  if (Status st = s.check_shard(keys); !st.ok()) return tl::unexpected(st);
+  std::vector<bool> out(keys.size(), false);
+  for (std::size_t k = 0; k < keys.size(); ++k) {
+    const std::uint32_t i = s.find_key(*ns, keys[k]);
+    out[k] = i != kNil && s.slab[i].state == BlockState::kCommitted;
+  }
+  return out;
+}
+
+Status CoordinatorCore::release(LeaseId lease, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto it = s.read_leases.find(to_u64(lease));
+  if (it == s.read_leases.end()) {
+    return Status(StatusCode::kNotFound, "unknown read lease " + std::to_string(to_u64(lease)) + " (or expired)");
+  }
+  const ReadLease l = std::move(it->second);
+  s.read_leases.erase(it);
+  for (const auto& [i, generation] : l.pins) s.unpin(i, generation);
+  return Status::ok_status();
+}
+
+Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const Key128> keys, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto ns = s.ns_lookup(ns_id);
+  if (!ns) return tl::unexpected(ns.error());
+  BatchResult r;
+  r.statuses.reserve(keys.size());
+  for (const Key128& key : keys) {
+    if (!s.owns(key)) {
+      r.statuses.push_back(s.shard_error(key));
+      continue;
+    }
+    const std::uint32_t i = s.find_key(*ns, key);
+    if (i == kNil) {
+      r.statuses.emplace_back(StatusCode::kNotFound, "block " + key_text(key) + " is not in the pool");
+      continue;
+    }
+    BlockEntry& e = s.slab[i];
+    if (e.state == BlockState::kWriting) {
+      r.statuses.emplace_back(StatusCode::kFailedPrecondition,
+                              "block " + key_text(key) + " is being written: remove it after its commit");
+      continue;
+    }
+    ++s.removals;
+    if (e.pins == 0) {
+      s.retire(i, std::nullopt);
+    } else {
+      // Readers still hold it: out of the index now, space later.
+      Agent& a = s.agent(e.agent);
+      s.by_key.erase(key_hash(e.ns, e.key), i);
+      a.live_granules -= slot_granules(e.length);
+      --a.committed_blocks;
+      --s.namespaces[e.ns].blocks;
+      e.state = BlockState::kRemovedLeased;
+    }
+    r.statuses.emplace_back();
+  }
+  r.invalidations = s.collect_ready(now);
+  return r;
+}
+
+Result<WaiterId> CoordinatorCore::wait_for(NamespaceId ns_id, std::span<const Key128> keys, Clock::time_point deadline,
+                                           WaitCallback done, Clock::time_point now) {
+  if (!done) return make_error(StatusCode::kInvalidArgument, "wait_for needs a callback");
+  ReadyCallbacks ready;
+  WaiterId result{};
+  {
+    std::lock_guard lock(mu_);
+    State& s = *s_;
+    s.sweep(now);
+    auto ns = s.ns_lookup(ns_id);
+    if (!ns) return tl::unexpected(ns.error());
+    if (Status st = s.check_shard(keys); !st.ok()) return tl::unexpected(st);
+    const std::uint64_t id = s.next_waiter++;
+    result = WaiterId{id};
+    Waiter w;
+    w.ns = *ns;
+    w.keys.assign(keys.begin(), keys.end());
+    w.committed.assign(keys.size(), false);
+    for (std::size_t k = 0; k < keys.size(); ++k) {
+      const std::uint32_t i = s.find_key(*ns, keys[k]);
+      w.committed[k] = i != kNil && s.slab[i].state == BlockState::kCommitted;
+      if (!w.committed[k]) ++w.remaining;
+    }
+    if (w.remaining == 0 || deadline <= now) {
+      ready.emplace_back(std::move(done), std::move(w.committed));
+    } else {
+      w.deadline = deadline;
+      w.done = std::move(done);
+      for (std::size_t k = 0; k < keys.size(); ++k) {
+        if (!w.committed[k]) s.wait_index[WaitKey{*ns, keys[k]}].emplace_back(id, static_cast<std::uint32_t>(k));
+      }
+      s.waiter_deadlines.emplace(deadline, id);
+      s.waiters.emplace(id, std::move(w));
+    }
+  }
+  run_callbacks(ready);
+  return result;
+}
+
+bool CoordinatorCore::cancel_wait(WaiterId waiter) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  const auto id = static_cast<std::uint64_t>(waiter);
+  if (s.waiters.count(id) == 0) return false;
+  s.finish_waiter(id, nullptr);
+  return true;
+}
+
+// ---- invalidation and time ----
+
+Status CoordinatorCore::invalidated(AgentId id, std::uint64_t incarnation, std::span<const SlotRef> slots,
+                                    Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = s.find_agent(id);
+  if (a == nullptr || !a->alive) {
+    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
+  }
+  if (a->reg.incarnation != incarnation) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "agent " + std::to_string(to_u32(id)) + " incarnation " + std::to_string(incarnation) + " is gone");
+  }
+  std::size_t ignored = 0;
+  for (const SlotRef& ref : slots) {
+    const pool::RegionLayout& layout = a->layout;
+    if (ref.payload_offset < layout.payload_base || ref.length == 0 || ref.length % kGranule != 0 ||
+        (ref.payload_offset - layout.payload_base) % kGranule != 0 ||
+        ref.payload_offset - layout.payload_base >= layout.payload_bytes ||
+        ref.header_offset != layout.header_offset(ref.payload_offset - layout.payload_base)) {
+      ++ignored;
+      continue;
+    }
+    const std::uint64_t offset = ref.payload_offset - layout.payload_base;
+    const auto granule = static_cast<std::uint32_t>(offset / kGranule);
+    const auto granules = static_cast<std::uint32_t>(ref.length / kGranule);
+    if (!a->reclaim.acknowledge(granule, granules, ref.generation)) {
+      ++ignored;
+      continue;
+    }
+    if (Status st = a->space->free(pool::Slot{offset, ref.length}); !st.ok()) {
+      logger()->error("agent {}: freeing acknowledged slot: {}", to_u32(id), st.to_string());
+      continue;
+    }
+    a->used_granules -= granules;
+  }
+  if (ignored > 0) {
+    logger()->debug("agent {}: {} of {} acknowledged slots matched nothing sent (repeats?)", to_u32(id), ignored,
+                    slots.size());
+  }
+  return Status::ok_status();
+}
+
+TickActions CoordinatorCore::tick(Clock::time_point now) {
+  TickActions actions;
+  ReadyCallbacks ready;
+  {
+    std::lock_guard lock(mu_);
+    State& s = *s_;
+    s.sweep(now);
+    actions.dead_agents = std::move(s.dead_since_tick);
+    s.dead_since_tick.clear();
+
+    // A lease is good through its deadline (commit accepts now == deadline),
+    // so it expires once now is past it. Deadlines never change, so the heap
+    // pair of a lease still present carries its deadline.
+    while (!s.write_expiry.empty() && s.write_expiry.top().first < now) {
+      const std::uint64_t id = s.write_expiry.top().second;
+      s.write_expiry.pop();
+      auto it = s.write_leases.find(id);
+      if (it == s.write_leases.end()) continue;
+      const WriteLease l = it->second;
+      s.write_leases.erase(it);
+      if (s.write_lease_valid(l)) {
+        s.expire_write_lease(l, now);
+        ++actions.expired_write_leases;
+      }
+    }
+    while (!s.read_expiry.empty() && s.read_expiry.top().first < now) {
+      const std::uint64_t id = s.read_expiry.top().second;
+      s.read_expiry.pop();
+      auto it = s.read_leases.find(id);
+      if (it == s.read_leases.end()) continue;
+      const ReadLease l = std::move(it->second);
+      s.read_leases.erase(it);
+      for (const auto& [i, generation] : l.pins) s.unpin(i, generation);
+      ++actions.expired_read_leases;
+    }
+    while (!s.waiter_deadlines.empty() && s.waiter_deadlines.begin()->first <= now) {
+      s.finish_waiter(s.waiter_deadlines.begin()->second, &ready);
+      ++actions.fired_waiters;
+    }
+
+    std::uint32_t budget = s.config.max_evictions_per_tick;
+    for (auto& ap : s.agents) {
+      Agent& a = *ap;
+      if (!a.alive || !a.draining) continue;
+      while (a.live_granules > a.low_granules && budget > 0) {
+        const std::uint32_t i = a.lists.oldest(s.slab);
+        if (i == kNil) break;
+        s.evict(i);
+        --budget;
+        ++actions.evicted_blocks;
+      }
+      a.draining = a.live_granules > a.low_granules && budget == 0;
+    }
+
+    std::vector<ReclaimQueue::Pending> pending;
+    for (auto& ap : s.agents) {
+      if (!ap->alive) continue;
+      pending.clear();
+      ap->reclaim.collect_due(now, s.config.invalidation_retry, pending);
+      if (pending.empty()) continue;
+      InvalidateRequest req{ap->id, ap->reg.incarnation, {}};
+      req.slots.reserve(pending.size());
+      for (const auto& p : pending) req.slots.push_back(s.slot_ref(*ap, p));
+      actions.invalidations.push_back(std::move(req));
+    }
+  }
+  run_callbacks(ready);
+  return actions;
+}
+
+// ---- introspection ----
+
+Stats CoordinatorCore::stats() const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  Stats st;
+  for (const auto& ap : s.agents) {
+    AgentView v = view_of(*ap);
+    st.blocks += v.blocks;
+    st.capacity_bytes += v.capacity_bytes;
+    st.used_bytes += v.used_bytes;
+    st.live_bytes += v.live_bytes;
+    st.reclaiming_bytes += v.reclaiming_bytes;
+    if (v.alive) ++st.agents_alive;
+    st.agents.push_back(std::move(v));
+  }
+  st.write_leases = s.write_leases.size();
+  st.read_leases = s.read_leases.size();
+  st.waiters = s.waiters.size();
+  st.namespaces = s.namespaces.size();
+  st.membership_epoch = s.epoch;
+  st.lookup_hits = s.lookup_hits;
+  st.lookup_misses = s.lookup_misses;
+  st.evictions = s.evictions;
+  st.removals = s.removals;
+  st.expired_write_leases = s.expired_write_leases;
+  st.aborted_write_leases = s.aborted_write_leases;
+  return st;
+}
+
+Result<std::vector<SlotView>> CoordinatorCore::slots(AgentId id) const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  const Agent* a = s.find_agent(id);
+  if (a == nullptr) return make_error(StatusCode::kNotFound, "unknown agent " + std::to_string(to_u32(id)));
+  std::vector<SlotView> out;
+  a->lists.for_each(s.slab, [&](std::uint32_t i) {
+    const BlockEntry& e = s.slab[i];
+    SlotView v;
+    v.payload_offset = static_cast<std::uint64_t>(e.granule) * kGranule;
+    v.length = static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
+    v.state = e.state == BlockState::kWriting     ? SlotState::kWriting
+              : e.state == BlockState::kCommitted ? SlotState::kCommitted
+                                                  : SlotState::kRemovedLeased;
+    v.generation = e.generation;
+    v.key = e.key;
+    v.namespace_id = s.namespaces[e.ns].id;
+    out.push_back(v);
+  });
+  a->reclaim.for_each([&](const ReclaimQueue::Pending& p) {
+    SlotView v;
+    v.payload_offset = static_cast<std::uint64_t>(p.granule) * kGranule;
+    v.length = static_cast<std::uint64_t>(p.granules) * kGranule;
+    v.state = p.stage == ReclaimQueue::Stage::kQuarantined ? SlotState::kQuarantined : SlotState::kInvalidating;
+    v.generation = p.generation;
+    out.push_back(v);
+  });
+  std::sort(out.begin(), out.end(),
+            [](const SlotView& x, const SlotView& y) { return x.payload_offset < y.payload_offset; });
+  return out;
+}
+
+namespace {
+
+Status internal(const std::string& what) { return Status(StatusCode::kInternal, what); }
+
+// True when the ranges (sorted by offset) are disjoint and tile [0, total).
+bool tiles(std::vector<pool::Slot>& ranges, std::uint64_t total) {
+  std::sort(ranges.begin(), ranges.end(), [](const pool::Slot& x, const pool::Slot& y) { return x.offset < y.offset; });
+  std::uint64_t pos = 0;
+  for (const pool::Slot& r : ranges) {
+    if (r.offset != pos) return false;
+    pos = r.end();
+  }
+  return pos == total;
+}
+
+}  // namespace
+
+Status CoordinatorCore::State::check_agent(const Agent& a) const {
+  const std::string who = "agent " + std::to_string(to_u32(a.id)) + ": ";
+  if (!a.alive) {
+    if (a.lists.evictable_count() + a.lists.busy_count() != 0 || !a.reclaim.empty()) {
+      return internal(who + "dead but holds slots");
+    }
+    return Status::ok_status();
+  }
+  std::vector<pool::Slot> entries;
+  std::uint64_t live = 0, committed = 0, evictable = 0, busy = 0;
+  Status bad;
+  a.lists.for_each(slab, [&](std::uint32_t i) {
+    if (!bad.ok()) return;
+    const BlockEntry& e = slab[i];
+    const std::uint64_t g = slot_granules(e.length);
+    if (e.agent != to_u32(a.id)) bad = internal(who + "entry of agent " + std::to_string(e.agent) + " on its list");
+    if (e.state == BlockState::kFree) bad = internal(who + "free entry on a list");
+    const bool should_lru = e.state == BlockState::kCommitted && e.pins == 0;
+    if ((e.list == BlockLists::kLru) != should_lru) bad = internal(who + "entry on the wrong list");
+    if (e.state == BlockState::kRemovedLeased && e.pins == 0) bad = internal(who + "removed entry with no pins");
+    if (e.state == BlockState::kWriting || e.state == BlockState::kCommitted) {
+      live += g;
+      if (find_key(e.ns, e.key) != i) bad = internal(who + "entry " + key_text(e.key) + " not found by key");
+    }
+    if (e.state == BlockState::kCommitted) ++committed;
+    if (find_slot(e.agent, e.granule) != i) bad = internal(who + "entry not found by slot");
+    (e.list == BlockLists::kLru ? evictable : busy)++;
+    entries.push_back(pool::Slot{e.granule * kGranule, g * kGranule});
+  });
+  if (!bad.ok()) return bad;
+  if (evictable != a.lists.evictable_count() || busy != a.lists.busy_count()) return internal(who + "list counts");
+  if (live != a.live_granules) return internal(who + "live granules counter");
+  if (committed != a.committed_blocks) return internal(who + "committed blocks counter");
+
+  std::vector<pool::Slot> reclaim;
+  a.reclaim.for_each([&](const ReclaimQueue::Pending& p) {
+    reclaim.push_back(pool::Slot{p.granule * kGranule, p.granules * kGranule});
+  });
+  // space: its free extents, every entry and every reclaiming slot tile the
+  // payload area (nothing is lost, nothing is handed out twice).
+  std::vector<pool::Slot> all = a.space->free_extents();
+  all.insert(all.end(), entries.begin(), entries.end());
+  all.insert(all.end(), reclaim.begin(), reclaim.end());
+  if (!tiles(all, a.layout.payload_bytes))
+    return internal(who + "free space, blocks and reclaiming slots overlap or leave gaps");
+  // future: its free extents and the entries tile it (reclaiming slots are free there).
+  std::vector<pool::Slot> fut = a.future->free_extents();
+  fut.insert(fut.end(), entries.begin(), entries.end());
+  if (!tiles(fut, a.layout.payload_bytes)) return internal(who + "future map inconsistent with the blocks");
+  if (a.space->stats().used_bytes != a.used_granules * kGranule) return internal(who + "used granules counter");
+  return Status::ok_status();
+}
+
+Status CoordinatorCore::State::check_all() const {
+  std::uint64_t in_lists = 0, keyed = 0;
+  for (const auto& ap : agents) {
+    if (Status st = check_agent(*ap); !st.ok()) return st;
+    ap->lists.for_each(slab, [&](std::uint32_t i) {
+      ++in_lists;
+      if (slab[i].state == BlockState::kWriting || slab[i].state == BlockState::kCommitted) ++keyed;
+    });
+  }
+  if (in_lists != slab.in_use()) return internal("slab entries in use not all on agent lists");
+  if (keyed != by_key.size()) return internal("key index size");
+  if (in_lists != by_slot.size()) return internal("slot index size");
+  std::vector<std::uint64_t> ns_blocks(namespaces.size(), 0);
+  for (const auto& ap : agents) {
+    ap->lists.for_each(slab, [&](std::uint32_t i) {
+      if (slab[i].state == BlockState::kCommitted) ++ns_blocks[slab[i].ns];
+    });
+  }
+  for (std::size_t n = 0; n < namespaces.size(); ++n) {
+    if (ns_blocks[n] != namespaces[n].blocks) return internal("namespace block counter");
+  }
+  return Status::ok_status();
+}
+
+Status CoordinatorCore::check_consistency() const {
+  std::lock_guard lock(mu_);
+  return s_->check_all();
+}
+
+MemoryFootprint CoordinatorCore::memory() const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  return MemoryFootprint{s.slab.in_use(), s.slab.memory_bytes(), s.by_key.memory_bytes(), s.by_slot.memory_bytes()};
+}
+
+}  // namespace kvpool::coordinator

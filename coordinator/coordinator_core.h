@@ -1,0 +1,203 @@
+#pragma once
+// CoordinatorCore: the coordinator's whole state machine, with no I/O.
+//
+// It holds the block index (namespace + key -> agent, slot, generation,
+// state), places new blocks on agents' regions (one pool::SlotAllocator per
+// region), keeps write and read leases, evicts least-recently-used blocks
+// under memory pressure, tracks agent membership, and runs the invalidation
+// protocol that returns freed space only after the owning agent has zeroed
+// the slot header (DESIGN.md, "Data flows"). The network server wraps it:
+// it calls these methods and performs the actions they return (invalidation
+// RPCs to agents, notices to workers). Nothing here blocks or sends.
+//
+// Time: every method that depends on time takes `now` (a Clock::time_point),
+// so tests drive time explicitly; the server passes Clock::now(). Every such
+// call first declares dead the agents whose last heartbeat is older than
+// agent_timeout, so no result ever names a dead agent; tick() reports them.
+//
+// Thread safety: every public method is thread-safe; one internal mutex
+// serialises them (each call is short: O(keys in the batch), plus bounded
+// eviction work). wait_for() callbacks run after that mutex is released, on
+// the thread of the call that completed them: commit(), tick(), or
+// wait_for() itself when all keys are already committed. A callback may call
+// back into the core.
+//
+// Errors: a call-level problem (unknown namespace) comes back as the Result's
+// error; per-key or per-lease outcomes come back in the result's vectors.
+//
+// Space life cycle of one slot:
+//   allocate -> kWriting --commit--> kCommitted --evict/remove--> reclaim
+//               kWriting --abort--> reclaim
+//               kWriting --lease expires (tick)--> quarantine --> reclaim
+//               kCommitted --remove while read-leased--> kRemovedLeased --last lease ends--> reclaim
+//   reclaim = an InvalidateRequest to the agent; only its acknowledgement
+//   (invalidated()) returns the space to the allocator. An agent that dies
+//   or restarts loses all of its blocks and slots at once.
+//
+// Memory: about 90 bytes per committed block (block_slab.h, index_table.h);
+// coordinator_bench measures it.
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "coordinator/coordinator_types.h"
+#include "kvpool/status.h"
+#include "kvpool/types.h"
+#include "runtime/common/units.h"
+
+namespace kvpool::coordinator {
+
+struct NamespaceView {
+  NamespaceId id = 0;
+  NamespaceDescriptor descriptor;
+  std::uint64_t block_bytes = 0;
+  std::uint64_t blocks = 0;  // committed blocks
+};
+
+// What the index itself occupies (for coordinator_bench and pooltool).
+struct MemoryFootprint {
+  std::uint64_t entries = 0;           // slab entries in use (all states)
+  std::uint64_t slab_bytes = 0;        // allocated slab chunks
+  std::uint64_t key_index_bytes = 0;   // (namespace, key) -> entry table
+  std::uint64_t slot_index_bytes = 0;  // (agent, slot start) -> entry table
+};
+
+class CoordinatorCore {
+ public:
+  // kInvalidArgument for an inconsistent config (watermarks outside
+  // 0 < low <= high <= 1, a zero ttl or timeout, shard_index >= shard_count).
+  static Result<std::unique_ptr<CoordinatorCore>> create(const CoordinatorConfig& config = {});
+  ~CoordinatorCore();
+  CoordinatorCore(const CoordinatorCore&) = delete;
+  CoordinatorCore& operator=(const CoordinatorCore&) = delete;
+
+  // ---- Namespaces ----
+
+  // Idempotent; the id is namespace_id(desc). kInvalidArgument when
+  // block_bytes_of(desc) rejects it; kResourceExhausted past 2^32 - 1
+  // namespaces.
+  Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc);
+  std::vector<NamespaceView> namespaces() const;
+
+  // ---- Agents ----
+
+  // Adds an agent, or a new incarnation of a known one (same control_address,
+  // or same worker_address when control_address is empty): the old
+  // incarnation's blocks, leases' slots and pending invalidations are dropped
+  // at once (its memory is gone) and it is reported dead by the next tick().
+  // The same incarnation again while alive is idempotent (refreshes the
+  // heartbeat). Errors:
+  //   kInvalidArgument: no control or worker address, a region too small
+  //     for one granule of payload (pool::RegionLayout), or over 2^32 granules.
+  //   kFailedPrecondition: the same incarnation with a different region size,
+  //     or an incarnation that was declared dead. An agent whose incarnation
+  //     was declared dead must zero its header table and register a new
+  //     incarnation (its old headers could otherwise resurrect blocks that
+  //     were removed while it was away).
+  Result<AgentId> register_agent(const AgentRegistration& registration, Clock::time_point now);
+
+  // kNotFound: unknown agent, declared dead, or another incarnation: the
+  // agent must register (again).
+  Status heartbeat(AgentId agent, std::uint64_t incarnation, Clock::time_point now);
+
+  // Every agent ever registered (dead ones with alive == false and zero
+  // usage), as of the last call that swept for timeouts.
+  std::vector<AgentView> agents() const;
+  // Bumps on every join, restart and death.
+  std::uint64_t membership_epoch() const;
+
+  // ---- Writes ----
+
+  // Per key, in order: kExists (committed: touches it in the LRU), kPending
+  // (another write lease holds it; a key repeated in the batch is pending
+  // the second time), kPlaced (a new write lease until now +
+  // write_lease_ttl), or kError (see AllocateItem::status). Evictions this
+  // call made come back as invalidations to send. Call error: kNotFound for
+  // an unknown namespace.
+  Result<AllocateResult> allocate(NamespaceId ns, std::span<const BlockRequest> blocks, const WriterInfo& writer,
+                                  Clock::time_point now);
+
+  // Per lease: ok, kNotFound (unknown, already committed, or expired and
+  // reclaimed by tick()), kFailedPrecondition (its deadline has passed; the
+  // slot goes to quarantine), kUnavailable (its agent died or restarted).
+  // All ok ones become visible together. Completed waiters fire after the
+  // lock is released, before this returns.
+  std::vector<Status> commit(std::span<const LeaseId> write_leases, Clock::time_point now);
+
+  // Gives up write leases: the slots go to invalidation at once (the writer
+  // may have written a header), so call it only once no put of the lease can
+  // still land (completed, failed, or its endpoint closed). A lease past its
+  // deadline goes to quarantine instead. Per lease: ok (also when its agent
+  // is gone), kNotFound.
+  BatchResult abort(std::span<const LeaseId> write_leases, Clock::time_point now);
+
+  // ---- Reads ----
+
+  // The longest run of leading keys committed on live agents, with
+  // locations, touched in the LRU; with take_read_lease, one read lease
+  // pinning them (only when at least one key hit). Call errors: kNotFound
+  // (namespace), kFailedPrecondition (a key of another shard).
+  Result<LookupResult> lookup(NamespaceId ns, std::span<const Key128> keys, bool take_read_lease,
+                              Clock::time_point now);
+
+  // Per key: committed on a live agent. Touches nothing.
+  Result<std::vector<bool>> contains(NamespaceId ns, std::span<const Key128> keys, Clock::time_point now);
+
+  // Ends a read lease; its blocks become evictable again (as most recently
+  // used), and removed ones go to invalidation at the next tick().
+  // kNotFound: unknown or already expired.
+  Status release(LeaseId read_lease, Clock::time_point now);
+
+  // Per key: ok, kNotFound (not committed), kFailedPrecondition (being
+  // written, or of another shard). A removed block leaves lookups at once;
+  // its space is invalidated once no read lease holds it (the returned
+  // invalidations are those that could go now).
+  Result<BatchResult> remove(NamespaceId ns, std::span<const Key128> keys, Clock::time_point now);
+
+  // Calls done(committed) once every key is committed, or at `deadline` (from
+  // tick()) with the ones that were. Runs done before returning when all
+  // already are, or when deadline <= now. Call errors as lookup().
+  Result<WaiterId> wait_for(NamespaceId ns, std::span<const Key128> keys, Clock::time_point deadline, WaitCallback done,
+                            Clock::time_point now);
+  // False when the waiter already fired or never existed.
+  bool cancel_wait(WaiterId waiter);
+
+  // ---- Invalidation protocol and time ----
+
+  // The agent's acknowledgement of an InvalidateRequest: each slot that
+  // matches one sent to it (offsets, length, generation) returns to the free
+  // space; others (repeats of an earlier acknowledgement) are ignored.
+  // kNotFound: unknown or dead agent; kFailedPrecondition: another
+  // incarnation (its slots are gone with it).
+  Status invalidated(AgentId agent, std::uint64_t incarnation, std::span<const SlotRef> slots, Clock::time_point now);
+
+  // Call periodically (every 100 ms or so): declares dead agents, expires
+  // write leases (to quarantine) and read leases, moves ended quarantines to
+  // invalidation, fires waiters whose deadline passed (after unlocking),
+  // drains agents above the high watermark, and returns every invalidation
+  // due (new, or unacknowledged for invalidation_retry).
+  TickActions tick(Clock::time_point now);
+
+  // ---- Introspection (O(agents) or O(blocks of one agent)) ----
+
+  Stats stats() const;
+  // Every slot of one agent's region the coordinator accounts for, by
+  // payload offset. kNotFound: unknown agent.
+  Result<std::vector<SlotView>> slots(AgentId agent) const;
+  // Cross-checks every structure (indices, lists, allocators, counters)
+  // against each other: O(blocks). kInternal with the first discrepancy.
+  Status check_consistency() const;
+  MemoryFootprint memory() const;
+
+ private:
+  struct State;
+  explicit CoordinatorCore(std::unique_ptr<State> state);
+
+  mutable std::mutex mu_;
+  std::unique_ptr<State> s_;  // guarded by mu_
+};
+
+}  // namespace kvpool::coordinator

@@ -1,0 +1,250 @@
+#pragma once
+// The nouns of the coordinator core's API: ids, agent registrations, block
+// locations, per-key results and the actions the network server performs.
+// Plain data, no I/O; see coordinator_core.h for the operations.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kvpool/status.h"
+#include "kvpool/types.h"
+#include "runtime/common/units.h"
+
+namespace kvpool::coordinator {
+
+// An agent's id, stable across its incarnations: an agent that restarts
+// (same control address, new incarnation) keeps its id. 0 is never issued.
+enum class AgentId : std::uint32_t {};
+// A write or read lease. Ids start at a random point per coordinator start,
+// so a lease id from before a restart does not name a new lease. 0 is never
+// issued.
+enum class LeaseId : std::uint64_t {};
+// A wait_for() registration, for cancel_wait().
+enum class WaiterId : std::uint64_t {};
+// Increases with every allocation, across all agents; written into the slot
+// header, where "higher wins" when two valid slots hold one key.
+using Generation = std::uint64_t;
+
+inline constexpr std::uint32_t to_u32(AgentId id) { return static_cast<std::uint32_t>(id); }
+inline constexpr std::uint64_t to_u64(LeaseId id) { return static_cast<std::uint64_t>(id); }
+
+enum class PlacementPolicy {
+  // The live agent on the writer's host when the block fits there (after
+  // evicting there if needed), else the least-full live agent.
+  kLocalFirst,
+  // Always the least-full live agent (used bytes / capacity).
+  kSpread,
+};
+
+struct CoordinatorConfig {
+  // An agent whose last heartbeat is older than this is declared dead.
+  std::chrono::nanoseconds agent_timeout = std::chrono::seconds(3);
+  // A writer must commit before now + write_lease_ttl.
+  std::chrono::nanoseconds write_lease_ttl = std::chrono::seconds(10);
+  // A read lease protects its blocks from eviction and removal-reuse this long.
+  std::chrono::nanoseconds read_lease_ttl = std::chrono::seconds(30);
+  // The space of an expired write lease waits this long before it is
+  // invalidated and reused: a put posted before the deadline may still land
+  // late (DESIGN.md, "Data flows"). It must exceed the longest put deadline.
+  std::chrono::nanoseconds write_quarantine = std::chrono::seconds(5);
+  // An invalidation request with no acknowledgement is sent again by tick()
+  // after this long (agents treat a repeat as a no-op).
+  std::chrono::nanoseconds invalidation_retry = std::chrono::seconds(2);
+  PlacementPolicy placement = PlacementPolicy::kLocalFirst;
+  // Fractions of an agent's payload capacity, 0 < low <= high <= 1. When an
+  // allocation would take an agent's live bytes (committed + being written)
+  // above high, least-recently-used blocks are evicted until live bytes plus
+  // the allocation are at most low. With high == low every allocation evicts
+  // exactly what it needs. The room between high and 1 absorbs space that is
+  // waiting for its invalidation acknowledgement.
+  double high_watermark = 0.95;
+  double low_watermark = 0.90;
+  // Bounds the eviction work one allocate() call does (tick() keeps draining
+  // agents above the high watermark, with its own bound).
+  std::uint32_t max_evictions_per_call = 4096;
+  std::uint32_t max_evictions_per_tick = 65536;
+  // This coordinator owns the keys with shard_of(key, shard_count) ==
+  // shard_index (shard.h); one shard until the shard map in etcd exists.
+  std::uint32_t shard_index = 0;
+  std::uint32_t shard_count = 1;
+  // The first generation issued; 0 takes the wall clock in microseconds, so a
+  // restarted coordinator keeps issuing higher generations.
+  Generation first_generation = 0;
+  // The first lease id issued; 0 takes a random one.
+  std::uint64_t first_lease_id = 0;
+};
+
+// What an agent tells the coordinator when it joins.
+struct AgentRegistration {
+  std::string worker_address;      // UCX worker address blob, for workers' endpoints
+  std::string packed_rkey;         // the region's packed rkey
+  std::string host_id;             // same value on every process of one host (local-first placement)
+  std::string control_address;     // host:port of the agent's control RPC; identifies the agent across restarts
+  std::uint64_t region_base = 0;   // remote address of the region's byte 0
+  std::uint64_t region_bytes = 0;  // the whole region: header table + payload area
+  std::uint64_t incarnation = 0;   // new value on every agent start
+};
+
+// Where a block lives. Offsets are relative to the region's start; add
+// AgentRegistration::region_base for a remote address.
+struct Location {
+  AgentId agent{};
+  std::uint64_t incarnation = 0;
+  std::uint64_t payload_offset = 0;  // layout.payload_base + slot offset
+  std::uint64_t header_offset = 0;   // the 64-byte slot header (pool::RegionLayout::header_offset)
+  std::uint64_t length = 0;          // payload bytes, as allocated (not rounded)
+  Generation generation = 0;
+  friend bool operator==(const Location&, const Location&) = default;
+};
+
+// Who writes: host_id drives local-first placement.
+struct WriterInfo {
+  std::string client_id;
+  std::string host_id;
+};
+
+struct BlockRequest {
+  Key128 key;
+  std::uint64_t length = 0;  // payload bytes, 1 .. the namespace's block size
+};
+
+enum class AllocateOutcome {
+  kPlaced,   // write payload then header at location, then commit(lease)
+  kExists,   // already committed (dedupe): write nothing; location says where
+  kPending,  // another writer holds an uncommitted lease on the key: write nothing
+  kError,    // see status
+};
+
+struct AllocateItem {
+  AllocateOutcome outcome = AllocateOutcome::kError;
+  Location location;                   // kPlaced, kExists
+  LeaseId lease{};                     // kPlaced: the write lease
+  Clock::time_point lease_deadline{};  // kPlaced: commit before this
+  // kError: kInvalidArgument (zero length, over the namespace's block size),
+  // kUnavailable (space is being reclaimed: retry shortly), kResourceExhausted
+  // (nothing fits even after eviction: every block is leased or being
+  // written, or no live agent), kFailedPrecondition (key of another shard).
+  Status status;
+};
+
+// One slot the agent must invalidate (zero its header) before the space is
+// reused; the agent echoes it back in its acknowledgement.
+struct SlotRef {
+  std::uint64_t header_offset = 0;   // region offset of the 64-byte header
+  std::uint64_t payload_offset = 0;  // region offset of the payload (layout.payload_base + slot offset)
+  std::uint64_t length = 0;          // slot bytes, rounded up to the granule
+  Generation generation = 0;         // the block's generation: tells a stale acknowledgement from a current one
+  friend bool operator==(const SlotRef&, const SlotRef&) = default;
+};
+
+struct InvalidateRequest {
+  AgentId agent{};
+  std::uint64_t incarnation = 0;
+  std::vector<SlotRef> slots;
+};
+
+struct AllocateResult {
+  std::vector<AllocateItem> items;  // one per request, same order
+  // Invalidations created by evictions in this call: send them now.
+  std::vector<InvalidateRequest> invalidations;
+  std::uint64_t membership_epoch = 0;  // refresh the agent table when it changed
+};
+
+struct LookupResult {
+  // The longest run of leading keys that are committed on live agents, with
+  // their locations (locations.size() is the hit count).
+  std::vector<Location> locations;
+  // When a read lease was asked for and locations is not empty: it keeps
+  // those blocks from eviction and from removal-reuse until release() or
+  // lease_deadline.
+  LeaseId read_lease{};
+  Clock::time_point lease_deadline{};
+  std::uint64_t membership_epoch = 0;
+};
+
+// Per-key or per-lease statuses plus invalidations to send now.
+struct BatchResult {
+  std::vector<Status> statuses;
+  std::vector<InvalidateRequest> invalidations;
+};
+
+struct DeadAgent {
+  AgentId agent{};
+  std::uint64_t incarnation = 0;
+};
+
+struct TickActions {
+  std::uint64_t expired_write_leases = 0;
+  std::uint64_t expired_read_leases = 0;
+  std::uint64_t evicted_blocks = 0;  // watermark eviction done by this tick
+  // Agents declared dead since the previous tick (by this tick or by any call
+  // that noticed a missed heartbeat): tell workers to drop their endpoints.
+  std::vector<DeadAgent> dead_agents;
+  // Send these; the agent acknowledges with CoordinatorCore::invalidated().
+  std::vector<InvalidateRequest> invalidations;
+  std::uint64_t fired_waiters = 0;  // wait_for callbacks run by this tick
+};
+
+struct AgentView {
+  AgentId id{};
+  std::uint64_t incarnation = 0;
+  AgentRegistration registration;
+  bool alive = false;
+  Clock::time_point last_heartbeat{};
+  std::uint64_t capacity_bytes = 0;    // payload area
+  std::uint64_t used_bytes = 0;        // not allocatable now: live + leased-removed + awaiting invalidation
+  std::uint64_t live_bytes = 0;        // committed + being written (slot bytes)
+  std::uint64_t reclaiming_bytes = 0;  // quarantined or awaiting invalidation acknowledgement
+  std::uint64_t blocks = 0;            // committed blocks
+  std::uint64_t largest_free = 0;      // the largest slot placeable now
+};
+
+struct Stats {
+  std::uint64_t blocks = 0;  // committed
+  std::uint64_t capacity_bytes = 0;
+  std::uint64_t used_bytes = 0;
+  std::uint64_t live_bytes = 0;
+  std::uint64_t reclaiming_bytes = 0;  // quarantine + pending invalidation
+  std::uint64_t write_leases = 0;
+  std::uint64_t read_leases = 0;
+  std::uint64_t waiters = 0;
+  std::uint64_t namespaces = 0;
+  std::uint64_t agents_alive = 0;
+  std::uint64_t membership_epoch = 0;
+  // Cumulative counters.
+  std::uint64_t lookup_hits = 0;    // blocks returned by lookup()
+  std::uint64_t lookup_misses = 0;  // keys asked by lookup() and not returned
+  std::uint64_t evictions = 0;
+  std::uint64_t removals = 0;
+  std::uint64_t expired_write_leases = 0;
+  std::uint64_t aborted_write_leases = 0;
+  std::vector<AgentView> agents;
+};
+
+// A slot of an agent's region as the coordinator sees it (for tools and
+// consistency checks).
+enum class SlotState {
+  kWriting,        // under a write lease
+  kCommitted,      // visible to lookups
+  kRemovedLeased,  // removed, waiting for read leases to end
+  kQuarantined,    // expired write lease, waiting for late puts to drain
+  kInvalidating,   // waiting for the agent's acknowledgement (sent or to be sent)
+};
+
+struct SlotView {
+  std::uint64_t payload_offset = 0;  // relative to the payload base (what pool::SlotAllocator uses)
+  std::uint64_t length = 0;          // rounded to the granule
+  SlotState state = SlotState::kCommitted;
+  Generation generation = 0;
+  Key128 key;                    // not set for kQuarantined / kInvalidating
+  NamespaceId namespace_id = 0;  // idem
+};
+
+// Runs once per wait_for() registration: committed[i] says whether keys[i]
+// was committed when it fired.
+using WaitCallback = std::function<void(std::vector<bool> committed)>;
+
+}  // namespace kvpool::coordinator

@@ -1,0 +1,55 @@
+#pragma once
+// CoordinatorServer: the coordinator on the network. It wraps
+// CoordinatorCore (the state machine) in the control protocol's server,
+// performs the actions the core returns (invalidation requests pushed to
+// agents, "agent down" pushed to workers) and runs the core's clock (tick).
+//
+// kvpool-coordinator runs one; `kvpool-agent --standalone` embeds one in the
+// agent's process, same protocol, same port.
+//
+// Thread-safety: start/stop from one thread; everything else is internal.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "coordinator/coordinator_core.h"
+#include "kvpool/status.h"
+
+namespace kvpool::coordinator {
+
+struct CoordinatorServerOptions {
+  std::string host = "127.0.0.1";
+  std::uint16_t port = 7400;  // 0: the OS picks (see port())
+  CoordinatorConfig core;
+  // How often the core's clock runs (lease expiry, agent timeouts, retries).
+  std::chrono::milliseconds tick_interval{100};
+  // What agents are told; the agent timeout (core.agent_timeout) should be
+  // several intervals.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  std::size_t max_frame = 16u << 20;
+  int threads = 1;
+};
+
+class CoordinatorServer {
+ public:
+  // kUnavailable when the address cannot be bound; kInvalidArgument for a
+  // bad core configuration.
+  static Result<std::unique_ptr<CoordinatorServer>> start(const CoordinatorServerOptions& options);
+  ~CoordinatorServer();
+  CoordinatorServer(const CoordinatorServer&) = delete;
+  CoordinatorServer& operator=(const CoordinatorServer&) = delete;
+
+  std::uint16_t port() const;
+  CoordinatorCore& core();
+  void stop();
+
+  struct Impl;  // opaque
+
+ private:
+  explicit CoordinatorServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvpool::coordinator

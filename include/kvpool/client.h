@@ -1,0 +1,127 @@
+#pragma once
+// kvpool::Client: what a prefill or decode worker links to write KV blocks
+// into the pool and read them back.
+//
+// put() asks the coordinator for placements, writes each block's payload and
+// then its slot header straight into the owning agent's memory (UCX put: no
+// copy in the agent or the coordinator), and commits. get() looks up the
+// longest present prefix of the keys, reads those blocks straight into the
+// caller's buffers and verifies every header and payload checksum: a stale
+// location or a torn block is a miss, never data.
+//
+// Thread-safety: every method may be called from several threads at once.
+// Buffers: any host memory works; memory registered with register_buffer()
+// moves without per-call registration (and is required for zero-copy reads
+// over TCP, where the agent puts into the caller's buffer).
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvpool/status.h"
+#include "kvpool/types.h"
+
+namespace kvpool {
+
+struct ClientOptions {
+  std::string coordinator = "127.0.0.1:7400";  // host:port
+  std::string client_id;                       // default: host:pid
+  // Deadline of each coordinator call and of each batch's data movement.
+  std::chrono::milliseconds timeout{10000};
+  // UCX transports (UCX_TLS syntax); empty: the environment's or kvpool's default.
+  std::string tls;
+};
+
+enum class PutOutcome {
+  kWritten,  // written and committed by this call
+  kExists,   // already in the pool: nothing written (dedupe)
+  kPending,  // another writer holds the key: nothing written
+  kFailed,   // see PutResult::errors
+};
+
+struct PutResult {
+  std::vector<PutOutcome> outcomes;  // one per key
+  std::vector<Status> errors;        // one per key; ok unless kFailed
+  std::size_t written = 0;
+  std::size_t deduplicated = 0;
+  std::size_t pending = 0;
+  std::size_t failed = 0;
+};
+
+struct GetResult {
+  // Blocks loaded, from the first key on: keys[0..loaded) are in the buffers.
+  std::size_t loaded = 0;
+  // Why loading stopped before the end: kNotFound for a miss (the normal
+  // case), kDataLoss for a block that failed verification, kUnavailable for
+  // an agent that died.
+  Status stopped;
+};
+
+// Where the client moved bytes, for logs and demos: e.g. "posix", "tcp".
+struct ClientStats {
+  std::string transports;
+  std::uint64_t bytes_put = 0;
+  std::uint64_t bytes_got = 0;
+  std::uint64_t verify_failures = 0;
+};
+
+class Client {
+ public:
+  // Connects to the coordinator (hello, agent list). kUnavailable when it
+  // does not answer within options.timeout.
+  static Result<std::unique_ptr<Client>> connect(const ClientOptions& options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Idempotent; returns the namespace id (a hash of the descriptor).
+  // kInvalidArgument for a descriptor whose block size is out of range.
+  Result<NamespaceId> register_namespace(const NamespaceDescriptor& descriptor);
+  // The block size of a registered namespace.
+  Result<std::uint64_t> block_bytes(NamespaceId ns) const;
+
+  // Registers [data, data+size) for zero-copy transfers until
+  // unregister_buffer or destruction. The caller keeps the memory alive.
+  Status register_buffer(void* data, std::size_t size);
+  Status unregister_buffer(void* data);
+
+  // Writes blocks[i] under keys[i] (each block exactly the namespace's block
+  // size). Per-key outcomes; the call fails as a whole only when the
+  // coordinator cannot be reached or the arguments are malformed.
+  Result<PutResult> put(NamespaceId ns, std::span<const Key128> keys,
+                        std::span<const std::span<const std::byte>> blocks);
+  // Loads the longest present prefix of keys into buffers (each at least the
+  // block size), verifying every block.
+  Result<GetResult> get(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> buffers);
+  // How many leading keys are in the pool (no lease, no data).
+  Result<std::size_t> lookup(NamespaceId ns, std::span<const Key128> keys);
+  // Per-key: ok, or kNotFound.
+  Result<std::vector<Status>> remove(NamespaceId ns, std::span<const Key128> keys);
+  // Returns when every key is committed or after `timeout`, with which ones
+  // are: how a decode worker waits for a prefill worker's KV without polling.
+  Result<std::vector<bool>> wait_for(NamespaceId ns, std::span<const Key128> keys,
+                                     std::chrono::milliseconds timeout);
+
+  // Asynchronous forms: the work runs on the client's I/O threads; the
+  // caller keeps keys and buffers alive until the future is ready.
+  std::future<Result<PutResult>> put_async(NamespaceId ns, std::span<const Key128> keys,
+                                           std::span<const std::span<const std::byte>> blocks);
+  std::future<Result<GetResult>> get_async(NamespaceId ns, std::span<const Key128> keys,
+                                           std::span<const std::span<std::byte>> buffers);
+
+  ClientStats stats() const;
+
+  struct Impl;  // opaque
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvpool

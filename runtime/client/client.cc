@@ -1,0 +1,638 @@
+#include "kvpool/client.h"
+
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "pool/slot_header.h"
+#include "runtime/common/logging.h"
+#include "runtime/rpc/client.h"
+#include "runtime/rpc/messages.h"
+#include "transport/transport.h"
+
+namespace kvpool {
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() {
+  static auto l = log::get("runtime");
+  return l;
+}
+
+Result<std::pair<std::string, std::uint16_t>> split_host_port(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
+    return make_error(StatusCode::kInvalidArgument, "not HOST:PORT: '" + s + "'");
+  }
+  int port = 0;
+  try {
+    port = std::stoi(s.substr(colon + 1));
+  } catch (...) {
+    port = -1;
+  }
+  if (port <= 0 || port > 65535) return make_error(StatusCode::kInvalidArgument, "bad port in '" + s + "'");
+  return std::make_pair(s.substr(0, colon), static_cast<std::uint16_t>(port));
+}
+
+// An agent incarnation this client talks to. Shared with calls in flight, so
+// dropping it from the map (agent down) never pulls a Peer from under them.
+struct AgentConn {
+  rpc::AgentRecord record;
+  std::unique_ptr<transport::Peer> peer;
+  transport::RemoteRegion region;
+  bool owner_reads = false;  // reads asked of the agent (TCP) instead of UCX get
+  ~AgentConn() {
+    region = transport::RemoteRegion();
+    peer.reset();
+  }
+};
+
+// Runs submitted closures on a few threads: the async API.
+class WorkQueue {
+ public:
+  explicit WorkQueue(int threads) {
+    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~WorkQueue() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  void submit(std::function<void()> fn) {
+    {
+      std::lock_guard lock(mu_);
+      q_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        std::unique_lock lock(mu_);
+        cv_.wait(lock, [&] { return stop_ || !q_.empty(); });
+        if (q_.empty()) return;
+        fn = std::move(q_.front());
+        q_.pop_front();
+      }
+      fn();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> q_;  // guarded by mu_
+  bool stop_ = false;                    // guarded by mu_
+  std::vector<std::thread> threads_;
+};
+
+std::string default_client_id() {
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return std::string(host) + ":" + std::to_string(getpid());
+}
+
+}  // namespace
+
+struct Client::Impl {
+  // Destruction order: the work queue first (no call in flight), then agent
+  // connections (peers, rkeys), registered buffers, the RPC client, and the
+  // transport last.
+  ClientOptions options;
+  std::unique_ptr<transport::Transport> transport;
+  std::unique_ptr<rpc::Client> rpc;
+
+  mutable std::mutex mu;
+  std::unordered_map<NamespaceId, std::uint64_t> namespaces;                 // guarded by mu
+  std::map<std::uintptr_t, std::unique_ptr<transport::MemoryRegion>> buffers;  // by start; guarded by mu
+  std::unordered_map<std::uint32_t, std::shared_ptr<AgentConn>> agents;       // guarded by mu
+  std::uint64_t agents_epoch = 0;                                             // guarded by mu
+  std::mutex refresh_mu;  // one agent-list refresh at a time
+
+  std::atomic<std::uint64_t> bytes_put{0};
+  std::atomic<std::uint64_t> bytes_got{0};
+  std::atomic<std::uint64_t> verify_failures{0};
+  std::string transports_seen;  // guarded by mu
+
+  std::unique_ptr<WorkQueue> work;
+
+  ~Impl() {
+    work.reset();
+    {
+      std::lock_guard lock(mu);
+      agents.clear();
+      buffers.clear();
+    }
+    rpc.reset();
+    transport.reset();
+  }
+
+  Deadline deadline() const { return Deadline::after(options.timeout); }
+
+  template <typename Req, typename Rep>
+  Status call(std::uint16_t type, const Req& req, Rep& rep) {
+    auto reply = rpc->call(type, rpc::encode(req), deadline());
+    if (!reply) return reply.error();
+    return rpc::decode(*reply, rep);
+  }
+
+  Status refresh_agents() {
+    std::lock_guard refresh(refresh_mu);
+    auto reply = rpc->call(rpc::kListAgents, std::string(), deadline());
+    if (!reply) return reply.error();
+    rpc::ListAgentsReply list;
+    if (Status s = rpc::decode(*reply, list); !s.ok()) return s;
+    std::lock_guard lock(mu);
+    agents_epoch = list.epoch;
+    for (auto it = agents.begin(); it != agents.end();) {
+      bool still = false;
+      for (const auto& a : list.agents) {
+        still |= a.agent == it->first && a.incarnation == it->second->record.incarnation && a.alive;
+      }
+      if (!still) {
+        it->second->peer->mark_dead("agent left the pool");
+        it = agents.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return Status();
+  }
+
+  // The connection to agent `id` at `incarnation`, made on first use.
+  Result<std::shared_ptr<AgentConn>> agent(std::uint32_t id, std::uint64_t incarnation) {
+    {
+      std::lock_guard lock(mu);
+      auto it = agents.find(id);
+      if (it != agents.end() && it->second->record.incarnation == incarnation) return it->second;
+    }
+    auto reply = rpc->call(rpc::kListAgents, std::string(), deadline());
+    if (!reply) return tl::unexpected(reply.error());
+    rpc::ListAgentsReply list;
+    if (Status s = rpc::decode(*reply, list); !s.ok()) return tl::unexpected(s);
+    for (const auto& rec : list.agents) {
+      if (rec.agent != id || rec.incarnation != incarnation) continue;
+      if (!rec.alive) break;
+      auto conn = std::make_shared<AgentConn>();
+      conn->record = rec;
+      auto peer = transport->connect(rec.worker_address, transport::ErrorMode::kAuto, rec.host_id);
+      if (!peer) return tl::unexpected(peer.error());
+      conn->peer = std::move(*peer);
+      transport::RegionInfo info{rec.worker_address, rec.packed_rkey, rec.region_base, rec.region_bytes,
+                                 rec.host_id};
+      auto region = conn->peer->import_region(info);
+      if (!region) return tl::unexpected(region.error());
+      conn->region = std::move(*region);
+      // Over TCP UCX emulates get in software (DESIGN.md: 5-60x slower than
+      // put): ask the agent to put instead.
+      conn->owner_reads = conn->peer->rma_transports().find("emulated") != std::string::npos;
+      logger()->debug("connected to agent {} incarnation {} over {}", id, incarnation,
+                      conn->peer->rma_transports());
+      std::lock_guard lock(mu);
+      auto [it, inserted] = agents.insert_or_assign(id, conn);
+      if (transports_seen.find(conn->peer->rma_transports()) == std::string::npos) {
+        transports_seen += (transports_seen.empty() ? "" : ", ") + conn->peer->rma_transports();
+      }
+      return it->second;
+    }
+    return make_error(StatusCode::kUnavailable,
+                      "agent " + std::to_string(id) + " incarnation " + std::to_string(incarnation) + " is gone");
+  }
+
+  void on_push(std::uint16_t type, const std::string& payload) {
+    if (type != rpc::kPushAgentDown) return;
+    rpc::AgentDownMessage down;
+    if (!rpc::decode(payload, down).ok()) return;
+    std::lock_guard lock(mu);
+    auto it = agents.find(down.agent);
+    if (it != agents.end() && it->second->record.incarnation == down.incarnation) {
+      // Shared-memory endpoints cannot see a dead peer: fail its operations
+      // now, and drop the mapping so the dead segment can be freed.
+      it->second->peer->mark_dead("the coordinator reports agent " + std::to_string(down.agent) + " down");
+      agents.erase(it);
+    }
+  }
+
+  // The registered region containing [p, p+n), if any.
+  const transport::MemoryRegion* registered(const void* p, std::size_t n) const {
+    auto addr = reinterpret_cast<std::uintptr_t>(p);
+    std::lock_guard lock(mu);
+    auto it = buffers.upper_bound(addr);
+    if (it == buffers.begin()) return nullptr;
+    --it;
+    const auto& r = *it->second;
+    auto begin = reinterpret_cast<std::uintptr_t>(r.data());
+    return addr >= begin && addr + n <= begin + r.size() ? it->second.get() : nullptr;
+  }
+
+  Result<std::uint64_t> block_bytes(NamespaceId ns) const {
+    std::lock_guard lock(mu);
+    auto it = namespaces.find(ns);
+    if (it == namespaces.end()) {
+      return make_error(StatusCode::kFailedPrecondition,
+                        "namespace " + std::to_string(ns) + " is not registered by this client");
+    }
+    return it->second;
+  }
+
+  Result<PutResult> put(NamespaceId ns, std::span<const Key128> keys,
+                        std::span<const std::span<const std::byte>> blocks);
+  Result<GetResult> get(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> buffers);
+};
+
+Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys,
+                                    std::span<const std::span<const std::byte>> blocks) {
+  if (keys.size() != blocks.size()) {
+    return make_error(StatusCode::kInvalidArgument, "put: " + std::to_string(keys.size()) + " keys but " +
+                                                        std::to_string(blocks.size()) + " blocks");
+  }
+  auto bb = block_bytes(ns);
+  if (!bb) return tl::unexpected(bb.error());
+  for (const auto& b : blocks) {
+    if (b.size() != *bb) {
+      return make_error(StatusCode::kInvalidArgument, "put: a block of " + std::to_string(b.size()) +
+                                                          " bytes in a namespace of " + std::to_string(*bb) +
+                                                          "-byte blocks");
+    }
+  }
+  PutResult result;
+  result.outcomes.assign(keys.size(), PutOutcome::kFailed);
+  result.errors.assign(keys.size(), Status());
+  if (keys.empty()) return result;
+
+  rpc::AllocateRequest areq;
+  areq.ns = ns;
+  areq.writer_host = transport->host_id();
+  for (std::size_t i = 0; i < keys.size(); ++i) areq.items.push_back({keys[i], blocks[i].size()});
+  rpc::AllocateReply arep;
+  if (Status s = call(rpc::kAllocate, areq, arep); !s.ok()) return tl::unexpected(s);
+  if (arep.results.size() != keys.size()) {
+    return make_error(StatusCode::kInternal, "allocate: reply has the wrong number of results");
+  }
+  // kUnavailable for a key means its space is being reclaimed (evicted, and
+  // the agent's invalidation not yet acknowledged): ask again shortly, for
+  // up to half the call's timeout.
+  auto retry_until = Deadline::after(options.timeout / 2);
+  for (int attempt = 1;; ++attempt) {
+    std::vector<std::size_t> retry;
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      const auto& r = arep.results[i];
+      if (r.outcome == rpc::AllocateOutcome::kError && r.error.code == StatusCode::kUnavailable) retry.push_back(i);
+    }
+    if (retry.empty() || retry_until.expired()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(2 * attempt, 50)));
+    rpc::AllocateRequest again;
+    again.ns = ns;
+    again.writer_host = areq.writer_host;
+    for (std::size_t i : retry) again.items.push_back(areq.items[i]);
+    rpc::AllocateReply rrep;
+    if (Status s = call(rpc::kAllocate, again, rrep); !s.ok() || rrep.results.size() != retry.size()) break;
+    for (std::size_t j = 0; j < retry.size(); ++j) arep.results[retry[j]] = std::move(rrep.results[j]);
+  }
+
+  // Headers first computed, then payloads written, then headers: a valid
+  // header must mean a complete payload (DESIGN.md).
+  std::vector<std::byte> headers(pool::kSlotHeaderBytes * keys.size());
+  std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const auto& r = arep.results[i];
+    switch (r.outcome) {
+      case rpc::AllocateOutcome::kExists:
+        result.outcomes[i] = PutOutcome::kExists;
+        break;
+      case rpc::AllocateOutcome::kPending:
+        result.outcomes[i] = PutOutcome::kPending;
+        break;
+      case rpc::AllocateOutcome::kError:
+        result.errors[i] = r.error.to_status();
+        break;
+      case rpc::AllocateOutcome::kPlaced: {
+        pool::SlotHeader h;
+        h.namespace_id = ns;
+        h.key = keys[i];
+        h.payload_length = blocks[i].size();
+        h.generation = r.location.generation;
+        h.payload_checksum = pool::payload_checksum(blocks[i]);
+        pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(headers.data() + i * pool::kSlotHeaderBytes,
+                                                                      pool::kSlotHeaderBytes));
+        by_agent[r.location.agent].push_back(i);
+        break;
+      }
+    }
+  }
+  rpc::LeaseBatch commit, abort;
+  std::vector<std::size_t> commit_index;
+  for (auto& [agent_id, idx] : by_agent) {
+    auto conn = agent(agent_id, arep.results[idx.front()].location.incarnation);
+    Status s = conn ? Status() : conn.error();
+    if (s.ok()) {
+      std::vector<transport::RmaOp> payload_ops, header_ops;
+      const transport::MemoryRegion* local = nullptr;
+      for (std::size_t i : idx) {
+        const auto& loc = arep.results[i].location;
+        payload_ops.push_back({const_cast<std::byte*>(blocks[i].data()), loc.payload_offset, loc.length});
+        header_ops.push_back({headers.data() + i * pool::kSlotHeaderBytes, loc.header_offset, pool::kSlotHeaderBytes});
+        if (i == idx.front()) local = registered(blocks[i].data(), blocks[i].size());
+      }
+      s = (*conn)->peer->put((*conn)->region, payload_ops, deadline(), {.local = local});
+      if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, deadline());
+    }
+    for (std::size_t i : idx) {
+      if (s.ok()) {
+        commit.leases.push_back(arep.results[i].lease);
+        commit_index.push_back(i);
+      } else {
+        result.errors[i] = s;
+        abort.leases.push_back(arep.results[i].lease);
+      }
+    }
+  }
+  if (!abort.leases.empty()) {
+    rpc::StatusBatch ignored;
+    (void)call(rpc::kAbort, abort, ignored);  // the lease expires anyway
+  }
+  if (!commit.leases.empty()) {
+    rpc::StatusBatch crep;
+    Status s = call(rpc::kCommit, commit, crep);
+    for (std::size_t j = 0; j < commit_index.size(); ++j) {
+      std::size_t i = commit_index[j];
+      Status ks = !s.ok() ? s : (j < crep.results.size() ? crep.results[j].to_status()
+                                                         : Status(StatusCode::kInternal, "commit reply too short"));
+      if (ks.ok()) {
+        result.outcomes[i] = PutOutcome::kWritten;
+        bytes_put += blocks[i].size();
+      } else {
+        result.errors[i] = ks;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    switch (result.outcomes[i]) {
+      case PutOutcome::kWritten: ++result.written; break;
+      case PutOutcome::kExists: ++result.deduplicated; break;
+      case PutOutcome::kPending: ++result.pending; break;
+      case PutOutcome::kFailed: ++result.failed; break;
+    }
+  }
+  return result;
+}
+
+Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys,
+                                    std::span<const std::span<std::byte>> bufs) {
+  if (keys.size() != bufs.size()) {
+    return make_error(StatusCode::kInvalidArgument, "get: keys and buffers differ in number");
+  }
+  auto bb = block_bytes(ns);
+  if (!bb) return tl::unexpected(bb.error());
+  for (const auto& b : bufs) {
+    if (b.size() < *bb) return make_error(StatusCode::kInvalidArgument, "get: a buffer smaller than the block size");
+  }
+  GetResult result;
+  if (keys.empty()) return result;
+  rpc::LookupRequest lreq;
+  lreq.ns = ns;
+  lreq.take_lease = true;
+  lreq.keys.assign(keys.begin(), keys.end());
+  rpc::LookupReply lrep;
+  if (Status s = call(rpc::kLookup, lreq, lrep); !s.ok()) return tl::unexpected(s);
+  const std::size_t n = std::min(lrep.locations.size(), keys.size());
+  std::size_t ok_upto = n;  // first index that failed (prefix semantics)
+  Status stopped = n < keys.size() ? Status(StatusCode::kNotFound, "block " + std::to_string(n) + " is not in the pool")
+                                   : Status();
+
+  std::vector<std::byte> headers(pool::kSlotHeaderBytes * std::max<std::size_t>(n, 1));
+  std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& loc = lrep.locations[i];
+    if (loc.length != *bb) {
+      ok_upto = std::min(ok_upto, i);
+      stopped = Status(StatusCode::kDataLoss, "block length differs from the namespace's");
+      break;
+    }
+    by_agent[loc.agent].push_back(i);
+  }
+  std::unique_ptr<transport::MemoryRegion> header_region;
+  for (auto& [agent_id, idx] : by_agent) {
+    std::erase_if(idx, [&](std::size_t i) { return i >= ok_upto; });
+    if (idx.empty()) continue;
+    auto conn = agent(agent_id, lrep.locations[idx.front()].incarnation);
+    Status s = conn ? Status() : conn.error();
+    if (s.ok()) {
+      std::vector<transport::RmaOp> payload_ops, header_ops;
+      for (std::size_t i : idx) {
+        const auto& loc = lrep.locations[i];
+        payload_ops.push_back({bufs[i].data(), loc.payload_offset, loc.length});
+        header_ops.push_back({headers.data() + i * pool::kSlotHeaderBytes, loc.header_offset, pool::kSlotHeaderBytes});
+      }
+      auto& c = **conn;
+      if (c.owner_reads) {
+        // The agent puts into our memory: it must be registered.
+        if (!header_region) {
+          auto hr = transport->register_memory(headers.data(), headers.size());
+          if (hr) header_region = std::make_unique<transport::MemoryRegion>(std::move(*hr));
+          else s = hr.error();
+        }
+        // Group payload ops by the registered region holding them.
+        std::map<const transport::MemoryRegion*, std::vector<transport::RmaOp>> by_region;
+        std::vector<std::unique_ptr<transport::MemoryRegion>> temporary;
+        for (const auto& op : payload_ops) {
+          if (!s.ok()) break;
+          const transport::MemoryRegion* r = registered(op.local, op.length);
+          if (r == nullptr) {
+            auto tr = transport->register_memory(op.local, op.length);
+            if (!tr) {
+              s = tr.error();
+              break;
+            }
+            temporary.push_back(std::make_unique<transport::MemoryRegion>(std::move(*tr)));
+            r = temporary.back().get();
+          }
+          by_region[r].push_back(op);
+        }
+        for (auto& [r, ops] : by_region) {
+          if (!s.ok()) break;
+          s = c.peer->read_by_owner(c.region, ops, *r, deadline());
+        }
+        if (s.ok()) s = c.peer->read_by_owner(c.region, header_ops, *header_region, deadline());
+      } else {
+        const transport::MemoryRegion* local = registered(bufs[idx.front()].data(), *bb);
+        s = c.peer->get(c.region, payload_ops, deadline(), {.local = local});
+        if (s.ok()) s = c.peer->get(c.region, header_ops, deadline());
+      }
+    }
+    if (!s.ok()) {
+      ok_upto = std::min(ok_upto, idx.front());
+      stopped = s;
+      continue;
+    }
+    // Verify: the header names this key, namespace, length and generation,
+    // and the payload hashes to its checksum.
+    for (std::size_t i : idx) {
+      if (i >= ok_upto) break;
+      auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(
+          headers.data() + i * pool::kSlotHeaderBytes, pool::kSlotHeaderBytes));
+      const auto& loc = lrep.locations[i];
+      Status v;
+      if (!h) {
+        v = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
+      } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
+                 h->generation != loc.generation) {
+        v = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+      } else {
+        v = pool::verify_payload(*h, std::span<const std::byte>(bufs[i].data(), loc.length));
+      }
+      if (!v.ok()) {
+        ++verify_failures;
+        logger()->warn("get: {}", v.message());
+        ok_upto = std::min(ok_upto, i);
+        stopped = v;
+        break;
+      }
+    }
+  }
+  if (lrep.lease != 0) {
+    rpc::ReleaseRequest rel{lrep.lease};
+    rpc->call_async(rpc::kRelease, rpc::encode(rel), deadline(), [](Result<std::string>) {});
+  }
+  result.loaded = ok_upto;
+  result.stopped = ok_upto < keys.size() ? stopped : Status();
+  bytes_got += ok_upto * *bb;
+  return result;
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
+  auto hp = split_host_port(options.coordinator);
+  if (!hp) return tl::unexpected(hp.error());
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  if (impl->options.client_id.empty()) impl->options.client_id = default_client_id();
+  auto t = transport::Transport::create({.tls = options.tls});
+  if (!t) return tl::unexpected(t.error());
+  impl->transport = std::move(*t);
+  rpc::ClientOptions ro;
+  ro.host = hp->first;
+  ro.port = hp->second;
+  ro.role = rpc::Role::kWorker;
+  ro.client_id = impl->options.client_id;
+  auto rc = rpc::Client::connect(ro, Deadline::after(options.timeout));
+  if (!rc) return tl::unexpected(rc.error());
+  impl->rpc = std::move(*rc);
+  Impl* raw = impl.get();
+  impl->rpc->set_push_handler([raw](std::uint16_t type, std::string payload) { raw->on_push(type, payload); });
+  if (Status s = impl->refresh_agents(); !s.ok()) return tl::unexpected(s);
+  impl->work = std::make_unique<WorkQueue>(2);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Result<NamespaceId> Client::register_namespace(const NamespaceDescriptor& descriptor) {
+  auto bytes = block_bytes_of(descriptor);
+  if (!bytes) return tl::unexpected(bytes.error());
+  rpc::RegisterNamespaceReply rep;
+  if (Status s = impl_->call(rpc::kRegisterNamespace, rpc::RegisterNamespaceRequest{descriptor}, rep); !s.ok()) {
+    return tl::unexpected(s);
+  }
+  std::lock_guard lock(impl_->mu);
+  impl_->namespaces[rep.id] = rep.block_bytes;
+  return rep.id;
+}
+
+Result<std::uint64_t> Client::block_bytes(NamespaceId ns) const { return impl_->block_bytes(ns); }
+
+Status Client::register_buffer(void* data, std::size_t size) {
+  auto r = impl_->transport->register_memory(data, size);
+  if (!r) return r.error();
+  std::lock_guard lock(impl_->mu);
+  impl_->buffers[reinterpret_cast<std::uintptr_t>(data)] = std::make_unique<transport::MemoryRegion>(std::move(*r));
+  return Status();
+}
+
+Status Client::unregister_buffer(void* data) {
+  std::lock_guard lock(impl_->mu);
+  if (impl_->buffers.erase(reinterpret_cast<std::uintptr_t>(data)) == 0) {
+    return Status(StatusCode::kNotFound, "no buffer registered at that address");
+  }
+  return Status();
+}
+
+Result<PutResult> Client::put(NamespaceId ns, std::span<const Key128> keys,
+                              std::span<const std::span<const std::byte>> blocks) {
+  return impl_->put(ns, keys, blocks);
+}
+
+Result<GetResult> Client::get(NamespaceId ns, std::span<const Key128> keys,
+                              std::span<const std::span<std::byte>> buffers) {
+  return impl_->get(ns, keys, buffers);
+}
+
+Result<std::size_t> Client::lookup(NamespaceId ns, std::span<const Key128> keys) {
+  rpc::LookupRequest req;
+  req.ns = ns;
+  req.take_lease = false;
+  req.keys.assign(keys.begin(), keys.end());
+  rpc::LookupReply rep;
+  if (Status s = impl_->call(rpc::kLookup, req, rep); !s.ok()) return tl::unexpected(s);
+  return rep.locations.size();
+}
+
+Result<std::vector<Status>> Client::remove(NamespaceId ns, std::span<const Key128> keys) {
+  rpc::KeysRequest req;
+  req.ns = ns;
+  req.keys.assign(keys.begin(), keys.end());
+  rpc::StatusBatch rep;
+  if (Status s = impl_->call(rpc::kRemove, req, rep); !s.ok()) return tl::unexpected(s);
+  std::vector<Status> out;
+  for (const auto& s : rep.results) out.push_back(s.to_status());
+  return out;
+}
+
+Result<std::vector<bool>> Client::wait_for(NamespaceId ns, std::span<const Key128> keys,
+                                           std::chrono::milliseconds timeout) {
+  rpc::WaitForRequest req;
+  req.ns = ns;
+  req.timeout_ms = static_cast<std::uint32_t>(timeout.count());
+  req.keys.assign(keys.begin(), keys.end());
+  auto reply = impl_->rpc->call(rpc::kWaitFor, rpc::encode(req), Deadline::after(timeout + impl_->options.timeout));
+  if (!reply) return tl::unexpected(reply.error());
+  rpc::WaitForReply rep;
+  if (Status s = rpc::decode(*reply, rep); !s.ok()) return tl::unexpected(s);
+  return rep.committed;
+}
+
+std::future<Result<PutResult>> Client::put_async(NamespaceId ns, std::span<const Key128> keys,
+                                                 std::span<const std::span<const std::byte>> blocks) {
+  auto promise = std::make_shared<std::promise<Result<PutResult>>>();
+  auto future = promise->get_future();
+  impl_->work->submit([this, promise, ns, keys, blocks] { promise->set_value(impl_->put(ns, keys, blocks)); });
+  return future;
+}
+
+std::future<Result<GetResult>> Client::get_async(NamespaceId ns, std::span<const Key128> keys,
+                                                 std::span<const std::span<std::byte>> buffers) {
+  auto promise = std::make_shared<std::promise<Result<GetResult>>>();
+  auto future = promise->get_future();
+  impl_->work->submit([this, promise, ns, keys, buffers] { promise->set_value(impl_->get(ns, keys, buffers)); });
+  return future;
+}
+
+ClientStats Client::stats() const {
+  ClientStats s;
+  std::lock_guard lock(impl_->mu);
+  s.transports = impl_->transports_seen;
+  s.bytes_put = impl_->bytes_put;
+  s.bytes_got = impl_->bytes_got;
+  s.verify_failures = impl_->verify_failures;
+  return s;
+}
+
+}  // namespace kvpool

@@ -1,0 +1,224 @@
+#include "runtime/rpc/frame.h"
+
+#include <boost/asio/error.hpp>
+#include <cstring>
+
+#include "runtime/rpc/codec.h"
+
+namespace kvpool::rpc {
+namespace {
+
+// Big enough that a burst of pipelined ~1.3 KB requests arrives in one read.
+constexpr std::size_t kInitialBuffer = 64 * 1024;
+// Compact instead of reading into a sliver at the end of the buffer.
+constexpr std::size_t kMinRead = 4096;
+// Error messages are for humans; a megabyte is plenty.
+constexpr std::size_t kMaxMessage = 1 << 20;
+
+std::uint64_t load_le(const char* p, int n) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v |= static_cast<std::uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  return v;
+}
+
+void store_le(char* p, std::uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+bool known_role(std::uint8_t r) { return r >= 1 && r <= 4; }
+
+}  // namespace
+
+std::string_view role_name(Role role) {
+  switch (role) {
+    case Role::kWorker:
+      return "worker";
+    case Role::kAgent:
+      return "agent";
+    case Role::kCoordinator:
+      return "coordinator";
+    case Role::kTool:
+      return "tool";
+  }
+  return "unknown";
+}
+
+Result<HeaderBytes> encode_header(const FrameHeader& header, std::size_t max_frame) {
+  if (header.version != kProtocolVersion) {
+    return make_error(StatusCode::kInvalidArgument, "frame version " + std::to_string(header.version) +
+                                                        " is not protocol version " + std::to_string(kProtocolVersion));
+  }
+  if (header.payload_size > max_frame) {
+    return make_error(StatusCode::kInvalidArgument, "frame payload of " + std::to_string(header.payload_size) +
+                                                        " bytes exceeds the limit of " + std::to_string(max_frame));
+  }
+  if ((header.flags & ~kKnownFlags) != 0) {
+    return make_error(StatusCode::kInvalidArgument, "unknown frame flag bits " + std::to_string(header.flags));
+  }
+  HeaderBytes out;
+  store_le(out.data() + 0, kFrameMagic, 4);
+  store_le(out.data() + 4, header.version, 2);
+  store_le(out.data() + 6, header.type, 2);
+  store_le(out.data() + 8, header.request_id, 8);
+  store_le(out.data() + 16, header.payload_size, 4);
+  store_le(out.data() + 20, header.flags, 4);
+  return out;
+}
+
+Result<FrameHeader> decode_header(std::span<const char, kHeaderSize> bytes, std::size_t max_frame) {
+  const char* p = bytes.data();
+  auto magic = static_cast<std::uint32_t>(load_le(p, 4));
+  if (magic != kFrameMagic) {
+    char hex[16];
+    std::snprintf(hex, sizeof(hex), "0x%08x", magic);
+    return make_error(StatusCode::kInvalidArgument, std::string("bad frame magic ") + hex + " (not a kvpool peer?)");
+  }
+  FrameHeader h;
+  h.version = static_cast<std::uint16_t>(load_le(p + 4, 2));
+  h.type = static_cast<std::uint16_t>(load_le(p + 6, 2));
+  h.request_id = load_le(p + 8, 8);
+  h.payload_size = static_cast<std::uint32_t>(load_le(p + 16, 4));
+  h.flags = static_cast<std::uint32_t>(load_le(p + 20, 4));
+  if (h.version != kProtocolVersion) {
+    return make_error(StatusCode::kInvalidArgument, "peer speaks protocol version " + std::to_string(h.version) +
+                                                        ", this build speaks " + std::to_string(kProtocolVersion));
+  }
+  if (h.payload_size > max_frame) {
+    return make_error(StatusCode::kInvalidArgument, "frame claims a payload of " + std::to_string(h.payload_size) +
+                                                        " bytes, over the limit of " + std::to_string(max_frame));
+  }
+  if ((h.flags & ~kKnownFlags) != 0) {
+    return make_error(StatusCode::kInvalidArgument, "unknown frame flag bits " + std::to_string(h.flags));
+  }
+  return h;
+}
+
+FrameReader::FrameReader(std::size_t max_frame) : max_frame_(max_frame), buf_(kInitialBuffer) {}
+
+std::span<char> FrameReader::buffer() {
+  if (begin_ == end_) {
+    begin_ = end_ = 0;
+    // Give back the room a large frame needed; the common case is small.
+    if (buf_.size() > kInitialBuffer) {
+      buf_.resize(kInitialBuffer);
+      buf_.shrink_to_fit();
+    }
+  }
+  // How much of the frame at begin_ must fit: the whole frame once its
+  // header is in and has passed decode_header (next() ran first and refused
+  // a bad one, so payload_size <= max_frame here), else just the header.
+  std::size_t want = kHeaderSize;
+  if (end_ - begin_ >= kHeaderSize) {
+    auto h = decode_header(std::span<const char, kHeaderSize>(buf_.data() + begin_, kHeaderSize), max_frame_);
+    if (h) want = kHeaderSize + h->payload_size;
+  }
+  if (buf_.size() - begin_ < want || (buf_.size() - end_ < kMinRead && begin_ > 0)) {
+    std::memmove(buf_.data(), buf_.data() + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  if (buf_.size() < want) buf_.resize(want);
+  if (end_ == buf_.size()) buf_.resize(buf_.size() + kMinRead);  // only reached if next() was skipped
+  return std::span<char>(buf_.data() + end_, buf_.size() - end_);
+}
+
+void FrameReader::commit(std::size_t n) { end_ += n; }
+
+Result<std::optional<Frame>> FrameReader::next() {
+  if (end_ - begin_ < kHeaderSize) return std::optional<Frame>();
+  auto h = decode_header(std::span<const char, kHeaderSize>(buf_.data() + begin_, kHeaderSize), max_frame_);
+  if (!h) return tl::unexpected(h.error());
+  std::size_t total = kHeaderSize + h->payload_size;
+  if (end_ - begin_ < total) return std::optional<Frame>();
+  std::optional<Frame> frame(std::in_place);
+  frame->header = *h;
+  frame->payload.assign(buf_.data() + begin_ + kHeaderSize, h->payload_size);
+  begin_ += total;
+  return frame;
+}
+
+std::string encode_error(const Status& status) {
+  Writer w;
+  w.u16(static_cast<std::uint16_t>(status.code()));
+  w.bytes(status.message());
+  return w.take();
+}
+
+Status decode_error(std::string_view payload) {
+  Reader r(payload);
+  std::uint16_t code = r.u16();
+  std::string message = r.bytes(kMaxMessage);
+  if (!r.done()) return Status(StatusCode::kInternal, "malformed error reply from the peer");
+  if (code == 0 || code > static_cast<std::uint16_t>(StatusCode::kInternal)) {
+    return Status(StatusCode::kInternal, "peer error with unknown code " + std::to_string(code) + ": " + message);
+  }
+  return Status(static_cast<StatusCode>(code), std::move(message));
+}
+
+std::string encode_hello(const Hello& hello) {
+  Writer w;
+  w.u16(hello.version);
+  w.u8(static_cast<std::uint8_t>(hello.role));
+  w.bytes(hello.id);
+  w.bytes(hello.auth);
+  return w.take();
+}
+
+Result<Hello> decode_hello(std::string_view payload) {
+  Reader r(payload);
+  Hello h;
+  h.version = r.u16();
+  std::uint8_t role = r.u8();
+  h.id = r.bytes(kMaxIdBytes);
+  h.auth = r.bytes();
+  if (Status s = r.finish("hello"); !s.ok()) return tl::unexpected(std::move(s));
+  if (!known_role(role))
+    return make_error(StatusCode::kInvalidArgument, "hello with unknown role " + std::to_string(role));
+  h.role = static_cast<Role>(role);
+  return h;
+}
+
+std::string encode_hello_reply(const HelloReply& reply) {
+  Writer w;
+  w.u8(static_cast<std::uint8_t>(reply.role));
+  w.bytes(reply.server_id);
+  w.bytes(reply.server_version);
+  return w.take();
+}
+
+Result<HelloReply> decode_hello_reply(std::string_view payload) {
+  Reader r(payload);
+  HelloReply h;
+  std::uint8_t role = r.u8();
+  h.server_id = r.bytes(kMaxIdBytes);
+  h.server_version = r.bytes(kMaxIdBytes);
+  if (Status s = r.finish("hello reply"); !s.ok()) return tl::unexpected(std::move(s));
+  if (!known_role(role)) {
+    return make_error(StatusCode::kInvalidArgument, "hello reply with unknown role " + std::to_string(role));
+  }
+  h.role = static_cast<Role>(role);
+  return h;
+}
+
+Status to_status(const boost::system::error_code& ec, std::string_view what) {
+  namespace err = boost::asio::error;
+  std::string message = std::string(what) + ": " + ec.message();
+  if (!ec) return Status();
+  if (ec == err::operation_aborted) return Status(StatusCode::kCancelled, std::move(message));
+  if (ec == err::eof || ec == err::connection_refused || ec == err::connection_reset || ec == err::connection_aborted ||
+      ec == err::broken_pipe || ec == err::not_connected || ec == err::timed_out || ec == err::host_unreachable ||
+      ec == err::network_unreachable || ec == err::network_down || ec == err::network_reset || ec == err::shut_down ||
+      ec == err::host_not_found || ec == err::host_not_found_try_again || ec == err::try_again ||
+      ec == err::no_buffer_space) {
+    return Status(StatusCode::kUnavailable, std::move(message));
+  }
+  if (ec == err::address_in_use || ec == err::access_denied || ec == err::address_family_not_supported) {
+    return Status(StatusCode::kFailedPrecondition, std::move(message));
+  }
+  if (ec == err::invalid_argument || ec == err::service_not_found) {
+    return Status(StatusCode::kInvalidArgument, std::move(message));
+  }
+  return Status(StatusCode::kInternal, std::move(message));
+}
+
+}  // namespace kvpool::rpc

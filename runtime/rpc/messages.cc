@@ -1,0 +1,444 @@
+#include "runtime/rpc/messages.h"
+
+#include "runtime/rpc/codec.h"
+
+namespace kvpool::rpc {
+namespace {
+
+constexpr std::size_t kMaxString = 1 << 20;  // addresses, rkeys, ids, messages
+
+void put(Writer& w, const Key128& k) {
+  w.u64(k.lo);
+  w.u64(k.hi);
+}
+Key128 get_key(Reader& r) {
+  Key128 k;
+  k.lo = r.u64();
+  k.hi = r.u64();
+  return k;
+}
+void put(Writer& w, const StatusWire& s) {
+  w.u16(static_cast<std::uint16_t>(s.code));
+  w.bytes(s.message);
+}
+StatusWire get_status(Reader& r) {
+  StatusWire s;
+  std::uint16_t code = r.u16();
+  if (code > static_cast<std::uint16_t>(StatusCode::kInternal)) code = static_cast<std::uint16_t>(StatusCode::kInternal);
+  s.code = static_cast<StatusCode>(code);
+  s.message = r.bytes(kMaxString);
+  return s;
+}
+void put(Writer& w, const LocationWire& l) {
+  w.u32(l.agent);
+  w.u64(l.incarnation);
+  w.u64(l.payload_offset);
+  w.u64(l.header_offset);
+  w.u64(l.length);
+  w.u64(l.generation);
+}
+LocationWire get_location(Reader& r) {
+  LocationWire l;
+  l.agent = r.u32();
+  l.incarnation = r.u64();
+  l.payload_offset = r.u64();
+  l.header_offset = r.u64();
+  l.length = r.u64();
+  l.generation = r.u64();
+  return l;
+}
+constexpr std::size_t kLocationBytes = 4 + 5 * 8;
+
+void put(Writer& w, const AgentRecord& a) {
+  w.u32(a.agent);
+  w.u64(a.incarnation);
+  w.bytes(a.worker_address);
+  w.bytes(a.packed_rkey);
+  w.bytes(a.host_id);
+  w.bytes(a.control_address);
+  w.u64(a.region_base);
+  w.u64(a.region_bytes);
+  w.boolean(a.alive);
+  w.u64(a.used_bytes);
+  w.u64(a.blocks);
+}
+AgentRecord get_agent(Reader& r) {
+  AgentRecord a;
+  a.agent = r.u32();
+  a.incarnation = r.u64();
+  a.worker_address = r.bytes(kMaxString);
+  a.packed_rkey = r.bytes(kMaxString);
+  a.host_id = r.bytes(kMaxString);
+  a.control_address = r.bytes(kMaxString);
+  a.region_base = r.u64();
+  a.region_bytes = r.u64();
+  a.alive = r.boolean();
+  a.used_bytes = r.u64();
+  a.blocks = r.u64();
+  return a;
+}
+
+// A batch count the remaining bytes can hold, and at most kMaxBatch. Over the
+// cap, nothing more is read, so finish() refuses the payload (trailing bytes).
+std::uint32_t get_count(Reader& r, std::size_t min_bytes) {
+  std::uint32_t n = r.count(min_bytes);
+  return n > kMaxBatch ? 0 : n;
+}
+
+}  // namespace
+
+std::string encode(const StatusWire& m) {
+  Writer w;
+  put(w, m);
+  return w.take();
+}
+Status decode(std::string_view p, StatusWire& m) {
+  Reader r(p);
+  m = get_status(r);
+  return r.finish("status");
+}
+
+std::string encode(const RegisterNamespaceRequest& m) {
+  const NamespaceDescriptor& d = m.descriptor;
+  Writer w;
+  w.bytes(d.model_id);
+  w.bytes(d.dtype);
+  w.u32(d.num_layers);
+  w.u32(d.num_kv_heads);
+  w.u32(d.head_dim);
+  w.u32(d.tokens_per_block);
+  w.bytes(d.layout);
+  w.u32(d.tp_rank);
+  w.u32(d.tp_size);
+  w.u64(d.block_bytes);
+  return w.take();
+}
+Status decode(std::string_view p, RegisterNamespaceRequest& m) {
+  Reader r(p);
+  NamespaceDescriptor& d = m.descriptor;
+  d.model_id = r.bytes(4096);
+  d.dtype = r.bytes(64);
+  d.num_layers = r.u32();
+  d.num_kv_heads = r.u32();
+  d.head_dim = r.u32();
+  d.tokens_per_block = r.u32();
+  d.layout = r.bytes(256);
+  d.tp_rank = r.u32();
+  d.tp_size = r.u32();
+  d.block_bytes = r.u64();
+  return r.finish("register namespace");
+}
+
+std::string encode(const RegisterNamespaceReply& m) {
+  Writer w;
+  w.u64(m.id);
+  w.u64(m.block_bytes);
+  return w.take();
+}
+Status decode(std::string_view p, RegisterNamespaceReply& m) {
+  Reader r(p);
+  m.id = r.u64();
+  m.block_bytes = r.u64();
+  return r.finish("register namespace reply");
+}
+
+std::string encode(const RegisterAgentRequest& m) {
+  Writer w;
+  put(w, m.agent);
+  return w.take();
+}
+Status decode(std::string_view p, RegisterAgentRequest& m) {
+  Reader r(p);
+  m.agent = get_agent(r);
+  return r.finish("register agent");
+}
+
+std::string encode(const RegisterAgentReply& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u32(m.heartbeat_interval_ms);
+  return w.take();
+}
+Status decode(std::string_view p, RegisterAgentReply& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.heartbeat_interval_ms = r.u32();
+  return r.finish("register agent reply");
+}
+
+std::string encode(const HeartbeatRequest& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u64(m.incarnation);
+  return w.take();
+}
+Status decode(std::string_view p, HeartbeatRequest& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.incarnation = r.u64();
+  return r.finish("heartbeat");
+}
+
+std::string encode(const ListAgentsReply& m) {
+  Writer w;
+  w.u64(m.epoch);
+  w.u32(static_cast<std::uint32_t>(m.agents.size()));
+  for (const auto& a : m.agents) put(w, a);
+  return w.take();
+}
+Status decode(std::string_view p, ListAgentsReply& m) {
+  Reader r(p);
+  m.epoch = r.u64();
+  std::uint32_t n = get_count(r, 4 + 8 + 16 + 16 + 1 + 16);
+  m.agents.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) m.agents.push_back(get_agent(r));
+  return r.finish("list agents reply");
+}
+
+std::string encode(const AllocateRequest& m) {
+  Writer w;
+  w.u64(m.ns);
+  w.bytes(m.writer_host);
+  w.u32(static_cast<std::uint32_t>(m.items.size()));
+  for (const auto& it : m.items) {
+    put(w, it.key);
+    w.u64(it.length);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, AllocateRequest& m) {
+  Reader r(p);
+  m.ns = r.u64();
+  m.writer_host = r.bytes(4096);
+  std::uint32_t n = get_count(r, 24);
+  m.items.resize(n);
+  for (auto& it : m.items) {
+    it.key = get_key(r);
+    it.length = r.u64();
+  }
+  return r.finish("allocate");
+}
+
+std::string encode(const AllocateReply& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.results.size()));
+  for (const auto& res : m.results) {
+    w.u8(static_cast<std::uint8_t>(res.outcome));
+    switch (res.outcome) {
+      case AllocateOutcome::kPlaced:
+        put(w, res.location);
+        w.u64(res.lease);
+        w.u32(res.lease_ms);
+        break;
+      case AllocateOutcome::kError:
+        put(w, res.error);
+        break;
+      default:
+        break;
+    }
+  }
+  return w.take();
+}
+Status decode(std::string_view p, AllocateReply& m) {
+  Reader r(p);
+  std::uint32_t n = get_count(r, 1);
+  m.results.resize(n);
+  for (auto& res : m.results) {
+    std::uint8_t o = r.u8();
+    if (o > 3) return Status(StatusCode::kInvalidArgument, "allocate reply: bad outcome");
+    res.outcome = static_cast<AllocateOutcome>(o);
+    if (res.outcome == AllocateOutcome::kPlaced) {
+      res.location = get_location(r);
+      res.lease = r.u64();
+      res.lease_ms = r.u32();
+    } else if (res.outcome == AllocateOutcome::kError) {
+      res.error = get_status(r);
+    }
+  }
+  return r.finish("allocate reply");
+}
+
+std::string encode(const LeaseBatch& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.leases.size()));
+  for (auto l : m.leases) w.u64(l);
+  return w.take();
+}
+Status decode(std::string_view p, LeaseBatch& m) {
+  Reader r(p);
+  std::uint32_t n = get_count(r, 8);
+  m.leases.resize(n);
+  for (auto& l : m.leases) l = r.u64();
+  return r.finish("lease batch");
+}
+
+std::string encode(const StatusBatch& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.results.size()));
+  for (const auto& s : m.results) put(w, s);
+  return w.take();
+}
+Status decode(std::string_view p, StatusBatch& m) {
+  Reader r(p);
+  std::uint32_t n = get_count(r, 6);
+  m.results.resize(n);
+  for (auto& s : m.results) s = get_status(r);
+  return r.finish("status batch");
+}
+
+std::string encode(const LookupRequest& m) {
+  Writer w;
+  w.u64(m.ns);
+  w.boolean(m.take_lease);
+  w.u32(static_cast<std::uint32_t>(m.keys.size()));
+  for (const auto& k : m.keys) put(w, k);
+  return w.take();
+}
+Status decode(std::string_view p, LookupRequest& m) {
+  Reader r(p);
+  m.ns = r.u64();
+  m.take_lease = r.boolean();
+  std::uint32_t n = get_count(r, 16);
+  m.keys.resize(n);
+  for (auto& k : m.keys) k = get_key(r);
+  return r.finish("lookup");
+}
+
+std::string encode(const LookupReply& m) {
+  Writer w;
+  w.u64(m.lease);
+  w.u32(static_cast<std::uint32_t>(m.locations.size()));
+  for (const auto& l : m.locations) put(w, l);
+  return w.take();
+}
+Status decode(std::string_view p, LookupReply& m) {
+  Reader r(p);
+  m.lease = r.u64();
+  std::uint32_t n = get_count(r, kLocationBytes);
+  m.locations.resize(n);
+  for (auto& l : m.locations) l = get_location(r);
+  return r.finish("lookup reply");
+}
+
+std::string encode(const ReleaseRequest& m) {
+  Writer w;
+  w.u64(m.lease);
+  return w.take();
+}
+Status decode(std::string_view p, ReleaseRequest& m) {
+  Reader r(p);
+  m.lease = r.u64();
+  return r.finish("release");
+}
+
+std::string encode(const KeysRequest& m) {
+  Writer w;
+  w.u64(m.ns);
+  w.u32(static_cast<std::uint32_t>(m.keys.size()));
+  for (const auto& k : m.keys) put(w, k);
+  return w.take();
+}
+Status decode(std::string_view p, KeysRequest& m) {
+  Reader r(p);
+  m.ns = r.u64();
+  std::uint32_t n = get_count(r, 16);
+  m.keys.resize(n);
+  for (auto& k : m.keys) k = get_key(r);
+  return r.finish("keys request");
+}
+
+std::string encode(const WaitForRequest& m) {
+  Writer w;
+  w.u64(m.ns);
+  w.u32(m.timeout_ms);
+  w.u32(static_cast<std::uint32_t>(m.keys.size()));
+  for (const auto& k : m.keys) put(w, k);
+  return w.take();
+}
+Status decode(std::string_view p, WaitForRequest& m) {
+  Reader r(p);
+  m.ns = r.u64();
+  m.timeout_ms = r.u32();
+  std::uint32_t n = get_count(r, 16);
+  m.keys.resize(n);
+  for (auto& k : m.keys) k = get_key(r);
+  return r.finish("wait for");
+}
+
+std::string encode(const WaitForReply& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.committed.size()));
+  for (bool b : m.committed) w.boolean(b);
+  return w.take();
+}
+Status decode(std::string_view p, WaitForReply& m) {
+  Reader r(p);
+  std::uint32_t n = get_count(r, 1);
+  m.committed.resize(n);
+  for (std::uint32_t i = 0; i < n; ++i) m.committed[i] = r.boolean();
+  return r.finish("wait for reply");
+}
+
+std::string encode(const InvalidateMessage& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u64(m.incarnation);
+  w.u32(static_cast<std::uint32_t>(m.slots.size()));
+  for (const auto& s : m.slots) {
+    w.u64(s.header_offset);
+    w.u64(s.payload_offset);
+    w.u64(s.length);
+    w.u64(s.generation);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, InvalidateMessage& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.incarnation = r.u64();
+  std::uint32_t n = get_count(r, 32);
+  m.slots.resize(n);
+  for (auto& s : m.slots) {
+    s.header_offset = r.u64();
+    s.payload_offset = r.u64();
+    s.length = r.u64();
+    s.generation = r.u64();
+  }
+  return r.finish("invalidate");
+}
+
+std::string encode(const AgentDownMessage& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u64(m.incarnation);
+  w.u64(m.epoch);
+  return w.take();
+}
+Status decode(std::string_view p, AgentDownMessage& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.incarnation = r.u64();
+  m.epoch = r.u64();
+  return r.finish("agent down");
+}
+
+std::string encode(const StatsReply& m) {
+  Writer w;
+  for (auto v : {m.agents_alive, m.agents_dead, m.capacity_bytes, m.used_bytes, m.blocks, m.namespaces,
+                 m.lookup_hits, m.lookup_misses, m.uptime_ms, m.live_bytes, m.reclaiming_bytes, m.write_leases,
+                 m.read_leases, m.evictions, m.expired_write_leases}) {
+    w.u64(v);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, StatsReply& m) {
+  Reader r(p);
+  for (auto* v : {&m.agents_alive, &m.agents_dead, &m.capacity_bytes, &m.used_bytes, &m.blocks, &m.namespaces,
+                  &m.lookup_hits, &m.lookup_misses, &m.uptime_ms, &m.live_bytes, &m.reclaiming_bytes,
+                  &m.write_leases, &m.read_leases, &m.evictions, &m.expired_write_leases}) {
+    *v = r.u64();
+  }
+  return r.finish("stats");
+}
+
+}  // namespace kvpool::rpc

@@ -1,0 +1,214 @@
+#pragma once
+// The control protocol's messages: one struct per request and reply, with
+// encode/decode over the little-endian codec. Coordinator, agent and runtime
+// share these; the frame layer (frame.h) carries them.
+//
+// Every decode refuses truncated payloads, trailing bytes, and element counts
+// that the remaining bytes could not hold (kInvalidArgument).
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvpool/status.h"
+#include "kvpool/types.h"
+
+namespace kvpool::rpc {
+
+// Message types. 1 is the hello (frame.h). Requests carry a type; the reply
+// carries the same type with the reply flag. Pushes (server -> client, no
+// reply) have their own types.
+enum MessageType : std::uint16_t {
+  kRegisterNamespace = 16,
+  kRegisterAgent = 17,
+  kHeartbeat = 18,
+  kListAgents = 19,
+  kAllocate = 20,
+  kCommit = 21,
+  kAbort = 22,
+  kLookup = 23,
+  kRelease = 24,
+  kRemove = 25,
+  kWaitFor = 26,
+  kStats = 27,
+  kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
+  // pushes
+  kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
+  kPushAgentDown = 42,   // coordinator -> workers: an agent incarnation is gone
+};
+
+// Caps on batch sizes so one request cannot make the server do unbounded
+// work (the frame size already bounds bytes).
+inline constexpr std::uint32_t kMaxBatch = 65536;
+
+struct StatusWire {
+  StatusCode code = StatusCode::kOk;
+  std::string message;
+  Status to_status() const { return code == StatusCode::kOk ? Status() : Status(code, message); }
+  static StatusWire from(const Status& s) { return {s.code(), s.message()}; }
+};
+
+// Where a block lives: region-relative offsets of its payload and its slot
+// header in agent `agent`'s region (incarnation `incarnation`).
+struct LocationWire {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::uint64_t payload_offset = 0;
+  std::uint64_t header_offset = 0;
+  std::uint64_t length = 0;
+  std::uint64_t generation = 0;
+};
+
+struct RegisterNamespaceRequest {
+  NamespaceDescriptor descriptor;
+};
+struct RegisterNamespaceReply {
+  NamespaceId id = 0;
+  std::uint64_t block_bytes = 0;
+};
+
+struct AgentRecord {
+  std::uint32_t agent = 0;  // assigned by the coordinator; 0 in a registration
+  std::uint64_t incarnation = 0;
+  std::string worker_address;
+  std::string packed_rkey;
+  std::string host_id;
+  std::string control_address;
+  std::uint64_t region_base = 0;
+  std::uint64_t region_bytes = 0;
+  bool alive = true;
+  std::uint64_t used_bytes = 0;
+  std::uint64_t blocks = 0;
+};
+struct RegisterAgentRequest {
+  AgentRecord agent;
+};
+struct RegisterAgentReply {
+  std::uint32_t agent = 0;
+  std::uint32_t heartbeat_interval_ms = 0;
+};
+struct HeartbeatRequest {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+};
+struct ListAgentsReply {
+  std::uint64_t epoch = 0;  // bumps on every join or leave
+  std::vector<AgentRecord> agents;
+};
+
+struct AllocateItem {
+  Key128 key;
+  std::uint64_t length = 0;
+};
+struct AllocateRequest {
+  NamespaceId ns = 0;
+  std::string writer_host;  // the writer's host id, for local-first placement
+  std::vector<AllocateItem> items;
+};
+enum class AllocateOutcome : std::uint8_t { kPlaced = 0, kExists = 1, kPending = 2, kError = 3 };
+struct AllocateResult {
+  AllocateOutcome outcome = AllocateOutcome::kError;
+  StatusWire error;           // kError
+  LocationWire location;      // kPlaced
+  std::uint64_t lease = 0;    // kPlaced: the write lease to commit or abort
+  std::uint32_t lease_ms = 0; // kPlaced: time left on the lease when issued
+};
+struct AllocateReply {
+  std::vector<AllocateResult> results;
+};
+
+struct LeaseBatch {  // Commit and Abort requests
+  std::vector<std::uint64_t> leases;
+};
+struct StatusBatch {  // per-item results of Commit, Abort, Remove
+  std::vector<StatusWire> results;
+};
+
+struct LookupRequest {
+  NamespaceId ns = 0;
+  bool take_lease = true;
+  std::vector<Key128> keys;
+};
+struct LookupReply {
+  std::uint64_t lease = 0;               // 0 when none was taken
+  std::vector<LocationWire> locations;   // the present leading keys, in order
+};
+struct ReleaseRequest {
+  std::uint64_t lease = 0;
+};
+struct KeysRequest {  // Remove
+  NamespaceId ns = 0;
+  std::vector<Key128> keys;
+};
+struct WaitForRequest {
+  NamespaceId ns = 0;
+  std::uint32_t timeout_ms = 0;
+  std::vector<Key128> keys;
+};
+struct WaitForReply {
+  std::vector<bool> committed;
+};
+
+struct SlotWire {
+  std::uint64_t header_offset = 0;
+  std::uint64_t payload_offset = 0;
+  std::uint64_t length = 0;
+  std::uint64_t generation = 0;  // echoed back: tells a stale ack from a current one
+};
+struct InvalidateMessage {  // push to the agent, and the agent's ack request
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::vector<SlotWire> slots;
+};
+struct AgentDownMessage {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::uint64_t epoch = 0;
+};
+
+struct StatsReply {
+  std::uint64_t agents_alive = 0;
+  std::uint64_t agents_dead = 0;
+  std::uint64_t capacity_bytes = 0;
+  std::uint64_t used_bytes = 0;
+  std::uint64_t blocks = 0;
+  std::uint64_t namespaces = 0;
+  std::uint64_t lookup_hits = 0;
+  std::uint64_t lookup_misses = 0;
+  std::uint64_t uptime_ms = 0;
+  std::uint64_t live_bytes = 0;        // committed + being written
+  std::uint64_t reclaiming_bytes = 0;  // quarantined or awaiting invalidation
+  std::uint64_t write_leases = 0;
+  std::uint64_t read_leases = 0;
+  std::uint64_t evictions = 0;
+  std::uint64_t expired_write_leases = 0;
+};
+
+// encode(x) returns the payload; decode(payload, x) fills x.
+#define KVPOOL_RPC_MESSAGE(T)  \
+  std::string encode(const T&); \
+  Status decode(std::string_view payload, T& out);
+KVPOOL_RPC_MESSAGE(StatusWire)
+KVPOOL_RPC_MESSAGE(RegisterNamespaceRequest)
+KVPOOL_RPC_MESSAGE(RegisterNamespaceReply)
+KVPOOL_RPC_MESSAGE(RegisterAgentRequest)
+KVPOOL_RPC_MESSAGE(RegisterAgentReply)
+KVPOOL_RPC_MESSAGE(HeartbeatRequest)
+KVPOOL_RPC_MESSAGE(ListAgentsReply)
+KVPOOL_RPC_MESSAGE(AllocateRequest)
+KVPOOL_RPC_MESSAGE(AllocateReply)
+KVPOOL_RPC_MESSAGE(LeaseBatch)
+KVPOOL_RPC_MESSAGE(StatusBatch)
+KVPOOL_RPC_MESSAGE(LookupRequest)
+KVPOOL_RPC_MESSAGE(LookupReply)
+KVPOOL_RPC_MESSAGE(ReleaseRequest)
+KVPOOL_RPC_MESSAGE(KeysRequest)
+KVPOOL_RPC_MESSAGE(WaitForRequest)
+KVPOOL_RPC_MESSAGE(WaitForReply)
+KVPOOL_RPC_MESSAGE(InvalidateMessage)
+KVPOOL_RPC_MESSAGE(AgentDownMessage)
+KVPOOL_RPC_MESSAGE(StatsReply)
+#undef KVPOOL_RPC_MESSAGE
+
+}  // namespace kvpool::rpc

@@ -1,0 +1,120 @@
+#pragma once
+// Starts real kvpool processes for integration tests: a standalone agent
+// (agent + embedded coordinator) on a port the OS picks, more agents joining
+// it, and raw control-protocol clients for protocol-level steps.
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kvpool/client.h"
+#include "runtime/common/subprocess.h"
+#include "runtime/rpc/client.h"
+#include "runtime/rpc/messages.h"
+#include "tests/common/test_util.h"
+
+namespace kvpool::testing {
+
+inline NamespaceDescriptor test_namespace(std::uint64_t block_bytes = 256 << 10, const std::string& model = "test") {
+  NamespaceDescriptor d;
+  d.model_id = model;
+  d.dtype = "bf16";
+  d.num_layers = 1;
+  d.num_kv_heads = 1;
+  d.head_dim = 1;
+  d.tokens_per_block = 16;
+  d.layout = "test";
+  d.block_bytes = block_bytes;
+  return d;
+}
+
+inline std::string temp_path(const std::string& name) {
+  static int counter = 0;
+  return "/tmp/kvpool-test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + name;
+}
+
+// Reads a port file written by --port-file, waiting for it to appear.
+inline std::uint16_t read_port_file(const std::string& path, Deadline deadline) {
+  while (!deadline.expired()) {
+    if (FILE* f = std::fopen(path.c_str(), "r")) {
+      unsigned port = 0;
+      int n = std::fscanf(f, "%u", &port);
+      std::fclose(f);
+      if (n == 1 && port > 0) return static_cast<std::uint16_t>(port);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return 0;
+}
+
+struct PoolProcess {
+  Subprocess process;
+  std::string coordinator;  // host:port of the (embedded) coordinator
+};
+
+// kvpool-agent --standalone with `extra` flags; REQUIREs that it starts.
+inline std::unique_ptr<PoolProcess> start_standalone(const std::string& pool_size,
+                                                     const std::vector<std::string>& extra = {},
+                                                     const std::map<std::string, std::string>& env = {}) {
+  std::string port_file = temp_path("port");
+  std::vector<std::string> argv = {bin_dir() + "/kvpool-agent", "--standalone", "--listen", "127.0.0.1:0",
+                                   "--port-file", port_file, "--pool-size", pool_size, "--log-level", "warn"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto p = Subprocess::spawn(argv, env);
+  if (!p) return nullptr;
+  std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(std::chrono::seconds(30))));
+  std::remove(port_file.c_str());
+  if (port == 0) return nullptr;
+  return std::unique_ptr<PoolProcess>(new PoolProcess{std::move(*p), "127.0.0.1:" + std::to_string(port)});
+}
+
+// Another agent joining `coordinator`.
+inline std::unique_ptr<Subprocess> start_agent(const std::string& coordinator, const std::string& pool_size,
+                                               const std::map<std::string, std::string>& env = {}) {
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator", coordinator, "--pool-size", pool_size,
+                              "--log-level", "warn"},
+                             env);
+  if (!p) return nullptr;
+  return std::make_unique<Subprocess>(std::move(*p));
+}
+
+inline std::unique_ptr<rpc::Client> raw_client(const std::string& coordinator, rpc::Role role = rpc::Role::kWorker) {
+  auto colon = coordinator.rfind(':');
+  rpc::ClientOptions o;
+  o.host = coordinator.substr(0, colon);
+  o.port = static_cast<std::uint16_t>(std::stoi(coordinator.substr(colon + 1)));
+  o.role = role;
+  o.client_id = "raw-test-client";
+  auto c = rpc::Client::connect(o, Deadline::after(scaled(std::chrono::seconds(10))));
+  return c ? std::move(*c) : nullptr;
+}
+
+template <typename Req, typename Rep>
+Status raw_call(rpc::Client& c, std::uint16_t type, const Req& req, Rep& rep) {
+  auto reply = c.call(type, rpc::encode(req), Deadline::after(scaled(std::chrono::seconds(10))));
+  if (!reply) return reply.error();
+  return rpc::decode(*reply, rep);
+}
+
+inline rpc::StatsReply stats(rpc::Client& c) {
+  rpc::StatsReply s;
+  auto reply = c.call(rpc::kStats, std::string(), Deadline::after(scaled(std::chrono::seconds(10))));
+  if (reply) (void)rpc::decode(*reply, s);
+  return s;
+}
+
+// Polls `pred` until it holds or `timeout` passes; returns whether it held.
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout) {
+  auto d = Deadline::after(timeout);
+  while (!d.expired()) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+}  // namespace kvpool::testing

@@ -1,0 +1,366 @@
+// The pool end to end, with real processes: kvpool-agent --standalone (the
+// agent with its embedded coordinator), more agents joining it, and this test
+// as the worker (kvpool::Client) or as a raw control-protocol peer.
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include <atomic>
+#include <thread>
+
+#include "runtime/common/pattern.h"
+#include "tests/integration/pool_fixture.h"
+
+using namespace kvpool;
+using namespace kvpool::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kBlock = 256 << 10;
+
+struct Blocks {
+  std::vector<Key128> keys;
+  std::vector<std::byte> bytes;
+  std::vector<std::span<const std::byte>> spans;
+  std::vector<std::span<std::byte>> out_spans;
+  std::vector<std::byte> out;
+
+  Blocks(NamespaceId ns, int n, std::uint32_t first_token = 0) {
+    std::vector<std::uint32_t> tokens(static_cast<std::size_t>(n) * 16);
+    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = first_token + static_cast<std::uint32_t>(i);
+    keys = prefix_keys(ns, tokens, 16);
+    bytes.resize(n * kBlock);
+    out.resize(n * kBlock);
+    for (int i = 0; i < n; ++i) {
+      fill_pattern(bytes.data() + i * kBlock, 0, kBlock, keys[i].lo);
+      spans.emplace_back(bytes.data() + i * kBlock, kBlock);
+      out_spans.emplace_back(out.data() + i * kBlock, kBlock);
+    }
+  }
+  std::size_t wrong(std::size_t n) const {
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < n; ++i) bad += pattern_mismatches(out.data() + i * kBlock, 0, kBlock, keys[i].lo);
+    return bad;
+  }
+};
+
+// Sends raw bytes to the coordinator and reports whether it closes the
+// connection (as it must for input that breaks the framing).
+bool raw_socket_closed_after(std::uint16_t port, const std::string& bytes, std::chrono::milliseconds timeout) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return false;
+  }
+  (void)::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+  pollfd p{fd, POLLIN, 0};
+  bool closed = false;
+  auto d = Deadline::after(timeout);
+  while (!d.expired() && !closed) {
+    if (::poll(&p, 1, 100) > 0) {
+      char buf[256];
+      ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      closed = n <= 0;  // a reply (n > 0) is read and ignored; EOF or reset means closed
+    }
+  }
+  ::close(fd);
+  return closed;
+}
+
+std::unique_ptr<Client> connect(const std::string& coordinator, const std::string& tls = "") {
+  ClientOptions options;
+  options.coordinator = coordinator;
+  options.timeout = scaled(10s);
+  options.tls = tls;
+  auto c = Client::connect(options);
+  REQUIRE(c);
+  return std::move(*c);
+}
+
+}  // namespace
+
+TEST_CASE("blocks put by one process are read back by another over shared memory and over tcp",
+          "[integration]") {
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  for (std::string tls : {"posix,cma,self", "tcp"}) {
+    INFO("worker UCX_TLS=" << tls);
+    auto writer = connect(pool->coordinator, tls);
+    auto ns = writer->register_namespace(test_namespace(kBlock, "model-" + tls));
+    REQUIRE(ns);
+    Blocks b(*ns, 12);
+    auto put = writer->put(*ns, b.keys, b.spans);
+    REQUIRE(put);
+    CHECK(put->written == 12);
+    auto reader = connect(pool->coordinator, tls);
+    REQUIRE(reader->register_namespace(test_namespace(kBlock, "model-" + tls)));
+    auto got = reader->get(*ns, b.keys, b.out_spans);
+    REQUIRE(got);
+    CHECK(got->loaded == 12);
+    CHECK(b.wrong(12) == 0);
+    CHECK(reader->stats().transports.find(tls == "tcp" ? "tcp" : "posix") != std::string::npos);
+  }
+}
+
+TEST_CASE("a second put of the same blocks writes nothing and a lookup sees the prefix", "[integration]") {
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks b(*ns, 8);
+  REQUIRE(c->put(*ns, std::span(b.keys).first(5), std::span(b.spans).first(5))->written == 5);
+  auto again = c->put(*ns, b.keys, b.spans);
+  REQUIRE(again);
+  CHECK(again->deduplicated == 5);
+  CHECK(again->written == 3);
+  CHECK(*c->lookup(*ns, b.keys) == 8);
+  // A namespace not registered is refused by the coordinator.
+  auto other = Blocks(*ns + 1, 1);
+  auto bad = raw_client(pool->coordinator);
+  rpc::LookupReply rep;
+  CHECK(raw_call(*bad, rpc::kLookup, rpc::LookupRequest{*ns + 1, false, other.keys}, rep).code() ==
+        StatusCode::kNotFound);
+}
+
+TEST_CASE("of two writers of one key one writes and the other is told pending", "[integration]") {
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks b(*ns, 1);
+  // The first writer holds the key's write lease without committing.
+  auto raw = raw_client(pool->coordinator);
+  REQUIRE(raw);
+  rpc::AllocateReply first;
+  REQUIRE(raw_call(*raw, rpc::kAllocate, rpc::AllocateRequest{*ns, "elsewhere", {{b.keys[0], kBlock}}}, first).ok());
+  REQUIRE(first.results.at(0).outcome == rpc::AllocateOutcome::kPlaced);
+  auto second = c->put(*ns, b.keys, b.spans);
+  REQUIRE(second);
+  CHECK(second->outcomes[0] == PutOutcome::kPending);
+  CHECK(*c->lookup(*ns, b.keys) == 0);  // a reader sees a miss until the commit
+}
+
+TEST_CASE("wait_for wakes a waiting reader when the writer commits", "[integration]") {
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  auto writer = connect(pool->coordinator);
+  auto reader = connect(pool->coordinator);
+  auto ns = writer->register_namespace(test_namespace());
+  REQUIRE(ns);
+  REQUIRE(reader->register_namespace(test_namespace()));
+  Blocks b(*ns, 4);
+  std::atomic<std::int64_t> woke_ns{0};
+  Result<std::vector<bool>> waited = std::vector<bool>{};
+  std::thread waiter([&] {
+    waited = reader->wait_for(*ns, b.keys, scaled(20s));
+    woke_ns = Clock::now().time_since_epoch().count();
+  });
+  std::this_thread::sleep_for(300ms);
+  CHECK(woke_ns.load() == 0);  // still waiting: nothing committed yet
+  REQUIRE(writer->put(*ns, b.keys, b.spans)->written == 4);
+  auto committed_at = Clock::now();
+  waiter.join();
+  REQUIRE(waited);
+  CHECK(*waited == std::vector<bool>(4, true));
+  CHECK(Clock::time_point(Clock::duration(woke_ns.load())) - committed_at < scaled(1s));
+  // And at the deadline it returns what is there.
+  Blocks more(*ns, 2, 999);
+  auto partial = reader->wait_for(*ns, more.keys, 200ms);
+  REQUIRE(partial);
+  CHECK(*partial == std::vector<bool>(2, false));
+}
+
+TEST_CASE("a reader polling while a writer puts never sees a block before its commit", "[integration]") {
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks b(*ns, 1);
+  auto raw = raw_client(pool->coordinator);
+  rpc::AllocateReply alloc;
+  REQUIRE(raw_call(*raw, rpc::kAllocate, rpc::AllocateRequest{*ns, "", {{b.keys[0], kBlock}}}, alloc).ok());
+  REQUIRE(alloc.results.at(0).outcome == rpc::AllocateOutcome::kPlaced);
+  // The writer's bytes land (written through the agent's mapped region by a
+  // second client is not needed: the slot is placed, not committed). Poll.
+  for (int i = 0; i < 20; ++i) {
+    CHECK(*c->lookup(*ns, b.keys) == 0);
+    auto got = c->get(*ns, b.keys, b.out_spans);
+    REQUIRE(got);
+    CHECK(got->loaded == 0);
+    std::this_thread::sleep_for(10ms);
+  }
+  rpc::StatusBatch commit;
+  REQUIRE(raw_call(*raw, rpc::kCommit, rpc::LeaseBatch{{alloc.results[0].lease}}, commit).ok());
+  CHECK(commit.results.at(0).code == StatusCode::kOk);
+  CHECK(*c->lookup(*ns, b.keys) == 1);
+  // Committed without a valid header (the raw writer wrote nothing): a get
+  // must detect it and return no data.
+  auto got = c->get(*ns, b.keys, b.out_spans);
+  REQUIRE(got);
+  CHECK(got->loaded == 0);
+  CHECK(got->stopped.code() == StatusCode::kDataLoss);
+}
+
+TEST_CASE("a writer killed before commit has its space back after the lease", "[integration]") {
+  auto pool = start_standalone("64MiB", {"--write-lease", "1s", "--write-quarantine", "500ms"});
+  REQUIRE(pool);
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks live(*ns, 4);
+  REQUIRE(c->put(*ns, live.keys, live.spans)->written == 4);
+  auto watcher = raw_client(pool->coordinator, rpc::Role::kTool);
+  REQUIRE(watcher);
+  const auto live_bytes = stats(*watcher).live_bytes;
+  {
+    // The dying writer: a real process allocates 10 blocks and is killed
+    // before committing them.
+    auto writer = Subprocess::spawn({bin_dir() + "/kvpool_test_writer", pool->coordinator, std::to_string(*ns),
+                                     "10", std::to_string(kBlock)});
+    REQUIRE(writer);
+    REQUIRE(writer->wait_for_line("ALLOCATED", Deadline::after(scaled(10s))));
+    CHECK(stats(*watcher).live_bytes == live_bytes + 10 * kBlock);
+    writer->kill(SIGKILL);
+    REQUIRE(writer->wait(Deadline::after(scaled(5s))));
+  }
+  // Lease (1 s) + quarantine (0.5 s) + the agent's invalidation: then the
+  // used bytes are exactly the live blocks' bytes again.
+  CHECK(eventually([&] {
+    auto s = stats(*watcher);
+    return s.used_bytes == live_bytes && s.reclaiming_bytes == 0 && s.write_leases == 0;
+  }, scaled(10s)));
+  auto s = stats(*watcher);
+  CHECK(s.used_bytes == live_bytes);
+  CHECK(s.expired_write_leases == 10);
+  CHECK(s.blocks == 4);
+  // The space is usable: the pool takes new blocks into it.
+  Blocks more(*ns, 10, 7000);
+  CHECK(c->put(*ns, more.keys, more.spans)->written == 10);
+}
+
+TEST_CASE("eviction under pressure keeps the pool writable and skips leased blocks", "[integration]") {
+  // 16 MiB: room for about 60 blocks of 256 KiB.
+  auto pool = start_standalone("16MiB");
+  REQUIRE(pool);
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks first(*ns, 4);
+  REQUIRE(c->put(*ns, first.keys, first.spans)->written == 4);
+  // A reader holds a read lease on the first blocks for the whole test.
+  auto raw = raw_client(pool->coordinator);
+  rpc::LookupReply leased;
+  REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{*ns, true, first.keys}, leased).ok());
+  REQUIRE(leased.locations.size() == 4);
+  REQUIRE(leased.lease != 0);
+  // Write far more than fits, in batches: every put succeeds.
+  for (int round = 0; round < 12; ++round) {
+    Blocks b(*ns, 16, 100000 + round * 1000);
+    auto put = c->put(*ns, b.keys, b.spans);
+    REQUIRE(put);
+    INFO("round " << round << " failed " << put->failed);
+    CHECK(put->written == 16);
+  }
+  auto s = stats(*raw);
+  CHECK(s.evictions > 0);
+  // The leased blocks are still there and intact.
+  auto got = c->get(*ns, first.keys, first.out_spans);
+  REQUIRE(got);
+  CHECK(got->loaded == 4);
+  CHECK(first.wrong(4) == 0);
+}
+
+TEST_CASE("a killed agent's blocks leave lookups within the heartbeat timeout and its reads fail fast",
+          "[integration]") {
+  // Spread placement: blocks land on both agents.
+  auto pool = start_standalone("32MiB", {"--agent-timeout", "1s", "--heartbeat-interval", "200ms", "--placement",
+                                         "spread"});
+  REQUIRE(pool);
+  auto second = start_agent(pool->coordinator, "32MiB");
+  REQUIRE(second);
+  auto watcher = raw_client(pool->coordinator, rpc::Role::kTool);
+  REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 2; }, scaled(10s)));
+  for (std::string tls : {"posix,cma,self", "tcp"}) {
+    INFO("worker UCX_TLS=" << tls);
+    auto c = connect(pool->coordinator, tls);
+    auto ns = c->register_namespace(test_namespace(kBlock, "agent-death-" + tls));
+    REQUIRE(ns);
+    Blocks b(*ns, 16);
+    REQUIRE(c->put(*ns, b.keys, b.spans)->written == 16);
+    auto got = c->get(*ns, b.keys, b.out_spans);
+    REQUIRE(got->loaded == 16);
+    if (second) {
+      second->kill(SIGKILL);
+      REQUIRE(second->wait(Deadline::after(scaled(5s))));
+      auto killed_at = Clock::now();
+      // Reads never return wrong bytes and never hang; once the coordinator
+      // notices (timeout 1 s), the dead agent's blocks are gone from lookups.
+      CHECK(eventually([&] { return *c->lookup(*ns, b.keys) < 16; }, scaled(5s)));
+      CHECK(Clock::now() - killed_at < scaled(3s));
+      auto t0 = Clock::now();
+      auto after = c->get(*ns, b.keys, b.out_spans);
+      REQUIRE(after);
+      CHECK(after->loaded < 16);
+      CHECK(b.wrong(after->loaded) == 0);
+      CHECK(Clock::now() - t0 < scaled(2s));
+      CHECK(stats(*watcher).agents_alive == 1);
+      second.reset();
+      // New writes go to the live agent.
+      Blocks more(*ns, 8, 50000);
+      CHECK(c->put(*ns, more.keys, more.spans)->written == 8);
+    }
+  }
+}
+
+TEST_CASE("malformed frames get the connection closed while another client keeps working", "[integration]") {
+  auto pool = start_standalone("16MiB");
+  REQUIRE(pool);
+  auto good = connect(pool->coordinator);
+  auto ns = good->register_namespace(test_namespace());
+  REQUIRE(ns);
+  auto colon = pool->coordinator.rfind(':');
+  auto port = static_cast<std::uint16_t>(std::stoi(pool->coordinator.substr(colon + 1)));
+  // Garbage, a header claiming a 1 GiB payload, and a header with a wrong
+  // version, each on its own connection: each is closed by the server.
+  std::string huge(24, '\0');
+  const std::uint32_t magic = 0x4350564B, giant = 1u << 30;
+  std::memcpy(huge.data(), &magic, 4);
+  huge[4] = 1;  // version 1
+  std::memcpy(huge.data() + 16, &giant, 4);
+  std::string wrong_version = huge;
+  wrong_version[4] = 9;
+  std::memset(wrong_version.data() + 16, 0, 4);
+  for (const std::string& bytes : {std::string("GET / HTTP/1.1\r\nHost: kvpool\r\n\r\n"), huge, wrong_version}) {
+    CHECK(raw_socket_closed_after(port, bytes, scaled(5s)));
+  }
+  auto raw = raw_client(pool->coordinator);
+  REQUIRE(raw);
+  // An allocate whose item count overruns the payload.
+  std::string bad = rpc::encode(rpc::AllocateRequest{*ns, "", {}});
+  bad[bad.size() - 4] = '\x7f';
+  auto reply = raw->call(rpc::kAllocate, bad, Deadline::after(scaled(5s)));
+  REQUIRE_FALSE(reply);
+  CHECK(reply.error().code() == StatusCode::kInvalidArgument);
+  auto unknown = raw->call(999, "", Deadline::after(scaled(5s)));
+  REQUIRE_FALSE(unknown);
+  CHECK(unknown.error().code() == StatusCode::kUnimplemented);
+  Blocks b(*ns, 2);
+  CHECK(good->put(*ns, b.keys, b.spans)->written == 2);
+  CHECK(*good->lookup(*ns, b.keys) == 2);
+}
