@@ -296,8 +296,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
     default:
-      logger()->warn("unknown message type {} from {}", req.type, req.peer_id);
-      resp.fail(Status(StatusCode::kUnimplemented, "unknown message type " + std::to_string(req.type)));
+      rpc::fail_unknown_type(req, resp);
       return;
   }
 }

@@ -27,23 +27,28 @@ inline constexpr std::uint32_t kReadRequestMagic = 0x524f564bu;  // "KVOR"
 // rather than size an allocation by a peer's claim.
 inline constexpr std::size_t kMaxReadRequestBytes = 64 * 1024;
 inline constexpr std::size_t kMaxReadOps = 1024;
+inline constexpr std::size_t kMaxReadRkeys = kMaxOwnerReadRegions;
 
 // Wire format, little-endian:
 //   request: u32 magic, u64 request id, u32 reader address length, the
 //            reader's worker address, u32 flags (bit 0: the reader's endpoint
-//            has peer error handling), u32 rkey length, rkey bytes, u32 op count, count x (u64 source address in the owner,
-//            u64 destination address in the reader, u64 length)
+//            has peer error handling), u32 rkey count (1..kMaxReadRkeys),
+//            each as u32 length + bytes (the reader's registered regions),
+//            u32 op count, count x (u64 source address in the owner, u64
+//            destination address in the reader, u64 length, u32 index of
+//            the rkey covering the destination)
 //   reply:   u64 request id, i32 ucs_status_t
 struct ReadOp {
   std::uint64_t src = 0;
   std::uint64_t dst = 0;
   std::uint64_t length = 0;
+  std::uint32_t rkey = 0;  // index into ReadRequest::rkeys
 };
 struct ReadRequest {
   std::uint64_t id = 0;
   std::string reader_address;  // the owner connects back to put and reply
   bool reader_peer_errors = false;  // the back endpoint must match the reader's mode
-  std::string rkey;
+  std::vector<std::string> rkeys;
   std::vector<ReadOp> ops;
 };
 std::string encode_read_request(const ReadRequest& req);

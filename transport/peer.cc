@@ -268,18 +268,20 @@ Status Peer::flush(Deadline deadline, const char* what) {
   return result;
 }
 
-Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
-                 const BatchOptions& options) {
+Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, std::span<const RmaOp> then,
+                 Deadline deadline, const BatchOptions& options) {
   const char* what = is_put ? "batch put" : "batch get";
   if (Status h = health(); !h.ok()) return h;
   if (remote.rkey_ == nullptr) return Status(StatusCode::kInvalidArgument, std::string(what) + ": no remote region");
-  for (const RmaOp& op : ops) {
-    if (op.local == nullptr || op.length == 0 || op.remote_offset > remote.length_ ||
-        op.length > remote.length_ - op.remote_offset) {
-      return Status(StatusCode::kInvalidArgument, std::string(what) + ": op of " + std::to_string(op.length) +
-                                                      " bytes at offset " + std::to_string(op.remote_offset) +
-                                                      " does not fit the remote region of " +
-                                                      std::to_string(remote.length_) + " bytes");
+  for (auto list : {ops, then}) {
+    for (const RmaOp& op : list) {
+      if (op.local == nullptr || op.length == 0 || op.remote_offset > remote.length_ ||
+          op.length > remote.length_ - op.remote_offset) {
+        return Status(StatusCode::kInvalidArgument, std::string(what) + ": op of " + std::to_string(op.length) +
+                                                        " bytes at offset " + std::to_string(op.remote_offset) +
+                                                        " does not fit the remote region of " +
+                                                        std::to_string(remote.length_) + " bytes");
+      }
     }
   }
   ucp_request_param_t p{};
@@ -289,66 +291,92 @@ Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp>
   }
   const auto* lbegin = options.local != nullptr ? options.local->data() : nullptr;
   const auto* lend = lbegin != nullptr ? lbegin + options.local->size() : nullptr;
-  for (const RmaOp& op : ops) {
-    ucp_request_param_t opp = p;
-    auto* lp = static_cast<std::byte*>(op.local);
-    if (lbegin != nullptr && (lp < lbegin || lp + op.length > lend)) opp.op_attr_mask = 0;
-    ucs_status_ptr_t req = is_put ? ucp_put_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
-                                                remote.rkey_, &opp)
-                                  : ucp_get_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
-                                                remote.rkey_, &opp);
-    if (UCS_PTR_IS_ERR(req)) {
-      // Earlier ops may be in flight: flush them before reporting.
-      (void)flush(deadline, what);
-      return to_status(UCS_PTR_STATUS(req), what);
+  auto post = [&](std::span<const RmaOp> list) -> Status {
+    for (const RmaOp& op : list) {
+      ucp_request_param_t opp = p;
+      auto* lp = static_cast<std::byte*>(op.local);
+      if (lbegin != nullptr && (lp < lbegin || lp + op.length > lend)) opp.op_attr_mask = 0;
+      ucs_status_ptr_t req = is_put ? ucp_put_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
+                                                  remote.rkey_, &opp)
+                                    : ucp_get_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
+                                                  remote.rkey_, &opp);
+      if (UCS_PTR_IS_ERR(req)) return to_status(UCS_PTR_STATUS(req), what);
+      // Released now, freed by UCX on completion; the flush waits for it.
+      if (req != nullptr) ucp_request_free(req);
     }
-    // Released now, freed by UCX on completion; the flush below waits for it.
-    if (req != nullptr) ucp_request_free(req);
+    return Status();
+  };
+  Status s = post(ops);
+  if (s.ok() && !then.empty()) {
+    s = to_status(ucp_worker_fence(owner_->impl_->worker), "fence");
+    if (s.ok()) s = post(then);
   }
-  Status s = flush(deadline, what);
-  if (!s.ok() && state_->dead.load()) return health();
-  return s;
+  // Even after a failed post, earlier ops may be in flight: flush them.
+  Status f = flush(deadline, what);
+  if (!s.ok()) return s;
+  if (!f.ok() && state_->dead.load()) return health();
+  return f;
 }
 
 Status Peer::put(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
                  const BatchOptions& options) {
-  return rma(true, remote, ops, deadline, options);
+  return rma(true, remote, ops, {}, deadline, options);
+}
+
+Status Peer::put_ordered(const RemoteRegion& remote, std::span<const RmaOp> first, std::span<const RmaOp> then,
+                         Deadline deadline, const BatchOptions& options) {
+  return rma(true, remote, first, then, deadline, options);
 }
 
 Status Peer::get(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
                  const BatchOptions& options) {
-  return rma(false, remote, ops, deadline, options);
+  return rma(false, remote, ops, {}, deadline, options);
 }
 
 Status Peer::read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops, const MemoryRegion& local,
                            Deadline deadline) {
+  const MemoryRegion* locals[] = {&local};
+  return read_by_owner(remote, ops, locals, deadline);
+}
+
+Status Peer::read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                           std::span<const MemoryRegion* const> locals, Deadline deadline) {
   if (Status h = health(); !h.ok()) return h;
   if (ops.empty()) return Status();
+  if (locals.empty() || locals.size() > kMaxReadRkeys) {
+    return Status(StatusCode::kInvalidArgument, "owner read: 1 to 8 local regions");
+  }
   if (ops.size() > kMaxReadOps) {
     // Split: a request must stay a small eager message.
     for (std::size_t i = 0; i < ops.size(); i += kMaxReadOps) {
-      Status s = read_by_owner(remote, ops.subspan(i, std::min(kMaxReadOps, ops.size() - i)), local, deadline);
+      Status s = read_by_owner(remote, ops.subspan(i, std::min(kMaxReadOps, ops.size() - i)), locals, deadline);
       if (!s.ok()) return s;
     }
     return Status();
   }
-  auto rkey = local.pack_rkey();
-  if (!rkey) return rkey.error();
   Transport::Impl& impl = *owner_->impl_;
   ReadRequest req;
   req.reader_address = impl.address;
   req.reader_peer_errors = mode_ == ErrorMode::kPeer;
-  req.rkey = std::move(*rkey);
-  const auto* lbegin = local.data();
-  const auto* lend = lbegin + local.size();
+  for (const MemoryRegion* local : locals) {
+    auto rkey = local->pack_rkey();
+    if (!rkey) return rkey.error();
+    req.rkeys.push_back(std::move(*rkey));
+  }
   for (const RmaOp& op : ops) {
     auto* lp = static_cast<std::byte*>(op.local);
-    if (op.length == 0 || lp < lbegin || lp + op.length > lend || op.remote_offset > remote.length_ ||
+    std::uint32_t which = 0;
+    while (which < locals.size() &&
+           (lp < locals[which]->data() || lp + op.length > locals[which]->data() + locals[which]->size())) {
+      ++which;
+    }
+    if (op.length == 0 || which == locals.size() || op.remote_offset > remote.length_ ||
         op.length > remote.length_ - op.remote_offset) {
       return Status(StatusCode::kInvalidArgument, "owner read: op of " + std::to_string(op.length) +
-                                                      " bytes falls outside the local or the remote region");
+                                                      " bytes falls outside the local or the remote regions");
     }
-    req.ops.push_back({remote.base_ + op.remote_offset, reinterpret_cast<std::uint64_t>(op.local), op.length});
+    req.ops.push_back(
+        {remote.base_ + op.remote_offset, reinterpret_cast<std::uint64_t>(op.local), op.length, which});
   }
   req.id = impl.next_read_id.fetch_add(1);
   auto pending = std::make_shared<PendingRead>();

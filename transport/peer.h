@@ -71,6 +71,9 @@ class RemoteRegion {
   std::uint64_t length_ = 0;
 };
 
+// How many local regions one owner read may write into.
+inline constexpr std::size_t kMaxOwnerReadRegions = 8;
+
 struct BatchOptions {
   // The registered region the local pointers fall in; without it UCX
   // registers local memory on the fly (a cost on RDMA NICs).
@@ -92,6 +95,11 @@ class Peer {
   // kDeadlineExceeded when `deadline` passes first.
   Status put(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
              const BatchOptions& options = {});
+  // Puts `first`, then `then`, with one completion: every op of `first` is
+  // complete at the target before any op of `then` lands (a fence between
+  // them), so a slot header put in `then` is never valid before its payload.
+  Status put_ordered(const RemoteRegion& remote, std::span<const RmaOp> first, std::span<const RmaOp> then,
+                     Deadline deadline, const BatchOptions& options = {});
   // Reads every op's bytes from the remote region into local memory.
   Status get(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
              const BatchOptions& options = {});
@@ -100,6 +108,10 @@ class Peer {
   // reports the data complete. Over TCP this is 5-60x faster than get.
   Status read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops, const MemoryRegion& local,
                        Deadline deadline);
+  // The same with each op's local memory in any of `locals` (up to 8
+  // registered regions: payload buffers and a header scratch area, say).
+  Status read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                       std::span<const MemoryRegion* const> locals, Deadline deadline);
 
   // Ordering: every put issued before fence() completes at the target before
   // any put issued after it (payload before header).
@@ -122,8 +134,8 @@ class Peer {
  private:
   friend class Transport;
   Peer(Transport* owner, ErrorMode mode);
-  Status rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
-             const BatchOptions& options);
+  Status rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, std::span<const RmaOp> then,
+             Deadline deadline, const BatchOptions& options);
   Status flush(Deadline deadline, const char* what);
 
   Transport* owner_;

@@ -116,13 +116,13 @@ ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_le
 struct OwnerReadJob {
   Transport::Impl* impl;
   ucp_ep_h ep;
-  ucp_rkey_h rkey;
+  std::vector<ucp_rkey_h> rkeys;
   std::uint64_t id;
 };
 
 void finish_owner_read(OwnerReadJob* job, ucs_status_t status) {
   job->impl->post([job, status] {
-    ucp_rkey_destroy(job->rkey);
+    for (ucp_rkey_h rkey : job->rkeys) ucp_rkey_destroy(rkey);
     job->impl->send_read_reply(job->ep, job->id, status);
     delete job;
   });
@@ -142,41 +142,52 @@ void on_reply_sent(void* request, ucs_status_t /*status*/, void* user_data) {
 
 std::string encode_read_request(const ReadRequest& req) {
   std::string out;
-  out.reserve(24 + req.rkey.size() + 24 * req.ops.size());
+  out.reserve(64 + req.reader_address.size() + 256 * req.rkeys.size() + 28 * req.ops.size());
   put_u32(out, kReadRequestMagic);
   put_u64(out, req.id);
   put_u32(out, static_cast<std::uint32_t>(req.reader_address.size()));
   out += req.reader_address;
   put_u32(out, req.reader_peer_errors ? 1u : 0u);
-  put_u32(out, static_cast<std::uint32_t>(req.rkey.size()));
-  out += req.rkey;
+  put_u32(out, static_cast<std::uint32_t>(req.rkeys.size()));
+  for (const std::string& rkey : req.rkeys) {
+    put_u32(out, static_cast<std::uint32_t>(rkey.size()));
+    out += rkey;
+  }
   put_u32(out, static_cast<std::uint32_t>(req.ops.size()));
   for (const ReadOp& op : req.ops) {
     put_u64(out, op.src);
     put_u64(out, op.dst);
     put_u64(out, op.length);
+    put_u32(out, op.rkey);
   }
   return out;
 }
 
 Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
   Reader r(data, length);
-  std::uint32_t magic = 0, rkey_len = 0, count = 0;
+  std::uint32_t magic = 0, rkey_count = 0, count = 0;
   ReadRequest req;
   if (!r.u32(magic) || magic != kReadRequestMagic) {
     return make_error(StatusCode::kInvalidArgument, "owner read request: bad magic");
   }
   std::uint32_t addr_len = 0, flags = 0;
   if (!r.u64(req.id) || !r.u32(addr_len) || addr_len == 0 || !r.bytes(req.reader_address, addr_len) ||
-      !r.u32(flags) || !r.u32(rkey_len)) {
+      !r.u32(flags) || !r.u32(rkey_count)) {
     return make_error(StatusCode::kInvalidArgument, "owner read request: truncated header");
   }
   req.reader_peer_errors = (flags & 1u) != 0;
-  if (rkey_len > r.left() || !r.bytes(req.rkey, rkey_len)) {
-    return make_error(StatusCode::kInvalidArgument, "owner read request: rkey length overruns the message");
+  if (rkey_count == 0 || rkey_count > kMaxReadRkeys) {
+    return make_error(StatusCode::kInvalidArgument, "owner read request: bad rkey count");
+  }
+  req.rkeys.resize(rkey_count);
+  for (std::string& rkey : req.rkeys) {
+    std::uint32_t len = 0;
+    if (!r.u32(len) || len == 0 || len > r.left() || !r.bytes(rkey, len)) {
+      return make_error(StatusCode::kInvalidArgument, "owner read request: rkey length overruns the message");
+    }
   }
   if (!r.u32(count)) return make_error(StatusCode::kInvalidArgument, "owner read request: truncated op count");
-  if (count > kMaxReadOps || static_cast<std::size_t>(count) * 24 != r.left()) {
+  if (count > kMaxReadOps || static_cast<std::size_t>(count) * 28 != r.left()) {
     return make_error(StatusCode::kInvalidArgument,
                       "owner read request: op count " + std::to_string(count) + " does not match the message");
   }
@@ -185,6 +196,10 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
     r.u64(op.src);
     r.u64(op.dst);
     r.u64(op.length);
+    r.u32(op.rkey);
+    if (op.rkey >= rkey_count) {
+      return make_error(StatusCode::kInvalidArgument, "owner read request: op names an rkey that is not there");
+    }
   }
   return req;
 }
@@ -300,23 +315,28 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
       return;
     }
   }
-  ucp_rkey_h rkey = nullptr;
-  ucs_status_t st = ucp_ep_rkey_unpack(ep, req->rkey.data(), &rkey);
-  if (st != UCS_OK) {
-    logger()->warn("owner read request {}: unpacking the reader's rkey: {}", req->id, ucs_status_string(st));
-    send_read_reply(ep, req->id, st);
-    return;
+  auto* job = new OwnerReadJob{this, ep, {}, req->id};
+  ucs_status_t st = UCS_OK;
+  for (const std::string& packed : req->rkeys) {
+    ucp_rkey_h rkey = nullptr;
+    st = ucp_ep_rkey_unpack(ep, packed.data(), &rkey);
+    if (st != UCS_OK) {
+      logger()->warn("owner read request {}: unpacking the reader's rkey: {}", req->id, ucs_status_string(st));
+      break;
+    }
+    job->rkeys.push_back(rkey);
   }
   ucp_request_param_t param{};
   for (const ReadOp& op : req->ops) {
-    ucs_status_ptr_t sp = ucp_put_nbx(ep, reinterpret_cast<void*>(op.src), op.length, op.dst, rkey, &param);
+    if (st != UCS_OK) break;
+    ucs_status_ptr_t sp =
+        ucp_put_nbx(ep, reinterpret_cast<void*>(op.src), op.length, op.dst, job->rkeys[op.rkey], &param);
     if (UCS_PTR_IS_ERR(sp)) {
       st = UCS_PTR_STATUS(sp);
       break;
     }
     if (sp != nullptr) ucp_request_free(sp);
   }
-  auto* job = new OwnerReadJob{this, ep, rkey, req->id};
   if (st != UCS_OK) {
     finish_owner_read(job, st);
     return;

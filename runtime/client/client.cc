@@ -94,6 +94,9 @@ class WorkQueue {
   std::vector<std::thread> threads_;
 };
 
+// Bytes moved per chunk of a get before its verification is handed off.
+constexpr std::size_t kVerifyChunkBytes = 8 << 20;
+
 std::string default_client_id() {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -123,9 +126,11 @@ struct Client::Impl {
   std::string transports_seen;  // guarded by mu
 
   std::unique_ptr<WorkQueue> work;
+  std::unique_ptr<WorkQueue> verifier;  // checks chunks of a get while the next chunk moves
 
   ~Impl() {
     work.reset();
+    verifier.reset();
     {
       std::lock_guard lock(mu);
       agents.clear();
@@ -342,8 +347,7 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
         header_ops.push_back({headers.data() + i * pool::kSlotHeaderBytes, loc.header_offset, pool::kSlotHeaderBytes});
         if (i == idx.front()) local = registered(blocks[i].data(), blocks[i].size());
       }
-      s = (*conn)->peer->put((*conn)->region, payload_ops, deadline(), {.local = local});
-      if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, deadline());
+      s = (*conn)->peer->put_ordered((*conn)->region, payload_ops, header_ops, deadline(), {.local = local});
     }
     for (std::size_t i : idx) {
       if (s.ok()) {
@@ -419,35 +423,77 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
     }
     by_agent[loc.agent].push_back(i);
   }
+  // Transfers go in chunks; each chunk's verification (header fields and the
+  // payload's XXH3) runs on the verifier thread while the next chunk moves:
+  // on one core, copy-then-hash reaches only 0.6-0.8 of a plain copy.
+  const std::size_t chunk_blocks = std::max<std::size_t>(1, kVerifyChunkBytes / *bb);
   std::unique_ptr<transport::MemoryRegion> header_region;
-  for (auto& [agent_id, idx] : by_agent) {
-    std::erase_if(idx, [&](std::size_t i) { return i >= ok_upto; });
-    if (idx.empty()) continue;
-    auto conn = agent(agent_id, lrep.locations[idx.front()].incarnation);
-    Status s = conn ? Status() : conn.error();
-    if (s.ok()) {
-      std::vector<transport::RmaOp> payload_ops, header_ops;
+  std::vector<std::unique_ptr<transport::MemoryRegion>> temporary;
+  struct Verdict {
+    std::size_t first_bad = SIZE_MAX;
+    Status status;
+  };
+  std::vector<std::future<Verdict>> verdicts;
+  auto verify_chunk = [this, ns, keys, bufs, &lrep, &headers](std::vector<std::size_t> chunk) {
+    Verdict v;
+    for (std::size_t i : chunk) {
+      auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(
+          headers.data() + i * pool::kSlotHeaderBytes, pool::kSlotHeaderBytes));
+      const auto& loc = lrep.locations[i];
+      Status st;
+      if (!h) {
+        st = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
+      } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
+                 h->generation != loc.generation) {
+        st = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+      } else {
+        st = pool::verify_payload(*h, std::span<const std::byte>(bufs[i].data(), loc.length));
+      }
+      if (!st.ok()) {
+        v.first_bad = i;
+        v.status = st;
+        return v;
+      }
+    }
+    return v;
+  };
+  for (auto& [agent_id, all_idx] : by_agent) {
+    std::erase_if(all_idx, [&](std::size_t i) { return i >= ok_upto; });
+    if (all_idx.empty()) continue;
+    auto conn = agent(agent_id, lrep.locations[all_idx.front()].incarnation);
+    if (!conn) {
+      ok_upto = std::min(ok_upto, all_idx.front());
+      stopped = conn.error();
+      continue;
+    }
+    auto& c = **conn;
+    for (std::size_t first = 0; first < all_idx.size(); first += chunk_blocks) {
+      std::vector<std::size_t> idx(all_idx.begin() + first,
+                                   all_idx.begin() + std::min(all_idx.size(), first + chunk_blocks));
+      std::vector<transport::RmaOp> ops;
       for (std::size_t i : idx) {
         const auto& loc = lrep.locations[i];
-        payload_ops.push_back({bufs[i].data(), loc.payload_offset, loc.length});
-        header_ops.push_back({headers.data() + i * pool::kSlotHeaderBytes, loc.header_offset, pool::kSlotHeaderBytes});
+        ops.push_back({bufs[i].data(), loc.payload_offset, loc.length});
       }
-      auto& c = **conn;
+      for (std::size_t i : idx) {
+        ops.push_back({headers.data() + i * pool::kSlotHeaderBytes, lrep.locations[i].header_offset,
+                       pool::kSlotHeaderBytes});
+      }
+      Status s;
       if (c.owner_reads) {
-        // The agent puts into our memory: it must be registered.
+        // The agent puts into our memory: payload buffers and the header
+        // scratch must be registered (up to 8 regions per request).
         if (!header_region) {
           auto hr = transport->register_memory(headers.data(), headers.size());
           if (hr) header_region = std::make_unique<transport::MemoryRegion>(std::move(*hr));
           else s = hr.error();
         }
-        // Group payload ops by the registered region holding them.
-        std::map<const transport::MemoryRegion*, std::vector<transport::RmaOp>> by_region;
-        std::vector<std::unique_ptr<transport::MemoryRegion>> temporary;
-        for (const auto& op : payload_ops) {
-          if (!s.ok()) break;
-          const transport::MemoryRegion* r = registered(op.local, op.length);
+        std::vector<const transport::MemoryRegion*> locals;
+        std::size_t sent = 0;
+        for (std::size_t j = 0; s.ok() && j < idx.size(); ++j) {
+          const transport::MemoryRegion* r = registered(bufs[idx[j]].data(), *bb);
           if (r == nullptr) {
-            auto tr = transport->register_memory(op.local, op.length);
+            auto tr = transport->register_memory(bufs[idx[j]].data(), *bb);
             if (!tr) {
               s = tr.error();
               break;
@@ -455,47 +501,44 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
             temporary.push_back(std::make_unique<transport::MemoryRegion>(std::move(*tr)));
             r = temporary.back().get();
           }
-          by_region[r].push_back(op);
+          if (std::find(locals.begin(), locals.end(), r) == locals.end()) {
+            if (locals.size() == transport::kMaxOwnerReadRegions - 1) {
+              // Full: send the payloads gathered so far on their own.
+              s = c.peer->read_by_owner(c.region, std::span(ops).subspan(sent, j - sent), locals, deadline());
+              sent = j;
+              locals.clear();
+            }
+            locals.push_back(r);
+          }
         }
-        for (auto& [r, ops] : by_region) {
-          if (!s.ok()) break;
-          s = c.peer->read_by_owner(c.region, ops, *r, deadline());
+        if (s.ok()) {
+          locals.push_back(header_region.get());
+          // The rest of the payloads and every header of the chunk.
+          std::vector<transport::RmaOp> rest(ops.begin() + sent, ops.end());
+          s = c.peer->read_by_owner(c.region, rest, locals, deadline());
         }
-        if (s.ok()) s = c.peer->read_by_owner(c.region, header_ops, *header_region, deadline());
       } else {
-        const transport::MemoryRegion* local = registered(bufs[idx.front()].data(), *bb);
-        s = c.peer->get(c.region, payload_ops, deadline(), {.local = local});
-        if (s.ok()) s = c.peer->get(c.region, header_ops, deadline());
+        s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
       }
-    }
-    if (!s.ok()) {
-      ok_upto = std::min(ok_upto, idx.front());
-      stopped = s;
-      continue;
-    }
-    // Verify: the header names this key, namespace, length and generation,
-    // and the payload hashes to its checksum.
-    for (std::size_t i : idx) {
-      if (i >= ok_upto) break;
-      auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(
-          headers.data() + i * pool::kSlotHeaderBytes, pool::kSlotHeaderBytes));
-      const auto& loc = lrep.locations[i];
-      Status v;
-      if (!h) {
-        v = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
-      } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
-                 h->generation != loc.generation) {
-        v = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
-      } else {
-        v = pool::verify_payload(*h, std::span<const std::byte>(bufs[i].data(), loc.length));
-      }
-      if (!v.ok()) {
-        ++verify_failures;
-        logger()->warn("get: {}", v.message());
-        ok_upto = std::min(ok_upto, i);
-        stopped = v;
+      if (!s.ok()) {
+        ok_upto = std::min(ok_upto, idx.front());
+        stopped = s;
         break;
       }
+      auto promise = std::make_shared<std::promise<Verdict>>();
+      verdicts.push_back(promise->get_future());
+      verifier->submit([promise, chunk = std::move(idx), &verify_chunk]() mutable {
+        promise->set_value(verify_chunk(std::move(chunk)));
+      });
+    }
+  }
+  for (auto& f : verdicts) {
+    Verdict v = f.get();
+    if (v.first_bad != SIZE_MAX && v.first_bad < ok_upto) {
+      ++verify_failures;
+      logger()->warn("get: {}", v.status.message());
+      ok_upto = v.first_bad;
+      stopped = v.status;
     }
   }
   if (lrep.lease != 0) {
@@ -532,6 +575,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
   impl->rpc->set_push_handler([raw](std::uint16_t type, std::string payload) { raw->on_push(type, payload); });
   if (Status s = impl->refresh_agents(); !s.ok()) return tl::unexpected(s);
   impl->work = std::make_unique<WorkQueue>(2);
+  impl->verifier = std::make_unique<WorkQueue>(1);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

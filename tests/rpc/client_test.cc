@@ -266,7 +266,7 @@ TEST_CASE("max_frame is enforced on the client side", "[rpc][client]") {
   }
 }
 
-TEST_CASE("call_async callbacks run on the client's io thread; call() there is refused", "[rpc][client]") {
+TEST_CASE("call_async callbacks run on the client's io thread, where call() is refused", "[rpc][client]") {
   Fixture f;
   auto client = f.connect();
   std::promise<std::pair<std::thread::id, StatusCode>> seen;

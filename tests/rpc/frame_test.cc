@@ -169,7 +169,7 @@ TEST_CASE("a truncated frame stays buffered until the rest arrives", "[rpc][fram
   CHECK(reader.buffered() == 27);
 }
 
-TEST_CASE("hello and hello reply round trip; bad ones are refused", "[rpc][frame]") {
+TEST_CASE("hello and hello reply round trip, and bad ones are refused", "[rpc][frame]") {
   Hello hello{kProtocolVersion, Role::kAgent, "agent-7", ""};
   auto back = decode_hello(encode_hello(hello));
   REQUIRE(back);
@@ -199,7 +199,7 @@ TEST_CASE("hello and hello reply round trip; bad ones are refused", "[rpc][frame
   }
 }
 
-TEST_CASE("an error payload carries code and message; a malformed one reads as kInternal", "[rpc][frame]") {
+TEST_CASE("an error payload carries code and message, and a malformed one reads as kInternal", "[rpc][frame]") {
   Status s = decode_error(encode_error(Status(StatusCode::kNotFound, "no such key")));
   CHECK(s.code() == StatusCode::kNotFound);
   CHECK(s.message() == "no such key");

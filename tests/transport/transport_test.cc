@@ -41,13 +41,14 @@ TEST_CASE("owner read requests round trip and malformed ones are refused", "[tra
   req.id = 42;
   req.reader_address = "reader-address";
   req.reader_peer_errors = true;
-  req.rkey = std::string("\x01\x02\x03", 3);
-  req.ops = {{0x1000, 0x2000, 64}, {0x3000, 0x4000, 128}};
+  req.rkeys = {std::string("\x01\x02\x03", 3), "second"};
+  req.ops = {{0x1000, 0x2000, 64, 0}, {0x3000, 0x4000, 128, 1}};
   std::string wire = encode_read_request(req);
   auto back = decode_read_request(wire.data(), wire.size());
   REQUIRE(back);
   CHECK(back->id == 42);
-  CHECK(back->rkey == req.rkey);
+  CHECK(back->rkeys == req.rkeys);
+  CHECK(back->ops[1].rkey == 1);
   CHECK(back->reader_address == req.reader_address);
   CHECK(back->reader_peer_errors);
   REQUIRE(back->ops.size() == 2);
@@ -71,6 +72,12 @@ TEST_CASE("owner read requests round trip and malformed ones are refused", "[tra
     bad[12] = '\xff';  // the reader address length
     bad[13] = '\xff';
     CHECK_FALSE(decode_read_request(bad.data(), bad.size()));
+  }
+  SECTION("an op naming an rkey that is not there is refused") {
+    ReadRequest bad = req;
+    bad.ops[1].rkey = 2;
+    std::string w = encode_read_request(bad);
+    CHECK_FALSE(decode_read_request(w.data(), w.size()));
   }
   SECTION("a bad magic is refused") {
     std::string bad = wire;
@@ -208,4 +215,35 @@ TEST_CASE("a put over tcp to an owner that never progresses ends at its deadline
   // Once the owner progresses, the same peer works again.
   REQUIRE(p->owner->start_progress_thread(ProgressMode::kEvent).ok());
   CHECK(p->peer->put(p->remote, std::span(&op, 1), Deadline::after(scaled(std::chrono::seconds(10)))).ok());
+}
+
+TEST_CASE("an ordered put lands both lists and an owner read fills two local regions at once", "[transport]") {
+  auto p = make_pair("tcp", ErrorMode::kPeer, true);
+  std::vector<std::byte> payload(1 << 20), header(64);
+  kvpool::fill_pattern(payload.data(), 4096, payload.size(), 21);
+  kvpool::fill_pattern(header.data(), 0, header.size(), 22);
+  RmaOp first{payload.data(), 4096, payload.size()};
+  RmaOp then{header.data(), 0, header.size()};
+  REQUIRE(p->peer
+              ->put_ordered(p->remote, std::span(&first, 1), std::span(&then, 1),
+                            Deadline::after(scaled(std::chrono::seconds(10))))
+              .ok());
+  CHECK(kvpool::pattern_mismatches(p->region.data() + 4096, 4096, payload.size(), 21) == 0);
+  CHECK(kvpool::pattern_mismatches(p->region.data(), 0, header.size(), 22) == 0);
+
+  std::vector<std::byte> back_payload(1 << 20), back_header(64);
+  auto r1 = p->client->register_memory(back_payload.data(), back_payload.size());
+  auto r2 = p->client->register_memory(back_header.data(), back_header.size());
+  REQUIRE(r1);
+  REQUIRE(r2);
+  const MemoryRegion* locals[] = {&*r1, &*r2};
+  RmaOp reads[] = {{back_payload.data(), 4096, back_payload.size()}, {back_header.data(), 0, back_header.size()}};
+  REQUIRE(p->peer->read_by_owner(p->remote, reads, locals, Deadline::after(scaled(std::chrono::seconds(10)))).ok());
+  CHECK(kvpool::pattern_mismatches(back_payload.data(), 4096, back_payload.size(), 21) == 0);
+  CHECK(kvpool::pattern_mismatches(back_header.data(), 0, back_header.size(), 22) == 0);
+  // An op outside every local region is refused before anything is sent.
+  std::vector<std::byte> stray(64);
+  RmaOp bad{stray.data(), 0, 64};
+  CHECK(p->peer->read_by_owner(p->remote, std::span(&bad, 1), locals, Deadline::after(std::chrono::seconds(5)))
+            .code() == StatusCode::kInvalidArgument);
 }
