@@ -18,6 +18,7 @@
 
 #include "runtime/common/pattern.h"
 #include "tests/integration/pool_fixture.h"
+#include "transport/transport.h"
 
 using namespace kvpool;
 using namespace kvpool::testing;
@@ -364,4 +365,48 @@ TEST_CASE("malformed frames get the connection closed while another client keeps
   Blocks b(*ns, 2);
   CHECK(good->put(*ns, b.keys, b.spans)->written == 2);
   CHECK(*good->lookup(*ns, b.keys) == 2);
+}
+
+TEST_CASE("a block whose bytes change after its commit is detected by get and never returned as data",
+          "[integration]") {
+  auto pool = start_standalone("32MiB");
+  REQUIRE(pool);
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks b(*ns, 6);
+  REQUIRE(c->put(*ns, b.keys, b.spans)->written == 6);
+  // Find block 3 and scribble over 8 bytes of its payload, one-sided, the way
+  // a stray writer (or a torn late put) would.
+  auto raw = raw_client(pool->coordinator);
+  rpc::LookupReply where;
+  REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{*ns, false, b.keys}, where).ok());
+  REQUIRE(where.locations.size() == 6);
+  auto list_reply = raw->call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
+  REQUIRE(list_reply);
+  rpc::ListAgentsReply list;
+  REQUIRE(rpc::decode(*list_reply, list).ok());
+  const rpc::AgentRecord* agent = nullptr;
+  for (const auto& a : list.agents) {
+    if (a.agent == where.locations[3].agent) agent = &a;
+  }
+  REQUIRE(agent != nullptr);
+  auto t = transport::Transport::create({.tls = "posix,self"});
+  REQUIRE(t);
+  {
+    auto peer = (*t)->connect(agent->worker_address, transport::ErrorMode::kNone);
+    REQUIRE(peer);
+    auto region = (*peer)->import_region(
+        {agent->worker_address, agent->packed_rkey, agent->region_base, agent->region_bytes, agent->host_id});
+    REQUIRE(region);
+    std::uint64_t garbage = 0x0123456789abcdefull;
+    transport::RmaOp scribble{&garbage, where.locations[3].payload_offset + 1000, sizeof(garbage)};
+    REQUIRE((*peer)->put(*region, std::span(&scribble, 1), Deadline::after(scaled(5s))).ok());
+  }
+  auto got = c->get(*ns, b.keys, b.out_spans);
+  REQUIRE(got);
+  CHECK(got->loaded == 3);  // blocks 0-2 only: the prefix stops at the bad block
+  CHECK(got->stopped.code() == StatusCode::kDataLoss);
+  CHECK(b.wrong(3) == 0);
+  CHECK(c->stats().verify_failures == 1);
 }
