@@ -10,6 +10,7 @@ KVPOOL_PACKAGES=(
   libboost-dev catch2 libexpected-dev nlohmann-json3-dev
   libspdlog-dev libcli11-dev libxxhash-dev
   util-linux procps
+  pybind11-dev python3-dev python3-numpy python3-pytest
 )
 
 kvpool_install_deps() {

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -409,4 +410,49 @@ TEST_CASE("a block whose bytes change after its commit is detected by get and ne
   CHECK(got->stopped.code() == StatusCode::kDataLoss);
   CHECK(b.wrong(3) == 0);
   CHECK(c->stats().verify_failures == 1);
+}
+
+TEST_CASE("kvpool-agent takes every flag from a JSON config file and refuses bad ones", "[integration]") {
+  std::string port_file = temp_path("port");
+  std::string config = temp_path("agent.json");
+  {
+    FILE* f = std::fopen(config.c_str(), "w");
+    REQUIRE(f != nullptr);
+    std::fprintf(f, "{\"standalone\": true, \"listen\": \"127.0.0.1:0\", \"pool-size\": \"16MiB\", "
+                    "\"port-file\": \"%s\", \"log-level\": \"warn\", \"placement\": \"spread\"}\n",
+                 port_file.c_str());
+    std::fclose(f);
+  }
+  auto agent = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--config", config});
+  REQUIRE(agent);
+  std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(30s)));
+  REQUIRE(port != 0);
+  auto watcher = raw_client("127.0.0.1:" + std::to_string(port), rpc::Role::kTool);
+  REQUIRE(watcher);
+  CHECK(eventually([&] { return stats(*watcher).agents_alive == 1; }, scaled(10s)));
+  // 16 MiB pool: capacity is the payload area, a little under 16 MiB.
+  auto s = stats(*watcher);
+  CHECK(s.capacity_bytes > 15u << 20);
+  CHECK(s.capacity_bytes <= 16u << 20);
+  agent->kill(SIGTERM);
+  auto rc = agent->wait(Deadline::after(scaled(10s)));
+  REQUIRE(rc);
+  CHECK(WIFEXITED(*rc));
+  CHECK(WEXITSTATUS(*rc) == 0);
+  std::remove(port_file.c_str());
+
+  for (std::vector<std::string> bad : {std::vector<std::string>{"--pool-size", "lots"},
+                                       std::vector<std::string>{"--placement", "random"},
+                                       std::vector<std::string>{"--no-such-flag"}}) {
+    std::vector<std::string> argv = {bin_dir() + "/kvpool-agent", "--standalone", "--listen", "127.0.0.1:0"};
+    argv.insert(argv.end(), bad.begin(), bad.end());
+    auto p = Subprocess::spawn(argv);
+    REQUIRE(p);
+    auto code = p->wait(Deadline::after(scaled(10s)));
+    REQUIRE(code);
+    INFO(bad[0]);
+    CHECK(WIFEXITED(*code));
+    CHECK(WEXITSTATUS(*code) != 0);
+  }
+  std::remove(config.c_str());
 }

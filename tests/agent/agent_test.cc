@@ -1,0 +1,100 @@
+// The agent in-process with an in-process coordinator: its region describes
+// itself (scan), and invalidation requests really clear slot headers.
+
+#include <catch2/catch.hpp>
+
+#include <thread>
+
+#include "agent/agent.h"
+#include "coordinator/server.h"
+#include "kvpool/client.h"
+#include "runtime/common/pattern.h"
+#include "tests/common/test_util.h"
+
+using namespace kvpool;
+using namespace std::chrono_literals;
+using kvpool::testing::scaled;
+
+namespace {
+constexpr std::uint64_t kBlock = 128 << 10;
+
+NamespaceDescriptor ns_desc() {
+  NamespaceDescriptor d;
+  d.model_id = "agent-test";
+  d.dtype = "bf16";
+  d.num_layers = d.num_kv_heads = d.head_dim = 1;
+  d.tokens_per_block = 16;
+  d.layout = "test";
+  d.block_bytes = kBlock;
+  return d;
+}
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds timeout) {
+  auto d = Deadline::after(timeout);
+  while (!d.expired() && !pred()) std::this_thread::sleep_for(10ms);
+  return pred();
+}
+}  // namespace
+
+TEST_CASE("an agent's scan finds committed blocks and loses removed ones once invalidated", "[agent]") {
+  coordinator::CoordinatorServerOptions so;
+  so.port = 0;
+  so.tick_interval = 20ms;
+  auto server = coordinator::CoordinatorServer::start(so);
+  REQUIRE(server);
+  const std::string addr = "127.0.0.1:" + std::to_string((*server)->port());
+  agent::AgentOptions ao;
+  ao.coordinator = addr;
+  ao.pool_size = 8 << 20;
+  ao.tls = "posix,cma,self";
+  auto agent = agent::Agent::start(ao);
+  REQUIRE(agent);
+  CHECK((*agent)->id() != 0);
+
+  ClientOptions co;
+  co.coordinator = addr;
+  co.tls = "posix,cma,self";
+  auto client = Client::connect(co);
+  REQUIRE(client);
+  auto ns = (*client)->register_namespace(ns_desc());
+  REQUIRE(ns);
+  std::vector<std::uint32_t> tokens(16 * 5);
+  for (std::uint32_t i = 0; i < tokens.size(); ++i) tokens[i] = i;
+  auto keys = prefix_keys(*ns, tokens, 16);
+  std::vector<std::byte> bytes(keys.size() * kBlock);
+  std::vector<std::span<const std::byte>> blocks;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    fill_pattern(bytes.data() + i * kBlock, 0, kBlock, i + 1);
+    blocks.emplace_back(bytes.data() + i * kBlock, kBlock);
+  }
+  REQUIRE((*client)->put(*ns, keys, blocks)->written == 5);
+
+  auto scan = (*agent)->scan();
+  REQUIRE(scan);
+  REQUIRE(scan->blocks.size() == 5);
+  for (const auto& b : scan->blocks) {
+    CHECK(b.header.namespace_id == *ns);
+    CHECK(b.header.payload_length == kBlock);
+    CHECK(std::find(keys.begin(), keys.end(), b.header.key) != keys.end());
+  }
+
+  // Remove two: the coordinator asks the agent to invalidate their headers,
+  // and only then is their space free again.
+  auto removed = (*client)->remove(*ns, std::span(keys).first(2));
+  REQUIRE(removed);
+  CHECK((*removed)[0].ok());
+  CHECK(eventually([&] { return (*agent)->invalidated_slots() >= 2; }, scaled(5s)));
+  auto after = (*agent)->scan();
+  REQUIRE(after);
+  CHECK(after->blocks.size() == 3);
+  for (const auto& b : after->blocks) {
+    CHECK_FALSE(b.header.key == keys[0]);
+    CHECK_FALSE(b.header.key == keys[1]);
+  }
+  CHECK(eventually([&] { return (*server)->core().stats().reclaiming_bytes == 0; }, scaled(5s)));
+  CHECK((*server)->core().stats().blocks == 3);
+  client->reset();
+  (*agent)->stop();
+  (*server)->stop();
+}
