@@ -1,0 +1,323 @@
+#pragma once
+/*
+ * kvpool C API: what a worker written in C (or any language with a C FFI)
+ * links to write KV blocks into the pool and read them back. It wraps the
+ * C++ kvpool::Client (include/kvpool/client.h); the semantics are the same.
+ * Library: libkvpool_c.so (link -lkvpool_c).
+ *
+ * Errors. Every function that can fail returns a kvpool_status_t. It also
+ * records, for the calling thread, the status of that call:
+ * kvpool_last_error_message() is the message of the last call made on this
+ * thread (the empty string after a call that returned KVPOOL_OK). The
+ * pointer stays valid until the thread's next kvpool call. Codes mirror
+ * kvpool::StatusCode; choose what to do next by the code (DESIGN.md):
+ * KVPOOL_UNAVAILABLE: retry the call; KVPOOL_RESOURCE_EXHAUSTED: the pool is
+ * full; KVPOOL_FAILED_PRECONDITION: do not retry until some state changes.
+ *
+ * Ownership. Handles (kvpool_client_t, kvpool_future_t) are opaque, created
+ * by a *_create / *_async call and released by the matching *_destroy.
+ * Arrays passed in are read during the call only, except where an async call
+ * says otherwise. Nothing returned needs free() except through *_destroy.
+ *
+ * Threads. A client may be used from several threads at once. A future is
+ * used by one thread at a time. kvpool_last_error_* are per thread.
+ *
+ * ABI rule (stable across releases; KVPOOL_C_ABI_VERSION is the .so's
+ * SOVERSION and changes only if this rule is ever broken):
+ *  - functions are never removed and their signatures never change; new
+ *    behavior comes as new functions;
+ *  - enum values are never renumbered; new values are appended (treat an
+ *    unknown status code like KVPOOL_INTERNAL);
+ *  - every struct passed by pointer starts with `size_t struct_size`, which
+ *    the caller sets to sizeof the struct it was compiled with (the *_init
+ *    functions do this and fill in the defaults). Fields are only ever
+ *    appended; the library reads and writes only the fields that fit in
+ *    struct_size, and gives appended fields their defaults for an older,
+ *    smaller struct. A struct_size below the first release's size is
+ *    KVPOOL_INVALID_ARGUMENT.
+ * No C++ types cross this boundary, and no C++ exception escapes it (an
+ * unexpected one becomes KVPOOL_INTERNAL).
+ *
+ * Keys are 128-bit values, {lo, hi}. As bytes (the Python module's form)
+ * a key is lo little-endian then hi little-endian: the 128-bit key as a
+ * little-endian integer.
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVPOOL_C_ABI_VERSION 1
+
+/* Mirrors kvpool::StatusCode, value for value. */
+typedef enum kvpool_status {
+  KVPOOL_OK = 0,
+  KVPOOL_INVALID_ARGUMENT = 1,
+  KVPOOL_NOT_FOUND = 2,
+  KVPOOL_ALREADY_EXISTS = 3,
+  KVPOOL_FAILED_PRECONDITION = 4,
+  KVPOOL_RESOURCE_EXHAUSTED = 5,
+  KVPOOL_UNAVAILABLE = 6,
+  KVPOOL_DEADLINE_EXCEEDED = 7,
+  KVPOOL_CANCELLED = 8,
+  KVPOOL_DATA_LOSS = 9, /* bytes failed verification (checksum, torn block) */
+  KVPOOL_UNIMPLEMENTED = 10,
+  KVPOOL_INTERNAL = 11
+} kvpool_status_t;
+
+/* Stable lower-case name of a code ("not_found"), as in kvpool's logs and
+ * --json output; "unknown" for a value this library does not know. Static
+ * storage; thread-safe. */
+const char* kvpool_status_name(kvpool_status_t code);
+
+/* The status of the last kvpool call made on this thread (KVPOOL_OK and ""
+ * after a success). The message is owned by the library and valid until
+ * this thread's next kvpool call. */
+kvpool_status_t kvpool_last_error_code(void);
+const char* kvpool_last_error_message(void);
+
+/* KVPOOL_C_ABI_VERSION of the loaded library, and its release ("0.1.0"). */
+uint32_t kvpool_abi_version(void);
+const char* kvpool_version_string(void);
+
+/* Sets the level of kvpool's log lines (written to stderr): "trace",
+ * "debug", "info", "warn", "error" or "off". The default comes from the
+ * environment variable KVPOOL_LOG_LEVEL, else "info". Process-wide;
+ * thread-safe. KVPOOL_INVALID_ARGUMENT for an unknown level name. */
+kvpool_status_t kvpool_set_log_level(const char* level);
+
+/* ---------------------------------------------------------------- keys -- */
+
+typedef struct kvpool_key {
+  uint64_t lo;
+  uint64_t hi;
+} kvpool_key_t;
+
+/* Namespace descriptor: the model and KV layout (DESIGN.md, "Keys"). Mirrors
+ * kvpool::NamespaceDescriptor. Strings are NUL-terminated, read during the
+ * call only; NULL is the empty string. */
+typedef struct kvpool_namespace_desc {
+  size_t struct_size; /* sizeof(kvpool_namespace_desc_t) */
+  const char* model_id; /* e.g. "meta-llama/Meta-Llama-3-8B" */
+  const char* dtype;    /* "bf16", "fp16", "fp8", ... */
+  uint32_t num_layers;
+  uint32_t num_kv_heads;
+  uint32_t head_dim;
+  uint32_t tokens_per_block;
+  const char* layout; /* engine layout name, e.g. "vllm-paged" */
+  uint32_t tp_rank;
+  uint32_t tp_size;
+  /* Bytes of one block. 0: 2 (K and V) x layers x heads x head_dim x
+   * tokens_per_block x dtype size. */
+  uint64_t block_bytes;
+} kvpool_namespace_desc_t;
+
+/* Zeroes *desc, sets struct_size and tp_size = 1. */
+void kvpool_namespace_desc_init(kvpool_namespace_desc_t* desc);
+
+/* The namespace id of a descriptor (XXH3-64 of its canonical text), computed
+ * locally: the same value kvpool_register_namespace returns. Thread-safe.
+ * KVPOOL_INVALID_ARGUMENT for a NULL or too-small struct. */
+kvpool_status_t kvpool_namespace_id(const kvpool_namespace_desc_t* desc, uint64_t* id_out);
+
+/* Chained prefix keys of a token sequence (DESIGN.md, "Keys"): only full
+ * blocks are keyed, so there are num_tokens / tokens_per_block keys.
+ * *num_keys_out is always set to that count; the keys are written to
+ * keys_out when capacity is large enough, else KVPOOL_INVALID_ARGUMENT and
+ * nothing is written (call with capacity 0 to size the array).
+ * KVPOOL_INVALID_ARGUMENT for tokens_per_block == 0. Thread-safe. */
+kvpool_status_t kvpool_prefix_keys(uint64_t namespace_id, const uint32_t* tokens, size_t num_tokens,
+                                   uint32_t tokens_per_block, kvpool_key_t* keys_out, size_t capacity,
+                                   size_t* num_keys_out);
+
+/* -------------------------------------------------------------- client -- */
+
+typedef struct kvpool_client kvpool_client_t;
+
+typedef struct kvpool_client_options {
+  size_t struct_size;      /* sizeof(kvpool_client_options_t) */
+  const char* coordinator; /* "host:port" of the coordinator; required */
+  const char* client_id;   /* NULL or "": "host:pid" */
+  /* Deadline of each coordinator call and of each batch's data movement,
+   * in milliseconds; 0: 10000. */
+  uint32_t timeout_ms;
+  /* UCX transports (UCX_TLS syntax); NULL or "": the environment's or
+   * kvpool's default. */
+  const char* tls;
+} kvpool_client_options_t;
+
+/* Zeroes *options and sets struct_size (the defaults are the zero values). */
+void kvpool_client_options_init(kvpool_client_options_t* options);
+
+/* Connects to the coordinator. On KVPOOL_OK, *client_out is a new client the
+ * caller releases with kvpool_client_destroy. KVPOOL_UNAVAILABLE when the
+ * coordinator does not answer within the timeout; KVPOOL_INVALID_ARGUMENT
+ * for a malformed address. */
+kvpool_status_t kvpool_client_create(const kvpool_client_options_t* options, kvpool_client_t** client_out);
+
+/* Waits for the client's operations still in flight (async ones included),
+ * then closes its connections and releases it. Futures made by this client
+ * stay valid (and complete) and must still be destroyed. Registered buffers
+ * are unregistered. NULL is a no-op. */
+void kvpool_client_destroy(kvpool_client_t* client);
+
+/* Registers a namespace (idempotent) and returns its id; the client must
+ * register a namespace before putting or getting in it.
+ * KVPOOL_INVALID_ARGUMENT for a descriptor whose block size is out of range
+ * (64 KiB..256 MiB), an unknown dtype or a zero field. */
+kvpool_status_t kvpool_register_namespace(kvpool_client_t* client, const kvpool_namespace_desc_t* desc,
+                                          uint64_t* namespace_id_out);
+
+/* The block size of a namespace this client registered;
+ * KVPOOL_FAILED_PRECONDITION if it did not. */
+kvpool_status_t kvpool_block_bytes(kvpool_client_t* client, uint64_t namespace_id, uint64_t* bytes_out);
+
+/* Registers [data, data + size) for zero-copy transfers until
+ * kvpool_unregister_buffer or kvpool_client_destroy. The caller keeps the
+ * memory alive and mapped that long. Unregistered memory works too, at the
+ * cost of a registration per call. */
+kvpool_status_t kvpool_register_buffer(kvpool_client_t* client, void* data, size_t size);
+/* KVPOOL_NOT_FOUND when no buffer was registered at exactly `data`. */
+kvpool_status_t kvpool_unregister_buffer(kvpool_client_t* client, void* data);
+
+/* ------------------------------------------------------- data movement -- */
+
+/* Per-key outcome of a put. */
+typedef enum kvpool_put_outcome {
+  KVPOOL_PUT_WRITTEN = 0, /* written and committed by this call */
+  KVPOOL_PUT_EXISTS = 1,  /* already in the pool: nothing written (dedupe) */
+  KVPOOL_PUT_PENDING = 2, /* another writer holds the key: nothing written */
+  KVPOOL_PUT_FAILED = 3   /* see key_status */
+} kvpool_put_outcome_t;
+
+typedef struct kvpool_put_result {
+  size_t struct_size; /* sizeof(kvpool_put_result_t) */
+  /* Optional per-key arrays of num_keys entries, provided by the caller
+   * (NULL: not reported). Filled by the library. */
+  kvpool_put_outcome_t* outcomes;
+  kvpool_status_t* key_status; /* KVPOOL_OK unless the key's outcome is FAILED */
+  /* Counts, filled by the library. */
+  size_t written;
+  size_t deduplicated;
+  size_t pending;
+  size_t failed;
+} kvpool_put_result_t;
+
+/* Zeroes *result and sets struct_size. */
+void kvpool_put_result_init(kvpool_put_result_t* result);
+
+typedef struct kvpool_get_result {
+  size_t struct_size; /* sizeof(kvpool_get_result_t) */
+  /* Blocks loaded, from the first key on: buffers[0..loaded) hold keys
+   * [0..loaded). */
+  size_t loaded;
+  /* Why loading stopped before the last key: KVPOOL_NOT_FOUND for a miss
+   * (the normal case), KVPOOL_DATA_LOSS for a block that failed
+   * verification, KVPOOL_UNAVAILABLE for an agent that died; KVPOOL_OK when
+   * every key was loaded. */
+  kvpool_status_t stopped;
+} kvpool_get_result_t;
+
+/* Zeroes *result and sets struct_size. */
+void kvpool_get_result_init(kvpool_get_result_t* result);
+
+/* Writes blocks[i] (block_size bytes at each) under keys[i], for i in
+ * [0, num_keys). block_size must equal the namespace's block size, checked
+ * before anything moves (KVPOOL_INVALID_ARGUMENT). The call fails as a
+ * whole only when the coordinator cannot be reached or the arguments are
+ * malformed; per-key outcomes go to *result (may be NULL).
+ * KVPOOL_FAILED_PRECONDITION for a namespace this client did not register. */
+kvpool_status_t kvpool_put(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                           const void* const* blocks, size_t num_keys, size_t block_size,
+                           kvpool_put_result_t* result);
+
+/* Loads the longest present prefix of keys into buffers (each buffer_size
+ * bytes, at least the block size), verifying every block. A miss is not an
+ * error: the call returns KVPOOL_OK with result->loaded < num_keys.
+ * result may be NULL. */
+kvpool_status_t kvpool_get(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                           void* const* buffers, size_t num_keys, size_t buffer_size,
+                           kvpool_get_result_t* result);
+
+/* How many leading keys are in the pool (no lease, no data), into
+ * *prefix_out. KVPOOL_NOT_FOUND for a namespace the coordinator does not
+ * know. */
+kvpool_status_t kvpool_lookup(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                              size_t num_keys, size_t* prefix_out);
+
+/* Removes keys. key_status (NULL or num_keys entries): KVPOOL_OK or
+ * KVPOOL_NOT_FOUND per key; removed_out (may be NULL): how many were
+ * removed. */
+kvpool_status_t kvpool_remove(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                              size_t num_keys, kvpool_status_t* key_status, size_t* removed_out);
+
+/* Returns when every key is committed or after timeout_ms, with which ones
+ * are: committed (NULL or num_keys entries) gets 1 or 0 per key,
+ * num_committed_out (may be NULL) their count. Reaching the timeout is not
+ * an error. How a decode worker waits for a prefill worker's KV without
+ * polling. */
+kvpool_status_t kvpool_wait_for(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                                size_t num_keys, uint32_t timeout_ms, uint8_t* committed,
+                                size_t* num_committed_out);
+
+/* --------------------------------------------------------------- async -- */
+
+typedef struct kvpool_future kvpool_future_t;
+
+/* Asynchronous put and get: the work runs on the client's I/O threads. The
+ * keys and the blocks/buffers pointer arrays are copied; the memory they
+ * point to (the blocks or buffers themselves) must stay alive and untouched
+ * until the future is complete. On KVPOOL_OK, *future_out is a new future
+ * the caller releases with kvpool_future_destroy. Argument errors (block
+ * size, a namespace this client did not register) are returned by the call
+ * itself, as by kvpool_put / kvpool_get, and then no future is made. */
+kvpool_status_t kvpool_put_async(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                                 const void* const* blocks, size_t num_keys, size_t block_size,
+                                 kvpool_future_t** future_out);
+kvpool_status_t kvpool_get_async(kvpool_client_t* client, uint64_t namespace_id, const kvpool_key_t* keys,
+                                 void* const* buffers, size_t num_keys, size_t buffer_size,
+                                 kvpool_future_t** future_out);
+
+/* 1 once the operation has completed (successfully or not), else 0. Never
+ * blocks. Sets the thread's last error to KVPOOL_OK. */
+int kvpool_future_test(kvpool_future_t* future);
+
+/* Waits up to timeout_ms (negative: no limit) for the operation. Returns its
+ * status when it has completed (KVPOOL_OK, or why the whole call failed),
+ * KVPOOL_DEADLINE_EXCEEDED with the message "operation still in progress"
+ * when it has not: then the future stays usable (wait again, or test; a
+ * completed operation can fail with KVPOOL_DEADLINE_EXCEEDED too, which
+ * kvpool_future_test tells apart). Waiting again on a completed future
+ * returns the same status. */
+kvpool_status_t kvpool_future_wait(kvpool_future_t* future, int64_t timeout_ms);
+
+/* The result of a completed put (or get) future. KVPOOL_FAILED_PRECONDITION
+ * if it has not completed, KVPOOL_INVALID_ARGUMENT for a future of the
+ * other kind; the operation's own status when it failed as a whole. */
+kvpool_status_t kvpool_future_put_result(kvpool_future_t* future, kvpool_put_result_t* result);
+kvpool_status_t kvpool_future_get_result(kvpool_future_t* future, kvpool_get_result_t* result);
+
+/* Waits for the operation if it is still running (its buffers are in use
+ * until then), then releases the future. NULL is a no-op. */
+void kvpool_future_destroy(kvpool_future_t* future);
+
+/* --------------------------------------------------------------- stats -- */
+
+typedef struct kvpool_client_stats {
+  size_t struct_size;   /* sizeof(kvpool_client_stats_t) */
+  char transports[128]; /* where bytes moved, e.g. "posix" or "tcp"; NUL-terminated, may be cut */
+  uint64_t bytes_put;
+  uint64_t bytes_got;
+  uint64_t verify_failures;
+} kvpool_client_stats_t;
+
+/* Zeroes *stats and sets struct_size. */
+void kvpool_client_stats_init(kvpool_client_stats_t* stats);
+kvpool_status_t kvpool_client_get_stats(kvpool_client_t* client, kvpool_client_stats_t* stats);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif

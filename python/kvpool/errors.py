@@ -1,0 +1,92 @@
+"""kvpool's exceptions: one class per runtime status code.
+
+Every error raised by the runtime is a :class:`Error` carrying ``code`` (the
+runtime's stable lower-case code name, e.g. ``"not_found"``, the same names as
+the C API's ``kvpool_status_name`` and ``--json`` output) and ``message``.
+Catch a subclass to act on one code. Some subclasses also derive from the
+matching built-in exception, so ordinary Python code catches them too:
+``InvalidArgument`` is a ``ValueError``, ``DeadlineExceeded`` a
+``TimeoutError``, ``Unavailable`` a ``ConnectionError``, ``NotFound`` a
+``LookupError``, ``Unimplemented`` a ``NotImplementedError``.
+
+What to do next, by code (DESIGN.md): ``Unavailable`` retry the call;
+``ResourceExhausted`` the pool is full (evict or back off);
+``FailedPrecondition`` don't retry until some state changes.
+"""
+
+
+class Error(Exception):
+    """Base of every kvpool error."""
+
+    code = "unknown"
+
+    def __init__(self, message="", code=None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self):
+        return f"{self.code}: {self.message}"
+
+
+class InvalidArgument(Error, ValueError):
+    code = "invalid_argument"
+
+
+class NotFound(Error, LookupError):
+    code = "not_found"
+
+
+class AlreadyExists(Error):
+    code = "already_exists"
+
+
+class FailedPrecondition(Error):
+    code = "failed_precondition"
+
+
+class ResourceExhausted(Error):
+    code = "resource_exhausted"
+
+
+class Unavailable(Error, ConnectionError):
+    code = "unavailable"
+
+
+class DeadlineExceeded(Error, TimeoutError):
+    code = "deadline_exceeded"
+
+
+class Cancelled(Error):
+    code = "cancelled"
+
+
+class DataLoss(Error):
+    code = "data_loss"
+
+
+class Unimplemented(Error, NotImplementedError):
+    code = "unimplemented"
+
+
+class Internal(Error):
+    code = "internal"
+
+
+_BY_CODE = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable,
+                DeadlineExceeded, Cancelled, DataLoss, Unimplemented, Internal)
+}
+
+
+def from_status(code, message):
+    """The exception for a runtime status (code name, message)."""
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return Error(message, code)
+    return cls(message)
+
+
+__all__ = ["Error", "from_status"] + [cls.__name__ for cls in _BY_CODE.values()]
