@@ -11,6 +11,7 @@ KVPOOL_PACKAGES=(
   libspdlog-dev libcli11-dev libxxhash-dev
   util-linux procps
   pybind11-dev python3-dev python3-numpy python3-pytest
+  clang-14 libclang-rt-14-dev
 )
 
 kvpool_install_deps() {

@@ -244,6 +244,7 @@ Status decode(std::string_view p, AllocateReply& m) {
   std::uint32_t n = get_count(r, 1);
   m.results.resize(n);
   for (auto& res : m.results) {
+    res = AllocateResult();  // decoding into a reused reply leaves nothing stale
     std::uint8_t o = r.u8();
     if (o > 3) return Status(StatusCode::kInvalidArgument, "allocate reply: bad outcome");
     res.outcome = static_cast<AllocateOutcome>(o);

@@ -1,0 +1,321 @@
+// Writes the seed corpora of the fuzz targets: small valid encodings made by
+// the real encoders, plus a few malformed ones. Run by hand after a wire
+// format or an input layout (inputs.h) changes:
+//
+//   build-fuzz/bin/fuzz_gen_corpus tests/fuzz/corpus
+//
+// It replaces the files of each target's folder under the given root, and
+// its output is deterministic, so git shows what changed.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pool/slot_header.h"
+#include "runtime/rpc/frame.h"
+#include "runtime/rpc/messages.h"
+#include "tests/fuzz/inputs.h"
+#include "transport/internal.h"
+#include "transport/rendezvous.h"
+
+namespace fs = std::filesystem;
+using namespace kvpool;
+using namespace kvpool::fuzz;
+
+namespace {
+
+class Corpus {
+ public:
+  Corpus(const fs::path& root, const std::string& target) : dir_(root / target) {
+    fs::create_directories(dir_);
+    for (const auto& e : fs::directory_iterator(dir_)) fs::remove(e.path());
+  }
+  void add(const std::string& name, std::string_view bytes) {
+    std::ofstream f(dir_ / name, std::ios::binary);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!f) {
+      std::fprintf(stderr, "cannot write %s\n", (dir_ / name).c_str());
+      std::exit(1);
+    }
+    ++count_;
+  }
+  ~Corpus() { std::printf("%s: %d seeds\n", dir_.c_str(), count_); }
+
+ private:
+  fs::path dir_;
+  int count_ = 0;
+};
+
+std::string with_prefix(std::uint8_t b0, std::string_view rest) {
+  return std::string(1, static_cast<char>(b0)) + std::string(rest);
+}
+std::string with_prefix(std::uint8_t b0, std::uint8_t b1, std::string_view rest) {
+  return std::string{static_cast<char>(b0), static_cast<char>(b1)} + std::string(rest);
+}
+
+// Index of a max_frame value in kFrameLimits.
+std::uint8_t limit_index(std::size_t max_frame) {
+  for (std::size_t i = 0; i < kFrameLimits.size(); ++i)
+    if (kFrameLimits[i] == max_frame) return static_cast<std::uint8_t>(i);
+  std::abort();
+}
+
+std::string frame(std::uint16_t type, std::uint64_t id, std::uint32_t flags, std::string_view payload,
+                  std::size_t max_frame = rpc::kDefaultMaxFrame) {
+  rpc::FrameHeader h;
+  h.type = type;
+  h.request_id = id;
+  h.payload_size = static_cast<std::uint32_t>(payload.size());
+  h.flags = flags;
+  auto bytes = rpc::encode_header(h, max_frame);
+  if (!bytes) std::abort();
+  return std::string(bytes->data(), bytes->size()) + std::string(payload);
+}
+
+Key128 key(std::uint64_t i) { return Key128{0x1111111100000000ull + i, 0x2222222200000000ull + i}; }
+
+rpc::AgentRecord agent_record(std::uint32_t n) {
+  rpc::AgentRecord a;
+  a.agent = n;
+  a.incarnation = 1000 + n;
+  a.worker_address = std::string(24, static_cast<char>('a' + n));
+  a.packed_rkey = std::string("\x01\x02\x03\x04\x05\x06", 6);
+  a.host_id = "host-" + std::to_string(n);
+  a.control_address = "198.18.0." + std::to_string(n) + ":7000";
+  a.region_base = 0x7f0000000000ull;
+  a.region_bytes = 1ull << 30;
+  a.alive = n % 2 == 0;
+  a.used_bytes = 65536 * n;
+  a.blocks = n;
+  return a;
+}
+
+void frames(const fs::path& root) {
+  Corpus c(root, "fuzz_frame");
+  const std::uint8_t def = limit_index(rpc::kDefaultMaxFrame);
+  rpc::Hello hello{rpc::kProtocolVersion, rpc::Role::kWorker, "worker-1", ""};
+  rpc::HelloReply hello_reply{rpc::Role::kCoordinator, "coordinator", "0.1.0"};
+  const std::string hello_frame = frame(rpc::kHello, 1, 0, rpc::encode_hello(hello));
+  c.add("hello", with_prefix(def, 0, hello_frame));
+  c.add("hello_reply",
+        with_prefix(def, 3, frame(rpc::kHello, 1, rpc::kFlagReply, rpc::encode_hello_reply(hello_reply))));
+  c.add("error_reply", with_prefix(def, 1,
+                                   frame(rpc::kLookup, 9, rpc::kFlagReply | rpc::kFlagError,
+                                         rpc::encode_error(Status(StatusCode::kNotFound, "no such key")))));
+  rpc::AllocateRequest alloc{7, "host-a", {{key(1), 65536}, {key(2), 131072}}};
+  rpc::LookupRequest lookup{7, true, {key(1), key(2)}};
+  rpc::LeaseBatch commit{{11, 12}};
+  std::string pipelined = hello_frame + frame(rpc::kAllocate, 2, 0, rpc::encode(alloc)) +
+                          frame(rpc::kLookup, 3, 0, rpc::encode(lookup)) +
+                          frame(rpc::kCommit, 4, 0, rpc::encode(commit));
+  c.add("pipelined_4", with_prefix(def, 0, pipelined));
+  c.add("pipelined_4_small_reads", with_prefix(def, 2, pipelined));
+  c.add("empty_payload_push", with_prefix(def, 5, frame(rpc::kPushAgentDown, 0, 0, "")));
+  c.add("max_frame_200",
+        with_prefix(limit_index(200), 7, frame(rpc::kStats, 5, rpc::kFlagReply, std::string(200, 'x'), 200)));
+  // A 100000-byte frame from a 24-byte header: padded (kFramePad) past
+  // FrameReader's 64 KiB initial buffer.
+  std::string big = frame(rpc::kStats, 6, 0, std::string(100000, '\0'), 100000);
+  c.add("large_padded", with_prefix(limit_index(100000) | kFramePad, 0, big.substr(0, rpc::kHeaderSize)));
+  c.add("large_padded_partial",
+        with_prefix(limit_index(kFrameLimits[7]) | kFramePad, 200, big.substr(0, rpc::kHeaderSize + 10)));
+  // Malformed.
+  std::string bad_magic = hello_frame;
+  bad_magic[0] = 'X';
+  c.add("bad_magic", with_prefix(def, 0, bad_magic));
+  std::string bad_version = hello_frame;
+  bad_version[4] = 2;
+  c.add("bad_version", with_prefix(def, 0, bad_version));
+  std::string bad_flags = hello_frame;
+  bad_flags[20] = 4;
+  c.add("bad_flags", with_prefix(def, 0, hello_frame + bad_flags));
+  c.add("over_max_frame", with_prefix(limit_index(24), 1, frame(rpc::kStats, 5, 0, std::string(25, 'y'))));
+  c.add("truncated_header", with_prefix(def, 0, hello_frame.substr(0, 13)));
+  c.add("truncated_payload", with_prefix(def, 0, hello_frame + hello_frame.substr(0, hello_frame.size() - 3)));
+  c.add("garbage_after_frame", with_prefix(def, 0, hello_frame + "GET / HTTP/1.1\r\n\r\n........"));
+}
+
+template <typename T>
+void add_message(Corpus& c, MessageKind kind, const std::string& name, const T& m) {
+  c.add(name, with_prefix(kind, rpc::encode(m)));
+}
+
+void messages(const fs::path& root) {
+  using namespace kvpool::rpc;
+  Corpus c(root, "fuzz_messages");
+  add_message(c, kMsgStatusWire, "status_ok", StatusWire{});
+  add_message(c, kMsgStatusWire, "status_not_found", StatusWire{StatusCode::kNotFound, "no such key"});
+  NamespaceDescriptor d{"meta-llama/Meta-Llama-3-8B", "bf16", 32, 8, 128, 16, "vllm-paged", 0, 1, 0};
+  add_message(c, kMsgRegisterNamespaceRequest, "register_namespace", RegisterNamespaceRequest{d});
+  add_message(c, kMsgRegisterNamespaceReply, "register_namespace_reply", RegisterNamespaceReply{0xabcdef, 2 << 20});
+  add_message(c, kMsgRegisterAgentRequest, "register_agent", RegisterAgentRequest{agent_record(0)});
+  add_message(c, kMsgRegisterAgentReply, "register_agent_reply", RegisterAgentReply{3, 1000});
+  add_message(c, kMsgHeartbeatRequest, "heartbeat", HeartbeatRequest{3, 1003});
+  add_message(c, kMsgListAgentsReply, "list_agents_0", ListAgentsReply{5, {}});
+  add_message(c, kMsgListAgentsReply, "list_agents_3",
+              ListAgentsReply{5, {agent_record(1), agent_record(2), agent_record(3)}});
+  add_message(c, kMsgAllocateRequest, "allocate_2", AllocateRequest{7, "host-a", {{key(1), 65536}, {key(2), 1 << 20}}});
+  AllocateReply alloc_reply;
+  alloc_reply.results.resize(4);
+  alloc_reply.results[0].outcome = AllocateOutcome::kPlaced;
+  alloc_reply.results[0].location = LocationWire{1, 1001, 0, 0, 65536, 1};
+  alloc_reply.results[0].lease = 77;
+  alloc_reply.results[0].lease_ms = 5000;
+  alloc_reply.results[1].outcome = AllocateOutcome::kExists;
+  alloc_reply.results[2].outcome = AllocateOutcome::kPending;
+  alloc_reply.results[3].outcome = AllocateOutcome::kError;
+  alloc_reply.results[3].error = StatusWire{StatusCode::kResourceExhausted, "pool full"};
+  add_message(c, kMsgAllocateReply, "allocate_reply_4", alloc_reply);
+  add_message(c, kMsgLeaseBatch, "lease_batch_3", LeaseBatch{{1, 2, 3}});
+  add_message(c, kMsgStatusBatch, "status_batch_2",
+              StatusBatch{{StatusWire{}, StatusWire{StatusCode::kFailedPrecondition, "lease expired"}}});
+  add_message(c, kMsgLookupRequest, "lookup_3", LookupRequest{7, true, {key(1), key(2), key(3)}});
+  add_message(c, kMsgLookupReply, "lookup_reply_2",
+              LookupReply{88, {LocationWire{1, 1001, 0, 0, 65536, 1}, LocationWire{2, 1002, 65536, 64, 70000, 2}}});
+  add_message(c, kMsgReleaseRequest, "release", ReleaseRequest{88});
+  add_message(c, kMsgKeysRequest, "remove_2", KeysRequest{7, {key(4), key(5)}});
+  add_message(c, kMsgWaitForRequest, "wait_for_1", WaitForRequest{7, 250, {key(6)}});
+  add_message(c, kMsgWaitForReply, "wait_for_reply_3", WaitForReply{{true, false, true}});
+  add_message(c, kMsgInvalidateMessage, "invalidate_2",
+              InvalidateMessage{1, 1001, {SlotWire{0, 0, 65536, 1}, SlotWire{64, 65536, 100, 2}}});
+  add_message(c, kMsgAgentDownMessage, "agent_down", AgentDownMessage{2, 1002, 9});
+  StatsReply stats;
+  stats.agents_alive = 3;
+  stats.capacity_bytes = 3ull << 30;
+  stats.used_bytes = 1 << 20;
+  stats.blocks = 16;
+  add_message(c, kMsgStatsReply, "stats", stats);
+  c.add("hello", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kAgent, "agent-7", ""})));
+  c.add("hello_auth", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kTool, "pooltool", "nonce"})));
+  c.add("hello_reply",
+        with_prefix(kMsgHelloReply, encode_hello_reply(HelloReply{Role::kCoordinator, "coord", "0.1.0"})));
+  c.add("error", with_prefix(kMsgError, encode_error(Status(StatusCode::kDeadlineExceeded, "timed out"))));
+
+  // Malformed.
+  std::string lookup = encode(LookupRequest{7, true, {key(1), key(2)}});
+  c.add("bad_lookup_truncated", with_prefix(kMsgLookupRequest, lookup.substr(0, lookup.size() - 1)));
+  c.add("bad_lookup_trailing", with_prefix(kMsgLookupRequest, lookup + "z"));
+  std::string bad_bool = lookup;
+  bad_bool[8] = 2;
+  c.add("bad_lookup_bool", with_prefix(kMsgLookupRequest, bad_bool));
+  std::string huge_count = encode(LeaseBatch{{1}});
+  huge_count[0] = huge_count[1] = huge_count[2] = huge_count[3] = '\xff';
+  c.add("bad_lease_batch_count", with_prefix(kMsgLeaseBatch, huge_count));
+  std::string bad_outcome = encode(alloc_reply);
+  bad_outcome[4] = 9;
+  c.add("bad_allocate_outcome", with_prefix(kMsgAllocateReply, bad_outcome));
+  c.add("bad_status_code", with_prefix(kMsgStatusWire, std::string("\xff\x7f\x02\x00\x00\x00hi", 8)));
+  c.add("bad_hello_role", with_prefix(kMsgHello, encode_hello(Hello{1, static_cast<Role>(9), "x", ""})));
+  c.add("bad_hello_long_id", with_prefix(kMsgHello, encode_hello(Hello{1, Role::kWorker, std::string(257, 'i'), ""})));
+  c.add("bad_error_code_0",
+        with_prefix(kMsgError, encode_error(Status(StatusCode::kInternal, "m")).replace(0, 2, 2, '\0')));
+  c.add("bad_error_truncated", with_prefix(kMsgError, std::string("\x02\x00\x10\x00\x00\x00short", 11)));
+}
+
+// Copies the header table of a built region back into a slot input.
+std::string bake_slot(std::string input) {
+  const auto* data = reinterpret_cast<const std::uint8_t*>(input.data());
+  SlotRegion r = build_slot_region(data, input.size());
+  const std::size_t n = std::min<std::size_t>(input.size() - 2, r.layout.num_granules * pool::kSlotHeaderBytes);
+  input.replace(2, n, reinterpret_cast<const char*>(r.bytes.data()), n);
+  input[0] = static_cast<char>(input[0] & ~(kSlotFixPayload | kSlotFixHeader | kSlotForceMagic));
+  return input;
+}
+
+std::string slot_header(std::uint64_t ns, Key128 k, std::uint64_t length, std::uint64_t generation) {
+  pool::SlotHeader h{ns, k, length, generation, 0};
+  std::byte out[pool::kSlotHeaderBytes];
+  pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(out));
+  return std::string(reinterpret_cast<const char*>(out), sizeof(out));
+}
+
+void slot_headers(const fs::path& root) {
+  Corpus c(root, "fuzz_slot_header");
+  const std::string empty(64, '\0');
+  const std::uint8_t fix = kSlotFixPayload | kSlotFixHeader;
+  // k = 3: four payload granules.
+  const std::string h1 = slot_header(7, key(1), 1000, 1);
+  const std::string payload(1000, 'p');
+  c.add("one_block", bake_slot(with_prefix(3 | fix, 0, h1 + empty + empty + empty + payload)));
+  c.add("one_block_fixups", with_prefix(3 | fix, 0, h1 + empty + empty + empty + payload));
+  // A two-granule block at 0 (payload beyond the input is zero), one at 2.
+  const std::string h2 = slot_header(7, key(2), 70000, 3);
+  const std::string h3 = slot_header(7, key(3), 5, 4);
+  c.add("two_blocks", bake_slot(with_prefix(3 | fix, 9, h2 + empty + h3 + empty + std::string(64, 'q'))));
+  c.add("whole_area", bake_slot(with_prefix(1 | fix, 1, slot_header(9, key(4), 2 * 65536, 1) + empty)));
+  c.add("past_the_end", bake_slot(with_prefix(0 | fix, 0, slot_header(9, key(5), 65537, 1))));
+  c.add("torn", with_prefix(1 | kSlotFixHeader, 0, h1 + empty + payload));
+  std::string bad_checksum = h1;
+  bad_checksum[40] ^= 1;  // the generation, after the checksum was taken
+  c.add("bad_header_checksum", with_prefix(1, 0, bad_checksum + empty));
+  std::string bad_version = h1;
+  bad_version[4] = 2;
+  c.add("bad_version", with_prefix(2 | kSlotFixHeader, 0, bad_version));
+  std::string flags = h1;
+  flags[6] = 1;
+  c.add("bad_flags", bake_slot(with_prefix(2 | fix, 0, flags + empty + payload)));
+  c.add("zero_length", bake_slot(with_prefix(2 | fix, 0, slot_header(7, key(6), 0, 1))));
+  c.add("forced_magic", with_prefix(3 | fix | kSlotForceMagic, 7, std::string(64, '\x01') + std::string(64, '\x02')));
+  c.add("empty_region", with_prefix(0, 0, ""));
+  // The last 8 bytes feed RegionLayout::create: exactly two granules.
+  c.add("layout_two_granules", with_prefix(0, 0, std::string("\x00\x00\x02\x00\x00\x00\x00\x00", 8)));
+}
+
+void transports(const fs::path& root) {
+  using namespace kvpool::transport;
+  Corpus c(root, "fuzz_transport");
+  ReadRequest one{1, "reader-worker-address", false, {std::string("rkey-0")}, {{0x1000, 0x2000, 64, 0}}};
+  ReadRequest many{0xfeedface, std::string(40, 'w'), true, {"r0", "r1", std::string("\x00\x01\x02", 3)}, {}};
+  for (std::uint32_t i = 0; i < 5; ++i) many.ops.push_back({0x10000ull * i, 0x20000ull * i, 4096, i % 3});
+  const std::string wire = encode_read_request(one);
+  c.add("read_one_op", with_prefix(kTransportReadRequest, wire));
+  c.add("read_five_ops", with_prefix(kTransportReadRequest, encode_read_request(many)));
+  ReadRequest none = one;
+  none.ops.clear();
+  c.add("read_no_ops", with_prefix(kTransportReadRequest, encode_read_request(none)));
+  std::string bad_magic = wire;
+  bad_magic[0] = 'x';
+  c.add("bad_read_magic", with_prefix(kTransportReadRequest, bad_magic));
+  ReadRequest bad_index = one;
+  bad_index.ops[0].rkey = 1;
+  c.add("bad_read_rkey_index", with_prefix(kTransportReadRequest, encode_read_request(bad_index)));
+  ReadRequest no_rkeys = one;
+  no_rkeys.rkeys.clear();
+  no_rkeys.ops.clear();
+  c.add("bad_read_no_rkeys", with_prefix(kTransportReadRequest, encode_read_request(no_rkeys)));
+  ReadRequest nine = one;
+  nine.rkeys.assign(9, "k");
+  c.add("bad_read_nine_rkeys", with_prefix(kTransportReadRequest, encode_read_request(nine)));
+  c.add("bad_read_truncated", with_prefix(kTransportReadRequest, wire.substr(0, wire.size() - 5)));
+  std::string flags = wire;
+  flags[16 + one.reader_address.size()] = '\x06';  // unknown flag bits
+  c.add("read_other_flags", with_prefix(kTransportReadRequest, flags));
+
+  RegionInfo info{"worker-address-bytes", std::string("\x10\x20\x30", 3), 0x7f0000000000ull, 1ull << 30, "boot-id"};
+  const std::string region = encode_region_info(info);
+  c.add("region_info", with_prefix(kTransportRegionInfo, region));
+  c.add("region_info_empty_fields", with_prefix(kTransportRegionInfo, encode_region_info(RegionInfo{})));
+  c.add("bad_region_info_truncated", with_prefix(kTransportRegionInfo, region.substr(0, region.size() - 1)));
+  c.add("bad_region_info_trailing", with_prefix(kTransportRegionInfo, region + "z"));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s CORPUS_ROOT (tests/fuzz/corpus)\n", argv[0]);
+    return 2;
+  }
+  const fs::path root = argv[1];
+  frames(root);
+  messages(root);
+  slot_headers(root);
+  transports(root);
+  return 0;
+}
