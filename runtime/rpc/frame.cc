@@ -117,8 +117,13 @@ std::span<char> FrameReader::buffer() {
     end_ -= begin_;
     begin_ = 0;
   }
-  if (buf_.size() < want) buf_.resize(want);
-  if (end_ == buf_.size()) buf_.resize(buf_.size() + kMinRead);  // only reached if next() was skipped
+  // Grow with the bytes that have arrived, not with what the header claims:
+  // a peer that sends one header announcing 16 MiB and then nothing must not
+  // pin 16 MiB (a thousand such connections would pin 16 GiB).
+  const std::size_t have = end_ - begin_;
+  const std::size_t room = std::min(want, std::max(kInitialBuffer, 2 * have));
+  if (buf_.size() < room) buf_.resize(room);
+  if (end_ == buf_.size()) buf_.resize(buf_.size() + kMinRead);
   return std::span<char>(buf_.data() + end_, buf_.size() - end_);
 }
 

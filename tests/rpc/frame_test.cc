@@ -159,6 +159,24 @@ TEST_CASE("FrameReader refuses a 1 GiB claim without growing its buffer", "[rpc]
   CHECK(reader.buffer().size() <= 64 * 1024);
 }
 
+TEST_CASE("FrameReader grows with the bytes that arrive, not with the size a header claims", "[rpc][frame]") {
+  const std::size_t max = 16u << 20;
+  FrameReader reader(max);
+  HeaderBytes h = raw_header(kFrameMagic, kProtocolVersion, static_cast<std::uint32_t>(max), 0);
+  feed(reader, std::string_view(h.data(), h.size()));
+  auto f = reader.next();
+  REQUIRE(f);
+  CHECK_FALSE(f->has_value());  // a valid header, the payload still to come
+  // A peer that stops here holds at most a small buffer, not 16 MiB.
+  CHECK(reader.buffer().size() <= 128 * 1024);
+  // The whole payload, arriving, still makes a frame.
+  feed(reader, std::string(max, 'x'));
+  auto frame = reader.next();
+  REQUIRE(frame);
+  REQUIRE(frame->has_value());
+  CHECK((*frame)->payload.size() == max);
+}
+
 TEST_CASE("a truncated frame stays buffered until the rest arrives", "[rpc][frame]") {
   FrameReader reader(kMax);
   std::string bytes = frame_bytes(3, 1, 0, "payload");
