@@ -20,7 +20,25 @@
 #   tcp get             / ucx_perftest ucp_get info
 #   get (any transport) / ucp_get -O BATCH     info (perftest's ucp_get keeps one
 #                                              get in flight; kvbench keeps --batch)
-# then the peer figures themselves. Units: GB/s = 1e9 bytes/s everywhere;
+# then the peer figures themselves.
+#
+# Then the end-to-end section: for every --e2e-sizes block size and transport,
+# one `kvbench --mode raw,e2e --batch E2E_BATCH` run (the raw transport rows
+# and, through a standalone kvpool-agent, libkvpool's Client::put/get of the
+# same size and batch, one after the other), printed as ratios:
+#   e2e-put / raw put                           >= 0.85 at >= 1 MiB, >= 0.6 at >= 64 KiB
+#   e2e-get / raw read path the runtime takes   the same targets
+#            (get over shared memory; owner-read where UCX emulates RMA: tcp)
+#   e2e-get / raw get over tcp                  info
+# and a serial model of an e2e batch: control round trips (e2e-lookup p50 per
+# call: allocate + commit for put, lookup for get) + XXH3 checksum of the
+# batch in one thread + the raw transfer the runtime makes, slot headers
+# included (put-fenced: payloads, fence, headers; get+hdr or owner-read+hdr:
+# payloads and headers in one batch), next to the measured p50. The e2e
+# client's UCX_TLS is shm = posix,cma,self or tcp = tcp; the agent keeps
+# kvpool's default and serves both. Lanes are what the client really used.
+#
+# Units: GB/s = 1e9 bytes/s everywhere;
 # ucx_perftest prints MB/s = 2^20 bytes/s (UCS_MBYTE), converted here.
 # Below-target rows are reported ("below"), not failures: the exit status is
 # non-zero only when a tool failed (no result, error row, bad exit status).
@@ -29,8 +47,11 @@
 #   bench/vs_peers.sh                          # 64 KiB and 1 MiB, 2 GiB moved per op
 #   bench/vs_peers.sh --sizes 65536,1048576 --total 2GiB --batch 16 --region 2GiB
 #   bench/vs_peers.sh --json > vs_peers.json   # machine-readable (header to stderr)
+#   bench/vs_peers.sh --e2e-sizes 64KiB,2MiB --e2e-batch 64 --e2e-total 1GiB --e2e-region 2GiB
+#   bench/vs_peers.sh --no-e2e                  # the raw rows and peers only
 # Flags may also come from the environment: SIZES, TOTAL, BATCH, REGION,
-# TRANSPORTS, KVBENCH, PERFTEST_SECONDS.
+# TRANSPORTS, KVBENCH, PERFTEST_SECONDS, E2E_SIZES, E2E_BATCH, E2E_TOTAL,
+# E2E_REGION, E2E (0: skip the section).
 
 set -uo pipefail
 
@@ -45,6 +66,11 @@ REGION=${REGION:-2GiB}
 TRANSPORTS=${TRANSPORTS:-shm,tcp}
 KVBENCH=${KVBENCH:-$repo/build/bin/kvbench}
 PERFTEST_SECONDS=${PERFTEST_SECONDS:-2}   # cap on one ucx_perftest measurement
+E2E=${E2E:-1}
+E2E_SIZES=${E2E_SIZES:-65536,2097152}
+E2E_BATCH=${E2E_BATCH:-64}
+E2E_TOTAL=${E2E_TOTAL:-1GiB}     # per op; e2e writes at most 90% of the pool
+E2E_REGION=${E2E_REGION:-2GiB}   # raw owner's region and the agent's pool
 JSON=0
 
 usage() {
@@ -59,6 +85,11 @@ Usage: $0 [--sizes LIST] [--total SIZE] [--batch N] [--region SIZE]
   --transports  shm (UCX_TLS=posix,self), tcp (UCX_TLS=tcp), or a comma-free raw
                 UCX_TLS value (kvbench splits its --transports at commas)
   --json        print the combined rows as JSON on stdout (header to stderr)
+  --e2e-sizes   block sizes of the end-to-end section (default $E2E_SIZES)
+  --e2e-batch   its blocks per batch, raw and e2e alike (default $E2E_BATCH)
+  --e2e-total   its bytes per op (default $E2E_TOTAL)
+  --e2e-region  its raw region and agent pool size (default $E2E_REGION)
+  --no-e2e      skip the end-to-end section
 EOF
 }
 
@@ -79,6 +110,15 @@ while [ $# -gt 0 ]; do
     --perftest-seconds) PERFTEST_SECONDS=$2; shift 2 ;;
     --perftest-seconds=*) PERFTEST_SECONDS=${1#*=}; shift ;;
     --json) JSON=1; shift ;;
+    --e2e-sizes) E2E_SIZES=$2; shift 2 ;;
+    --e2e-sizes=*) E2E_SIZES=${1#*=}; shift ;;
+    --e2e-batch) E2E_BATCH=$2; shift 2 ;;
+    --e2e-batch=*) E2E_BATCH=${1#*=}; shift ;;
+    --e2e-total) E2E_TOTAL=$2; shift 2 ;;
+    --e2e-total=*) E2E_TOTAL=${1#*=}; shift ;;
+    --e2e-region) E2E_REGION=$2; shift 2 ;;
+    --e2e-region=*) E2E_REGION=${1#*=}; shift ;;
+    --no-e2e) E2E=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "vs_peers: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -112,6 +152,19 @@ for s in "${_sizes[@]}"; do
   [ "$b" -gt 0 ] || die "bad size $s"
   sizes_b+=("$b")
 done
+e2e_sizes_b=()
+if [ "$E2E" = 1 ]; then
+  e2e_total_b=$(to_bytes "$E2E_TOTAL") || die "bad --e2e-total $E2E_TOTAL"
+  e2e_region_b=$(to_bytes "$E2E_REGION") || die "bad --e2e-region $E2E_REGION"
+  [[ "$E2E_BATCH" =~ ^[1-9][0-9]*$ ]] || die "bad --e2e-batch $E2E_BATCH"
+  IFS=',' read -r -a _sizes <<<"$E2E_SIZES"
+  for s in "${_sizes[@]}"; do
+    b=$(to_bytes "$s") || die "bad e2e size $s"
+    [ "$b" -gt 0 ] || die "bad e2e size $s"
+    e2e_sizes_b+=("$b")
+  done
+  [ -x "$(dirname "$KVBENCH")/kvpool-agent" ] || die "kvpool-agent not found next to $KVBENCH (ninja -C build kvpool-agent)"
+fi
 IFS=',' read -r -a transports <<<"$TRANSPORTS"
 [ ${#transports[@]} -gt 0 ] && [ ${#sizes_b[@]} -gt 0 ] || die "nothing to run"
 
@@ -166,7 +219,8 @@ ucx_version=$(ucx_info -v | head -1)
   echo "# ucx_info -v | head -1: $ucx_version"
   echo "# UCX env: $(env | grep '^UCX_' | sort | tr '\n' ' ')(UCX_TLS per transport: $(for t in "${transports[@]}"; do printf '%s=%s ' "$t" "$(tls_of "$t")"; done))"
   echo "# sizes: ${sizes_b[*]} bytes; total/op: $total_b; batch: $BATCH; region: $region_b; kvbench: $KVBENCH"
-  echo "# host: $(uname -r), $(nproc) cores"
+  [ "$E2E" = 1 ] && echo "# e2e: sizes ${e2e_sizes_b[*]} bytes; batch $E2E_BATCH; total/op $e2e_total_b; region/pool $e2e_region_b; client UCX_TLS shm=posix,cma,self tcp=tcp; agent: kvpool default"
+  echo "# host: $(uname -r), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 } >&3
 
 failed=0
@@ -286,6 +340,29 @@ for size in "${sizes_b[@]}"; do
     fi
   done
 done
+# The end-to-end section: raw and e2e rows of one size and batch from one
+# kvbench run, so their ratios come from the same minute of this machine.
+for size in "${e2e_sizes_b[@]}"; do
+  for t in "${transports[@]}"; do
+    # put-fenced, get+hdr, owner-read+hdr: the runtime's own transfers (slot
+    # headers included) for the model; owner-read: its read path over tcp.
+    ops=put,put-fenced,get,get+hdr
+    [ "$t" = shm ] || ops=put,put-fenced,get,owner-read,owner-read+hdr
+    log "kvbench --mode raw,e2e $t $size batch $E2E_BATCH"
+    out="$work/e2e.$t.$size.json"
+    "$KVBENCH" --mode raw,e2e --transports "$t" --block "$size" --batch "$E2E_BATCH" --region "$e2e_region_b" \
+      --total "$e2e_total_b" --ops "$ops" --e2e-ops e2e-put,e2e-get,e2e-lookup,checksum --json \
+      >"$out" 2>"$out.err" &
+    bg_pid=$!
+    wait "$bg_pid"
+    rc=$?
+    bg_pid=
+    if [ $rc -ne 0 ]; then
+      log "kvbench --mode raw,e2e $t $size exited $rc: $(grep -v ' I rpc' "$out.err" | tail -3 | tr '\n' ' ')"
+      failed=1
+    fi
+  done
+done
 elapsed=$(($(date +%s) - t_start))
 log "measured in ${elapsed}s"
 
@@ -399,10 +476,83 @@ opord = {"put": 0, "get": 1, "owner-read": 2}
 rows.sort(key=lambda x: (order.get(x["transport"], 99), x["block_bytes"], opord.get(x["op"], 9)))  # stable
 peers.sort(key=lambda p: (p["block_bytes"], order.get(p["transport"], 98) if p["transport"] != "memcpy" else -1, p["test"]))
 
+# The end-to-end section.
+e2e_raw = []  # every row of the raw,e2e runs
+for t in transports:
+    for path in sorted(glob.glob(os.path.join(work, f"e2e.{t}.*.json"))):
+        try:
+            with open(path) as f:
+                got = json.load(f)
+        except (OSError, ValueError) as e:
+            failed = True
+            print(f"vs_peers: cannot read kvbench output {path}: {e}", file=sys.stderr)
+            continue
+        for r in got:
+            r["name"] = t
+            e2e_raw.append(r)
+            if not r.get("ok", False):
+                failed = True
+                print(f"vs_peers: kvbench {r.get('mode')} {t} {r['op']} {r['block_bytes']}: {r.get('error')}",
+                      file=sys.stderr)
+
+def e2e_target(size):
+    if size >= (1 << 20):
+        return 0.85
+    if size >= (64 << 10):
+        return 0.6
+    return None
+
+def find(t, mode, op, size):
+    for r in e2e_raw:
+        if r["name"] == t and r.get("mode") == mode and r["op"] == op and r["block_bytes"] == size:
+            return r
+    return None
+
+e2e_rows = []
+e2e_model = []
+for r in e2e_raw:
+    if r.get("mode") != "e2e" or r["op"] not in ("e2e-put", "e2e-get"):
+        continue
+    t, size = r["name"], r["block_bytes"]
+    emulated = "emulated" in (r.get("lanes") or "")
+    if r["op"] == "e2e-put":
+        pairs = [("put", e2e_target(size))]
+    else:
+        # The runtime reads with UCX get, or asks the agent to put where UCX
+        # emulates RMA in software (tcp): compare with the path it takes.
+        pairs = [("owner-read", e2e_target(size)), ("get", None)] if emulated else [("get", e2e_target(size))]
+    for raw_op, target in pairs:
+        raw = find(t, "raw", raw_op, size)
+        raw_gbps = raw["gbps"] if raw and raw.get("ok") else None
+        ratio = r["gbps"] / raw_gbps if raw_gbps and r.get("ok") else None
+        verdict = "info" if target is None else ("n/a" if ratio is None else ("PASS" if ratio >= target else "below"))
+        e2e_rows.append(dict(transport=t, ucx_tls=r["transport"], lanes=r["lanes"], op=r["op"], block_bytes=size,
+                             batch=r["batch"], blocks=r["blocks"], e2e_gbps=r["gbps"] if r.get("ok") else None,
+                             e2e_p50_us=r["p50_us"], e2e_p99_us=r["p99_us"], raw_op=raw_op,
+                             raw_ucx_tls=raw["transport"] if raw else None, raw_lanes=raw["lanes"] if raw else None,
+                             raw_gbps=raw_gbps, raw_p50_us=raw["p50_us"] if raw else None, ratio=ratio,
+                             target=target, verdict=verdict, error=r.get("error", "")))
+    # Serial model of one batch: round trips + checksum + raw transfer.
+    lk, ck = find(t, "e2e", "e2e-lookup", size), find(t, "e2e", "checksum", size)
+    # The runtime's transfers, slot headers included: payloads, a fence,
+    # then headers (put-fenced); payloads and headers in one batch (+hdr).
+    raw = find(t, "raw", "put-fenced" if r["op"] == "e2e-put" else pairs[0][0] + "+hdr", size)
+    if lk and ck and raw and lk.get("ok") and ck.get("ok") and raw.get("ok"):
+        trips = 2 if r["op"] == "e2e-put" else 1
+        model = trips * lk["p50_us"] + ck["p50_us"] + raw["p50_us"]
+        e2e_model.append(dict(transport=t, op=r["op"], block_bytes=size, e2e_p50_us=r["p50_us"], round_trips=trips,
+                              round_trip_p50_us=lk["p50_us"], checksum_p50_us=ck["p50_us"],
+                              checksum_gbps=ck["gbps"], raw_op=raw["op"], raw_p50_us=raw["p50_us"],
+                              serial_model_us=model, unexplained_us=r["p50_us"] - model))
+e2e_rows.sort(key=lambda x: (x["block_bytes"], order.get(x["transport"], 99), x["op"] != "e2e-put"))
+e2e_model.sort(key=lambda x: (x["block_bytes"], order.get(x["transport"], 99), x["op"] != "e2e-put"))
+
 env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("UCX_")}
 if as_json:
     json.dump(dict(ucx_version=ucx_version, env=env, elapsed_s=elapsed, rows=rows, peers=peers,
-                   kvbench=[{k: v for k, v in r.items() if k != "name"} for r in kv], ok=not failed),
+                   kvbench=[{k: v for k, v in r.items() if k != "name"} for r in kv],
+                   e2e=e2e_rows, e2e_model=e2e_model,
+                   e2e_kvbench=[dict(r) for r in e2e_raw], ok=not failed),
               sys.stdout, indent=2)
     print()
 else:
@@ -425,8 +575,35 @@ else:
         print(f"{p['transport']:<9} {p['ucx_tls'] or '-':<11} {p['test']:<16} {fmt_size(p['block_bytes']):>7} "
               f"{g(p['gbps'] if p['ok'] else None)} {g(p['mbps_2p20'] if p['ok'] else None, 10, 1)} {p['iterations']:>7} "
               f"{fmt_size(p['bytes']):>9} {p['seconds']:>8.3f}{'' if p['ok'] else '  FAILED'}")
+    if e2e_raw:
+        print()
+        print("end to end (libkvpool Client through a standalone kvpool-agent) vs raw transport, same kvbench run, "
+              "same block and batch:")
+        print(f"{'transport':<9} {'client lanes':<15} {'op':<8} {'block':>7} {'batch':>5} {'e2e':>8} {'p50 us':>8} "
+              f"{'p99 us':>8}  {'raw op':<10} {'raw':>8} {'p50 us':>8} {'ratio':>6} {'target':>6}  verdict")
+        print(f"{'':<9} {'':<15} {'':<8} {'':>7} {'':>5} {'GB/s':>8} {'':>8} {'':>8}  {'':<10} {'GB/s':>8}")
+        for x in e2e_rows:
+            tgt = f">={x['target']:.2f}" if x["target"] is not None else "-"
+            print(f"{x['transport']:<9} {x['lanes']:<15} {x['op']:<8} {fmt_size(x['block_bytes']):>7} "
+                  f"{x['batch']:>5} {g(x['e2e_gbps'])} {g(x['e2e_p50_us'], 8, 0)} {g(x['e2e_p99_us'], 8, 0)}  "
+                  f"{x['raw_op']:<10} {g(x['raw_gbps'])} {g(x['raw_p50_us'], 8, 0)} {g(x['ratio'], 6)} {tgt:>6}  "
+                  f"{x['verdict']}{'  ' + x['error'] if x['error'] else ''}")
+        if e2e_model:
+            print()
+            print("where an e2e batch's time goes (p50 per batch, us): control round trips (e2e-lookup p50 each) + "
+                  "XXH3 of the batch (one thread) + the raw transfer = serial model:")
+            print(f"{'transport':<9} {'op':<8} {'block':>7} {'e2e p50':>8}  {'trips x RTT':>12} {'checksum':>9} "
+                  f"{'(GB/s)':>7} {'raw':>8} {'raw op':<14} {'model':>8} {'e2e-model':>9}")
+            for m in e2e_model:
+                print(f"{m['transport']:<9} {m['op']:<8} {fmt_size(m['block_bytes']):>7} {m['e2e_p50_us']:8.0f}  "
+                      f"{m['round_trips']:>3} x {m['round_trip_p50_us']:6.0f} {m['checksum_p50_us']:9.0f} "
+                      f"{m['checksum_gbps']:7.1f} {m['raw_p50_us']:8.0f} {m['raw_op']:<14} "
+                      f"{m['serial_model_us']:8.0f} {m['unexplained_us']:9.0f}")
     print()
-    print(f"ran in {elapsed} s; " + ("a tool FAILED (see stderr)" if failed else "all tools ran"))
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    print(f"ran in {elapsed} s; load average at the end: {load} (on {os.cpu_count()} cores: other work skews "
+          "tcp rows most); " + ("a tool FAILED (see stderr)" if failed else "all tools ran"))
 sys.exit(1 if failed else 0)
 EOF
 rc=$?

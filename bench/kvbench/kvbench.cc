@@ -1,14 +1,25 @@
 // kvbench: measures kvpool's data path between two processes on one host.
 //
-// kvbench starts a region owner (itself, as `kvbench serve`) with the UCX
-// transports of each --transports entry, connects to it, and moves --total
-// bytes per operation in blocks of --block, --batch blocks per batch, spread
-// over the whole region. Operations: put, get, owner-read (the owner puts
-// into our registered buffer: over TCP, UCX get is 5-60x slower than put).
-// With --verify every byte is checked (get and owner-read against what the
-// owner or we wrote; put by the owner itself), outside the timed sections.
-// --memcpy adds the single-threaded memcpy baseline over a region of the same
-// size: the memory-bandwidth limit for shared memory.
+// --mode raw (the default): kvbench starts a region owner (itself, as
+// `kvbench serve`) with the UCX transports of each --transports entry,
+// connects to it, and moves --total bytes per operation in blocks of
+// --block, --batch blocks per batch, spread over the whole region.
+// Operations: put, get, owner-read (the owner puts into our registered
+// buffer: over TCP, UCX get is 5-60x slower than put), put-fenced (put, a
+// fence, then a 64-byte put per block: the runtime's ordered write of
+// payloads then slot headers), get+hdr and owner-read+hdr (payloads and a
+// 64-byte read per block in one batch: the runtime's reads). With --verify every byte is checked (get and
+// owner-read against what the owner or we wrote; puts by the owner itself),
+// outside the timed sections. --memcpy adds the single-threaded memcpy
+// baseline over a region of the same size: the memory-bandwidth limit for
+// shared memory.
+//
+// --mode e2e: the path a worker takes (bench/kvbench/e2e.h): a standalone
+// kvpool-agent lends --region bytes and a libkvpool Client, whose UCX_TLS is
+// narrowed to the --transports entry, puts and gets batches of fresh keys
+// through it (--e2e-ops e2e-put, e2e-get, e2e-lookup, checksum). At most 90%
+// of the pool is written, so nothing is evicted. --mode raw,e2e runs both,
+// one transport after the other, so their ratios come from one run.
 
 #include <unistd.h>
 
@@ -25,7 +36,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "bench/kvbench/e2e.h"
 #include "bench/kvbench/owner.h"
+#include "bench/kvbench/row.h"
 #include "runtime/common/pattern.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
@@ -34,12 +47,15 @@
 
 using namespace kvpool;
 using namespace kvpool::transport;
+using kvpool::bench::percentile;
+using kvpool::bench::Row;
 using json = nlohmann::json;
 
 namespace {
 
 constexpr std::uint64_t kOwnerSeed = 1001;
 constexpr std::uint64_t kClientSeed = 2002;
+constexpr std::size_t kHeaderBytes = 64;  // pool::kSlotHeaderBytes
 
 struct Options {
   std::uint64_t region = 2ull << 30;
@@ -47,28 +63,15 @@ struct Options {
   std::uint64_t batch = 16;
   std::uint64_t total = 2ull << 30;
   std::vector<std::string> transports = {"shm", "tcp"};
+  std::vector<std::string> modes = {"raw"};
   std::vector<std::string> ops = {"put", "get", "owner-read"};
+  std::vector<std::string> e2e_ops = {"e2e-put", "e2e-get"};
+  std::string agent_tls = std::string(kDefaultTls);
   bool verify = false;
   bool memcpy_baseline = false;
   bool json = false;
   bool owner_poll = false;
-};
-
-struct Row {
-  std::string transport;
-  std::string lanes;
-  std::string op;
-  std::uint64_t block = 0;
-  std::uint64_t batch = 0;
-  std::uint64_t blocks = 0;
-  double seconds = 0;
-  double p50_us = 0;
-  double p99_us = 0;
-  std::uint64_t verified = 0;
-  std::uint64_t wrong = 0;
-  bool ok = true;
-  std::string error;
-  double gbps() const { return seconds > 0 ? static_cast<double>(blocks * block) / seconds / 1e9 : 0; }
+  bool e2e_cold = false;
 };
 
 std::string tls_for(const std::string& transport) {
@@ -77,13 +80,6 @@ std::string tls_for(const std::string& transport) {
   std::string tls = transport;  // a raw UCX_TLS value, '+' standing for ','
   std::replace(tls.begin(), tls.end(), '+', ',');
   return tls;
-}
-
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  auto idx = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(idx, v.size() - 1)];
 }
 
 // Remote slot of the i-th block: a stride coprime with the slot count walks
@@ -115,6 +111,9 @@ class Session {
   std::vector<std::byte> buffer_;
   MemoryRegion local_;
   std::vector<std::uint64_t> slot_seed_;  // which pattern each remote slot holds now
+  std::vector<std::byte> headers_;        // put-fenced: the 64-byte "headers", unregistered like the runtime's
+  std::vector<RmaOp> header_ops_;
+  MemoryRegion headers_region_;  // *+hdr owner reads: the agent puts headers into it
 };
 
 Result<std::unique_ptr<Session>> Session::start(const std::string& self, const Options& o, const std::string& tls) {
@@ -153,6 +152,10 @@ Result<std::unique_ptr<Session>> Session::start(const std::string& self, const O
   if (!local) return tl::unexpected(local.error());
   s->local_ = std::move(*local);
   s->slot_seed_.assign(o.region / o.block, kOwnerSeed);
+  s->headers_.resize(o.batch * kHeaderBytes);
+  auto hr = s->transport_->register_memory(s->headers_.data(), s->headers_.size());
+  if (!hr) return tl::unexpected(hr.error());
+  s->headers_region_ = std::move(*hr);
   return s;
 }
 
@@ -160,6 +163,7 @@ Session::~Session() {
   remote_ = RemoteRegion();
   peer_.reset();
   local_ = MemoryRegion();
+  headers_region_ = MemoryRegion();
   transport_.reset();
   channel_.reset();  // the owner exits when the channel closes
   if (owner_) (void)owner_->wait(Deadline::after(std::chrono::seconds(5)));  // then the destructor kills it
@@ -178,7 +182,30 @@ Status Session::check_on_owner(std::uint64_t seed, std::uint64_t off, std::uint6
 Status Session::batch(const std::string& op, std::span<const RmaOp> ops) {
   auto deadline = Deadline::after(std::chrono::seconds(60));
   if (op == "put") return peer_->put(remote_, ops, deadline, {.local = &local_});
+  if (op == "put-fenced") {
+    // The runtime's write: payloads, a fence, then a 64-byte slot header per
+    // block from an unregistered scratch buffer, one completion. The
+    // "headers" here are the blocks' own first 64 bytes, rewritten, so the
+    // region keeps the pattern --verify checks.
+    header_ops_.clear();
+    for (std::size_t j = 0; j < ops.size(); ++j) {
+      std::memcpy(headers_.data() + j * kHeaderBytes, ops[j].local, kHeaderBytes);
+      header_ops_.push_back({headers_.data() + j * kHeaderBytes, ops[j].remote_offset, kHeaderBytes});
+    }
+    return peer_->put_ordered(remote_, ops, header_ops_, deadline, {.local = &local_});
+  }
   if (op == "get") return peer_->get(remote_, ops, deadline, {.local = &local_});
+  if (op == "get+hdr" || op == "owner-read+hdr") {
+    // The runtime's read: payloads and a 64-byte slot header per block in
+    // one batch (here each block's own first 64 bytes, into a scratch area).
+    header_ops_.assign(ops.begin(), ops.end());
+    for (std::size_t j = 0; j < ops.size(); ++j) {
+      header_ops_.push_back({headers_.data() + j * kHeaderBytes, ops[j].remote_offset, kHeaderBytes});
+    }
+    if (op == "get+hdr") return peer_->get(remote_, header_ops_, deadline, {.local = &local_});
+    const MemoryRegion* locals[] = {&local_, &headers_region_};
+    return peer_->read_by_owner(remote_, header_ops_, locals, deadline);
+  }
   if (op == "owner-read") return peer_->read_by_owner(remote_, ops, local_, deadline);
   std::byte* base = *remote_.mapped();
   for (const RmaOp& r : ops) {
@@ -206,14 +233,15 @@ Row Session::run(const std::string& op, const Options& o) {
   for (std::uint64_t j = 0; j < o.batch; ++j) {
     ops[j] = {buffer_.data() + j * o.block, slot_of(j, slots) * o.block, o.block};
   }
-  if (op != "put" && op != "memcpy") (void)batch(op, ops);
+  const bool is_put = op == "put" || op == "put-fenced";
+  if (!is_put && op != "memcpy") (void)batch(op, ops);
   for (std::uint64_t first = 0; first < nblocks; first += o.batch) {
     for (std::uint64_t j = 0; j < o.batch; ++j) {
       std::uint64_t slot = slot_of(first + j, slots);
       ops[j] = {buffer_.data() + j * o.block, slot * o.block, o.block};
-      if (o.verify && op == "put") fill_pattern(ops[j].local, ops[j].remote_offset, o.block, kClientSeed);
+      if (o.verify && is_put) fill_pattern(ops[j].local, ops[j].remote_offset, o.block, kClientSeed);
       // Poison what a read must overwrite, so stale buffer contents never pass.
-      if (o.verify && op != "put") std::memset(ops[j].local, 0xa5, o.block);
+      if (o.verify && !is_put) std::memset(ops[j].local, 0xa5, o.block);
     }
     auto t0 = Clock::now();
     Status s = batch(op, ops);
@@ -229,7 +257,7 @@ Row Session::run(const std::string& op, const Options& o) {
     if (!o.verify || baseline) continue;
     for (const RmaOp& r : ops) {
       std::uint64_t slot = r.remote_offset / o.block;
-      if (op == "put") {
+      if (is_put) {
         slot_seed_[slot] = kClientSeed;
         std::uint64_t wrong = 0;
         if (Status c = check_on_owner(kClientSeed, r.remote_offset, o.block, wrong); !c.ok()) {
@@ -250,13 +278,13 @@ Row Session::run(const std::string& op, const Options& o) {
 }
 
 void print_table(const std::vector<Row>& rows, bool verify) {
-  std::printf("%-10s %-18s %-10s %9s %6s %8s %9s %10s %10s", "transport", "ucx lanes", "op", "block", "batch",
-              "blocks", "GB/s", "p50 us", "p99 us");
+  std::printf("%-4s %-15s %-22s %-14s %9s %6s %8s %9s %10s %10s", "mode", "transport", "ucx lanes", "op", "block",
+              "batch", "blocks", "GB/s", "p50 us", "p99 us");
   if (verify) std::printf(" %14s %11s", "verified", "wrong bytes");
   std::printf("\n");
   for (const Row& r : rows) {
-    std::printf("%-10s %-18s %-10s %9s %6llu %8llu %9.2f %10.1f %10.1f", r.transport.c_str(), r.lanes.c_str(),
-                r.op.c_str(), format_size(r.block).c_str(), static_cast<unsigned long long>(r.batch),
+    std::printf("%-4s %-15s %-22s %-14s %9s %6llu %8llu %9.2f %10.1f %10.1f", r.mode.c_str(), r.transport.c_str(),
+                r.lanes.c_str(), r.op.c_str(), format_size(r.block).c_str(), static_cast<unsigned long long>(r.batch),
                 static_cast<unsigned long long>(r.blocks), r.gbps(), r.p50_us, r.p99_us);
     if (verify) {
       std::printf(" %14s %11llu", format_size(r.verified).c_str(), static_cast<unsigned long long>(r.wrong));
@@ -267,11 +295,26 @@ void print_table(const std::vector<Row>& rows, bool verify) {
 }
 
 json to_json(const Row& r) {
-  return json{{"transport", r.transport}, {"lanes", r.lanes},       {"op", r.op},
-              {"block_bytes", r.block},   {"batch", r.batch},       {"blocks", r.blocks},
-              {"bytes", r.blocks * r.block}, {"seconds", r.seconds}, {"gbps", r.gbps()},
-              {"p50_us", r.p50_us},       {"p99_us", r.p99_us},     {"verified_bytes", r.verified},
-              {"wrong_bytes", r.wrong},   {"ok", r.ok},             {"error", r.error}};
+  return json{{"mode", r.mode},
+              {"transport", r.transport},
+              {"lanes", r.lanes},
+              {"op", r.op},
+              {"block_bytes", r.block},
+              {"batch", r.batch},
+              {"blocks", r.blocks},
+              {"bytes", r.blocks * r.block},
+              {"seconds", r.seconds},
+              {"gbps", r.gbps()},
+              {"p50_us", r.p50_us},
+              {"p99_us", r.p99_us},
+              {"verified_bytes", r.verified},
+              {"wrong_bytes", r.wrong},
+              {"ok", r.ok},
+              {"error", r.error}};
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
 }
 
 }  // namespace
@@ -280,7 +323,14 @@ int main(int argc, char** argv) {
   CLI::App app{"kvbench: kvpool data-path benchmark between two processes on this host"};
   Options o;
   std::string region = "2GiB", block = "1MiB", total = "2GiB";
-  app.add_option("--region", region, "Size of the owner's region (blocks are spread over all of it)")
+  app.add_option("--mode", o.modes,
+                 "raw (transport only, to a region owner), e2e (libkvpool Client through a standalone agent), "
+                 "or raw,e2e (both, per transport)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--region", region,
+                 "Size of the owner's region (raw: blocks are spread over all of it); e2e: the agent's pool, of "
+                 "which at most 90% is written")
       ->capture_default_str();
   app.add_option("--block", block, "Block size, e.g. 64KiB, 1MiB, 2MiB")->capture_default_str();
   app.add_option("--batch", o.batch, "Blocks per batch (one completion per batch)")->capture_default_str();
@@ -290,8 +340,28 @@ int main(int argc, char** argv) {
                  "(posix+cma+self); one owner process each")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--ops", o.ops, "put, get, owner-read")->delimiter(',')->capture_default_str();
-  app.add_flag("--verify", o.verify, "Check every byte moved (outside the timed sections)");
+  app.add_option("--ops", o.ops,
+                 "raw ops: put, get, owner-read; the runtime's transfers without its control round trips and "
+                 "checksums: put-fenced (payloads, a fence, then a 64-byte put per block), get+hdr and "
+                 "owner-read+hdr (payloads and a 64-byte read per block in one batch)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--e2e-ops", o.e2e_ops,
+                 "e2e ops: e2e-put, e2e-get, e2e-lookup (coordinator round trip only), checksum (XXH3 in "
+                 "process); information-only ops run after the puts")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--agent-tls", o.agent_tls,
+                 "e2e: the agent's --tls (it serves every transport; only the client side is narrowed to "
+                 "--transports: shm = posix,cma,self, tcp = tcp)")
+      ->capture_default_str();
+  app.add_flag("--e2e-cold", o.e2e_cold,
+               "e2e over shared memory: measure puts into pages of the agent's region this process has not "
+               "touched yet (by default as many blocks as measured are written and removed first, untimed: the "
+               "steady state)");
+  app.add_flag("--verify", o.verify,
+               "Check every byte moved (outside the timed sections); e2e: blocks hold a pattern derived from "
+               "their key, checked after get");
   app.add_flag("--memcpy", o.memcpy_baseline,
                "Add single-threaded memcpy rows to and from the mapped region (shared memory sessions): the "
                "memory-bandwidth limit, spread the same way");
@@ -330,9 +400,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvbench: need block a multiple of 8 and region >= block x batch\n");
     return 2;
   }
+  for (const auto& m : o.modes) {
+    if (m != "raw" && m != "e2e") {
+      std::fprintf(stderr, "kvbench: unknown mode '%s' (raw, e2e)\n", m.c_str());
+      return 2;
+    }
+  }
   for (const auto& op : o.ops) {
-    if (op != "put" && op != "get" && op != "owner-read") {
-      std::fprintf(stderr, "kvbench: unknown op '%s' (put, get, owner-read)\n", op.c_str());
+    if (op != "put" && op != "put-fenced" && op != "get" && op != "owner-read" && op != "get+hdr" &&
+        op != "owner-read+hdr") {
+      std::fprintf(stderr, "kvbench: unknown op '%s' (put, get, owner-read, put-fenced, get+hdr, owner-read+hdr)\n",
+                   op.c_str());
+      return 2;
+    }
+  }
+  for (const auto& op : o.e2e_ops) {
+    if (op != "e2e-put" && op != "e2e-get" && op != "e2e-lookup" && op != "checksum") {
+      std::fprintf(stderr, "kvbench: unknown e2e op '%s' (e2e-put, e2e-get, e2e-lookup, checksum)\n", op.c_str());
       return 2;
     }
   }
@@ -341,18 +425,42 @@ int main(int argc, char** argv) {
   std::vector<Row> rows;
   bool failed = false;
   for (const auto& tr : o.transports) {
-    auto session = Session::start(self, o, tls_for(tr));
-    if (!session) {
-      std::fprintf(stderr, "kvbench: transport %s: %s\n", tr.c_str(), session.error().to_string().c_str());
-      failed = true;
-      continue;
+    if (contains(o.modes, "raw")) {
+      auto session = Session::start(self, o, tls_for(tr));
+      if (!session) {
+        std::fprintf(stderr, "kvbench: transport %s: %s\n", tr.c_str(), session.error().to_string().c_str());
+        Row row;
+        row.transport = tls_for(tr);
+        row.op = o.ops.empty() ? "put" : o.ops.front();
+        row.block = o.block;
+        row.batch = o.batch;
+        row.ok = false;
+        row.error = "start: " + session.error().to_string();
+        rows.push_back(row);
+      } else {
+        // The memory-bandwidth limit for shared memory: memcpy between the
+        // same buffer and the same mapped region, spread the same way.
+        if (o.memcpy_baseline && (*session)->mapped()) {
+          for (const char* op : {"memcpy", "memcpy-read"}) rows.push_back((*session)->run(op, o));
+        }
+        for (const auto& op : o.ops) rows.push_back((*session)->run(op, o));
+      }
     }
-    // The memory-bandwidth limit for shared memory: memcpy between the same
-    // buffer and the same mapped region, spread the same way.
-    if (o.memcpy_baseline && (*session)->mapped()) {
-      for (const char* op : {"memcpy", "memcpy-read"}) rows.push_back((*session)->run(op, o));
+    if (contains(o.modes, "e2e")) {
+      bench::E2eOptions eo;
+      eo.pool = o.region;
+      eo.block = o.block;
+      eo.batch = o.batch;
+      eo.total = o.total;
+      eo.verify = o.verify;
+      eo.ops = o.e2e_ops;
+      eo.agent_tls = o.agent_tls;
+      eo.cold = o.e2e_cold;
+      for (Row& row : bench::run_e2e(tr, eo)) {
+        if (!row.ok) std::fprintf(stderr, "kvbench: e2e %s %s: %s\n", tr.c_str(), row.op.c_str(), row.error.c_str());
+        rows.push_back(std::move(row));
+      }
     }
-    for (const auto& op : o.ops) rows.push_back((*session)->run(op, o));
   }
   for (const Row& row : rows) failed |= !row.ok || row.wrong != 0;
   if (o.json) {
