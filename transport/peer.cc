@@ -146,12 +146,18 @@ Result<std::byte*> RemoteRegion::mapped() const {
   return static_cast<std::byte*>(ptr);
 }
 
-Status RemoteRegion::prefault() const {
+Status RemoteRegion::prefault() const { return prefault(0, length_); }
+
+Status RemoteRegion::prefault(std::uint64_t offset, std::uint64_t length) const {
   auto ptr = mapped();
   if (!ptr) return Status();
+  if (offset > length_ || length > length_ - offset) {
+    return Status(StatusCode::kInvalidArgument, "prefault: range outside the region");
+  }
   const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
-  auto begin = reinterpret_cast<std::uintptr_t>(*ptr) & ~(page - 1);
-  auto end = reinterpret_cast<std::uintptr_t>(*ptr) + length_;
+  auto begin = (reinterpret_cast<std::uintptr_t>(*ptr) + offset) & ~(page - 1);
+  auto end = reinterpret_cast<std::uintptr_t>(*ptr) + offset + length;
+  if (end <= begin) return Status();
   if (madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE) == 0) return Status();
   if (errno != EINVAL) {
     return Status(StatusCode::kInternal, std::string("prefaulting a mapped region: ") + std::strerror(errno));

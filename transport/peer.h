@@ -63,6 +63,9 @@ class RemoteRegion {
   // a sixth of their speed until every page has been touched once. OK (and a
   // no-op) for regions reached over the network.
   Status prefault() const;
+  // The same for [offset, offset + length) of the region only: callers that
+  // populate a large region in the background go chunk by chunk.
+  Status prefault(std::uint64_t offset, std::uint64_t length) const;
 
  private:
   friend class Peer;

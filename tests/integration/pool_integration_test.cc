@@ -117,6 +117,26 @@ TEST_CASE("blocks put by one process are read back by another over shared memory
   }
 }
 
+TEST_CASE("a client that prefaults mapped regions in the background moves the same bytes", "[integration]") {
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  ClientOptions options;
+  options.coordinator = pool->coordinator;
+  options.tls = "posix,cma,self";
+  options.prefault_mapped_regions = true;
+  auto c = Client::connect(options);
+  REQUIRE(c);
+  auto ns = (*c)->register_namespace(test_namespace());
+  REQUIRE(ns);
+  Blocks b(*ns, 8);
+  REQUIRE((*c)->put(*ns, b.keys, b.spans)->written == 8);
+  auto got = (*c)->get(*ns, b.keys, b.out_spans);
+  REQUIRE(got);
+  CHECK(got->loaded == 8);
+  CHECK(b.wrong(8) == 0);
+  c->reset();  // stops the prefault thread while it may still run
+}
+
 TEST_CASE("a second put of the same blocks writes nothing and a lookup sees the prefix", "[integration]") {
   auto pool = start_standalone("64MiB");
   REQUIRE(pool);
