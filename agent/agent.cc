@@ -5,6 +5,7 @@
 #include <random>
 
 #include "runtime/common/logging.h"
+#include "runtime/common/process_util.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 
@@ -16,13 +17,6 @@ std::shared_ptr<spdlog::logger> logger() {
   return l;
 }
 
-Result<std::pair<std::string, std::uint16_t>> split_host_port(const std::string& s) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return make_error(StatusCode::kInvalidArgument, "not HOST:PORT: " + s);
-  int port = std::atoi(s.c_str() + colon + 1);
-  if (port <= 0 || port > 65535) return make_error(StatusCode::kInvalidArgument, "bad port in " + s);
-  return std::make_pair(s.substr(0, colon), static_cast<std::uint16_t>(port));
-}
 
 // A fresh incarnation per process: the region does not outlive it.
 std::uint64_t new_incarnation() {
@@ -34,7 +28,7 @@ std::uint64_t new_incarnation() {
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
-  auto hp = split_host_port(options.coordinator);
+  auto hp = parse_host_port(options.coordinator);
   if (!hp) return tl::unexpected(hp.error());
   std::unique_ptr<Agent> a(new Agent());
   a->options_ = options;

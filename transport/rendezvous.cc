@@ -11,6 +11,8 @@
 #include <cstring>
 #include <utility>
 
+#include "runtime/common/codec.h"
+
 namespace kvpool::transport {
 namespace {
 
@@ -30,42 +32,6 @@ Status wait_fd(int fd, short events, Deadline deadline, const char* what) {
     if (rc < 0 && errno != EINTR) return errno_status(StatusCode::kInternal, what);
   }
 }
-
-void put_u32(std::string& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void put_u64(std::string& out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void put_bytes(std::string& out, std::string_view b) {
-  put_u32(out, static_cast<std::uint32_t>(b.size()));
-  out.append(b);
-}
-
-struct Cursor {
-  std::string_view in;
-  bool ok = true;
-  std::uint64_t uint(int n) {
-    if (!ok || in.size() < static_cast<std::size_t>(n)) {
-      ok = false;
-      return 0;
-    }
-    std::uint64_t v = 0;
-    for (int i = 0; i < n; ++i) v |= static_cast<std::uint64_t>(static_cast<unsigned char>(in[i])) << (8 * i);
-    in.remove_prefix(n);
-    return v;
-  }
-  std::string bytes() {
-    std::uint64_t n = uint(4);
-    if (!ok || in.size() < n) {
-      ok = false;
-      return {};
-    }
-    std::string out(in.substr(0, n));
-    in.remove_prefix(n);
-    return out;
-  }
-};
 
 }  // namespace
 
@@ -111,9 +77,9 @@ Status Channel::send(std::string_view message) {
   if (message.size() > kMaxRendezvousMessage) {
     return Status(StatusCode::kInvalidArgument, "rendezvous: message too long");
   }
-  std::string frame;
-  put_u32(frame, static_cast<std::uint32_t>(message.size()));
-  frame.append(message);
+  Writer w;
+  w.bytes(message);  // u32 length, then the message
+  const std::string frame = w.take();
   std::size_t sent = 0;
   while (sent < frame.size()) {
     ssize_t n = ::send(fd_, frame.data() + sent, frame.size() - sent, MSG_NOSIGNAL);
@@ -143,8 +109,7 @@ Result<std::string> Channel::receive(Deadline deadline) {
   };
   char hdr[4];
   if (Status s = read_exact(hdr, 4); !s.ok()) return tl::unexpected(s);
-  std::uint32_t len = 0;
-  for (int i = 0; i < 4; ++i) len |= static_cast<std::uint32_t>(static_cast<unsigned char>(hdr[i])) << (8 * i);
+  const std::uint32_t len = Reader(std::string_view(hdr, 4)).u32();
   if (len > kMaxRendezvousMessage) {
     return make_error(StatusCode::kInvalidArgument, "rendezvous: message of " + std::to_string(len) + " bytes refused");
   }
@@ -198,24 +163,24 @@ Result<Channel> Listener::accept(Deadline deadline) {
 }
 
 std::string encode_region_info(const RegionInfo& info) {
-  std::string out;
-  put_bytes(out, info.worker_address);
-  put_bytes(out, info.packed_rkey);
-  put_u64(out, info.base);
-  put_u64(out, info.length);
-  put_bytes(out, info.host_id);
-  return out;
+  Writer w;
+  w.bytes(info.worker_address);
+  w.bytes(info.packed_rkey);
+  w.u64(info.base);
+  w.u64(info.length);
+  w.bytes(info.host_id);
+  return w.take();
 }
 
 Result<RegionInfo> decode_region_info(std::string_view bytes) {
-  Cursor c{bytes};
+  Reader r(bytes);
   RegionInfo info;
-  info.worker_address = c.bytes();
-  info.packed_rkey = c.bytes();
-  info.base = c.uint(8);
-  info.length = c.uint(8);
-  info.host_id = c.bytes();
-  if (!c.ok || !c.in.empty()) return make_error(StatusCode::kInvalidArgument, "rendezvous: malformed region info");
+  info.worker_address = r.bytes();
+  info.packed_rkey = r.bytes();
+  info.base = r.u64();
+  info.length = r.u64();
+  info.host_id = r.bytes();
+  if (!r.done()) return make_error(StatusCode::kInvalidArgument, "rendezvous: malformed region info");
   return info;
 }
 

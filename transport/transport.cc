@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "runtime/common/codec.h"
 #include "runtime/common/logging.h"
 #include "transport/internal.h"
 
@@ -27,46 +28,6 @@ std::string read_host_id() {
   return host;
 }
 
-void put_u32(std::string& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void put_u64(std::string& out, std::uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-// Bounds-checked little-endian reader over an untrusted message.
-class Reader {
- public:
-  Reader(const void* data, std::size_t length) : p_(static_cast<const unsigned char*>(data)), left_(length) {}
-  bool u32(std::uint32_t& v) {
-    if (left_ < 4) return false;
-    v = 0;
-    for (int i = 0; i < 4; ++i) v |= static_cast<std::uint32_t>(p_[i]) << (8 * i);
-    p_ += 4;
-    left_ -= 4;
-    return true;
-  }
-  bool u64(std::uint64_t& v) {
-    if (left_ < 8) return false;
-    v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<std::uint64_t>(p_[i]) << (8 * i);
-    p_ += 8;
-    left_ -= 8;
-    return true;
-  }
-  bool bytes(std::string& out, std::size_t n) {
-    if (left_ < n) return false;
-    out.assign(reinterpret_cast<const char*>(p_), n);
-    p_ += n;
-    left_ -= n;
-    return true;
-  }
-  std::size_t left() const { return left_; }
-
- private:
-  const unsigned char* p_;
-  std::size_t left_;
-};
 
 ucs_status_t on_read_request(void* arg, const void* /*header*/, size_t /*header_length*/, void* data,
                              size_t length, const ucp_am_recv_param_t* param) {
@@ -92,10 +53,10 @@ void on_reader_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
 ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_length*/, void* data,
                            size_t length, const ucp_am_recv_param_t* /*param*/) {
   auto* impl = static_cast<Transport::Impl*>(arg);
-  Reader r(data, length);
-  std::uint64_t id = 0;
-  std::uint32_t status = 0;
-  if (!r.u64(id) || !r.u32(status)) {
+  Reader r(std::string_view(static_cast<const char*>(data), length));
+  const std::uint64_t id = r.u64();
+  const std::uint32_t status = r.u32();
+  if (!r.done()) {
     logger()->warn("malformed owner read reply of {} bytes dropped", length);
     return UCS_OK;
   }
@@ -141,66 +102,52 @@ void on_reply_sent(void* request, ucs_status_t /*status*/, void* user_data) {
 }  // namespace
 
 std::string encode_read_request(const ReadRequest& req) {
-  std::string out;
-  out.reserve(64 + req.reader_address.size() + 256 * req.rkeys.size() + 28 * req.ops.size());
-  put_u32(out, kReadRequestMagic);
-  put_u64(out, req.id);
-  put_u32(out, static_cast<std::uint32_t>(req.reader_address.size()));
-  out += req.reader_address;
-  put_u32(out, req.reader_peer_errors ? 1u : 0u);
-  put_u32(out, static_cast<std::uint32_t>(req.rkeys.size()));
-  for (const std::string& rkey : req.rkeys) {
-    put_u32(out, static_cast<std::uint32_t>(rkey.size()));
-    out += rkey;
-  }
-  put_u32(out, static_cast<std::uint32_t>(req.ops.size()));
+  Writer w;
+  w.u32(kReadRequestMagic);
+  w.u64(req.id);
+  w.bytes(req.reader_address);
+  w.u32(req.reader_peer_errors ? 1u : 0u);
+  w.u32(static_cast<std::uint32_t>(req.rkeys.size()));
+  for (const std::string& rkey : req.rkeys) w.bytes(rkey);
+  w.u32(static_cast<std::uint32_t>(req.ops.size()));
   for (const ReadOp& op : req.ops) {
-    put_u64(out, op.src);
-    put_u64(out, op.dst);
-    put_u64(out, op.length);
-    put_u32(out, op.rkey);
+    w.u64(op.src);
+    w.u64(op.dst);
+    w.u64(op.length);
+    w.u32(op.rkey);
   }
-  return out;
+  return w.take();
 }
 
 Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
-  Reader r(data, length);
-  std::uint32_t magic = 0, rkey_count = 0, count = 0;
+  auto bad = [](const char* why) {
+    return make_error(StatusCode::kInvalidArgument, std::string("owner read request: ") + why);
+  };
+  Reader r(std::string_view(static_cast<const char*>(data), length));
   ReadRequest req;
-  if (!r.u32(magic) || magic != kReadRequestMagic) {
-    return make_error(StatusCode::kInvalidArgument, "owner read request: bad magic");
-  }
-  std::uint32_t addr_len = 0, flags = 0;
-  if (!r.u64(req.id) || !r.u32(addr_len) || addr_len == 0 || !r.bytes(req.reader_address, addr_len) ||
-      !r.u32(flags) || !r.u32(rkey_count)) {
-    return make_error(StatusCode::kInvalidArgument, "owner read request: truncated header");
-  }
-  req.reader_peer_errors = (flags & 1u) != 0;
-  if (rkey_count == 0 || rkey_count > kMaxReadRkeys) {
-    return make_error(StatusCode::kInvalidArgument, "owner read request: bad rkey count");
-  }
+  if (r.u32() != kReadRequestMagic) return bad("bad magic");
+  req.id = r.u64();
+  req.reader_address = r.bytes();
+  req.reader_peer_errors = (r.u32() & 1u) != 0;
+  const std::uint32_t rkey_count = r.u32();
+  if (!r.ok() || req.reader_address.empty()) return bad("truncated header");
+  if (rkey_count == 0 || rkey_count > kMaxReadRkeys) return bad("bad rkey count");
   req.rkeys.resize(rkey_count);
   for (std::string& rkey : req.rkeys) {
-    std::uint32_t len = 0;
-    if (!r.u32(len) || len == 0 || len > r.left() || !r.bytes(rkey, len)) {
-      return make_error(StatusCode::kInvalidArgument, "owner read request: rkey length overruns the message");
-    }
+    rkey = r.bytes();
+    if (!r.ok() || rkey.empty()) return bad("rkey length overruns the message");
   }
-  if (!r.u32(count)) return make_error(StatusCode::kInvalidArgument, "owner read request: truncated op count");
-  if (count > kMaxReadOps || static_cast<std::size_t>(count) * 28 != r.left()) {
-    return make_error(StatusCode::kInvalidArgument,
-                      "owner read request: op count " + std::to_string(count) + " does not match the message");
-  }
+  const std::uint32_t count = r.count(28);
+  if (!r.ok() || count > kMaxReadOps) return bad("op count does not match the message");
   req.ops.resize(count);
   for (ReadOp& op : req.ops) {
-    r.u64(op.src);
-    r.u64(op.dst);
-    r.u64(op.length);
-    r.u32(op.rkey);
-    if (op.rkey >= rkey_count) {
-      return make_error(StatusCode::kInvalidArgument, "owner read request: op names an rkey that is not there");
-    }
+    op.src = r.u64();
+    op.dst = r.u64();
+    op.length = r.u64();
+    op.rkey = r.u32();
+    if (op.rkey >= rkey_count) return bad("op names an rkey that is not there");
   }
+  if (!r.done()) return bad("op count does not match the message");
   return req;
 }
 
@@ -354,9 +301,10 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
 }
 
 void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status) {
-  auto* buf = new std::string();
-  put_u64(*buf, id);
-  put_u32(*buf, static_cast<std::uint32_t>(static_cast<std::int32_t>(status)));
+  Writer w;
+  w.u64(id);
+  w.u32(static_cast<std::uint32_t>(static_cast<std::int32_t>(status)));
+  auto* buf = new std::string(w.take());
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER;

@@ -11,6 +11,8 @@
 #include <sstream>
 #include <thread>
 
+#include "runtime/common/process_util.h"
+
 namespace kvpool::bench {
 namespace {
 
@@ -84,11 +86,7 @@ Result<std::unique_ptr<AgentProcess>> AgentProcess::start(const AgentProcessOpti
   std::unique_ptr<AgentProcess> a(new AgentProcess(std::move(*p), dir));
   track(a->pid());
   for (auto deadline = Deadline::after(std::chrono::seconds(120)); a->port_ == 0;) {
-    if (FILE* f = std::fopen(port_file.c_str(), "r")) {
-      unsigned port = 0;
-      if (std::fscanf(f, "%u", &port) == 1 && port > 0 && port < 65536) a->port_ = static_cast<std::uint16_t>(port);
-      std::fclose(f);
-    }
+    a->port_ = read_port_file(port_file, Deadline::after(std::chrono::milliseconds(0)));
     if (a->port_ != 0) break;
     auto exited = a->process_.wait(Deadline::after(std::chrono::milliseconds(20)));
     if (exited) {

@@ -11,6 +11,7 @@
 
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
+#include "runtime/common/process_util.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 #include "transport/transport.h"
@@ -23,20 +24,6 @@ std::shared_ptr<spdlog::logger> logger() {
   return l;
 }
 
-Result<std::pair<std::string, std::uint16_t>> split_host_port(const std::string& s) {
-  auto colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 == s.size()) {
-    return make_error(StatusCode::kInvalidArgument, "not HOST:PORT: '" + s + "'");
-  }
-  int port = 0;
-  try {
-    port = std::stoi(s.substr(colon + 1));
-  } catch (...) {
-    port = -1;
-  }
-  if (port <= 0 || port > 65535) return make_error(StatusCode::kInvalidArgument, "bad port in '" + s + "'");
-  return std::make_pair(s.substr(0, colon), static_cast<std::uint16_t>(port));
-}
 
 // An agent incarnation this client talks to. Shared with calls in flight, so
 // dropping it from the map (agent down) never pulls a Peer from under them.
@@ -623,7 +610,7 @@ Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
 Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
-  auto hp = split_host_port(options.coordinator);
+  auto hp = parse_host_port(options.coordinator);
   if (!hp) return tl::unexpected(hp.error());
   auto impl = std::make_unique<Impl>();
   impl->options = options;

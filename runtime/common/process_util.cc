@@ -36,6 +36,19 @@ Status write_port_file(const std::string& path, std::uint16_t port) {
   return Status();
 }
 
+std::uint16_t read_port_file(const std::string& path, Deadline deadline) {
+  for (;;) {
+    if (FILE* f = std::fopen(path.c_str(), "r")) {
+      unsigned port = 0;
+      int n = std::fscanf(f, "%u", &port);
+      std::fclose(f);
+      if (n == 1 && port > 0 && port < 65536) return static_cast<std::uint16_t>(port);
+    }
+    if (deadline.expired()) return 0;
+    ::usleep(10 * 1000);
+  }
+}
+
 void block_stop_signals() {
   sigset_t set;
   sigemptyset(&set);

@@ -3,7 +3,7 @@
 #include <boost/asio/error.hpp>
 #include <cstring>
 
-#include "runtime/rpc/codec.h"
+#include "runtime/common/codec.h"
 
 namespace kvpool::rpc {
 namespace {

@@ -1,6 +1,6 @@
 #include "runtime/rpc/messages.h"
 
-#include "runtime/rpc/codec.h"
+#include "runtime/common/codec.h"
 
 namespace kvpool::rpc {
 namespace {

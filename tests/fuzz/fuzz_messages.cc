@@ -20,7 +20,7 @@
 #include <string>
 #include <string_view>
 
-#include "runtime/rpc/codec.h"
+#include "runtime/common/codec.h"
 #include "runtime/rpc/frame.h"
 #include "runtime/rpc/messages.h"
 #include "tests/fuzz/fuzz_util.h"

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kvpool/client.h"
+#include "runtime/common/process_util.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
@@ -34,20 +35,6 @@ inline NamespaceDescriptor test_namespace(std::uint64_t block_bytes = 256 << 10,
 inline std::string temp_path(const std::string& name) {
   static int counter = 0;
   return "/tmp/kvpool-test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + name;
-}
-
-// Reads a port file written by --port-file, waiting for it to appear.
-inline std::uint16_t read_port_file(const std::string& path, Deadline deadline) {
-  while (!deadline.expired()) {
-    if (FILE* f = std::fopen(path.c_str(), "r")) {
-      unsigned port = 0;
-      int n = std::fscanf(f, "%u", &port);
-      std::fclose(f);
-      if (n == 1 && port > 0) return static_cast<std::uint16_t>(port);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return 0;
 }
 
 struct PoolProcess {
@@ -82,10 +69,11 @@ inline std::unique_ptr<Subprocess> start_agent(const std::string& coordinator, c
 }
 
 inline std::unique_ptr<rpc::Client> raw_client(const std::string& coordinator, rpc::Role role = rpc::Role::kWorker) {
-  auto colon = coordinator.rfind(':');
+  auto hp = parse_host_port(coordinator);
+  if (!hp) return nullptr;
   rpc::ClientOptions o;
-  o.host = coordinator.substr(0, colon);
-  o.port = static_cast<std::uint16_t>(std::stoi(coordinator.substr(colon + 1)));
+  o.host = hp->first;
+  o.port = hp->second;
   o.role = role;
   o.client_id = "raw-test-client";
   auto c = rpc::Client::connect(o, Deadline::after(scaled(std::chrono::seconds(10))));

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kvpool/types.h"
+#include "runtime/common/process_util.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 
@@ -18,11 +19,11 @@ using namespace kvpool;
 
 int main(int argc, char** argv) {
   if (argc != 5) return 2;
-  std::string coordinator = argv[1];
-  auto colon = coordinator.rfind(':');
+  auto hp = parse_host_port(argv[1]);
+  if (!hp) return 2;
   rpc::ClientOptions o;
-  o.host = coordinator.substr(0, colon);
-  o.port = static_cast<std::uint16_t>(std::stoi(coordinator.substr(colon + 1)));
+  o.host = hp->first;
+  o.port = hp->second;
   o.role = rpc::Role::kWorker;
   o.client_id = "dying-writer";
   auto c = rpc::Client::connect(o, Deadline::after(std::chrono::seconds(10)));

@@ -18,7 +18,7 @@
 #include <thread>
 
 #include "runtime/rpc/client.h"
-#include "runtime/rpc/codec.h"
+#include "runtime/common/codec.h"
 #include "runtime/rpc/server.h"
 #include "tests/common/test_util.h"
 

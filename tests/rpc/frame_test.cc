@@ -4,7 +4,7 @@
 #include <cstring>
 #include <string>
 
-#include "runtime/rpc/codec.h"
+#include "runtime/common/codec.h"
 
 namespace kvpool::rpc {
 namespace {

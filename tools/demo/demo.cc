@@ -28,6 +28,7 @@
 
 #include "kvpool/client.h"
 #include "runtime/common/pattern.h"
+#include "runtime/common/process_util.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
 
@@ -205,20 +206,12 @@ int run_driver(const std::string& pool_size, int prefill, int decode, const std:
     std::fprintf(stderr, "kvpool-demo: starting the agent: %s\n", agent.error().to_string().c_str());
     return 1;
   }
-  std::string port;
-  for (auto d = Deadline::after(std::chrono::seconds(60)); port.empty() && !d.expired();) {
-    if (FILE* f = std::fopen(port_file.c_str(), "r")) {
-      char buf[16] = {};
-      if (std::fgets(buf, sizeof(buf), f) != nullptr) port = std::to_string(std::atoi(buf));
-      std::fclose(f);
-    }
-    if (port.empty()) std::this_thread::sleep_for(Ms(20));
-  }
-  if (port.empty()) {
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(std::chrono::seconds(60)));
+  if (port == 0) {
     std::fprintf(stderr, "kvpool-demo: the agent did not start listening\n");
     return 1;
   }
-  const std::string coordinator = "127.0.0.1:" + port;
+  const std::string coordinator = "127.0.0.1:" + std::to_string(port);
   auto common = [&](std::vector<std::string> argv) {
     for (const char* a : {"--requests", "--cold-requests", "--prefixes", "--prefix-blocks", "--suffix-blocks"}) {
       argv.push_back(a);

@@ -1,5 +1,6 @@
 #pragma once
-// The control protocol's payload codec: explicit little-endian, every read
+// kvpool's wire codec (control protocol payloads, owner-read requests,
+// rendezvous blobs): explicit little-endian, every read
 // bounds-checked. A Reader never allocates more than the bytes it still has,
 // so a length field from the network cannot size an allocation by itself.
 //
@@ -16,7 +17,7 @@
 
 #include "kvpool/status.h"
 
-namespace kvpool::rpc {
+namespace kvpool {
 
 class Writer {
  public:
@@ -119,4 +120,4 @@ class Reader {
   bool ok_ = true;
 };
 
-}  // namespace kvpool::rpc
+}  // namespace kvpool
