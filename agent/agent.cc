@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <random>
+#include <utility>
 
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
@@ -47,37 +49,94 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   if (Status s = a->transport_->start_progress_thread(options.progress); !s.ok()) return tl::unexpected(s);
 
   a->incarnation_ = new_incarnation();
-  rpc::ClientOptions ro;
-  ro.host = hp->first;
-  ro.port = hp->second;
-  ro.role = rpc::Role::kAgent;
-  ro.client_id = "agent-" + std::to_string(a->incarnation_);
-  auto rc = rpc::Client::connect(ro, Deadline::after(options.connect_timeout));
-  if (!rc) return tl::unexpected(rc.error());
-  a->rpc_ = std::move(*rc);
-  Agent* raw = a.get();
-  a->rpc_->set_push_handler([raw](std::uint16_t type, std::string payload) { raw->on_push(type, payload); });
-
   auto info = a->transport_->describe(a->region_->memory());
   if (!info) return tl::unexpected(info.error());
-  rpc::RegisterAgentRequest req;
-  req.agent.incarnation = a->incarnation_;
-  req.agent.worker_address = info->worker_address;
-  req.agent.packed_rkey = info->packed_rkey;
-  req.agent.host_id = info->host_id;
-  req.agent.region_base = info->base;
-  req.agent.region_bytes = info->length;
-  req.agent.control_address = ro.client_id;
-  auto reply = a->rpc_->call(rpc::kRegisterAgent, rpc::encode(req), Deadline::after(options.connect_timeout));
-  if (!reply) return tl::unexpected(reply.error());
-  rpc::RegisterAgentReply rep;
-  if (Status s = rpc::decode(*reply, rep); !s.ok()) return tl::unexpected(s);
-  a->id_ = rep.agent;
-  if (rep.heartbeat_interval_ms > 0) a->heartbeat_interval_ = std::chrono::milliseconds(rep.heartbeat_interval_ms);
-  logger()->info("agent {} (incarnation {:#x}) lends {} bytes, heartbeat every {} ms", a->id_, a->incarnation_,
+  rpc::AgentRecord& rec = a->record_;
+  rec.incarnation = a->incarnation_;
+  rec.worker_address = info->worker_address;
+  rec.packed_rkey = info->packed_rkey;
+  rec.host_id = info->host_id;
+  rec.region_base = info->base;
+  rec.region_bytes = info->length;
+  rec.control_address = options.name.empty() ? "agent-" + std::to_string(a->incarnation_) : options.name;
+  if (Status s = a->join(/*rejoin=*/false, /*fresh=*/true, Deadline::after(options.connect_timeout)); !s.ok()) {
+    return tl::unexpected(s);
+  }
+  logger()->info("agent {} (incarnation {:#x}) lends {} bytes, heartbeat every {} ms", a->id(), a->incarnation_,
                  a->region_->size(), a->heartbeat_interval_.count());
+  Agent* raw = a.get();
   a->heartbeat_ = std::thread([raw] { raw->heartbeat_loop(); });
   return a;
+}
+
+std::shared_ptr<rpc::Client> Agent::rpc() const {
+  std::lock_guard lock(rpc_mu_);
+  return rpc_;
+}
+
+Status Agent::join(bool rejoin, bool fresh, Deadline deadline) {
+  std::shared_ptr<rpc::Client> client = fresh ? nullptr : rpc();
+  if (client == nullptr || !client->connected()) {
+    auto hp = parse_host_port(options_.coordinator);
+    if (!hp) return hp.error();
+    rpc::ClientOptions ro;
+    ro.host = hp->first;
+    ro.port = hp->second;
+    ro.role = rpc::Role::kAgent;
+    ro.client_id = record_.control_address;
+    auto rc = rpc::Client::connect(ro, deadline);
+    if (!rc) return rc.error();
+    client = std::shared_ptr<rpc::Client>(std::move(*rc));
+    rpc::Client* from = client.get();
+    client->set_push_handler(
+        [this, from](std::uint16_t type, std::string payload) { on_push(from, type, payload); });
+    std::shared_ptr<rpc::Client> old;
+    {
+      std::lock_guard lock(rpc_mu_);
+      old = std::exchange(rpc_, client);
+    }
+    // `old` is destroyed here, on this thread, never on its own io thread.
+  }
+  rpc::RegisterAgentRequest req{record_, rejoin};
+  auto reply = client->call(rpc::kRegisterAgent, rpc::encode(req), deadline);
+  if (!reply) return reply.error();
+  rpc::RegisterAgentReply rep;
+  if (Status s = rpc::decode(*reply, rep); !s.ok()) return s;
+  id_ = rep.agent;
+  if (rep.heartbeat_interval_ms > 0) heartbeat_interval_ = std::chrono::milliseconds(rep.heartbeat_interval_ms);
+  if (rep.send_blocks) return send_scan(*client, deadline);
+  return Status();
+}
+
+Status Agent::send_scan(rpc::Client& client, Deadline deadline) {
+  auto scanned = scan();
+  if (!scanned) return scanned.error();
+  rpc::RecoverBlocksRequest req;
+  req.agent = id();
+  req.incarnation = incarnation_;
+  std::uint64_t adopted = 0, dropped = 0;
+  std::size_t next = 0;
+  do {
+    const std::size_t n = std::min<std::size_t>(scanned->blocks.size() - next, rpc::kMaxBatch);
+    req.blocks.clear();
+    for (std::size_t i = next; i < next + n; ++i) {
+      const auto& b = scanned->blocks[i];
+      req.blocks.push_back({b.header.namespace_id, b.header.key, b.payload_offset, b.header.payload_length,
+                            b.header.generation});
+    }
+    next += n;
+    req.last = next == scanned->blocks.size();
+    auto reply = client.call(rpc::kRecoverBlocks, rpc::encode(req), deadline);
+    if (!reply) return reply.error();
+    rpc::RecoverBlocksReply rep;
+    if (Status s = rpc::decode(*reply, rep); !s.ok()) return s;
+    adopted += rep.adopted;
+    dropped += rep.dropped;
+  } while (!req.last);
+  logger()->info("agent {}: the coordinator took back {} blocks of the region's scan ({} dropped, {} torn, {} bad "
+                 "headers)",
+                 id(), adopted, dropped, scanned->torn_blocks, scanned->invalid_headers);
+  return Status();
 }
 
 Agent::~Agent() { stop(); }
@@ -86,7 +145,10 @@ void Agent::stop() {
   std::lock_guard lock(stop_mu_);
   if (stopping_.exchange(true)) return;
   if (heartbeat_.joinable()) heartbeat_.join();
-  rpc_.reset();
+  {
+    std::lock_guard lock(rpc_mu_);
+    rpc_.reset();
+  }
   if (transport_) {
     transport_->stop_progress_thread();
     if (region_) transport_->stop_serving(region_->memory());
@@ -96,16 +158,47 @@ void Agent::stop() {
 }
 
 void Agent::heartbeat_loop() {
+  constexpr std::chrono::milliseconds kFirstBackoff{50}, kMaxBackoff{2000};
+  std::chrono::milliseconds backoff = kFirstBackoff;
+  bool lost = false;  // the last heartbeat or rejoin failed
   while (!stopping_.load()) {
-    auto next = Clock::now() + heartbeat_interval_;
-    rpc::HeartbeatRequest hb{id_, incarnation_};
-    auto reply = rpc_->call(rpc::kHeartbeat, rpc::encode(hb), Deadline::after(heartbeat_interval_ * 2));
-    if (!reply) logger()->warn("heartbeat: {}", reply.error().to_string());
-    while (!stopping_.load() && Clock::now() < next) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    auto wait = heartbeat_interval_;
+    std::shared_ptr<rpc::Client> client = rpc();
+    Status st;
+    if (client != nullptr && client->connected()) {
+      rpc::HeartbeatRequest hb{id(), incarnation_};
+      auto reply = client->call(rpc::kHeartbeat, rpc::encode(hb), Deadline::after(heartbeat_interval_ * 2));
+      st = reply ? Status() : reply.error();
+    } else {
+      st = Status(StatusCode::kUnavailable, "not connected to the coordinator");
+    }
+    if (!st.ok() && (st.code() == StatusCode::kNotFound || st.code() == StatusCode::kUnavailable)) {
+      // kNotFound: the coordinator does not know this incarnation (it
+      // restarted, or declared the agent dead); kUnavailable: the connection
+      // is gone. Either way, rejoin: the region's blocks are still here.
+      const bool fresh = st.code() == StatusCode::kUnavailable;
+      if (!lost) logger()->warn("coordinator: {}; rejoining", st.to_string());
+      st = join(/*rejoin=*/true, fresh, Deadline::after(std::max(heartbeat_interval_ * 2, options_.connect_timeout)));
+      if (st.ok()) {
+        ++rejoins_;
+        logger()->info("agent {} rejoined the coordinator at {}", id(), options_.coordinator);
+      }
+    }
+    if (st.ok()) {
+      lost = false;
+      backoff = kFirstBackoff;
+    } else {
+      if (!lost) logger()->warn("coordinator: {}; retrying with backoff", st.to_string());
+      lost = true;
+      wait = backoff;
+      backoff = std::min(backoff * 2, kMaxBackoff);
+    }
+    const auto until = Clock::now() + wait;
+    while (!stopping_.load() && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
 }
 
-void Agent::on_push(std::uint16_t type, const std::string& payload) {
+void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& payload) {
   if (type != rpc::kPushInvalidate) {
     logger()->debug("ignoring push of type {}", type);
     return;
@@ -117,22 +210,28 @@ void Agent::on_push(std::uint16_t type, const std::string& payload) {
   }
   if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
   rpc::InvalidateMessage done;
-  done.agent = id_;
+  done.agent = id();
   done.incarnation = incarnation_;
   for (const auto& slot : msg.slots) {
-    if (slot.header_offset % pool::kSlotHeaderBytes != 0 ||
-        slot.header_offset + pool::kSlotHeaderBytes > layout_.header_table_bytes) {
-      logger()->warn("invalidate: header offset {} outside the header table", slot.header_offset);
+    // Every header the slot covers, not only its first: a slot handed back
+    // after a restart (space no valid header covered) may hold a late put's
+    // header at any granule.
+    const std::uint64_t headers = std::max<std::uint64_t>(1, slot.length / pool::kGranule);
+    if (slot.header_offset % pool::kSlotHeaderBytes != 0 || slot.header_offset > layout_.header_table_bytes ||
+        headers > (layout_.header_table_bytes - slot.header_offset) / pool::kSlotHeaderBytes) {
+      logger()->warn("invalidate: headers at {} ({} of them) outside the header table", slot.header_offset, headers);
       continue;
     }
-    pool::invalidate(std::span<std::byte, pool::kSlotHeaderBytes>(region_->data() + slot.header_offset,
-                                                                  pool::kSlotHeaderBytes));
+    for (std::uint64_t h = 0; h < headers; ++h) {
+      pool::invalidate(std::span<std::byte, pool::kSlotHeaderBytes>(
+          region_->data() + slot.header_offset + h * pool::kSlotHeaderBytes, pool::kSlotHeaderBytes));
+    }
     done.slots.push_back(slot);
   }
   invalidated_ += done.slots.size();
   // The ack is sent from another thread: a blocking call inside the push
   // handler would stall the connection's reader.
-  rpc_->call_async(rpc::kInvalidateDone, rpc::encode(done), Deadline::after(std::chrono::seconds(10)),
+  from->call_async(rpc::kInvalidateDone, rpc::encode(done), Deadline::after(std::chrono::seconds(10)),
                    [](Result<std::string> r) {
                      if (!r) logger()->warn("invalidate ack: {}", r.error().to_string());
                    });

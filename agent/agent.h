@@ -8,6 +8,14 @@
 // acknowledges, so freed space is reused only once no restart scan could
 // bring the old block back (DESIGN.md).
 //
+// Coordinator loss: when the connection breaks, the agent redials with
+// backoff (50 ms doubling to 2 s) and rejoins with the same incarnation;
+// when the coordinator says it does not know the agent (restarted, or it
+// declared the agent dead during a partition), the agent rejoins at once.
+// A rejoin taken fresh asks for the region's scan: the agent sends every
+// valid block, and the coordinator rebuilds its index from them (DESIGN.md,
+// "Failure model"). The region and its blocks survive all of this.
+//
 // Lifetime: start() returns a running agent; the destructor (or stop())
 // stops heartbeats, leaves the coordinator connection, then frees the region
 // before the transport.
@@ -26,6 +34,9 @@
 #include "pool/slot_header.h"
 #include "transport/transport.h"
 
+#include "runtime/rpc/messages.h"
+#include "runtime/common/units.h"
+
 namespace kvpool::rpc {
 class Client;
 }
@@ -40,6 +51,11 @@ struct AgentOptions {
   transport::ProgressMode progress = transport::ProgressMode::kEvent;
   std::string tls;  // UCX_TLS; empty: environment or kvpool's default
   std::chrono::milliseconds connect_timeout{10000};
+  // Identifies the agent to the coordinator across restarts: a restarted
+  // agent of the same name replaces its old incarnation at once (its blocks
+  // leave lookups then, not after the heartbeat timeout). Empty: unique per
+  // process (several agents may share a host).
+  std::string name;
 };
 
 class Agent {
@@ -51,7 +67,7 @@ class Agent {
 
   void stop();
 
-  std::uint32_t id() const { return id_; }
+  std::uint32_t id() const { return id_.load(); }
   std::uint64_t incarnation() const { return incarnation_; }
   const pool::PoolRegion& region() const { return *region_; }
   const pool::RegionLayout& layout() const { return layout_; }
@@ -60,10 +76,18 @@ class Agent {
   Result<pool::ScanResult> scan() const;
   // Invalidations applied so far (for tests and status).
   std::uint64_t invalidated_slots() const { return invalidated_.load(); }
+  // Successful rejoins after losing the coordinator (for tests and status).
+  std::uint64_t rejoins() const { return rejoins_.load(); }
 
  private:
   Agent() = default;
-  void on_push(std::uint16_t type, const std::string& payload);
+  // Dials the coordinator (a new connection when `fresh`), registers (or
+  // rejoins) and, when asked, sends the scan. Runs on start() and on the
+  // heartbeat thread only.
+  Status join(bool rejoin, bool fresh, Deadline deadline);
+  Status send_scan(rpc::Client& rpc, Deadline deadline);
+  std::shared_ptr<rpc::Client> rpc() const;
+  void on_push(rpc::Client* from, std::uint16_t type, const std::string& payload);
   void heartbeat_loop();
 
   // Destruction order matters: threads and the RPC client go first, then the
@@ -71,15 +95,18 @@ class Agent {
   std::unique_ptr<transport::Transport> transport_;
   std::optional<pool::PoolRegion> region_;
   pool::RegionLayout layout_;
-  std::unique_ptr<rpc::Client> rpc_;
+  mutable std::mutex rpc_mu_;
+  std::shared_ptr<rpc::Client> rpc_;  // guarded by rpc_mu_; replaced on reconnect
+  rpc::AgentRecord record_;          // what register sends
   AgentOptions options_;
-  std::uint32_t id_ = 0;
+  std::atomic<std::uint32_t> id_{0};  // may change when a restarted coordinator takes the agent back
   std::uint64_t incarnation_ = 0;
   std::chrono::milliseconds heartbeat_interval_{1000};
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;
   std::thread heartbeat_;
   std::atomic<std::uint64_t> invalidated_{0};
+  std::atomic<std::uint64_t> rejoins_{0};
 };
 
 }  // namespace kvpool::agent

@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   app.config_formatter(std::make_shared<JsonConfig>());
   app.set_config("--config", "", "JSON file; every flag has a key of the same name (\"pool-size\": \"4GiB\")");
   std::string coordinator_addr = "127.0.0.1:7400", listen = "127.0.0.1:7400", pool_size = "1GiB", port_file,
-              log_level = "info", progress = "event", lock = "try", huge = "try", tls;
+              log_level = "info", progress = "event", lock = "try", huge = "try", tls, name;
   bool standalone = false;
   coordinator::CoordinatorFlags flags;
   app.add_flag("--standalone", standalone, "Also run the coordinator in this process, on --listen");
@@ -45,6 +45,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--tls", tls, "UCX transports (UCX_TLS syntax); default: the environment's, else "
                                "^sysv (every transport UCX finds but sysv)");
+  app.add_option("--name", name,
+                 "Stable name of this agent (e.g. the host name): a restarted agent of the same name replaces its "
+                 "old incarnation at once; default: a new identity per process");
   flags.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
@@ -64,6 +67,7 @@ int main(int argc, char** argv) {
   ao.lock = lock == "require" ? pool::Lock::kRequire : lock == "off" ? pool::Lock::kOff : pool::Lock::kTry;
   ao.huge_pages = huge == "off" ? pool::HugePages::kOff : pool::HugePages::kTry;
   ao.tls = tls;
+  ao.name = name;
 
   block_stop_signals();
   std::unique_ptr<coordinator::CoordinatorServer> server;

@@ -64,7 +64,7 @@ std::string key_text(const Key128& k) { return hex(k.hi) + hex(k.lo); }
 struct Namespace {
   NamespaceId id = 0;
   NamespaceDescriptor descriptor;
-  std::uint64_t block_bytes = 0;
+  std::uint64_t block_bytes = 0;  // 0: known only from recovered blocks, not registered since
   std::uint64_t blocks = 0;
 };
 
@@ -91,6 +91,7 @@ struct Agent {
   std::uint64_t high_granules = 0;
   std::uint64_t low_granules = 0;
   bool draining = false;           // above the high watermark and eviction ran out of budget: tick() goes on
+  bool recovering = false;         // rejoined, scan not finished: not placeable
   std::uint64_t sweep_cursor = 0;  // where the next bounded window sweep starts (granule)
 };
 
@@ -350,6 +351,7 @@ struct CoordinatorCore::State {
     a.future.reset();
     a.used_granules = a.live_granules = a.committed_blocks = 0;
     a.draining = false;
+    a.recovering = false;
   }
 
   void declare_dead(Agent& a, const char* why) {
@@ -560,7 +562,7 @@ struct CoordinatorCore::State {
     double best_fraction = 2.0;
     auto consider = [&](std::uint32_t id) {
       const Agent& a = agent(id);
-      if (!a.alive || a.layout.payload_bytes < bytes) return;
+      if (!a.alive || a.recovering || a.layout.payload_bytes < bytes) return;
       if (std::find(tried.begin(), tried.end(), id) != tried.end()) return;
       const double f = static_cast<double>(a.used_granules) / static_cast<double>(a.layout.num_granules);
       if (f < best_fraction) {
@@ -756,7 +758,15 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
   const NamespaceId id = namespace_id(desc);
   std::lock_guard lock(mu_);
   State& s = *s_;
-  if (s.ns_index.count(id) != 0) return id;
+  if (auto it = s.ns_index.find(id); it != s.ns_index.end()) {
+    Namespace& n = s.namespaces[it->second];
+    if (n.block_bytes == 0) {  // known from recovered blocks until now
+      n.descriptor = desc;
+      n.block_bytes = *bytes;
+      logger()->info("namespace {} registered again: {} {}", hex(id), desc.model_id, desc.layout);
+    }
+    return id;
+  }
   if (s.namespaces.size() >= kNil) return make_error(StatusCode::kResourceExhausted, "too many namespaces");
   s.ns_index.emplace(id, static_cast<std::uint32_t>(s.namespaces.size()));
   s.namespaces.push_back(Namespace{id, desc, *bytes, 0});
@@ -774,6 +784,16 @@ std::vector<NamespaceView> CoordinatorCore::namespaces() const {
 // ---- agents ----
 
 Result<AgentId> CoordinatorCore::register_agent(const AgentRegistration& reg, Clock::time_point now) {
+  auto r = join(reg, now, /*rejoin=*/false);
+  if (!r) return tl::unexpected(r.error());
+  return r->id;
+}
+
+Result<Rejoin> CoordinatorCore::rejoin_agent(const AgentRegistration& reg, Clock::time_point now) {
+  return join(reg, now, /*rejoin=*/true);
+}
+
+Result<Rejoin> CoordinatorCore::join(const AgentRegistration& reg, Clock::time_point now, bool rejoin) {
   std::string identity;
   if (!reg.control_address.empty()) {
     identity = "control:" + reg.control_address;
@@ -802,20 +822,23 @@ Result<AgentId> CoordinatorCore::register_agent(const AgentRegistration& reg, Cl
   if (auto it = s.agent_by_identity.find(identity); it != s.agent_by_identity.end()) {
     a = &s.agent(it->second);
     if (a->reg.incarnation == reg.incarnation) {
-      if (!a->alive) {
-        return make_error(StatusCode::kFailedPrecondition,
-                          "agent " + std::to_string(it->second) + " incarnation " + std::to_string(reg.incarnation) +
-                              " was declared dead: zero the header table and register a new incarnation");
-      }
-      if (a->reg.region_bytes != reg.region_bytes) {
+      if (a->alive && a->reg.region_bytes != reg.region_bytes) {
         return make_error(StatusCode::kFailedPrecondition, "agent " + std::to_string(it->second) + " incarnation " +
                                                                std::to_string(reg.incarnation) +
                                                                " registered before with another region size");
       }
-      a->last_heartbeat = std::max(a->last_heartbeat, now);
-      return a->id;
-    }
-    if (a->alive) {
+      if (a->alive) {
+        a->last_heartbeat = std::max(a->last_heartbeat, now);
+        // A rejoin that finds its recovery unfinished (the agent reconnected
+        // mid-scan) sends its blocks again; repeats are harmless.
+        return Rejoin{a->id, a->recovering};
+      }
+      if (!rejoin) {
+        return make_error(StatusCode::kFailedPrecondition,
+                          "agent " + std::to_string(it->second) + " incarnation " + std::to_string(reg.incarnation) +
+                              " was declared dead: rejoin with its scan, or register a new incarnation");
+      }
+    } else if (a->alive) {
       logger()->info("agent {} restarted: incarnation {} replaces {}", it->second, reg.incarnation, a->reg.incarnation);
       s.declare_dead(*a, "replaced by a new incarnation");
     }
@@ -828,6 +851,7 @@ Result<AgentId> CoordinatorCore::register_agent(const AgentRegistration& reg, Cl
   }
   a->reg = reg;
   a->alive = true;
+  a->recovering = rejoin;
   a->last_heartbeat = now;
   a->layout = *layout;
   a->space.emplace(std::move(*space));
@@ -836,9 +860,135 @@ Result<AgentId> CoordinatorCore::register_agent(const AgentRegistration& reg, Cl
   a->high_granules = static_cast<std::uint64_t>(s.config.high_watermark * n);
   a->low_granules = static_cast<std::uint64_t>(s.config.low_watermark * n);
   ++s.epoch;
-  logger()->info("agent {} joined: {} host {} incarnation {} region {} bytes ({} payload)", to_u32(a->id),
-                 reg.control_address, reg.host_id, reg.incarnation, reg.region_bytes, layout->payload_bytes);
-  return a->id;
+  logger()->info("agent {} {}: {} host {} incarnation {} region {} bytes ({} payload)", to_u32(a->id),
+                 rejoin ? "rejoined, recovering its blocks" : "joined", reg.control_address, reg.host_id,
+                 reg.incarnation, reg.region_bytes, layout->payload_bytes);
+  return Rejoin{a->id, rejoin};
+}
+
+Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t incarnation,
+                                                      std::span<const RecoveredBlock> blocks, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = s.find_agent(id);
+  if (a == nullptr || !a->alive) {
+    return make_error(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
+  }
+  if (a->reg.incarnation != incarnation) {
+    return make_error(StatusCode::kFailedPrecondition, "agent " + std::to_string(to_u32(id)) + " incarnation " +
+                                                           std::to_string(incarnation) + " is gone");
+  }
+  if (!a->recovering) {
+    return make_error(StatusCode::kFailedPrecondition,
+                      "agent " + std::to_string(to_u32(id)) + " is not recovering: rejoin first");
+  }
+  RecoverResult out;
+  const std::uint32_t agent_id = to_u32(id);
+  for (const RecoveredBlock& b : blocks) {
+    const std::uint64_t g = slot_granules(b.length);
+    if (b.length == 0 || b.length > UINT32_MAX || b.payload_offset % kGranule != 0 ||
+        b.payload_offset >= a->layout.payload_bytes || g > (a->layout.payload_bytes - b.payload_offset) / kGranule ||
+        !s.owns(b.key)) {
+      ++out.dropped;  // left to the end of recovery, which invalidates it
+      continue;
+    }
+    const auto granule = static_cast<std::uint32_t>(b.payload_offset / kGranule);
+    if (const std::uint32_t i = s.find_slot(agent_id, granule); i != kNil) {
+      const BlockEntry& e = s.slab[i];
+      if (e.key != b.key || e.generation != b.generation) ++out.dropped;
+      continue;  // sent before (a repeat), or overlapping
+    }
+    const pool::Slot slot{b.payload_offset, g * kGranule};
+    if (!a->space->reserve(slot).ok()) {
+      ++out.dropped;  // overlaps an adopted block: not a block this coordinator can account for
+      continue;
+    }
+    a->used_granules += g;
+    std::uint32_t ns;
+    if (auto it = s.ns_index.find(b.ns); it != s.ns_index.end()) {
+      ns = it->second;
+    } else if (s.namespaces.size() < kNil) {
+      ns = static_cast<std::uint32_t>(s.namespaces.size());
+      s.ns_index.emplace(b.ns, ns);
+      s.namespaces.push_back(Namespace{b.ns, {}, 0, 0});
+    } else {
+      a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+      ++out.dropped;
+      continue;
+    }
+    if (const std::uint32_t i = s.find_key(ns, b.key); i != kNil) {
+      BlockEntry& e = s.slab[i];
+      if (e.state == BlockState::kCommitted && e.pins == 0 && e.generation < b.generation) {
+        s.retire(i, std::nullopt);  // the older copy loses
+      } else {
+        a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+        ++out.dropped;
+        continue;
+      }
+    }
+    const std::uint32_t i = s.slab.allocate();
+    if (i == kNil || !a->future->reserve(slot).ok()) {
+      if (i != kNil) s.slab.free(i);
+      a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+      ++out.dropped;
+      continue;
+    }
+    BlockEntry& e = s.slab[i];
+    e.key = b.key;
+    e.generation = b.generation;
+    e.stamp = ++s.touch_clock;
+    e.agent = agent_id;
+    e.granule = granule;
+    e.length = static_cast<std::uint32_t>(b.length);
+    e.ns = ns;
+    e.state = BlockState::kCommitted;
+    s.by_key.insert(key_hash(ns, b.key), i);
+    s.by_slot.insert(slot_hash(agent_id, granule), i);
+    a->lists.link_lru(s.slab, i);
+    a->live_granules += g;
+    ++a->committed_blocks;
+    ++s.namespaces[ns].blocks;
+    s.next_generation = std::max(s.next_generation, b.generation + 1);
+    ++out.adopted;
+  }
+  out.invalidations = s.collect_ready(now);
+  return out;
+}
+
+Status CoordinatorCore::finish_recovery(AgentId id, std::uint64_t incarnation, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = s.find_agent(id);
+  if (a == nullptr || !a->alive) {
+    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
+  }
+  if (a->reg.incarnation != incarnation) {
+    return Status(StatusCode::kFailedPrecondition,
+                  "agent " + std::to_string(to_u32(id)) + " incarnation " + std::to_string(incarnation) + " is gone");
+  }
+  if (!a->recovering) return Status::ok_status();
+  // Space no valid header covers may still receive a late put of a lease
+  // issued before the restart: it waits out a lease and a quarantine, then
+  // its headers are zeroed like any freed slot's.
+  const Clock::time_point until = now + s.config.write_lease_ttl + s.config.write_quarantine;
+  std::uint64_t gap_granules = 0;
+  for (const pool::Slot& gap : a->space->free_extents()) {
+    if (Status st = a->space->reserve(gap); !st.ok()) {
+      logger()->error("agent {}: quarantining free extent {}: {}", to_u32(id), gap.offset, st.to_string());
+      continue;
+    }
+    const auto g = static_cast<std::uint32_t>(gap.length / kGranule);
+    a->reclaim.add_quarantined(static_cast<std::uint32_t>(gap.offset / kGranule), g, 0, until);
+    a->used_granules += g;
+    gap_granules += g;
+  }
+  a->recovering = false;
+  ++s.epoch;
+  logger()->info("agent {} recovered: {} blocks, {} bytes of unclaimed space quarantined", to_u32(id),
+                 a->committed_blocks, gap_granules * kGranule);
+  return Status::ok_status();
 }
 
 Status CoordinatorCore::heartbeat(AgentId id, std::uint64_t incarnation, Clock::time_point now) {
@@ -903,11 +1053,16 @@ Result<AllocateResult> CoordinatorCore::allocate(NamespaceId ns_id, std::span<co
   auto ns = s.ns_lookup(ns_id);
   if (!ns) return tl::unexpected(ns.error());
   const std::uint64_t max_bytes = s.namespaces[*ns].block_bytes;
+  if (max_bytes == 0) {
+    return make_error(StatusCode::kNotFound, "namespace " + hex(ns_id) +
+                                                 " is known only from blocks recovered after a coordinator restart: "
+                                                 "register it again before writing");
+  }
 
   std::vector<std::uint32_t> local;
   if (!writer.host_id.empty()) {
     for (const auto& a : s.agents) {
-      if (a->alive && a->reg.host_id == writer.host_id) local.push_back(to_u32(a->id));
+      if (a->alive && !a->recovering && a->reg.host_id == writer.host_id) local.push_back(to_u32(a->id));
     }
   }
 

@@ -76,7 +76,9 @@ class CoordinatorCore {
 
   // ---- Namespaces ----
 
-  // Idempotent; the id is namespace_id(desc). kInvalidArgument when
+  // Idempotent; the id is namespace_id(desc). Registering a namespace known
+  // only from recovered blocks (recover_blocks) makes it writable again.
+  // kInvalidArgument when
   // block_bytes_of(desc) rejects it; kResourceExhausted past 2^32 - 1
   // namespaces.
   Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc);
@@ -98,6 +100,35 @@ class CoordinatorCore {
   //     incarnation (its old headers could otherwise resurrect blocks that
   //     were removed while it was away).
   Result<AgentId> register_agent(const AgentRegistration& registration, Clock::time_point now);
+
+  // The registration of an agent whose region outlived the coordinator's
+  // knowledge of it: the coordinator restarted, or declared the agent dead
+  // (a partition, a frozen process) while its memory lived on. The region's
+  // own headers are the truth (DESIGN.md): when send_blocks comes back true
+  // the agent is alive but not placeable until it has sent its scan through
+  // recover_blocks() and called finish_recovery(). The registration in force
+  // again (same incarnation, alive, not recovering) is idempotent with
+  // send_blocks false. Errors as register_agent, except that a dead
+  // incarnation is accepted.
+  Result<Rejoin> rejoin_agent(const AgentRegistration& registration, Clock::time_point now);
+
+  // Takes scanned blocks back as committed: per block, an older duplicate of
+  // a key (here or on another agent) loses to the higher generation and its
+  // slot is invalidated; a block of a key still being written elsewhere is
+  // dropped likewise. Blocks of namespaces the coordinator does not know
+  // yet are kept under the namespace id (lookups find them; writes wait for
+  // register_namespace). Future generations are issued above every adopted
+  // one. Sending a block again is harmless. kNotFound: unknown or dead
+  // agent; kFailedPrecondition: another incarnation, or not recovering.
+  Result<RecoverResult> recover_blocks(AgentId agent, std::uint64_t incarnation,
+                                       std::span<const RecoveredBlock> blocks, Clock::time_point now);
+
+  // Ends a recovery: every granule no adopted block covers stays
+  // unallocatable for write_lease_ttl + write_quarantine (a late put of the
+  // old epoch may still land there), then is invalidated like a freed slot
+  // and returns to the free space; the agent becomes placeable now.
+  // Idempotent. Errors as recover_blocks (not recovering is ok).
+  Status finish_recovery(AgentId agent, std::uint64_t incarnation, Clock::time_point now);
 
   // kNotFound: unknown agent, declared dead, or another incarnation: the
   // agent must register (again).
@@ -195,6 +226,7 @@ class CoordinatorCore {
  private:
   struct State;
   explicit CoordinatorCore(std::unique_ptr<State> state);
+  Result<Rejoin> join(const AgentRegistration& registration, Clock::time_point now, bool rejoin);
 
   mutable std::mutex mu_;
   std::unique_ptr<State> s_;  // guarded by mu_

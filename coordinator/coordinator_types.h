@@ -88,6 +88,27 @@ struct AgentRegistration {
   std::uint64_t incarnation = 0;   // new value on every agent start
 };
 
+// A block an agent found in its own region (header and payload verify):
+// what a coordinator that lost its index (restart, or an agent it had
+// declared dead) takes back as committed (DESIGN.md, "Data flows").
+struct RecoveredBlock {
+  NamespaceId ns = 0;
+  Key128 key;
+  std::uint64_t payload_offset = 0;  // relative to the payload base, G-aligned
+  std::uint64_t length = 0;          // payload bytes
+  Generation generation = 0;
+};
+
+// How a rejoining agent's registration was taken.
+struct Rejoin {
+  AgentId id{};
+  // True: the coordinator knows nothing of the region's contents; send every
+  // block of a scan (recover_blocks), then finish_recovery(). False: it is
+  // the registration in force, nothing to send.
+  bool send_blocks = false;
+};
+
+
 // Where a block lives. Offsets are relative to the region's start; add
 // AgentRegistration::region_base for a remote address.
 struct Location {
@@ -144,6 +165,14 @@ struct InvalidateRequest {
   AgentId agent{};
   std::uint64_t incarnation = 0;
   std::vector<SlotRef> slots;
+};
+
+struct RecoverResult {
+  std::uint64_t adopted = 0;  // now committed and visible
+  // Not taken: an older duplicate of a key (its slot is invalidated), a key
+  // of another shard, or a slot outside the region or overlapping another.
+  std::uint64_t dropped = 0;
+  std::vector<InvalidateRequest> invalidations;  // send now
 };
 
 struct AllocateResult {

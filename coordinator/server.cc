@@ -130,16 +130,34 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
       if (!parse(m)) return;
       AgentRegistration reg{m.agent.worker_address, m.agent.packed_rkey,  m.agent.host_id, m.agent.control_address,
                             m.agent.region_base,    m.agent.region_bytes, m.agent.incarnation};
-      auto id = core->register_agent(reg, now);
-      if (!id) return resp.fail(id.error());
+      Result<Rejoin> joined = m.rejoin ? core->rejoin_agent(reg, now) : core->register_agent(reg, now).map([](AgentId id) {
+        return Rejoin{id, false};
+      });
+      if (!joined) return resp.fail(joined.error());
+      const std::uint32_t id = to_u32(joined->id);
       {
         std::lock_guard lock(mu);
-        agent_connections[to_u32(*id)] = req.connection_id;
+        agent_connections[id] = req.connection_id;
       }
-      logger()->info("agent {} registered: {} bytes, host {}, incarnation {:#x}", to_u32(*id), reg.region_bytes,
-                     reg.host_id, reg.incarnation);
-      resp.reply(rpc::encode(
-          rpc::RegisterAgentReply{to_u32(*id), static_cast<std::uint32_t>(options.heartbeat_interval.count())}));
+      logger()->info("agent {} {}: {} bytes, host {}, incarnation {:#x}", id, m.rejoin ? "rejoined" : "registered",
+                     reg.region_bytes, reg.host_id, reg.incarnation);
+      resp.reply(rpc::encode(rpc::RegisterAgentReply{
+          id, static_cast<std::uint32_t>(options.heartbeat_interval.count()), joined->send_blocks}));
+      return;
+    }
+    case rpc::kRecoverBlocks: {
+      rpc::RecoverBlocksRequest m;
+      if (!parse(m)) return;
+      std::vector<RecoveredBlock> blocks;
+      blocks.reserve(m.blocks.size());
+      for (const auto& b : m.blocks) blocks.push_back({b.ns, b.key, b.payload_offset, b.length, b.generation});
+      auto res = core->recover_blocks(AgentId{m.agent}, m.incarnation, blocks, now);
+      if (!res) return resp.fail(res.error());
+      send_invalidations(res->invalidations);
+      if (m.last) {
+        if (Status s = core->finish_recovery(AgentId{m.agent}, m.incarnation, now); !s.ok()) return resp.fail(s);
+      }
+      resp.reply(rpc::encode(rpc::RecoverBlocksReply{res->adopted, res->dropped}));
       return;
     }
     case rpc::kHeartbeat: {

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -135,10 +136,18 @@ struct Client::Impl {
   // transport last.
   ClientOptions options;
   std::unique_ptr<transport::Transport> transport;
-  std::unique_ptr<rpc::Client> rpc;
+
+  // The coordinator connection, redialled with backoff when it breaks
+  // (control()).
+  std::mutex control_mu;              // one dial at a time
+  std::shared_ptr<rpc::Client> rpc;   // guarded by control_mu
+  Clock::time_point next_dial{};      // guarded by control_mu
+  std::chrono::milliseconds backoff{0};  // guarded by control_mu
+  Status dial_error;                  // guarded by control_mu
 
   mutable std::mutex mu;
   std::unordered_map<NamespaceId, std::uint64_t> namespaces;                 // guarded by mu
+  std::unordered_map<NamespaceId, NamespaceDescriptor> descriptors;          // registered again on redial; guarded by mu
   std::map<std::uintptr_t, std::unique_ptr<transport::MemoryRegion>> buffers;  // by start; guarded by mu
   std::unordered_map<std::uint32_t, std::shared_ptr<AgentConn>> agents;       // guarded by mu
   std::uint64_t agents_epoch = 0;                                             // guarded by mu
@@ -166,16 +175,74 @@ struct Client::Impl {
 
   Deadline deadline() const { return Deadline::after(options.timeout); }
 
+  // A connected coordinator client: the current one, or a new one when the
+  // connection broke and the backoff since the last failed dial has passed
+  // (50 ms doubling to 2 s). A new connection registers this client's
+  // namespaces again (a restarted coordinator knows none) and refreshes the
+  // agent table before it is used. Calls that fail while the coordinator is
+  // away surface kUnavailable; nothing is retried behind the caller's back.
+  Result<std::shared_ptr<rpc::Client>> control() {
+    std::lock_guard lock(control_mu);
+    if (rpc != nullptr && rpc->connected()) return rpc;
+    const auto now = Clock::now();
+    if (now < next_dial) {
+      return make_error(StatusCode::kUnavailable,
+                        "coordinator " + options.coordinator + " unreachable (" + dial_error.to_string() +
+                            "); next try in " +
+                            std::to_string(
+                                std::chrono::duration_cast<std::chrono::milliseconds>(next_dial - now).count()) +
+                            " ms");
+    }
+    auto dialled = dial();
+    if (!dialled) {
+      backoff = std::clamp(backoff * 2, std::chrono::milliseconds(50), std::chrono::milliseconds(2000));
+      next_dial = now + backoff;
+      dial_error = dialled.error();
+      return tl::unexpected(dialled.error());
+    }
+    if (rpc != nullptr) logger()->info("reconnected to the coordinator at {}", options.coordinator);
+    backoff = std::chrono::milliseconds(0);
+    rpc = std::move(*dialled);
+    return rpc;
+  }
+
+  Result<std::shared_ptr<rpc::Client>> dial() {
+    auto hp = parse_host_port(options.coordinator);
+    if (!hp) return tl::unexpected(hp.error());
+    rpc::ClientOptions ro;
+    ro.host = hp->first;
+    ro.port = hp->second;
+    ro.role = rpc::Role::kWorker;
+    ro.client_id = options.client_id;
+    auto rc = rpc::Client::connect(ro, deadline());
+    if (!rc) return tl::unexpected(rc.error());
+    std::shared_ptr<rpc::Client> c(std::move(*rc));
+    c->set_push_handler([this](std::uint16_t type, std::string payload) { on_push(type, payload); });
+    std::vector<NamespaceDescriptor> known;
+    {
+      std::lock_guard l(mu);
+      for (const auto& [id, d] : descriptors) known.push_back(d);
+    }
+    for (const auto& d : known) {
+      auto reply = c->call(rpc::kRegisterNamespace, rpc::encode(rpc::RegisterNamespaceRequest{d}), deadline());
+      if (!reply) return tl::unexpected(reply.error());
+    }
+    if (Status st = refresh_agents(*c); !st.ok()) return tl::unexpected(st);
+    return c;
+  }
+
   template <typename Req, typename Rep>
   Status call(std::uint16_t type, const Req& req, Rep& rep) {
-    auto reply = rpc->call(type, rpc::encode(req), deadline());
+    auto c = control();
+    if (!c) return c.error();
+    auto reply = (*c)->call(type, rpc::encode(req), deadline());
     if (!reply) return reply.error();
     return rpc::decode(*reply, rep);
   }
 
-  Status refresh_agents() {
+  Status refresh_agents(rpc::Client& c) {
     std::lock_guard refresh(refresh_mu);
-    auto reply = rpc->call(rpc::kListAgents, std::string(), deadline());
+    auto reply = c.call(rpc::kListAgents, std::string(), deadline());
     if (!reply) return reply.error();
     rpc::ListAgentsReply list;
     if (Status s = rpc::decode(*reply, list); !s.ok()) return s;
@@ -203,7 +270,9 @@ struct Client::Impl {
       auto it = agents.find(id);
       if (it != agents.end() && it->second->record.incarnation == incarnation) return it->second;
     }
-    auto reply = rpc->call(rpc::kListAgents, std::string(), deadline());
+    auto c = control();
+    if (!c) return tl::unexpected(c.error());
+    auto reply = (*c)->call(rpc::kListAgents, std::string(), deadline());
     if (!reply) return tl::unexpected(reply.error());
     rpc::ListAgentsReply list;
     if (Status s = rpc::decode(*reply, list); !s.ok()) return tl::unexpected(s);
@@ -598,7 +667,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
   }
   if (lrep.lease != 0) {
     rpc::ReleaseRequest rel{lrep.lease};
-    rpc->call_async(rpc::kRelease, rpc::encode(rel), deadline(), [](Result<std::string>) {});
+    if (auto c = control()) (*c)->call_async(rpc::kRelease, rpc::encode(rel), deadline(), [](Result<std::string>) {});
   }
   result.loaded = ok_upto;
   result.stopped = ok_upto < keys.size() ? stopped : Status();
@@ -618,17 +687,9 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
   auto t = transport::Transport::create({.tls = options.tls});
   if (!t) return tl::unexpected(t.error());
   impl->transport = std::move(*t);
-  rpc::ClientOptions ro;
-  ro.host = hp->first;
-  ro.port = hp->second;
-  ro.role = rpc::Role::kWorker;
-  ro.client_id = impl->options.client_id;
-  auto rc = rpc::Client::connect(ro, Deadline::after(options.timeout));
+  auto rc = impl->dial();
   if (!rc) return tl::unexpected(rc.error());
   impl->rpc = std::move(*rc);
-  Impl* raw = impl.get();
-  impl->rpc->set_push_handler([raw](std::uint16_t type, std::string payload) { raw->on_push(type, payload); });
-  if (Status s = impl->refresh_agents(); !s.ok()) return tl::unexpected(s);
   impl->work = std::make_unique<WorkQueue>(2);
   impl->verifier = std::make_unique<WorkQueue>(1);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
@@ -643,6 +704,7 @@ Result<NamespaceId> Client::register_namespace(const NamespaceDescriptor& descri
   }
   std::lock_guard lock(impl_->mu);
   impl_->namespaces[rep.id] = rep.block_bytes;
+  impl_->descriptors[rep.id] = descriptor;
   return rep.id;
 }
 
@@ -701,7 +763,9 @@ Result<std::vector<bool>> Client::wait_for(NamespaceId ns, std::span<const Key12
   req.ns = ns;
   req.timeout_ms = static_cast<std::uint32_t>(timeout.count());
   req.keys.assign(keys.begin(), keys.end());
-  auto reply = impl_->rpc->call(rpc::kWaitFor, rpc::encode(req), Deadline::after(timeout + impl_->options.timeout));
+  auto c = impl_->control();
+  if (!c) return tl::unexpected(c.error());
+  auto reply = (*c)->call(rpc::kWaitFor, rpc::encode(req), Deadline::after(timeout + impl_->options.timeout));
   if (!reply) return tl::unexpected(reply.error());
   rpc::WaitForReply rep;
   if (Status s = rpc::decode(*reply, rep); !s.ok()) return tl::unexpected(s);

@@ -145,11 +145,13 @@ Status decode(std::string_view p, RegisterNamespaceReply& m) {
 std::string encode(const RegisterAgentRequest& m) {
   Writer w;
   put(w, m.agent);
+  w.boolean(m.rejoin);
   return w.take();
 }
 Status decode(std::string_view p, RegisterAgentRequest& m) {
   Reader r(p);
   m.agent = get_agent(r);
+  m.rejoin = r.boolean();
   return r.finish("register agent");
 }
 
@@ -157,13 +159,60 @@ std::string encode(const RegisterAgentReply& m) {
   Writer w;
   w.u32(m.agent);
   w.u32(m.heartbeat_interval_ms);
+  w.boolean(m.send_blocks);
   return w.take();
 }
 Status decode(std::string_view p, RegisterAgentReply& m) {
   Reader r(p);
   m.agent = r.u32();
   m.heartbeat_interval_ms = r.u32();
+  m.send_blocks = r.boolean();
   return r.finish("register agent reply");
+}
+
+std::string encode(const RecoverBlocksRequest& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u64(m.incarnation);
+  w.boolean(m.last);
+  w.u32(static_cast<std::uint32_t>(m.blocks.size()));
+  for (const auto& b : m.blocks) {
+    w.u64(b.ns);
+    put(w, b.key);
+    w.u64(b.payload_offset);
+    w.u64(b.length);
+    w.u64(b.generation);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, RecoverBlocksRequest& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.incarnation = r.u64();
+  m.last = r.boolean();
+  std::uint32_t n = get_count(r, 48);
+  m.blocks.resize(n);
+  for (auto& b : m.blocks) {
+    b.ns = r.u64();
+    b.key = get_key(r);
+    b.payload_offset = r.u64();
+    b.length = r.u64();
+    b.generation = r.u64();
+  }
+  return r.finish("recover blocks");
+}
+
+std::string encode(const RecoverBlocksReply& m) {
+  Writer w;
+  w.u64(m.adopted);
+  w.u64(m.dropped);
+  return w.take();
+}
+Status decode(std::string_view p, RecoverBlocksReply& m) {
+  Reader r(p);
+  m.adopted = r.u64();
+  m.dropped = r.u64();
+  return r.finish("recover blocks reply");
 }
 
 std::string encode(const HeartbeatRequest& m) {

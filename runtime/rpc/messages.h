@@ -32,6 +32,7 @@ enum MessageType : std::uint16_t {
   kRemove = 25,
   kWaitFor = 26,
   kStats = 27,
+  kRecoverBlocks = 32,   // agent -> coordinator: blocks of a scan, after a rejoin
   kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
   // pushes
   kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
@@ -83,10 +84,33 @@ struct AgentRecord {
 };
 struct RegisterAgentRequest {
   AgentRecord agent;
+  // The region outlived the coordinator's knowledge of it (the coordinator
+  // restarted, or declared this agent dead): its headers hold blocks.
+  bool rejoin = false;
 };
 struct RegisterAgentReply {
   std::uint32_t agent = 0;
   std::uint32_t heartbeat_interval_ms = 0;
+  // Rejoin taken fresh: send the scan (kRecoverBlocks), the last batch with
+  // `last` set.
+  bool send_blocks = false;
+};
+struct RecoveredBlockWire {
+  NamespaceId ns = 0;
+  Key128 key;
+  std::uint64_t payload_offset = 0;  // relative to the payload base
+  std::uint64_t length = 0;
+  std::uint64_t generation = 0;
+};
+struct RecoverBlocksRequest {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  bool last = false;  // the scan is complete: end the recovery
+  std::vector<RecoveredBlockWire> blocks;
+};
+struct RecoverBlocksReply {
+  std::uint64_t adopted = 0;
+  std::uint64_t dropped = 0;
 };
 struct HeartbeatRequest {
   std::uint32_t agent = 0;
@@ -194,6 +218,8 @@ KVPOOL_RPC_MESSAGE(RegisterNamespaceRequest)
 KVPOOL_RPC_MESSAGE(RegisterNamespaceReply)
 KVPOOL_RPC_MESSAGE(RegisterAgentRequest)
 KVPOOL_RPC_MESSAGE(RegisterAgentReply)
+KVPOOL_RPC_MESSAGE(RecoverBlocksRequest)
+KVPOOL_RPC_MESSAGE(RecoverBlocksReply)
 KVPOOL_RPC_MESSAGE(HeartbeatRequest)
 KVPOOL_RPC_MESSAGE(ListAgentsReply)
 KVPOOL_RPC_MESSAGE(AllocateRequest)

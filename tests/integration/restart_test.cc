@@ -1,0 +1,271 @@
+// Restarts with real processes: the coordinator killed with SIGKILL and
+// started again on the same port while writers keep running (agents rejoin
+// and the index is rebuilt from their slot headers), and an agent restarted
+// under the same name (its old incarnation's blocks go at once).
+
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "runtime/common/pattern.h"
+#include "tests/integration/pool_fixture.h"
+
+using namespace kvpool;
+using namespace kvpool::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kBlock = 128 << 10;
+constexpr int kBatch = 8;
+
+std::unique_ptr<Subprocess> start_coordinator(std::uint16_t port, const std::string& port_file) {
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--listen", "127.0.0.1:" + std::to_string(port),
+                              "--port-file", port_file, "--log-level", "warn", "--agent-timeout", "2s",
+                              "--heartbeat-interval", "200ms", "--write-lease", "2s", "--write-quarantine", "1s"});
+  if (!p) return nullptr;
+  return std::make_unique<Subprocess>(std::move(*p));
+}
+
+std::unique_ptr<Subprocess> start_named_agent(const std::string& coordinator, const std::string& name) {
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator", coordinator, "--pool-size", "64MiB",
+                              "--log-level", "warn", "--name", name});
+  if (!p) return nullptr;
+  return std::make_unique<Subprocess>(std::move(*p));
+}
+
+std::unique_ptr<Client> connect(const std::string& coordinator) {
+  ClientOptions options;
+  options.coordinator = coordinator;
+  options.timeout = scaled(3s);
+  auto c = Client::connect(options);
+  REQUIRE(c);
+  return std::move(*c);
+}
+
+// Block i of a writer: a key and bytes both derived from (writer, i).
+Key128 block_key(int writer, std::uint64_t i) { return Key128{i * 0x9e3779b97f4a7c15ull + 17, 1000u + writer}; }
+
+struct Writer {
+  int id = 0;
+  std::atomic<bool>* stop = nullptr;
+  std::atomic<std::uint64_t> limit{0};  // writes blocks [0, limit), then idles (the pool must not evict)
+  std::atomic<std::uint64_t> done{0};   // blocks [0, done) are committed
+  std::unique_ptr<Client> client;
+  NamespaceId ns = 0;
+  std::set<std::uint64_t> written;  // committed by this writer's put
+  std::uint64_t errors = 0;
+  std::uint64_t attempted = 0;
+  Clock::duration longest_stall{};
+
+  void run() {
+    std::vector<std::byte> bytes(kBatch * kBlock);
+    std::uint64_t next = 0;
+    auto last_ok = Clock::now();
+    while (!stop->load()) {
+      if (next >= limit.load()) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      std::vector<Key128> keys;
+      std::vector<std::span<const std::byte>> spans;
+      for (int j = 0; j < kBatch; ++j) {
+        keys.push_back(block_key(id, next + j));
+        fill_pattern(bytes.data() + j * kBlock, 0, kBlock, keys.back().lo);
+        spans.emplace_back(bytes.data() + j * kBlock, kBlock);
+      }
+      ++attempted;
+      auto r = client->put(ns, keys, spans);
+      if (!r) {
+        ++errors;
+        std::this_thread::sleep_for(20ms);
+        continue;  // retry the same keys
+      }
+      bool all = true;
+      for (int j = 0; j < kBatch; ++j) {
+        if (r->outcomes[j] == PutOutcome::kWritten) written.insert(next + j);
+        all &= r->outcomes[j] != PutOutcome::kFailed;
+        if (r->outcomes[j] == PutOutcome::kFailed) ++errors;
+      }
+      const auto now = Clock::now();
+      if (all) {
+        longest_stall = std::max(longest_stall, now - last_ok);
+        last_ok = now;
+        next += kBatch;
+        done = next;
+      } else {
+        std::this_thread::sleep_for(20ms);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a coordinator killed and restarted rebuilds its index from the agents and every committed byte survives",
+          "[integration][restart]") {
+  const std::string port_file = temp_path("coordinator-port");
+  auto coordinator = start_coordinator(0, port_file);
+  REQUIRE(coordinator);
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(10s)));
+  REQUIRE(port != 0);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto a1 = start_named_agent(address, "restart-a1");
+  auto a2 = start_named_agent(address, "restart-a2");
+  REQUIRE(a1);
+  REQUIRE(a2);
+  {
+    auto watcher = raw_client(address, rpc::Role::kTool);
+    REQUIRE(watcher);
+    REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 2; }, scaled(10s)));
+  }
+
+  // Two writers, each with its own client (and its own reconnects).
+  std::atomic<bool> stop{false};
+  std::vector<Writer> writers(2);
+  // 2 x 192 blocks of 128 KiB: 48 MiB of the 128 MiB pool, so nothing is
+  // evicted and every committed block must come back.
+  for (int w = 0; w < 2; ++w) {
+    writers[w].id = w;
+    writers[w].stop = &stop;
+    writers[w].client = connect(address);
+    auto ns = writers[w].client->register_namespace(test_namespace(kBlock, "restart"));
+    REQUIRE(ns);
+    writers[w].ns = *ns;
+  }
+  // Removed before the restart: must not come back.
+  auto remover = connect(address);
+  const NamespaceId ns = *remover->register_namespace(test_namespace(kBlock, "restart"));
+  std::vector<Key128> removed;
+  {
+    std::vector<std::byte> bytes(4 * kBlock);
+    std::vector<std::span<const std::byte>> spans;
+    for (int j = 0; j < 4; ++j) {
+      removed.push_back(Key128{0xdead0000u + static_cast<std::uint64_t>(j), 7});
+      fill_pattern(bytes.data() + j * kBlock, 0, kBlock, removed.back().lo);
+      spans.emplace_back(bytes.data() + j * kBlock, kBlock);
+    }
+    REQUIRE(remover->put(ns, removed, spans)->written == 4);
+    auto rm = remover->remove(ns, removed);
+    REQUIRE(rm);
+    for (const auto& s : *rm) REQUIRE(s.ok());
+    // Once the agents have acknowledged the invalidations, no scan can find
+    // them again.
+    auto watcher = raw_client(address, rpc::Role::kTool);
+    REQUIRE(eventually([&] { return stats(*watcher).reclaiming_bytes == 0; }, scaled(10s)));
+  }
+
+  std::vector<std::thread> threads;
+  for (auto& w : writers) {
+    w.limit = 96;
+    threads.emplace_back([&w] { w.run(); });
+  }
+  // Kill while the writers are mid-way.
+  REQUIRE(eventually([&] { return writers[0].done >= 48 && writers[1].done >= 48; }, scaled(20s)));
+
+  coordinator->kill(SIGKILL);
+  REQUIRE(coordinator->wait(Deadline::after(scaled(5s))));
+  std::this_thread::sleep_for(500ms);  // writers see errors meanwhile
+  std::remove(port_file.c_str());
+  coordinator = start_coordinator(port, port_file);
+  REQUIRE(coordinator);
+  REQUIRE(read_port_file(port_file, Deadline::after(scaled(10s))) == port);
+  std::remove(port_file.c_str());
+  {
+    auto watcher = raw_client(address, rpc::Role::kTool);
+    REQUIRE(watcher);
+    CHECK(eventually([&] { return stats(*watcher).agents_alive == 2; }, scaled(10s)));
+  }
+  // Writers go on across the restart (new space frees once the quarantine
+  // of unclaimed space ends), then stop.
+  for (auto& w : writers) w.limit = 192;
+  CHECK(eventually([&] { return writers[0].done >= 192 && writers[1].done >= 192; }, scaled(30s)));
+  stop = true;
+  for (auto& t : threads) t.join();
+
+  // Every block a writer was told is committed (before or after the
+  // restart) reads back with its bytes; removed ones stay gone.
+  auto reader = connect(address);
+  REQUIRE(reader->register_namespace(test_namespace(kBlock, "restart")));
+  std::uint64_t checked = 0, wrong = 0, missing = 0;
+  std::vector<std::byte> out(kBlock);
+  for (auto& w : writers) {
+    INFO("writer " << w.id << ": " << w.written.size() << " written, " << w.errors << " errors");
+    CHECK(w.errors > 0);           // the restart was seen...
+    CHECK(w.done >= 192);  // ...and writing went on
+    for (std::uint64_t i : w.written) {
+      const Key128 k = block_key(w.id, i);
+      std::span<std::byte> dst(out);
+      auto got = reader->get(ns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+      REQUIRE(got);
+      if (got->loaded != 1) {
+        ++missing;
+        continue;
+      }
+      wrong += pattern_mismatches(out.data(), 0, kBlock, k.lo);
+      ++checked;
+    }
+  }
+  CHECK(missing == 0);
+  CHECK(wrong == 0);
+  CHECK(checked > 32);
+  CHECK(*reader->lookup(ns, std::span<const Key128>(removed.data(), 1)) == 0);
+  for (const Key128& k : removed) CHECK(*reader->lookup(ns, std::span<const Key128>(&k, 1)) == 0);
+}
+
+TEST_CASE("an agent restarted under the same name replaces its old incarnation at once", "[integration][restart]") {
+  auto pool = start_standalone("24MiB", {"--agent-timeout", "30s", "--heartbeat-interval", "200ms", "--placement",
+                                         "spread"});
+  REQUIRE(pool);
+  auto watcher = raw_client(pool->coordinator, rpc::Role::kTool);
+  REQUIRE(watcher);
+  auto named = start_named_agent(pool->coordinator, "restart-b");
+  REQUIRE(named);
+  REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 2; }, scaled(10s)));
+  auto c = connect(pool->coordinator);
+  auto ns = c->register_namespace(test_namespace(kBlock, "agent-restart"));
+  REQUIRE(ns);
+  std::vector<Key128> keys;
+  std::vector<std::byte> bytes(16 * kBlock);
+  std::vector<std::span<const std::byte>> spans;
+  for (int j = 0; j < 16; ++j) {
+    keys.push_back(Key128{static_cast<std::uint64_t>(j) + 1, 99});
+    fill_pattern(bytes.data() + j * kBlock, 0, kBlock, keys.back().lo);
+    spans.emplace_back(bytes.data() + j * kBlock, kBlock);
+  }
+  REQUIRE(c->put(*ns, keys, spans)->written == 16);
+  const auto before = stats(*watcher).blocks;
+  REQUIRE(before == 16);
+
+  named->kill(SIGKILL);
+  REQUIRE(named->wait(Deadline::after(scaled(5s))));
+  named = start_named_agent(pool->coordinator, "restart-b");
+  REQUIRE(named);
+  // The agent timeout is 30 s: only the restart itself can drop the old
+  // incarnation's blocks this soon.
+  REQUIRE(eventually([&] { return stats(*watcher).blocks < 16; }, scaled(5s)));
+  CHECK(stats(*watcher).agents_alive == 2);
+  // Every block still listed reads back right; the lost ones are misses.
+  std::vector<std::byte> out(16 * kBlock);
+  std::vector<std::span<std::byte>> outs;
+  for (int j = 0; j < 16; ++j) outs.emplace_back(out.data() + j * kBlock, kBlock);
+  std::size_t ok = 0;
+  for (int j = 0; j < 16; ++j) {
+    auto got = c->get(*ns, std::span<const Key128>(&keys[j], 1), std::span<const std::span<std::byte>>(&outs[j], 1));
+    REQUIRE(got);
+    if (got->loaded == 1) {
+      CHECK(pattern_mismatches(out.data() + j * kBlock, 0, kBlock, keys[j].lo) == 0);
+      ++ok;
+    }
+  }
+  CHECK(ok == stats(*watcher).blocks);
+  // Writes land in the new region too (spread placement uses both agents).
+  auto again = c->put(*ns, keys, spans);
+  REQUIRE(again);
+  CHECK(again->failed == 0);
+  CHECK(stats(*watcher).blocks == 16);
+}
