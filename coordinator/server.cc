@@ -72,8 +72,10 @@ struct CoordinatorServer::Impl {
     std::vector<std::uint64_t> workers;
     {
       std::lock_guard lock(mu);
+      // agent_connections stays: the agent may already have rejoined or
+      // restarted on a new connection under the same id (a registration
+      // replaces the entry, a closed connection removes its own).
       workers.assign(worker_connections.begin(), worker_connections.end());
-      for (const auto& d : dead) agent_connections.erase(to_u32(d.agent));
     }
     std::uint64_t epoch = core->membership_epoch();
     for (const auto& d : dead) {
