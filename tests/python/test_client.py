@@ -222,8 +222,8 @@ def test_errors_map_to_exceptions(pool, client, ns):
         client.register_namespace(**dict(namespace_args("bad"), block_bytes=1024))
 
     # Connecting.
-    with pytest.raises(kvpool.Unimplemented) as e:
-        kvpool.Client(pool.coordinator, secret_file="/etc/kvpool/secret")
+    with pytest.raises(kvpool.InvalidArgument) as e:
+        kvpool.Client(pool.coordinator, secret_file="/nonexistent/kvpool/secret")
     assert "secret_file" in e.value.message
     with pytest.raises(kvpool.InvalidArgument):
         kvpool.Client("no-port")
@@ -313,3 +313,29 @@ def test_blocking_calls_and_future_wait_release_the_gil(private_pool):
             assert np.array_equal(out, blocks), form
             assert 0.4 <= waited < scaled(5), form
             assert counter.count > 10_000, form
+
+
+def test_a_secret_file_is_accepted_and_kept_until_authentication_lands(pool, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("cluster-secret\n")
+    with pytest.warns(RuntimeWarning, match="does not authenticate"):
+        c = kvpool.Client(pool.coordinator, secret)  # a PathLike; positional as in the issue
+    with c:
+        assert c.secret_file == str(secret)
+        assert c.lookup(c.register_namespace(**namespace_args("secret")), [0]) == 0
+    assert kvpool.Client(pool.coordinator).secret_file is None
+
+
+def test_engine_keys_are_deterministic_typed_and_per_namespace():
+    ns = kvpool.namespace_id(**namespace_args("engine-keys"))
+    one = kvpool.engine_keys(ns, b"\x01" * 32)
+    assert isinstance(one, bytes) and len(one) == 16
+    assert kvpool.engine_keys(ns, [b"\x01" * 32]) == [one]
+    assert kvpool.engine_keys(ns, b"\x01" * 32) == one  # same answer every call (and process: a pure hash)
+    # b"12", "12" and 12 are different engine keys; so is another namespace.
+    forms = kvpool.engine_keys(ns, [b"12", "12", 12, -12])
+    assert len(set(forms)) == 4
+    assert kvpool.engine_keys(ns + 1, "12") != forms[1]
+    assert kvpool.engine_keys(ns, bytearray(b"12")) == forms[0]
+    with pytest.raises(TypeError):
+        kvpool.engine_keys(ns, [1.5])
