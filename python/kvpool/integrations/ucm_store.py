@@ -71,13 +71,13 @@ class KvpoolUcmStore:
 
     def __init__(self, config: Dict[str, object], *, client=None):
         self.config = config
-        self.client = connect(config.get("kvpool_coordinator"), config.get("kvpool_secret_file"),
-                              config.get("kvpool_timeout_s", 10.0), client)
-        self._owns_client = client is None
         block = config.get("kvpool_block_bytes") or config.get("shard_size") or config.get("block_size")
         if not block:
             raise kvpool.InvalidArgument("config needs kvpool_block_bytes, shard_size or block_size (bytes)")
         self.block_bytes = int(block)
+        self.client = connect(config.get("kvpool_coordinator"), config.get("kvpool_secret_file"),
+                              config.get("kvpool_timeout_s", 10.0), client)
+        self._owns_client = client is None
         self.namespace = self.client.register_namespace(model_id=str(config.get("model", "ucm")), dtype="bytes",
                                                         num_layers=0, num_kv_heads=0, head_dim=0,
                                                         tokens_per_block=0, layout="ucm-shard-v1",
