@@ -525,6 +525,13 @@ class PyClient {
   std::uint64_t block_bytes(NamespaceId ns) const { return value_or_raise(live()->block_bytes(ns)); }
 
   void register_buffer(py::handle obj) {
+    // A (pointer, length) pair of ints: raw host memory the caller keeps alive.
+    if (PyTuple_Check(obj.ptr()) && PyTuple_GET_SIZE(obj.ptr()) == 2) {
+      py::tuple pair = py::reinterpret_borrow<py::tuple>(obj);
+      if (is_int_like(pair[0]) && is_int_like(pair[1])) {
+        return register_buffer_ptr(pair[0].cast<std::uintptr_t>(), pair[1].cast<std::size_t>());
+      }
+    }
     auto c = live();
     HeldBuffer h = HeldBuffer::take(obj, true, "register_buffer");
     if (h.size() == 0) invalid("register_buffer: an empty buffer");

@@ -33,8 +33,9 @@ list.
 - ``register_buffer(obj)``: registers any object exposing the writable buffer
   protocol (bytearray, numpy array, memoryview) for zero-copy transfers, and
   holds it (it cannot be freed or resized) until ``unregister_buffer(obj)``
-  or ``close()``. ``register_buffer_ptr(ptr, length)`` registers raw host
-  memory the caller keeps alive; ``unregister_buffer(ptr)`` undoes it.
+  or ``close()``. ``register_buffer_ptr(ptr, length)``, or
+  ``register_buffer((ptr, length))``, registers raw host memory the caller
+  keeps alive; ``unregister_buffer(ptr)`` undoes it.
 - ``put(ns, keys, blocks)`` -> ``PutResult`` (counts ``written``,
   ``deduplicated``, ``pending``, ``failed``; per key ``outcomes`` and
   ``errors``). ``blocks`` is a sequence of buffers of exactly the block size,

@@ -111,6 +111,14 @@ def test_registered_buffers_move_data(client, ns):
     assert client.get(ns, keys, raw) == 4
     assert np.array_equal(src, raw)
     client.unregister_buffer(raw.ctypes.data)
+    # The same as a (pointer, length) pair.
+    raw[:] = 0
+    client.register_buffer((raw.ctypes.data, raw.nbytes))
+    assert client.get(ns, keys, raw) == 4
+    assert np.array_equal(src, raw)
+    client.unregister_buffer(raw.ctypes.data)
+    with pytest.raises(kvpool.InvalidArgument):
+        client.register_buffer((0, 16))
 
 
 def test_a_registered_buffer_cannot_be_freed_or_resized(client, ns):

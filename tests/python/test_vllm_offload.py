@@ -140,3 +140,18 @@ def test_connects_by_address(pool, request):
     assert m.lookup(hashes) == 2
     m.close()
     assert m.client.closed
+
+
+def test_an_unreachable_pool_is_a_miss_not_a_failed_step(private_pool, request):
+    m = KvpoolOffloadingManager(namespace_args(request.node.name), staging_blocks=2,
+                                coordinator=private_pool.coordinator, timeout_s=2)
+    hashes = block_hashes(2, b"down")
+    out = m.prepare_store(hashes)
+    private_pool.stop()
+    assert m.lookup(hashes) == 0
+    m.complete_store(hashes)  # logged, not raised; the slots come back
+    assert m.staging.free_slots() == 2
+    assert out.block_hashes_to_store == hashes
+    with pytest.raises(kvpool.Error):
+        m.prepare_load(hashes)
+    m.close()

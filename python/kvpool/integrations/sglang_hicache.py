@@ -124,10 +124,17 @@ class KvpoolHiCacheStorage:
     # -- queries -------------------------------------------------------------
 
     def batch_exists(self, keys: List[str], extra_info: Optional["HiCacheStorageExtraInfo"] = None) -> int:
-        """How many leading pages of ``keys`` are in the pool (all objects)."""
+        """How many leading pages of ``keys`` are in the pool (all objects).
+        A pool that cannot be reached is a miss (logged): SGLang calls this
+        on its prefetch thread, which an exception would end for good."""
         if not keys:
             return 0
-        hit = self.client.lookup(self._ns(), self._object_keys(keys))
+        object_keys = self._object_keys(keys)  # not registered: a caller's bug, raised
+        try:
+            hit = self.client.lookup(self._ns(), object_keys)
+        except kvpool.Error as e:
+            logger.warning("kvpool: batch_exists of %d pages failed: %s", len(keys), e)
+            return 0
         return hit // self.parts_per_page
 
     def exists(self, key: str) -> bool:

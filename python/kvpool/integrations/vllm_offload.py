@@ -29,6 +29,9 @@ How the kvpool side keeps those promises:
   ``complete_store(success=True)`` puts them (kvpool deduplicates) and frees
   the slots; ``success=False`` only frees them. Nothing is evicted by a
   store here (the coordinator evicts), so ``block_hashes_evicted`` is empty.
+- ``lookup`` answers 0 (a miss, logged) when the pool cannot be reached,
+  and ``complete_store`` logs a store that failed: the scheduler goes on
+  without the pool instead of failing the step.
 - ``touch`` does nothing: the coordinator keeps its own recency and takes
   no hints from clients yet.
 
@@ -45,6 +48,7 @@ process that owns the manager.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from typing import TYPE_CHECKING, Iterable, List, Optional
 
@@ -57,6 +61,8 @@ if TYPE_CHECKING:
     from vllm.v1.kv_offload.abstract import OffloadingEvent, PrepareStoreOutput
 
 MEDIUM = "kvpool"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -121,7 +127,11 @@ class KvpoolOffloadingManager:
         hashes = list(block_hashes)
         if not hashes:
             return 0
-        return self.client.lookup(self.namespace, self._keys(hashes))
+        try:
+            return self.client.lookup(self.namespace, self._keys(hashes))
+        except kvpool.Error as e:  # the scheduler asks every step: a pool it cannot reach is a miss
+            logger.warning("kvpool: lookup of %d blocks failed: %s", len(hashes), e)
+            return 0
 
     def touch(self, block_hashes: Iterable["BlockHash"]) -> None:
         """No recency hints in kvpool yet: nothing to do."""
@@ -178,7 +188,7 @@ class KvpoolOffloadingManager:
         """Staging slots for the blocks not yet in the pool (the leading run
         already there is skipped), or None when too few slots are free."""
         hashes = list(block_hashes)
-        present = self.client.lookup(self.namespace, self._keys(hashes)) if hashes else 0
+        present = self.lookup(hashes)
         with self._lock:
             to_store = [h for h in dict.fromkeys(hashes[present:]) if h not in self._storing]
             slots = self.staging.take(len(to_store))
@@ -199,8 +209,13 @@ class KvpoolOffloadingManager:
             return
         try:
             if success:
-                self.client.put(self.namespace, self._keys([h for h, _ in staged]),
-                                [self.staging.view(s) for _, s in staged])
+                result = self.client.put(self.namespace, self._keys([h for h, _ in staged]),
+                                         [self.staging.view(s) for _, s in staged])
+                if result.failed:
+                    logger.warning("kvpool: %d of %d blocks not stored: %s", result.failed, len(staged),
+                                   next(e for e in result.errors if e is not None))
+        except kvpool.Error as e:
+            logger.warning("kvpool: storing %d blocks failed: %s", len(staged), e)
         finally:
             self.staging.give([s for _, s in staged])
 
