@@ -38,11 +38,11 @@ def manager(client, request):
 def store(manager, hashes, data):
     """The connector's store path: prepare_store, the worker writes the
     blocks to store into the spec's buffers, complete_store."""
-    out = manager.prepare_store(hashes)
+    out = manager.prepare_store(iter(hashes))  # the connector passes islice iterators
     assert out is not None and out.block_hashes_evicted == []
     for h, buf in zip(out.block_hashes_to_store, out.store_spec.buffers):
         buf[:] = data[hashes.index(h)]
-    manager.complete_store(hashes)
+    manager.complete_store(set(out.block_hashes_to_store))  # its _reqs_being_stored set
     return out
 
 
@@ -54,14 +54,14 @@ def test_store_then_lookup_and_load_round_trip(manager):
     assert out.store_spec.medium() == "kvpool"
     assert manager.staging.free_slots() == 8  # complete_store gave the slots back
 
-    assert manager.lookup(hashes) == 5
-    manager.touch(hashes)
-    spec = manager.prepare_load(hashes[1:4])
+    manager.touch(iter(hashes))
+    assert manager.lookup(iter(hashes)) == 5
+    spec = manager.prepare_load(iter(hashes[1:4]))
     assert spec.medium() == "kvpool" and len(spec.buffers) == 3
     for i, buf in enumerate(spec.buffers):
         np.testing.assert_array_equal(buf, data[1 + i])
     assert manager.staging.free_slots() == 5
-    manager.complete_load(hashes[1:4])
+    manager.complete_load(set(hashes[1:4]))  # its _reqs_being_loaded set
     assert manager.staging.free_slots() == 8
     assert list(manager.take_events()) == []
 

@@ -2,19 +2,21 @@
 
 Follows ``RemoteConnector`` in LMCache/LMCache
 lmcache/v1/storage_backend/connector/base_connector.py at commit
-01712fbd51d033060d6a8851c06de0ebf351f74e (LMCache v0.3.x line): async
+01712fbd51d033060d6a8851c06de0ebf351f74e (main; release not checked): async
 ``exists``, ``get`` (a ``MemoryObj`` or None), ``put``, ``list``, ``close``;
 ``exists_sync``; the batched forms ``batched_get``, ``batched_put``,
 ``batched_async_contains`` (count of leading hits), ``batched_contains``,
 ``batched_get_non_blocking``, each with its ``support_*`` flag; and
 ``remove_sync``. The connector is loaded by
 lmcache/v1/storage_backend/connector/external_adapter.py from
-``remote_url: "external://host:0/kvpool.integrations.lmcache_connector/?connector_name=KvpoolConnector"``,
+``remote_url: "external://host:0/kvpool.integrations.lmcache_connector/?connector_name=KvpoolConnector"``
+(external_adapter.py read at commit 0c4184dab7b7ff92a1b1aae12124ef357848f4c8),
 which checks ``issubclass(cls, RemoteConnector)`` and calls
 ``cls(loop=..., local_cpu_backend=..., config=...)``; ``get`` allocates its
 result with ``local_cpu_backend.allocate(shape, dtype, fmt)`` and fills
 ``memory_obj.byte_array`` as the built-in connectors (redis_connector.py,
-mock_connector.py) do. ``put`` leaves the ref count to the caller, as
+mock_connector.py, read at commits 030c77181580e304e20810d709acec6f16f53bef
+and 1af20e9375a423c49b8ef406e3a7dbf5c75327c7) do. ``put`` leaves the ref count to the caller, as
 redis_connector.py's async ``RedisConnector`` does.
 
 ``KvpoolConnector`` is made on first access (module ``__getattr__``), when

@@ -1,8 +1,9 @@
 """kvpool as SGLang HiCache's L3 storage backend (zero-copy, interface v1).
 
-Follows the interface of SGLang's ``HiCacheStorage`` as of sgl-project/sglang
-commit 001067fffe33427bee0ed2f007fb7551a1d76b44 (main, 2026; the v1 zero-copy
-calls have the same shape since v0.5.x):
+Follows the interface of SGLang's ``HiCacheStorage`` in sgl-project/sglang at
+commit 001067fffe33427bee0ed2f007fb7551a1d76b44 (main; every file below was
+read at that commit; which release first has exactly this shape was not
+checked):
 
 - python/sglang/srt/mem_cache/hicache_storage.py: ``HiCacheStorage``
   (``batch_exists`` -> count of leading hits, ``batch_get_v1`` /

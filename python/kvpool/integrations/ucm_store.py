@@ -2,9 +2,10 @@
 
 Follows ``UcmKVStoreBaseV1`` in ModelEngine-Group/unified-cache-management
 ucm/store/ucmstore_v1.py at commit c10fa52482f49bb28a21ef955f3ce31d8470a131
-and the methods its pipeline store adds in ucm/store/pipeline/connector.py
-(``lookup_on_prefix``, ``load_data``, ``dump_data(...,
-prerequisite_handle=0)``): ``lookup(block_ids) -> List[bool]``,
+and the methods its pipeline store has in ucm/store/pipeline/connector.py at
+commit 6d07bc8b1bef8363a6c3a238e13661868bff25d3 (``lookup_on_prefix``,
+``load_data``, ``dump_data``; a later version adds ``dump_data(...,
+prerequisite_handle=0)``, accepted and ignored here): ``lookup(block_ids) -> List[bool]``,
 ``lookup_on_prefix(block_ids) -> int``, ``prefetch``, ``load`` / ``dump``
 (``block_ids``, ``shard_index``, a row of tensors per block) and
 ``load_data`` / ``dump_data`` (a row of addresses per block) returning a
@@ -13,8 +14,8 @@ prerequisite_handle=0)``): ``lookup(block_ids) -> List[bool]``,
 
 ``lookup_on_prefix`` returns UCM's index form: the index of the last block
 of the longest present prefix, -1 when the first block is missing (the
-pipeline store's ``LookupOnPrefix`` and UCM's connectors, which load
-``hit + 1`` blocks).
+pipeline store's ``LookupOnPrefix``; UCM's connectors count
+``lookup_on_prefix(ids) + 1`` hit blocks).
 
 Storage: one kvpool block per (block id, shard index) holding that shard's
 row of tensors back to back; the kvpool block size is

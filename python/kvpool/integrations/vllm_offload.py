@@ -2,15 +2,24 @@
 
 Follows ``OffloadingManager`` in vllm-project/vllm
 vllm/v1/kv_offload/abstract.py at commit
-00d169bfa55967fc48d6f1b08cfc929c1cce3545 (main, 2026; the same methods since
-the offloading connector appeared in v0.11): ``lookup(block_hashes) -> int``
+00d169bfa55967fc48d6f1b08cfc929c1cce3545 (main; later vLLM reworks this
+interface: per-request contexts, per-key lookup results; this adapter follows
+the commit named): ``lookup(block_hashes) -> int``
 (the length of the longest offloaded prefix), ``prepare_load(block_hashes)
 -> LoadStoreSpec`` (blocks protected from eviction until ``complete_load``),
 ``touch``, ``complete_load``, ``prepare_store(block_hashes) ->
 PrepareStoreOutput | None``, ``complete_store(block_hashes, success)``,
 ``take_events``. Block hashes are ``BlockHash = NewType("BlockHash",
 bytes)`` (vllm/v1/core/kv_cache_utils.py), SHA-256 digests of the chained
-token blocks.
+token blocks. The call order is that of the offloading connector's scheduler
+(``OffloadingConnectorScheduler`` in
+vllm/distributed/kv_transfer/kv_connector/v1/offloading_connector.py, of the
+same era): ``touch`` then ``lookup`` in get_num_new_matched_tokens,
+``prepare_load`` in update_state_after_alloc, ``prepare_store`` when blocks
+fill, and ``complete_load`` / ``complete_store`` with the set of hashes of a
+request whose transfers the workers report finished (or that was
+preempted). The hashes come as iterators (``islice``) there, and are read
+once here.
 
 How the kvpool side keeps those promises:
 
