@@ -167,3 +167,27 @@ def test_error_paths(pool, fake_lmcache, request):
     # Headers of blocks not written by this connector are refused as data loss.
     with pytest.raises(kvpool.DataLoss):
         lmc.decode_header(bytes(lmc.HEADER_BYTES))
+
+
+def test_the_event_loop_runs_while_a_get_waits_on_the_pool(private_pool, fake_lmcache, request):
+    """LMCache awaits connector calls on its event loop: a get blocked on a
+    paused pool must leave the loop (and the GIL) to other tasks."""
+    c = connector(private_pool, fake_lmcache, request)
+    keys = [Key(500 + i) for i in range(2)]
+    asyncio.run(c.batched_put(keys, chunks(2, 5)))
+
+    async def run():
+        ticks = 0
+        private_pool.pause()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, private_pool.resume)
+        get = asyncio.ensure_future(c.batched_get(keys))
+        while not get.done():
+            ticks += 1
+            await asyncio.sleep(0.01)
+        return ticks, await get
+
+    ticks, got = asyncio.run(run())
+    assert ticks >= 20, ticks  # the loop kept turning for most of the pause
+    assert len(got) == 2 and all(o is not None for o in got)
+    asyncio.run(c.close())

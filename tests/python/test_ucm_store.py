@@ -131,3 +131,25 @@ def test_error_paths(store):
         store.cc_store()
     with pytest.raises(kvpool.InvalidArgument):
         KvpoolUcmStore({"kvpool_coordinator": store.client.coordinator})  # no block size
+
+
+def test_load_returns_a_task_at_once_and_check_polls_it(private_pool, fake_ucm, request):
+    s = KvpoolUcmStore({"kvpool_coordinator": private_pool.coordinator, "shard_size": COLUMNS * TENSOR,
+                        "model": request.node.name})
+    ids = block_ids(2, b"async")
+    src = rows(2, seed=6)
+    s.wait(s.dump(ids, [0, 0], src))
+    dst = rows(2)
+    private_pool.pause()
+    try:
+        start = time.monotonic()
+        task = s.load(ids, [0, 0], dst)
+        assert time.monotonic() - start < 0.2  # the load runs on the store's threads
+        time.sleep(0.3)
+        assert not s.check(task)  # the pool is paused: still in flight
+    finally:
+        private_pool.resume()
+    s.wait(task)
+    assert s.check(task)
+    assert_rows_equal(dst, src)
+    s.close()
