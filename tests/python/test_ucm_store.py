@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import kvpool
+from conftest import scaled
 from kvpool.integrations.ucm_store import KvpoolUcmStore
 
 TENSOR = 32 << 10  # bytes of one tensor of a row
@@ -40,6 +41,7 @@ def fake_ucm(monkeypatch):
 
 @pytest.fixture
 def store(pool, fake_ucm, request):
+    # UcmConnectorFactoryV1.create_connector, step by step.
     module = importlib.import_module("kvpool.integrations.ucm_store")
     cls = getattr(module, "UcmKvpoolStore")
     assert issubclass(cls, fake_ucm.UcmKVStoreBaseV1)
@@ -144,7 +146,7 @@ def test_load_returns_a_task_at_once_and_check_polls_it(private_pool, fake_ucm, 
     try:
         start = time.monotonic()
         task = s.load(ids, [0, 0], dst)
-        assert time.monotonic() - start < 0.2  # the load runs on the store's threads
+        assert time.monotonic() - start < scaled(0.2)  # the load runs on the store's threads
         time.sleep(0.3)
         assert not s.check(task)  # the pool is paused: still in flight
     finally:

@@ -34,6 +34,15 @@ the namespace is ``config["model"]`` (or "ucm") with layout "ucm-shard-v1"
 and the block size. ``cc_store`` raises NotImplementedError: there is no
 UCM C++ store object behind this one.
 
+UCM loads stores by module path (ucm/store/factory_v1.py at commit
+2b8c655512bf53c0ecce4e33fc9f0667c49eef5f: import, ``getattr``, ``assert
+issubclass(cls, UcmKVStoreBaseV1)``, ``cls(config)``)::
+
+    UcmConnectorFactoryV1.register_connector(
+        "UcmKvpoolStore", "kvpool.integrations.ucm_store", "UcmKvpoolStore")
+    store = UcmConnectorFactoryV1.create_connector(
+        "UcmKvpoolStore", {"kvpool_coordinator": "10.0.0.1:7400", "shard_size": ...})
+
 ``UcmKvpoolStore`` is made on first access (module ``__getattr__``), when
 UCM's ``UcmKVStoreBaseV1`` gets it as a virtual subclass; importing this
 module imports no engine. ``KvpoolUcmStore`` is the same class.
