@@ -49,9 +49,17 @@ XXH3-128 seeded with the namespace id. The namespace is the caller's
 descriptor (model, dtype, layers, heads, head_dim, tokens per block,
 layout, TP rank/size), so workers of one model and TP rank share blocks.
 
-The worker side (vLLM's ``OffloadingSpec.get_handlers``, GPU <-> staging
-copies) is not here: this process's staging buffer is host memory of the
-process that owns the manager.
+Not here: the ``OffloadingSpec`` vLLM loads by module path
+(``kv_connector_extra_config`` ``spec_name`` + ``spec_module_path``,
+vllm/v1/kv_offload/factory.py at commit
+07b13497a9b52274d334090a9a8e04d5ec9ca7e9), whose ``get_manager`` would return
+this manager and whose ``get_handlers`` would copy between GPU blocks and the
+staging slots on the workers. That handler's signature differs between the
+commits read (``get_handlers(kv_caches, attn_backends)`` vs
+``get_handlers(CanonicalKVCaches)`` in vllm/v1/kv_offload/spec.py at
+0072b0b7443bdddf17824c78d4feae8e1fc12fb4), it needs the GPU, and the staging
+buffer would have to be shared memory between the scheduler and worker
+processes; none of that can be checked here.
 """
 
 from __future__ import annotations
