@@ -191,3 +191,23 @@ def test_the_event_loop_runs_while_a_get_waits_on_the_pool(private_pool, fake_lm
     assert ticks >= 20, ticks  # the loop kept turning for most of the pause
     assert len(got) == 2 and all(o is not None for o in got)
     asyncio.run(c.close())
+
+
+def test_the_block_size_follows_lmcaches_chunk_shape(pool, fake_lmcache, request):
+    class Dtype:  # a torch dtype's itemsize
+        itemsize = 2
+
+    backend = FakeLocalCPUBackend()
+    backend.metadata = types.SimpleNamespace(kv_shape=(4, 2, 256, 8, 128), kv_dtype=Dtype())  # 4 MiB of KV
+    url = "external://host:0/kvpool.integrations.lmcache_connector/?connector_name=KvpoolConnector"
+    config = Config({"kvpool_coordinator": pool.coordinator, "kvpool_model": request.node.name})
+    c = load_like_the_external_adapter(fake_lmcache, url, None, backend, config)
+    assert c.block_bytes == (4 << 20) + 4096  # the chunk plus the header, in 4 KiB pages
+    full = FakeMemoryObj((4, 2, 256, 8, 128), "torch.bfloat16", KV_2LTD)
+    full.array[:] = 9
+    asyncio.run(c.put(Key(1), full))
+    got = asyncio.run(c.get(Key(1)))
+    np.testing.assert_array_equal(got.array, full.array)
+    asyncio.run(c.close())
+    assert lmc.block_bytes_for(None) is None
+    assert lmc.block_bytes_for(types.SimpleNamespace(kv_shape=(1, 2, 16, 1, 8), kv_dtype=Dtype())) == 64 << 10

@@ -26,8 +26,11 @@ module imports no engine. ``KvpoolRemoteConnector`` is the same class.
 Configuration, from ``config.extra_config`` (else the environment):
 ``kvpool_coordinator`` ($KVPOOL_COORDINATOR), ``kvpool_secret_file``
 ($KVPOOL_SECRET_FILE), ``kvpool_block_bytes`` (the kvpool block: at least
-one chunk's bytes plus 256, 64 KiB..256 MiB; default: 4 MiB), ``kvpool_model``
-(default ``config.extra_config["model"]`` or "lmcache").
+one chunk's bytes plus 256, 64 KiB..256 MiB; default: the full chunk that
+``local_cpu_backend.metadata``'s ``kv_shape`` and ``kv_dtype`` imply, as
+``RemoteConnector.init_chunk_meta`` computes it, plus the header; else
+4 MiB), ``kvpool_model`` (default ``config.extra_config["model"]`` or
+"lmcache").
 
 Each LMCache chunk is one kvpool block: a 256-byte header (magic, payload
 length, shape, dtype name, memory format) then the chunk's bytes, then
@@ -63,6 +66,24 @@ HEADER_BYTES = 256
 _MAGIC = b"KVPLMC01"
 DEFAULT_BLOCK_BYTES = 4 << 20
 STAGING_SLOTS = 8
+
+
+def block_bytes_for(metadata):
+    """The kvpool block for LMCache's full chunk: header plus
+    prod(metadata.kv_shape) elements of metadata.kv_dtype, rounded up to
+    4 KiB and at least 64 KiB; None without usable metadata."""
+    shape = getattr(metadata, "kv_shape", None)
+    dtype = getattr(metadata, "kv_dtype", None)
+    if not shape or dtype is None:
+        return None
+    itemsize = getattr(dtype, "itemsize", None)
+    if not itemsize:
+        return None
+    payload = 1
+    for d in shape:
+        payload *= int(d)
+    payload *= int(itemsize)
+    return max(64 << 10, -(-(HEADER_BYTES + payload) // 4096) * 4096)
 
 
 def encode_header(length, shape, dtype, fmt):
@@ -118,7 +139,7 @@ class KvpoolRemoteConnector:
                               extra.get("kvpool_timeout_s", 10.0), client)
         self._owns_client = client is None
         block = int(extra.get("kvpool_block_bytes") or os.environ.get("KVPOOL_LMCACHE_BLOCK_BYTES") or
-                    DEFAULT_BLOCK_BYTES)
+                    block_bytes_for(getattr(local_cpu_backend, "metadata", None)) or DEFAULT_BLOCK_BYTES)
         model = extra.get("kvpool_model") or extra.get("model") or "lmcache"
         self.namespace = self.client.register_namespace(model_id=str(model), dtype="bytes", num_layers=0,
                                                         num_kv_heads=0, head_dim=0, tokens_per_block=0,
