@@ -129,6 +129,20 @@ def test_error_paths(store):
 
     with pytest.raises(kvpool.InvalidArgument):
         store.load(ids[:1], [0], [[CudaTensor()] * COLUMNS])
+
+    class StridedTensor:  # a CPU tensor view with gaps: its bytes are not [ptr, ptr + size)
+        device = types.SimpleNamespace(type="cpu")
+
+        def data_ptr(self):
+            return 1 << 40
+
+        def is_contiguous(self):
+            return False
+
+    with pytest.raises(kvpool.InvalidArgument):
+        store.dump(ids[:1], [0], [[StridedTensor()] * COLUMNS])
+    with pytest.raises(kvpool.InvalidArgument):
+        store.dump(ids[:1], [0], [[np.zeros((TENSOR, 2), np.uint8)[:, 0]] * COLUMNS])  # numpy, strided
     with pytest.raises(NotImplementedError):
         store.cc_store()
     with pytest.raises(kvpool.InvalidArgument):

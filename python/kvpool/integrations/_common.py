@@ -44,6 +44,8 @@ def address_and_size(tensor):
         device = getattr(tensor, "device", None)
         if device is not None and getattr(device, "type", "cpu") != "cpu":
             raise kvpool.InvalidArgument(f"a tensor on {device}: kvpool's Python adapters move host memory only")
+        if hasattr(tensor, "is_contiguous") and not tensor.is_contiguous():
+            raise kvpool.InvalidArgument("a non-contiguous tensor")
         return int(tensor.data_ptr()), int(tensor.numel()) * int(tensor.element_size())
     iface = getattr(tensor, "__array_interface__", None)
     if iface is not None:
