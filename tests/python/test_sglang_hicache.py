@@ -174,6 +174,9 @@ def test_errors_and_unimplemented_methods(pool, fake_sglang, request):
     backend.register_mem_pool_host(host)
     with pytest.raises(kvpool.FailedPrecondition):
         backend.register_mem_pool_host(host)
+    backend.register_mem_host_pool_v2(host, "kv")  # the same KV pool again: fine
+    with pytest.raises(kvpool.FailedPrecondition):
+        backend.register_mem_host_pool_v2(FakeHostPool(), "kv")  # another one: refused
     # Indices that are not the keys' pages: refused, nothing moves.
     assert backend.batch_set_v1(page_keys(2, "e"), host_indices(0, 1)) == [False, False]
     assert backend.batch_exists(page_keys(2, "e")) == 0

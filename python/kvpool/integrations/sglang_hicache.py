@@ -118,9 +118,14 @@ class KvpoolHiCacheStorage:
             self.object_bytes = sizes[0]
 
     def register_mem_host_pool_v2(self, host_pool, host_pool_name) -> None:
-        if str(host_pool_name) in ("kv", "PoolName.KV"):
-            return self.register_mem_pool_host(host_pool)
-        raise NotImplementedError(f"kvpool stores the KV pool only, not pool '{host_pool_name}'")
+        """The KV pool only (SGLang's PoolName.KV, "kv"); already registered
+        through register_mem_pool_host is fine, as for SGLang's Mooncake
+        backend."""
+        if str(host_pool_name) != "kv":
+            raise NotImplementedError(f"kvpool stores the KV pool only, not pool '{host_pool_name}'")
+        if self.mem_pool_host is host_pool:
+            return
+        self.register_mem_pool_host(host_pool)
 
     # -- queries -------------------------------------------------------------
 
