@@ -119,6 +119,16 @@ def _engine_dtype(name):
     return name
 
 
+def _engine_shape(dims):
+    """torch.Size(dims) when torch is there (LMCache's allocators take one),
+    else a tuple."""
+    try:
+        import torch
+        return torch.Size(dims)
+    except ImportError:
+        return tuple(dims)
+
+
 def _engine_fmt(value):
     try:
         from lmcache.v1.memory_management import MemoryFormat
@@ -206,7 +216,7 @@ class KvpoolRemoteConnector:
 
     def _to_memory_obj(self, block):
         length, shape, dtype, fmt = decode_header(block)
-        memory_obj = self.local_cpu_backend.allocate(shape, _engine_dtype(dtype), _engine_fmt(fmt))
+        memory_obj = self.local_cpu_backend.allocate(_engine_shape(shape), _engine_dtype(dtype), _engine_fmt(fmt))
         if memory_obj is None:
             return None  # LMCache's own allocator is full: a miss
         dst = memory_obj.byte_array
