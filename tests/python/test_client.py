@@ -347,3 +347,15 @@ def test_engine_keys_are_deterministic_typed_and_per_namespace():
     assert kvpool.engine_keys(ns, bytearray(b"12")) == forms[0]
     with pytest.raises(TypeError):
         kvpool.engine_keys(ns, [1.5])
+
+
+def test_engine_keys_match_independent_xxh3_vectors():
+    """Stored blocks outlive processes and releases: the mapping is pinned.
+    With namespace id 0 (seed 0) an engine key is plain XXH3-128 of the type
+    byte and the key's bytes; these values come from Debian's xxhsum 0.8.1
+    (``printf 'sabc' | xxhsum -H2``), printed as the 128-bit value big-endian."""
+    assert kvpool.key_to_int(kvpool.engine_keys(0, "abc")) == 0xeea9e19f08f2632ee39c97239db4c3fa
+    assert kvpool.key_to_int(kvpool.engine_keys(0, b"\x00\x01\x02")) == 0x1856a007f8c62d9e38f03eb6b9db6d17
+    assert kvpool.key_to_int(kvpool.engine_keys(0, -12)) == 0xf9ce3bc4681916d7d81f4c568a18e2d7
+    # Seeded (a real namespace id): pinned from this implementation.
+    assert kvpool.engine_keys(0x0123456789abcdef, "sglang-page-0#1").hex() == "48c440f4002d31d499fc44b5f289d811"
