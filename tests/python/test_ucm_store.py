@@ -6,11 +6,13 @@ on the task; the scheduler asks lookup_on_prefix (index of the last hit);
 the worker loads the hit blocks and waits, or polls with check."""
 
 import abc
+import gc
 import hashlib
 import importlib
 import sys
 import time
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -168,4 +170,18 @@ def test_load_returns_a_task_at_once_and_check_polls_it(private_pool, fake_ucm, 
     s.wait(task)
     assert s.check(task)
     assert_rows_equal(dst, src)
+
+    # The task holds the caller's tensors until it is done: dropping them
+    # while it waits on the pool frees nothing it writes to.
+    private_pool.pause()
+    try:
+        task = s.load(ids, [0, 0], rows(2))
+        ref = weakref.ref(task._keepalive[0][0])
+        gc.collect()
+        assert ref() is not None
+    finally:
+        private_pool.resume()
+    s.wait(task)
+    gc.collect()
+    assert ref() is None
     s.close()

@@ -26,7 +26,9 @@ GPU tensors are refused). Rows are gathered into / scattered from a
 registered staging buffer (one copy each way: a row's tensors are separate
 allocations and a kvpool block is one contiguous object). ``lookup`` and
 ``lookup_on_prefix`` look at shard ``config.get("kvpool_lookup_shard", 0)``.
-Tasks run on two worker threads; kvpool calls release the GIL.
+Tasks run on two worker threads; kvpool calls release the GIL. A
+``load``/``dump`` task holds the caller's tensors until it is done;
+``load_data``/``dump_data`` take addresses whose memory the caller keeps.
 
 Keys: the engine key ``block_id + shard_index`` (8 bytes, little-endian)
 mapped with ``kvpool.engine_keys`` (XXH3-128 seeded with the namespace id);
@@ -67,10 +69,17 @@ if TYPE_CHECKING:
 class KvpoolTask:
     """A load or dump in flight (UCM's ``Task``)."""
 
-    def __init__(self, future, kind, count):
+    def __init__(self, future, kind, count, keepalive=None):
         self.future = future
         self.kind = kind
         self.count = count
+        # The caller's tensors, held while the task may still touch them
+        # (load/dump; load_data/dump_data take addresses the caller keeps).
+        self._keepalive = keepalive
+        future.add_done_callback(self._release)
+
+    def _release(self, _future):
+        self._keepalive = None
 
     def __repr__(self):
         return f"<KvpoolTask {self.kind} of {self.count} blocks{' done' if self.future.done() else ''}>"
@@ -136,11 +145,11 @@ class KvpoolUcmStore:
 
     def load(self, block_ids: List[bytes], shard_index: List[int], dst_tensor: List[List["torch.Tensor"]]):
         rows = [[address_and_size(t) for t in row] for row in dst_tensor]
-        return self._submit("load", block_ids, shard_index, rows)
+        return self._submit("load", block_ids, shard_index, rows, keepalive=dst_tensor)
 
     def dump(self, block_ids: List[bytes], shard_index: List[int], src_tensor: List[List["torch.Tensor"]]):
         rows = [[address_and_size(t) for t in row] for row in src_tensor]
-        return self._submit("dump", block_ids, shard_index, rows)
+        return self._submit("dump", block_ids, shard_index, rows, keepalive=src_tensor)
 
     def load_data(self, block_ids: List[bytes], shard_index: List[int], dst_addr):
         return self._submit("load", block_ids, shard_index, self._address_rows(dst_addr))
@@ -178,7 +187,7 @@ class KvpoolUcmStore:
         part = self.block_bytes // rows.shape[1]
         return [[(int(a), part) for a in row] for row in rows]
 
-    def _submit(self, kind, block_ids, shard_index, rows):
+    def _submit(self, kind, block_ids, shard_index, rows, keepalive=None):
         if not (len(block_ids) == len(shard_index) == len(rows)):
             raise kvpool.InvalidArgument(f"{len(block_ids)} blocks, {len(shard_index)} shard indexes, "
                                          f"{len(rows)} rows")
@@ -189,7 +198,7 @@ class KvpoolUcmStore:
                                              f"{self.block_bytes}")
         keys = self._keys(block_ids, shard_index)
         work = self._load if kind == "load" else self._dump
-        return KvpoolTask(self._executor.submit(work, keys, rows), kind, len(keys))
+        return KvpoolTask(self._executor.submit(work, keys, rows), kind, len(keys), keepalive)
 
     def _load(self, keys, rows):
         step = self.staging.slots
