@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <future>
 #include <map>
 #include <memory>
@@ -33,6 +34,9 @@
 #include "kvpool/status.h"
 #include "kvpool/types.h"
 #include "runtime/common/logging.h"
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
 
 namespace py = pybind11;
 
@@ -230,6 +234,40 @@ std::vector<std::uint32_t> to_tokens(py::handle h) {
   return out;
 }
 
+
+// ----------------------------------------------------------- engine keys --
+
+// An engine's own block key (bytes, str or int) as a kvpool key: XXH3-128
+// seeded with the namespace id over one type byte ('b' bytes, 's' UTF-8
+// str, 'i' the int in signed decimal ASCII) and the key's bytes. The type
+// byte keeps b"12", "12" and 12 apart; the seed keeps namespaces apart.
+Key128 engine_key_of(NamespaceId ns, py::handle h, std::size_t index) {
+  std::string buf;
+  if (is_bytes_like(h)) {
+    HeldBuffer b = HeldBuffer::take(h, false, "engine key " + std::to_string(index));
+    buf.reserve(1 + b.size());
+    buf.push_back('b');
+    buf.append(reinterpret_cast<const char*>(b.data()), b.size());
+  } else if (PyUnicode_Check(h.ptr())) {
+    Py_ssize_t n = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(h.ptr(), &n);
+    if (s == nullptr) throw py::error_already_set();
+    buf.reserve(1 + static_cast<std::size_t>(n));
+    buf.push_back('s');
+    buf.append(s, static_cast<std::size_t>(n));
+  } else if (is_int_like(h)) {
+    py::int_ v = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
+    if (!v) throw py::error_already_set();
+    buf.push_back('i');
+    buf += py::str(v).cast<std::string>();
+  } else {
+    throw py::type_error("engine key " + std::to_string(index) + ": expected bytes, str or int, got " +
+                         std::string(Py_TYPE(h.ptr())->tp_name));
+  }
+  XXH128_hash_t x = XXH3_128bits_withSeed(buf.data(), buf.size(), ns);
+  return Key128{x.low64, x.high64};
+}
+
 // ------------------------------------------------------------- buffers --
 
 // The blocks (put) or destinations (get) of a batch: a sequence of buffers,
@@ -425,9 +463,19 @@ class PyClient {
   PyClient(const std::string& coordinator, py::object secret_file, double timeout_s, const std::string& client_id,
            const std::string& tls) {
     if (!secret_file.is_none()) {
-      throw StatusError(StatusCode::kUnimplemented,
-                        "secret_file: authentication is not implemented yet (it comes with the failure-and-security "
-                        "issue); pass secret_file=None");
+      // A str or os.PathLike naming a readable file: a typo surfaces here,
+      // not at the first authenticated call.
+      secret_file_ = py::module_::import("os").attr("fspath")(secret_file).cast<std::string>();
+      if (!std::ifstream(secret_file_).good()) {
+        invalid("secret_file: cannot read '" + secret_file_ + "'");
+      }
+      // TODO(adapters): pass secret_file_ as ClientOptions::secret_file once
+      // the cluster-secret change lands (ClientOptions has no such field
+      // yet); until then this build does not authenticate, and says so.
+      if (PyErr_WarnEx(PyExc_RuntimeWarning,
+                       "kvpool: secret_file is accepted but this build does not authenticate yet", 1) != 0) {
+        throw py::error_already_set();
+      }
     }
     if (!(timeout_s > 0)) invalid("timeout_s must be positive");
     ClientOptions o;
@@ -462,6 +510,7 @@ class PyClient {
 
   bool closed() const { return !client_; }
   const std::string& coordinator() const { return coordinator_; }
+  py::object secret_file() const { return secret_file_.empty() ? py::object(py::none()) : py::str(secret_file_); }
 
   std::uint64_t register_namespace(const NamespaceDescriptor& d) {
     auto c = live();
@@ -476,6 +525,13 @@ class PyClient {
   std::uint64_t block_bytes(NamespaceId ns) const { return value_or_raise(live()->block_bytes(ns)); }
 
   void register_buffer(py::handle obj) {
+    // A (pointer, length) pair of ints: raw host memory the caller keeps alive.
+    if (PyTuple_Check(obj.ptr()) && PyTuple_GET_SIZE(obj.ptr()) == 2) {
+      py::tuple pair = py::reinterpret_borrow<py::tuple>(obj);
+      if (is_int_like(pair[0]) && is_int_like(pair[1])) {
+        return register_buffer_ptr(pair[0].cast<std::uintptr_t>(), pair[1].cast<std::size_t>());
+      }
+    }
     auto c = live();
     HeldBuffer h = HeldBuffer::take(obj, true, "register_buffer");
     if (h.size() == 0) invalid("register_buffer: an empty buffer");
@@ -617,6 +673,7 @@ class PyClient {
   // Shared with the PyFutures of operations in flight.
   std::shared_ptr<Client> client_;
   std::string coordinator_;
+  std::string secret_file_;  // empty: none given
   std::map<std::uintptr_t, HeldBuffer> registered_;  // by start address
   std::vector<std::uintptr_t> raw_registered_;        // register_buffer_ptr
 };
@@ -671,6 +728,7 @@ PYBIND11_MODULE(_kvpool, m) {
       .def("close", &PyClient::close)
       .def_property_readonly("closed", &PyClient::closed)
       .def_property_readonly("coordinator", &PyClient::coordinator)
+      .def_property_readonly("secret_file", &PyClient::secret_file)
       .def("__enter__", [](py::object self) { return self; })
       .def("__exit__", [](PyClient& c, py::args) { c.close(); })
       .def(
@@ -713,6 +771,28 @@ PYBIND11_MODULE(_kvpool, m) {
         return out;
       },
       py::arg("tokens"), py::arg("namespace_id"), py::arg("tokens_per_block"));
+
+
+  m.def(
+      "engine_keys",
+      [](std::uint64_t namespace_id, py::handle keys) -> py::object {
+        if (is_bytes_like(keys) || PyUnicode_Check(keys.ptr()) || is_int_like(keys)) {
+          return key_to_bytes(engine_key_of(namespace_id, keys, 0));
+        }
+        if (!PySequence_Check(keys.ptr())) {
+          throw py::type_error("keys: expected an engine key (bytes, str, int) or a sequence of them");
+        }
+        py::list out;
+        std::size_t i = 0;
+        for (py::handle item : py::reinterpret_borrow<py::sequence>(keys)) {
+          out.append(key_to_bytes(engine_key_of(namespace_id, item, i++)));
+        }
+        return out;
+      },
+      py::arg("namespace_id"), py::arg("keys"),
+      "kvpool keys for an engine's own block keys (bytes, str or int): one key, or a list for a sequence. "
+      "XXH3-128 seeded with the namespace id over a type byte and the key's bytes; deterministic across "
+      "processes and machines.");
 
   m.def(
       "set_log_level",

@@ -21,8 +21,10 @@ list.
 ``Client`` (thread-safe; every call that waits releases the GIL):
 
 - ``Client(coordinator, secret_file=None, *, timeout_s=10.0, client_id="", tls="")``:
-  connects to the coordinator ("host:port"). ``secret_file`` must be None
-  until authentication exists (``Unimplemented`` otherwise). ``tls`` selects
+  connects to the coordinator ("host:port"). ``secret_file`` names the
+  cluster secret; it must be readable (``InvalidArgument`` otherwise) and
+  is kept as ``client.secret_file``, but this build does not authenticate
+  yet (a ``RuntimeWarning`` says so). ``tls`` selects
   UCX transports (UCX_TLS syntax). A context manager; ``close()`` releases it.
 - ``register_namespace(*, model_id, dtype, num_layers, num_kv_heads, head_dim,
   tokens_per_block, layout, tp_rank=0, tp_size=1, block_bytes=0)`` -> the
@@ -31,8 +33,9 @@ list.
 - ``register_buffer(obj)``: registers any object exposing the writable buffer
   protocol (bytearray, numpy array, memoryview) for zero-copy transfers, and
   holds it (it cannot be freed or resized) until ``unregister_buffer(obj)``
-  or ``close()``. ``register_buffer_ptr(ptr, length)`` registers raw host
-  memory the caller keeps alive; ``unregister_buffer(ptr)`` undoes it.
+  or ``close()``. ``register_buffer_ptr(ptr, length)``, or
+  ``register_buffer((ptr, length))``, registers raw host memory the caller
+  keeps alive; ``unregister_buffer(ptr)`` undoes it.
 - ``put(ns, keys, blocks)`` -> ``PutResult`` (counts ``written``,
   ``deduplicated``, ``pending``, ``failed``; per key ``outcomes`` and
   ``errors``). ``blocks`` is a sequence of buffers of exactly the block size,
@@ -53,12 +56,18 @@ Sizes and namespaces are checked before anything moves. Errors are
 ``kvpool.Error`` subclasses with ``.code`` and ``.message`` (see
 ``kvpool.errors``); a buffer of the wrong size is ``InvalidArgument``, which
 is also a ``ValueError``. ``namespace_id(**descriptor)`` computes an id
-locally; ``set_log_level("warn")`` quiets the runtime's stderr. GPU memory
+locally; ``engine_keys(ns, keys)`` maps an engine's own block keys (bytes,
+str or int) to kvpool keys (XXH3-128 seeded with the namespace id over a
+type byte and the key's bytes: deterministic everywhere); ``set_log_level("warn")`` quiets the runtime's stderr. GPU memory
 is not supported here (use host buffers).
+
+Engine adapters live in ``kvpool.integrations`` (SGLang HiCache storage,
+vLLM offloading manager, LMCache remote connector, UCM store); none imports
+its engine until the engine loads it.
 """
 
 from . import errors
-from ._kvpool import Client, Future, PutResult, __version__, namespace_id, prefix_keys, set_log_level
+from ._kvpool import Client, Future, PutResult, __version__, engine_keys, namespace_id, prefix_keys, set_log_level
 from .errors import (AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, Error, FailedPrecondition, Internal,
                      InvalidArgument, NotFound, ResourceExhausted, Unavailable, Unimplemented)
 
@@ -78,7 +87,7 @@ def key_from_int(value):
 
 
 __all__ = [
-    "Client", "Future", "PutResult", "namespace_id", "prefix_keys", "set_log_level", "key_to_int", "key_from_int",
+    "Client", "Future", "PutResult", "engine_keys", "namespace_id", "prefix_keys", "set_log_level", "key_to_int", "key_from_int",
     "errors", "Error", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable",
     "DeadlineExceeded", "Cancelled", "DataLoss", "Unimplemented", "Internal"
 ]

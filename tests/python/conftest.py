@@ -62,7 +62,26 @@ class Pool:
         self.coordinator = f"127.0.0.1:{port}"
 
     def pause(self):
+        """Stops the agent, returning once every thread of it has stopped:
+        SIGSTOP wakes one thread to start the group stop, and under load the
+        others can still serve a request meanwhile."""
         self.process.send_signal(signal.SIGSTOP)
+        deadline = time.monotonic() + scaled(10)
+        while not self._all_threads_stopped():
+            if time.monotonic() > deadline:
+                pytest.fail("kvpool-agent did not stop after SIGSTOP")
+            time.sleep(0.001)
+
+    def _all_threads_stopped(self):
+        tasks = pathlib.Path(f"/proc/{self.process.pid}/task")
+        for stat in tasks.glob("*/stat"):
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                continue  # a thread that exited meanwhile
+            if state not in ("T", "t"):
+                return False
+        return True
 
     def resume(self):
         self.process.send_signal(signal.SIGCONT)

@@ -111,6 +111,14 @@ def test_registered_buffers_move_data(client, ns):
     assert client.get(ns, keys, raw) == 4
     assert np.array_equal(src, raw)
     client.unregister_buffer(raw.ctypes.data)
+    # The same as a (pointer, length) pair.
+    raw[:] = 0
+    client.register_buffer((raw.ctypes.data, raw.nbytes))
+    assert client.get(ns, keys, raw) == 4
+    assert np.array_equal(src, raw)
+    client.unregister_buffer(raw.ctypes.data)
+    with pytest.raises(kvpool.InvalidArgument):
+        client.register_buffer((0, 16))
 
 
 def test_a_registered_buffer_cannot_be_freed_or_resized(client, ns):
@@ -222,8 +230,8 @@ def test_errors_map_to_exceptions(pool, client, ns):
         client.register_namespace(**dict(namespace_args("bad"), block_bytes=1024))
 
     # Connecting.
-    with pytest.raises(kvpool.Unimplemented) as e:
-        kvpool.Client(pool.coordinator, secret_file="/etc/kvpool/secret")
+    with pytest.raises(kvpool.InvalidArgument) as e:
+        kvpool.Client(pool.coordinator, secret_file="/nonexistent/kvpool/secret")
     assert "secret_file" in e.value.message
     with pytest.raises(kvpool.InvalidArgument):
         kvpool.Client("no-port")
@@ -313,3 +321,41 @@ def test_blocking_calls_and_future_wait_release_the_gil(private_pool):
             assert np.array_equal(out, blocks), form
             assert 0.4 <= waited < scaled(5), form
             assert counter.count > 10_000, form
+
+
+def test_a_secret_file_is_accepted_and_kept_until_authentication_lands(pool, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("cluster-secret\n")
+    with pytest.warns(RuntimeWarning, match="does not authenticate"):
+        c = kvpool.Client(pool.coordinator, secret)  # a PathLike; positional as in the issue
+    with c:
+        assert c.secret_file == str(secret)
+        assert c.lookup(c.register_namespace(**namespace_args("secret")), [0]) == 0
+    assert kvpool.Client(pool.coordinator).secret_file is None
+
+
+def test_engine_keys_are_deterministic_typed_and_per_namespace():
+    ns = kvpool.namespace_id(**namespace_args("engine-keys"))
+    one = kvpool.engine_keys(ns, b"\x01" * 32)
+    assert isinstance(one, bytes) and len(one) == 16
+    assert kvpool.engine_keys(ns, [b"\x01" * 32]) == [one]
+    assert kvpool.engine_keys(ns, b"\x01" * 32) == one  # same answer every call (and process: a pure hash)
+    # b"12", "12" and 12 are different engine keys; so is another namespace.
+    forms = kvpool.engine_keys(ns, [b"12", "12", 12, -12])
+    assert len(set(forms)) == 4
+    assert kvpool.engine_keys(ns + 1, "12") != forms[1]
+    assert kvpool.engine_keys(ns, bytearray(b"12")) == forms[0]
+    with pytest.raises(TypeError):
+        kvpool.engine_keys(ns, [1.5])
+
+
+def test_engine_keys_match_independent_xxh3_vectors():
+    """Stored blocks outlive processes and releases: the mapping is pinned.
+    With namespace id 0 (seed 0) an engine key is plain XXH3-128 of the type
+    byte and the key's bytes; these values come from Debian's xxhsum 0.8.1
+    (``printf 'sabc' | xxhsum -H2``), printed as the 128-bit value big-endian."""
+    assert kvpool.key_to_int(kvpool.engine_keys(0, "abc")) == 0xeea9e19f08f2632ee39c97239db4c3fa
+    assert kvpool.key_to_int(kvpool.engine_keys(0, b"\x00\x01\x02")) == 0x1856a007f8c62d9e38f03eb6b9db6d17
+    assert kvpool.key_to_int(kvpool.engine_keys(0, -12)) == 0xf9ce3bc4681916d7d81f4c568a18e2d7
+    # Seeded (a real namespace id): pinned from this implementation.
+    assert kvpool.engine_keys(0x0123456789abcdef, "sglang-page-0#1").hex() == "48c440f4002d31d499fc44b5f289d811"
