@@ -97,6 +97,7 @@ struct Agent {
 
 struct WriteLease {
   std::uint32_t entry = 0;
+  std::uint32_t client = 0;  // State::client_open index
   Generation generation = 0;
   std::uint32_t agent = 0;
   std::uint64_t incarnation = 0;
@@ -174,6 +175,9 @@ struct CoordinatorCore::State {
   IndexTable by_slot;  // (agent, slot start granule) -> entry, every entry in use
 
   std::unordered_map<std::uint64_t, WriteLease> write_leases;
+  // Open write leases per writer (client id), for max_write_leases_per_client.
+  std::unordered_map<std::string, std::uint32_t> client_index;
+  std::vector<std::uint64_t> client_open;
   ExpiryHeap write_expiry;  // (deadline, lease); stale pairs are skipped
   std::unordered_map<std::uint64_t, ReadLease> read_leases;
   ExpiryHeap read_expiry;
@@ -579,7 +583,7 @@ struct CoordinatorCore::State {
   }
 
   AllocateItem place(std::uint32_t ns, const BlockRequest& req, const std::vector<std::uint32_t>& local,
-                     Clock::time_point now, std::uint32_t& budget) {
+                     std::uint32_t client, Clock::time_point now, std::uint32_t& budget) {
     AllocateItem item;
     const std::uint64_t granules = slot_granules(req.length);
     const std::uint64_t bytes = granules * kGranule;
@@ -647,7 +651,8 @@ struct CoordinatorCore::State {
 
     const std::uint64_t lease = next_lease++;
     const Clock::time_point deadline = now + config.write_lease_ttl;
-    write_leases.emplace(lease, WriteLease{i, e.generation, chosen, a.reg.incarnation, deadline});
+    write_leases.emplace(lease, WriteLease{i, client, e.generation, chosen, a.reg.incarnation, deadline});
+    ++client_open[client];
     compact_expiry(write_expiry, write_leases);
     write_expiry.emplace(deadline, lease);
 
@@ -767,7 +772,11 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
     }
     return id;
   }
-  if (s.namespaces.size() >= kNil) return make_error(StatusCode::kResourceExhausted, "too many namespaces");
+  if (s.namespaces.size() >= s.config.max_namespaces) {
+    return make_error(StatusCode::kResourceExhausted, "too many namespaces: the limit is " +
+                                                          std::to_string(s.config.max_namespaces) +
+                                                          " (coordinator config max_namespaces)");
+  }
   s.ns_index.emplace(id, static_cast<std::uint32_t>(s.namespaces.size()));
   s.namespaces.push_back(Namespace{id, desc, *bytes, 0});
   logger()->info("namespace {} registered: {} {} block {} bytes", hex(id), desc.model_id, desc.layout, *bytes);
@@ -1066,6 +1075,15 @@ Result<AllocateResult> CoordinatorCore::allocate(NamespaceId ns_id, std::span<co
     }
   }
 
+  std::uint32_t client = 0;
+  if (auto it = s.client_index.find(writer.client_id); it != s.client_index.end()) {
+    client = it->second;
+  } else {
+    client = static_cast<std::uint32_t>(s.client_open.size());
+    s.client_index.emplace(writer.client_id, client);
+    s.client_open.push_back(0);
+  }
+
   AllocateResult result;
   result.items.reserve(blocks.size());
   std::uint32_t budget = s.config.max_evictions_per_call;
@@ -1086,8 +1104,12 @@ Result<AllocateResult> CoordinatorCore::allocate(NamespaceId ns_id, std::span<co
       } else {
         item.outcome = AllocateOutcome::kPending;
       }
+    } else if (s.client_open[client] >= s.config.max_write_leases_per_client) {
+      item.status = Status(StatusCode::kResourceExhausted,
+                           "writer '" + writer.client_id + "' holds " + std::to_string(s.client_open[client]) +
+                               " open write leases, the limit: commit or abort some first");
     } else {
-      item = s.place(*ns, req, local, now, budget);
+      item = s.place(*ns, req, local, client, now, budget);
     }
     result.items.push_back(std::move(item));
   }
@@ -1113,6 +1135,7 @@ std::vector<Status> CoordinatorCore::commit(std::span<const LeaseId> leases, Clo
       }
       const WriteLease l = it->second;
       s.write_leases.erase(it);
+      --s.client_open[l.client];
       const Agent& a = s.agent(l.agent);
       if (!a.alive || a.reg.incarnation != l.incarnation) {
         out.emplace_back(StatusCode::kUnavailable, "agent " + std::to_string(l.agent) + " incarnation " +
@@ -1162,6 +1185,7 @@ BatchResult CoordinatorCore::abort(std::span<const LeaseId> leases, Clock::time_
     }
     const WriteLease l = it->second;
     s.write_leases.erase(it);
+    --s.client_open[l.client];
     if (s.write_lease_valid(l)) {
       if (now > l.deadline) {
         s.retire(l.entry, now + s.config.write_quarantine);
@@ -1399,6 +1423,7 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
       if (it == s.write_leases.end()) continue;
       const WriteLease l = it->second;
       s.write_leases.erase(it);
+      --s.client_open[l.client];
       if (s.write_lease_valid(l)) {
         s.expire_write_lease(l, now);
         ++actions.expired_write_leases;

@@ -70,6 +70,12 @@ struct CoordinatorConfig {
   // shard_index (shard.h); one shard until the shard map in etcd exists.
   std::uint32_t shard_index = 0;
   std::uint32_t shard_count = 1;
+  // Limits that keep one client from taking the coordinator's memory:
+  // registered namespaces (blocks recovered after a restart may add
+  // namespaces past it), and write leases open at once per writer (client
+  // id). Over either, the call or key fails with kResourceExhausted.
+  std::uint32_t max_namespaces = 65536;
+  std::uint64_t max_write_leases_per_client = 1u << 20;
   // The first generation issued; 0 takes the wall clock in microseconds, so a
   // restarted coordinator keeps issuing higher generations.
   Generation first_generation = 0;

@@ -21,6 +21,8 @@ struct CoordinatorFlags {
   std::string placement = "local-first";
   double high_watermark = 0.95;
   double low_watermark = 0.90;
+  std::uint32_t max_namespaces = CoordinatorConfig{}.max_namespaces;
+  std::uint64_t max_write_leases_per_client = CoordinatorConfig{}.max_write_leases_per_client;
 
   void add_to(CLI::App& app) {
     app.add_option("--agent-timeout", agent_timeout,
@@ -43,6 +45,13 @@ struct CoordinatorFlags {
     app.add_option("--low-watermark", low_watermark, "...down to this fraction (equal to high: evict exactly "
                                                      "what each allocation needs)")
         ->check(CLI::Range(0.01, 1.0))
+        ->capture_default_str();
+    app.add_option("--max-namespaces", max_namespaces, "Namespaces the coordinator accepts")
+        ->check(CLI::Range(1u, 1u << 30))
+        ->capture_default_str();
+    app.add_option("--max-write-leases-per-client", max_write_leases_per_client,
+                   "Write leases one client may hold open at once (blocks allocated and not yet committed)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40))
         ->capture_default_str();
   }
 
@@ -73,6 +82,8 @@ struct CoordinatorFlags {
     o.core.placement = placement == "spread" ? PlacementPolicy::kSpread : PlacementPolicy::kLocalFirst;
     o.core.high_watermark = high_watermark;
     o.core.low_watermark = low_watermark;
+    o.core.max_namespaces = max_namespaces;
+    o.core.max_write_leases_per_client = max_write_leases_per_client;
     return o;
   }
 };

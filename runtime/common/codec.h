@@ -82,6 +82,11 @@ class Reader {
     std::memcpy(p, in_.data(), n);
     in_.remove_prefix(n);
   }
+  // Fails the read with a reason finish() reports (the first one wins).
+  void refuse(std::string why) {
+    ok_ = false;
+    if (why_.empty()) why_ = std::move(why);
+  }
   // Reads a u32 element count and checks that `count * min_element_bytes`
   // still fits in the message: a count can never size a vector beyond what
   // the bytes could hold.
@@ -102,7 +107,9 @@ class Reader {
   Status finish(std::string_view what) const {
     if (done()) return Status();
     return Status(StatusCode::kInvalidArgument,
-                  std::string(what) + (ok_ ? ": trailing bytes" : ": truncated or malformed payload"));
+                  std::string(what) + (!why_.empty() ? ": " + why_
+                                       : ok_         ? std::string(": trailing bytes")
+                                                     : std::string(": truncated or malformed payload")));
   }
 
  private:
@@ -118,6 +125,7 @@ class Reader {
   }
   std::string_view in_;
   bool ok_ = true;
+  std::string why_;
 };
 
 }  // namespace kvpool

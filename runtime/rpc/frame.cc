@@ -8,8 +8,12 @@
 namespace kvpool::rpc {
 namespace {
 
-// Big enough that a burst of pipelined ~1.3 KB requests arrives in one read.
+// Big enough that a burst of pipelined ~1.3 KB requests arrives in one read;
+// a connection grows to it once bytes arrive, and keeps it.
 constexpr std::size_t kInitialBuffer = 64 * 1024;
+// What a connection holds before it has sent anything: thousands of idle or
+// half-open connections must not pin 64 KiB each.
+constexpr std::size_t kFirstBuffer = 4096;
 // Compact instead of reading into a sliver at the end of the buffer.
 constexpr std::size_t kMinRead = 4096;
 // Error messages are for humans; a megabyte is plenty.
@@ -93,7 +97,7 @@ Result<FrameHeader> decode_header(std::span<const char, kHeaderSize> bytes, std:
   return h;
 }
 
-FrameReader::FrameReader(std::size_t max_frame) : max_frame_(max_frame), buf_(kInitialBuffer) {}
+FrameReader::FrameReader(std::size_t max_frame) : max_frame_(max_frame), buf_(kFirstBuffer) {}
 
 std::span<char> FrameReader::buffer() {
   if (begin_ == end_) {

@@ -78,11 +78,16 @@ AgentRecord get_agent(Reader& r) {
   return a;
 }
 
-// A batch count the remaining bytes can hold, and at most kMaxBatch. Over the
-// cap, nothing more is read, so finish() refuses the payload (trailing bytes).
+// A batch count the remaining bytes can hold, and at most kMaxBatch; over
+// the cap the payload is refused with the limit in the message.
 std::uint32_t get_count(Reader& r, std::size_t min_bytes) {
   std::uint32_t n = r.count(min_bytes);
-  return n > kMaxBatch ? 0 : n;
+  if (n > kMaxBatch) {
+    r.refuse("a batch of " + std::to_string(n) + " items is over the limit of " + std::to_string(kMaxBatch) +
+             ": split it");
+    return 0;
+  }
+  return n;
 }
 
 }  // namespace

@@ -171,3 +171,49 @@ TEST_CASE("an agent declared dead while its process lived on rejoins with its bl
 }
 
 }  // namespace kvpool::coordinator::testing
+
+namespace kvpool::coordinator::testing {
+
+TEST_CASE("limits: namespaces and open write leases per writer", "[coordinator][limits]") {
+  CoordinatorConfig config;
+  config.max_namespaces = 2;
+  config.max_write_leases_per_client = 3;
+  Harness h(config);  // registers one namespace
+  h.add_agent("a", "h1", 16);
+  REQUIRE(h.core->register_namespace(test_namespace(kBlock, "second")));
+  REQUIRE(h.core->register_namespace(test_namespace(kBlock, "second")));  // idempotent: no new one
+  auto third = h.core->register_namespace(test_namespace(kBlock, "third"));
+  REQUIRE_FALSE(third);
+  CHECK(third.error().code() == StatusCode::kResourceExhausted);
+  CHECK(third.error().message().find("limit is 2") != std::string::npos);
+
+  std::vector<BlockRequest> reqs;
+  for (std::uint64_t k = 1; k <= 5; ++k) reqs.push_back({key(k), kBlock});
+  auto r = h.core->allocate(h.ns, reqs, WriterInfo{"greedy", "h1"}, h.now);
+  REQUIRE(r);
+  int placed = 0;
+  std::vector<LeaseId> leases;
+  for (const auto& item : r->items) {
+    if (item.outcome == AllocateOutcome::kPlaced) {
+      ++placed;
+      leases.push_back(item.lease);
+    } else {
+      CHECK(item.status.code() == StatusCode::kResourceExhausted);
+    }
+  }
+  CHECK(placed == 3);
+  // Another writer is not held back by this one.
+  BlockRequest other{key(9), kBlock};
+  auto o = h.core->allocate(h.ns, std::span<const BlockRequest>(&other, 1), WriterInfo{"polite", "h1"}, h.now);
+  REQUIRE(o);
+  CHECK(o->items[0].outcome == AllocateOutcome::kPlaced);
+  // Committing gives the writer its allowance back.
+  for (const auto& st : h.core->commit(leases, h.now)) CHECK(st.ok());
+  auto again = h.core->allocate(h.ns, std::span<const BlockRequest>(&reqs[3], 2), WriterInfo{"greedy", "h1"}, h.now);
+  REQUIRE(again);
+  CHECK(again->items[0].outcome == AllocateOutcome::kPlaced);
+  CHECK(again->items[1].outcome == AllocateOutcome::kPlaced);
+  h.check();
+}
+
+}  // namespace kvpool::coordinator::testing
