@@ -65,7 +65,16 @@ struct Namespace {
   NamespaceId id = 0;
   NamespaceDescriptor descriptor;
   std::uint64_t block_bytes = 0;  // 0: known only from recovered blocks, not registered since
-  std::uint64_t blocks = 0;
+  std::uint64_t blocks = 0;       // committed
+  // Quota accounting: blocks being written or committed, and their slot bytes.
+  std::uint64_t live_blocks = 0;
+  std::uint64_t live_bytes = 0;
+  std::uint64_t quota_blocks = 0;  // 0: none
+  std::uint64_t quota_bytes = 0;   // 0: none
+  // With a quota: the namespace's committed blocks by (LRU stamp, entry), so
+  // a write over quota evicts exactly its least recently used unleased block.
+  std::set<std::pair<std::uint64_t, std::uint32_t>> lru;
+  bool has_quota() const { return quota_blocks != 0 || quota_bytes != 0; }
 };
 
 struct Agent {
@@ -261,9 +270,27 @@ struct CoordinatorCore::State {
                    static_cast<std::uint64_t>(p.granules) * kGranule, p.generation};
   }
 
+  // The per-namespace LRU of quota'd namespaces follows every committed
+  // entry's stamp.
+  void lru_insert(std::uint32_t i) {
+    const BlockEntry& e = slab[i];
+    Namespace& n = namespaces[e.ns];
+    if (n.has_quota() && e.state == BlockState::kCommitted) n.lru.emplace(e.stamp, i);
+  }
+  void lru_erase(std::uint32_t i) {
+    const BlockEntry& e = slab[i];
+    Namespace& n = namespaces[e.ns];
+    if (n.has_quota()) n.lru.erase({e.stamp, i});
+  }
+  void restamp(std::uint32_t i) {
+    lru_erase(i);
+    slab[i].stamp = ++touch_clock;
+    lru_insert(i);
+  }
+
   void touch(std::uint32_t i) {
     BlockEntry& e = slab[i];
-    e.stamp = ++touch_clock;
+    restamp(i);
     if (e.list == BlockLists::kLru) {
       Agent& a = agent(e.agent);
       a.lists.unlink(slab, i);
@@ -289,7 +316,7 @@ struct CoordinatorCore::State {
     Agent& a = agent(e.agent);
     if (e.state == BlockState::kCommitted) {
       a.lists.unlink(slab, i);
-      e.stamp = ++touch_clock;
+      restamp(i);
       a.lists.link_lru(slab, i);
     } else if (e.state == BlockState::kRemovedLeased) {
       retire(i, std::nullopt);
@@ -307,6 +334,10 @@ struct CoordinatorCore::State {
     if (e.state == BlockState::kWriting || e.state == BlockState::kCommitted) {
       [[maybe_unused]] const bool erased = by_key.erase(key_hash(e.ns, e.key), i);
       assert(erased);
+      lru_erase(i);
+      Namespace& n = namespaces[e.ns];
+      --n.live_blocks;
+      n.live_bytes -= static_cast<std::uint64_t>(g) * kGranule;
       a.live_granules -= g;
       if (e.state == BlockState::kCommitted) {
         --a.committed_blocks;
@@ -343,7 +374,11 @@ struct CoordinatorCore::State {
       BlockEntry& e = slab[i];
       if (e.state == BlockState::kWriting || e.state == BlockState::kCommitted) {
         by_key.erase(key_hash(e.ns, e.key), i);
-        if (e.state == BlockState::kCommitted) --namespaces[e.ns].blocks;
+        lru_erase(i);
+        Namespace& n = namespaces[e.ns];
+        --n.live_blocks;
+        n.live_bytes -= static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
+        if (e.state == BlockState::kCommitted) --n.blocks;
       }
       by_slot.erase(slot_hash(e.agent, e.granule), i);
       e.list = BlockLists::kNone;
@@ -648,6 +683,8 @@ struct CoordinatorCore::State {
     by_slot.insert(slot_hash(chosen, e.granule), i);
     a.lists.link_busy(slab, i);
     a.live_granules += granules;
+    ++namespaces[ns].live_blocks;
+    namespaces[ns].live_bytes += bytes;
 
     const std::uint64_t lease = next_lease++;
     const Clock::time_point deadline = now + config.write_lease_ttl;
@@ -661,6 +698,25 @@ struct CoordinatorCore::State {
     item.lease = LeaseId{lease};
     item.lease_deadline = deadline;
     return item;
+  }
+
+  // Evicts the namespace's least recently used unleased blocks until one
+  // more block of `bytes` fits its quota. False when the quota cannot make
+  // room (every block is leased or being written).
+  bool make_quota_room(std::uint32_t ns, std::uint64_t bytes) {
+    Namespace& n = namespaces[ns];
+    auto over = [&] {
+      return (n.quota_blocks != 0 && n.live_blocks + 1 > n.quota_blocks) ||
+             (n.quota_bytes != 0 && n.live_bytes + bytes > n.quota_bytes);
+    };
+    auto it = n.lru.begin();
+    while (over()) {
+      while (it != n.lru.end() && slab[it->second].pins != 0) ++it;
+      if (it == n.lru.end()) return false;
+      const std::uint32_t victim = (it++)->second;
+      evict(victim);  // erases victim's pair; `it` already moved past it
+    }
+    return true;
   }
 
   // ---- leases ----
@@ -786,8 +842,47 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
 std::vector<NamespaceView> CoordinatorCore::namespaces() const {
   std::lock_guard lock(mu_);
   std::vector<NamespaceView> out;
-  for (const Namespace& n : s_->namespaces) out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks});
+  for (const Namespace& n : s_->namespaces) {
+    out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks, n.live_bytes, n.quota_blocks,
+                                n.quota_bytes});
+  }
   return out;
+}
+
+Result<BatchResult> CoordinatorCore::set_quota(NamespaceId ns_id, std::uint64_t quota_blocks,
+                                               std::uint64_t quota_bytes, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto ns = s.ns_lookup(ns_id);
+  if (!ns) return tl::unexpected(ns.error());
+  Namespace& n = s.namespaces[*ns];
+  const bool had = n.has_quota();
+  n.quota_blocks = quota_blocks;
+  n.quota_bytes = quota_bytes;
+  if (!n.has_quota()) {
+    n.lru.clear();
+  } else if (!had) {
+    // Start following the namespace's committed blocks: one pass over the
+    // slab (an operator's command, not a data-path call).
+    for (std::uint32_t i = 0; i < s.slab.high_water(); ++i) {
+      const BlockEntry& e = s.slab[i];
+      if (e.state == BlockState::kCommitted && e.ns == *ns) n.lru.emplace(e.stamp, i);
+    }
+  }
+  // Down to the new quota now, as far as unleased blocks allow.
+  auto over = [&] {
+    return (n.quota_blocks != 0 && n.live_blocks > n.quota_blocks) ||
+           (n.quota_bytes != 0 && n.live_bytes > n.quota_bytes);
+  };
+  for (auto it = n.lru.begin(); over() && it != n.lru.end();) {
+    const std::uint32_t i = (it++)->second;
+    if (s.slab[i].pins == 0) s.evict(i);
+  }
+  logger()->info("namespace {} quota: {} blocks, {} bytes (0: none)", hex(ns_id), quota_blocks, quota_bytes);
+  BatchResult r;
+  r.invalidations = s.collect_ready(now);
+  return r;
 }
 
 // ---- agents ----
@@ -958,6 +1053,9 @@ Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t 
     a->live_granules += g;
     ++a->committed_blocks;
     ++s.namespaces[ns].blocks;
+    ++s.namespaces[ns].live_blocks;
+    s.namespaces[ns].live_bytes += g * kGranule;
+    s.lru_insert(i);
     s.next_generation = std::max(s.next_generation, b.generation + 1);
     ++out.adopted;
   }
@@ -1108,6 +1206,10 @@ Result<AllocateResult> CoordinatorCore::allocate(NamespaceId ns_id, std::span<co
       item.status = Status(StatusCode::kResourceExhausted,
                            "writer '" + writer.client_id + "' holds " + std::to_string(s.client_open[client]) +
                                " open write leases, the limit: commit or abort some first");
+    } else if (!s.make_quota_room(*ns, static_cast<std::uint64_t>(slot_granules(req.length)) * kGranule)) {
+      item.status = Status(StatusCode::kResourceExhausted,
+                           "namespace " + hex(ns_id) + " is at its quota and every block of it is read-leased or " +
+                               "being written");
     } else {
       item = s.place(*ns, req, local, client, now, budget);
     }
@@ -1160,6 +1262,7 @@ std::vector<Status> CoordinatorCore::commit(std::span<const LeaseId> leases, Clo
       owner.lists.unlink(s.slab, l.entry);
       e.state = BlockState::kCommitted;
       e.stamp = ++s.touch_clock;
+      s.lru_insert(l.entry);
       owner.lists.link_lru(s.slab, l.entry);
       ++owner.committed_blocks;
       ++s.namespaces[e.ns].blocks;
@@ -1299,9 +1402,13 @@ Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const K
       // Readers still hold it: out of the index now, space later.
       Agent& a = s.agent(e.agent);
       s.by_key.erase(key_hash(e.ns, e.key), i);
+      s.lru_erase(i);
       a.live_granules -= slot_granules(e.length);
       --a.committed_blocks;
-      --s.namespaces[e.ns].blocks;
+      Namespace& n = s.namespaces[e.ns];
+      --n.blocks;
+      --n.live_blocks;
+      n.live_bytes -= static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
       e.state = BlockState::kRemovedLeased;
     }
     r.statuses.emplace_back();
@@ -1626,6 +1733,9 @@ Status CoordinatorCore::State::check_all() const {
   }
   for (std::size_t n = 0; n < namespaces.size(); ++n) {
     if (ns_blocks[n] != namespaces[n].blocks) return internal("namespace block counter");
+    if (namespaces[n].has_quota() && namespaces[n].lru.size() != namespaces[n].blocks) {
+      return internal("namespace LRU of a quota does not hold every committed block");
+    }
   }
   return Status::ok_status();
 }

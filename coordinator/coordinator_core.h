@@ -55,6 +55,9 @@ struct NamespaceView {
   NamespaceDescriptor descriptor;
   std::uint64_t block_bytes = 0;
   std::uint64_t blocks = 0;  // committed blocks
+  std::uint64_t live_bytes = 0;  // slot bytes of blocks committed or being written
+  std::uint64_t quota_blocks = 0;  // 0: no quota
+  std::uint64_t quota_bytes = 0;   // 0: no quota
 };
 
 // What the index itself occupies (for coordinator_bench and pooltool).
@@ -83,6 +86,17 @@ class CoordinatorCore {
   // namespaces.
   Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc);
   std::vector<NamespaceView> namespaces() const;
+
+  // A namespace's budget (0: none) in blocks and in slot bytes (granule-
+  // rounded), counting blocks committed or being written. A write that
+  // would pass it first evicts that namespace's least recently used unleased
+  // blocks, exactly (no watermark slack), wherever they live; when every
+  // block is leased the write fails with kResourceExhausted. A lower quota
+  // evicts down to it at once. Keeping the namespace's LRU order costs about
+  // 40 bytes per committed block of a namespace with a quota. Call error:
+  // kNotFound (namespace).
+  Result<BatchResult> set_quota(NamespaceId ns, std::uint64_t quota_blocks, std::uint64_t quota_bytes,
+                                Clock::time_point now);
 
   // ---- Agents ----
 

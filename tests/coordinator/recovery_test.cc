@@ -217,3 +217,62 @@ TEST_CASE("limits: namespaces and open write leases per writer", "[coordinator][
 }
 
 }  // namespace kvpool::coordinator::testing
+
+namespace kvpool::coordinator::testing {
+
+TEST_CASE("a namespace quota evicts exactly its least recently used unleased blocks", "[coordinator][quota]") {
+  Harness h;
+  h.add_agent("a", "h1", 16);
+  auto other = h.core->register_namespace(test_namespace(kBlock, "other"));
+  REQUIRE(other);
+  // A block of another namespace is never evicted for this one's quota.
+  BlockRequest foreign{key(100), kBlock};
+  auto f = h.core->allocate(*other, std::span<const BlockRequest>(&foreign, 1), WriterInfo{"c", "h1"}, h.now);
+  REQUIRE(f);
+  REQUIRE(h.core->commit(std::span<const LeaseId>(&f->items[0].lease, 1), h.now)[0].ok());
+
+  for (std::uint64_t k = 1; k <= 5; ++k) h.put(k);
+  REQUIRE(h.core->set_quota(h.ns, 3, 0, h.now));  // evicts 1 and 2 at once
+  CHECK_FALSE(h.present(1));
+  CHECK_FALSE(h.present(2));
+  CHECK(h.present(3));
+  h.lookup({3});  // 3 is now the most recently used: 4 is the oldest
+  LeaseId lease{};
+  REQUIRE(h.lookup({4}, true, &lease).size() == 1);  // and 4 is read-leased
+  h.put(6);  // over quota: 4 is leased, so 5 goes
+  CHECK(h.present(4));
+  CHECK_FALSE(h.present(5));
+  CHECK(h.present(3));
+  CHECK(h.present(6));
+  for (const auto& v : h.core->namespaces()) {
+    if (v.id == h.ns) {
+      CHECK(v.blocks == 3);
+      CHECK(v.quota_blocks == 3);
+    }
+  }
+  BlockRequest r{key(100), kBlock};
+  auto still = h.core->contains(*other, std::span<const Key128>(&r.key, 1), h.now);
+  REQUIRE(still);
+  CHECK((*still)[0]);
+  h.check();
+
+  // Every block leased: the write fails instead of passing the quota.
+  LeaseId all{};
+  REQUIRE(h.lookup({3, 4, 6}, true, &all).size() == 3);
+  const AllocateItem refused = h.alloc(7);
+  CHECK(refused.outcome == AllocateOutcome::kError);
+  CHECK(refused.status.code() == StatusCode::kResourceExhausted);
+  // A byte quota works the same way; 0 and 0 lift it.
+  REQUIRE(h.core->release(all, h.now).ok());
+  REQUIRE(h.core->release(lease, h.now).ok());
+  REQUIRE(h.core->set_quota(h.ns, 0, 2 * kBlock, h.now));
+  CHECK(h.lookup({3, 4, 6}).size() < 3);
+  REQUIRE(h.core->set_quota(h.ns, 0, 0, h.now));
+  h.put(8);
+  h.put(9);
+  h.put(10);
+  CHECK(h.present(8));
+  h.check();
+}
+
+}  // namespace kvpool::coordinator::testing
