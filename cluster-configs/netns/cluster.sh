@@ -33,16 +33,18 @@ cluster_start() {
   mkdir -p "$run"
   netns_exec "$p" c "$bin/kvpool-coordinator" --listen "$KVPOOL_COORDINATOR_ADDR" --log-level "$level" "$@" \
     >"$run/c.log" 2>&1 &
-  echo $! >"$run/c.pid"
   for n in $agents; do
     netns_exec "$p" "$n" "$bin/kvpool-agent" --coordinator "$KVPOOL_COORDINATOR_ADDR" \
       --pool-size "${KVPOOL_POOL_SIZE:-64MiB}" --log-level "$level" >"$run/$n.log" 2>&1 &
-    echo $! >"$run/$n.pid"
   done
   local want
   want=$(echo "$agents" | wc -w)
   for i in $(seq 300); do
-    if [ "$(grep -c 'registered:' "$run/c.log" 2>/dev/null)" -ge "$want" ]; then return 0; fi
+    if [ "$(grep -c 'registered:' "$run/c.log" 2>/dev/null)" -ge "$want" ]; then
+      # $! would be a subshell's pid: each node's only process is the server.
+      for n in c $agents; do ip netns pids "$p-$n" >"$run/$n.pid"; done
+      return 0
+    fi
     sleep 0.1
   done
   echo "cluster: only $(grep -c 'registered:' "$run/c.log") of $want agents registered in 30 s" >&2

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
@@ -152,6 +153,7 @@ struct Client::Impl {
   // agent may still put into it when a cut link returns, so it lives as long
   // as the transport (~Impl resets the transport before members go).
   std::vector<std::shared_ptr<std::vector<std::byte>>> parked_scratch;  // guarded by mu
+  std::unordered_set<std::uint64_t> reconnected;  // agent incarnations we closed an endpoint to; guarded by mu
 
   std::unique_ptr<WorkQueue> work;
   std::unique_ptr<WorkQueue> verifier;  // checks chunks of a get while the next chunk moves
@@ -227,6 +229,17 @@ struct Client::Impl {
       // Over TCP UCX emulates get in software (DESIGN.md: 5-60x slower than
       // put): ask the agent to put instead.
       conn->owner_reads = conn->peer->rma_transports().find("emulated") != std::string::npos;
+      if (conn->owner_reads) {
+        std::lock_guard lock(mu);
+        // TODO(netns): after we closed an endpoint to this agent, its
+        // endpoint back to us (owner reads) is matched by UCX with the closed
+        // one and delivers nothing; read with UCX get (slower over TCP) until
+        // the agent can replace it.
+        if (reconnected.count(incarnation) != 0) {
+          conn->owner_reads = false;
+          logger()->warn("agent {}: reconnected; reading with UCX get instead of owner reads", id);
+        }
+      }
       if (options.prefault_mapped_regions) conn->start_prefault();
       logger()->debug("connected to agent {} incarnation {} over {}", id, incarnation,
                       conn->peer->rma_transports());
@@ -246,6 +259,7 @@ struct Client::Impl {
   void drop_agent(std::uint32_t id, AgentConn& conn, const Status& why) {
     conn.peer->mark_dead(why.to_string());
     std::lock_guard lock(mu);
+    reconnected.insert(conn.record.incarnation);
     auto it = agents.find(id);
     if (it != agents.end() && it->second.get() == &conn) agents.erase(it);
   }
@@ -628,10 +642,6 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
         s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
       }
       if (!s.ok()) {
-        // The read may still be moving: closing our endpoint fails the
-        // agent's endpoint back to us, which drops what it still has queued
-        // for our buffers; the next operation reconnects.
-        drop_agent(agent_id, c, s);
         if (c.owner_reads) {
           std::lock_guard lock(mu);
           if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
