@@ -40,14 +40,14 @@ cluster_start() {
   local want
   want=$(echo "$agents" | wc -w)
   for i in $(seq 300); do
-    if [ "$(grep -c 'registered:' "$run/c.log" 2>/dev/null)" -ge "$want" ]; then
+    if [ "$(grep -cE 'agent [0-9]+ registered:' "$run/c.log" 2>/dev/null)" -ge "$want" ]; then
       # $! would be a subshell's pid: each node's only process is the server.
       for n in c $agents; do ip netns pids "$p-$n" >"$run/$n.pid"; done
       return 0
     fi
     sleep 0.1
   done
-  echo "cluster: only $(grep -c 'registered:' "$run/c.log") of $want agents registered in 30 s" >&2
+  echo "cluster: only $(grep -cE 'agent [0-9]+ registered:' "$run/c.log") of $want agents registered in 30 s" >&2
   return 1
 }
 
