@@ -33,6 +33,12 @@ cluster_start() {
   mkdir -p "$run"
   netns_exec "$p" c "$bin/kvpool-coordinator" --listen "$KVPOOL_COORDINATOR_ADDR" --log-level "$level" "$@" \
     >"$run/c.log" 2>&1 &
+  # An agent that finds no coordinator exits: start them once it listens.
+  for i in $(seq 300); do
+    grep -q 'coordinator listening' "$run/c.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q 'coordinator listening' "$run/c.log" || { echo "cluster: the coordinator did not start" >&2; return 1; }
   for n in $agents; do
     netns_exec "$p" "$n" "$bin/kvpool-agent" --coordinator "$KVPOOL_COORDINATOR_ADDR" \
       --pool-size "${KVPOOL_POOL_SIZE:-64MiB}" --log-level "$level" >"$run/$n.log" 2>&1 &

@@ -349,7 +349,8 @@ case_late_put() {
   log "w1> put 7 1 (slow link)"
   wsend w1 "put 7 1"
   sleep 1.5
-  # w2 fills the pool; its last block waits for w1's slot: the lease (2 s),
+  # w2 fills the pool (evicting its own blocks to make room while w1's slot
+  # is out); all of them fit at once only when w1's slot is back: the lease (2 s),
   # the quarantine (3 s), then the agent's invalidation.
   local i
   for i in $(seq 60); do
