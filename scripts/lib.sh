@@ -9,7 +9,7 @@ KVPOOL_PACKAGES=(
   libucx-dev ucx-utils libibverbs-dev
   libboost-dev catch2 libexpected-dev nlohmann-json3-dev
   libspdlog-dev libcli11-dev libxxhash-dev
-  util-linux procps
+  util-linux procps iptables
   pybind11-dev python3-dev python3-numpy python3-pytest
   clang-14 libclang-rt-14-dev
 )

@@ -96,6 +96,8 @@ struct Transport::Impl {
   std::unordered_map<std::string, ucp_ep_h> readers;  // guarded by readers_mu
   ucp_ep_h reader_endpoint(const std::string& address, bool peer_errors);
   void drop_reader(ucp_ep_h ep);
+  // Whether `ep` is still one of `readers` (not closed by drop_reader).
+  bool reader_open(ucp_ep_h ep);
   void close_readers();
 
   void handle_read_request(std::vector<std::byte> bytes);

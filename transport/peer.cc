@@ -18,6 +18,26 @@
 namespace kvpool::transport {
 namespace {
 
+// Whether UCX_TLS syntax `tls` lets UCX pick a shared-memory transport:
+// "tcp" does not; "", "all", "^sysv" or "posix,tcp" do.
+bool tls_allows_shared_memory(std::string_view tls) {
+  if (tls.empty()) return true;
+  const bool exclude = tls.front() == '^';
+  if (exclude) tls.remove_prefix(1);
+  bool all = false, all_shm = false, some_shm = false;
+  while (!tls.empty()) {
+    const auto comma = tls.find(',');
+    const std::string_view t = tls.substr(0, comma);
+    tls = comma == std::string_view::npos ? std::string_view() : tls.substr(comma + 1);
+    all |= t == "all";
+    all_shm |= t == "sm" || t == "shm";
+    some_shm |= t == "mm" || t == "posix" || t == "sysv" || t == "cma" || t == "xpmem" || t == "knem";
+  }
+  // Excluding a few shared-memory transports leaves the others.
+  return exclude ? !all_shm : all || all_shm || some_shm;
+}
+
+
 std::shared_ptr<spdlog::logger> logger() {
   static auto l = log::get("transport");
   return l;
@@ -173,7 +193,12 @@ Result<std::unique_ptr<Peer>> Transport::connect(std::string_view worker_address
                                                  std::string_view peer_host_id) {
   if (worker_address.empty()) return make_error(StatusCode::kInvalidArgument, "connect: empty worker address");
   if (mode == ErrorMode::kAuto) {
-    mode = (!peer_host_id.empty() && peer_host_id == impl_->host_id) ? ErrorMode::kNone : ErrorMode::kPeer;
+    // Same host but TCP only (containers, network namespaces, UCX_TLS=tcp):
+    // no shared memory, so peer mode works and is needed to see failures
+    // and to close an endpoint without flushing what is queued on it.
+    mode = (!peer_host_id.empty() && peer_host_id == impl_->host_id && tls_allows_shared_memory(impl_->tls))
+               ? ErrorMode::kNone
+               : ErrorMode::kPeer;
   }
   std::unique_ptr<Peer> peer(new Peer(this, mode));
   ucp_ep_params_t p{};

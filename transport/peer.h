@@ -28,7 +28,7 @@ namespace kvpool::transport {
 class Transport;
 
 enum class ErrorMode {
-  kAuto,  // kNone for a same-host peer (shared memory), else kPeer
+  kAuto,  // kNone for a same-host peer our UCX_TLS may reach by shared memory, else kPeer
   kPeer,  // UCX reports a dead peer (network transports only)
   kNone,  // liveness comes from the control plane: Peer::mark_dead
 };

@@ -85,7 +85,9 @@ class Transport {
   // Connects to the worker at `worker_address`. With kPeer, a dead peer fails
   // pending and later operations (tcp, rc, dc, ud); UCX cannot detect it over
   // shared memory, so same-host peers use kNone and the control plane calls
-  // Peer::mark_dead. kAuto picks kNone when `peer_host_id` equals ours.
+  // Peer::mark_dead. kAuto picks kNone when `peer_host_id` equals ours and
+  // our UCX_TLS allows shared memory (with "tcp" alone, kPeer: containers and
+  // network namespaces of one host).
   Result<std::unique_ptr<Peer>> connect(std::string_view worker_address, ErrorMode mode,
                                         std::string_view peer_host_id = {});
 

@@ -100,10 +100,17 @@ class Client {
   // Writes blocks[i] under keys[i] (each block exactly the namespace's block
   // size). Per-key outcomes; the call fails as a whole only when the
   // coordinator cannot be reached or the arguments are malformed.
+  // Data moves only within each block's write lease: a batch that cannot
+  // finish by then fails its keys with kDeadlineExceeded, its endpoint is
+  // closed (the next call reconnects) and its space stays quarantined by
+  // the coordinator until no late byte can land (DESIGN.md, fencing).
   Result<PutResult> put(NamespaceId ns, std::span<const Key128> keys,
                         std::span<const std::span<const std::byte>> blocks);
   // Loads the longest present prefix of keys into buffers (each at least the
-  // block size), verifying every block.
+  // block size), verifying every block. After a failure with
+  // kDeadlineExceeded (a cut or frozen link), the agent may still write the
+  // blocks it was asked for into `buffers` when the link returns: keep them
+  // alive and do not trust their contents until a later get succeeds.
   Result<GetResult> get(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> buffers);
   // How many leading keys are in the pool (no lease, no data).
   Result<std::size_t> lookup(NamespaceId ns, std::span<const Key128> keys);

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
@@ -157,6 +158,11 @@ struct Client::Impl {
   std::atomic<std::uint64_t> bytes_got{0};
   std::atomic<std::uint64_t> verify_failures{0};
   std::string transports_seen;  // guarded by mu
+  // Header scratch of owner reads that failed (deadline, dead peer): the
+  // agent may still put into it when a cut link returns, so it lives as long
+  // as the transport (~Impl resets the transport before members go).
+  std::vector<std::shared_ptr<std::vector<std::byte>>> parked_scratch;  // guarded by mu
+  std::unordered_set<std::uint64_t> reconnected;  // agent incarnations we closed an endpoint to; guarded by mu
 
   std::unique_ptr<WorkQueue> work;
   std::unique_ptr<WorkQueue> verifier;  // checks chunks of a get while the next chunk moves
@@ -255,6 +261,7 @@ struct Client::Impl {
       }
       if (!still) {
         it->second->peer->mark_dead("agent left the pool");
+        reconnected.insert(it->second->record.incarnation);  // it may come back (rejoin)
         it = agents.erase(it);
       } else {
         ++it;
@@ -292,6 +299,17 @@ struct Client::Impl {
       // Over TCP UCX emulates get in software (DESIGN.md: 5-60x slower than
       // put): ask the agent to put instead.
       conn->owner_reads = conn->peer->rma_transports().find("emulated") != std::string::npos;
+      if (conn->owner_reads) {
+        std::lock_guard lock(mu);
+        // TODO(netns): after we closed an endpoint to this agent, its
+        // endpoint back to us (owner reads) is matched by UCX with the closed
+        // one and delivers nothing; read with UCX get (slower over TCP) until
+        // the agent can replace it.
+        if (reconnected.count(incarnation) != 0) {
+          conn->owner_reads = false;
+          logger()->warn("agent {}: reconnected; reading with UCX get instead of owner reads", id);
+        }
+      }
       if (options.prefault_mapped_regions) conn->start_prefault();
       logger()->debug("connected to agent {} incarnation {} over {}", id, incarnation,
                       conn->peer->rma_transports());
@@ -306,6 +324,16 @@ struct Client::Impl {
                       "agent " + std::to_string(id) + " incarnation " + std::to_string(incarnation) + " is gone");
   }
 
+  // Closes the endpoint to an agent whose operation may have ops left in
+  // flight, and forgets it (if still current) so the next use reconnects.
+  void drop_agent(std::uint32_t id, AgentConn& conn, const Status& why) {
+    conn.peer->mark_dead(why.to_string());
+    std::lock_guard lock(mu);
+    reconnected.insert(conn.record.incarnation);
+    auto it = agents.find(id);
+    if (it != agents.end() && it->second.get() == &conn) agents.erase(it);
+  }
+
   void on_push(std::uint16_t type, const std::string& payload) {
     if (type != rpc::kPushAgentDown) return;
     rpc::AgentDownMessage down;
@@ -316,6 +344,7 @@ struct Client::Impl {
       // Shared-memory endpoints cannot see a dead peer: fail its operations
       // now, and drop the mapping so the dead segment can be freed.
       it->second->peer->mark_dead("the coordinator reports agent " + std::to_string(down.agent) + " down");
+      reconnected.insert(down.incarnation);  // it may come back (rejoin after a partition)
       agents.erase(it);
     }
   }
@@ -372,6 +401,10 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
   areq.writer_host = transport->host_id();
   for (std::size_t i = 0; i < keys.size(); ++i) areq.items.push_back({keys[i], blocks[i].size()});
   rpc::AllocateReply arep;
+  // Write leases run from when the coordinator issued them; counting from
+  // before the request went out keeps our view of each deadline early.
+  std::vector<Clock::time_point> lease_ends(keys.size(), Clock::time_point::max());
+  auto issued_after = Clock::now();
   if (Status s = call(rpc::kAllocate, areq, arep); !s.ok()) return tl::unexpected(s);
   if (arep.results.size() != keys.size()) {
     return make_error(StatusCode::kInternal, "allocate: reply has the wrong number of results");
@@ -393,8 +426,17 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
     again.writer_host = areq.writer_host;
     for (std::size_t i : retry) again.items.push_back(areq.items[i]);
     rpc::AllocateReply rrep;
+    const auto again_after = Clock::now();
     if (Status s = call(rpc::kAllocate, again, rrep); !s.ok() || rrep.results.size() != retry.size()) break;
-    for (std::size_t j = 0; j < retry.size(); ++j) arep.results[retry[j]] = std::move(rrep.results[j]);
+    for (std::size_t j = 0; j < retry.size(); ++j) {
+      arep.results[retry[j]] = std::move(rrep.results[j]);
+      lease_ends[retry[j]] = again_after + std::chrono::milliseconds(arep.results[retry[j]].lease_ms);
+    }
+  }
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    if (lease_ends[i] == Clock::time_point::max()) {
+      lease_ends[i] = issued_after + std::chrono::milliseconds(arep.results[i].lease_ms);
+    }
   }
 
   // Payloads are written first and headers last, so a valid header means a
@@ -456,6 +498,19 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
   for (auto& [agent_id, idx] : by_agent) {
     auto conn = agent(agent_id, arep.results[idx.front()].location.incarnation);
     Status s = conn ? Status() : conn.error();
+    // Fencing (DESIGN.md, "Data flows"): no put is posted after its write
+    // lease's deadline, and none may still be moving after it, so the
+    // coordinator's quarantine of an expired lease covers every late byte.
+    Clock::time_point lease_end = deadline().at();
+    for (std::size_t i : idx) lease_end = std::min(lease_end, lease_ends[i]);
+    const Deadline put_deadline(lease_end);
+    auto lease_left = [&] {
+      return put_deadline.expired()
+                 ? Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the data was written")
+                 : Status();
+    };
+    bool posted = false;  // some op of this batch may still be in flight
+    if (s.ok()) s = lease_left();
     if (s.ok()) {
       std::vector<transport::RmaOp> payload_ops;
       for (std::size_t i : idx) {
@@ -465,8 +520,20 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       const transport::MemoryRegion* local = registered(blocks[idx.front()].data(), blocks[idx.front()].size());
       // put() returns once the payloads are complete at the agent; only then
       // do the headers go.
-      s = (*conn)->peer->put((*conn)->region, payload_ops, deadline(), {.local = local});
-      if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops_for(idx), deadline());
+      posted = true;
+      s = (*conn)->peer->put((*conn)->region, payload_ops, put_deadline, {.local = local});
+      if (s.ok()) {
+        auto header_ops = header_ops_for(idx);  // may wait for the hashes
+        s = lease_left();
+        if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, put_deadline);
+      }
+    }
+    if (!s.ok() && posted) {
+      // Ops may still be queued in UCX: close the endpoint so nothing more
+      // of them is sent (the next operation reconnects), and leave the
+      // leases to expire into the coordinator's quarantine instead of
+      // aborting them, which would hand the space to another writer now.
+      drop_agent(agent_id, **conn, s);
     }
     for (std::size_t i : idx) {
       if (s.ok()) {
@@ -474,7 +541,7 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
         commit_index.push_back(i);
       } else {
         result.errors[i] = s;
-        abort.leases.push_back(arep.results[i].lease);
+        if (!posted) abort.leases.push_back(arep.results[i].lease);
       }
     }
   }
@@ -532,7 +599,8 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
   Status stopped = n < keys.size() ? Status(StatusCode::kNotFound, "block " + std::to_string(n) + " is not in the pool")
                                    : Status();
 
-  std::vector<std::byte> headers(pool::kSlotHeaderBytes * std::max<std::size_t>(n, 1));
+  auto headers_owner = std::make_shared<std::vector<std::byte>>(pool::kSlotHeaderBytes * std::max<std::size_t>(n, 1));
+  std::vector<std::byte>& headers = *headers_owner;
   std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
   for (std::size_t i = 0; i < n; ++i) {
     const auto& loc = lrep.locations[i];
@@ -645,6 +713,10 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
         s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
       }
       if (!s.ok()) {
+        if (c.owner_reads) {
+          std::lock_guard lock(mu);
+          if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
+        }
         ok_upto = std::min(ok_upto, idx.front());
         stopped = s;
         break;
