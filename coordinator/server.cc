@@ -147,6 +147,15 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
           id, static_cast<std::uint32_t>(options.heartbeat_interval.count()), joined->send_blocks}));
       return;
     }
+    case rpc::kSetQuota: {
+      rpc::SetQuotaRequest m;
+      if (!parse(m)) return;
+      auto res = core->set_quota(m.ns, m.quota_blocks, m.quota_bytes, now);
+      if (!res) return resp.fail(res.error());
+      send_invalidations(res->invalidations);
+      resp.reply({});
+      return;
+    }
     case rpc::kRecoverBlocks: {
       rpc::RecoverBlocksRequest m;
       if (!parse(m)) return;

@@ -207,6 +207,21 @@ Status decode(std::string_view p, RecoverBlocksRequest& m) {
   return r.finish("recover blocks");
 }
 
+std::string encode(const SetQuotaRequest& m) {
+  Writer w;
+  w.u64(m.ns);
+  w.u64(m.quota_blocks);
+  w.u64(m.quota_bytes);
+  return w.take();
+}
+Status decode(std::string_view p, SetQuotaRequest& m) {
+  Reader r(p);
+  m.ns = r.u64();
+  m.quota_blocks = r.u64();
+  m.quota_bytes = r.u64();
+  return r.finish("set quota");
+}
+
 std::string encode(const RecoverBlocksReply& m) {
   Writer w;
   w.u64(m.adopted);

@@ -33,6 +33,7 @@ enum MessageType : std::uint16_t {
   kWaitFor = 26,
   kStats = 27,
   kRecoverBlocks = 32,   // agent -> coordinator: blocks of a scan, after a rejoin
+  kSetQuota = 33,        // a namespace's budget in blocks and bytes (0: none)
   kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
   // pushes
   kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
@@ -107,6 +108,11 @@ struct RecoverBlocksRequest {
   std::uint64_t incarnation = 0;
   bool last = false;  // the scan is complete: end the recovery
   std::vector<RecoveredBlockWire> blocks;
+};
+struct SetQuotaRequest {
+  NamespaceId ns = 0;
+  std::uint64_t quota_blocks = 0;  // 0: none
+  std::uint64_t quota_bytes = 0;   // 0: none
 };
 struct RecoverBlocksReply {
   std::uint64_t adopted = 0;
@@ -220,6 +226,7 @@ KVPOOL_RPC_MESSAGE(RegisterAgentRequest)
 KVPOOL_RPC_MESSAGE(RegisterAgentReply)
 KVPOOL_RPC_MESSAGE(RecoverBlocksRequest)
 KVPOOL_RPC_MESSAGE(RecoverBlocksReply)
+KVPOOL_RPC_MESSAGE(SetQuotaRequest)
 KVPOOL_RPC_MESSAGE(HeartbeatRequest)
 KVPOOL_RPC_MESSAGE(ListAgentsReply)
 KVPOOL_RPC_MESSAGE(AllocateRequest)
