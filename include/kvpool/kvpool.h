@@ -65,7 +65,10 @@ typedef enum kvpool_status {
   KVPOOL_CANCELLED = 8,
   KVPOOL_DATA_LOSS = 9, /* bytes failed verification (checksum, torn block) */
   KVPOOL_UNIMPLEMENTED = 10,
-  KVPOOL_INTERNAL = 11
+  KVPOOL_INTERNAL = 11,
+  /* the coordinator and this client do not share the cluster secret
+   * (SECURITY.md): fix the secret file, then retry */
+  KVPOOL_PERMISSION_DENIED = 12
 } kvpool_status_t;
 
 /* Stable lower-case name of a code ("not_found"), as in kvpool's logs and

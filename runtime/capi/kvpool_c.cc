@@ -59,7 +59,9 @@ static_assert(static_cast<int>(StatusCode::kOk) == KVPOOL_OK &&
               static_cast<int>(StatusCode::kCancelled) == KVPOOL_CANCELLED &&
               static_cast<int>(StatusCode::kDataLoss) == KVPOOL_DATA_LOSS &&
               static_cast<int>(StatusCode::kUnimplemented) == KVPOOL_UNIMPLEMENTED &&
-              static_cast<int>(StatusCode::kInternal) == KVPOOL_INTERNAL,
+              static_cast<int>(StatusCode::kInternal) == KVPOOL_INTERNAL &&
+              static_cast<int>(StatusCode::kPermissionDenied) == KVPOOL_PERMISSION_DENIED &&
+              kvpool::kLastStatusCode == StatusCode::kPermissionDenied,
               "kvpool_status_t mirrors kvpool::StatusCode value for value");
 static_assert(sizeof(kvpool_key_t) == sizeof(kvpool::Key128));
 static_assert(static_cast<int>(kvpool::PutOutcome::kWritten) == KVPOOL_PUT_WRITTEN &&
@@ -261,7 +263,7 @@ kvpool_status_t record_outcome(const kvpool_future_t* f) {
 extern "C" {
 
 const char* kvpool_status_name(kvpool_status_t code) {
-  if (code < KVPOOL_OK || code > KVPOOL_INTERNAL) return "unknown";
+  if (code < KVPOOL_OK || code > KVPOOL_PERMISSION_DENIED) return "unknown";
   // code_name returns views of string literals: NUL-terminated, static.
   return kvpool::code_name(static_cast<StatusCode>(static_cast<int>(code))).data();
 }
