@@ -52,6 +52,7 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   ro.port = hp->second;
   ro.role = rpc::Role::kAgent;
   ro.client_id = "agent-" + std::to_string(a->incarnation_);
+  ro.secret_file = options.secret_file;
   auto rc = rpc::Client::connect(ro, Deadline::after(options.connect_timeout));
   if (!rc) return tl::unexpected(rc.error());
   a->rpc_ = std::move(*rc);

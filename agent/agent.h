@@ -40,6 +40,9 @@ struct AgentOptions {
   transport::ProgressMode progress = transport::ProgressMode::kEvent;
   std::string tls;  // UCX_TLS; empty: environment or kvpool's default
   std::chrono::milliseconds connect_timeout{10000};
+  // The cluster secret file; empty: KVPOOL_SECRET_FILE, else the default
+  // path (runtime/common/secret.h). The agent never creates one.
+  std::string secret_file;
 };
 
 class Agent {

@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   ao.lock = lock == "require" ? pool::Lock::kRequire : lock == "off" ? pool::Lock::kOff : pool::Lock::kTry;
   ao.huge_pages = huge == "off" ? pool::HugePages::kOff : pool::HugePages::kTry;
   ao.tls = tls;
+  ao.secret_file = flags.secret_file;
 
   block_stop_signals();
   std::unique_ptr<coordinator::CoordinatorServer> server;

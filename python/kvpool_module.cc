@@ -424,13 +424,9 @@ class PyClient {
  public:
   PyClient(const std::string& coordinator, py::object secret_file, double timeout_s, const std::string& client_id,
            const std::string& tls) {
-    if (!secret_file.is_none()) {
-      throw StatusError(StatusCode::kUnimplemented,
-                        "secret_file: authentication is not implemented yet (it comes with the failure-and-security "
-                        "issue); pass secret_file=None");
-    }
     if (!(timeout_s > 0)) invalid("timeout_s must be positive");
     ClientOptions o;
+    if (!secret_file.is_none()) o.secret_file = py::str(secret_file).cast<std::string>();
     o.coordinator = coordinator;
     o.client_id = client_id;
     o.tls = tls;

@@ -623,6 +623,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
   ro.port = hp->second;
   ro.role = rpc::Role::kWorker;
   ro.client_id = impl->options.client_id;
+  ro.secret_file = options.secret_file;
   auto rc = rpc::Client::connect(ro, Deadline::after(options.timeout));
   if (!rc) return tl::unexpected(rc.error());
   impl->rpc = std::move(*rc);

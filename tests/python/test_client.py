@@ -1,6 +1,8 @@
 """Every binding call against a real standalone pool (conftest.py)."""
 
 import gc
+import os
+import tempfile
 import threading
 import time
 
@@ -221,10 +223,19 @@ def test_errors_map_to_exceptions(pool, client, ns):
     with pytest.raises(kvpool.InvalidArgument):
         client.register_namespace(**dict(namespace_args("bad"), block_bytes=1024))
 
-    # Connecting.
-    with pytest.raises(kvpool.Unimplemented) as e:
-        kvpool.Client(pool.coordinator, secret_file="/etc/kvpool/secret")
-    assert "secret_file" in e.value.message
+    # Connecting: the secret must match the coordinator's (SECURITY.md).
+    with tempfile.TemporaryDirectory() as d:
+        missing = os.path.join(d, "missing")
+        with pytest.raises(kvpool.FailedPrecondition) as e:
+            kvpool.Client(pool.coordinator, secret_file=missing)
+        assert missing in e.value.message
+        other = os.path.join(d, "other")
+        fd = os.open(other, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32).hex().encode() + b"\n")
+        os.close(fd)
+        with pytest.raises(kvpool.PermissionDenied) as e:
+            kvpool.Client(pool.coordinator, secret_file=other)
+        assert isinstance(e.value, PermissionError)
     with pytest.raises(kvpool.InvalidArgument):
         kvpool.Client("no-port")
     c = kvpool.Client(pool.coordinator)
