@@ -492,7 +492,8 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   auto reply = client->call(kHello, encode_hello(hello), deadline);
   if (!reply) {
     if (reply.error().code() == StatusCode::kPermissionDenied) {
-      logger()->warn("{}: the server refused our proof (secret file {})", peer, secret->path());
+      return fail(StatusCode::kPermissionDenied,
+                  reply.error().message() + " (this client's secret file: " + secret->path() + ")");
     }
     return fail(reply.error().code(), reply.error().message());
   }
@@ -500,7 +501,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   if (!server) return fail(StatusCode::kUnavailable, server.error().message());
   if (!constant_time_equal(server->auth, server_mac(secret->key(), challenge->server_nonce, *client_nonce, hello,
                                                     *server))) {
-    logger()->error("{}: the server did not prove it knows the cluster secret (ours: {}); refusing it", peer,
+    logger()->warn("{}: the server did not prove it knows the cluster secret (ours: {}); refusing it", peer,
                     secret->path());
     return fail(StatusCode::kPermissionDenied,
                 "the server did not prove it knows the cluster secret in " + secret->path() +

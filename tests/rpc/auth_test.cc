@@ -248,10 +248,12 @@ TEST_CASE("a client with another secret is refused with kPermissionDenied and ge
   std::string secret = make_secret_file();
   AuthServer s(secret);
   std::string other = GENERATE(std::string("file"), std::string("process"));
-  auto c = connect(s.server->port(), other == "file" ? make_secret_file() : kProcessSecret);
+  const std::string client_secret = other == "file" ? make_secret_file() : kProcessSecret;
+  auto c = connect(s.server->port(), client_secret);
   REQUIRE(!c);
   CHECK(c.error().code() == StatusCode::kPermissionDenied);
   CHECK(c.error().message().find("secret") != std::string::npos);
+  CHECK(c.error().message().find(client_secret) != std::string::npos);
   CHECK(s.handled == 0);
   // The server goes on serving clients that know the secret.
   auto good = connect(s.server->port(), secret);
