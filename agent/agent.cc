@@ -84,6 +84,7 @@ Status Agent::join(bool rejoin, bool fresh, Deadline deadline) {
     ro.port = hp->second;
     ro.role = rpc::Role::kAgent;
     ro.client_id = record_.control_address;
+    ro.secret_file = options_.secret_file;
     auto rc = rpc::Client::connect(ro, deadline);
     if (!rc) return rc.error();
     client = std::shared_ptr<rpc::Client>(std::move(*rc));

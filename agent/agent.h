@@ -56,6 +56,9 @@ struct AgentOptions {
   // leave lookups then, not after the heartbeat timeout). Empty: unique per
   // process (several agents may share a host).
   std::string name;
+  // The cluster secret file; empty: KVPOOL_SECRET_FILE, else the default
+  // path (runtime/common/secret.h). The agent never creates one.
+  std::string secret_file;
 };
 
 class Agent {

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   ao.huge_pages = huge == "off" ? pool::HugePages::kOff : pool::HugePages::kTry;
   ao.tls = tls;
   ao.name = name;
+  ao.secret_file = flags.secret_file;
 
   block_stop_signals();
   std::unique_ptr<coordinator::CoordinatorServer> server;

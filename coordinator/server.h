@@ -30,12 +30,20 @@ struct CoordinatorServerOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   std::size_t max_frame = 16u << 20;
   int threads = 1;
+  // The cluster secret that authenticates every connection (SECURITY.md):
+  // this file, or when empty KVPOOL_SECRET_FILE, else the default path
+  // (runtime/common/secret.h).
+  std::string secret_file;
+  // Create a new secret there when none exists (logged at info with the
+  // path), so a fresh single-machine pool needs no setup.
+  bool create_secret = true;
 };
 
 class CoordinatorServer {
  public:
   // kUnavailable when the address cannot be bound; kInvalidArgument for a
-  // bad core configuration.
+  // bad core configuration; kFailedPrecondition for a missing (with
+  // create_secret false) or unsafe secret file.
   static Result<std::unique_ptr<CoordinatorServer>> start(const CoordinatorServerOptions& options);
   ~CoordinatorServer();
   CoordinatorServer(const CoordinatorServer&) = delete;

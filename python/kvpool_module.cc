@@ -463,22 +463,12 @@ class PyClient {
   PyClient(const std::string& coordinator, py::object secret_file, double timeout_s, const std::string& client_id,
            const std::string& tls) {
     if (!secret_file.is_none()) {
-      // A str or os.PathLike naming a readable file: a typo surfaces here,
-      // not at the first authenticated call.
+      // A str or os.PathLike; kept for the secret_file attribute.
       secret_file_ = py::module_::import("os").attr("fspath")(secret_file).cast<std::string>();
-      if (!std::ifstream(secret_file_).good()) {
-        invalid("secret_file: cannot read '" + secret_file_ + "'");
-      }
-      // TODO(adapters): pass secret_file_ as ClientOptions::secret_file once
-      // the cluster-secret change lands (ClientOptions has no such field
-      // yet); until then this build does not authenticate, and says so.
-      if (PyErr_WarnEx(PyExc_RuntimeWarning,
-                       "kvpool: secret_file is accepted but this build does not authenticate yet", 1) != 0) {
-        throw py::error_already_set();
-      }
     }
     if (!(timeout_s > 0)) invalid("timeout_s must be positive");
     ClientOptions o;
+    o.secret_file = secret_file_;
     o.coordinator = coordinator;
     o.client_id = client_id;
     o.tls = tls;

@@ -36,6 +36,10 @@ struct ClientOptions {
   std::chrono::milliseconds timeout{10000};
   // UCX transports (UCX_TLS syntax); empty: the environment's or kvpool's default.
   std::string tls;
+  // The cluster secret file that authenticates the connection to the
+  // coordinator (SECURITY.md); empty: KVPOOL_SECRET_FILE, else
+  // /etc/kvpool/secret for root, ~/.config/kvpool/secret otherwise.
+  std::string secret_file;
   // Populate this process's page tables for same-host agents' regions in a
   // background thread on first contact, so puts do not take a page fault per
   // 4 KiB (cold puts run at about a third of warm ones). Costs page tables

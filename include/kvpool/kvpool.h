@@ -65,7 +65,10 @@ typedef enum kvpool_status {
   KVPOOL_CANCELLED = 8,
   KVPOOL_DATA_LOSS = 9, /* bytes failed verification (checksum, torn block) */
   KVPOOL_UNIMPLEMENTED = 10,
-  KVPOOL_INTERNAL = 11
+  KVPOOL_INTERNAL = 11,
+  /* the coordinator and this client do not share the cluster secret
+   * (SECURITY.md): fix the secret file, then retry */
+  KVPOOL_PERMISSION_DENIED = 12
 } kvpool_status_t;
 
 /* Stable lower-case name of a code ("not_found"), as in kvpool's logs and
@@ -147,6 +150,12 @@ typedef struct kvpool_client_options {
   /* UCX transports (UCX_TLS syntax); NULL or "": the environment's or
    * kvpool's default. */
   const char* tls;
+  /* The cluster secret file (mode 0600) that authenticates the connection
+   * to the coordinator; NULL or "": KVPOOL_SECRET_FILE, else
+   * /etc/kvpool/secret for root, ~/.config/kvpool/secret otherwise.
+   * KVPOOL_PERMISSION_DENIED when the coordinator's secret differs.
+   * Appended after ABI version 1's struct. */
+  const char* secret_file;
 } kvpool_client_options_t;
 
 /* Zeroes *options and sets struct_size (the defaults are the zero values). */

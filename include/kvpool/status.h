@@ -28,7 +28,13 @@ enum class StatusCode {
   kDataLoss,  // bytes failed verification (checksum, torn block)
   kUnimplemented,
   kInternal,
+  // The peer did not prove it knows the cluster secret (or we could not
+  // prove it to the peer): fix the secret file, then retry. SECURITY.md.
+  kPermissionDenied,
 };
+// The highest code this build knows; a code above it from a peer reads as
+// kInternal.
+inline constexpr StatusCode kLastStatusCode = StatusCode::kPermissionDenied;
 
 // Stable lower-case name of a code ("unavailable"), for logs and --json.
 std::string_view code_name(StatusCode code);

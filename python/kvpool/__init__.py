@@ -21,10 +21,9 @@ list.
 ``Client`` (thread-safe; every call that waits releases the GIL):
 
 - ``Client(coordinator, secret_file=None, *, timeout_s=10.0, client_id="", tls="")``:
-  connects to the coordinator ("host:port"). ``secret_file`` names the
-  cluster secret; it must be readable (``InvalidArgument`` otherwise) and
-  is kept as ``client.secret_file``, but this build does not authenticate
-  yet (a ``RuntimeWarning`` says so). ``tls`` selects
+  connects to the coordinator ("host:port"), authenticating with the cluster
+  secret file ``secret_file`` (None: ``KVPOOL_SECRET_FILE``, else the default
+  path; SECURITY.md); ``PermissionDenied`` when the secrets differ. ``tls`` selects
   UCX transports (UCX_TLS syntax). A context manager; ``close()`` releases it.
 - ``register_namespace(*, model_id, dtype, num_layers, num_kv_heads, head_dim,
   tokens_per_block, layout, tp_rank=0, tp_size=1, block_bytes=0)`` -> the
@@ -69,7 +68,7 @@ its engine until the engine loads it.
 from . import errors
 from ._kvpool import Client, Future, PutResult, __version__, engine_keys, namespace_id, prefix_keys, set_log_level
 from .errors import (AlreadyExists, Cancelled, DataLoss, DeadlineExceeded, Error, FailedPrecondition, Internal,
-                     InvalidArgument, NotFound, ResourceExhausted, Unavailable, Unimplemented)
+                     InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable, Unimplemented)
 
 
 def key_to_int(key):
@@ -89,5 +88,5 @@ def key_from_int(value):
 __all__ = [
     "Client", "Future", "PutResult", "engine_keys", "namespace_id", "prefix_keys", "set_log_level", "key_to_int", "key_from_int",
     "errors", "Error", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "ResourceExhausted", "Unavailable",
-    "DeadlineExceeded", "Cancelled", "DataLoss", "Unimplemented", "Internal"
+    "DeadlineExceeded", "Cancelled", "DataLoss", "Unimplemented", "Internal", "PermissionDenied"
 ]

@@ -7,7 +7,8 @@ Catch a subclass to act on one code. Some subclasses also derive from the
 matching built-in exception, so ordinary Python code catches them too:
 ``InvalidArgument`` is a ``ValueError``, ``DeadlineExceeded`` a
 ``TimeoutError``, ``Unavailable`` a ``ConnectionError``, ``NotFound`` a
-``LookupError``, ``Unimplemented`` a ``NotImplementedError``.
+``LookupError``, ``Unimplemented`` a ``NotImplementedError``,
+``PermissionDenied`` (no shared cluster secret) a ``PermissionError``.
 
 What to do next, by code (DESIGN.md): ``Unavailable`` retry the call;
 ``ResourceExhausted`` the pool is full (evict or back off);
@@ -74,10 +75,16 @@ class Internal(Error):
     code = "internal"
 
 
+class PermissionDenied(Error, PermissionError):
+    """The coordinator and this client do not share the cluster secret."""
+
+    code = "permission_denied"
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted, Unavailable,
-                DeadlineExceeded, Cancelled, DataLoss, Unimplemented, Internal)
+                DeadlineExceeded, Cancelled, DataLoss, Unimplemented, Internal, PermissionDenied)
 }
 
 

@@ -59,7 +59,9 @@ static_assert(static_cast<int>(StatusCode::kOk) == KVPOOL_OK &&
               static_cast<int>(StatusCode::kCancelled) == KVPOOL_CANCELLED &&
               static_cast<int>(StatusCode::kDataLoss) == KVPOOL_DATA_LOSS &&
               static_cast<int>(StatusCode::kUnimplemented) == KVPOOL_UNIMPLEMENTED &&
-              static_cast<int>(StatusCode::kInternal) == KVPOOL_INTERNAL,
+              static_cast<int>(StatusCode::kInternal) == KVPOOL_INTERNAL &&
+              static_cast<int>(StatusCode::kPermissionDenied) == KVPOOL_PERMISSION_DENIED &&
+              kvpool::kLastStatusCode == StatusCode::kPermissionDenied,
               "kvpool_status_t mirrors kvpool::StatusCode value for value");
 static_assert(sizeof(kvpool_key_t) == sizeof(kvpool::Key128));
 static_assert(static_cast<int>(kvpool::PutOutcome::kWritten) == KVPOOL_PUT_WRITTEN &&
@@ -70,7 +72,7 @@ static_assert(static_cast<int>(kvpool::PutOutcome::kWritten) == KVPOOL_PUT_WRITT
 // Sizes of the structs in the first release (ABI version 1). Frozen: when a
 // field is appended to a struct, its constant becomes the offsetof of that
 // field, so callers built against the older header keep working.
-constexpr std::size_t kV1ClientOptionsSize = sizeof(kvpool_client_options_t);
+constexpr std::size_t kV1ClientOptionsSize = offsetof(kvpool_client_options_t, secret_file);
 constexpr std::size_t kV1NamespaceDescSize = sizeof(kvpool_namespace_desc_t);
 constexpr std::size_t kV1PutResultSize = sizeof(kvpool_put_result_t);
 constexpr std::size_t kV1GetResultSize = sizeof(kvpool_get_result_t);
@@ -261,7 +263,7 @@ kvpool_status_t record_outcome(const kvpool_future_t* f) {
 extern "C" {
 
 const char* kvpool_status_name(kvpool_status_t code) {
-  if (code < KVPOOL_OK || code > KVPOOL_INTERNAL) return "unknown";
+  if (code < KVPOOL_OK || code > KVPOOL_PERMISSION_DENIED) return "unknown";
   // code_name returns views of string literals: NUL-terminated, static.
   return kvpool::code_name(static_cast<StatusCode>(static_cast<int>(code))).data();
 }
@@ -338,6 +340,7 @@ kvpool_status_t kvpool_client_create(const kvpool_client_options_t* options, kvp
     if (c.client_id != nullptr && c.client_id[0] != '\0') o.client_id = c.client_id;
     if (c.timeout_ms != 0) o.timeout = std::chrono::milliseconds(c.timeout_ms);
     o.tls = str_or_empty(c.tls);
+    o.secret_file = str_or_empty(c.secret_file);
     auto client = kvpool::Client::connect(o);
     if (!client) return record(client.error());
     *client_out = new kvpool_client{std::move(*client)};

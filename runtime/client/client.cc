@@ -220,6 +220,7 @@ struct Client::Impl {
     ro.port = hp->second;
     ro.role = rpc::Role::kWorker;
     ro.client_id = options.client_id;
+    ro.secret_file = options.secret_file;
     auto rc = rpc::Client::connect(ro, deadline());
     if (!rc) return tl::unexpected(rc.error());
     std::shared_ptr<rpc::Client> c(std::move(*rc));

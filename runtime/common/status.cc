@@ -16,6 +16,7 @@ std::string_view code_name(StatusCode code) {
     case StatusCode::kDataLoss: return "data_loss";
     case StatusCode::kUnimplemented: return "unimplemented";
     case StatusCode::kInternal: return "internal";
+    case StatusCode::kPermissionDenied: return "permission_denied";
   }
   return "unknown";
 }

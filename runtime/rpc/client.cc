@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "runtime/common/logging.h"
+#include "runtime/common/secret.h"
+#include "runtime/rpc/auth.h"
 
 namespace kvpool::rpc {
 
@@ -160,6 +162,11 @@ struct Client::Impl {
 
   std::mutex push_mu;
   std::function<void(std::uint16_t, std::string)> push_handler;  // guarded by push_mu
+
+  // The server's auth challenge, handed from the io thread to connect():
+  // its payload, or why the connection was lost before it came.
+  std::promise<Result<std::string>> challenge;
+  bool challenge_pending = true;  // guarded by mu: `challenge` is not set yet
 };
 
 Status Client::Impl::dial(Deadline deadline) {
@@ -312,6 +319,26 @@ void Client::Impl::on_read(const error_code& ec, std::size_t n) {
 
 void Client::Impl::on_frame(Frame frame) {
   const FrameHeader& h = frame.header;
+  bool first = false;
+  {
+    std::lock_guard lock(mu);
+    first = challenge_pending;
+    challenge_pending = false;
+  }
+  if (first || h.type == kAuthChallenge) {
+    if (!first || h.type != kAuthChallenge || h.flags != 0) {
+      std::string why = first ? "its first frame (type " + std::to_string(h.type) +
+                                    ") is not an auth challenge: not a kvpool server of protocol version " +
+                                    std::to_string(kProtocolVersion) + "?"
+                              : "a second auth challenge";
+      Status lost_status(StatusCode::kUnavailable, "protocol error from the server: " + why);
+      if (first) challenge.set_value(tl::unexpected(lost_status));
+      lose(lost_status, spdlog::level::warn);
+      return;
+    }
+    challenge.set_value(std::move(frame.payload));
+    return;
+  }
   if (!h.is_reply()) {
     if (h.is_error()) {
       lose(Status(StatusCode::kUnavailable, "protocol error from the server: error flag on a non-reply frame"),
@@ -394,8 +421,11 @@ void Client::Impl::lose(Status why, spdlog::level::level_enum level) {
   std::unordered_map<std::uint64_t, Pending> failed;
   Status reason;
   bool was_open = false;
+  bool challenge_unset = false;
   {
     std::lock_guard lock(mu);
+    challenge_unset = challenge_pending;
+    challenge_pending = false;
     if (open) {
       was_open = true;
       open = false;
@@ -414,6 +444,7 @@ void Client::Impl::lose(Status why, spdlog::level::level_enum level) {
   deadline_timer.cancel();
   connect_timer.cancel();
   for (auto& [id, p] : failed) p.done(tl::unexpected(reason));
+  if (challenge_unset) challenge.set_value(tl::unexpected(reason));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -425,7 +456,11 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
     return make_error(StatusCode::kInvalidArgument, "client id longer than " + std::to_string(kMaxIdBytes) + " bytes");
   }
   if (options.max_frame < 64) return make_error(StatusCode::kInvalidArgument, "max_frame below 64 bytes");
+  // Before dialing: a missing or unsafe secret file is the caller's to fix.
+  auto secret = load_secret(options.secret_file);
+  if (!secret) return tl::unexpected(secret.error());
   auto impl = std::make_unique<Impl>(options);
+  auto challenge_future = impl->challenge.get_future();
   impl->start_thread();
   if (Status s = impl->dial(deadline); !s.ok()) return tl::unexpected(std::move(s));
   {
@@ -435,17 +470,42 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   asio::post(impl->io, [raw = impl.get()] { raw->read_more(); });
 
   std::unique_ptr<Client> client(new Client(std::move(impl)));
-  Hello hello{kProtocolVersion, options.role, options.client_id, options.auth};
+  const std::string& peer = client->impl_->peer;
+  auto fail = [&client, &peer](StatusCode code, const std::string& message) {
+    client->close();
+    return make_error(code, "hello to " + peer + ": " + message);
+  };
+  if (deadline.at() != kNever &&
+      challenge_future.wait_until(deadline.at()) != std::future_status::ready) {
+    return fail(StatusCode::kDeadlineExceeded, "no auth challenge from the server before the deadline");
+  }
+  Result<std::string> challenge_bytes = challenge_future.get();
+  if (!challenge_bytes) return fail(challenge_bytes.error().code(), challenge_bytes.error().message());
+  auto challenge = decode_auth_challenge(*challenge_bytes);
+  if (!challenge) return fail(StatusCode::kUnavailable, "bad auth challenge: " + challenge.error().message());
+  auto client_nonce = random_bytes(kAuthNonceBytes);
+  if (!client_nonce) return fail(client_nonce.error().code(), client_nonce.error().message());
+
+  Hello hello{kProtocolVersion, options.role, options.client_id, {}};
+  hello.auth = encode_client_proof(ClientProof{
+      kAuthHmacSha256, *client_nonce, client_mac(secret->key(), challenge->server_nonce, *client_nonce, hello)});
   auto reply = client->call(kHello, encode_hello(hello), deadline);
   if (!reply) {
-    Status s = reply.error();
-    client->close();
-    return make_error(s.code(), "hello to " + client->impl_->peer + ": " + s.message());
+    if (reply.error().code() == StatusCode::kPermissionDenied) {
+      return fail(StatusCode::kPermissionDenied,
+                  reply.error().message() + " (this client's secret file: " + secret->path() + ")");
+    }
+    return fail(reply.error().code(), reply.error().message());
   }
   auto server = decode_hello_reply(*reply);
-  if (!server) {
-    client->close();
-    return make_error(StatusCode::kUnavailable, "hello to " + client->impl_->peer + ": " + server.error().message());
+  if (!server) return fail(StatusCode::kUnavailable, server.error().message());
+  if (!constant_time_equal(server->auth, server_mac(secret->key(), challenge->server_nonce, *client_nonce, hello,
+                                                    *server))) {
+    logger()->warn("{}: the server did not prove it knows the cluster secret (ours: {}); refusing it", peer,
+                    secret->path());
+    return fail(StatusCode::kPermissionDenied,
+                "the server did not prove it knows the cluster secret in " + secret->path() +
+                    ": refusing it (a server with another secret, or an impostor)");
   }
   Impl& impl_ref = *client->impl_;
   impl_ref.server = std::move(*server);

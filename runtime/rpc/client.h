@@ -2,7 +2,9 @@
 // Client: one TCP connection to a control-protocol server (frame.h), shared
 // by every thread of the process that talks to it.
 //
-// connect() dials, sends the hello and waits for the hello reply. Calls are
+// connect() reads the cluster secret, dials, answers the server's challenge
+// with the hello and checks the server's proof in the hello reply (auth.h):
+// the client and the server each prove they know the secret. Calls are
 // pipelined on the one connection: any number of threads may call at once,
 // and replies are matched to calls by request id in whatever order they
 // come. One io thread per Client does all socket work and runs call_async
@@ -36,18 +38,21 @@ struct ClientOptions {
   // Largest payload sent or accepted; a bigger reply from the server closes
   // the connection (kUnavailable).
   std::size_t max_frame = kDefaultMaxFrame;
-  // Sent in the hello. Opaque and empty today: the room for the
-  // authentication handshake that the security work adds.
-  std::string auth;
+  // The cluster secret file (runtime/common/secret.h); empty: discover it
+  // (KVPOOL_SECRET_FILE, then the default path). Read on every connect().
+  std::string secret_file;
 };
 
 class Client {
  public:
-  // Connects, sends the hello and waits for its reply, all by `deadline`.
-  // The caller owns the Client. kUnavailable when the server cannot be
-  // reached, kDeadlineExceeded when the deadline passes first, the server's
-  // code (kFailedPrecondition for a protocol version mismatch) when it
-  // refuses the hello, kInvalidArgument on bad options.
+  // Connects and authenticates, all by `deadline`. The caller owns the
+  // Client. kUnavailable when the server cannot be reached,
+  // kDeadlineExceeded when the deadline passes first, kFailedPrecondition
+  // when the secret file is missing or unsafe (before dialing), the server's
+  // code when it refuses the hello (kPermissionDenied: it does not share our
+  // secret; kFailedPrecondition: another protocol version),
+  // kPermissionDenied when the server fails to prove it knows the secret,
+  // kInvalidArgument on bad options.
   static Result<std::unique_ptr<Client>> connect(const ClientOptions& options, Deadline deadline);
 
   Client(const Client&) = delete;

@@ -158,7 +158,7 @@ Status decode_error(std::string_view payload) {
   std::uint16_t code = r.u16();
   std::string message = r.bytes(kMaxMessage);
   if (!r.done()) return Status(StatusCode::kInternal, "malformed error reply from the peer");
-  if (code == 0 || code > static_cast<std::uint16_t>(StatusCode::kInternal)) {
+  if (code == 0 || code > static_cast<std::uint16_t>(kLastStatusCode)) {
     return Status(StatusCode::kInternal, "peer error with unknown code " + std::to_string(code) + ": " + message);
   }
   return Status(static_cast<StatusCode>(code), std::move(message));
@@ -192,6 +192,7 @@ std::string encode_hello_reply(const HelloReply& reply) {
   w.u8(static_cast<std::uint8_t>(reply.role));
   w.bytes(reply.server_id);
   w.bytes(reply.server_version);
+  w.bytes(reply.auth);
   return w.take();
 }
 
@@ -201,6 +202,7 @@ Result<HelloReply> decode_hello_reply(std::string_view payload) {
   std::uint8_t role = r.u8();
   h.server_id = r.bytes(kMaxIdBytes);
   h.server_version = r.bytes(kMaxIdBytes);
+  h.auth = r.bytes(kMaxIdBytes);
   if (Status s = r.finish("hello reply"); !s.ok()) return tl::unexpected(std::move(s));
   if (!known_role(role)) {
     return make_error(StatusCode::kInvalidArgument, "hello reply with unknown role " + std::to_string(role));

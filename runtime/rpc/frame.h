@@ -22,12 +22,20 @@
 // payload: a length above max_frame closes the connection, so a peer cannot
 // make us allocate by claiming a large frame.
 //
-// Hello (type 1) is the first exchange on every connection:
-//   request: u16 protocol version, u8 Role, bytes client id, bytes auth
-//   reply:   u8 Role, bytes server id, bytes server version
-// `auth` is opaque and empty today; it is the room for the authentication
-// handshake that the security work adds, so adding it will not change the
-// hello layout. The server ignores it for now.
+// Every connection opens with the authentication handshake (auth.h,
+// SECURITY.md), in three frames:
+//   1. server -> client, as soon as it accepts: an auth challenge (type 2,
+//      request id 0, no flags): u8 scheme, bytes server nonce;
+//   2. client -> server: the hello request (type 1):
+//        u16 protocol version, u8 Role, bytes client id, bytes auth
+//      where `auth` is the client's proof (auth.h: scheme, client nonce,
+//      HMAC over both nonces and the hello);
+//   3. server -> client: the hello reply:
+//        u8 Role, bytes server id, bytes server version, bytes auth
+//      where `auth` is the server's proof (an HMAC over both nonces, the
+//      hello and this reply), or an error reply (kPermissionDenied) after
+//      which the server closes the connection.
+// Nothing else is answered before the hello has succeeded.
 //
 // Types 1..15 are reserved for this layer; messages.h numbers from 16.
 //
@@ -49,7 +57,9 @@
 namespace kvpool::rpc {
 
 inline constexpr std::uint32_t kFrameMagic = 0x4350564B;
-inline constexpr std::uint16_t kProtocolVersion = 1;
+// 2: the authentication handshake (the challenge frame, the hello reply's
+// auth field).
+inline constexpr std::uint16_t kProtocolVersion = 2;
 inline constexpr std::size_t kHeaderSize = 24;
 // The largest payload a frame may carry unless configured otherwise.
 inline constexpr std::size_t kDefaultMaxFrame = std::size_t{16} << 20;
@@ -59,6 +69,7 @@ inline constexpr std::uint32_t kFlagError = 1u << 1;
 inline constexpr std::uint32_t kKnownFlags = kFlagReply | kFlagError;
 
 inline constexpr std::uint16_t kHello = 1;
+inline constexpr std::uint16_t kAuthChallenge = 2;
 
 // Longest client or server id a hello may carry: ids go into every log line.
 inline constexpr std::size_t kMaxIdBytes = 256;
@@ -131,7 +142,7 @@ struct Hello {
   std::uint16_t version = kProtocolVersion;
   Role role = Role::kTool;
   std::string id;
-  std::string auth;  // opaque; empty until the authentication handshake lands
+  std::string auth;  // the client's proof (auth.h); opaque at this layer
 };
 std::string encode_hello(const Hello& hello);
 // kInvalidArgument on a truncated payload, trailing bytes, an unknown role or
@@ -143,6 +154,7 @@ struct HelloReply {
   Role role = Role::kCoordinator;
   std::string server_id;
   std::string server_version;
+  std::string auth;  // the server's proof (auth.h); opaque at this layer
 };
 std::string encode_hello_reply(const HelloReply& reply);
 Result<HelloReply> decode_hello_reply(std::string_view payload);

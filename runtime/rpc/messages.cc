@@ -24,7 +24,7 @@ void put(Writer& w, const StatusWire& s) {
 StatusWire get_status(Reader& r) {
   StatusWire s;
   std::uint16_t code = r.u16();
-  if (code > static_cast<std::uint16_t>(StatusCode::kInternal)) code = static_cast<std::uint16_t>(StatusCode::kInternal);
+  if (code > static_cast<std::uint16_t>(kLastStatusCode)) code = static_cast<std::uint16_t>(StatusCode::kInternal);
   s.code = static_cast<StatusCode>(code);
   s.message = r.bytes(kMaxString);
   return s;

@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "runtime/common/logging.h"
+#include "runtime/common/secret.h"
+#include "runtime/rpc/auth.h"
 
 namespace kvpool::rpc {
 
@@ -81,9 +83,10 @@ struct PendingReply {
 
 // Shared by the Server and every connection (see server_ in Connection).
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
-  Impl(const ServerOptions& o, Handler h)
+  Impl(const ServerOptions& o, Handler h, Secret s)
       : options(o),
         handler(std::move(h)),
+        secret(std::move(s)),
         io(o.threads),
         accept_strand(asio::make_strand(io)),
         acceptor(accept_strand),
@@ -97,6 +100,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
 
   const ServerOptions options;
   const Handler handler;
+  const Secret secret;
   // Declared before everything that refers to it, so it is destroyed last.
   asio::io_context io;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
@@ -140,6 +144,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void start() {
     asio::post(socket_.get_executor(), [self = shared_from_this()] {
+      auto nonce = random_bytes(kAuthNonceBytes);
+      if (!nonce) {
+        self->close(nonce.error().message(), spdlog::level::err);
+        return;
+      }
+      self->server_nonce_ = std::move(*nonce);
+      // The challenge goes first: the client's hello must answer it.
+      self->send(make_frame(kAuthChallenge, 0, 0, encode_auth_challenge(AuthChallenge{kAuthHmacSha256, self->server_nonce_})));
       self->read_more();
       // A peer that never says hello would hold a descriptor forever.
       self->hello_timer_.expires_after(self->server_->options.hello_timeout);
@@ -278,8 +290,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void on_hello(const Frame& frame) {  // strand
     const FrameHeader& h = frame.header;
     if (h.type != kHello) {
-      reject(h, Status(StatusCode::kFailedPrecondition,
-                       "the first frame on a connection must be a hello, got type " + std::to_string(h.type)));
+      reject(h, Status(StatusCode::kPermissionDenied,
+                       "not authenticated: the first frame on a connection must be a hello with the client's proof, "
+                       "got type " + std::to_string(h.type)));
       return;
     }
     auto hello = decode_hello(frame.payload);
@@ -293,16 +306,29 @@ class Connection : public std::enable_shared_from_this<Connection> {
                                                             std::to_string(kProtocolVersion)));
       return;
     }
-    // TODO(security): check hello->auth here once the authentication
-    // handshake is specified; any value is accepted until then.
+    auto proof = decode_client_proof(hello->auth);
+    if (!proof) {
+      reject(h, Status(StatusCode::kPermissionDenied,
+                       "authentication failed: the hello carries no valid proof (" + proof.error().message() +
+                           "); is the client older than protocol version " + std::to_string(kProtocolVersion) + "?"));
+      return;
+    }
+    const Secret& secret = server_->secret;
+    if (!constant_time_equal(proof->mac, client_mac(secret.key(), server_nonce_, proof->client_nonce, *hello))) {
+      reject(h, Status(StatusCode::kPermissionDenied,
+                       "authentication failed: the client does not know this cluster's secret (check its "
+                       "--secret-file / KVPOOL_SECRET_FILE against the server's)"));
+      return;
+    }
     peer_role_ = hello->role;
-    peer_id_ = std::move(hello->id);
+    peer_id_ = hello->id;
     description_ = "connection " + std::to_string(id_) + " (" + std::string(role_name(peer_role_)) + " '" + peer_id_ +
                    "' at " + peer_ + ")";
     greeted_.store(true, std::memory_order_release);
     hello_timer_.cancel();
-    logger()->info("{}: hello", description_);
-    HelloReply reply{server_->options.role, server_->options.server_id, server_->options.version};
+    logger()->info("{}: hello, authenticated", description_);
+    HelloReply reply{server_->options.role, server_->options.server_id, server_->options.version, {}};
+    reply.auth = server_mac(secret.key(), server_nonce_, proof->client_nonce, *hello, reply);
     send(make_frame(kHello, h.request_id, kFlagReply, encode_hello_reply(reply)));
   }
 
@@ -347,6 +373,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool stop_reading_ = false;
   Role peer_role_ = Role::kTool;
   std::string peer_id_;
+  std::string server_nonce_;  // this connection's challenge
   std::vector<OutFrame> writing_;            // the frames of the write in flight
   std::vector<asio::const_buffer> buffers_;  // their gather list, reused
   std::atomic<bool> greeted_{false};         // set on the strand, read by push()
@@ -466,7 +493,11 @@ Result<std::unique_ptr<Server>> Server::start(const ServerOptions& options, Hand
   if (options.hello_timeout.count() <= 0)
     return make_error(StatusCode::kInvalidArgument, "hello_timeout must be positive");
 
-  auto impl = std::make_shared<Impl>(options, std::move(handler));
+  auto secret = options.create_secret ? load_or_create_secret(options.secret_file) : load_secret(options.secret_file);
+  if (!secret) return tl::unexpected(secret.error());
+  logger()->info("{} '{}' authenticates connections with the cluster secret at {}", role_name(options.role),
+                 options.server_id, secret->path());
+  auto impl = std::make_shared<Impl>(options, std::move(handler), std::move(*secret));
   std::string where = options.host + ":" + std::to_string(options.port);
   error_code ec;
   tcp::endpoint endpoint;

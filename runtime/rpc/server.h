@@ -1,8 +1,13 @@
 #pragma once
 // Server: the listening side of the control protocol (frame.h), over TCP.
 //
-// Each accepted connection must open with a hello; the server answers it
-// with its role, id and version, and only then hands frames to the Handler.
+// Each accepted connection must authenticate (auth.h): the server sends a
+// challenge at once, the client's hello must carry its proof, and only a
+// hello whose proof checks out is answered with the server's role, id,
+// version and proof; only then are frames handed to the Handler. A wrong or
+// missing proof gets a kPermissionDenied error reply (logged at warn with the
+// peer's address) and the connection closes; so does any frame before the
+// hello. An unauthenticated peer is answered nothing else.
 // Requests on a connection are pipelined: the server keeps reading while
 // earlier requests are pending, and each reply goes out when the handler
 // completes it, in completion order, matched by request id.
@@ -10,9 +15,8 @@
 // Bad input closes only the connection it came on: a bad magic, a foreign
 // protocol version, a length over max_frame or an unknown flag bit is logged
 // at warn with the peer's address; a peer hanging up mid-frame is logged at
-// debug. A frame before the hello gets an error reply (kFailedPrecondition),
-// then the connection closes. Nothing is allocated from a length that has
-// not been checked against max_frame.
+// debug. Nothing is allocated from a length that has not been checked
+// against max_frame.
 //
 // Threads: `threads` io threads run every socket operation and every Handler
 // call; the calls of one connection never overlap (a strand per connection),
@@ -89,6 +93,13 @@ struct ServerOptions {
   std::string version;
   // A connection that has not completed its hello by then is closed (warn).
   std::chrono::milliseconds hello_timeout{10000};
+  // The cluster secret that authenticates every connection: this file, or
+  // when empty the discovery order of runtime/common/secret.h
+  // (KVPOOL_SECRET_FILE, then the default path). Read once, by start().
+  std::string secret_file;
+  // When no secret file exists there, create one (kvpool-coordinator and
+  // kvpool-agent --standalone do); otherwise start() fails.
+  bool create_secret = false;
   // Called once, on an io thread, when a connection that completed its hello
   // closes for any reason but Server::stop(); no Handler call for that
   // connection starts afterwards. Lets the coordinator drop what a vanished
@@ -99,9 +110,11 @@ struct ServerOptions {
 
 class Server {
  public:
-  // Binds, listens and starts the io threads. kInvalidArgument on bad
-  // options (threads < 1, id too long, host not an address), kFailedPrecondition
-  // when the port is taken, kUnavailable when the host does not resolve.
+  // Loads the secret, binds, listens and starts the io threads.
+  // kInvalidArgument on bad options (threads < 1, id too long, host not an
+  // address), kFailedPrecondition when the port is taken or the secret file
+  // is missing or unsafe (secret.h), kUnavailable when the host does not
+  // resolve.
   static Result<std::unique_ptr<Server>> start(const ServerOptions& options, Handler handler);
 
   Server(const Server&) = delete;

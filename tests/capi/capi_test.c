@@ -9,6 +9,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -270,6 +271,7 @@ static void test_names_and_versions(void) {
   CHECK(strcmp(kvpool_status_name(KVPOOL_OK), "ok") == 0);
   CHECK(strcmp(kvpool_status_name(KVPOOL_NOT_FOUND), "not_found") == 0);
   CHECK(strcmp(kvpool_status_name(KVPOOL_DATA_LOSS), "data_loss") == 0);
+  CHECK(strcmp(kvpool_status_name(KVPOOL_PERMISSION_DENIED), "permission_denied") == 0);
   CHECK(strcmp(kvpool_status_name((kvpool_status_t)1234), "unknown") == 0);
   CHECK(kvpool_abi_version() == KVPOOL_C_ABI_VERSION);
   CHECK(strlen(kvpool_version_string()) > 0);
@@ -288,6 +290,30 @@ static void test_bad_connects_give_clear_errors(void) {
   o.coordinator = g_coordinator;
   CHECK(kvpool_client_create(&o, &c) == KVPOOL_INVALID_ARGUMENT);
   CHECK(kvpool_client_create(NULL, &c) == KVPOOL_INVALID_ARGUMENT);
+
+  /* A secret the coordinator does not share is refused. */
+  char other[] = "/tmp/kvpool-capi-secret-XXXXXX";
+  int fd = mkstemp(other); /* mode 0600 */
+  REQUIRE(fd >= 0);
+  const char* key = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
+  REQUIRE(write(fd, key, strlen(key)) == (ssize_t)strlen(key));
+  close(fd);
+  kvpool_client_options_init(&o);
+  o.coordinator = g_coordinator;
+  o.secret_file = other;
+  c = NULL;
+  CHECK(kvpool_client_create(&o, &c) == KVPOOL_PERMISSION_DENIED);
+  CHECK(c == NULL);
+  CHECK(strstr(kvpool_last_error_message(), "secret") != NULL);
+  unlink(other);
+
+  /* A struct from ABI version 1 (no secret_file) finds the default secret. */
+  kvpool_client_options_init(&o);
+  o.struct_size = offsetof(kvpool_client_options_t, secret_file);
+  o.coordinator = g_coordinator;
+  o.secret_file = "/nonexistent/ignored";
+  REQUIRE_OK(kvpool_client_create(&o, &c));
+  kvpool_client_destroy(c);
 }
 
 static void test_put_get_lookup_remove(void) {

@@ -1,6 +1,14 @@
 #include "tests/common/test_util.h"
 
+#include <stdlib.h>
+
 #include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include "runtime/common/secret.h"
 
 namespace kvpool::testing {
 
@@ -13,6 +21,49 @@ double time_scale() {
     return (end != env && v >= 1.0) ? v : 1.0;
   }();
   return scale;
+}
+
+namespace {
+
+std::mutex g_dirs_mu;
+std::vector<std::string>* g_dirs = nullptr;  // guarded by g_dirs_mu; leaked on purpose (used at exit)
+
+void remove_dirs() {
+  std::lock_guard lock(g_dirs_mu);
+  if (g_dirs == nullptr) return;
+  for (const std::string& d : *g_dirs) {
+    std::error_code ec;
+    std::filesystem::remove_all(d, ec);
+  }
+  g_dirs->clear();
+}
+
+}  // namespace
+
+std::string make_secret_file() {
+  char tmpl[] = "/tmp/kvpool-test-secret-XXXXXX";
+  if (::mkdtemp(tmpl) == nullptr) throw std::runtime_error("mkdtemp failed");
+  std::string dir = tmpl;
+  {
+    std::lock_guard lock(g_dirs_mu);
+    if (g_dirs == nullptr) {
+      g_dirs = new std::vector<std::string>();
+      std::atexit(remove_dirs);
+    }
+    g_dirs->push_back(dir);
+  }
+  std::string path = dir + "/secret";
+  if (Status s = create_secret_file(path); !s.ok()) throw std::runtime_error(s.to_string());
+  return path;
+}
+
+std::string use_test_secret() {
+  static const std::string path = [] {
+    std::string p = make_secret_file();
+    ::setenv(kSecretFileEnv, p.c_str(), 1);
+    return p;
+  }();
+  return path;
 }
 
 }  // namespace kvpool::testing

@@ -17,3 +17,19 @@ std::chrono::milliseconds scaled(std::chrono::duration<Rep, Period> d) {
 }
 
 }  // namespace kvpool::testing
+
+#include <string>
+
+namespace kvpool::testing {
+
+// A new secret file (mode 0600) in a private temporary directory that is
+// removed when the test process exits; returns its path. Tests never read
+// or write the machine's default secret path through these.
+std::string make_secret_file();
+
+// Points KVPOOL_SECRET_FILE at one make_secret_file() for the whole process
+// and every process it starts, so servers and clients that discover their
+// secret agree. Idempotent; returns the path.
+std::string use_test_secret();
+
+}  // namespace kvpool::testing

@@ -1,6 +1,7 @@
 // Fuzzes every payload decoder of the control protocol: each message of
-// runtime/rpc/messages.h, and the hello, hello reply and error payloads of
-// runtime/rpc/frame.h. The first input byte picks the decoder (inputs.h).
+// runtime/rpc/messages.h, the hello, hello reply and error payloads of
+// runtime/rpc/frame.h, and the auth challenge and client proof of
+// runtime/rpc/auth.h. The first input byte picks the decoder (inputs.h).
 //
 // Checks, beyond "no sanitizer report":
 // - a refused payload is kInvalidArgument;
@@ -11,7 +12,7 @@
 //   itself. Equality is compared through encode(): every field on the wire
 //   takes part, and a field that is not on the wire (an AllocateResult's
 //   location when it was not placed) is no part of the message.
-//   Status codes above kInternal are read as kInternal, so a message
+//   Status codes above kLastStatusCode are read as kInternal, so a message
 //   carrying a kInternal status is not held to byte equality;
 // - decode_error never returns ok, and returns exactly the code and message
 //   a well-formed payload holds.
@@ -21,6 +22,7 @@
 #include <string_view>
 
 #include "runtime/common/codec.h"
+#include "runtime/rpc/auth.h"
 #include "runtime/rpc/frame.h"
 #include "runtime/rpc/messages.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -97,6 +99,7 @@ void check_hello_reply(std::string_view p) {
   }
   KVPOOL_FUZZ_CHECK(h->server_id.size() <= kMaxIdBytes);
   KVPOOL_FUZZ_CHECK(h->server_version.size() <= kMaxIdBytes);
+  KVPOOL_FUZZ_CHECK(h->auth.size() <= kMaxIdBytes);
   KVPOOL_FUZZ_CHECK(role_name(h->role) != "unknown");
   const std::string q = encode_hello_reply(*h);
   KVPOOL_FUZZ_CHECK(q == p);
@@ -104,16 +107,39 @@ void check_hello_reply(std::string_view p) {
   KVPOOL_FUZZ_CHECK(back.has_value() && encode_hello_reply(*back) == q);
 }
 
+void check_auth_challenge(std::string_view p) {
+  auto c = decode_auth_challenge(p);
+  if (!c) {
+    KVPOOL_FUZZ_CHECK(c.error().code() == StatusCode::kInvalidArgument);
+    return;
+  }
+  KVPOOL_FUZZ_CHECK(c->scheme == kAuthHmacSha256);
+  KVPOOL_FUZZ_CHECK(c->server_nonce.size() == kAuthNonceBytes);
+  KVPOOL_FUZZ_CHECK(encode_auth_challenge(*c) == p);
+}
+
+void check_client_proof(std::string_view p) {
+  auto c = decode_client_proof(p);
+  if (!c) {
+    KVPOOL_FUZZ_CHECK(c.error().code() == StatusCode::kInvalidArgument);
+    return;
+  }
+  KVPOOL_FUZZ_CHECK(c->scheme == kAuthHmacSha256);
+  KVPOOL_FUZZ_CHECK(c->client_nonce.size() == kAuthNonceBytes);
+  KVPOOL_FUZZ_CHECK(c->mac.size() == kAuthMacBytes);
+  KVPOOL_FUZZ_CHECK(encode_client_proof(*c) == p);
+}
+
 void check_error(std::string_view p) {
   Status st = decode_error(p);
   KVPOOL_FUZZ_CHECK(!st.ok());
-  KVPOOL_FUZZ_CHECK(st.code() >= StatusCode::kInvalidArgument && st.code() <= StatusCode::kInternal);
+  KVPOOL_FUZZ_CHECK(st.code() >= StatusCode::kInvalidArgument && st.code() <= kLastStatusCode);
   // Parse it independently: a well-formed payload with a known code comes
   // back exactly, and re-encodes to itself.
   Reader r(p);
   const std::uint16_t code = r.u16();
   const std::string message = r.bytes(1 << 20);
-  if (r.done() && code >= 1 && code <= static_cast<std::uint16_t>(StatusCode::kInternal)) {
+  if (r.done() && code >= 1 && code <= static_cast<std::uint16_t>(kLastStatusCode)) {
     KVPOOL_FUZZ_CHECK(static_cast<std::uint16_t>(st.code()) == code);
     KVPOOL_FUZZ_CHECK(st.message() == message);
     KVPOOL_FUZZ_CHECK(encode_error(st) == p);
@@ -207,6 +233,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       break;
     case kMsgError:
       check_error(p);
+      break;
+    case kMsgAuthChallenge:
+      check_auth_challenge(p);
+      break;
+    case kMsgClientProof:
+      check_client_proof(p);
       break;
     case kMessageKinds:
       break;

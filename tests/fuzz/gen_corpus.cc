@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "pool/slot_header.h"
+#include "runtime/rpc/auth.h"
 #include "runtime/rpc/frame.h"
 #include "runtime/rpc/messages.h"
 #include "tests/fuzz/inputs.h"
@@ -100,9 +101,13 @@ void frames(const fs::path& root) {
   Corpus c(root, "fuzz_frame");
   const std::uint8_t def = limit_index(rpc::kDefaultMaxFrame);
   rpc::Hello hello{rpc::kProtocolVersion, rpc::Role::kWorker, "worker-1", ""};
-  rpc::HelloReply hello_reply{rpc::Role::kCoordinator, "coordinator", "0.1.0"};
+  rpc::HelloReply hello_reply{rpc::Role::kCoordinator, "coordinator", "0.1.0", std::string(32, 'm')};
   const std::string hello_frame = frame(rpc::kHello, 1, 0, rpc::encode_hello(hello));
   c.add("hello", with_prefix(def, 0, hello_frame));
+  c.add("auth_challenge",
+        with_prefix(def, 0,
+                    frame(rpc::kAuthChallenge, 0, 0,
+                          rpc::encode_auth_challenge(rpc::AuthChallenge{rpc::kAuthHmacSha256, std::string(32, 's')}))));
   c.add("hello_reply",
         with_prefix(def, 3, frame(rpc::kHello, 1, rpc::kFlagReply, rpc::encode_hello_reply(hello_reply))));
   c.add("error_reply", with_prefix(def, 1,
@@ -130,7 +135,7 @@ void frames(const fs::path& root) {
   bad_magic[0] = 'X';
   c.add("bad_magic", with_prefix(def, 0, bad_magic));
   std::string bad_version = hello_frame;
-  bad_version[4] = 2;
+  bad_version[4] = static_cast<char>(rpc::kProtocolVersion + 1);
   c.add("bad_version", with_prefix(def, 0, bad_version));
   std::string bad_flags = hello_frame;
   bad_flags[20] = 4;
@@ -193,8 +198,18 @@ void messages(const fs::path& root) {
   add_message(c, kMsgStatsReply, "stats", stats);
   c.add("hello", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kAgent, "agent-7", ""})));
   c.add("hello_auth", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kTool, "pooltool", "nonce"})));
-  c.add("hello_reply",
-        with_prefix(kMsgHelloReply, encode_hello_reply(HelloReply{Role::kCoordinator, "coord", "0.1.0"})));
+  c.add("hello_reply", with_prefix(kMsgHelloReply, encode_hello_reply(HelloReply{Role::kCoordinator, "coord", "0.1.0",
+                                                                                 std::string(32, 'm')})));
+  c.add("auth_challenge", with_prefix(kMsgAuthChallenge,
+                                      encode_auth_challenge(AuthChallenge{kAuthHmacSha256, std::string(32, 's')})));
+  const ClientProof proof{kAuthHmacSha256, std::string(32, 'c'), std::string(32, 'm')};
+  c.add("client_proof", with_prefix(kMsgClientProof, encode_client_proof(proof)));
+  c.add("hello_with_proof", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kWorker, "worker-1",
+                                                                      encode_client_proof(proof)})));
+  c.add("bad_client_proof_short_mac",
+        with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256, std::string(32, 'c'), "m"})));
+  c.add("bad_auth_challenge_scheme",
+        with_prefix(kMsgAuthChallenge, encode_auth_challenge(AuthChallenge{7, std::string(32, 's')})));
   c.add("error", with_prefix(kMsgError, encode_error(Status(StatusCode::kDeadlineExceeded, "timed out"))));
 
   // Malformed.

@@ -55,6 +55,8 @@ enum MessageKind : std::uint8_t {
   kMsgHello,       // frame.h: decode_hello
   kMsgHelloReply,  // frame.h: decode_hello_reply
   kMsgError,       // frame.h: decode_error
+  kMsgAuthChallenge,  // auth.h: decode_auth_challenge
+  kMsgClientProof,    // auth.h: decode_client_proof
   kMessageKinds,
 };
 

@@ -1,6 +1,9 @@
 """Every binding call against a real standalone pool (conftest.py)."""
 
 import gc
+import os
+import pathlib
+import tempfile
 import threading
 import time
 
@@ -229,10 +232,19 @@ def test_errors_map_to_exceptions(pool, client, ns):
     with pytest.raises(kvpool.InvalidArgument):
         client.register_namespace(**dict(namespace_args("bad"), block_bytes=1024))
 
-    # Connecting.
-    with pytest.raises(kvpool.InvalidArgument) as e:
-        kvpool.Client(pool.coordinator, secret_file="/nonexistent/kvpool/secret")
-    assert "secret_file" in e.value.message
+    # Connecting: the secret must match the coordinator's (SECURITY.md).
+    with tempfile.TemporaryDirectory() as d:
+        missing = os.path.join(d, "missing")
+        with pytest.raises(kvpool.FailedPrecondition) as e:
+            kvpool.Client(pool.coordinator, secret_file=missing)
+        assert missing in e.value.message
+        other = os.path.join(d, "other")
+        fd = os.open(other, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32).hex().encode() + b"\n")
+        os.close(fd)
+        with pytest.raises(kvpool.PermissionDenied) as e:
+            kvpool.Client(pool.coordinator, secret_file=other)
+        assert isinstance(e.value, PermissionError)
     with pytest.raises(kvpool.InvalidArgument):
         kvpool.Client("no-port")
     c = kvpool.Client(pool.coordinator)
@@ -323,13 +335,13 @@ def test_blocking_calls_and_future_wait_release_the_gil(private_pool):
             assert counter.count > 10_000, form
 
 
-def test_a_secret_file_is_accepted_and_kept_until_authentication_lands(pool, tmp_path):
-    secret = tmp_path / "secret"
-    secret.write_text("cluster-secret\n")
-    with pytest.warns(RuntimeWarning, match="does not authenticate"):
-        c = kvpool.Client(pool.coordinator, secret)  # a PathLike; positional as in the issue
+def test_a_secret_file_path_is_kept_and_authenticates(pool):
+    # The pool's own secret, found the way every component finds it.
+    path = os.environ.get("KVPOOL_SECRET_FILE") or ("/etc/kvpool/secret" if os.geteuid() == 0
+                                                    else os.path.expanduser("~/.config/kvpool/secret"))
+    c = kvpool.Client(pool.coordinator, pathlib.Path(path))  # a PathLike; positional as in the issue
     with c:
-        assert c.secret_file == str(secret)
+        assert c.secret_file == path
         assert c.lookup(c.register_namespace(**namespace_args("secret")), [0]) == 0
     assert kvpool.Client(pool.coordinator).secret_file is None
 

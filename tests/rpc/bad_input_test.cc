@@ -21,6 +21,7 @@
 #include "runtime/common/codec.h"
 #include "runtime/rpc/server.h"
 #include "tests/common/test_util.h"
+#include "tests/rpc/raw_conn.h"
 
 namespace kvpool::rpc {
 namespace {
@@ -30,108 +31,10 @@ using kvpool::testing::scaled;
 
 constexpr std::uint16_t kEcho = 100;
 
-// A blocking loopback socket with a receive timeout, so a server that fails
-// to close cannot hang the test.
-class RawConn {
- public:
-  explicit RawConn(std::uint16_t port) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd_ >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-    auto ms = scaled(std::chrono::seconds(5)).count();
-    timeval tv{static_cast<time_t>(ms / 1000), static_cast<suseconds_t>((ms % 1000) * 1000)};
-    REQUIRE(::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) == 0);
-  }
-  RawConn(const RawConn&) = delete;
-  RawConn& operator=(const RawConn&) = delete;
-  ~RawConn() { close(); }
-
-  void send(std::string_view bytes) {
-    while (!bytes.empty()) {
-      ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
-      REQUIRE(n > 0);
-      bytes.remove_prefix(static_cast<std::size_t>(n));
-    }
-  }
-  // Half-closes our side: the server sees EOF.
-  void shutdown_write() { ::shutdown(fd_, SHUT_WR); }
-  void close() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
-  // Reads exactly one frame; fails the test on a close or timeout first.
-  Frame recv_frame() {
-    std::string bytes = recv_exact(kHeaderSize);
-    auto h = decode_header(std::span<const char, kHeaderSize>(bytes.data(), kHeaderSize), kDefaultMaxFrame);
-    REQUIRE(h);
-    return Frame{*h, recv_exact(h->payload_size)};
-  }
-
-  // Reads until the server closes (true) or the receive timeout (false);
-  // what arrived is in `received`.
-  bool read_until_closed(std::string& received) {
-    char buf[4096];
-    for (;;) {
-      ssize_t n = ::recv(fd_, buf, sizeof(buf), 0);
-      if (n > 0) {
-        received.append(buf, static_cast<std::size_t>(n));
-        continue;
-      }
-      if (n == 0) return true;
-      if (errno == EINTR) continue;
-      return errno == ECONNRESET;
-    }
-  }
-
- private:
-  std::string recv_exact(std::size_t n) {
-    std::string out(n, '\0');
-    std::size_t have = 0;
-    while (have < n) {
-      ssize_t got = ::recv(fd_, out.data() + have, n - have, 0);
-      if (got < 0 && errno == EINTR) continue;
-      REQUIRE(got > 0);
-      have += static_cast<std::size_t>(got);
-    }
-    return out;
-  }
-  int fd_ = -1;
-};
-
-std::string header(std::uint32_t magic, std::uint16_t version, std::uint16_t type, std::uint64_t id,
-                   std::uint32_t length, std::uint32_t flags) {
-  Writer w;
-  w.u32(magic);
-  w.u16(version);
-  w.u16(type);
-  w.u64(id);
-  w.u32(length);
-  w.u32(flags);
-  return w.take();
-}
-
-std::string frame(std::uint16_t type, std::uint64_t id, const std::string& payload, std::uint32_t flags = 0) {
-  return header(kFrameMagic, kProtocolVersion, type, id, static_cast<std::uint32_t>(payload.size()), flags) + payload;
-}
-
-std::string hello_frame(std::uint16_t version = kProtocolVersion, std::uint8_t role = 1) {
-  Writer w;
-  w.u16(version);
-  w.u8(role);
-  w.bytes("raw-peer");
-  w.bytes("");
-  return frame(kHello, 1, w.take());
-}
-
 // Says hello on a raw connection and reads the reply, so the server has
 // answered before the test sends anything bad.
 void raw_hello(RawConn& conn) {
-  conn.send(hello_frame());
+  conn.send(conn.authenticated_hello("raw-peer"));
   Frame reply = conn.recv_frame();
   REQUIRE(reply.header.type == kHello);
   REQUIRE(reply.header.is_reply());
@@ -251,7 +154,7 @@ TEST_CASE("a frame before the hello gets an error reply, then the connection clo
   CHECK(reply.header.is_reply());
   CHECK(reply.header.is_error());
   Status s = decode_error(reply.payload);
-  CHECK(s.code() == StatusCode::kFailedPrecondition);
+  CHECK(s.code() == StatusCode::kPermissionDenied);
   CHECK(s.message().find("hello") != std::string::npos);
   f.check_good_client_served();
   CHECK(f.disconnects == 0);  // never said hello: nothing to drop
@@ -262,7 +165,7 @@ TEST_CASE("a bad hello gets an error reply, then the connection closes", "[rpc][
   RawConn raw(f.server->port());
   StatusCode expected = StatusCode::kOk;
   SECTION("another protocol version in the hello") {
-    raw.send(hello_frame(2));
+    raw.send(hello_frame(kProtocolVersion + 1));
     expected = StatusCode::kFailedPrecondition;
   }
   SECTION("an unknown role") {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "runtime/common/codec.h"
+#include "runtime/rpc/auth.h"
 
 namespace kvpool::rpc {
 namespace {
@@ -80,9 +81,9 @@ TEST_CASE("decode_header refuses each malformed header", "[rpc][frame]") {
     CHECK(r.error().message().find("magic") != std::string::npos);
   }
   SECTION("another protocol version") {
-    auto r = decode_header(view(raw_header(kFrameMagic, 2, 0, 0)), kMax);
+    auto r = decode_header(view(raw_header(kFrameMagic, 1, 0, 0)), kMax);
     REQUIRE(!r);
-    CHECK(r.error().message().find("version 2") != std::string::npos);
+    CHECK(r.error().message().find("version 1") != std::string::npos);
   }
   SECTION("payload over max_frame") {
     auto r = decode_header(view(raw_header(kFrameMagic, kProtocolVersion, 1u << 30, 0)), kMax);
@@ -187,6 +188,44 @@ TEST_CASE("a truncated frame stays buffered until the rest arrives", "[rpc][fram
   CHECK(reader.buffered() == 27);
 }
 
+TEST_CASE("auth challenge and client proof round trip, and bad ones are refused", "[rpc][frame]") {
+  AuthChallenge c{kAuthHmacSha256, std::string(kAuthNonceBytes, 's')};
+  auto c_back = decode_auth_challenge(encode_auth_challenge(c));
+  REQUIRE(c_back);
+  CHECK(c_back->server_nonce == c.server_nonce);
+  ClientProof p{kAuthHmacSha256, std::string(kAuthNonceBytes, 'c'), std::string(kAuthMacBytes, 'm')};
+  auto p_back = decode_client_proof(encode_client_proof(p));
+  REQUIRE(p_back);
+  CHECK(p_back->client_nonce == p.client_nonce);
+  CHECK(p_back->mac == p.mac);
+  SECTION("unknown scheme") {
+    c.scheme = 9;
+    p.scheme = 9;
+    CHECK(decode_auth_challenge(encode_auth_challenge(c)).error().code() == StatusCode::kInvalidArgument);
+    CHECK(decode_client_proof(encode_client_proof(p)).error().code() == StatusCode::kInvalidArgument);
+  }
+  SECTION("short nonce or MAC") {
+    c.server_nonce.pop_back();
+    p.mac.pop_back();
+    CHECK(!decode_auth_challenge(encode_auth_challenge(c)));
+    CHECK(!decode_client_proof(encode_client_proof(p)));
+  }
+  SECTION("empty, as an old client sends") { CHECK(!decode_client_proof("")); }
+  SECTION("the two MACs differ for the same inputs") {
+    Hello hello{kProtocolVersion, Role::kWorker, "w", ""};
+    HelloReply reply{Role::kCoordinator, "c", "v", ""};
+    std::string key(32, 'k');
+    CHECK(client_mac(key, c.server_nonce, p.client_nonce, hello) !=
+          server_mac(key, c.server_nonce, p.client_nonce, hello, reply));
+    CHECK(client_mac(key, c.server_nonce, p.client_nonce, hello) !=
+          client_mac(std::string(32, 'j'), c.server_nonce, p.client_nonce, hello));
+    Hello other = hello;
+    other.id = "x";
+    CHECK(client_mac(key, c.server_nonce, p.client_nonce, hello) !=
+          client_mac(key, c.server_nonce, p.client_nonce, other));
+  }
+}
+
 TEST_CASE("hello and hello reply round trip, and bad ones are refused", "[rpc][frame]") {
   Hello hello{kProtocolVersion, Role::kAgent, "agent-7", ""};
   auto back = decode_hello(encode_hello(hello));
@@ -195,11 +234,12 @@ TEST_CASE("hello and hello reply round trip, and bad ones are refused", "[rpc][f
   CHECK(back->id == "agent-7");
   CHECK(back->auth.empty());
 
-  HelloReply reply{Role::kCoordinator, "coord", "0.1.0"};
+  HelloReply reply{Role::kCoordinator, "coord", "0.1.0", std::string(32, 'm')};
   auto reply_back = decode_hello_reply(encode_hello_reply(reply));
   REQUIRE(reply_back);
   CHECK(reply_back->server_id == "coord");
   CHECK(reply_back->server_version == "0.1.0");
+  CHECK(reply_back->auth == std::string(32, 'm'));
 
   SECTION("unknown role") {
     Writer w;

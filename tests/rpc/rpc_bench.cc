@@ -78,6 +78,9 @@ int main(int argc, char** argv) {
   ServerOptions server_options;
   server_options.threads = o.server_threads;
   server_options.server_id = "bench";
+  // The secret the default discovery finds (KVPOOL_SECRET_FILE, else the
+  // default path), made there if missing, as kvpool-coordinator does.
+  server_options.create_secret = true;
   auto server = Server::start(server_options, [&reply](Request, Responder r) { r.reply(reply); });
   if (!server) {
     std::fprintf(stderr, "rpc_bench: %s\n", server.error().to_string().c_str());

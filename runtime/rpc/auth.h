@@ -1,0 +1,65 @@
+#pragma once
+// The authentication handshake of the control protocol (frame.h): mutual
+// challenge-response with HMAC-SHA256 under the cluster secret
+// (runtime/common/secret.h). The secret never crosses the wire; both sides
+// contribute a fresh 32-byte nonce (RAND_bytes), so a recorded handshake is
+// useless on a new connection.
+//
+//   server -> client  challenge:  scheme, Ns
+//   client -> server  hello:      ..., auth = scheme, Nc, Mc
+//                     Mc = HMAC(K, "kvpool auth v1 client" | Ns | Nc | hello)
+//   server -> client  hello reply: ..., auth = Ms
+//                     Ms = HMAC(K, "kvpool auth v1 server" | Ns | Nc | hello | reply)
+//
+// The server checks Mc before it answers anything (a wrong one gets a
+// kPermissionDenied error reply and the connection closes); the client
+// checks Ms before it uses the connection. Distinct labels keep one side's
+// MAC from ever passing as the other's. MACs are compared in constant time.
+//
+// What it does not do: it authenticates the two ends at the start; it does
+// not encrypt or sign the frames after it (SECURITY.md).
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "kvpool/status.h"
+#include "runtime/rpc/frame.h"
+
+namespace kvpool::rpc {
+
+inline constexpr std::uint8_t kAuthHmacSha256 = 1;
+inline constexpr std::size_t kAuthNonceBytes = 32;
+inline constexpr std::size_t kAuthMacBytes = 32;
+
+// The payload of the kAuthChallenge frame.
+struct AuthChallenge {
+  std::uint8_t scheme = kAuthHmacSha256;
+  std::string server_nonce;
+};
+std::string encode_auth_challenge(const AuthChallenge& challenge);
+// kInvalidArgument on a malformed payload, an unknown scheme or a nonce that
+// is not kAuthNonceBytes long.
+Result<AuthChallenge> decode_auth_challenge(std::string_view payload);
+
+// The hello's auth field.
+struct ClientProof {
+  std::uint8_t scheme = kAuthHmacSha256;
+  std::string client_nonce;
+  std::string mac;
+};
+std::string encode_client_proof(const ClientProof& proof);
+// kInvalidArgument on a malformed payload, an unknown scheme, or a nonce or
+// MAC of the wrong length.
+Result<ClientProof> decode_client_proof(std::string_view payload);
+
+// Mc: what the client sends, over the hello's version, role and id (not its
+// auth field).
+std::string client_mac(std::string_view key, std::string_view server_nonce, std::string_view client_nonce,
+                       const Hello& hello);
+// Ms: what the server sends, over the hello and the reply's role, id and
+// version (not its auth field).
+std::string server_mac(std::string_view key, std::string_view server_nonce, std::string_view client_nonce,
+                       const Hello& hello, const HelloReply& reply);
+
+}  // namespace kvpool::rpc
