@@ -16,6 +16,7 @@
 
 #include "coordinator/coordinator_core.h"
 #include "kvpool/status.h"
+#include "runtime/metrics/registry.h"
 
 namespace kvpool::coordinator {
 
@@ -30,6 +31,11 @@ struct CoordinatorServerOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   std::size_t max_frame = 16u << 20;
   int threads = 1;
+  // Where the server's metrics go (kvpool_coordinator_*: requests, errors and
+  // latency by operation, and gauges read from the core at scrape time).
+  // Shared with the process's /metrics endpoint and, in `kvpool-agent
+  // --standalone`, with the agent. Null: the server keeps a private one.
+  std::shared_ptr<metrics::Registry> metrics;
 };
 
 class CoordinatorServer {
