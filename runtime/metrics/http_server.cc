@@ -148,13 +148,13 @@ std::uint16_t MetricsServer::port() const { return impl_->port; }
 void MetricsServer::stop() {
   if (!impl_ || impl_->stopped.exchange(true)) return;
   // Stopping the io_context abandons every session; their handlers (and the
-  // shared_ptrs they hold) are destroyed with the io_context.
-  asio::post(impl_->io, [raw = impl_.get()] {
-    boost::system::error_code ignored;
-    raw->acceptor.close(ignored);
-  });
+  // sessions they hold) are destroyed with the io_context. With the thread
+  // joined, nothing else touches the acceptor: close it, so new connections
+  // are refused at once instead of waiting in the backlog.
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
+  boost::system::error_code ignored;
+  impl_->acceptor.close(ignored);
 }
 
 Result<std::unique_ptr<MetricsServer>> start_from_flags(const std::string& listen, const std::string& port_file,
