@@ -55,6 +55,13 @@ enum MessageKind : std::uint8_t {
   kMsgHello,       // frame.h: decode_hello
   kMsgHelloReply,  // frame.h: decode_hello_reply
   kMsgError,       // frame.h: decode_error
+  // Operator messages (pooltool), appended so earlier seeds keep their kind.
+  kMsgListNamespacesReply,
+  kMsgUsageRequest,
+  kMsgUsageReply,
+  kMsgEvictNamespaceRequest,
+  kMsgEvictNamespaceReply,
+  kMsgAgentStatsReply,
   kMessageKinds,
 };
 
