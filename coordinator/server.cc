@@ -128,6 +128,11 @@ struct CoordinatorServer::Impl {
     std::uint64_t blocks = 0, bytes = 0, removed = 0, failed = 0;
   };
 
+  // A server that failed to start (or was never stopped) must not leave its
+  // collector in a registry that outlives it.
+  ~Impl() {
+    if (registry) registry->remove_collector(collector_id);
+  }
   void init_metrics();
   void collect(metrics::Collector& c) const;
   OpMetrics& op(std::uint16_t type) {

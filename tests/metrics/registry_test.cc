@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "coordinator/server.h"
 #include "runtime/metrics/http_server.h"
 #include "runtime/metrics/registry.h"
 #include "tests/metrics/exposition.h"
@@ -116,4 +117,26 @@ TEST_CASE("a metrics address that is not an IP is refused", "[metrics]") {
   auto server = MetricsServer::start("not-an-ip", 0, std::make_shared<Registry>());
   REQUIRE(!server);
   CHECK(server.error().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("a coordinator server that fails to start leaves nothing in a shared registry", "[metrics]") {
+  auto registry = std::make_shared<Registry>();
+  coordinator::CoordinatorServerOptions first;
+  first.port = 0;
+  first.metrics = registry;
+  auto running = coordinator::CoordinatorServer::start(first);
+  REQUIRE(running);
+  CHECK(registry->render().find("kvpool_coordinator_blocks ") != std::string::npos);
+
+  coordinator::CoordinatorServerOptions clash = first;
+  clash.port = (*running)->port();  // taken: start fails after the metrics are set up
+  auto other_registry = std::make_shared<Registry>();
+  clash.metrics = other_registry;
+  auto failed = coordinator::CoordinatorServer::start(clash);
+  REQUIRE(!failed);
+  // Scraping runs no collector of the server that is gone.
+  CHECK(other_registry->render().find("kvpool_coordinator_blocks ") == std::string::npos);
+
+  (*running)->stop();
+  CHECK(registry->render().find("kvpool_coordinator_blocks ") == std::string::npos);
 }
