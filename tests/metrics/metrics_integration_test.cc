@@ -138,7 +138,7 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   CHECK(aged);
 }
 
-TEST_CASE("coordinator and agent each serve their own /metrics; a dead agent shows", "[metrics][integration]") {
+TEST_CASE("coordinator and agent each serve their own /metrics, and a dead agent shows there", "[metrics][integration]") {
   std::string cport_file = temp_path("coord-port"), cmetrics = temp_path("coord-metrics"),
               ametrics = temp_path("agent-metrics");
   auto coord = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--listen", "127.0.0.1:0", "--port-file",

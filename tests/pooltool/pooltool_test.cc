@@ -294,7 +294,7 @@ TEST_CASE("pooltool bench moves blocks through the live pool and leaves nothing 
   CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 0);
 }
 
-TEST_CASE("pooltool exit codes: 2 usage, 3 unreachable; demo runs kvpool-demo", "[pooltool]") {
+TEST_CASE("pooltool exits 2 on usage errors and 3 when unreachable, and demo runs kvpool-demo", "[pooltool]") {
   CHECK(pooltool({}).rc == 2);
   CHECK(pooltool({"no-such-command"}).rc == 2);
   CHECK(pooltool({"--secret-file", "/nonexistent/secret", "status"}).rc == 2);
