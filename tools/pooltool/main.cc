@@ -467,6 +467,8 @@ int cmd_bench(const Globals& g, const std::string& block, std::uint32_t blocks, 
     auto c = connect(g);
     if (!c) return fail_connect(g, c.error());
   }
+  // TODO(ops): pass g.secret_file to kvpool::ClientOptions once the security
+  // change gives the runtime a secret option.
   BenchOptions o;
   o.coordinator = g.coordinator;
   o.timeout = g.timeout_ms;
@@ -508,7 +510,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", g.json, "Print JSON (for scripts) instead of tables");
   app.add_option("--timeout", g.timeout, "Deadline of each coordinator call")->capture_default_str();
-  app.add_option("--secret-file", g.secret_file, "The cluster secret, for coordinators that require one")
+  app.add_option("--secret-file", g.secret_file, "The cluster secret file, for coordinators that require one (accepted; not sent until "
+                 "the control protocol authenticates)")
       ->check(CLI::ExistingFile);
 
   auto* status = app.add_subcommand("status", "Agents up and down, capacity, use, blocks, hit rate, uptime");
