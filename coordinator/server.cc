@@ -108,7 +108,8 @@ struct CoordinatorServer::Impl {
   std::thread ticker;
 
   // Metrics: instruments updated as requests come and go, and a collector
-  // reading the core at scrape time (removed in stop(), before the core goes).
+  // reading the core at scrape time (removed in stop() and ~Impl, before the
+  // core goes).
   std::shared_ptr<metrics::Registry> registry;
   std::map<std::uint16_t, OpMetrics> ops;  // filled at start, read-only after
   OpMetrics* unknown_op = nullptr;
@@ -630,6 +631,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       return;
     }
     default:
+      om.errors[static_cast<std::size_t>(StatusCode::kUnimplemented)]->inc();
       rpc::fail_unknown_type(req, resp.raw());
       return;
   }

@@ -126,6 +126,10 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   rpc::LookupReply rep;
   CHECK(raw_call(*raw, rpc::kLookup, bad, rep).code() == StatusCode::kNotFound);
   CHECK(scrape(port).value("kvpool_coordinator_request_errors_total{op=\"lookup\",code=\"not_found\"}") == 1);
+  CHECK(!raw->call(999, std::string(), Deadline::after(scaled(10s))));
+  auto unknown = scrape(port);
+  CHECK(unknown.value("kvpool_coordinator_requests_total{op=\"unknown\"}") == 1);
+  CHECK(unknown.value("kvpool_coordinator_request_errors_total{op=\"unknown\",code=\"unimplemented\"}") == 1);
 
   // Heartbeats are timed by the agent and aged by the coordinator.
   CHECK(eventually([&] { return scrape(port).value("kvpool_agent_heartbeat_duration_seconds_count") >= 1; },
