@@ -86,12 +86,13 @@ Agent::~Agent() { stop(); }
 
 void Agent::init_metrics() {
   metrics::Registry& r = *registry_;
-  heartbeat_seconds_ = &r.histogram("kvpool_agent_heartbeat_duration_seconds",
-                                    "Round trip of the agent's heartbeats to the coordinator", metrics::latency_buckets());
+  heartbeat_seconds_ =
+      &r.histogram("kvpool_agent_heartbeat_duration_seconds", "Round trip of the agent's heartbeats to the coordinator",
+                   metrics::latency_buckets());
   heartbeat_failures_ =
       &r.counter("kvpool_agent_heartbeat_failures_total", "Heartbeats that failed or were refused by the coordinator");
-  invalidated_slots_ = &r.counter("kvpool_agent_invalidated_slots_total",
-                                  "Slot headers invalidated at the coordinator's request");
+  invalidated_slots_ =
+      &r.counter("kvpool_agent_invalidated_slots_total", "Slot headers invalidated at the coordinator's request");
   invalidate_requests_ =
       &r.counter("kvpool_agent_invalidate_requests_total", "Invalidation requests received from the coordinator");
   invalidate_rejected_ = &r.counter("kvpool_agent_invalidate_rejected_slots_total",

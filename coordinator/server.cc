@@ -227,11 +227,24 @@ struct CoordinatorServer::Impl {
 void CoordinatorServer::Impl::init_metrics() {
   auto& r = *registry;
   const metrics::Labels none;
-  std::vector<std::uint16_t> types = {rpc::kRegisterNamespace, rpc::kRegisterAgent, rpc::kHeartbeat, rpc::kListAgents,
-                                      rpc::kAllocate,          rpc::kCommit,        rpc::kAbort,     rpc::kLookup,
-                                      rpc::kRelease,           rpc::kRemove,        rpc::kWaitFor,   rpc::kStats,
-                                      rpc::kListNamespaces,    rpc::kUsage,         rpc::kEvictNamespace,
-                                      rpc::kAgentStats,        rpc::kInvalidateDone,    0};
+  std::vector<std::uint16_t> types = {rpc::kRegisterNamespace,
+                                      rpc::kRegisterAgent,
+                                      rpc::kHeartbeat,
+                                      rpc::kListAgents,
+                                      rpc::kAllocate,
+                                      rpc::kCommit,
+                                      rpc::kAbort,
+                                      rpc::kLookup,
+                                      rpc::kRelease,
+                                      rpc::kRemove,
+                                      rpc::kWaitFor,
+                                      rpc::kStats,
+                                      rpc::kListNamespaces,
+                                      rpc::kUsage,
+                                      rpc::kEvictNamespace,
+                                      rpc::kAgentStats,
+                                      rpc::kInvalidateDone,
+                                      0};
   for (std::uint16_t t : types) {
     OpMetrics& m = ops[t];
     m.name = op_name(t);
@@ -252,12 +265,12 @@ void CoordinatorServer::Impl::init_metrics() {
     allocate_outcomes[i] = &r.counter("kvpool_coordinator_allocate_blocks_total",
                                       "Blocks asked for by allocate, by outcome", {{"outcome", outcomes[i]}});
   }
-  commits_ok = &r.counter("kvpool_coordinator_commit_leases_total", "Write leases committed or refused",
-                          {{"result", "ok"}});
-  commits_failed = &r.counter("kvpool_coordinator_commit_leases_total", "Write leases committed or refused",
-                              {{"result", "error"}});
-  removes_ok = &r.counter("kvpool_coordinator_remove_blocks_total", "Blocks asked to be removed, by result",
-                          {{"result", "ok"}});
+  commits_ok =
+      &r.counter("kvpool_coordinator_commit_leases_total", "Write leases committed or refused", {{"result", "ok"}});
+  commits_failed =
+      &r.counter("kvpool_coordinator_commit_leases_total", "Write leases committed or refused", {{"result", "error"}});
+  removes_ok =
+      &r.counter("kvpool_coordinator_remove_blocks_total", "Blocks asked to be removed, by result", {{"result", "ok"}});
   removes_failed = &r.counter("kvpool_coordinator_remove_blocks_total", "Blocks asked to be removed, by result",
                               {{"result", "error"}});
   const char* expiry_help = "Leases that ran out before they were committed (write) or released (read)";
@@ -300,18 +313,15 @@ void CoordinatorServer::Impl::collect(metrics::Collector& c) const {
   n("kvpool_coordinator_evictions_total", "Blocks evicted under memory pressure (allocations and drains)",
     st.evictions);
   n("kvpool_coordinator_removals_total", "Blocks removed on request", st.removals);
-  n("kvpool_coordinator_expired_write_leases_total", "Write leases that expired uncommitted",
-    st.expired_write_leases);
-  n("kvpool_coordinator_aborted_write_leases_total", "Write leases given up by their writers",
-    st.aborted_write_leases);
+  n("kvpool_coordinator_expired_write_leases_total", "Write leases that expired uncommitted", st.expired_write_leases);
+  n("kvpool_coordinator_aborted_write_leases_total", "Write leases given up by their writers", st.aborted_write_leases);
   for (const AgentView& a : st.agents) {
     metrics::Labels l = {{"agent", std::to_string(to_u32(a.id))}, {"address", a.registration.control_address}};
     c.gauge("kvpool_coordinator_agent_up", "1 while the agent is alive, 0 once declared dead", l, a.alive ? 1 : 0);
     c.gauge("kvpool_coordinator_agent_heartbeat_age_seconds", "Seconds since the agent's last heartbeat", l,
             std::chrono::duration<double>(now - a.last_heartbeat).count());
     c.gauge("kvpool_coordinator_agent_capacity_bytes", "Payload bytes of the agent's region", l, a.capacity_bytes);
-    c.gauge("kvpool_coordinator_agent_used_bytes", "Bytes of the agent's region not allocatable now", l,
-            a.used_bytes);
+    c.gauge("kvpool_coordinator_agent_used_bytes", "Bytes of the agent's region not allocatable now", l, a.used_bytes);
     c.gauge("kvpool_coordinator_agent_blocks", "Committed blocks on the agent", l, a.blocks);
   }
   for (const NamespaceView& ns : core->namespaces()) {
@@ -342,7 +352,7 @@ rpc::UsageReply CoordinatorServer::Impl::usage(const rpc::UsageRequest& m) const
 }
 
 CoordinatorServer::Impl::EvictSummary CoordinatorServer::Impl::evict_namespace(NamespaceId ns, bool dry_run,
-                                                                              Clock::time_point now) {
+                                                                               Clock::time_point now) {
   EvictSummary out;
   std::vector<Key128> keys;
   for (const AgentView& a : core->agents()) {
@@ -594,11 +604,11 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
         r.host_id = a.registration.host_id;
         r.control_address = a.registration.control_address;
         r.alive = a.alive;
-        r.heartbeat_age_ms = a.last_heartbeat >= now ? 0
-                                                     : static_cast<std::uint64_t>(
-                                                           std::chrono::duration_cast<std::chrono::milliseconds>(
-                                                               now - a.last_heartbeat)
-                                                               .count());
+        r.heartbeat_age_ms =
+            a.last_heartbeat >= now
+                ? 0
+                : static_cast<std::uint64_t>(
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - a.last_heartbeat).count());
         r.region_bytes = a.registration.region_bytes;
         r.capacity_bytes = a.capacity_bytes;
         r.used_bytes = a.used_bytes;

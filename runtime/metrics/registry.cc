@@ -124,7 +124,8 @@ Histogram::Snapshot Histogram::snapshot() const {
 }
 
 std::vector<double> latency_buckets() {
-  return {50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5, 5, 10};
+  return {50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+          50e-3, 100e-3, 250e-3, 500e-3, 1,    2.5,    5,    10};
 }
 
 struct Registry::Impl {
@@ -147,7 +148,7 @@ struct Registry::Impl {
   // Held while collectors run, so remove_collector() waits for a running one.
   mutable std::mutex collectors_mu;
   std::map<std::uint64_t, CollectFn> collectors;  // guarded by collectors_mu
-  std::uint64_t next_collector = 1;                // guarded by collectors_mu
+  std::uint64_t next_collector = 1;               // guarded by collectors_mu
 
   Family* family(const std::string& name, const std::string& help, Type type) {
     auto [it, inserted] = families.try_emplace(name);

@@ -548,8 +548,8 @@ std::string encode(const AgentStatsReply& m) {
     w.bytes(a.host_id);
     w.bytes(a.control_address);
     w.boolean(a.alive);
-    for (auto v : {a.heartbeat_age_ms, a.region_bytes, a.capacity_bytes, a.used_bytes, a.live_bytes,
-                   a.reclaiming_bytes, a.blocks, a.largest_free}) {
+    for (auto v : {a.heartbeat_age_ms, a.region_bytes, a.capacity_bytes, a.used_bytes, a.live_bytes, a.reclaiming_bytes,
+                   a.blocks, a.largest_free}) {
       w.u64(v);
     }
   }

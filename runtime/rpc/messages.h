@@ -201,7 +201,7 @@ struct ListNamespacesReply {
 };
 
 struct UsageRequest {
-  bool all = true;    // every namespace, or only `ns`
+  bool all = true;  // every namespace, or only `ns`
   NamespaceId ns = 0;
 };
 // Committed blocks of one namespace on one agent; bytes are slot bytes
@@ -237,7 +237,7 @@ struct AgentStatsRecord {
   bool alive = false;
   std::uint64_t heartbeat_age_ms = 0;  // since the last heartbeat
   std::uint64_t region_bytes = 0;
-  std::uint64_t capacity_bytes = 0;    // payload area
+  std::uint64_t capacity_bytes = 0;  // payload area
   std::uint64_t used_bytes = 0;
   std::uint64_t live_bytes = 0;
   std::uint64_t reclaiming_bytes = 0;

@@ -131,8 +131,7 @@ inline Exposition parse_exposition(const std::string& text) {
     std::string family = family_of(name, e.types);
     if (family != current) bad("sample outside its family's block");
     if (finished.count(family)) bad("family split");
-    if (family.size() > 6 && e.types[family] == "counter" &&
-        family.compare(family.size() - 6, 6, "_total") != 0) {
+    if (family.size() > 6 && e.types[family] == "counter" && family.compare(family.size() - 6, 6, "_total") != 0) {
       bad("counter not ending in _total");
     }
     std::string v = line.substr(space + 1);

@@ -103,7 +103,9 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   REQUIRE(got);
   CHECK(got->loaded == 3);
   auto after_get = scrape(port);
-  CHECK(after_get.value("kvpool_coordinator_lookup_hits_total") - after_put.value("kvpool_coordinator_lookup_hits_total") == 3);
+  CHECK(after_get.value("kvpool_coordinator_lookup_hits_total") -
+            after_put.value("kvpool_coordinator_lookup_hits_total") ==
+        3);
   CHECK(after_get.value("kvpool_coordinator_lookup_misses_total") -
             after_put.value("kvpool_coordinator_lookup_misses_total") ==
         1);
@@ -132,8 +134,8 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   CHECK(unknown.value("kvpool_coordinator_request_errors_total{op=\"unknown\",code=\"unimplemented\"}") == 1);
 
   // Heartbeats are timed by the agent and aged by the coordinator.
-  CHECK(eventually([&] { return scrape(port).value("kvpool_agent_heartbeat_duration_seconds_count") >= 1; },
-                   scaled(5s)));
+  CHECK(
+      eventually([&] { return scrape(port).value("kvpool_agent_heartbeat_duration_seconds_count") >= 1; }, scaled(5s)));
   auto e = scrape(port);
   bool aged = false;
   for (const auto& [series, v] : e.samples) {
@@ -142,7 +144,8 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   CHECK(aged);
 }
 
-TEST_CASE("coordinator and agent each serve their own /metrics, and a dead agent shows there", "[metrics][integration]") {
+TEST_CASE("coordinator and agent each serve their own /metrics, and a dead agent shows there",
+          "[metrics][integration]") {
   std::string cport_file = temp_path("coord-port"), cmetrics = temp_path("coord-metrics"),
               ametrics = temp_path("agent-metrics");
   auto coord = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--listen", "127.0.0.1:0", "--port-file",
@@ -158,8 +161,7 @@ TEST_CASE("coordinator and agent each serve their own /metrics, and a dead agent
 
   const std::string address = "127.0.0.1:" + std::to_string(cport);
   auto agent = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator", address, "--pool-size", "32MiB",
-                                  "--metrics", "127.0.0.1:0", "--metrics-port-file", ametrics, "--log-level",
-                                  "error"});
+                                  "--metrics", "127.0.0.1:0", "--metrics-port-file", ametrics, "--log-level", "error"});
   REQUIRE(agent);
   std::uint16_t am = metrics_port(ametrics);
   REQUIRE(am != 0);

@@ -173,8 +173,8 @@ TEST_CASE("pooltool usage --json splits bytes and blocks by namespace and agent"
 
 TEST_CASE("pooltool lookup gives the cached prefix length and where blocks live", "[pooltool]") {
   Pool pool(3);
-  auto all = pooltool(pool.with({"lookup", hex(pool.ns), hex(pool.keys[0]), hex(pool.keys[1]), hex(pool.keys[2]),
-                                 hex(pool.keys[3])}));
+  auto all = pooltool(
+      pool.with({"lookup", hex(pool.ns), hex(pool.keys[0]), hex(pool.keys[1]), hex(pool.keys[2]), hex(pool.keys[3])}));
   INFO(all.out);
   REQUIRE(all.rc == 0);
   CHECK(all.doc["keys"] == 4);

@@ -17,7 +17,8 @@ void refuses_damaged(const T& m) {
   REQUIRE(decode(p, out).ok());
   CHECK(encode(out) == p);
   CHECK(decode(p + "x", out).code() == StatusCode::kInvalidArgument);
-  if (!p.empty()) CHECK(decode(std::string_view(p).substr(0, p.size() - 1), out).code() == StatusCode::kInvalidArgument);
+  if (!p.empty())
+    CHECK(decode(std::string_view(p).substr(0, p.size() - 1), out).code() == StatusCode::kInvalidArgument);
 }
 
 }  // namespace

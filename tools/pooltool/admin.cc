@@ -142,7 +142,8 @@ Result<std::vector<std::uint32_t>> read_tokens(const std::string& path) {
   std::istringstream words(text);
   std::string w;
   while (words >> w) {
-    if (w.empty() || w.size() > 10 || !std::all_of(w.begin(), w.end(), [](unsigned char c) { return std::isdigit(c); }) ||
+    if (w.empty() || w.size() > 10 ||
+        !std::all_of(w.begin(), w.end(), [](unsigned char c) { return std::isdigit(c); }) ||
         std::stoull(w) > UINT32_MAX) {
       return make_error(StatusCode::kInvalidArgument, "--tokens: '" + w + "' is not a token id");
     }

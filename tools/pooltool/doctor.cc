@@ -67,8 +67,9 @@ Check check_thp() {
     // The region is UCX-allocated shared memory (DESIGN.md): its huge pages
     // follow shmem_enabled, not enabled.
     c.level = CheckLevel::kInfo;
-    c.fix = "for huge pages in the shared-memory region: echo advise > "
-            "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+    c.fix =
+        "for huge pages in the shared-memory region: echo advise > "
+        "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
   }
   return c;
 }
@@ -82,9 +83,10 @@ Check check_memlock() {
   c.detail = "limit " + limit + (cap ? ", CAP_IPC_LOCK held (the limit does not apply)" : ", no CAP_IPC_LOCK");
   if (rl.rlim_cur != RLIM_INFINITY && !cap) {
     c.level = CheckLevel::kWarn;
-    c.fix = "let the agent lock its pool: LimitMEMLOCK=infinity in its systemd unit (cluster-configs/systemd), "
-            "or `ulimit -l unlimited` / memlock in /etc/security/limits.conf; otherwise pages may be swapped "
-            "(kvpool-agent --lock try logs it and goes on)";
+    c.fix =
+        "let the agent lock its pool: LimitMEMLOCK=infinity in its systemd unit (cluster-configs/systemd), "
+        "or `ulimit -l unlimited` / memlock in /etc/security/limits.conf; otherwise pages may be swapped "
+        "(kvpool-agent --lock try logs it and goes on)";
   }
   return c;
 }
@@ -129,8 +131,9 @@ Check check_rdma() {
   ibv_device** list = ibv_get_device_list(&n);
   if (list == nullptr || n == 0) {
     c.detail = "none: UCX moves bytes over shared memory on one host and TCP between hosts";
-    c.fix = "for RDMA: an RDMA NIC with its driver (rdma-core) and UCX_TLS=rc,dc,sm,self "
-            "(cluster-configs/rdma-host.json)";
+    c.fix =
+        "for RDMA: an RDMA NIC with its driver (rdma-core) and UCX_TLS=rc,dc,sm,self "
+        "(cluster-configs/rdma-host.json)";
   } else {
     c.level = CheckLevel::kOk;
     for (int i = 0; i < n; ++i) c.detail += (i ? ", " : "") + std::string(ibv_get_device_name(list[i]));
@@ -180,8 +183,9 @@ Check check_probe(const DoctorOptions& options) {
   auto failed = [&](const std::string& what, const Status& s) {
     c.level = CheckLevel::kFail;
     c.detail = what + ": " + s.to_string();
-    c.fix = "check the agents' logs; run with UCX_TLS=tcp to rule out shared memory, or UCX_LOG_LEVEL=info to see "
-            "what UCX picks";
+    c.fix =
+        "check the agents' logs; run with UCX_TLS=tcp to rule out shared memory, or UCX_LOG_LEVEL=info to see "
+        "what UCX picks";
     return c;
   };
   if (!client) return failed("connect", client.error());
@@ -203,8 +207,8 @@ Check check_probe(const DoctorOptions& options) {
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
   if (data != back) return failed("get", Status(StatusCode::kDataLoss, "the block read back differs"));
   (void)(*client)->remove(*ns, keys);
-  c.detail = "wrote, read and verified a 64 KiB block in " + std::to_string(us) + " us over " +
-             (*client)->stats().transports;
+  c.detail =
+      "wrote, read and verified a 64 KiB block in " + std::to_string(us) + " us over " + (*client)->stats().transports;
   return c;
 }
 

@@ -43,10 +43,10 @@ struct BenchResult {
   std::uint64_t block_bytes = 0;
   std::uint32_t blocks = 0;
   std::uint32_t rounds = 0;
-  double put_gbps = 0;          // best round
-  double get_gbps = 0;          // best round, verified
-  double lookup_us = 0;         // best round, one lookup of the whole batch
-  std::string transports;       // what libkvpool moved bytes over
+  double put_gbps = 0;     // best round
+  double get_gbps = 0;     // best round, verified
+  double lookup_us = 0;    // best round, one lookup of the whole batch
+  std::string transports;  // what libkvpool moved bytes over
   std::uint64_t verify_failures = 0;
 };
 

@@ -64,8 +64,8 @@ Result<std::unique_ptr<AdminClient>> connect(const Globals& g) {
   if (!c && c.error().code() != StatusCode::kInvalidArgument) {
     // Whatever the reason (refused, timed out, refused hello), the
     // coordinator is not reachable as asked.
-    return make_error(StatusCode::kUnavailable, "cannot reach the coordinator at " + g.coordinator + ": " +
-                                                    c.error().message());
+    return make_error(StatusCode::kUnavailable,
+                      "cannot reach the coordinator at " + g.coordinator + ": " + c.error().message());
   }
   return c;
 }
@@ -110,19 +110,19 @@ int cmd_status(const Globals& g) {
   t.add({"coordinator", g.coordinator + " (" + version + ", up " + human_duration_ms(s.uptime_ms) + ")"});
   t.add({"agents", std::to_string(s.agents_alive) + " up, " + std::to_string(s.agents_dead) + " down"});
   t.add({"capacity", human_bytes(s.capacity_bytes)});
-  t.add({"used", human_bytes(s.used_bytes) +
-                     (s.capacity_bytes ? " (" + percent(static_cast<double>(s.used_bytes) /
-                                                        static_cast<double>(s.capacity_bytes)) +
-                                             ")"
-                                       : "") +
-                     (s.reclaiming_bytes ? ", " + human_bytes(s.reclaiming_bytes) + " being reclaimed" : "")});
+  t.add({"used",
+         human_bytes(s.used_bytes) +
+             (s.capacity_bytes
+                  ? " (" + percent(static_cast<double>(s.used_bytes) / static_cast<double>(s.capacity_bytes)) + ")"
+                  : "") +
+             (s.reclaiming_bytes ? ", " + human_bytes(s.reclaiming_bytes) + " being reclaimed" : "")});
   t.add({"blocks", std::to_string(s.blocks) + " in " + std::to_string(s.namespaces) + " namespace" +
                        (s.namespaces == 1 ? "" : "s")});
   t.add({"lookups", std::to_string(s.lookup_hits) + " blocks hit, " + std::to_string(s.lookup_misses) + " missed" +
                         (asked ? " (hit rate " + percent(hit_rate) + ")" : "")});
   t.add({"leases", std::to_string(s.write_leases) + " write, " + std::to_string(s.read_leases) + " read"});
-  t.add({"evictions", std::to_string(s.evictions) + " (" + std::to_string(s.expired_write_leases) +
-                          " write leases expired)"});
+  t.add({"evictions",
+         std::to_string(s.evictions) + " (" + std::to_string(s.expired_write_leases) + " write leases expired)"});
   std::string text = t.render();
   std::cout << text.substr(text.find('\n') + 1);  // no header row
   return kExitOk;
@@ -244,11 +244,14 @@ int cmd_usage(const Globals& g, const std::string& ns_text) {
   if (g.json) {
     json jn = json::array(), ja = json::array(), jr = json::array();
     for (const auto& [id, s] : per_ns) {
-      jn.push_back({{"namespace", ns_to_hex(id)}, {"model", model_of(by_id, id)}, {"blocks", s.blocks},
-                    {"bytes", s.bytes}});
+      jn.push_back(
+          {{"namespace", ns_to_hex(id)}, {"model", model_of(by_id, id)}, {"blocks", s.blocks}, {"bytes", s.bytes}});
     }
     for (const auto& [id, s] : per_agent) {
-      ja.push_back({{"agent", id}, {"address", address[id]}, {"blocks", s.blocks}, {"bytes", s.bytes},
+      ja.push_back({{"agent", id},
+                    {"address", address[id]},
+                    {"blocks", s.blocks},
+                    {"bytes", s.bytes},
                     {"capacity_bytes", capacity[id]}});
     }
     for (const auto& r : usage->rows) {
@@ -373,13 +376,15 @@ int cmd_remove(const Globals& g, const std::string& ns_text, const std::vector<s
   for (std::size_t i = 0; i < keys.size() && i < rep->results.size(); ++i) {
     Status s = rep->results[i].to_status();
     removed += s.ok() ? 1 : 0;
-    results.push_back({{"key", key_to_hex(keys[i])}, {"status", std::string(code_name(s.code()))},
-                       {"message", s.message()}});
+    results.push_back(
+        {{"key", key_to_hex(keys[i])}, {"status", std::string(code_name(s.code()))}, {"message", s.message()}});
     t.add({key_to_hex(keys[i]), s.ok() ? "removed" : s.to_string()});
   }
   const bool all = removed == keys.size();
   if (g.json) {
-    print_json({{"namespace", ns_to_hex(ns->id)}, {"removed", removed}, {"failed", keys.size() - removed},
+    print_json({{"namespace", ns_to_hex(ns->id)},
+                {"removed", removed},
+                {"failed", keys.size() - removed},
                 {"results", results}});
   } else {
     std::cout << t.render();
@@ -505,12 +510,14 @@ int main(int argc, char** argv) {
   app.fallthrough();
   Globals g;
   if (const char* env = std::getenv("KVPOOL_COORDINATOR")) g.coordinator = env;
-  app.add_option("--coordinator", g.coordinator, "HOST:PORT of the coordinator (default: $KVPOOL_COORDINATOR, "
-                                                 "else 127.0.0.1:7400)")
+  app.add_option("--coordinator", g.coordinator,
+                 "HOST:PORT of the coordinator (default: $KVPOOL_COORDINATOR, "
+                 "else 127.0.0.1:7400)")
       ->capture_default_str();
   app.add_flag("--json", g.json, "Print JSON (for scripts) instead of tables");
   app.add_option("--timeout", g.timeout, "Deadline of each coordinator call")->capture_default_str();
-  app.add_option("--secret-file", g.secret_file, "The cluster secret file, for coordinators that require one (accepted; not sent until "
+  app.add_option("--secret-file", g.secret_file,
+                 "The cluster secret file, for coordinators that require one (accepted; not sent until "
                  "the control protocol authenticates)")
       ->check(CLI::ExistingFile);
 
