@@ -49,6 +49,8 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   if (Status s = a->transport_->start_progress_thread(options.progress); !s.ok()) return tl::unexpected(s);
 
   a->incarnation_ = new_incarnation();
+  a->registry_ = options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
+  a->init_metrics();
   auto info = a->transport_->describe(a->region_->memory());
   if (!info) return tl::unexpected(info.error());
   rpc::AgentRecord& rec = a->record_;
@@ -142,9 +144,45 @@ Status Agent::send_scan(rpc::Client& client, Deadline deadline) {
 
 Agent::~Agent() { stop(); }
 
+void Agent::init_metrics() {
+  metrics::Registry& r = *registry_;
+  heartbeat_seconds_ =
+      &r.histogram("kvpool_agent_heartbeat_duration_seconds", "Round trip of the agent's heartbeats to the coordinator",
+                   metrics::latency_buckets());
+  heartbeat_failures_ =
+      &r.counter("kvpool_agent_heartbeat_failures_total", "Heartbeats that failed or were refused by the coordinator");
+  invalidated_slots_ =
+      &r.counter("kvpool_agent_invalidated_slots_total", "Slot headers invalidated at the coordinator's request");
+  invalidate_requests_ =
+      &r.counter("kvpool_agent_invalidate_requests_total", "Invalidation requests received from the coordinator");
+  invalidate_rejected_ = &r.counter("kvpool_agent_invalidate_rejected_slots_total",
+                                    "Slots of invalidation requests refused (header offset outside the table)");
+  r.gauge("kvpool_build_info", "kvpool version of this process", {{"version", "0.1.0"}}).set(1);
+  r.gauge("kvpool_agent_region_bytes", "Bytes of the region this agent lends (header table and payload)")
+      .set(static_cast<double>(region_->size()));
+  r.gauge("kvpool_agent_payload_bytes", "Payload bytes of the region (what blocks can use)")
+      .set(static_cast<double>(layout_.payload_bytes));
+  collector_id_ = r.add_collector([this](metrics::Collector& c) {
+    c.gauge("kvpool_agent_id", "This agent's id at the coordinator (0 until registered)", {}, id_);
+    if (auto rep = region_->report()) {
+      c.gauge("kvpool_agent_region_resident_bytes", "Resident bytes of the region (smaps Rss)", {}, rep->rss_bytes);
+      c.gauge("kvpool_agent_region_huge_page_bytes", "Bytes of the region mapped by huge pages", {},
+              rep->huge_page_bytes);
+      c.gauge("kvpool_agent_region_locked_bytes", "Bytes of the region locked in memory (mlock)", {},
+              rep->locked_bytes);
+    }
+    auto reads = transport_->owner_read_stats();
+    c.counter("kvpool_agent_owner_reads_total", "Owner reads served (the agent puts into a reader's buffer)", {},
+              reads.requests);
+    c.counter("kvpool_agent_owner_read_bytes_total", "Bytes moved by owner reads", {}, reads.bytes);
+    c.counter("kvpool_agent_owner_read_errors_total", "Owner reads refused or failed", {}, reads.errors);
+  });
+}
+
 void Agent::stop() {
   std::lock_guard lock(stop_mu_);
   if (stopping_.exchange(true)) return;
+  if (registry_) registry_->remove_collector(collector_id_);
   if (heartbeat_.joinable()) heartbeat_.join();
   {
     std::lock_guard lock(rpc_mu_);
@@ -168,7 +206,9 @@ void Agent::heartbeat_loop() {
     Status st;
     if (client != nullptr && client->connected()) {
       rpc::HeartbeatRequest hb{id(), incarnation_};
+      const auto sent = Clock::now();
       auto reply = client->call(rpc::kHeartbeat, rpc::encode(hb), Deadline::after(heartbeat_interval_ * 2));
+      heartbeat_seconds_->observe(std::chrono::duration<double>(Clock::now() - sent).count());
       st = reply ? Status() : reply.error();
     } else {
       st = Status(StatusCode::kUnavailable, "not connected to the coordinator");
@@ -189,6 +229,7 @@ void Agent::heartbeat_loop() {
       lost = false;
       backoff = kFirstBackoff;
     } else {
+      heartbeat_failures_->inc();
       if (!lost) logger()->warn("coordinator: {}; retrying with backoff", st.to_string());
       lost = true;
       wait = backoff;
@@ -210,6 +251,7 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
     return;
   }
   if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
+  invalidate_requests_->inc();
   rpc::InvalidateMessage done;
   done.agent = id();
   done.incarnation = incarnation_;
@@ -221,6 +263,7 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
     if (slot.header_offset % pool::kSlotHeaderBytes != 0 || slot.header_offset > layout_.header_table_bytes ||
         headers > (layout_.header_table_bytes - slot.header_offset) / pool::kSlotHeaderBytes) {
       logger()->warn("invalidate: headers at {} ({} of them) outside the header table", slot.header_offset, headers);
+      invalidate_rejected_->inc();
       continue;
     }
     for (std::uint64_t h = 0; h < headers; ++h) {
@@ -230,6 +273,7 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
     done.slots.push_back(slot);
   }
   invalidated_ += done.slots.size();
+  invalidated_slots_->inc(done.slots.size());
   // The ack is sent from another thread: a blocking call inside the push
   // handler would stall the connection's reader.
   from->call_async(rpc::kInvalidateDone, rpc::encode(done), Deadline::after(std::chrono::seconds(10)),

@@ -32,6 +32,7 @@
 #include "kvpool/status.h"
 #include "pool/pool_region.h"
 #include "pool/slot_header.h"
+#include "runtime/metrics/registry.h"
 #include "transport/transport.h"
 
 #include "runtime/rpc/messages.h"
@@ -59,6 +60,10 @@ struct AgentOptions {
   // The cluster secret file; empty: KVPOOL_SECRET_FILE, else the default
   // path (runtime/common/secret.h). The agent never creates one.
   std::string secret_file;
+  // Where the agent's metrics go (kvpool_agent_*: region, invalidations,
+  // heartbeats, owner reads). Shared with the process's /metrics endpoint
+  // and, with --standalone, with the embedded coordinator. Null: a private one.
+  std::shared_ptr<metrics::Registry> metrics;
 };
 
 class Agent {
@@ -110,6 +115,15 @@ class Agent {
   std::thread heartbeat_;
   std::atomic<std::uint64_t> invalidated_{0};
   std::atomic<std::uint64_t> rejoins_{0};
+
+  void init_metrics();
+  std::shared_ptr<metrics::Registry> registry_;
+  std::uint64_t collector_id_ = 0;  // removed in stop(), before the region goes
+  metrics::Histogram* heartbeat_seconds_ = nullptr;
+  metrics::Counter* heartbeat_failures_ = nullptr;
+  metrics::Counter* invalidated_slots_ = nullptr;
+  metrics::Counter* invalidate_requests_ = nullptr;
+  metrics::Counter* invalidate_rejected_ = nullptr;
 };
 
 }  // namespace kvpool::agent

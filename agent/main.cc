@@ -13,6 +13,7 @@
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
 #include "runtime/common/units.h"
+#include "runtime/metrics/http_server.h"
 
 using namespace kvpool;
 
@@ -21,7 +22,8 @@ int main(int argc, char** argv) {
   app.config_formatter(std::make_shared<JsonConfig>());
   app.set_config("--config", "", "JSON file; every flag has a key of the same name (\"pool-size\": \"4GiB\")");
   std::string coordinator_addr = "127.0.0.1:7400", listen = "127.0.0.1:7400", pool_size = "1GiB", port_file,
-              log_level = "info", progress = "event", lock = "try", huge = "try", tls, name;
+              log_level = "info", progress = "event", lock = "try", huge = "try", tls, name, metrics_listen,
+              metrics_port_file;
   bool standalone = false;
   coordinator::CoordinatorFlags flags;
   app.add_flag("--standalone", standalone, "Also run the coordinator in this process, on --listen");
@@ -48,6 +50,10 @@ int main(int argc, char** argv) {
   app.add_option("--name", name,
                  "Stable name of this agent (e.g. the host name): a restarted agent of the same name replaces its "
                  "old incarnation at once; default: a new identity per process");
+  app.add_option("--metrics", metrics_listen,
+                 "HOST:PORT to serve Prometheus metrics on (GET /metrics; with --standalone also the "
+                 "coordinator's); port 0 lets the OS pick (see --metrics-port-file); off when not given");
+  app.add_option("--metrics-port-file", metrics_port_file, "Write the bound metrics port here once listening");
   flags.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
@@ -69,6 +75,8 @@ int main(int argc, char** argv) {
   ao.tls = tls;
   ao.name = name;
   ao.secret_file = flags.secret_file;
+  auto registry = std::make_shared<metrics::Registry>();
+  ao.metrics = registry;
 
   block_stop_signals();
   std::unique_ptr<coordinator::CoordinatorServer> server;
@@ -83,6 +91,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", options.error().message().c_str());
       return 2;
     }
+    options->metrics = registry;
     auto started = coordinator::CoordinatorServer::start(*options);
     if (!started) {
       std::fprintf(stderr, "kvpool-agent: coordinator: %s\n", started.error().to_string().c_str());
@@ -103,8 +112,14 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
+  if (!metrics_server) {
+    std::fprintf(stderr, "kvpool-agent: %s\n", metrics_server.error().to_string().c_str());
+    return 1;
+  }
   int sig = wait_for_stop_signal();
   log::get("agent")->info("signal {}: stopping", sig);
+  if (*metrics_server) (*metrics_server)->stop();
   (*agent)->stop();
   if (server) server->stop();
   return 0;

@@ -1,7 +1,9 @@
 #include "coordinator/server.h"
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -29,6 +31,63 @@ std::uint32_t ms_until(Clock::time_point t, Clock::time_point now) {
   return static_cast<std::uint32_t>(std::min<long long>(ms, UINT32_MAX));
 }
 
+// The operation label of a request type in kvpool_coordinator_* metrics.
+const char* op_name(std::uint16_t type) {
+  switch (type) {
+    case rpc::kRegisterNamespace:
+      return "register_namespace";
+    case rpc::kRegisterAgent:
+      return "register_agent";
+    case rpc::kHeartbeat:
+      return "heartbeat";
+    case rpc::kListAgents:
+      return "list_agents";
+    case rpc::kAllocate:
+      return "allocate";
+    case rpc::kCommit:
+      return "commit";
+    case rpc::kAbort:
+      return "abort";
+    case rpc::kLookup:
+      return "lookup";
+    case rpc::kRelease:
+      return "release";
+    case rpc::kRemove:
+      return "remove";
+    case rpc::kWaitFor:
+      return "wait_for";
+    case rpc::kStats:
+      return "stats";
+    case rpc::kListNamespaces:
+      return "list_namespaces";
+    case rpc::kUsage:
+      return "usage";
+    case rpc::kEvictNamespace:
+      return "evict_namespace";
+    case rpc::kAgentStats:
+      return "agent_stats";
+    case rpc::kInvalidateDone:
+      return "invalidate_done";
+    default:
+      return "unknown";
+  }
+}
+
+std::string ns_label(NamespaceId id) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(id));
+  return buf;
+}
+
+// Instruments of one operation, created once at start.
+struct OpMetrics {
+  std::string name;
+  metrics::Counter* requests = nullptr;
+  metrics::Histogram* latency = nullptr;
+  // Error replies by status code, indexed by StatusCode.
+  std::array<metrics::Counter*, static_cast<std::size_t>(StatusCode::kInternal) + 1> errors{};
+};
+
 }  // namespace
 
 struct CoordinatorServer::Impl {
@@ -48,6 +107,64 @@ struct CoordinatorServer::Impl {
   bool stopping = false;  // guarded by tick_mu
   std::thread ticker;
 
+  // Metrics: instruments updated as requests come and go, and a collector
+  // reading the core at scrape time (removed in stop() and ~Impl, before the
+  // core goes).
+  std::shared_ptr<metrics::Registry> registry;
+  std::map<std::uint16_t, OpMetrics> ops;  // filled at start, read-only after
+  OpMetrics* unknown_op = nullptr;
+  std::array<metrics::Counter*, 4> allocate_outcomes{};  // by rpc::AllocateOutcome
+  metrics::Counter* commits_ok = nullptr;
+  metrics::Counter* commits_failed = nullptr;
+  metrics::Counter* removes_ok = nullptr;
+  metrics::Counter* removes_failed = nullptr;
+  metrics::Counter* write_lease_expiries = nullptr;
+  metrics::Counter* read_lease_expiries = nullptr;
+  metrics::Counter* tick_evictions = nullptr;
+  metrics::Counter* agent_deaths = nullptr;
+  metrics::Counter* invalidations_sent = nullptr;
+  std::uint64_t collector_id = 0;
+
+  struct EvictSummary {
+    std::uint64_t blocks = 0, bytes = 0, removed = 0, failed = 0;
+  };
+
+  // A server that failed to start (or was never stopped) must not leave its
+  // collector in a registry that outlives it.
+  ~Impl() {
+    if (registry) registry->remove_collector(collector_id);
+  }
+  void init_metrics();
+  void collect(metrics::Collector& c) const;
+  OpMetrics& op(std::uint16_t type) {
+    auto it = ops.find(type);
+    return it == ops.end() ? *unknown_op : it->second;
+  }
+
+  // Answers a request like rpc::Responder and records the outcome: latency
+  // (until the answer: for wait_for, the wait) and errors by code.
+  class MeteredResponder {
+   public:
+    MeteredResponder(rpc::Responder r, OpMetrics* op) : r_(std::move(r)), op_(op), start_(Clock::now()) {}
+    void reply(std::string payload) const {
+      observe();
+      r_.reply(std::move(payload));
+    }
+    void fail(const Status& s) const {
+      observe();
+      auto i = static_cast<std::size_t>(s.code());
+      if (i < op_->errors.size() && op_->errors[i] != nullptr) op_->errors[i]->inc();
+      r_.fail(s);
+    }
+    const rpc::Responder& raw() const { return r_; }
+
+   private:
+    void observe() const { op_->latency->observe(std::chrono::duration<double>(Clock::now() - start_).count()); }
+    rpc::Responder r_;
+    OpMetrics* op_;
+    Clock::time_point start_;
+  };
+
   void send_invalidations(const std::vector<InvalidateRequest>& reqs) {
     for (const auto& req : reqs) {
       std::uint64_t conn = 0;
@@ -57,6 +174,7 @@ struct CoordinatorServer::Impl {
         if (it == agent_connections.end()) continue;  // retried by tick once the agent is back
         conn = it->second;
       }
+      invalidations_sent->inc(req.slots.size());
       rpc::InvalidateMessage msg;
       msg.agent = to_u32(req.agent);
       msg.incarnation = req.incarnation;
@@ -78,6 +196,7 @@ struct CoordinatorServer::Impl {
       workers.assign(worker_connections.begin(), worker_connections.end());
     }
     std::uint64_t epoch = core->membership_epoch();
+    agent_deaths->inc(dead.size());
     for (const auto& d : dead) {
       logger()->warn("agent {} (incarnation {:#x}) is down: its blocks left the index", to_u32(d.agent),
                      d.incarnation);
@@ -93,17 +212,183 @@ struct CoordinatorServer::Impl {
       if (stopping) break;
       lock.unlock();
       TickActions a = core->tick(Clock::now());
+      write_lease_expiries->inc(a.expired_write_leases);
+      read_lease_expiries->inc(a.expired_read_leases);
+      tick_evictions->inc(a.evicted_blocks);
       send_invalidations(a.invalidations);
       broadcast_dead(a.dead_agents);
       lock.lock();
     }
   }
 
-  void handle(rpc::Request req, rpc::Responder resp);
+  void handle(rpc::Request req, rpc::Responder raw_resp);
+  rpc::UsageReply usage(const rpc::UsageRequest& m) const;
+  EvictSummary evict_namespace(NamespaceId ns, bool dry_run, Clock::time_point now);
 };
 
-void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
+void CoordinatorServer::Impl::init_metrics() {
+  auto& r = *registry;
+  const metrics::Labels none;
+  std::vector<std::uint16_t> types = {rpc::kRegisterNamespace,
+                                      rpc::kRegisterAgent,
+                                      rpc::kHeartbeat,
+                                      rpc::kListAgents,
+                                      rpc::kAllocate,
+                                      rpc::kCommit,
+                                      rpc::kAbort,
+                                      rpc::kLookup,
+                                      rpc::kRelease,
+                                      rpc::kRemove,
+                                      rpc::kWaitFor,
+                                      rpc::kStats,
+                                      rpc::kListNamespaces,
+                                      rpc::kUsage,
+                                      rpc::kEvictNamespace,
+                                      rpc::kAgentStats,
+                                      rpc::kInvalidateDone,
+                                      0};
+  for (std::uint16_t t : types) {
+    OpMetrics& m = ops[t];
+    m.name = op_name(t);
+    metrics::Labels l = {{"op", m.name}};
+    m.requests = &r.counter("kvpool_coordinator_requests_total", "Control-protocol requests received, by operation", l);
+    m.latency = &r.histogram("kvpool_coordinator_request_duration_seconds",
+                             "Time from receiving a request to answering it, by operation (wait_for: the wait)",
+                             metrics::latency_buckets(), l);
+    for (std::size_t c = 1; c < m.errors.size(); ++c) {
+      m.errors[c] = &r.counter("kvpool_coordinator_request_errors_total",
+                               "Requests answered with an error, by operation and status code",
+                               {{"op", m.name}, {"code", std::string(code_name(static_cast<StatusCode>(c)))}});
+    }
+  }
+  unknown_op = &ops[0];
+  const char* outcomes[] = {"placed", "exists", "pending", "error"};
+  for (int i = 0; i < 4; ++i) {
+    allocate_outcomes[i] = &r.counter("kvpool_coordinator_allocate_blocks_total",
+                                      "Blocks asked for by allocate, by outcome", {{"outcome", outcomes[i]}});
+  }
+  commits_ok =
+      &r.counter("kvpool_coordinator_commit_leases_total", "Write leases committed or refused", {{"result", "ok"}});
+  commits_failed =
+      &r.counter("kvpool_coordinator_commit_leases_total", "Write leases committed or refused", {{"result", "error"}});
+  removes_ok =
+      &r.counter("kvpool_coordinator_remove_blocks_total", "Blocks asked to be removed, by result", {{"result", "ok"}});
+  removes_failed = &r.counter("kvpool_coordinator_remove_blocks_total", "Blocks asked to be removed, by result",
+                              {{"result", "error"}});
+  const char* expiry_help = "Leases that ran out before they were committed (write) or released (read)";
+  write_lease_expiries = &r.counter("kvpool_coordinator_lease_expiries_total", expiry_help, {{"kind", "write"}});
+  read_lease_expiries = &r.counter("kvpool_coordinator_lease_expiries_total", expiry_help, {{"kind", "read"}});
+  tick_evictions = &r.counter("kvpool_coordinator_watermark_evictions_total",
+                              "Blocks evicted by the background drain of agents above the high watermark", none);
+  agent_deaths = &r.counter("kvpool_coordinator_agent_deaths_total",
+                            "Agent incarnations declared dead (missed heartbeats or restarted)", none);
+  invalidations_sent = &r.counter("kvpool_coordinator_invalidations_sent_total",
+                                  "Slot invalidations pushed to agents (retries included)", none);
+  r.gauge("kvpool_build_info", "kvpool version of this process", {{"version", "0.1.0"}}).set(1);
+  collector_id = r.add_collector([this](metrics::Collector& c) { collect(c); });
+}
+
+void CoordinatorServer::Impl::collect(metrics::Collector& c) const {
   const auto now = Clock::now();
+  Stats st = core->stats();
+  auto g = [&](const char* name, const char* help, double v) { c.gauge(name, help, {}, v); };
+  auto n = [&](const char* name, const char* help, double v) { c.counter(name, help, {}, v); };
+  g("kvpool_coordinator_capacity_bytes", "Payload bytes of every live agent's region", st.capacity_bytes);
+  g("kvpool_coordinator_used_bytes", "Bytes not allocatable now: live, removed-but-leased, awaiting invalidation",
+    st.used_bytes);
+  g("kvpool_coordinator_live_bytes", "Slot bytes of committed blocks and blocks being written", st.live_bytes);
+  g("kvpool_coordinator_reclaiming_bytes", "Bytes quarantined or awaiting an invalidation acknowledgement",
+    st.reclaiming_bytes);
+  g("kvpool_coordinator_blocks", "Committed blocks", st.blocks);
+  g("kvpool_coordinator_namespaces", "Registered namespaces", st.namespaces);
+  g("kvpool_coordinator_write_leases", "Write leases outstanding", st.write_leases);
+  g("kvpool_coordinator_read_leases", "Read leases outstanding", st.read_leases);
+  g("kvpool_coordinator_waiters", "wait_for requests waiting", st.waiters);
+  g("kvpool_coordinator_agents_alive", "Agents alive", st.agents_alive);
+  g("kvpool_coordinator_agents_dead", "Agents declared dead (known incarnations)",
+    static_cast<double>(st.agents.size() - st.agents_alive));
+  g("kvpool_coordinator_membership_epoch", "Bumps on every agent join, restart and death", st.membership_epoch);
+  g("kvpool_coordinator_uptime_seconds", "Seconds since the coordinator started",
+    std::chrono::duration<double>(now - started).count());
+  n("kvpool_coordinator_lookup_hits_total", "Blocks returned by lookups", st.lookup_hits);
+  n("kvpool_coordinator_lookup_misses_total", "Keys asked by lookups and not returned", st.lookup_misses);
+  n("kvpool_coordinator_evictions_total", "Blocks evicted under memory pressure (allocations and drains)",
+    st.evictions);
+  n("kvpool_coordinator_removals_total", "Blocks removed on request", st.removals);
+  n("kvpool_coordinator_expired_write_leases_total", "Write leases that expired uncommitted", st.expired_write_leases);
+  n("kvpool_coordinator_aborted_write_leases_total", "Write leases given up by their writers", st.aborted_write_leases);
+  for (const AgentView& a : st.agents) {
+    metrics::Labels l = {{"agent", std::to_string(to_u32(a.id))}, {"address", a.registration.control_address}};
+    c.gauge("kvpool_coordinator_agent_up", "1 while the agent is alive, 0 once declared dead", l, a.alive ? 1 : 0);
+    c.gauge("kvpool_coordinator_agent_heartbeat_age_seconds", "Seconds since the agent's last heartbeat", l,
+            std::chrono::duration<double>(now - a.last_heartbeat).count());
+    c.gauge("kvpool_coordinator_agent_capacity_bytes", "Payload bytes of the agent's region", l, a.capacity_bytes);
+    c.gauge("kvpool_coordinator_agent_used_bytes", "Bytes of the agent's region not allocatable now", l, a.used_bytes);
+    c.gauge("kvpool_coordinator_agent_blocks", "Committed blocks on the agent", l, a.blocks);
+  }
+  for (const NamespaceView& ns : core->namespaces()) {
+    c.gauge("kvpool_coordinator_namespace_blocks", "Committed blocks of the namespace",
+            {{"namespace", ns_label(ns.id)}, {"model", ns.descriptor.model_id}}, ns.blocks);
+  }
+}
+
+rpc::UsageReply CoordinatorServer::Impl::usage(const rpc::UsageRequest& m) const {
+  // O(blocks): walks every agent's slots. For operators, not for workers.
+  rpc::UsageReply rep;
+  for (const AgentView& a : core->agents()) {
+    if (!a.alive) continue;
+    auto slots = core->slots(a.id);
+    if (!slots) continue;
+    std::map<NamespaceId, rpc::UsageRow> rows;
+    for (const SlotView& v : *slots) {
+      if (v.state != SlotState::kCommitted || (!m.all && v.namespace_id != m.ns)) continue;
+      rpc::UsageRow& row = rows[v.namespace_id];
+      row.ns = v.namespace_id;
+      row.agent = to_u32(a.id);
+      row.blocks += 1;
+      row.bytes += v.length;
+    }
+    for (auto& [ns, row] : rows) rep.rows.push_back(row);
+  }
+  return rep;
+}
+
+CoordinatorServer::Impl::EvictSummary CoordinatorServer::Impl::evict_namespace(NamespaceId ns, bool dry_run,
+                                                                               Clock::time_point now) {
+  EvictSummary out;
+  std::vector<Key128> keys;
+  for (const AgentView& a : core->agents()) {
+    if (!a.alive) continue;
+    auto slots = core->slots(a.id);
+    if (!slots) continue;
+    for (const SlotView& v : *slots) {
+      if (v.state != SlotState::kCommitted || v.namespace_id != ns) continue;
+      keys.push_back(v.key);
+      out.bytes += v.length;
+    }
+  }
+  out.blocks = keys.size();
+  if (dry_run) return out;
+  for (std::size_t i = 0; i < keys.size(); i += rpc::kMaxBatch) {
+    std::span<const Key128> batch(keys.data() + i, std::min<std::size_t>(rpc::kMaxBatch, keys.size() - i));
+    auto res = core->remove(ns, batch, now);
+    if (!res) {
+      out.failed += batch.size();
+      continue;
+    }
+    send_invalidations(res->invalidations);
+    for (const auto& st : res->statuses) (st.ok() ? out.removed : out.failed) += 1;
+  }
+  removes_ok->inc(out.removed);
+  removes_failed->inc(out.failed);
+  return out;
+}
+
+void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) {
+  const auto now = Clock::now();
+  OpMetrics& om = op(req.type);
+  om.requests->inc();
+  MeteredResponder resp(std::move(raw_resp), &om);
   if (req.peer_role == rpc::Role::kWorker) {
     std::lock_guard lock(mu);
     worker_connections.insert(req.connection_id);
@@ -229,6 +514,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
             r.error = rpc::StatusWire::from(item.status);
             break;
         }
+        allocate_outcomes[static_cast<std::size_t>(r.outcome)]->inc();
         rep.results.push_back(std::move(r));
       }
       resp.reply(rpc::encode(rep));
@@ -242,7 +528,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
       for (auto l : m.leases) leases.push_back(LeaseId{l});
       rpc::StatusBatch rep;
       if (req.type == rpc::kCommit) {
-        for (const auto& s : core->commit(leases, now)) rep.results.push_back(rpc::StatusWire::from(s));
+        for (const auto& s : core->commit(leases, now)) {
+          (s.ok() ? commits_ok : commits_failed)->inc();
+          rep.results.push_back(rpc::StatusWire::from(s));
+        }
       } else {
         BatchResult br = core->abort(leases, now);
         send_invalidations(br.invalidations);
@@ -276,7 +565,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
       if (!res) return resp.fail(res.error());
       send_invalidations(res->invalidations);
       rpc::StatusBatch rep;
-      for (const auto& s : res->statuses) rep.results.push_back(rpc::StatusWire::from(s));
+      for (const auto& s : res->statuses) {
+        (s.ok() ? removes_ok : removes_failed)->inc();
+        rep.results.push_back(rpc::StatusWire::from(s));
+      }
       resp.reply(rpc::encode(rep));
       return;
     }
@@ -324,8 +616,62 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder resp) {
       Status s = core->invalidated(AgentId{m.agent}, m.incarnation, slots, now);
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
+    case rpc::kListNamespaces: {
+      rpc::ListNamespacesReply rep;
+      for (const NamespaceView& ns : core->namespaces()) {
+        rep.namespaces.push_back({ns.id, ns.descriptor, ns.block_bytes, ns.blocks});
+      }
+      resp.reply(rpc::encode(rep));
+      return;
+    }
+    case rpc::kAgentStats: {
+      rpc::AgentStatsReply rep;
+      for (const AgentView& a : core->agents()) {
+        rpc::AgentStatsRecord r;
+        r.agent = to_u32(a.id);
+        r.incarnation = a.incarnation;
+        r.host_id = a.registration.host_id;
+        r.control_address = a.registration.control_address;
+        r.alive = a.alive;
+        r.heartbeat_age_ms =
+            a.last_heartbeat >= now
+                ? 0
+                : static_cast<std::uint64_t>(
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - a.last_heartbeat).count());
+        r.region_bytes = a.registration.region_bytes;
+        r.capacity_bytes = a.capacity_bytes;
+        r.used_bytes = a.used_bytes;
+        r.live_bytes = a.live_bytes;
+        r.reclaiming_bytes = a.reclaiming_bytes;
+        r.blocks = a.blocks;
+        r.largest_free = a.largest_free;
+        rep.agents.push_back(std::move(r));
+      }
+      resp.reply(rpc::encode(rep));
+      return;
+    }
+    case rpc::kUsage: {
+      rpc::UsageRequest m;
+      if (!parse(m)) return;
+      resp.reply(rpc::encode(usage(m)));
+      return;
+    }
+    case rpc::kEvictNamespace: {
+      rpc::EvictNamespaceRequest m;
+      if (!parse(m)) return;
+      bool known = false;
+      for (const NamespaceView& ns : core->namespaces()) known = known || ns.id == m.ns;
+      if (!known) return resp.fail(Status(StatusCode::kNotFound, "unknown namespace " + ns_label(m.ns)));
+      EvictSummary sum = evict_namespace(m.ns, m.dry_run, now);
+      logger()->info("{} namespace {} for {}: {} blocks ({} bytes), {} removed, {} failed",
+                     m.dry_run ? "dry-run evict of" : "evicted", ns_label(m.ns), req.peer_id, sum.blocks, sum.bytes,
+                     sum.removed, sum.failed);
+      resp.reply(rpc::encode(rpc::EvictNamespaceReply{sum.blocks, sum.bytes, sum.removed, sum.failed}));
+      return;
+    }
     default:
-      rpc::fail_unknown_type(req, resp);
+      om.errors[static_cast<std::size_t>(StatusCode::kUnimplemented)]->inc();
+      rpc::fail_unknown_type(req, resp.raw());
       return;
   }
 }
@@ -340,6 +686,8 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   auto core = CoordinatorCore::create(options.core);
   if (!core) return tl::unexpected(core.error());
   impl->core = std::move(*core);
+  impl->registry = options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
+  impl->init_metrics();
   rpc::ServerOptions so;
   so.host = options.host;
   so.port = options.port;
@@ -379,6 +727,9 @@ void CoordinatorServer::stop() {
   impl_->tick_cv.notify_all();
   if (impl_->ticker.joinable()) impl_->ticker.join();
   if (impl_->server) impl_->server->stop();
+  // The registry may outlive this server (it is the process's): stop reading
+  // the core from scrapes before the core goes.
+  if (impl_->registry) impl_->registry->remove_collector(impl_->collector_id);
 }
 
 }  // namespace kvpool::coordinator

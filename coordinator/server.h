@@ -16,6 +16,7 @@
 
 #include "coordinator/coordinator_core.h"
 #include "kvpool/status.h"
+#include "runtime/metrics/registry.h"
 
 namespace kvpool::coordinator {
 
@@ -37,6 +38,11 @@ struct CoordinatorServerOptions {
   // Create a new secret there when none exists (logged at info with the
   // path), so a fresh single-machine pool needs no setup.
   bool create_secret = true;
+  // Where the server's metrics go (kvpool_coordinator_*: requests, errors and
+  // latency by operation, and gauges read from the core at scrape time).
+  // Shared with the process's /metrics endpoint and, in `kvpool-agent
+  // --standalone`, with the agent. Null: the server keeps a private one.
+  std::shared_ptr<metrics::Registry> metrics;
 };
 
 class CoordinatorServer {

@@ -77,6 +77,11 @@ struct Transport::Impl {
   std::mutex work_mu;
   std::deque<std::function<void()>> work;  // guarded by work_mu
   std::atomic<bool> has_work{false};
+  // Owner reads served (requests whose puts were all posted), their bytes,
+  // and requests refused or failed: Transport::owner_read_stats().
+  std::atomic<std::uint64_t> owner_reads{0};
+  std::atomic<std::uint64_t> owner_read_bytes{0};
+  std::atomic<std::uint64_t> owner_read_errors{0};
 
   // Client side: owner reads waiting for replies, by request id.
   std::mutex reads_mu;

@@ -268,6 +268,7 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
     if (!in_served_range(op.src, op.length)) {
       logger()->warn("owner read request {}: {} bytes at {:#x} outside every served region", req->id, op.length,
                      op.src);
+      owner_read_errors.fetch_add(1, std::memory_order_relaxed);
       send_read_reply(ep, req->id, UCS_ERR_INVALID_ADDR);
       return;
     }
@@ -295,9 +296,14 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
     if (sp != nullptr) ucp_request_free(sp);
   }
   if (st != UCS_OK) {
+    owner_read_errors.fetch_add(1, std::memory_order_relaxed);
     finish_owner_read(job, st);
     return;
   }
+  std::uint64_t moved = 0;
+  for (const ReadOp& op : req->ops) moved += op.length;
+  owner_reads.fetch_add(1, std::memory_order_relaxed);
+  owner_read_bytes.fetch_add(moved, std::memory_order_relaxed);
   ucp_request_param_t fparam{};
   fparam.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   fparam.cb.send = on_owner_read_flushed;
@@ -329,7 +335,14 @@ void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_
   }
 }
 
+std::string ucx_version() { return ucp_get_version_string(); }
+
 Transport::Transport() : impl_(std::make_unique<Impl>()) {}
+
+Transport::OwnerReadStats Transport::owner_read_stats() const {
+  return {impl_->owner_reads.load(std::memory_order_relaxed), impl_->owner_read_bytes.load(std::memory_order_relaxed),
+          impl_->owner_read_errors.load(std::memory_order_relaxed)};
+}
 
 Transport::~Transport() {
   stop_progress_thread();

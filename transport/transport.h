@@ -55,6 +55,10 @@ struct TransportOptions {
   bool serve_owner_reads = false;
 };
 
+// The UCX library's version as it reports itself at run time ("1.13.1"):
+// what `pooltool doctor` prints.
+std::string ucx_version();
+
 class Transport {
  public:
   // Creates the UCX context and worker. kFailedPrecondition when UCX finds no
@@ -97,6 +101,15 @@ class Transport {
   // must outlive the Transport or be withdrawn with stop_serving().
   void serve(const MemoryRegion& region);
   void stop_serving(const MemoryRegion& region);
+
+  // Owner reads this process has served since it started (for metrics).
+  // Thread-safe.
+  struct OwnerReadStats {
+    std::uint64_t requests = 0;  // served: every put of the request posted
+    std::uint64_t bytes = 0;     // bytes those requests moved
+    std::uint64_t errors = 0;    // refused (outside the served ranges, bad rkey) or failed to post
+  };
+  OwnerReadStats owner_read_stats() const;
 
   // Starts a thread that progresses the worker until stop_progress_thread()
   // or destruction. kFailedPrecondition when one already runs.

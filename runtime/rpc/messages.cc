@@ -103,9 +103,8 @@ Status decode(std::string_view p, StatusWire& m) {
   return r.finish("status");
 }
 
-std::string encode(const RegisterNamespaceRequest& m) {
-  const NamespaceDescriptor& d = m.descriptor;
-  Writer w;
+namespace {
+void put(Writer& w, const NamespaceDescriptor& d) {
   w.bytes(d.model_id);
   w.bytes(d.dtype);
   w.u32(d.num_layers);
@@ -116,11 +115,9 @@ std::string encode(const RegisterNamespaceRequest& m) {
   w.u32(d.tp_rank);
   w.u32(d.tp_size);
   w.u64(d.block_bytes);
-  return w.take();
 }
-Status decode(std::string_view p, RegisterNamespaceRequest& m) {
-  Reader r(p);
-  NamespaceDescriptor& d = m.descriptor;
+NamespaceDescriptor get_descriptor(Reader& r) {
+  NamespaceDescriptor d;
   d.model_id = r.bytes(4096);
   d.dtype = r.bytes(64);
   d.num_layers = r.u32();
@@ -131,6 +128,18 @@ Status decode(std::string_view p, RegisterNamespaceRequest& m) {
   d.tp_rank = r.u32();
   d.tp_size = r.u32();
   d.block_bytes = r.u64();
+  return d;
+}
+}  // namespace
+
+std::string encode(const RegisterNamespaceRequest& m) {
+  Writer w;
+  put(w, m.descriptor);
+  return w.take();
+}
+Status decode(std::string_view p, RegisterNamespaceRequest& m) {
+  Reader r(p);
+  m.descriptor = get_descriptor(r);
   return r.finish("register namespace");
 }
 
@@ -509,6 +518,130 @@ Status decode(std::string_view p, StatsReply& m) {
     *v = r.u64();
   }
   return r.finish("stats");
+}
+
+std::string encode(const ListNamespacesReply& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.namespaces.size()));
+  for (const auto& n : m.namespaces) {
+    w.u64(n.id);
+    put(w, n.descriptor);
+    w.u64(n.block_bytes);
+    w.u64(n.blocks);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, ListNamespacesReply& m) {
+  Reader r(p);
+  // id, the descriptor's fixed part (3 empty strings, 6 u32, a u64), block_bytes, blocks
+  std::uint32_t n = get_count(r, 8 + 3 * 4 + 6 * 4 + 8 + 8 + 8);
+  m.namespaces.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    NamespaceRecord rec;
+    rec.id = r.u64();
+    rec.descriptor = get_descriptor(r);
+    rec.block_bytes = r.u64();
+    rec.blocks = r.u64();
+    m.namespaces.push_back(std::move(rec));
+  }
+  return r.finish("list namespaces reply");
+}
+
+std::string encode(const UsageRequest& m) {
+  Writer w;
+  w.boolean(m.all);
+  w.u64(m.ns);
+  return w.take();
+}
+Status decode(std::string_view p, UsageRequest& m) {
+  Reader r(p);
+  m.all = r.boolean();
+  m.ns = r.u64();
+  return r.finish("usage");
+}
+
+std::string encode(const UsageReply& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.rows.size()));
+  for (const auto& row : m.rows) {
+    w.u64(row.ns);
+    w.u32(row.agent);
+    w.u64(row.blocks);
+    w.u64(row.bytes);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, UsageReply& m) {
+  Reader r(p);
+  std::uint32_t n = get_count(r, 8 + 4 + 8 + 8);
+  m.rows.resize(n);
+  for (auto& row : m.rows) {
+    row.ns = r.u64();
+    row.agent = r.u32();
+    row.blocks = r.u64();
+    row.bytes = r.u64();
+  }
+  return r.finish("usage reply");
+}
+
+std::string encode(const EvictNamespaceRequest& m) {
+  Writer w;
+  w.u64(m.ns);
+  w.boolean(m.dry_run);
+  return w.take();
+}
+Status decode(std::string_view p, EvictNamespaceRequest& m) {
+  Reader r(p);
+  m.ns = r.u64();
+  m.dry_run = r.boolean();
+  return r.finish("evict namespace");
+}
+
+std::string encode(const EvictNamespaceReply& m) {
+  Writer w;
+  for (auto v : {m.blocks, m.bytes, m.removed, m.failed}) w.u64(v);
+  return w.take();
+}
+Status decode(std::string_view p, EvictNamespaceReply& m) {
+  Reader r(p);
+  for (auto* v : {&m.blocks, &m.bytes, &m.removed, &m.failed}) *v = r.u64();
+  return r.finish("evict namespace reply");
+}
+
+std::string encode(const AgentStatsReply& m) {
+  Writer w;
+  w.u32(static_cast<std::uint32_t>(m.agents.size()));
+  for (const auto& a : m.agents) {
+    w.u32(a.agent);
+    w.u64(a.incarnation);
+    w.bytes(a.host_id);
+    w.bytes(a.control_address);
+    w.boolean(a.alive);
+    for (auto v : {a.heartbeat_age_ms, a.region_bytes, a.capacity_bytes, a.used_bytes, a.live_bytes, a.reclaiming_bytes,
+                   a.blocks, a.largest_free}) {
+      w.u64(v);
+    }
+  }
+  return w.take();
+}
+Status decode(std::string_view p, AgentStatsReply& m) {
+  Reader r(p);
+  std::uint32_t n = get_count(r, 4 + 8 + 4 + 4 + 1 + 8 * 8);
+  m.agents.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    AgentStatsRecord a;
+    a.agent = r.u32();
+    a.incarnation = r.u64();
+    a.host_id = r.bytes(kMaxString);
+    a.control_address = r.bytes(kMaxString);
+    a.alive = r.boolean();
+    for (auto* v : {&a.heartbeat_age_ms, &a.region_bytes, &a.capacity_bytes, &a.used_bytes, &a.live_bytes,
+                    &a.reclaiming_bytes, &a.blocks, &a.largest_free}) {
+      *v = r.u64();
+    }
+    m.agents.push_back(std::move(a));
+  }
+  return r.finish("agent stats reply");
 }
 
 }  // namespace kvpool::rpc

@@ -32,6 +32,10 @@ enum MessageType : std::uint16_t {
   kRemove = 25,
   kWaitFor = 26,
   kStats = 27,
+  kListNamespaces = 28,  // operator tools: every registered namespace
+  kUsage = 29,           // operator tools: committed blocks by namespace and agent
+  kEvictNamespace = 30,  // operator tools: remove every committed block of a namespace
+  kAgentStats = 31,      // operator tools: every agent's usage and heartbeat age
   kRecoverBlocks = 32,   // agent -> coordinator: blocks of a scan, after a rejoin
   kSetQuota = 33,        // a namespace's budget in blocks and bytes (0: none)
   kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
@@ -215,6 +219,65 @@ struct StatsReply {
   std::uint64_t expired_write_leases = 0;
 };
 
+// kListNamespaces: empty request.
+struct NamespaceRecord {
+  NamespaceId id = 0;
+  NamespaceDescriptor descriptor;
+  std::uint64_t block_bytes = 0;
+  std::uint64_t blocks = 0;  // committed
+};
+struct ListNamespacesReply {
+  std::vector<NamespaceRecord> namespaces;
+};
+
+struct UsageRequest {
+  bool all = true;  // every namespace, or only `ns`
+  NamespaceId ns = 0;
+};
+// Committed blocks of one namespace on one agent; bytes are slot bytes
+// (rounded up to the region's granule), what the blocks take from the pool.
+struct UsageRow {
+  NamespaceId ns = 0;
+  std::uint32_t agent = 0;
+  std::uint64_t blocks = 0;
+  std::uint64_t bytes = 0;
+};
+struct UsageReply {
+  std::vector<UsageRow> rows;  // one per (namespace, agent) holding blocks
+};
+
+struct EvictNamespaceRequest {
+  NamespaceId ns = 0;
+  bool dry_run = false;  // count what would go, remove nothing
+};
+struct EvictNamespaceReply {
+  std::uint64_t blocks = 0;   // committed blocks found
+  std::uint64_t bytes = 0;    // their slot bytes
+  std::uint64_t removed = 0;  // removed now (0 with dry_run)
+  std::uint64_t failed = 0;   // could not be removed (being written, or gone meanwhile)
+};
+
+// kAgentStats: empty request. What operators see of each agent (workers use
+// kListAgents, which carries the addresses and rkeys they connect with).
+struct AgentStatsRecord {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::string host_id;
+  std::string control_address;
+  bool alive = false;
+  std::uint64_t heartbeat_age_ms = 0;  // since the last heartbeat
+  std::uint64_t region_bytes = 0;
+  std::uint64_t capacity_bytes = 0;  // payload area
+  std::uint64_t used_bytes = 0;
+  std::uint64_t live_bytes = 0;
+  std::uint64_t reclaiming_bytes = 0;
+  std::uint64_t blocks = 0;
+  std::uint64_t largest_free = 0;
+};
+struct AgentStatsReply {
+  std::vector<AgentStatsRecord> agents;
+};
+
 // encode(x) returns the payload; decode(payload, x) fills x.
 #define KVPOOL_RPC_MESSAGE(T)  \
   std::string encode(const T&); \
@@ -242,6 +305,12 @@ KVPOOL_RPC_MESSAGE(WaitForReply)
 KVPOOL_RPC_MESSAGE(InvalidateMessage)
 KVPOOL_RPC_MESSAGE(AgentDownMessage)
 KVPOOL_RPC_MESSAGE(StatsReply)
+KVPOOL_RPC_MESSAGE(ListNamespacesReply)
+KVPOOL_RPC_MESSAGE(UsageRequest)
+KVPOOL_RPC_MESSAGE(UsageReply)
+KVPOOL_RPC_MESSAGE(EvictNamespaceRequest)
+KVPOOL_RPC_MESSAGE(EvictNamespaceReply)
+KVPOOL_RPC_MESSAGE(AgentStatsReply)
 #undef KVPOOL_RPC_MESSAGE
 
 }  // namespace kvpool::rpc

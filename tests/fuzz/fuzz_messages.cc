@@ -240,6 +240,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case kMsgClientProof:
       check_client_proof(p);
       break;
+    case kMsgListNamespacesReply:
+      check_message<ListNamespacesReply>(p);
+      break;
+    case kMsgUsageRequest:
+      check_message<UsageRequest>(p);
+      break;
+    case kMsgUsageReply:
+      check_message<UsageReply>(p);
+      break;
+    case kMsgEvictNamespaceRequest:
+      check_message<EvictNamespaceRequest>(p);
+      break;
+    case kMsgEvictNamespaceReply:
+      check_message<EvictNamespaceReply>(p);
+      break;
+    case kMsgAgentStatsReply:
+      check_message<AgentStatsReply>(p);
+      break;
     case kMessageKinds:
       break;
   }

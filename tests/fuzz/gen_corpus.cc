@@ -196,6 +196,24 @@ void messages(const fs::path& root) {
   stats.used_bytes = 1 << 20;
   stats.blocks = 16;
   add_message(c, kMsgStatsReply, "stats", stats);
+  add_message(c, kMsgListNamespacesReply, "list_namespaces_2",
+              ListNamespacesReply{{NamespaceRecord{0xabcdef, d, 2 << 20, 16},
+                                   NamespaceRecord{0x1234, NamespaceDescriptor{"m", "fp8", 1, 1, 1, 16, "x", 1, 2, 65536},
+                                                   65536, 0}}});
+  add_message(c, kMsgUsageRequest, "usage_all", UsageRequest{true, 0});
+  add_message(c, kMsgUsageRequest, "usage_one", UsageRequest{false, 0xabcdef});
+  add_message(c, kMsgUsageReply, "usage_reply_2", UsageReply{{UsageRow{0xabcdef, 1, 3, 3 << 20}, UsageRow{7, 2, 1, 65536}}});
+  add_message(c, kMsgEvictNamespaceRequest, "evict_dry_run", EvictNamespaceRequest{0xabcdef, true});
+  add_message(c, kMsgEvictNamespaceReply, "evict_reply", EvictNamespaceReply{16, 32 << 20, 15, 1});
+  AgentStatsRecord agent_stats{2, 1002, "host-2", "198.18.0.2:7000", true, 250, 1ull << 30, (1ull << 30) - (1 << 20),
+                               1 << 20, 1 << 20, 0, 4, (1ull << 30) - (2 << 20)};
+  add_message(c, kMsgAgentStatsReply, "agent_stats_1", AgentStatsReply{{agent_stats}});
+  std::string bad_usage = encode(UsageRequest{true, 0});
+  bad_usage[0] = 2;
+  c.add("bad_usage_bool", with_prefix(kMsgUsageRequest, bad_usage));
+  std::string bad_ns_count = encode(ListNamespacesReply{});
+  bad_ns_count[0] = bad_ns_count[1] = '\xff';
+  c.add("bad_list_namespaces_count", with_prefix(kMsgListNamespacesReply, bad_ns_count));
   c.add("hello", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kAgent, "agent-7", ""})));
   c.add("hello_auth", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kTool, "pooltool", "nonce"})));
   c.add("hello_reply", with_prefix(kMsgHelloReply, encode_hello_reply(HelloReply{Role::kCoordinator, "coord", "0.1.0",

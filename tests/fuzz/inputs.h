@@ -57,6 +57,13 @@ enum MessageKind : std::uint8_t {
   kMsgError,       // frame.h: decode_error
   kMsgAuthChallenge,  // auth.h: decode_auth_challenge
   kMsgClientProof,    // auth.h: decode_client_proof
+  // Operator messages (pooltool), appended so earlier seeds keep their kind.
+  kMsgListNamespacesReply,
+  kMsgUsageRequest,
+  kMsgUsageReply,
+  kMsgEvictNamespaceRequest,
+  kMsgEvictNamespaceReply,
+  kMsgAgentStatsReply,
   kMessageKinds,
 };
 

@@ -1,0 +1,394 @@
+// pooltool against a real pool: kvpool-agent --standalone, this test writing
+// blocks through libkvpool, pooltool run as a process with --json and its
+// output parsed.
+
+#include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/common/pattern.h"
+#include "tests/integration/pool_fixture.h"
+
+using namespace kvpool;
+using namespace kvpool::testing;
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr std::uint64_t kBlock = 256 << 10;
+
+struct Run {
+  int rc = -1;
+  std::string out;
+  json doc;  // stdout parsed as JSON (discarded when it is not JSON)
+};
+
+// Runs pooltool with `args`; collects stdout and the exit code.
+Run pooltool(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {bin_dir() + "/pooltool"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto p = Subprocess::spawn(argv);
+  Run r;
+  if (!p) return r;
+  auto deadline = Deadline::after(scaled(60s));
+  for (;;) {
+    auto line = p->read_line(deadline);
+    if (!line) break;
+    r.out += *line + "\n";
+  }
+  auto status = p->wait(deadline);
+  if (status && WIFEXITED(*status)) r.rc = WEXITSTATUS(*status);
+  r.doc = json::parse(r.out, nullptr, false);
+  return r;
+}
+
+std::string hex(const Key128& k) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(k.hi),
+                static_cast<unsigned long long>(k.lo));
+  return buf;
+}
+std::string hex(NamespaceId id) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(id));
+  return buf;
+}
+
+// A pool with `n` blocks of a 4-block token sequence written (tokens of
+// block i are 16 * i .. 16 * i + 15).
+struct Pool {
+  std::unique_ptr<PoolProcess> process;
+  std::unique_ptr<Client> client;
+  NamespaceId ns = 0;
+  std::vector<std::uint32_t> tokens;
+  std::vector<Key128> keys;  // of all 4 blocks
+
+  explicit Pool(int n) {
+    process = start_standalone("64MiB");
+    REQUIRE(process);
+    ClientOptions co;
+    co.coordinator = process->coordinator;
+    auto c = Client::connect(co);
+    REQUIRE(c);
+    client = std::move(*c);
+    auto id = client->register_namespace(test_namespace(kBlock, "pooltool-test-model"));
+    REQUIRE(id);
+    ns = *id;
+    for (std::uint32_t i = 0; i < 64; ++i) tokens.push_back(i);
+    keys = prefix_keys(ns, tokens, 16);
+    std::vector<std::byte> bytes(n * kBlock);
+    std::vector<std::span<const std::byte>> spans;
+    for (int i = 0; i < n; ++i) {
+      fill_pattern(bytes.data() + i * kBlock, 0, kBlock, keys[i].lo);
+      spans.emplace_back(bytes.data() + i * kBlock, kBlock);
+    }
+    auto put = client->put(ns, std::span<const Key128>(keys.data(), n), spans);
+    REQUIRE(put);
+    REQUIRE(put->written == static_cast<std::size_t>(n));
+  }
+  std::vector<std::string> with(std::vector<std::string> args) const {
+    args.insert(args.begin(), {"--coordinator", process->coordinator, "--json"});
+    return args;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("pooltool status --json counts the blocks put", "[pooltool]") {
+  Pool pool(3);
+  auto r = pooltool(pool.with({"status"}));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  REQUIRE(!r.doc.is_discarded());
+  CHECK(r.doc["blocks"] == 3);
+  CHECK(r.doc["agents_alive"] == 1);
+  CHECK(r.doc["agents_dead"] == 0);
+  CHECK(r.doc["namespaces"] == 1);
+  CHECK(r.doc["live_bytes"] == 3 * kBlock);
+  CHECK(r.doc["capacity_bytes"].get<std::uint64_t>() > 60u << 20);
+  CHECK(r.doc["version"].get<std::string>().find("kvpool") != std::string::npos);
+  CHECK(r.doc["uptime_seconds"].get<double>() > 0);
+  CHECK(r.doc["hit_rate"].is_null());  // nothing looked up yet
+
+  // The human form says the same.
+  auto text = pooltool({"--coordinator", pool.process->coordinator, "status"});
+  CHECK(text.rc == 0);
+  CHECK(text.out.find("3 in 1 namespace") != std::string::npos);
+}
+
+TEST_CASE("pooltool agents and namespaces --json describe the pool", "[pooltool]") {
+  Pool pool(2);
+  auto a = pooltool(pool.with({"agents"}));
+  INFO(a.out);
+  REQUIRE(a.rc == 0);
+  REQUIRE(a.doc["agents"].size() == 1);
+  const auto& agent = a.doc["agents"][0];
+  CHECK(agent["id"] == 1);
+  CHECK(agent["alive"] == true);
+  CHECK(agent["blocks"] == 2);
+  CHECK(agent["region_bytes"] == 64u << 20);
+  CHECK(agent["heartbeat_age_seconds"].get<double>() < 3.0);
+
+  auto n = pooltool(pool.with({"namespaces"}));
+  INFO(n.out);
+  REQUIRE(n.rc == 0);
+  REQUIRE(n.doc["namespaces"].size() == 1);
+  const auto& ns = n.doc["namespaces"][0];
+  CHECK(ns["id"] == hex(pool.ns));
+  CHECK(ns["model"] == "pooltool-test-model");
+  CHECK(ns["block_bytes"] == kBlock);
+  CHECK(ns["tokens_per_block"] == 16);
+  CHECK(ns["blocks"] == 2);
+}
+
+TEST_CASE("pooltool usage --json splits bytes and blocks by namespace and agent", "[pooltool]") {
+  Pool pool(3);
+  auto r = pooltool(pool.with({"usage"}));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  REQUIRE(r.doc["by_namespace"].size() == 1);
+  CHECK(r.doc["by_namespace"][0]["namespace"] == hex(pool.ns));
+  CHECK(r.doc["by_namespace"][0]["blocks"] == 3);
+  CHECK(r.doc["by_namespace"][0]["bytes"] == 3 * kBlock);
+  REQUIRE(r.doc["by_agent"].size() == 1);
+  CHECK(r.doc["by_agent"][0]["blocks"] == 3);
+
+  SECTION("filtered by model name") {
+    auto f = pooltool(pool.with({"usage", "--namespace", "pooltool-test-model"}));
+    REQUIRE(f.rc == 0);
+    CHECK(f.doc["by_namespace"][0]["blocks"] == 3);
+  }
+  SECTION("an unknown namespace fails with exit code 1") {
+    auto f = pooltool(pool.with({"usage", "--namespace", "no-such-model"}));
+    CHECK(f.rc == 1);
+    CHECK(f.doc["error"]["code"] == "not_found");
+  }
+}
+
+TEST_CASE("pooltool lookup gives the cached prefix length and where blocks live", "[pooltool]") {
+  Pool pool(3);
+  auto all = pooltool(
+      pool.with({"lookup", hex(pool.ns), hex(pool.keys[0]), hex(pool.keys[1]), hex(pool.keys[2]), hex(pool.keys[3])}));
+  INFO(all.out);
+  REQUIRE(all.rc == 0);
+  CHECK(all.doc["keys"] == 4);
+  CHECK(all.doc["prefix_blocks"] == 3);
+  CHECK(all.doc["cached_tokens"] == 48);
+  REQUIRE(all.doc["blocks"].size() == 3);
+  CHECK(all.doc["blocks"][1]["key"] == hex(pool.keys[1]));
+  CHECK(all.doc["blocks"][1]["agent"] == 1);
+  CHECK(all.doc["blocks"][1]["length"] == kBlock);
+
+  SECTION("a missing first key means no prefix") {
+    auto r = pooltool(pool.with({"lookup", hex(pool.ns), hex(pool.keys[3]), hex(pool.keys[0])}));
+    REQUIRE(r.rc == 0);
+    CHECK(r.doc["prefix_blocks"] == 0);
+  }
+  SECTION("tokens from a file are keyed like the runtime keys them") {
+    std::string file = temp_path("tokens.txt");
+    {
+      std::ofstream out(file);
+      for (auto t : pool.tokens) out << t << (t % 10 == 9 ? "\n" : " ");
+      out << "64 65 66\n";  // a partial block: not keyed
+    }
+    auto r = pooltool(pool.with({"lookup", "pooltool-test-model", "--tokens", file}));
+    std::remove(file.c_str());
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+    CHECK(r.doc["tokens"] == 67);
+    CHECK(r.doc["keys"] == 4);
+    CHECK(r.doc["prefix_blocks"] == 3);
+    CHECK(r.doc["cached_tokens"] == 48);
+  }
+  SECTION("a malformed key is a usage error") {
+    auto r = pooltool(pool.with({"lookup", hex(pool.ns), "xyz"}));
+    CHECK(r.rc == 2);
+  }
+}
+
+TEST_CASE("pooltool remove takes blocks out of lookups", "[pooltool]") {
+  Pool pool(3);
+  auto r = pooltool(pool.with({"remove", hex(pool.ns), hex(pool.keys[1])}));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["removed"] == 1);
+  CHECK(r.doc["results"][0]["status"] == "ok");
+  auto l = pooltool(pool.with({"lookup", hex(pool.ns), hex(pool.keys[0]), hex(pool.keys[1]), hex(pool.keys[2])}));
+  CHECK(l.doc["prefix_blocks"] == 1);
+
+  // Removing it again: not found, exit code 1.
+  auto again = pooltool(pool.with({"remove", hex(pool.ns), hex(pool.keys[1])}));
+  CHECK(again.rc == 1);
+  CHECK(again.doc["results"][0]["status"] == "not_found");
+
+  auto first = pooltool(pool.with({"remove", hex(pool.ns), hex(pool.keys[0])}));
+  CHECK(first.rc == 0);
+  auto none = pooltool(pool.with({"lookup", hex(pool.ns), hex(pool.keys[0])}));
+  CHECK(none.doc["prefix_blocks"] == 0);
+  auto st = pooltool(pool.with({"status"}));
+  CHECK(st.doc["blocks"] == 1);
+}
+
+TEST_CASE("pooltool evict removes a namespace's blocks, or only counts them with --dry-run", "[pooltool]") {
+  Pool pool(3);
+  auto dry = pooltool(pool.with({"evict", "--namespace", hex(pool.ns), "--dry-run"}));
+  INFO(dry.out);
+  REQUIRE(dry.rc == 0);
+  CHECK(dry.doc["dry_run"] == true);
+  CHECK(dry.doc["blocks"] == 3);
+  CHECK(dry.doc["bytes"] == 3 * kBlock);
+  CHECK(dry.doc["removed"] == 0);
+  CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 3);
+
+  auto real = pooltool(pool.with({"evict", "--namespace", "pooltool-test-model"}));
+  INFO(real.out);
+  REQUIRE(real.rc == 0);
+  CHECK(real.doc["removed"] == 3);
+  CHECK(real.doc["failed"] == 0);
+  CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 0);
+  // The space comes back once the agent has invalidated the slots.
+  CHECK(eventually([&] { return pooltool(pool.with({"status"})).doc["used_bytes"] == 0; }, scaled(5s)));
+}
+
+TEST_CASE("pooltool doctor passes on a healthy pool and names the fix when it cannot reach it", "[pooltool]") {
+  Pool pool(1);
+  auto r = pooltool(pool.with({"doctor"}));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["ok"] == true);
+  std::map<std::string, std::string> status;
+  for (const auto& c : r.doc["checks"]) status[c["name"]] = c["status"];
+  CHECK(status["coordinator"] == "ok");
+  CHECK(status["agents"] == "ok");
+  CHECK(status["probe put/get"] == "ok");
+  CHECK(status.count("UCX") == 1);
+  CHECK(status.count("locked memory (RLIMIT_MEMLOCK)") == 1);
+  CHECK(status.count("transparent huge pages") == 1);
+  CHECK(status.count("RDMA devices") == 1);
+
+  auto down = pooltool({"--coordinator", "127.0.0.1:1", "--json", "--timeout", "2s", "doctor"});
+  INFO(down.out);
+  CHECK(down.rc == 1);
+  CHECK(down.doc["ok"] == false);
+  bool named_fix = false;
+  for (const auto& c : down.doc["checks"]) {
+    if (c["name"] == "coordinator") named_fix = c["status"] == "fail" && !c["fix"].get<std::string>().empty();
+  }
+  CHECK(named_fix);
+}
+
+TEST_CASE("pooltool bench moves blocks through the live pool and leaves nothing behind", "[pooltool]") {
+  Pool pool(0);
+  auto r = pooltool(pool.with({"bench", "--block", "256KiB", "--blocks", "4", "--rounds", "1"}));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["put_gbps"].get<double>() > 0);
+  CHECK(r.doc["get_gbps"].get<double>() > 0);
+  CHECK(r.doc["verify_failures"] == 0);
+  CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 0);
+}
+
+TEST_CASE("pooltool exits 2 on usage errors and 3 when unreachable, and demo runs kvpool-demo", "[pooltool]") {
+  CHECK(pooltool({}).rc == 2);
+  CHECK(pooltool({"no-such-command"}).rc == 2);
+  CHECK(pooltool({"--secret-file", "/nonexistent/secret", "status"}).rc == 2);
+  auto unreachable = pooltool({"--coordinator", "127.0.0.1:1", "--json", "status"});
+  CHECK(unreachable.rc == 3);
+  CHECK(unreachable.doc["error"]["code"] == "unavailable");
+  auto help = pooltool({"--help"});
+  CHECK(help.rc == 0);
+  CHECK(help.out.find("Exit codes:") != std::string::npos);
+  auto demo = pooltool({"demo", "--help"});
+  CHECK(demo.rc == 0);
+  CHECK(demo.out.find("kvpool-demo") != std::string::npos);
+
+  SECTION("--secret-file is sent: a wrong secret cannot reach the pool") {
+    Pool pool(0);
+    std::string secret = temp_path("secret");
+    REQUIRE(pooltool({"secret", "new", secret}).rc == 0);
+    auto r = pooltool({"--coordinator", pool.process->coordinator, "--secret-file", secret, "--json", "status"});
+    std::remove(secret.c_str());
+    CHECK(r.rc == 3);
+  }
+}
+
+TEST_CASE("pooltool quota evicts a namespace down to its budget and keeps it there", "[pooltool]") {
+  Pool pool(4);
+  auto r = pooltool(pool.with({"quota", hex(pool.ns), "2blocks"}));
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["quota_blocks"] == 2);
+  auto status = pooltool(pool.with({"status"}));
+  CHECK(status.doc["blocks"] == 2);
+  // A byte quota, then none; a bad size is a usage error.
+  CHECK(pooltool(pool.with({"quota", hex(pool.ns), "256KiB"})).rc == 0);
+  CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 1);
+  CHECK(pooltool(pool.with({"quota", hex(pool.ns), "0"})).rc == 0);
+  CHECK(pooltool(pool.with({"quota", hex(pool.ns), "lots"})).rc == 2);
+  CHECK(pooltool(pool.with({"quota", "no-such-model", "1blocks"})).rc == 1);
+}
+
+TEST_CASE("pooltool replay reports hit rates that follow the trace", "[pooltool]") {
+  // Request 2 repeats request 1's prefix: 2 of its 3 blocks hit.
+  const std::string trace = temp_path("trace.jsonl");
+  {
+    std::ofstream f(trace);
+    f << R"({"timestamp": 0, "input_length": 1024, "hash_ids": [1, 2]})" << "\n";
+    f << R"({"timestamp": 5, "input_length": 1500, "hash_ids": [1, 2, 3]})" << "\n";
+    f << R"({"timestamp": 9, "input_length": 512, "hash_ids": [4]})" << "\n";
+  }
+  auto process = start_standalone("64MiB");
+  REQUIRE(process);
+  auto r = pooltool({"--coordinator", process->coordinator, "--json", "replay", trace, "--workers", "1"});
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["requests"] == 3);
+  CHECK(r.doc["blocks"] == 6);
+  CHECK(r.doc["hit_blocks"] == 2);
+  CHECK(r.doc["block_hit_rate"].get<double>() == Approx(2.0 / 6));
+  CHECK(r.doc["token_hit_rate"].get<double>() == Approx(1024.0 / (1024 + 1500 + 512)));
+  CHECK(r.doc["wrong_bytes"] == 0);
+  CHECK(r.doc["bytes_moved"] == 6 * 64 * 1024);  // 4 new blocks put, 2 got
+  CHECK(r.doc["latency_ms"]["p99"].get<double>() > 0);
+  // --capacity-blocks 3: the fourth request's prefix was evicted by the
+  // third one (exact LRU), so it misses; without the quota it hits.
+  {
+    std::ofstream f(trace, std::ios::app);
+    f << R"({"timestamp": 12, "input_length": 1024, "hash_ids": [1, 2]})" << "\n";
+  }
+  auto tight = pooltool({"--coordinator", process->coordinator, "--json", "replay", trace, "--workers", "1",
+                         "--capacity-blocks", "3", "--model", "tight"});
+  INFO(tight.out);
+  CHECK(tight.rc == 0);
+  CHECK(tight.doc["hit_blocks"] == 2);
+  auto loose = pooltool({"--coordinator", process->coordinator, "--json", "replay", trace, "--workers", "1",
+                         "--model", "loose"});
+  CHECK(loose.doc["hit_blocks"] == 4);
+  CHECK(pooltool({"--coordinator", process->coordinator, "replay", trace + ".missing"}).rc == 2);
+  std::remove(trace.c_str());
+}
+
+TEST_CASE("pooltool secret new writes a 0600 secret a pool accepts, and never overwrites one", "[pooltool]") {
+  const std::string path = temp_path("secret");
+  auto r = pooltool({"--json", "secret", "new", path});
+  REQUIRE(r.rc == 0);
+  struct stat st {};
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0600);
+  CHECK(pooltool({"secret", "new", path}).rc == 1);
+  auto process = start_standalone("64MiB", {"--secret-file", path});
+  REQUIRE(process);
+  CHECK(pooltool({"--coordinator", process->coordinator, "--secret-file", path, "--json", "status"}).rc == 0);
+  const std::string other = temp_path("other-secret");
+  REQUIRE(pooltool({"secret", "new", other}).rc == 0);
+  CHECK(pooltool({"--coordinator", process->coordinator, "--secret-file", other, "--json", "status"}).rc == 3);
+  std::remove(path.c_str());
+  std::remove(other.c_str());
+}

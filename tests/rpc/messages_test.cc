@@ -1,0 +1,66 @@
+// The operator messages (pooltool): round trips, and refusal of truncated,
+// trailing and over-counted payloads like every other decoder.
+
+#include <catch2/catch.hpp>
+
+#include "runtime/rpc/messages.h"
+
+using namespace kvpool;
+using namespace kvpool::rpc;
+
+namespace {
+
+template <typename T>
+void refuses_damaged(const T& m) {
+  const std::string p = encode(m);
+  T out;
+  REQUIRE(decode(p, out).ok());
+  CHECK(encode(out) == p);
+  CHECK(decode(p + "x", out).code() == StatusCode::kInvalidArgument);
+  if (!p.empty())
+    CHECK(decode(std::string_view(p).substr(0, p.size() - 1), out).code() == StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+
+TEST_CASE("operator messages round trip and refuse damaged payloads", "[rpc][messages]") {
+  NamespaceDescriptor d{"meta-llama/Meta-Llama-3-8B", "bf16", 32, 8, 128, 16, "vllm-paged", 1, 2, 0};
+  ListNamespacesReply ns{{NamespaceRecord{0xabc, d, 2 << 20, 7}}};
+  refuses_damaged(ns);
+  ListNamespacesReply ns_back;
+  REQUIRE(decode(encode(ns), ns_back).ok());
+  REQUIRE(ns_back.namespaces.size() == 1);
+  CHECK(ns_back.namespaces[0].descriptor.model_id == d.model_id);
+  CHECK(ns_back.namespaces[0].descriptor.tp_size == 2);
+  CHECK(ns_back.namespaces[0].blocks == 7);
+
+  refuses_damaged(UsageRequest{false, 0xabc});
+  refuses_damaged(UsageReply{{UsageRow{0xabc, 3, 4, 5}, UsageRow{1, 2, 3, 4}}});
+  refuses_damaged(EvictNamespaceRequest{0xabc, true});
+  refuses_damaged(EvictNamespaceReply{1, 2, 3, 4});
+  AgentStatsRecord a{2, 99, "host", "ctl", true, 250, 1 << 30, 1 << 29, 1 << 20, 1 << 20, 0, 3, 1 << 28};
+  refuses_damaged(AgentStatsReply{{a, a}});
+  AgentStatsReply a_back;
+  REQUIRE(decode(encode(AgentStatsReply{{a}}), a_back).ok());
+  CHECK(a_back.agents[0].heartbeat_age_ms == 250);
+  CHECK(a_back.agents[0].control_address == "ctl");
+}
+
+TEST_CASE("operator replies refuse element counts the payload cannot hold", "[rpc][messages]") {
+  for (std::string p : {encode(ListNamespacesReply{}), encode(UsageReply{}), encode(AgentStatsReply{})}) {
+    p[0] = p[1] = p[2] = '\xff';
+    ListNamespacesReply n;
+    UsageReply u;
+    AgentStatsReply a;
+    CHECK(!decode(p, n).ok());
+    CHECK(!decode(p, u).ok());
+    CHECK(!decode(p, a).ok());
+  }
+}
+
+TEST_CASE("a usage request with a bad boolean is refused", "[rpc][messages]") {
+  std::string p = encode(UsageRequest{true, 1});
+  p[0] = 2;
+  UsageRequest m;
+  CHECK(decode(p, m).code() == StatusCode::kInvalidArgument);
+}

@@ -1,0 +1,329 @@
+#include "tools/pooltool/doctor.h"
+
+#include <infiniband/verbs.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "kvpool/client.h"
+#include "tools/pooltool/admin.h"
+#include "tools/pooltool/output.h"
+#include "transport/transport.h"
+
+namespace kvpool::pooltool {
+namespace {
+
+std::string read_first_line(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  return line;
+}
+
+// The bracketed choice of a sysfs multiple-choice file: "always [madvise] never".
+std::string sysfs_choice(const std::string& text) {
+  auto open = text.find('[');
+  auto close = text.find(']', open);
+  if (open == std::string::npos || close == std::string::npos) return {};
+  return text.substr(open + 1, close - open - 1);
+}
+
+bool has_cap_ipc_lock() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("CapEff:", 0) == 0) {
+      unsigned long long caps = std::strtoull(line.c_str() + 7, nullptr, 16);
+      return (caps >> 14) & 1ull;  // CAP_IPC_LOCK
+    }
+  }
+  return false;
+}
+
+Check check_thp() {
+  Check c{"transparent huge pages", CheckLevel::kOk, "", ""};
+  std::string enabled = read_first_line("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string shmem = read_first_line("/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+  std::string mode = sysfs_choice(enabled);
+  std::string shmem_mode = sysfs_choice(shmem);
+  if (mode.empty()) {
+    c.level = CheckLevel::kWarn;
+    c.detail = "/sys/kernel/mm/transparent_hugepage/enabled not readable";
+    c.fix = "a kernel with CONFIG_TRANSPARENT_HUGEPAGE: the pool then takes 2 MiB pages (fewer TLB misses)";
+    return c;
+  }
+  c.detail = "enabled=" + mode + (shmem_mode.empty() ? "" : ", shmem_enabled=" + shmem_mode);
+  if (mode == "never") {
+    c.level = CheckLevel::kWarn;
+    c.fix = "echo madvise > /sys/kernel/mm/transparent_hugepage/enabled (the agent asks with madvise)";
+  } else if (shmem_mode == "never" || shmem_mode == "deny") {
+    // The region is UCX-allocated shared memory (DESIGN.md): its huge pages
+    // follow shmem_enabled, not enabled.
+    c.level = CheckLevel::kInfo;
+    c.fix =
+        "for huge pages in the shared-memory region: echo advise > "
+        "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+  }
+  return c;
+}
+
+Check check_memlock() {
+  Check c{"locked memory (RLIMIT_MEMLOCK)", CheckLevel::kOk, "", ""};
+  rlimit rl{};
+  getrlimit(RLIMIT_MEMLOCK, &rl);
+  bool cap = has_cap_ipc_lock();
+  std::string limit = rl.rlim_cur == RLIM_INFINITY ? "unlimited" : human_bytes(rl.rlim_cur);
+  c.detail = "limit " + limit + (cap ? ", CAP_IPC_LOCK held (the limit does not apply)" : ", no CAP_IPC_LOCK");
+  if (rl.rlim_cur != RLIM_INFINITY && !cap) {
+    c.level = CheckLevel::kWarn;
+    c.fix =
+        "let the agent lock its pool: LimitMEMLOCK=infinity in its systemd unit (cluster-configs/systemd), "
+        "or `ulimit -l unlimited` / memlock in /etc/security/limits.conf; otherwise pages may be swapped "
+        "(kvpool-agent --lock try logs it and goes on)";
+  }
+  return c;
+}
+
+// `ucx_info -d` lists "#      Transport: tcp" lines for every transport the
+// library can use on this host.
+std::string ucx_transports() {
+  std::unique_ptr<FILE, int (*)(FILE*)> p(popen("ucx_info -d 2>/dev/null", "r"), pclose);
+  if (!p) return {};
+  std::set<std::string> seen;
+  std::string order;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p.get()) != nullptr) {
+    std::string line(buf);
+    auto at = line.find("Transport:");
+    if (at == std::string::npos) continue;
+    std::istringstream rest(line.substr(at + 10));
+    std::string name;
+    rest >> name;
+    if (!name.empty() && seen.insert(name).second) order += (order.empty() ? "" : ",") + name;
+  }
+  return order;
+}
+
+Check check_ucx() {
+  Check c{"UCX", CheckLevel::kOk, "", ""};
+  c.detail = "library " + transport::ucx_version();
+  std::string tls = ucx_transports();
+  if (tls.empty()) {
+    c.level = CheckLevel::kWarn;
+    c.detail += "; transports unknown (ucx_info -d gave nothing)";
+    c.fix = "apt-get install ucx-utils to list transports";
+  } else {
+    c.detail += "; transports " + tls;
+  }
+  return c;
+}
+
+Check check_rdma() {
+  Check c{"RDMA devices", CheckLevel::kInfo, "", ""};
+  int n = 0;
+  ibv_device** list = ibv_get_device_list(&n);
+  if (list == nullptr || n == 0) {
+    c.detail = "none: UCX moves bytes over shared memory on one host and TCP between hosts";
+    c.fix =
+        "for RDMA: an RDMA NIC with its driver (rdma-core) and UCX_TLS=rc,dc,sm,self "
+        "(cluster-configs/rdma-host.json)";
+  } else {
+    c.level = CheckLevel::kOk;
+    for (int i = 0; i < n; ++i) c.detail += (i ? ", " : "") + std::string(ibv_get_device_name(list[i]));
+  }
+  if (list != nullptr) ibv_free_device_list(list);
+  return c;
+}
+
+NamespaceDescriptor tool_namespace(const std::string& model, std::uint64_t block_bytes) {
+  NamespaceDescriptor d;
+  d.model_id = model;
+  d.dtype = "bf16";
+  d.num_layers = 1;
+  d.num_kv_heads = 1;
+  d.head_dim = 1;
+  d.tokens_per_block = 16;
+  d.layout = "pooltool";
+  d.block_bytes = block_bytes;
+  return d;
+}
+
+// Fresh keys: random tokens, so a probe never dedupes against an earlier one.
+std::vector<Key128> fresh_keys(NamespaceId ns, std::size_t n) {
+  std::mt19937_64 rng(std::random_device{}() ^ static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
+  std::vector<std::uint32_t> tokens(n * 16);
+  for (auto& t : tokens) t = static_cast<std::uint32_t>(rng());
+  return prefix_keys(ns, tokens, 16);
+}
+
+void fill(std::vector<std::byte>& buf, std::uint64_t seed) {
+  std::uint64_t x = seed | 1;
+  for (std::size_t i = 0; i + 8 <= buf.size(); i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(buf.data() + i, &x, 8);
+  }
+}
+
+Check check_probe(const DoctorOptions& options) {
+  Check c{"probe put/get", CheckLevel::kOk, "", ""};
+  ClientOptions co;
+  co.coordinator = options.coordinator;
+  co.timeout = options.timeout;
+  co.client_id = "pooltool-doctor";
+  co.secret_file = options.secret_file;
+  auto client = Client::connect(co);
+  auto failed = [&](const std::string& what, const Status& s) {
+    c.level = CheckLevel::kFail;
+    c.detail = what + ": " + s.to_string();
+    c.fix =
+        "check the agents' logs; run with UCX_TLS=tcp to rule out shared memory, or UCX_LOG_LEVEL=info to see "
+        "what UCX picks";
+    return c;
+  };
+  if (!client) return failed("connect", client.error());
+  constexpr std::uint64_t kProbeBytes = 64 << 10;
+  auto ns = (*client)->register_namespace(tool_namespace("pooltool-probe", kProbeBytes));
+  if (!ns) return failed("register namespace", ns.error());
+  auto keys = fresh_keys(*ns, 1);
+  std::vector<std::byte> data(kProbeBytes), back(kProbeBytes);
+  fill(data, keys[0].lo);
+  std::vector<std::span<const std::byte>> in = {data};
+  std::vector<std::span<std::byte>> out = {back};
+  auto start = Clock::now();
+  auto put = (*client)->put(*ns, keys, in);
+  if (!put) return failed("put", put.error());
+  if (put->outcomes[0] != PutOutcome::kWritten) return failed("put", put->errors[0]);
+  auto got = (*client)->get(*ns, keys, out);
+  if (!got) return failed("get", got.error());
+  if (got->loaded != 1) return failed("get", got->stopped);
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
+  if (data != back) return failed("get", Status(StatusCode::kDataLoss, "the block read back differs"));
+  (void)(*client)->remove(*ns, keys);
+  c.detail =
+      "wrote, read and verified a 64 KiB block in " + std::to_string(us) + " us over " + (*client)->stats().transports;
+  return c;
+}
+
+}  // namespace
+
+const char* level_name(CheckLevel level) {
+  switch (level) {
+    case CheckLevel::kOk:
+      return "ok";
+    case CheckLevel::kInfo:
+      return "info";
+    case CheckLevel::kWarn:
+      return "warn";
+    case CheckLevel::kFail:
+      return "fail";
+  }
+  return "?";
+}
+
+std::vector<Check> run_doctor(const DoctorOptions& options) {
+  std::vector<Check> checks = {check_thp(), check_memlock(), check_ucx(), check_rdma()};
+  Check reach{"coordinator", CheckLevel::kOk, "", ""};
+  AdminOptions ao;
+  ao.coordinator = options.coordinator;
+  ao.timeout = options.timeout;
+  auto admin = AdminClient::connect(ao);
+  if (!admin) {
+    reach.level = CheckLevel::kFail;
+    reach.detail = options.coordinator + ": " + admin.error().to_string();
+    reach.fix = "start kvpool-coordinator (or kvpool-agent --standalone), or point --coordinator HOST:PORT at it";
+    checks.push_back(reach);
+    return checks;
+  }
+  auto stats = (*admin)->stats();
+  if (!stats) {
+    reach.level = CheckLevel::kFail;
+    reach.detail = options.coordinator + ": stats: " + stats.error().to_string();
+    checks.push_back(reach);
+    return checks;
+  }
+  reach.detail = options.coordinator + " (" + (*admin)->server().server_version + ", up " +
+                 human_duration_ms(stats->uptime_ms) + ")";
+  checks.push_back(reach);
+  Check agents{"agents", CheckLevel::kOk, "", ""};
+  agents.detail = std::to_string(stats->agents_alive) + " alive, " + std::to_string(stats->agents_dead) + " dead, " +
+                  human_bytes(stats->capacity_bytes) + " capacity";
+  if (stats->agents_alive == 0) {
+    agents.level = CheckLevel::kFail;
+    agents.fix = "start kvpool-agent --coordinator " + options.coordinator + " on the hosts that lend DRAM";
+  } else if (stats->agents_dead > 0) {
+    agents.level = CheckLevel::kWarn;
+    agents.fix = "pooltool agents shows which; restart them (their blocks are gone from the index)";
+  }
+  checks.push_back(agents);
+  if (options.probe && stats->agents_alive > 0) checks.push_back(check_probe(options));
+  return checks;
+}
+
+Result<BenchResult> run_bench(const BenchOptions& options) {
+  ClientOptions co;
+  co.coordinator = options.coordinator;
+  co.timeout = options.timeout;
+  co.client_id = "pooltool-bench";
+  co.secret_file = options.secret_file;
+  auto client = Client::connect(co);
+  if (!client) return tl::unexpected(client.error());
+  auto ns = (*client)->register_namespace(tool_namespace("pooltool-bench", options.block_bytes));
+  if (!ns) return tl::unexpected(ns.error());
+  const std::size_t n = options.blocks;
+  std::vector<std::byte> data(n * options.block_bytes), back(n * options.block_bytes);
+  if (Status s = (*client)->register_buffer(back.data(), back.size()); !s.ok()) return tl::unexpected(s);
+  BenchResult res;
+  res.block_bytes = options.block_bytes;
+  res.blocks = options.blocks;
+  res.rounds = options.rounds;
+  const double bytes = static_cast<double>(data.size());
+  for (std::uint32_t round = 0; round < options.rounds; ++round) {
+    auto keys = fresh_keys(*ns, n);
+    std::vector<std::span<const std::byte>> in;
+    std::vector<std::span<std::byte>> out;
+    for (std::size_t i = 0; i < n; ++i) {
+      in.emplace_back(data.data() + i * options.block_bytes, options.block_bytes);
+      out.emplace_back(back.data() + i * options.block_bytes, options.block_bytes);
+    }
+    fill(data, keys[0].lo);
+    auto t0 = Clock::now();
+    auto put = (*client)->put(*ns, keys, in);
+    auto t1 = Clock::now();
+    if (!put) return tl::unexpected(put.error());
+    if (put->failed > 0) {
+      for (const auto& e : put->errors) {
+        if (!e.ok()) return tl::unexpected(e);
+      }
+    }
+    auto got = (*client)->get(*ns, keys, out);
+    auto t2 = Clock::now();
+    if (!got) return tl::unexpected(got.error());
+    auto looked = (*client)->lookup(*ns, keys);
+    auto t3 = Clock::now();
+    (void)(*client)->remove(*ns, keys);
+    if (got->loaded != n) return tl::unexpected(got->stopped);
+    if (data != back) return make_error(StatusCode::kDataLoss, "bench: blocks read back differ");
+    if (!looked) return tl::unexpected(looked.error());
+    auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    res.put_gbps = std::max(res.put_gbps, bytes / secs(t0, t1) / 1e9);
+    res.get_gbps = std::max(res.get_gbps, bytes / secs(t1, t2) / 1e9);
+    double lus = secs(t2, t3) * 1e6;
+    res.lookup_us = round == 0 ? lus : std::min(res.lookup_us, lus);
+  }
+  (void)(*client)->unregister_buffer(back.data());
+  auto st = (*client)->stats();
+  res.transports = st.transports;
+  res.verify_failures = st.verify_failures;
+  return res;
+}
+
+}  // namespace kvpool::pooltool

@@ -1,0 +1,60 @@
+#pragma once
+// pooltool doctor and bench: what runs through libkvpool (the data path) and
+// what inspects the host.
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kvpool/status.h"
+
+namespace kvpool::pooltool {
+
+enum class CheckLevel { kOk, kInfo, kWarn, kFail };
+const char* level_name(CheckLevel level);
+
+struct Check {
+  std::string name;
+  CheckLevel level = CheckLevel::kOk;
+  std::string detail;  // what was found
+  std::string fix;     // what to do about it (empty when nothing)
+};
+
+struct DoctorOptions {
+  std::string coordinator;
+  std::chrono::milliseconds timeout{10000};
+  bool probe = true;  // put, get and remove one block through libkvpool
+  std::string secret_file;
+};
+
+// Host checks (THP, RLIMIT_MEMLOCK, UCX, RDMA devices), then the
+// coordinator's reachability and live agents, then the probe.
+std::vector<Check> run_doctor(const DoctorOptions& options);
+
+struct BenchOptions {
+  std::string coordinator;
+  std::chrono::milliseconds timeout{10000};
+  std::uint64_t block_bytes = 1 << 20;
+  std::uint32_t blocks = 64;  // per batch
+  std::uint32_t rounds = 3;
+  std::string secret_file;
+};
+
+struct BenchResult {
+  std::uint64_t block_bytes = 0;
+  std::uint32_t blocks = 0;
+  std::uint32_t rounds = 0;
+  double put_gbps = 0;     // best round
+  double get_gbps = 0;     // best round, verified
+  double lookup_us = 0;    // best round, one lookup of the whole batch
+  std::string transports;  // what libkvpool moved bytes over
+  std::uint64_t verify_failures = 0;
+};
+
+// Writes rounds x blocks fresh blocks into the live pool (namespace
+// "pooltool-bench"), reads them back, looks them up, and removes them.
+// Errors: the coordinator's, or kDataLoss when a block read back differs.
+Result<BenchResult> run_bench(const BenchOptions& options);
+
+}  // namespace kvpool::pooltool

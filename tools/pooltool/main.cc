@@ -1,0 +1,717 @@
+// pooltool: the operator's CLI for a kvpool pool. Human tables by default,
+// --json for scripts; exit codes in --help (output.h).
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "runtime/common/logging.h"
+#include "runtime/common/secret.h"
+#include "runtime/common/subprocess.h"
+#include "runtime/common/units.h"
+#include "tools/pooltool/admin.h"
+#include "tools/pooltool/doctor.h"
+#include "tools/pooltool/output.h"
+#include "tools/replay/replay.h"
+
+using namespace kvpool;
+using namespace kvpool::pooltool;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kExitCodes =
+    "Exit codes:\n"
+    "  0  ok\n"
+    "  1  the operation failed (unknown namespace, a key not removed, a failing doctor check, ...)\n"
+    "  2  usage error (unknown command or option, malformed key or file)\n"
+    "  3  the coordinator could not be reached, or went away mid-call\n";
+
+struct Globals {
+  std::string coordinator = "127.0.0.1:7400";
+  bool json = false;
+  std::string timeout = "10s";
+  std::string secret_file;
+  std::chrono::milliseconds timeout_ms{10000};
+};
+
+void print_json(const json& j) { std::cout << j.dump(2) << "\n"; }
+
+// Reports an error on stderr (and as {"error": ...} on stdout with --json);
+// returns the exit code.
+int fail(const Globals& g, const Status& s, int code) {
+  std::fprintf(stderr, "pooltool: %s\n", s.to_string().c_str());
+  if (g.json) print_json({{"error", {{"code", std::string(code_name(s.code()))}, {"message", s.message()}}}});
+  return code;
+}
+int fail(const Globals& g, const Status& s) { return fail(g, s, exit_code_for(s)); }
+// A malformed --coordinator is a usage error; anything else is unreachable.
+int fail_connect(const Globals& g, const Status& s) {
+  return fail(g, s, s.code() == StatusCode::kInvalidArgument ? kExitUsage : kExitUnreachable);
+}
+
+Result<std::unique_ptr<AdminClient>> connect(const Globals& g) {
+  AdminOptions o;
+  o.coordinator = g.coordinator;
+  o.timeout = g.timeout_ms;
+  o.secret_file = g.secret_file;
+  auto c = AdminClient::connect(o);
+  if (!c && c.error().code() != StatusCode::kInvalidArgument) {
+    // Whatever the reason (refused, timed out, refused hello), the
+    // coordinator is not reachable as asked.
+    return make_error(StatusCode::kUnavailable,
+                      "cannot reach the coordinator at " + g.coordinator + ": " + c.error().message());
+  }
+  return c;
+}
+
+std::string model_of(const std::map<NamespaceId, rpc::NamespaceRecord>& ns, NamespaceId id) {
+  auto it = ns.find(id);
+  return it == ns.end() ? std::string() : it->second.descriptor.model_id;
+}
+
+// ---- status ----
+int cmd_status(const Globals& g) {
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto st = (*c)->stats();
+  if (!st) return fail(g, st.error());
+  const auto& s = *st;
+  const std::uint64_t asked = s.lookup_hits + s.lookup_misses;
+  const double hit_rate = asked == 0 ? 0.0 : static_cast<double>(s.lookup_hits) / static_cast<double>(asked);
+  const std::string version = (*c)->server().server_version;
+  if (g.json) {
+    print_json({{"coordinator", g.coordinator},
+                {"version", version},
+                {"uptime_seconds", static_cast<double>(s.uptime_ms) / 1000},
+                {"agents_alive", s.agents_alive},
+                {"agents_dead", s.agents_dead},
+                {"capacity_bytes", s.capacity_bytes},
+                {"used_bytes", s.used_bytes},
+                {"live_bytes", s.live_bytes},
+                {"reclaiming_bytes", s.reclaiming_bytes},
+                {"blocks", s.blocks},
+                {"namespaces", s.namespaces},
+                {"lookup_hits", s.lookup_hits},
+                {"lookup_misses", s.lookup_misses},
+                {"hit_rate", asked == 0 ? json(nullptr) : json(hit_rate)},
+                {"write_leases", s.write_leases},
+                {"read_leases", s.read_leases},
+                {"evictions", s.evictions},
+                {"expired_write_leases", s.expired_write_leases}});
+    return kExitOk;
+  }
+  Table t({"", ""});
+  t.add({"coordinator", g.coordinator + " (" + version + ", up " + human_duration_ms(s.uptime_ms) + ")"});
+  t.add({"agents", std::to_string(s.agents_alive) + " up, " + std::to_string(s.agents_dead) + " down"});
+  t.add({"capacity", human_bytes(s.capacity_bytes)});
+  t.add({"used",
+         human_bytes(s.used_bytes) +
+             (s.capacity_bytes
+                  ? " (" + percent(static_cast<double>(s.used_bytes) / static_cast<double>(s.capacity_bytes)) + ")"
+                  : "") +
+             (s.reclaiming_bytes ? ", " + human_bytes(s.reclaiming_bytes) + " being reclaimed" : "")});
+  t.add({"blocks", std::to_string(s.blocks) + " in " + std::to_string(s.namespaces) + " namespace" +
+                       (s.namespaces == 1 ? "" : "s")});
+  t.add({"lookups", std::to_string(s.lookup_hits) + " blocks hit, " + std::to_string(s.lookup_misses) + " missed" +
+                        (asked ? " (hit rate " + percent(hit_rate) + ")" : "")});
+  t.add({"leases", std::to_string(s.write_leases) + " write, " + std::to_string(s.read_leases) + " read"});
+  t.add({"evictions",
+         std::to_string(s.evictions) + " (" + std::to_string(s.expired_write_leases) + " write leases expired)"});
+  std::string text = t.render();
+  std::cout << text.substr(text.find('\n') + 1);  // no header row
+  return kExitOk;
+}
+
+// ---- agents ----
+int cmd_agents(const Globals& g) {
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto ag = (*c)->agents();
+  if (!ag) return fail(g, ag.error());
+  if (g.json) {
+    json arr = json::array();
+    for (const auto& a : ag->agents) {
+      arr.push_back({{"id", a.agent},
+                     {"incarnation", a.incarnation},
+                     {"address", a.control_address},
+                     {"host_id", a.host_id},
+                     {"alive", a.alive},
+                     {"heartbeat_age_seconds", static_cast<double>(a.heartbeat_age_ms) / 1000},
+                     {"region_bytes", a.region_bytes},
+                     {"capacity_bytes", a.capacity_bytes},
+                     {"used_bytes", a.used_bytes},
+                     {"live_bytes", a.live_bytes},
+                     {"reclaiming_bytes", a.reclaiming_bytes},
+                     {"blocks", a.blocks},
+                     {"largest_free_bytes", a.largest_free}});
+    }
+    print_json({{"agents", arr}});
+    return kExitOk;
+  }
+  Table t({"ID", "ADDRESS", "HOST", "REGION", "USED", "BLOCKS", "STATE", "HEARTBEAT"});
+  for (const auto& a : ag->agents) {
+    t.add({std::to_string(a.agent), a.control_address, a.host_id.substr(0, 12), human_bytes(a.region_bytes),
+           human_bytes(a.used_bytes), std::to_string(a.blocks), a.alive ? "up" : "down",
+           human_duration_ms(a.heartbeat_age_ms) + " ago"});
+  }
+  std::cout << t.render();
+  return kExitOk;
+}
+
+json namespace_json(const rpc::NamespaceRecord& n) {
+  const auto& d = n.descriptor;
+  return {{"id", ns_to_hex(n.id)},
+          {"model", d.model_id},
+          {"dtype", d.dtype},
+          {"layers", d.num_layers},
+          {"kv_heads", d.num_kv_heads},
+          {"head_dim", d.head_dim},
+          {"tokens_per_block", d.tokens_per_block},
+          {"layout", d.layout},
+          {"tp_rank", d.tp_rank},
+          {"tp_size", d.tp_size},
+          {"block_bytes", n.block_bytes},
+          {"blocks", n.blocks}};
+}
+
+// ---- namespaces ----
+int cmd_namespaces(const Globals& g) {
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto ns = (*c)->namespaces();
+  if (!ns) return fail(g, ns.error());
+  if (g.json) {
+    json arr = json::array();
+    for (const auto& n : ns->namespaces) arr.push_back(namespace_json(n));
+    print_json({{"namespaces", arr}});
+    return kExitOk;
+  }
+  Table t({"ID", "MODEL", "DTYPE", "LAYOUT", "TOKENS/BLOCK", "TP", "BLOCK", "BLOCKS"});
+  for (const auto& n : ns->namespaces) {
+    const auto& d = n.descriptor;
+    t.add({ns_to_hex(n.id), d.model_id, d.dtype, d.layout, std::to_string(d.tokens_per_block),
+           std::to_string(d.tp_rank) + "/" + std::to_string(d.tp_size), human_bytes(n.block_bytes),
+           std::to_string(n.blocks)});
+  }
+  std::cout << t.render();
+  return kExitOk;
+}
+
+// ---- usage ----
+int cmd_usage(const Globals& g, const std::string& ns_text) {
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto list = (*c)->namespaces();
+  if (!list) return fail(g, list.error());
+  std::map<NamespaceId, rpc::NamespaceRecord> by_id;
+  for (const auto& n : list->namespaces) by_id[n.id] = n;
+  rpc::UsageRequest req;
+  if (!ns_text.empty()) {
+    auto ns = (*c)->resolve_namespace(ns_text);
+    if (!ns) return fail(g, ns.error());
+    req.all = false;
+    req.ns = ns->id;
+  }
+  auto usage = (*c)->usage(req);
+  if (!usage) return fail(g, usage.error());
+  auto agents = (*c)->agents();
+  if (!agents) return fail(g, agents.error());
+  struct Sum {
+    std::uint64_t blocks = 0, bytes = 0;
+  };
+  std::map<NamespaceId, Sum> per_ns;
+  std::map<std::uint32_t, Sum> per_agent;
+  std::map<std::uint32_t, std::uint64_t> capacity;
+  std::map<std::uint32_t, std::string> address;
+  for (const auto& a : agents->agents) {
+    capacity[a.agent] = a.capacity_bytes;
+    address[a.agent] = a.control_address;
+    if (a.alive) per_agent[a.agent];  // every live agent gets a row, empty or not
+  }
+  if (!req.all) per_ns[req.ns];
+  for (const auto& r : usage->rows) {
+    per_ns[r.ns].blocks += r.blocks;
+    per_ns[r.ns].bytes += r.bytes;
+    per_agent[r.agent].blocks += r.blocks;
+    per_agent[r.agent].bytes += r.bytes;
+  }
+  if (g.json) {
+    json jn = json::array(), ja = json::array(), jr = json::array();
+    for (const auto& [id, s] : per_ns) {
+      jn.push_back(
+          {{"namespace", ns_to_hex(id)}, {"model", model_of(by_id, id)}, {"blocks", s.blocks}, {"bytes", s.bytes}});
+    }
+    for (const auto& [id, s] : per_agent) {
+      ja.push_back({{"agent", id},
+                    {"address", address[id]},
+                    {"blocks", s.blocks},
+                    {"bytes", s.bytes},
+                    {"capacity_bytes", capacity[id]}});
+    }
+    for (const auto& r : usage->rows) {
+      jr.push_back({{"namespace", ns_to_hex(r.ns)}, {"agent", r.agent}, {"blocks", r.blocks}, {"bytes", r.bytes}});
+    }
+    print_json({{"by_namespace", jn}, {"by_agent", ja}, {"rows", jr}});
+    return kExitOk;
+  }
+  Table tn({"NAMESPACE", "MODEL", "BLOCKS", "BYTES"});
+  for (const auto& [id, s] : per_ns) {
+    tn.add({ns_to_hex(id), model_of(by_id, id), std::to_string(s.blocks), human_bytes(s.bytes)});
+  }
+  Table ta({"AGENT", "ADDRESS", "BLOCKS", "BYTES", "OF CAPACITY"});
+  for (const auto& [id, s] : per_agent) {
+    ta.add({std::to_string(id), address[id], std::to_string(s.blocks), human_bytes(s.bytes),
+            capacity[id] ? percent(static_cast<double>(s.bytes) / static_cast<double>(capacity[id])) : "-"});
+  }
+  std::cout << "By namespace:\n" << tn.render() << "\nBy agent:\n" << ta.render();
+  return kExitOk;
+}
+
+// Keys from the command line (32 hex digits each) or from a token file.
+Result<std::vector<Key128>> keys_from(const std::vector<std::string>& hex, const std::string& tokens_file,
+                                      const rpc::NamespaceRecord& ns, std::size_t* tokens_out) {
+  std::vector<Key128> keys;
+  if (!tokens_file.empty()) {
+    auto tokens = read_tokens(tokens_file);
+    if (!tokens) return tl::unexpected(tokens.error());
+    *tokens_out = tokens->size();
+    return prefix_keys(ns.id, *tokens, ns.descriptor.tokens_per_block);
+  }
+  for (const auto& h : hex) {
+    auto k = key_from_hex(h);
+    if (!k) return tl::unexpected(k.error());
+    keys.push_back(*k);
+  }
+  return keys;
+}
+
+// ---- lookup ----
+int cmd_lookup(const Globals& g, const std::string& ns_text, const std::vector<std::string>& hex,
+               const std::string& tokens_file) {
+  if (hex.empty() == tokens_file.empty()) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "lookup: give keys or --tokens FILE (one of them)"),
+                kExitUsage);
+  }
+  for (const auto& h : hex) {
+    if (auto k = key_from_hex(h); !k) return fail(g, k.error(), kExitUsage);
+  }
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto ns = (*c)->resolve_namespace(ns_text);
+  if (!ns) return fail(g, ns.error());
+  std::size_t tokens = 0;
+  auto keys = keys_from(hex, tokens_file, *ns, &tokens);
+  if (!keys) return fail(g, keys.error(), kExitUsage);
+  auto agents = (*c)->agents();
+  if (!agents) return fail(g, agents.error());
+  std::map<std::uint32_t, std::string> address;
+  for (const auto& a : agents->agents) address[a.agent] = a.control_address;
+  rpc::LookupReply rep;
+  if (!keys->empty()) {
+    auto r = (*c)->lookup(ns->id, *keys);
+    if (!r) return fail(g, r.error());
+    rep = *r;
+  }
+  const std::size_t prefix = rep.locations.size();
+  const std::uint32_t tpb = ns->descriptor.tokens_per_block;
+  if (g.json) {
+    json blocks = json::array();
+    for (std::size_t i = 0; i < prefix; ++i) {
+      const auto& l = rep.locations[i];
+      blocks.push_back({{"index", i},
+                        {"key", key_to_hex((*keys)[i])},
+                        {"agent", l.agent},
+                        {"address", address[l.agent]},
+                        {"payload_offset", l.payload_offset},
+                        {"length", l.length},
+                        {"generation", l.generation}});
+    }
+    json out = {{"namespace", ns_to_hex(ns->id)},
+                {"keys", keys->size()},
+                {"prefix_blocks", prefix},
+                {"cached_tokens", prefix * tpb},
+                {"blocks", blocks}};
+    if (!tokens_file.empty()) out["tokens"] = tokens;
+    print_json(out);
+    return kExitOk;
+  }
+  std::cout << "cached prefix: " << prefix << " of " << keys->size() << " blocks (" << prefix * tpb << " tokens";
+  if (!tokens_file.empty()) std::cout << " of " << tokens;
+  std::cout << ")\n";
+  if (prefix > 0) {
+    Table t({"#", "KEY", "AGENT", "ADDRESS", "OFFSET", "LENGTH", "GENERATION"});
+    for (std::size_t i = 0; i < prefix; ++i) {
+      const auto& l = rep.locations[i];
+      t.add({std::to_string(i), key_to_hex((*keys)[i]), std::to_string(l.agent), address[l.agent],
+             std::to_string(l.payload_offset), human_bytes(l.length), std::to_string(l.generation)});
+    }
+    std::cout << t.render();
+  }
+  return kExitOk;
+}
+
+// ---- remove ----
+int cmd_remove(const Globals& g, const std::string& ns_text, const std::vector<std::string>& hex) {
+  std::vector<Key128> keys;
+  for (const auto& h : hex) {
+    auto k = key_from_hex(h);
+    if (!k) return fail(g, k.error(), kExitUsage);
+    keys.push_back(*k);
+  }
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto ns = (*c)->resolve_namespace(ns_text);
+  if (!ns) return fail(g, ns.error());
+  auto rep = (*c)->remove(ns->id, keys);
+  if (!rep) return fail(g, rep.error());
+  std::size_t removed = 0;
+  json results = json::array();
+  Table t({"KEY", "RESULT"});
+  for (std::size_t i = 0; i < keys.size() && i < rep->results.size(); ++i) {
+    Status s = rep->results[i].to_status();
+    removed += s.ok() ? 1 : 0;
+    results.push_back(
+        {{"key", key_to_hex(keys[i])}, {"status", std::string(code_name(s.code()))}, {"message", s.message()}});
+    t.add({key_to_hex(keys[i]), s.ok() ? "removed" : s.to_string()});
+  }
+  const bool all = removed == keys.size();
+  if (g.json) {
+    print_json({{"namespace", ns_to_hex(ns->id)},
+                {"removed", removed},
+                {"failed", keys.size() - removed},
+                {"results", results}});
+  } else {
+    std::cout << t.render();
+  }
+  return all ? kExitOk : kExitFailed;
+}
+
+// ---- evict ----
+int cmd_evict(const Globals& g, const std::string& ns_text, bool dry_run) {
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto ns = (*c)->resolve_namespace(ns_text);
+  if (!ns) return fail(g, ns.error());
+  auto rep = (*c)->evict_namespace(ns->id, dry_run);
+  if (!rep) return fail(g, rep.error());
+  if (g.json) {
+    print_json({{"namespace", ns_to_hex(ns->id)},
+                {"model", ns->descriptor.model_id},
+                {"dry_run", dry_run},
+                {"blocks", rep->blocks},
+                {"bytes", rep->bytes},
+                {"removed", rep->removed},
+                {"failed", rep->failed}});
+  } else if (dry_run) {
+    std::cout << "would evict " << rep->blocks << " blocks (" << human_bytes(rep->bytes) << ") of namespace "
+              << ns_to_hex(ns->id) << " (" << ns->descriptor.model_id << ")\n";
+  } else {
+    std::cout << "evicted " << rep->removed << " of " << rep->blocks << " blocks (" << human_bytes(rep->bytes)
+              << ") of namespace " << ns_to_hex(ns->id) << " (" << ns->descriptor.model_id << ")";
+    if (rep->failed) std::cout << "; " << rep->failed << " could not be removed (being written or read)";
+    std::cout << "\n";
+  }
+  return rep->failed == 0 ? kExitOk : kExitFailed;
+}
+
+// ---- quota ----
+int cmd_quota(const Globals& g, const std::string& ns_text, const std::string& size_text) {
+  std::uint64_t blocks = 0, bytes = 0;
+  const std::string suffix = "blocks";
+  if (size_text.size() > suffix.size() && size_text.compare(size_text.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    try {
+      blocks = std::stoull(size_text.substr(0, size_text.size() - suffix.size()));
+    } catch (...) {
+      return fail(g, Status(StatusCode::kInvalidArgument, "quota: '" + size_text + "' is not a block count"), kExitUsage);
+    }
+  } else {
+    auto b = parse_size(size_text);
+    if (!b) return fail(g, Status(StatusCode::kInvalidArgument, "quota: " + b.error().message()), kExitUsage);
+    bytes = *b;
+  }
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto ns = (*c)->resolve_namespace(ns_text);
+  if (!ns) return fail(g, ns.error());
+  if (Status st = (*c)->set_quota(ns->id, blocks, bytes); !st.ok()) return fail(g, st);
+  if (g.json) {
+    print_json({{"namespace", ns_to_hex(ns->id)}, {"quota_blocks", blocks}, {"quota_bytes", bytes}});
+  } else if (blocks == 0 && bytes == 0) {
+    std::cout << "namespace " << ns_to_hex(ns->id) << " (" << ns->descriptor.model_id << "): no quota\n";
+  } else {
+    std::cout << "namespace " << ns_to_hex(ns->id) << " (" << ns->descriptor.model_id << "): quota "
+              << (blocks != 0 ? std::to_string(blocks) + " blocks" : human_bytes(bytes)) << "\n";
+  }
+  return kExitOk;
+}
+
+// ---- replay ----
+int cmd_replay(const Globals& g, const std::string& path, std::size_t max_requests, replay::Options o) {
+  auto trace = replay::load_trace(path, max_requests);
+  if (!trace) return fail(g, trace.error(), kExitUsage);
+  o.coordinator = g.coordinator;
+  o.timeout = g.timeout_ms;
+  o.secret_file = g.secret_file;
+  const bool bar = !g.json && ::isatty(STDERR_FILENO);
+  if (bar) {
+    o.progress = [](std::size_t done, std::size_t total) {
+      const int width = 40;
+      const int filled = total == 0 ? width : static_cast<int>(width * done / total);
+      std::fprintf(stderr, "\r[%s%s] %zu/%zu requests", std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), done, total);
+      if (done == total) std::fprintf(stderr, "\n");
+    };
+  }
+  auto r = replay::run(o, *trace);
+  if (!r) return fail(g, r.error());
+  if (g.json) {
+    print_json({{"requests", r->requests},
+                {"failed_requests", r->failed_requests},
+                {"block_hit_rate", r->rates.block_hit_rate()},
+                {"token_hit_rate", r->rates.token_hit_rate()},
+                {"blocks", r->rates.blocks},
+                {"hit_blocks", r->rates.hit_blocks},
+                {"bytes_moved", r->bytes_moved},
+                {"wrong_bytes", r->wrong_bytes},
+                {"seconds", r->seconds},
+                {"requests_per_second", r->seconds > 0 ? r->requests / r->seconds : 0.0},
+                {"latency_ms", {{"p50", r->p50_ms}, {"p90", r->p90_ms}, {"p99", r->p99_ms}, {"max", r->max_ms}}}});
+  } else {
+    std::printf("replayed %zu requests (%zu failed) with %d workers in %.2f s (%.0f requests/s)\n", r->requests,
+                r->failed_requests, o.workers, r->seconds, r->seconds > 0 ? r->requests / r->seconds : 0.0);
+    std::printf("block hit rate  %.4f (%llu of %llu blocks)\n", r->rates.block_hit_rate(),
+                static_cast<unsigned long long>(r->rates.hit_blocks), static_cast<unsigned long long>(r->rates.blocks));
+    std::printf("token hit rate  %.4f\n", r->rates.token_hit_rate());
+    std::printf("bytes moved     %s (%.2f GB/s)\n", human_bytes(r->bytes_moved).c_str(),
+                r->seconds > 0 ? r->bytes_moved / r->seconds / 1e9 : 0.0);
+    std::printf("latency         p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms per request\n", r->p50_ms,
+                r->p90_ms, r->p99_ms, r->max_ms);
+    std::printf("wrong bytes     %llu\n", static_cast<unsigned long long>(r->wrong_bytes));
+  }
+  return r->wrong_bytes == 0 && r->failed_requests == 0 ? kExitOk : kExitFailed;
+}
+
+// ---- secret ----
+int cmd_secret_new(const Globals& g, const std::string& path) {
+  if (Status s = create_secret_file(path); !s.ok()) return fail(g, s);
+  if (g.json) {
+    print_json({{"path", path}});
+  } else {
+    std::cout << "wrote a new cluster secret to " << path
+              << " (mode 0600): copy it to every host of the pool, or point --secret-file at it\n";
+  }
+  return kExitOk;
+}
+
+// ---- doctor ----
+int cmd_doctor(const Globals& g, bool no_probe) {
+  DoctorOptions o;
+  o.coordinator = g.coordinator;
+  o.timeout = g.timeout_ms;
+  o.probe = !no_probe;
+  o.secret_file = g.secret_file;
+  auto checks = run_doctor(o);
+  bool failed = false;
+  json arr = json::array();
+  for (const auto& c : checks) {
+    failed = failed || c.level == CheckLevel::kFail;
+    arr.push_back({{"name", c.name}, {"status", level_name(c.level)}, {"detail", c.detail}, {"fix", c.fix}});
+  }
+  if (g.json) {
+    print_json({{"ok", !failed}, {"checks", arr}});
+  } else {
+    for (const auto& c : checks) {
+      std::printf("[%-4s] %s: %s\n", level_name(c.level), c.name.c_str(), c.detail.c_str());
+      if (!c.fix.empty() && c.level != CheckLevel::kOk) std::printf("       fix: %s\n", c.fix.c_str());
+    }
+  }
+  return failed ? kExitFailed : kExitOk;
+}
+
+// ---- demo ----
+int cmd_demo(const std::vector<std::string>& args) {
+  std::string demo = bin_dir() + "/kvpool-demo";
+  if (access(demo.c_str(), X_OK) != 0) {
+    std::fprintf(stderr, "pooltool: %s not found: build it (scripts/demo.sh builds and runs it)\n", demo.c_str());
+    return kExitFailed;
+  }
+  std::vector<char*> argv;
+  argv.push_back(demo.data());
+  std::vector<std::string> copy = args;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  execv(demo.c_str(), argv.data());
+  std::perror("pooltool: exec kvpool-demo");
+  return kExitFailed;
+}
+
+// ---- bench ----
+int cmd_bench(const Globals& g, const std::string& block, std::uint32_t blocks, std::uint32_t rounds) {
+  auto size = parse_size(block);
+  if (!size) return fail(g, size.error(), kExitUsage);
+  {
+    auto c = connect(g);
+    if (!c) return fail_connect(g, c.error());
+  }
+  BenchOptions o;
+  o.secret_file = g.secret_file;
+  o.coordinator = g.coordinator;
+  o.timeout = g.timeout_ms;
+  o.block_bytes = *size;
+  o.blocks = blocks;
+  o.rounds = rounds;
+  auto r = run_bench(o);
+  if (!r) return fail(g, r.error());
+  if (g.json) {
+    print_json({{"block_bytes", r->block_bytes},
+                {"blocks", r->blocks},
+                {"rounds", r->rounds},
+                {"put_gbps", r->put_gbps},
+                {"get_gbps", r->get_gbps},
+                {"lookup_us", r->lookup_us},
+                {"transports", r->transports},
+                {"verify_failures", r->verify_failures}});
+  } else {
+    std::printf("%u x %s blocks, best of %u rounds, through the live pool over %s:\n", r->blocks,
+                human_bytes(r->block_bytes).c_str(), r->rounds, r->transports.c_str());
+    std::printf("  put     %.2f GB/s\n  get     %.2f GB/s (verified)\n  lookup  %.0f us per batch\n", r->put_gbps,
+                r->get_gbps, r->lookup_us);
+    std::printf("(kvbench --mode e2e measures the same path against an agent it starts itself.)\n");
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pooltool: inspect and operate a kvpool pool"};
+  app.footer(kExitCodes);
+  app.require_subcommand(1);
+  app.fallthrough();
+  Globals g;
+  if (const char* env = std::getenv("KVPOOL_COORDINATOR")) g.coordinator = env;
+  app.add_option("--coordinator", g.coordinator,
+                 "HOST:PORT of the coordinator (default: $KVPOOL_COORDINATOR, "
+                 "else 127.0.0.1:7400)")
+      ->capture_default_str();
+  app.add_flag("--json", g.json, "Print JSON (for scripts) instead of tables");
+  app.add_option("--timeout", g.timeout, "Deadline of each coordinator call")->capture_default_str();
+  app.add_option("--secret-file", g.secret_file,
+                 "The cluster secret file (default: $KVPOOL_SECRET_FILE, else /etc/kvpool/secret for root, "
+                 "~/.config/kvpool/secret otherwise; SECURITY.md)")
+      ->check(CLI::ExistingFile);
+
+  auto* status = app.add_subcommand("status", "Agents up and down, capacity, use, blocks, hit rate, uptime");
+  auto* agents = app.add_subcommand("agents", "One row per agent: address, region, use, blocks, heartbeat age");
+  auto* namespaces = app.add_subcommand("namespaces", "Registered namespaces: model, layout, block size, blocks");
+  std::string usage_ns;
+  auto* usage = app.add_subcommand("usage", "Bytes and blocks by namespace and by agent");
+  usage->add_option("--namespace,-n", usage_ns, "Only this namespace (id or model)");
+
+  std::string lookup_ns, tokens_file;
+  std::vector<std::string> lookup_keys;
+  auto* lookup = app.add_subcommand("lookup", "Where blocks live and how long a prefix is cached");
+  lookup->add_option("namespace", lookup_ns, "Namespace id (hex) or model id")->required();
+  lookup->add_option("keys", lookup_keys, "Block keys, 32 hex digits each, in prefix order");
+  lookup->add_option("--tokens", tokens_file,
+                     "File of token ids (whitespace/comma separated, or a JSON array): keyed with the "
+                     "runtime's prefix_keys");
+
+  std::string remove_ns;
+  std::vector<std::string> remove_keys;
+  auto* remove = app.add_subcommand("remove", "Remove blocks by key");
+  remove->add_option("namespace", remove_ns, "Namespace id (hex) or model id")->required();
+  remove->add_option("keys", remove_keys, "Block keys, 32 hex digits each")->required();
+
+  std::string evict_ns;
+  bool dry_run = false;
+  auto* evict = app.add_subcommand("evict", "Remove every block of a namespace");
+  evict->add_option("--namespace,-n", evict_ns, "Namespace id (hex) or model id")->required();
+  evict->add_flag("--dry-run", dry_run, "Only count what would be removed");
+
+  bool no_probe = false;
+  auto* doctor = app.add_subcommand("doctor", "Check this host and the pool; print a fix for each problem");
+  doctor->add_flag("--no-probe", no_probe, "Skip the put/get probe through libkvpool");
+
+  auto* demo = app.add_subcommand("demo", "Run the pool demo (kvpool-demo; extra arguments go to it)");
+  demo->allow_extras();
+  demo->prefix_command();
+
+  std::string bench_block = "1MiB";
+  std::uint32_t bench_blocks = 64, bench_rounds = 3;
+  auto* bench = app.add_subcommand("bench", "Put, get and lookup throughput through the live pool (libkvpool)");
+  bench->add_option("--block", bench_block, "Block size")->capture_default_str();
+  bench->add_option("--blocks", bench_blocks, "Blocks per batch")->check(CLI::Range(1u, 4096u))->capture_default_str();
+  bench->add_option("--rounds", bench_rounds, "Rounds (the best is reported)")
+      ->check(CLI::Range(1u, 100u))
+      ->capture_default_str();
+
+  std::string quota_ns, quota_size;
+  auto* quota = app.add_subcommand("quota", "Set a namespace's budget: a write over it evicts that namespace's "
+                                            "least recently used unleased blocks, exactly");
+  quota->add_option("namespace", quota_ns, "Namespace id (hex) or model id")->required();
+  quota->add_option("size", quota_size, "Bytes (4GiB), blocks (10000blocks), or 0 to lift it")->required();
+
+  std::string trace_file;
+  replay::Options ro;
+  std::size_t replay_requests = 0;
+  auto* replay_cmd = app.add_subcommand("replay", "Replay a Mooncake-format request trace against the live pool");
+  replay_cmd->add_option("trace", trace_file, "JSON-lines trace (../shared/traces/README.md)")->required();
+  replay_cmd->add_option("--workers", ro.workers, "Concurrent workers, each with its own client")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  replay_cmd->add_option("--requests", replay_requests, "Replay only the first N requests (0: all)");
+  replay_cmd->add_option("--bytes-per-token", ro.bytes_per_token,
+                         "KV bytes per token (a 512-token block must be 64 KiB..256 MiB)")
+      ->capture_default_str();
+  replay_cmd->add_option("--capacity-blocks", ro.capacity_blocks,
+                         "Quota of the run's namespace in blocks, exact LRU (0: the pool's watermarks decide)");
+  replay_cmd->add_option("--speed", ro.speed, "X times real time by the trace's timestamps; 0: as fast as possible")
+      ->capture_default_str();
+  replay_cmd->add_option("--model", ro.model, "Model id of the run's namespace")->capture_default_str();
+
+  std::string secret_path;
+  auto* secret = app.add_subcommand("secret", "The cluster secret file");
+  secret->require_subcommand(1);
+  auto* secret_new = secret->add_subcommand("new", "Create a new secret file (mode 0600); never overwrites one");
+  secret_new->add_option("path", secret_path, "Where to write it")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  // Library logs (UCX fallbacks, client retries) would garble tables:
+  // warnings and errors only, unless KVPOOL_LOG_LEVEL asks for more.
+  if (std::getenv("KVPOOL_LOG_LEVEL") == nullptr) (void)log::set_log_level("warn");
+  auto t = parse_duration(g.timeout);
+  if (!t || t->count() <= 0) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "--timeout: not a positive duration"), kExitUsage);
+  }
+  g.timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(*t);
+
+  if (*status) return cmd_status(g);
+  if (*agents) return cmd_agents(g);
+  if (*namespaces) return cmd_namespaces(g);
+  if (*usage) return cmd_usage(g, usage_ns);
+  if (*lookup) return cmd_lookup(g, lookup_ns, lookup_keys, tokens_file);
+  if (*remove) return cmd_remove(g, remove_ns, remove_keys);
+  if (*evict) return cmd_evict(g, evict_ns, dry_run);
+  if (*doctor) return cmd_doctor(g, no_probe);
+  if (*demo) return cmd_demo(demo->remaining());
+  if (*bench) return cmd_bench(g, bench_block, bench_blocks, bench_rounds);
+  if (*quota) return cmd_quota(g, quota_ns, quota_size);
+  if (*replay_cmd) return cmd_replay(g, trace_file, replay_requests, ro);
+  if (*secret_new) return cmd_secret_new(g, secret_path);
+  return kExitUsage;
+}
