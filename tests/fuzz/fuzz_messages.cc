@@ -258,6 +258,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case kMsgAgentStatsReply:
       check_message<AgentStatsReply>(p);
       break;
+    case kMsgRecoverBlocksRequest:
+      check_message<RecoverBlocksRequest>(p);
+      break;
+    case kMsgRecoverBlocksReply:
+      check_message<RecoverBlocksReply>(p);
+      break;
+    case kMsgSetQuotaRequest:
+      check_message<SetQuotaRequest>(p);
+      break;
     case kMessageKinds:
       break;
   }

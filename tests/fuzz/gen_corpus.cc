@@ -208,6 +208,15 @@ void messages(const fs::path& root) {
   AgentStatsRecord agent_stats{2, 1002, "host-2", "198.18.0.2:7000", true, 250, 1ull << 30, (1ull << 30) - (1 << 20),
                                1 << 20, 1 << 20, 0, 4, (1ull << 30) - (2 << 20)};
   add_message(c, kMsgAgentStatsReply, "agent_stats_1", AgentStatsReply{{agent_stats}});
+  add_message(c, kMsgRegisterAgentRequest, "rejoin_agent", RegisterAgentRequest{agent_record(1), true});
+  add_message(c, kMsgRegisterAgentReply, "rejoin_agent_reply", RegisterAgentReply{3, 1000, true});
+  add_message(c, kMsgRecoverBlocksRequest, "recover_blocks_2",
+              RecoverBlocksRequest{3, 1003, true,
+                                   {RecoveredBlockWire{0xabcdef, key(1), 0, 65536, 11},
+                                    RecoveredBlockWire{0xabcdef, key(2), 1 << 20, 2 << 20, 12}}});
+  add_message(c, kMsgRecoverBlocksRequest, "recover_blocks_0", RecoverBlocksRequest{3, 1003, false, {}});
+  add_message(c, kMsgRecoverBlocksReply, "recover_blocks_reply", RecoverBlocksReply{2, 1});
+  add_message(c, kMsgSetQuotaRequest, "set_quota", SetQuotaRequest{0xabcdef, 10000, 0});
   std::string bad_usage = encode(UsageRequest{true, 0});
   bad_usage[0] = 2;
   c.add("bad_usage_bool", with_prefix(kMsgUsageRequest, bad_usage));

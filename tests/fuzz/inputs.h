@@ -64,6 +64,10 @@ enum MessageKind : std::uint8_t {
   kMsgEvictNamespaceRequest,
   kMsgEvictNamespaceReply,
   kMsgAgentStatsReply,
+  // Coordinator restart (agent rejoin) and namespace quotas.
+  kMsgRecoverBlocksRequest,
+  kMsgRecoverBlocksReply,
+  kMsgSetQuotaRequest,
   kMessageKinds,
 };
 
