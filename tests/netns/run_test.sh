@@ -153,6 +153,25 @@ case_transport_is_tcp() {
     log "note: agents do not log UCX_TLS at info level"
 }
 
+# pooltool from a worker namespace works against the netns cluster like any
+# other (the operations issue reuses this layout).
+case_pooltool() {
+  cluster_start "$P" "$RUN" --placement spread || fail "cluster did not start"
+  worker_start w w1 --timeout-ms 3000
+  wcmd w "put 1 12"
+  check "$(f written) == 12" "12 blocks written"
+  local out
+  out=$(netns_exec "$P" w2 "$BIN/pooltool" --coordinator "$KVPOOL_COORDINATOR_ADDR" --json status) ||
+    fail "pooltool status failed: $out"
+  local alive blocks
+  alive=$(echo "$out" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["agents_alive"])')
+  blocks=$(echo "$out" | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["blocks"])')
+  check "$alive == 3 && $blocks == 12" "pooltool status from w2 sees 3 agents and 12 blocks"
+  out=$(netns_exec "$P" w2 "$BIN/pooltool" --coordinator "$KVPOOL_COORDINATOR_ADDR" --json doctor) ||
+    fail "pooltool doctor failed: $out"
+  log "ok: pooltool doctor passes from w2 (probe over tcp)"
+}
+
 # Worker w1 cut off from agent a1 (iptables DROP in w1 both ways), then healed.
 case_worker_agent_partition() {
   cluster_start "$P" "$RUN" --placement spread --agent-timeout 3s --heartbeat-interval 500ms ||
