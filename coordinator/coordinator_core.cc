@@ -1397,6 +1397,7 @@ Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const K
     }
     ++s.removals;
     if (e.pins == 0) {
+      r.removed.push_back(s.location_of(e));
       s.retire(i, std::nullopt);
     } else {
       // Readers still hold it: out of the index now, space later.

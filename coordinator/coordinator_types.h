@@ -204,6 +204,10 @@ struct LookupResult {
 struct BatchResult {
   std::vector<Status> statuses;
   std::vector<InvalidateRequest> invalidations;
+  // remove(): the blocks whose slots went to invalidation in this call (not
+  // the read-leased ones, which wait for their leases): once the agent has
+  // acknowledged these, no restart can bring them back.
+  std::vector<Location> removed;
 };
 
 struct DeadAgent {

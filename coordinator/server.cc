@@ -3,10 +3,12 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 
 #include "runtime/common/logging.h"
@@ -165,6 +167,38 @@ struct CoordinatorServer::Impl {
     Clock::time_point start_;
   };
 
+  // A remove is answered once the agents have acknowledged the invalidation
+  // of every block it took out (its slot header is zero), so no restart's
+  // scan can bring a removed block back. Bounded: when the agent dies, or
+  // after kRemoveAckWait, the answer goes anyway (the index no longer has
+  // the blocks; only a rejoin of that very agent could show them again).
+  static constexpr std::chrono::seconds kRemoveAckWait{5};
+  struct PendingRemove {
+    MeteredResponder resp;
+    std::string reply;
+    std::size_t left = 0;
+    Clock::time_point deadline;
+  };
+  using SlotKey = std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>;  // agent, header offset, generation
+  std::map<SlotKey, std::shared_ptr<PendingRemove>> remove_waits;           // guarded by mu
+
+  // Answers the pending removes that `done` completes (all when null: stop).
+  void finish_removes(const std::function<bool(const SlotKey&, const PendingRemove&)>& done) {
+    std::vector<std::shared_ptr<PendingRemove>> ready;
+    {
+      std::lock_guard lock(mu);
+      for (auto it = remove_waits.begin(); it != remove_waits.end();) {
+        if (done(it->first, *it->second)) {
+          if (--it->second->left == 0) ready.push_back(it->second);
+          it = remove_waits.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (auto& p : ready) p->resp.reply(std::move(p->reply));
+  }
+
   void send_invalidations(const std::vector<InvalidateRequest>& reqs) {
     for (const auto& req : reqs) {
       std::uint64_t conn = 0;
@@ -217,6 +251,14 @@ struct CoordinatorServer::Impl {
       tick_evictions->inc(a.evicted_blocks);
       send_invalidations(a.invalidations);
       broadcast_dead(a.dead_agents);
+      const auto now = Clock::now();
+      finish_removes([&](const SlotKey& k, const PendingRemove& p) {
+        if (p.deadline <= now) return true;
+        for (const auto& d : a.dead_agents) {
+          if (std::get<0>(k) == to_u32(d.agent)) return true;
+        }
+        return false;
+      });
       lock.lock();
     }
   }
@@ -563,13 +605,26 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!parse(m)) return;
       auto res = core->remove(m.ns, m.keys, now);
       if (!res) return resp.fail(res.error());
-      send_invalidations(res->invalidations);
       rpc::StatusBatch rep;
       for (const auto& s : res->statuses) {
         (s.ok() ? removes_ok : removes_failed)->inc();
         rep.results.push_back(rpc::StatusWire::from(s));
       }
-      resp.reply(rpc::encode(rep));
+      if (res->removed.empty()) {
+        send_invalidations(res->invalidations);
+        return resp.reply(rpc::encode(rep));
+      }
+      auto pending = std::make_shared<PendingRemove>(PendingRemove{resp, rpc::encode(rep), 0, now + kRemoveAckWait});
+      {
+        std::lock_guard lock(mu);
+        for (const Location& l : res->removed) {
+          if (remove_waits.emplace(SlotKey{to_u32(l.agent), l.header_offset, l.generation}, pending).second) {
+            ++pending->left;
+          }
+        }
+      }
+      // Sent only now, so no acknowledgement can come before the wait is set.
+      send_invalidations(res->invalidations);
       return;
     }
     case rpc::kWaitFor: {
@@ -614,6 +669,11 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       std::vector<SlotRef> slots;
       for (const auto& s : m.slots) slots.push_back({s.header_offset, s.payload_offset, s.length, s.generation});
       Status s = core->invalidated(AgentId{m.agent}, m.incarnation, slots, now);
+      if (s.ok()) {
+        std::set<SlotKey> acked;
+        for (const auto& sl : m.slots) acked.insert(SlotKey{m.agent, sl.header_offset, sl.generation});
+        finish_removes([&](const SlotKey& k, const PendingRemove&) { return acked.count(k) != 0; });
+      }
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
     case rpc::kListNamespaces: {
