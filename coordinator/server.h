@@ -37,6 +37,9 @@ struct CoordinatorServerOptions {
   // Create a new secret there when none exists (logged at info with the
   // path), so a fresh single-machine pool needs no setup.
   bool create_secret = true;
+  // Encrypt every control connection with TLS 1.3 keyed by the secret
+  // (runtime/rpc/tls.h); clients follow automatically.
+  bool control_tls = false;
 };
 
 class CoordinatorServer {

@@ -22,12 +22,15 @@ struct CoordinatorFlags {
   double high_watermark = 0.95;
   double low_watermark = 0.90;
   std::string secret_file;
+  bool control_tls = false;
 
   void add_to(CLI::App& app) {
     app.add_option("--secret-file", secret_file,
                    "Cluster secret (mode 0600) that authenticates every control connection; default: "
                    "$KVPOOL_SECRET_FILE, else /etc/kvpool/secret for root, ~/.config/kvpool/secret otherwise. "
                    "A coordinator creates it there if missing; copy it to every host (SECURITY.md)");
+    app.add_flag("--control-tls", control_tls,
+                 "Coordinator: encrypt every control connection (TLS 1.3 keyed by the secret; clients follow)");
     app.add_option("--agent-timeout", agent_timeout,
                    "An agent silent this long is declared dead: its blocks leave lookups, workers are told")
         ->capture_default_str();
@@ -79,6 +82,7 @@ struct CoordinatorFlags {
     o.core.high_watermark = high_watermark;
     o.core.low_watermark = low_watermark;
     o.secret_file = secret_file;
+    o.control_tls = control_tls;
     return o;
   }
 };
