@@ -495,8 +495,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
     client->close();
     return make_error(code, "hello to " + peer + ": " + message);
   };
-  if (deadline.at() != kNever &&
-      challenge_future.wait_until(deadline.at()) != std::future_status::ready) {
+  if (deadline.at() != kNever && challenge_future.wait_until(deadline.at()) != std::future_status::ready) {
     return fail(StatusCode::kDeadlineExceeded, "no auth challenge from the server before the deadline");
   }
   Result<std::string> challenge_bytes = challenge_future.get();
@@ -531,8 +530,8 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   });
 
   Hello hello{kProtocolVersion, options.role, options.client_id, {}};
-  hello.auth = encode_client_proof(ClientProof{
-      kAuthHmacSha256, *client_nonce, client_mac(secret->key(), *challenge, *client_nonce, hello)});
+  hello.auth = encode_client_proof(
+      ClientProof{kAuthHmacSha256, *client_nonce, client_mac(secret->key(), *challenge, *client_nonce, hello)});
   auto reply = client->call(kHello, encode_hello(hello), deadline);
   if (!reply) {
     if (reply.error().code() == StatusCode::kPermissionDenied) {
@@ -543,13 +542,12 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   }
   auto server = decode_hello_reply(*reply);
   if (!server) return fail(StatusCode::kUnavailable, server.error().message());
-  if (!constant_time_equal(server->auth, server_mac(secret->key(), *challenge, *client_nonce, hello,
-                                                    *server))) {
+  if (!constant_time_equal(server->auth, server_mac(secret->key(), *challenge, *client_nonce, hello, *server))) {
     logger()->warn("{}: the server did not prove it knows the cluster secret (ours: {}); refusing it", peer,
-                    secret->path());
-    return fail(StatusCode::kPermissionDenied,
-                "the server did not prove it knows the cluster secret in " + secret->path() +
-                    ": refusing it (a server with another secret, or an impostor)");
+                   secret->path());
+    return fail(StatusCode::kPermissionDenied, "the server did not prove it knows the cluster secret in " +
+                                                   secret->path() +
+                                                   ": refusing it (a server with another secret, or an impostor)");
   }
   Impl& impl_ref = *client->impl_;
   impl_ref.server = std::move(*server);

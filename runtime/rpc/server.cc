@@ -202,7 +202,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
  public:
-
   // For Server::stop(): refuses further sends now, closes on the strand.
   void abort() {
     {
@@ -338,7 +337,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (h.type != kHello) {
       reject(h, Status(StatusCode::kPermissionDenied,
                        "not authenticated: the first frame on a connection must be a hello with the client's proof, "
-                       "got type " + std::to_string(h.type)));
+                       "got type " +
+                           std::to_string(h.type)));
       return;
     }
     auto hello = decode_hello(frame.payload);

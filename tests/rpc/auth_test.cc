@@ -3,6 +3,8 @@
 // on either side is refused, a recorded handshake cannot be replayed, and an
 // unauthenticated peer is answered nothing but an auth error.
 
+#include "runtime/rpc/auth.h"
+
 #include <poll.h>
 
 #include <atomic>
@@ -13,7 +15,6 @@
 #include <thread>
 
 #include "runtime/common/secret.h"
-#include "runtime/rpc/auth.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/server.h"
 #include "tests/common/test_util.h"
@@ -79,7 +80,7 @@ void check_only_an_auth_error(const std::string& received, std::uint64_t request
   CHECK((*f)->payload.find(kSecretReply) == std::string::npos);
   auto more = reader.next();
   REQUIRE(more);
-  CHECK(!*more);                    // nothing after the error
+  CHECK(!*more);  // nothing after the error
   CHECK(reader.buffered() == 0);
 }
 

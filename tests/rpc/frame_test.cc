@@ -220,17 +220,14 @@ TEST_CASE("auth challenge and client proof round trip, and bad ones are refused"
     Hello hello{kProtocolVersion, Role::kWorker, "w", ""};
     HelloReply reply{Role::kCoordinator, "c", "v", ""};
     std::string key(32, 'k');
-    CHECK(client_mac(key, c, p.client_nonce, hello) !=
-          server_mac(key, c, p.client_nonce, hello, reply));
-    CHECK(client_mac(key, c, p.client_nonce, hello) !=
-          client_mac(std::string(32, 'j'), c, p.client_nonce, hello));
+    CHECK(client_mac(key, c, p.client_nonce, hello) != server_mac(key, c, p.client_nonce, hello, reply));
+    CHECK(client_mac(key, c, p.client_nonce, hello) != client_mac(std::string(32, 'j'), c, p.client_nonce, hello));
     AuthChallenge plain = c;
     plain.flags = 0;  // TLS stripped by someone in the middle
     CHECK(client_mac(key, c, p.client_nonce, hello) != client_mac(key, plain, p.client_nonce, hello));
     Hello other = hello;
     other.id = "x";
-    CHECK(client_mac(key, c, p.client_nonce, hello) !=
-          client_mac(key, c, p.client_nonce, other));
+    CHECK(client_mac(key, c, p.client_nonce, hello) != client_mac(key, c, p.client_nonce, other));
   }
 }
 
