@@ -758,6 +758,7 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   so.version = "kvpool 0.1.0";
   so.secret_file = options.secret_file;
   so.create_secret = options.create_secret;
+  so.tls = options.control_tls;
   Impl* raw = impl.get();
   so.on_disconnect = [raw](std::uint64_t conn) {
     std::lock_guard lock(raw->mu);

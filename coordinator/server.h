@@ -43,6 +43,9 @@ struct CoordinatorServerOptions {
   // Shared with the process's /metrics endpoint and, in `kvpool-agent
   // --standalone`, with the agent. Null: the server keeps a private one.
   std::shared_ptr<metrics::Registry> metrics;
+  // Encrypt every control connection with TLS 1.3 keyed by the secret
+  // (runtime/rpc/tls.h); clients follow automatically.
+  bool control_tls = false;
 };
 
 class CoordinatorServer {

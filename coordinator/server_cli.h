@@ -24,12 +24,15 @@ struct CoordinatorFlags {
   std::uint32_t max_namespaces = CoordinatorConfig{}.max_namespaces;
   std::uint64_t max_write_leases_per_client = CoordinatorConfig{}.max_write_leases_per_client;
   std::string secret_file;
+  bool control_tls = false;
 
   void add_to(CLI::App& app) {
     app.add_option("--secret-file", secret_file,
                    "Cluster secret (mode 0600) that authenticates every control connection; default: "
                    "$KVPOOL_SECRET_FILE, else /etc/kvpool/secret for root, ~/.config/kvpool/secret otherwise. "
                    "A coordinator creates it there if missing; copy it to every host (SECURITY.md)");
+    app.add_flag("--control-tls", control_tls,
+                 "Coordinator: encrypt every control connection (TLS 1.3 keyed by the secret; clients follow)");
     app.add_option("--agent-timeout", agent_timeout,
                    "An agent silent this long is declared dead: its blocks leave lookups, workers are told")
         ->capture_default_str();
@@ -90,6 +93,7 @@ struct CoordinatorFlags {
     o.core.max_namespaces = max_namespaces;
     o.core.max_write_leases_per_client = max_write_leases_per_client;
     o.secret_file = secret_file;
+    o.control_tls = control_tls;
     return o;
   }
 };

@@ -43,9 +43,7 @@ std::string origin(const std::string& explicit_path) {
   return "the default path";
 }
 
-std::string how_to_point() {
-  return std::string("pass --secret-file (secret_file) or set ") + kSecretFileEnv;
-}
+std::string how_to_point() { return std::string("pass --secret-file (secret_file) or set ") + kSecretFileEnv; }
 
 // mkdir -p with mode 0700 for what it creates; existing directories are
 // left as they are.
@@ -54,8 +52,8 @@ Status make_parents(const std::string& path) {
     std::string dir = path.substr(0, pos);
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
       int err = errno;
-      StatusCode code = (err == EACCES || err == EROFS || err == EPERM) ? StatusCode::kFailedPrecondition
-                                                                         : StatusCode::kInternal;
+      StatusCode code =
+          (err == EACCES || err == EROFS || err == EPERM) ? StatusCode::kFailedPrecondition : StatusCode::kInternal;
       return Status(code, "cannot create directory " + dir + " for the secret file: " + errno_text(err));
     }
   }
@@ -98,8 +96,8 @@ Result<bool> create_if_absent(const std::string& path) {
   if (fd < 0) {
     int err = errno;
     OPENSSL_cleanse(contents.data(), contents.size());
-    StatusCode code = (err == EACCES || err == EROFS || err == EPERM) ? StatusCode::kFailedPrecondition
-                                                                       : StatusCode::kInternal;
+    StatusCode code =
+        (err == EACCES || err == EROFS || err == EPERM) ? StatusCode::kFailedPrecondition : StatusCode::kInternal;
     return make_error(code, "cannot create a secret file in " + dir + ": " + errno_text(err));
   }
   tmp.assign(tmpl.data());
@@ -116,7 +114,8 @@ Result<bool> create_if_absent(const std::string& path) {
     done += static_cast<std::size_t>(n);
   }
   OPENSSL_cleanse(contents.data(), contents.size());
-  if (failed.ok() && ::fsync(fd) != 0) failed = Status(StatusCode::kInternal, "fsync " + tmp + ": " + errno_text(errno));
+  if (failed.ok() && ::fsync(fd) != 0)
+    failed = Status(StatusCode::kInternal, "fsync " + tmp + ": " + errno_text(errno));
   ::close(fd);
   bool created = false;
   if (failed.ok()) {
@@ -142,9 +141,9 @@ Result<Secret> read_secret(const std::string& path, const std::string& from) {
                             " to where it is (kvpool-agent --standalone and kvpool-coordinator create one)");
     }
     if (err == EACCES) {
-      return make_error(StatusCode::kFailedPrecondition,
-                        "cannot read the secret file " + path + " (" + from + "): " + errno_text(err) +
-                            "; it must be owned by the user running kvpool");
+      return make_error(StatusCode::kFailedPrecondition, "cannot read the secret file " + path + " (" + from +
+                                                             "): " + errno_text(err) +
+                                                             "; it must be owned by the user running kvpool");
     }
     return make_error(StatusCode::kInternal, "open secret file " + path + ": " + errno_text(err));
   }
@@ -184,16 +183,17 @@ Result<Secret> read_secret(const std::string& path, const std::string& from) {
   while (have > 0 && std::strchr(" \t\r\n", key[have - 1]) != nullptr && key[have - 1] != '\0') --have;
   if (have > kMaxSecretBytes) {
     OPENSSL_cleanse(key.data(), key.size());
-    return make_error(StatusCode::kFailedPrecondition, "secret file " + path + " is longer than " +
-                                                           std::to_string(kMaxSecretBytes) +
-                                                           " bytes: is it the right file?");
+    return make_error(
+        StatusCode::kFailedPrecondition,
+        "secret file " + path + " is longer than " + std::to_string(kMaxSecretBytes) + " bytes: is it the right file?");
   }
   if (have < kMinSecretBytes) {
     OPENSSL_cleanse(key.data(), key.size());
-    return make_error(StatusCode::kFailedPrecondition,
-                      "secret file " + path + " holds " + std::to_string(have) + " bytes; at least " +
-                          std::to_string(kMinSecretBytes) + " are needed: write a new one, e.g. `(umask 077; openssl "
-                          "rand -hex 32 > " + path + ")`, and copy it to every host");
+    return make_error(StatusCode::kFailedPrecondition, "secret file " + path + " holds " + std::to_string(have) +
+                                                           " bytes; at least " + std::to_string(kMinSecretBytes) +
+                                                           " are needed: write a new one, e.g. `(umask 077; openssl "
+                                                           "rand -hex 32 > " +
+                                                           path + ")`, and copy it to every host");
   }
   std::string exact(key.data(), have);
   OPENSSL_cleanse(key.data(), key.size());

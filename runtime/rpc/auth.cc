@@ -12,11 +12,18 @@ void put_hello(Writer& w, const Hello& hello) {
   w.bytes(hello.id);
 }
 
+void put_challenge(Writer& w, const AuthChallenge& c) {
+  w.u8(c.scheme);
+  w.u8(c.flags);
+  w.bytes(c.server_nonce);
+}
+
 }  // namespace
 
 std::string encode_auth_challenge(const AuthChallenge& challenge) {
   Writer w;
   w.u8(challenge.scheme);
+  w.u8(challenge.flags);
   w.bytes(challenge.server_nonce);
   return w.take();
 }
@@ -25,10 +32,14 @@ Result<AuthChallenge> decode_auth_challenge(std::string_view payload) {
   Reader r(payload);
   AuthChallenge c;
   c.scheme = r.u8();
+  c.flags = r.u8();
   c.server_nonce = r.bytes(kAuthNonceBytes);
   if (Status s = r.finish("auth challenge"); !s.ok()) return tl::unexpected(std::move(s));
   if (c.scheme != kAuthHmacSha256) {
     return make_error(StatusCode::kInvalidArgument, "auth challenge with unknown scheme " + std::to_string(c.scheme));
+  }
+  if ((c.flags & ~kAuthFlagTls) != 0) {
+    return make_error(StatusCode::kInvalidArgument, "auth challenge with unknown flags " + std::to_string(c.flags));
   }
   if (c.server_nonce.size() != kAuthNonceBytes) {
     return make_error(StatusCode::kInvalidArgument,
@@ -61,21 +72,21 @@ Result<ClientProof> decode_client_proof(std::string_view payload) {
   return p;
 }
 
-std::string client_mac(std::string_view key, std::string_view server_nonce, std::string_view client_nonce,
+std::string client_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
                        const Hello& hello) {
   Writer w;
   w.bytes("kvpool auth v1 client");
-  w.bytes(server_nonce);
+  put_challenge(w, challenge);
   w.bytes(client_nonce);
   put_hello(w, hello);
   return hmac_sha256(key, w.buffer());
 }
 
-std::string server_mac(std::string_view key, std::string_view server_nonce, std::string_view client_nonce,
+std::string server_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
                        const Hello& hello, const HelloReply& reply) {
   Writer w;
   w.bytes("kvpool auth v1 server");
-  w.bytes(server_nonce);
+  put_challenge(w, challenge);
   w.bytes(client_nonce);
   put_hello(w, hello);
   w.u8(static_cast<std::uint8_t>(reply.role));

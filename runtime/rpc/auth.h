@@ -5,11 +5,17 @@
 // contribute a fresh 32-byte nonce (RAND_bytes), so a recorded handshake is
 // useless on a new connection.
 //
-//   server -> client  challenge:  scheme, Ns
+//   server -> client  challenge:  scheme, flags, Ns
 //   client -> server  hello:      ..., auth = scheme, Nc, Mc
-//                     Mc = HMAC(K, "kvpool auth v1 client" | Ns | Nc | hello)
+//                     Mc = HMAC(K, "kvpool auth v1 client" | challenge | Nc | hello)
 //   server -> client  hello reply: ..., auth = Ms
-//                     Ms = HMAC(K, "kvpool auth v1 server" | Ns | Nc | hello | reply)
+//                     Ms = HMAC(K, "kvpool auth v1 server" | challenge | Nc | hello | reply)
+//
+// With kAuthFlagTls in the challenge, the client and the server run a TLS
+// 1.3 handshake right after the challenge (tls.h), keyed by a pre-shared key
+// derived from the secret, and the hello and everything after it travel
+// inside TLS. The flag is in both MACs, so stripping it is detected (and a
+// server that asked for TLS never accepts a plaintext hello).
 //
 // The server checks Mc before it answers anything (a wrong one gets a
 // kPermissionDenied error reply and the connection closes); the client
@@ -32,14 +38,18 @@ inline constexpr std::uint8_t kAuthHmacSha256 = 1;
 inline constexpr std::size_t kAuthNonceBytes = 32;
 inline constexpr std::size_t kAuthMacBytes = 32;
 
+// Challenge flag: the rest of the connection runs inside TLS.
+inline constexpr std::uint8_t kAuthFlagTls = 1u << 0;
+
 // The payload of the kAuthChallenge frame.
 struct AuthChallenge {
   std::uint8_t scheme = kAuthHmacSha256;
+  std::uint8_t flags = 0;
   std::string server_nonce;
 };
 std::string encode_auth_challenge(const AuthChallenge& challenge);
-// kInvalidArgument on a malformed payload, an unknown scheme or a nonce that
-// is not kAuthNonceBytes long.
+// kInvalidArgument on a malformed payload, an unknown scheme or flag, or a
+// nonce that is not kAuthNonceBytes long.
 Result<AuthChallenge> decode_auth_challenge(std::string_view payload);
 
 // The hello's auth field.
@@ -55,11 +65,11 @@ Result<ClientProof> decode_client_proof(std::string_view payload);
 
 // Mc: what the client sends, over the hello's version, role and id (not its
 // auth field).
-std::string client_mac(std::string_view key, std::string_view server_nonce, std::string_view client_nonce,
+std::string client_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
                        const Hello& hello);
 // Ms: what the server sends, over the hello and the reply's role, id and
 // version (not its auth field).
-std::string server_mac(std::string_view key, std::string_view server_nonce, std::string_view client_nonce,
+std::string server_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
                        const Hello& hello, const HelloReply& reply);
 
 }  // namespace kvpool::rpc

@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <cassert>
@@ -21,6 +22,7 @@
 #include "runtime/common/logging.h"
 #include "runtime/common/secret.h"
 #include "runtime/rpc/auth.h"
+#include "runtime/rpc/tls.h"
 
 namespace kvpool::rpc {
 
@@ -148,6 +150,11 @@ struct Client::Impl {
 
   // io thread only.
   FrameReader reader;
+  bool reading_paused = false;  // the challenge came; connect() resumes reading
+  // TLS, when the server's challenge asks for it: created by connect()
+  // before the hello, used by every read and write after. Wraps `socket`.
+  std::unique_ptr<TlsContext> tls_context;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls;
   std::vector<OutFrame> writing;            // the frames of the write in flight
   std::vector<asio::const_buffer> buffers;  // their gather list, reused
 
@@ -273,7 +280,7 @@ void Client::Impl::write_next() {
     buffers.push_back(asio::buffer(f.header));
     if (!f.payload.empty()) buffers.push_back(asio::buffer(f.payload));
   }
-  asio::async_write(socket, buffers, [this](const error_code& ec, std::size_t) {
+  auto written = [this](const error_code& ec, std::size_t) {
     writing.clear();
     if (ec) {
       lose(to_status(ec, "write"), spdlog::level::warn);
@@ -284,19 +291,28 @@ void Client::Impl::write_next() {
       return;
     }
     write_next();
-  });
+  };
+  if (tls) {
+    asio::async_write(*tls, buffers, std::move(written));
+  } else {
+    asio::async_write(socket, buffers, std::move(written));
+  }
 }
 
 void Client::Impl::read_more() {
   std::span<char> space = reader.buffer();
-  socket.async_read_some(asio::buffer(space.data(), space.size()),
-                         [this](const error_code& ec, std::size_t n) { on_read(ec, n); });
+  auto got = [this](const error_code& ec, std::size_t n) { on_read(ec, n); };
+  if (tls) {
+    tls->async_read_some(asio::buffer(space.data(), space.size()), std::move(got));
+  } else {
+    socket.async_read_some(asio::buffer(space.data(), space.size()), std::move(got));
+  }
 }
 
 void Client::Impl::on_read(const error_code& ec, std::size_t n) {
   if (ec) {
     if (ec == asio::error::operation_aborted) return;  // we closed it; lose() ran
-    if (ec == asio::error::eof) {
+    if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
       lose(Status(StatusCode::kUnavailable, "the server closed the connection"), spdlog::level::warn);
     } else {
       lose(to_status(ec, "read"), spdlog::level::warn);
@@ -313,6 +329,9 @@ void Client::Impl::on_read(const error_code& ec, std::size_t n) {
     }
     if (!*frame) break;
     on_frame(std::move(**frame));
+    // After the challenge, connect() resumes reading (through TLS if the
+    // server asked for it): a read posted now would take its handshake.
+    if (reading_paused) return;
   }
   read_more();
 }
@@ -336,6 +355,7 @@ void Client::Impl::on_frame(Frame frame) {
       lose(lost_status, spdlog::level::warn);
       return;
     }
+    reading_paused = true;
     challenge.set_value(std::move(frame.payload));
     return;
   }
@@ -475,8 +495,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
     client->close();
     return make_error(code, "hello to " + peer + ": " + message);
   };
-  if (deadline.at() != kNever &&
-      challenge_future.wait_until(deadline.at()) != std::future_status::ready) {
+  if (deadline.at() != kNever && challenge_future.wait_until(deadline.at()) != std::future_status::ready) {
     return fail(StatusCode::kDeadlineExceeded, "no auth challenge from the server before the deadline");
   }
   Result<std::string> challenge_bytes = challenge_future.get();
@@ -485,10 +504,34 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   if (!challenge) return fail(StatusCode::kUnavailable, "bad auth challenge: " + challenge.error().message());
   auto client_nonce = random_bytes(kAuthNonceBytes);
   if (!client_nonce) return fail(client_nonce.error().code(), client_nonce.error().message());
+  Impl& im = *client->impl_;
+  if ((challenge->flags & kAuthFlagTls) != 0) {
+    auto context = make_tls_context(false, secret->key());
+    if (!context) return fail(context.error().code(), context.error().message());
+    im.tls_context = std::move(*context);
+    auto handshake = std::make_shared<std::promise<error_code>>();
+    auto handshake_done = handshake->get_future();
+    asio::post(im.io, [&im, handshake] {
+      im.tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(im.socket, im.tls_context->ctx);
+      im.tls->async_handshake(asio::ssl::stream_base::client,
+                              [handshake](const error_code& ec) { handshake->set_value(ec); });
+    });
+    if (deadline.at() != kNever && handshake_done.wait_until(deadline.at()) != std::future_status::ready) {
+      return fail(StatusCode::kDeadlineExceeded, "TLS handshake not done before the deadline");
+    }
+    if (error_code ec = handshake_done.get()) {
+      Status s = tls_handshake_status(ec, "TLS handshake");
+      return fail(s.code(), s.message());
+    }
+  }
+  asio::post(im.io, [&im] {
+    im.reading_paused = false;
+    im.read_more();
+  });
 
   Hello hello{kProtocolVersion, options.role, options.client_id, {}};
-  hello.auth = encode_client_proof(ClientProof{
-      kAuthHmacSha256, *client_nonce, client_mac(secret->key(), challenge->server_nonce, *client_nonce, hello)});
+  hello.auth = encode_client_proof(
+      ClientProof{kAuthHmacSha256, *client_nonce, client_mac(secret->key(), *challenge, *client_nonce, hello)});
   auto reply = client->call(kHello, encode_hello(hello), deadline);
   if (!reply) {
     if (reply.error().code() == StatusCode::kPermissionDenied) {
@@ -499,13 +542,12 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   }
   auto server = decode_hello_reply(*reply);
   if (!server) return fail(StatusCode::kUnavailable, server.error().message());
-  if (!constant_time_equal(server->auth, server_mac(secret->key(), challenge->server_nonce, *client_nonce, hello,
-                                                    *server))) {
+  if (!constant_time_equal(server->auth, server_mac(secret->key(), *challenge, *client_nonce, hello, *server))) {
     logger()->warn("{}: the server did not prove it knows the cluster secret (ours: {}); refusing it", peer,
-                    secret->path());
-    return fail(StatusCode::kPermissionDenied,
-                "the server did not prove it knows the cluster secret in " + secret->path() +
-                    ": refusing it (a server with another secret, or an impostor)");
+                   secret->path());
+    return fail(StatusCode::kPermissionDenied, "the server did not prove it knows the cluster secret in " +
+                                                   secret->path() +
+                                                   ": refusing it (a server with another secret, or an impostor)");
   }
   Impl& impl_ref = *client->impl_;
   impl_ref.server = std::move(*server);

@@ -25,7 +25,9 @@
 // Every connection opens with the authentication handshake (auth.h,
 // SECURITY.md), in three frames:
 //   1. server -> client, as soon as it accepts: an auth challenge (type 2,
-//      request id 0, no flags): u8 scheme, bytes server nonce;
+//      request id 0, no flags): u8 scheme, u8 flags, bytes server nonce;
+//      with the TLS flag, a TLS handshake follows and everything after it
+//      travels inside TLS (tls.h);
 //   2. client -> server: the hello request (type 1):
 //        u16 protocol version, u8 Role, bytes client id, bytes auth
 //      where `auth` is the client's proof (auth.h: scheme, client nonce,

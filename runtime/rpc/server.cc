@@ -1,10 +1,12 @@
 #include "runtime/rpc/server.h"
 
+#include <array>
 #include <atomic>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
@@ -19,6 +21,7 @@
 #include "runtime/common/logging.h"
 #include "runtime/common/secret.h"
 #include "runtime/rpc/auth.h"
+#include "runtime/rpc/tls.h"
 
 namespace kvpool::rpc {
 
@@ -101,6 +104,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   const ServerOptions options;
   const Handler handler;
   const Secret secret;
+  std::unique_ptr<TlsContext> tls;  // set by start() when options.tls; read-only after
   // Declared before everything that refers to it, so it is destroyed last.
   asio::io_context io;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
@@ -149,10 +153,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
         self->close(nonce.error().message(), spdlog::level::err);
         return;
       }
-      self->server_nonce_ = std::move(*nonce);
+      TlsContext* tls = self->server_->tls.get();
+      self->challenge_ = AuthChallenge{kAuthHmacSha256, tls ? kAuthFlagTls : std::uint8_t{0}, std::move(*nonce)};
       // The challenge goes first: the client's hello must answer it.
-      self->send(make_frame(kAuthChallenge, 0, 0, encode_auth_challenge(AuthChallenge{kAuthHmacSha256, self->server_nonce_})));
-      self->read_more();
+      OutFrame challenge = make_frame(kAuthChallenge, 0, 0, encode_auth_challenge(self->challenge_));
+      if (tls == nullptr) {
+        self->send(std::move(challenge));
+        self->read_more();
+      } else {
+        self->start_tls(std::move(challenge), *tls);
+      }
       // A peer that never says hello would hold a descriptor forever.
       self->hello_timer_.expires_after(self->server_->options.hello_timeout);
       self->hello_timer_.async_wait([self](const error_code& ec) {
@@ -166,6 +176,32 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Queues a frame; thread-safe. Dropped once the connection is closed.
   void send(OutFrame frame) { enqueue(std::move(frame), false); }
 
+ private:
+  // Writes the challenge in plaintext (nothing else is queued before the
+  // hello), then runs the server side of the TLS handshake; frames are read
+  // and written through TLS from then on.
+  void start_tls(OutFrame challenge, TlsContext& tls) {  // strand
+    auto frame = std::make_shared<OutFrame>(std::move(challenge));
+    std::array<asio::const_buffer, 2> buffers = {asio::buffer(frame->header), asio::buffer(frame->payload)};
+    asio::async_write(socket_, buffers, [self = shared_from_this(), frame, &tls](const error_code& ec, std::size_t) {
+      if (self->done_) return;
+      if (ec) {
+        self->close(to_status(ec, "write").message(), spdlog::level::debug);
+        return;
+      }
+      self->tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(self->socket_, tls.ctx);
+      self->tls_->async_handshake(asio::ssl::stream_base::server, [self](const error_code& ec) {
+        if (self->done_) return;
+        if (ec) {
+          self->close(tls_handshake_status(ec, "TLS handshake").message(), spdlog::level::warn);
+          return;
+        }
+        self->read_more();
+      });
+    });
+  }
+
+ public:
   // For Server::stop(): refuses further sends now, closes on the strand.
   void abort() {
     {
@@ -220,21 +256,30 @@ class Connection : public std::enable_shared_from_this<Connection> {
       buffers_.push_back(asio::buffer(f.header));
       if (!f.payload.empty()) buffers_.push_back(asio::buffer(f.payload));
     }
-    asio::async_write(socket_, buffers_, [self = shared_from_this()](const error_code& ec, std::size_t) {
+    auto written = [self = shared_from_this()](const error_code& ec, std::size_t) {
       self->writing_.clear();
       if (ec) {
         self->close(to_status(ec, "write").message(), spdlog::level::info);
         return;
       }
       self->write_next();
-    });
+    };
+    if (tls_) {
+      asio::async_write(*tls_, buffers_, std::move(written));
+    } else {
+      asio::async_write(socket_, buffers_, std::move(written));
+    }
   }
 
   void read_more() {  // strand
     if (done_) return;
     std::span<char> space = reader_.buffer();
-    socket_.async_read_some(asio::buffer(space.data(), space.size()),
-                            [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_read(ec, n); });
+    auto got = [self = shared_from_this()](const error_code& ec, std::size_t n) { self->on_read(ec, n); };
+    if (tls_) {
+      tls_->async_read_some(asio::buffer(space.data(), space.size()), std::move(got));
+    } else {
+      socket_.async_read_some(asio::buffer(space.data(), space.size()), std::move(got));
+    }
   }
 
   void on_read(const error_code& ec, std::size_t n) {  // strand
@@ -243,7 +288,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (ec == asio::error::eof && reader_.buffered() > 0) {
         close("peer hung up mid-frame, " + std::to_string(reader_.buffered()) + " bytes of a frame unread",
               spdlog::level::debug);
-      } else if (ec == asio::error::eof) {
+      } else if (ec == asio::error::eof || ec == asio::ssl::error::stream_truncated) {
         close("closed by the peer", greeted() ? spdlog::level::info : spdlog::level::debug);
       } else {
         close(to_status(ec, "read").message(), spdlog::level::info);
@@ -292,7 +337,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (h.type != kHello) {
       reject(h, Status(StatusCode::kPermissionDenied,
                        "not authenticated: the first frame on a connection must be a hello with the client's proof, "
-                       "got type " + std::to_string(h.type)));
+                       "got type " +
+                           std::to_string(h.type)));
       return;
     }
     auto hello = decode_hello(frame.payload);
@@ -314,7 +360,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     const Secret& secret = server_->secret;
-    if (!constant_time_equal(proof->mac, client_mac(secret.key(), server_nonce_, proof->client_nonce, *hello))) {
+    if (!constant_time_equal(proof->mac, client_mac(secret.key(), challenge_, proof->client_nonce, *hello))) {
       reject(h, Status(StatusCode::kPermissionDenied,
                        "authentication failed: the client does not know this cluster's secret (check its "
                        "--secret-file / KVPOOL_SECRET_FILE against the server's)"));
@@ -328,7 +374,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     hello_timer_.cancel();
     logger()->info("{}: hello, authenticated", description_);
     HelloReply reply{server_->options.role, server_->options.server_id, server_->options.version, {}};
-    reply.auth = server_mac(secret.key(), server_nonce_, proof->client_nonce, *hello, reply);
+    reply.auth = server_mac(secret.key(), challenge_, proof->client_nonce, *hello, reply);
     send(make_frame(kHello, h.request_id, kFlagReply, encode_hello_reply(reply)));
   }
 
@@ -373,7 +419,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool stop_reading_ = false;
   Role peer_role_ = Role::kTool;
   std::string peer_id_;
-  std::string server_nonce_;  // this connection's challenge
+  AuthChallenge challenge_;  // this connection's challenge
+  // Set once the TLS handshake has begun; then every read and write goes
+  // through it. Wraps socket_ by reference.
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
   std::vector<OutFrame> writing_;            // the frames of the write in flight
   std::vector<asio::const_buffer> buffers_;  // their gather list, reused
   std::atomic<bool> greeted_{false};         // set on the strand, read by push()
@@ -495,9 +544,14 @@ Result<std::unique_ptr<Server>> Server::start(const ServerOptions& options, Hand
 
   auto secret = options.create_secret ? load_or_create_secret(options.secret_file) : load_secret(options.secret_file);
   if (!secret) return tl::unexpected(secret.error());
-  logger()->info("{} '{}' authenticates connections with the cluster secret at {}", role_name(options.role),
-                 options.server_id, secret->path());
+  logger()->info("{} '{}' authenticates connections with the cluster secret at {}{}", role_name(options.role),
+                 options.server_id, secret->path(), options.tls ? ", TLS on" : "");
   auto impl = std::make_shared<Impl>(options, std::move(handler), std::move(*secret));
+  if (options.tls) {
+    auto tls = make_tls_context(true, impl->secret.key());
+    if (!tls) return tl::unexpected(tls.error());
+    impl->tls = std::move(*tls);
+  }
   std::string where = options.host + ":" + std::to_string(options.port);
   error_code ec;
   tcp::endpoint endpoint;

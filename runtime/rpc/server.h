@@ -100,6 +100,10 @@ struct ServerOptions {
   // When no secret file exists there, create one (kvpool-coordinator and
   // kvpool-agent --standalone do); otherwise start() fails.
   bool create_secret = false;
+  // Run every connection inside TLS 1.3 keyed by the secret (tls.h), from
+  // the hello on: encrypts the control traffic. Clients follow the server's
+  // choice (it is in the challenge); a plaintext hello is then refused.
+  bool tls = false;
   // Called once, on an io thread, when a connection that completed its hello
   // closes for any reason but Server::stop(); no Handler call for that
   // connection starts afterwards. Lets the coordinator drop what a vanished

@@ -107,7 +107,7 @@ void frames(const fs::path& root) {
   c.add("auth_challenge",
         with_prefix(def, 0,
                     frame(rpc::kAuthChallenge, 0, 0,
-                          rpc::encode_auth_challenge(rpc::AuthChallenge{rpc::kAuthHmacSha256, std::string(32, 's')}))));
+                          rpc::encode_auth_challenge(rpc::AuthChallenge{rpc::kAuthHmacSha256, 0, std::string(32, 's')}))));
   c.add("hello_reply",
         with_prefix(def, 3, frame(rpc::kHello, 1, rpc::kFlagReply, rpc::encode_hello_reply(hello_reply))));
   c.add("error_reply", with_prefix(def, 1,
@@ -228,7 +228,9 @@ void messages(const fs::path& root) {
   c.add("hello_reply", with_prefix(kMsgHelloReply, encode_hello_reply(HelloReply{Role::kCoordinator, "coord", "0.1.0",
                                                                                  std::string(32, 'm')})));
   c.add("auth_challenge", with_prefix(kMsgAuthChallenge,
-                                      encode_auth_challenge(AuthChallenge{kAuthHmacSha256, std::string(32, 's')})));
+                                      encode_auth_challenge(AuthChallenge{kAuthHmacSha256, 0, std::string(32, 's')})));
+  c.add("auth_challenge_tls", with_prefix(kMsgAuthChallenge, encode_auth_challenge(AuthChallenge{
+                                                                 kAuthHmacSha256, kAuthFlagTls, std::string(32, 's')})));
   const ClientProof proof{kAuthHmacSha256, std::string(32, 'c'), std::string(32, 'm')};
   c.add("client_proof", with_prefix(kMsgClientProof, encode_client_proof(proof)));
   c.add("hello_with_proof", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kWorker, "worker-1",
@@ -236,7 +238,7 @@ void messages(const fs::path& root) {
   c.add("bad_client_proof_short_mac",
         with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256, std::string(32, 'c'), "m"})));
   c.add("bad_auth_challenge_scheme",
-        with_prefix(kMsgAuthChallenge, encode_auth_challenge(AuthChallenge{7, std::string(32, 's')})));
+        with_prefix(kMsgAuthChallenge, encode_auth_challenge(AuthChallenge{7, 0, std::string(32, 's')})));
   c.add("error", with_prefix(kMsgError, encode_error(Status(StatusCode::kDeadlineExceeded, "timed out"))));
 
   // Malformed.

@@ -52,9 +52,9 @@ enum MessageKind : std::uint8_t {
   kMsgInvalidateMessage,
   kMsgAgentDownMessage,
   kMsgStatsReply,
-  kMsgHello,       // frame.h: decode_hello
-  kMsgHelloReply,  // frame.h: decode_hello_reply
-  kMsgError,       // frame.h: decode_error
+  kMsgHello,          // frame.h: decode_hello
+  kMsgHelloReply,     // frame.h: decode_hello_reply
+  kMsgError,          // frame.h: decode_error
   kMsgAuthChallenge,  // auth.h: decode_auth_challenge
   kMsgClientProof,    // auth.h: decode_client_proof
   // Operator messages (pooltool), appended so earlier seeds keep their kind.

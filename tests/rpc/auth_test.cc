@@ -3,6 +3,8 @@
 // on either side is refused, a recorded handshake cannot be replayed, and an
 // unauthenticated peer is answered nothing but an auth error.
 
+#include "runtime/rpc/auth.h"
+
 #include <poll.h>
 
 #include <atomic>
@@ -13,7 +15,6 @@
 #include <thread>
 
 #include "runtime/common/secret.h"
-#include "runtime/rpc/auth.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/server.h"
 #include "tests/common/test_util.h"
@@ -33,10 +34,11 @@ constexpr std::uint16_t kEcho = 100;
 constexpr const char* kSecretReply = "the server's data";
 
 struct AuthServer {
-  explicit AuthServer(const std::string& secret_file) {
+  explicit AuthServer(const std::string& secret_file, bool tls = false) {
     ServerOptions options;
     options.server_id = "auth-test";
     options.secret_file = secret_file;
+    options.tls = tls;
     auto s = Server::start(options, [this](Request req, Responder r) {
       ++handled;
       if (req.type == kEcho) {
@@ -78,12 +80,12 @@ void check_only_an_auth_error(const std::string& received, std::uint64_t request
   CHECK((*f)->payload.find(kSecretReply) == std::string::npos);
   auto more = reader.next();
   REQUIRE(more);
-  CHECK(!*more);                    // nothing after the error
+  CHECK(!*more);  // nothing after the error
   CHECK(reader.buffered() == 0);
 }
 
 // Forwards one connection between a client and `target_port`, recording
-// what the client sent.
+// what each side sent.
 class RecordingProxy {
  public:
   explicit RecordingProxy(std::uint16_t target_port) : target_port_(target_port) {
@@ -108,6 +110,10 @@ class RecordingProxy {
   std::string client_bytes() {
     std::lock_guard lock(mu_);
     return from_client_;
+  }
+  std::string server_bytes() {
+    std::lock_guard lock(mu_);
+    return from_server_;
   }
 
  private:
@@ -135,9 +141,9 @@ class RecordingProxy {
           ::close(server);
           return;
         }
-        if (i == 0) {
+        {
           std::lock_guard lock(mu_);
-          from_client_.append(buf, static_cast<std::size_t>(n));
+          (i == 0 ? from_client_ : from_server_).append(buf, static_cast<std::size_t>(n));
         }
         (void)!::send(fds[1 - i].fd, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL);
       }
@@ -153,6 +159,7 @@ class RecordingProxy {
   std::thread thread_;
   std::mutex mu_;
   std::string from_client_;  // guarded by mu_
+  std::string from_server_;  // guarded by mu_
 };
 
 // A server that does not know the secret but pretends to: it sends a
@@ -187,8 +194,8 @@ class ImpostorServer {
     if (fd < 0) return;
     timeval tv{2, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-    std::string nonce(kAuthNonceBytes, 's');
-    send_all(fd, frame(kAuthChallenge, 0, encode_auth_challenge(AuthChallenge{kAuthHmacSha256, nonce})));
+    const AuthChallenge challenge{kAuthHmacSha256, 0, std::string(kAuthNonceBytes, 's')};
+    send_all(fd, frame(kAuthChallenge, 0, encode_auth_challenge(challenge)));
     FrameReader reader(kDefaultMaxFrame);
     bool replied = false;
     for (;;) {
@@ -207,7 +214,7 @@ class ImpostorServer {
         auto proof = hello ? decode_client_proof(hello->auth) : Result<ClientProof>(ClientProof{});
         if (!hello || !proof) break;
         HelloReply reply{Role::kCoordinator, "impostor", "0.0", {}};
-        reply.auth = key_.empty() ? std::string() : server_mac(key_, nonce, proof->client_nonce, *hello, reply);
+        reply.auth = key_.empty() ? std::string() : server_mac(key_, challenge, proof->client_nonce, *hello, reply);
         send_all(fd, frame(kHello, (*f)->header.request_id, encode_hello_reply(reply), kFlagReply));
         replied = true;
       }
@@ -360,6 +367,57 @@ TEST_CASE("an unauthenticated peer's requests get an auth error and no data", "[
   Frame echo = good.recv_frame();
   CHECK(echo.header.request_id == 9);
   CHECK(echo.payload == std::string(kSecretReply) + ":ok");
+}
+
+TEST_CASE("with TLS on, everything after the challenge is encrypted", "[rpc][auth][tls]") {
+  std::string secret = make_secret_file();
+  AuthServer s(secret, true);
+  RecordingProxy proxy(s.server->port());
+  {
+    auto c = connect(proxy.port(), secret);
+    REQUIRE(c);
+    for (int i = 0; i < 3; ++i) {
+      CHECK((*c)->call(kEcho, "plaintext-marker", Deadline::after(scaled(5s))).value() ==
+            std::string(kSecretReply) + ":plaintext-marker");
+    }
+  }
+  std::string up = proxy.client_bytes();
+  std::string down = proxy.server_bytes();
+  REQUIRE(up.size() > 100);
+  REQUIRE(down.size() > 100);
+  // The client's id, its requests and the replies never cross in clear;
+  // only the challenge frame does.
+  CHECK(up.find("auth-client") == std::string::npos);
+  CHECK(up.find("plaintext-marker") == std::string::npos);
+  CHECK(down.find(kSecretReply) == std::string::npos);
+  CHECK(down.find("auth-test") == std::string::npos);
+  CHECK(up.find("KVPC") == std::string::npos);
+  CHECK(down.find("KVPC", 1) == std::string::npos);  // the one at 0 is the challenge
+}
+
+TEST_CASE("with TLS on, another secret or a plaintext hello gets nothing", "[rpc][auth][tls]") {
+  std::string secret = make_secret_file();
+  AuthServer s(secret, true);
+  SECTION("a client with another secret fails the TLS handshake") {
+    auto c = connect(s.server->port(), make_secret_file());
+    REQUIRE(!c);
+    CHECK(c.error().code() == StatusCode::kPermissionDenied);
+    CHECK(c.error().message().find("TLS") != std::string::npos);
+  }
+  SECTION("a client that ignores the TLS flag and says hello in clear") {
+    RawConn raw(s.server->port());
+    CHECK((raw.challenge().flags & kAuthFlagTls) != 0);
+    raw.send(raw.authenticated_hello("plain", Role::kWorker, std::string(load_secret(secret)->key())) +
+             frame(kEcho, 2, "data"));
+    std::string received;
+    CHECK(raw.read_until_closed(received));
+    CHECK(received.find("KVPC") == std::string::npos);
+    CHECK(received.find(kSecretReply) == std::string::npos);
+  }
+  CHECK(s.handled == 0);
+  auto good = connect(s.server->port(), secret);
+  REQUIRE(good);
+  CHECK((*good)->call(kEcho, "ok", Deadline::after(scaled(5s))));
 }
 
 }  // namespace kvpool::rpc

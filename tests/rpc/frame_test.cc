@@ -189,15 +189,20 @@ TEST_CASE("a truncated frame stays buffered until the rest arrives", "[rpc][fram
 }
 
 TEST_CASE("auth challenge and client proof round trip, and bad ones are refused", "[rpc][frame]") {
-  AuthChallenge c{kAuthHmacSha256, std::string(kAuthNonceBytes, 's')};
+  AuthChallenge c{kAuthHmacSha256, kAuthFlagTls, std::string(kAuthNonceBytes, 's')};
   auto c_back = decode_auth_challenge(encode_auth_challenge(c));
   REQUIRE(c_back);
   CHECK(c_back->server_nonce == c.server_nonce);
+  CHECK(c_back->flags == kAuthFlagTls);
   ClientProof p{kAuthHmacSha256, std::string(kAuthNonceBytes, 'c'), std::string(kAuthMacBytes, 'm')};
   auto p_back = decode_client_proof(encode_client_proof(p));
   REQUIRE(p_back);
   CHECK(p_back->client_nonce == p.client_nonce);
   CHECK(p_back->mac == p.mac);
+  SECTION("unknown challenge flag") {
+    c.flags = 2;
+    CHECK(decode_auth_challenge(encode_auth_challenge(c)).error().code() == StatusCode::kInvalidArgument);
+  }
   SECTION("unknown scheme") {
     c.scheme = 9;
     p.scheme = 9;
@@ -215,14 +220,14 @@ TEST_CASE("auth challenge and client proof round trip, and bad ones are refused"
     Hello hello{kProtocolVersion, Role::kWorker, "w", ""};
     HelloReply reply{Role::kCoordinator, "c", "v", ""};
     std::string key(32, 'k');
-    CHECK(client_mac(key, c.server_nonce, p.client_nonce, hello) !=
-          server_mac(key, c.server_nonce, p.client_nonce, hello, reply));
-    CHECK(client_mac(key, c.server_nonce, p.client_nonce, hello) !=
-          client_mac(std::string(32, 'j'), c.server_nonce, p.client_nonce, hello));
+    CHECK(client_mac(key, c, p.client_nonce, hello) != server_mac(key, c, p.client_nonce, hello, reply));
+    CHECK(client_mac(key, c, p.client_nonce, hello) != client_mac(std::string(32, 'j'), c, p.client_nonce, hello));
+    AuthChallenge plain = c;
+    plain.flags = 0;  // TLS stripped by someone in the middle
+    CHECK(client_mac(key, c, p.client_nonce, hello) != client_mac(key, plain, p.client_nonce, hello));
     Hello other = hello;
     other.id = "x";
-    CHECK(client_mac(key, c.server_nonce, p.client_nonce, hello) !=
-          client_mac(key, c.server_nonce, p.client_nonce, other));
+    CHECK(client_mac(key, c, p.client_nonce, hello) != client_mac(key, c, p.client_nonce, other));
   }
 }
 

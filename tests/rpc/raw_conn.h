@@ -73,14 +73,14 @@ class RawConn {
       REQUIRE(f.header.flags == 0);
       auto c = decode_auth_challenge(f.payload);
       REQUIRE(c);
-      server_nonce_ = c->server_nonce;
+      challenge_ = *c;
     }
   }
   RawConn(const RawConn&) = delete;
   RawConn& operator=(const RawConn&) = delete;
   ~RawConn() { close(); }
 
-  const std::string& server_nonce() const { return server_nonce_; }
+  const AuthChallenge& challenge() const { return challenge_; }
 
   // A hello frame (request id 1) with a valid proof for this connection's
   // challenge under `key` (default: the secret the environment names).
@@ -92,7 +92,7 @@ class RawConn {
     }
     Hello hello{kProtocolVersion, role, id, {}};
     std::string nonce(kAuthNonceBytes, 'n');
-    hello.auth = encode_client_proof(ClientProof{kAuthHmacSha256, nonce, client_mac(key, server_nonce_, nonce, hello)});
+    hello.auth = encode_client_proof(ClientProof{kAuthHmacSha256, nonce, client_mac(key, challenge_, nonce, hello)});
     return frame(kHello, 1, encode_hello(hello));
   }
 
@@ -147,7 +147,7 @@ class RawConn {
     return out;
   }
   int fd_ = -1;
-  std::string server_nonce_;
+  AuthChallenge challenge_;
 };
 
 }  // namespace kvpool::rpc

@@ -3,11 +3,12 @@
 // (~1.3 KB). Not a test: prints numbers, asserts nothing.
 //
 //   rpc_bench [--threads N] [--clients C] [--server-threads S] [--seconds T]
-//             [--window W] [--request-bytes B] [--reply-bytes B]
+//             [--window W] [--request-bytes B] [--reply-bytes B] [--tls 0|1]
 //
 // --threads: caller threads in total, spread over --clients connections;
 // with --window W > 0 each thread keeps W call_async in flight instead of
-// making blocking calls.
+// making blocking calls. --tls 1: the server runs TLS on the control
+// channel (runtime/rpc/tls.h), to measure what it costs.
 
 #include <algorithm>
 #include <atomic>
@@ -37,6 +38,7 @@ struct Options {
   int window = 0;
   std::size_t request_bytes = 1300;
   std::size_t reply_bytes = 1300;
+  bool tls = false;
 };
 
 bool parse(int argc, char** argv, Options& o) {
@@ -58,6 +60,8 @@ bool parse(int argc, char** argv, Options& o) {
       o.request_bytes = std::strtoull(v, nullptr, 10);
     else if (arg == "--reply-bytes")
       o.reply_bytes = std::strtoull(v, nullptr, 10);
+    else if (arg == "--tls")
+      o.tls = std::atoi(v) != 0;
     else
       return false;
   }
@@ -71,7 +75,7 @@ int main(int argc, char** argv) {
   if (!parse(argc, argv, o)) {
     std::fprintf(stderr,
                  "usage: rpc_bench [--threads N] [--clients C] [--server-threads S] [--seconds T] [--window W] "
-                 "[--request-bytes B] [--reply-bytes B]\n");
+                 "[--request-bytes B] [--reply-bytes B] [--tls 0|1]\n");
     return 2;
   }
   const std::string reply(o.reply_bytes, 'r');
@@ -81,6 +85,7 @@ int main(int argc, char** argv) {
   // The secret the default discovery finds (KVPOOL_SECRET_FILE, else the
   // default path), made there if missing, as kvpool-coordinator does.
   server_options.create_secret = true;
+  server_options.tls = o.tls;
   auto server = Server::start(server_options, [&reply](Request, Responder r) { r.reply(reply); });
   if (!server) {
     std::fprintf(stderr, "rpc_bench: %s\n", server.error().to_string().c_str());
