@@ -163,7 +163,10 @@ void Agent::init_metrics() {
   r.gauge("kvpool_agent_payload_bytes", "Payload bytes of the region (what blocks can use)")
       .set(static_cast<double>(layout_.payload_bytes));
   collector_id_ = r.add_collector([this](metrics::Collector& c) {
-    c.gauge("kvpool_agent_id", "This agent's id at the coordinator (0 until registered)", {}, id_);
+    c.gauge("kvpool_agent_id", "This agent's id at the coordinator (0 until registered)", {}, id_.load());
+    c.counter("kvpool_agent_rejoins_total",
+              "Rejoins after losing the coordinator (its restart, or a partition past the agent timeout)", {},
+              rejoins_.load());
     if (auto rep = region_->report()) {
       c.gauge("kvpool_agent_region_resident_bytes", "Resident bytes of the region (smaps Rss)", {}, rep->rss_bytes);
       c.gauge("kvpool_agent_region_huge_page_bytes", "Bytes of the region mapped by huge pages", {},
