@@ -752,6 +752,7 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   so.host = options.host;
   so.port = options.port;
   so.max_frame = options.max_frame;
+  so.max_connections = options.max_connections;
   so.threads = options.threads;
   so.role = rpc::Role::kCoordinator;
   so.server_id = "coordinator";

@@ -30,6 +30,8 @@ struct CoordinatorServerOptions {
   // several intervals.
   std::chrono::milliseconds heartbeat_interval{1000};
   std::size_t max_frame = 16u << 20;
+  // Open control connections at most (rpc::ServerOptions::max_connections).
+  std::size_t max_connections = 16384;
   int threads = 1;
   // The cluster secret that authenticates every connection (SECURITY.md):
   // this file, or when empty KVPOOL_SECRET_FILE, else the default path

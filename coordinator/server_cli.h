@@ -22,6 +22,7 @@ struct CoordinatorFlags {
   double high_watermark = 0.95;
   double low_watermark = 0.90;
   std::uint32_t max_namespaces = CoordinatorConfig{}.max_namespaces;
+  std::size_t max_connections = CoordinatorServerOptions{}.max_connections;
   std::uint64_t max_write_leases_per_client = CoordinatorConfig{}.max_write_leases_per_client;
   std::string secret_file;
   bool control_tls = false;
@@ -53,6 +54,10 @@ struct CoordinatorFlags {
     app.add_option("--low-watermark", low_watermark, "...down to this fraction (equal to high: evict exactly "
                                                      "what each allocation needs)")
         ->check(CLI::Range(0.01, 1.0))
+        ->capture_default_str();
+    app.add_option("--max-connections", max_connections,
+                   "Open control connections the coordinator accepts; one more is told 'too many connections'")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20))
         ->capture_default_str();
     app.add_option("--max-namespaces", max_namespaces, "Namespaces the coordinator accepts")
         ->check(CLI::Range(1u, 1u << 30))
@@ -91,6 +96,7 @@ struct CoordinatorFlags {
     o.core.high_watermark = high_watermark;
     o.core.low_watermark = low_watermark;
     o.core.max_namespaces = max_namespaces;
+    o.max_connections = max_connections;
     o.core.max_write_leases_per_client = max_write_leases_per_client;
     o.secret_file = secret_file;
     o.control_tls = control_tls;

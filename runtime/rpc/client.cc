@@ -344,6 +344,13 @@ void Client::Impl::on_frame(Frame frame) {
     first = challenge_pending;
     challenge_pending = false;
   }
+  if (first && h.type == kAuthChallenge && h.is_reply() && h.is_error()) {
+    // The server refused the connection before any handshake (a limit).
+    Status refused = decode_error(frame.payload);
+    challenge.set_value(tl::unexpected(refused));
+    lose(refused, spdlog::level::warn);
+    return;
+  }
   if (first || h.type == kAuthChallenge) {
     if (!first || h.type != kAuthChallenge || h.flags != 0) {
       std::string why = first ? "its first frame (type " + std::to_string(h.type) +

@@ -504,6 +504,30 @@ void Server::Impl::on_accept(const error_code& ec, tcp::socket socket) {  // acc
   auto remote = socket.remote_endpoint(ep_ec);
   std::string peer =
       ep_ec ? std::string("unknown peer") : remote.address().to_string() + ":" + std::to_string(remote.port());
+  std::size_t open = 0;
+  {
+    std::lock_guard lock(mu);
+    open = connections.size();
+  }
+  if (open >= options.max_connections) {
+    // In place of the challenge, so the client reports why.
+    Status why(StatusCode::kResourceExhausted,
+               "too many connections: the server holds its limit of " + std::to_string(options.max_connections));
+    FrameHeader h;
+    h.type = kAuthChallenge;
+    h.flags = kFlagReply | kFlagError;
+    std::string payload = encode_error(why);
+    h.payload_size = static_cast<std::uint32_t>(payload.size());
+    if (auto bytes = encode_header(h, options.max_frame)) {
+      error_code wec;
+      std::array<asio::const_buffer, 2> out{asio::buffer(*bytes), asio::buffer(payload)};
+      asio::write(socket, out, wec);
+    }
+    logger()->warn("{}: refused: {}", peer, why.message());
+    socket.close(opt_ec);
+    accept();
+    return;
+  }
   std::uint64_t id = next_connection_id.fetch_add(1, std::memory_order_relaxed);
   auto conn = std::make_shared<detail::Connection>(shared_from_this(), std::move(socket), id, std::move(peer));
   {

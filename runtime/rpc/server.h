@@ -93,6 +93,9 @@ struct ServerOptions {
   std::string version;
   // A connection that has not completed its hello by then is closed (warn).
   std::chrono::milliseconds hello_timeout{10000};
+  // Open connections at most: one more is told kResourceExhausted ("too
+  // many connections") in place of the challenge, and closed.
+  std::size_t max_connections = 16384;
   // The cluster secret that authenticates every connection: this file, or
   // when empty the discovery order of runtime/common/secret.h
   // (KVPOOL_SECRET_FILE, then the default path). Read once, by start().

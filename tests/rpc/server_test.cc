@@ -417,4 +417,30 @@ TEST_CASE("Server::start refuses bad options and a taken port", "[rpc][server]")
   }
 }
 
+TEST_CASE("past max_connections a client is told too many connections; a freed slot lets the next one in",
+          "[rpc][server][limits]") {
+  ServerOptions o;
+  o.max_connections = 2;
+  auto server = start_server([](Request, Responder r) { r.reply("ok"); }, o);
+  auto a = connect_client(server->port(), "a");
+  auto b = connect_client(server->port(), "b");
+  ClientOptions co;
+  co.port = server->port();
+  co.client_id = "c";
+  auto c = Client::connect(co, soon());
+  REQUIRE_FALSE(c);
+  CHECK(c.error().code() == StatusCode::kResourceExhausted);
+  CHECK(c.error().message().find("too many connections") != std::string::npos);
+  // The others are served all along.
+  CHECK(a->call(kEcho, "x", soon()));
+  a.reset();
+  CHECK(eventually(
+      [&] {
+        auto d = Client::connect(co, soon());
+        return d && (*d)->call(kEcho, "y", soon()).has_value();
+      },
+      scaled(5s)));
+  CHECK(b->call(kEcho, "z", soon()));
+}
+
 }  // namespace kvpool::rpc
