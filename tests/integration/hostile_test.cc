@@ -170,6 +170,13 @@ TEST_CASE("a hostile client cannot stop the pool from serving a well-behaved wor
   CHECK(good_failures.load() == 0);
   CHECK(wrong.load() == 0);
   CHECK(good_ops.load() > 10);
-  // A few kilobytes per connection at most: nothing sized by a hostile length.
+  // A few kilobytes per connection at most: nothing sized by a hostile
+  // length. Not under AddressSanitizer, whose quarantine of freed memory
+  // (256 MiB by default) and shadow pages make RSS say nothing about ours.
+#if defined(__SANITIZE_ADDRESS__)
+  WARN("RSS bound not checked under AddressSanitizer: " << rss_before / 1024 / 1024 << " -> "
+                                                        << rss_during / 1024 / 1024 << " MiB");
+#else
   CHECK(rss_during < rss_before + 64 * 1024 * 1024);
+#endif
 }
