@@ -101,6 +101,7 @@ struct Agent {
   std::uint64_t low_granules = 0;
   bool draining = false;           // above the high watermark and eviction ran out of budget: tick() goes on
   bool recovering = false;         // rejoined, scan not finished: not placeable
+  std::uint64_t joins = 0;         // registrations so far: a lease from before a rejoin names lost state
   std::uint64_t sweep_cursor = 0;  // where the next bounded window sweep starts (granule)
 };
 
@@ -111,6 +112,7 @@ struct WriteLease {
   std::uint32_t agent = 0;
   std::uint64_t incarnation = 0;
   Clock::time_point deadline{};
+  std::uint64_t join = 0;  // Agent::joins when issued
 };
 
 struct ReadLease {
@@ -688,7 +690,7 @@ struct CoordinatorCore::State {
 
     const std::uint64_t lease = next_lease++;
     const Clock::time_point deadline = now + config.write_lease_ttl;
-    write_leases.emplace(lease, WriteLease{i, client, e.generation, chosen, a.reg.incarnation, deadline});
+    write_leases.emplace(lease, WriteLease{i, client, e.generation, chosen, a.reg.incarnation, deadline, a.joins});
     ++client_open[client];
     compact_expiry(write_expiry, write_leases);
     write_expiry.emplace(deadline, lease);
@@ -725,7 +727,7 @@ struct CoordinatorCore::State {
   // still being written, or null.
   bool write_lease_valid(const WriteLease& l) const {
     const Agent& a = agent(l.agent);
-    if (!a.alive || a.reg.incarnation != l.incarnation) return false;
+    if (!a.alive || a.reg.incarnation != l.incarnation || a.joins != l.join) return false;
     const BlockEntry& e = slab[l.entry];
     return e.state == BlockState::kWriting && e.generation == l.generation;
   }
@@ -956,6 +958,7 @@ Result<Rejoin> CoordinatorCore::join(const AgentRegistration& reg, Clock::time_p
   a->reg = reg;
   a->alive = true;
   a->recovering = rejoin;
+  ++a->joins;
   a->last_heartbeat = now;
   a->layout = *layout;
   a->space.emplace(std::move(*space));
@@ -1239,7 +1242,9 @@ std::vector<Status> CoordinatorCore::commit(std::span<const LeaseId> leases, Clo
       s.write_leases.erase(it);
       --s.client_open[l.client];
       const Agent& a = s.agent(l.agent);
-      if (!a.alive || a.reg.incarnation != l.incarnation) {
+      // An agent that rejoined since (same incarnation) lost this lease's
+      // state when it was declared dead.
+      if (!a.alive || a.reg.incarnation != l.incarnation || a.joins != l.join) {
         out.emplace_back(StatusCode::kUnavailable, "agent " + std::to_string(l.agent) + " incarnation " +
                                                        std::to_string(l.incarnation) +
                                                        " is gone and the block with it: write it again");

@@ -276,3 +276,26 @@ TEST_CASE("a namespace quota evicts exactly its least recently used unleased blo
 }
 
 }  // namespace kvpool::coordinator::testing
+
+namespace kvpool::coordinator::testing {
+
+TEST_CASE("a write lease from before an agent's rejoin commits nothing and says why", "[coordinator][recovery]") {
+  CoordinatorConfig config;
+  config.write_lease_ttl = 60s;  // still open when the agent comes back
+  Harness h(config);
+  const AgentId a = h.add_agent("a", "h1", 8);
+  const AllocateItem writing = h.alloc(1, "h1");
+  REQUIRE(writing.outcome == AllocateOutcome::kPlaced);
+  h.advance(4s);  // declared dead with the lease open
+  h.tick();
+  auto rejoin = h.core->rejoin_agent(agent_reg("a", "h1", 8 * kBlock), h.now);
+  REQUIRE(rejoin);
+  REQUIRE(h.core->finish_recovery(a, 1, h.now).ok());
+  auto st = h.core->commit(std::span<const LeaseId>(&writing.lease, 1), h.now);
+  REQUIRE(st.size() == 1);
+  CHECK(st[0].code() == StatusCode::kUnavailable);
+  CHECK_FALSE(h.present(1));
+  h.check();
+}
+
+}  // namespace kvpool::coordinator::testing
