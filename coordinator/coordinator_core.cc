@@ -75,6 +75,11 @@ struct Namespace {
   // a write over quota evicts exactly its least recently used unleased block.
   std::set<std::pair<std::uint64_t, std::uint32_t>> lru;
   bool has_quota() const { return quota_blocks != 0 || quota_bytes != 0; }
+  // Whether `blocks` more blocks of `bytes` more slot bytes would pass the quota.
+  bool over_quota(std::uint64_t blocks, std::uint64_t bytes) const {
+    return (quota_blocks != 0 && live_blocks + blocks > quota_blocks) ||
+           (quota_bytes != 0 && live_bytes + bytes > quota_bytes);
+  }
 };
 
 struct Agent {
@@ -220,6 +225,19 @@ struct CoordinatorCore::State {
     return v == 0 || v > agents.size() ? nullptr : agents[v - 1].get();
   }
   const Agent* find_agent(AgentId id) const { return const_cast<State*>(this)->find_agent(id); }
+  // The live agent `id` at `incarnation`: kNotFound when unknown or dead,
+  // kFailedPrecondition when another incarnation took its place.
+  Result<Agent*> current_agent(AgentId id, std::uint64_t incarnation) {
+    Agent* a = find_agent(id);
+    if (a == nullptr || !a->alive) {
+      return make_error(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
+    }
+    if (a->reg.incarnation != incarnation) {
+      return make_error(StatusCode::kFailedPrecondition, "agent " + std::to_string(to_u32(id)) + " incarnation " +
+                                                             std::to_string(incarnation) + " is gone");
+    }
+    return a;
+  }
 
   Result<std::uint32_t> ns_lookup(NamespaceId id) const {
     auto it = ns_index.find(id);
@@ -707,12 +725,8 @@ struct CoordinatorCore::State {
   // room (every block is leased or being written).
   bool make_quota_room(std::uint32_t ns, std::uint64_t bytes) {
     Namespace& n = namespaces[ns];
-    auto over = [&] {
-      return (n.quota_blocks != 0 && n.live_blocks + 1 > n.quota_blocks) ||
-             (n.quota_bytes != 0 && n.live_bytes + bytes > n.quota_bytes);
-    };
     auto it = n.lru.begin();
-    while (over()) {
+    while (n.over_quota(1, bytes)) {
       while (it != n.lru.end() && slab[it->second].pins != 0) ++it;
       if (it == n.lru.end()) return false;
       const std::uint32_t victim = (it++)->second;
@@ -873,11 +887,7 @@ Result<BatchResult> CoordinatorCore::set_quota(NamespaceId ns_id, std::uint64_t 
     }
   }
   // Down to the new quota now, as far as unleased blocks allow.
-  auto over = [&] {
-    return (n.quota_blocks != 0 && n.live_blocks > n.quota_blocks) ||
-           (n.quota_bytes != 0 && n.live_bytes > n.quota_bytes);
-  };
-  for (auto it = n.lru.begin(); over() && it != n.lru.end();) {
+  for (auto it = n.lru.begin(); n.over_quota(0, 0) && it != n.lru.end();) {
     const std::uint32_t i = (it++)->second;
     if (s.slab[i].pins == 0) s.evict(i);
   }
@@ -978,14 +988,9 @@ Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t 
   std::lock_guard lock(mu_);
   State& s = *s_;
   s.sweep(now);
-  Agent* a = s.find_agent(id);
-  if (a == nullptr || !a->alive) {
-    return make_error(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
-  }
-  if (a->reg.incarnation != incarnation) {
-    return make_error(StatusCode::kFailedPrecondition, "agent " + std::to_string(to_u32(id)) + " incarnation " +
-                                                           std::to_string(incarnation) + " is gone");
-  }
+  auto found = s.current_agent(id, incarnation);
+  if (!found) return tl::unexpected(found.error());
+  Agent* a = *found;
   if (!a->recovering) {
     return make_error(StatusCode::kFailedPrecondition,
                       "agent " + std::to_string(to_u32(id)) + " is not recovering: rejoin first");
@@ -1070,14 +1075,9 @@ Status CoordinatorCore::finish_recovery(AgentId id, std::uint64_t incarnation, C
   std::lock_guard lock(mu_);
   State& s = *s_;
   s.sweep(now);
-  Agent* a = s.find_agent(id);
-  if (a == nullptr || !a->alive) {
-    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
-  }
-  if (a->reg.incarnation != incarnation) {
-    return Status(StatusCode::kFailedPrecondition,
-                  "agent " + std::to_string(to_u32(id)) + " incarnation " + std::to_string(incarnation) + " is gone");
-  }
+  auto found = s.current_agent(id, incarnation);
+  if (!found) return found.error();
+  Agent* a = *found;
   if (!a->recovering) return Status::ok_status();
   // Space no valid header covers may still receive a late put of a lease
   // issued before the restart: it waits out a lease and a quarantine, then
@@ -1478,14 +1478,9 @@ Status CoordinatorCore::invalidated(AgentId id, std::uint64_t incarnation, std::
   std::lock_guard lock(mu_);
   State& s = *s_;
   s.sweep(now);
-  Agent* a = s.find_agent(id);
-  if (a == nullptr || !a->alive) {
-    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or dead");
-  }
-  if (a->reg.incarnation != incarnation) {
-    return Status(StatusCode::kFailedPrecondition,
-                  "agent " + std::to_string(to_u32(id)) + " incarnation " + std::to_string(incarnation) + " is gone");
-  }
+  auto found = s.current_agent(id, incarnation);
+  if (!found) return found.error();
+  Agent* a = *found;
   std::size_t ignored = 0;
   for (const SlotRef& ref : slots) {
     const pool::RegionLayout& layout = a->layout;

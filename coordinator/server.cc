@@ -182,7 +182,8 @@ struct CoordinatorServer::Impl {
   using SlotKey = std::tuple<std::uint32_t, std::uint64_t, std::uint64_t>;  // agent, header offset, generation
   std::map<SlotKey, std::shared_ptr<PendingRemove>> remove_waits;           // guarded by mu
 
-  // Answers the pending removes that `done` completes (all when null: stop).
+  // Answers the pending removes whose slots `done` picks (deadline passed,
+  // agent dead): a pass over all of them, from the tick thread only.
   void finish_removes(const std::function<bool(const SlotKey&, const PendingRemove&)>& done) {
     std::vector<std::shared_ptr<PendingRemove>> ready;
     {
@@ -194,6 +195,23 @@ struct CoordinatorServer::Impl {
         } else {
           ++it;
         }
+      }
+    }
+    for (auto& p : ready) p->resp.reply(std::move(p->reply));
+  }
+
+  // An agent's acknowledgement: a lookup per slot, not a pass over every
+  // pending remove (this runs for every invalidation batch).
+  void acknowledge_removes(const rpc::InvalidateMessage& m) {
+    std::vector<std::shared_ptr<PendingRemove>> ready;
+    {
+      std::lock_guard lock(mu);
+      if (remove_waits.empty()) return;
+      for (const auto& sl : m.slots) {
+        auto it = remove_waits.find(SlotKey{m.agent, sl.header_offset, sl.generation});
+        if (it == remove_waits.end()) continue;
+        if (--it->second->left == 0) ready.push_back(it->second);
+        remove_waits.erase(it);
       }
     }
     for (auto& p : ready) p->resp.reply(std::move(p->reply));
@@ -669,11 +687,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       std::vector<SlotRef> slots;
       for (const auto& s : m.slots) slots.push_back({s.header_offset, s.payload_offset, s.length, s.generation});
       Status s = core->invalidated(AgentId{m.agent}, m.incarnation, slots, now);
-      if (s.ok()) {
-        std::set<SlotKey> acked;
-        for (const auto& sl : m.slots) acked.insert(SlotKey{m.agent, sl.header_offset, sl.generation});
-        finish_removes([&](const SlotKey& k, const PendingRemove&) { return acked.count(k) != 0; });
-      }
+      if (s.ok()) acknowledge_removes(m);
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
     case rpc::kListNamespaces: {
