@@ -108,6 +108,26 @@ struct Agent {
   bool recovering = false;         // rejoined, scan not finished: not placeable
   std::uint64_t joins = 0;         // registrations so far: a lease from before a rejoin names lost state
   std::uint64_t sweep_cursor = 0;  // where the next bounded window sweep starts (granule)
+  // pooltool drain: not placeable; its blocks move to other agents. Its own
+  // name: `draining` above is the watermark eviction's.
+  bool retiring = false;
+  std::uint64_t moved = 0;          // blocks moved off since the drain began
+  std::uint64_t move_failures = 0;  // move attempts that failed since then
+};
+
+// A block being copied off a retiring agent (drain): the target slot is
+// taken from the target's space and future like a placement, but no entry
+// holds it until the move finishes; the source entry is pinned meanwhile.
+struct Move {
+  std::uint32_t entry = 0;
+  Generation old_generation = 0;
+  std::uint32_t source = 0;
+  std::uint32_t target = 0;
+  std::uint64_t target_incarnation = 0;
+  std::uint64_t target_join = 0;  // Agent::joins when reserved: a rejoin drops the reservation
+  pool::Slot slot;                // in the target's payload area
+  Generation generation = 0;      // of the copy
+  Clock::time_point deadline{};
 };
 
 struct WriteLease {
@@ -197,6 +217,10 @@ struct CoordinatorCore::State {
   ExpiryHeap write_expiry;  // (deadline, lease); stale pairs are skipped
   std::unordered_map<std::uint64_t, ReadLease> read_leases;
   ExpiryHeap read_expiry;
+
+  // Drain moves in flight by id, and the move of each pinned source entry.
+  std::unordered_map<std::uint64_t, Move> moves;
+  std::unordered_map<std::uint32_t, std::uint64_t> moving;
 
   std::unordered_map<std::uint64_t, Waiter> waiters;
   std::unordered_map<WaitKey, std::vector<std::pair<std::uint64_t, std::uint32_t>>, WaitKeyHash> wait_index;
@@ -411,6 +435,7 @@ struct CoordinatorCore::State {
     a.used_granules = a.live_granules = a.committed_blocks = 0;
     a.draining = false;
     a.recovering = false;
+    a.retiring = false;
   }
 
   void declare_dead(Agent& a, const char* why) {
@@ -621,7 +646,7 @@ struct CoordinatorCore::State {
     double best_fraction = 2.0;
     auto consider = [&](std::uint32_t id) {
       const Agent& a = agent(id);
-      if (!a.alive || a.recovering || a.layout.payload_bytes < bytes) return;
+      if (!a.alive || a.recovering || a.retiring || a.layout.payload_bytes < bytes) return;
       if (std::find(tried.begin(), tried.end(), id) != tried.end()) return;
       const double f = static_cast<double>(a.used_granules) / static_cast<double>(a.layout.num_granules);
       if (f < best_fraction) {
@@ -783,6 +808,122 @@ struct CoordinatorCore::State {
       wit->second.committed[pos] = true;
       if (--wit->second.remaining == 0) finish_waiter(id, &ready);
     }
+  }
+
+  // ---- drain moves ----
+
+  bool move_target_current(const Move& m) const {
+    const Agent& t = agent(m.target);
+    return t.alive && t.reg.incarnation == m.target_incarnation && t.joins == m.target_join;
+  }
+
+  // The source entry of a move, when it is still the block that was copied.
+  bool move_source_current(const Move& m) const {
+    if (m.entry >= slab.high_water()) return false;
+    const BlockEntry& e = slab[m.entry];
+    return e.state == BlockState::kCommitted && e.generation == m.old_generation && e.agent == m.source;
+  }
+
+  // A slot on `exclude`'s peers for a copy of `bytes`: the least full live,
+  // placeable agent that stays under its high watermark (a drain evicts
+  // nothing); taken from space and reserved in future like a placement.
+  std::optional<std::pair<std::uint32_t, pool::Slot>> place_move(std::uint32_t exclude, std::uint64_t bytes) {
+    std::vector<std::uint32_t> tried{exclude};
+    for (;;) {
+      const std::uint32_t id = least_full(nullptr, bytes, tried);
+      if (id == 0) return std::nullopt;
+      tried.push_back(id);
+      Agent& t = agent(id);
+      if (t.used_granules + bytes / kGranule > t.high_granules) continue;
+      auto slot = t.space->allocate(bytes);
+      if (!slot) continue;
+      if (Status st = t.future->reserve(*slot); !st.ok()) {
+        logger()->error("agent {}: move placement {}: {}", id, slot->offset, st.to_string());
+        (void)t.space->free(*slot);
+        continue;
+      }
+      t.used_granules += slot->length / kGranule;
+      return std::make_pair(id, *slot);
+    }
+  }
+
+  // Ends a move that did not take: the block stays where it was (unpinned)
+  // and the reserved slot waits out a write quarantine (a put may still
+  // land) before its invalidation, like an expired write lease.
+  void fail_move(const Move& m, Clock::time_point now) {
+    if (move_target_current(m)) {
+      Agent& t = agent(m.target);
+      if (Status st = t.future->free(m.slot); !st.ok()) {
+        logger()->error("agent {}: release of move slot {}: {}", m.target, m.slot.offset, st.to_string());
+      }
+      t.reclaim.add_quarantined(static_cast<std::uint32_t>(m.slot.offset / kGranule),
+                                static_cast<std::uint32_t>(m.slot.length / kGranule), m.generation,
+                                now + config.write_quarantine);
+    }
+    Agent& src = agent(m.source);
+    if (src.alive) ++src.move_failures;
+    unpin(m.entry, m.old_generation);
+  }
+
+  // Makes the copy the block's location: the old entry leaves the index (its
+  // slot to invalidation now, or once its read leases end) and a committed
+  // entry takes the target slot. False (nothing changed) when the index is full.
+  bool complete_move(const Move& m) {
+    const std::uint32_t j = slab.allocate();
+    if (j == kNil) return false;
+    unpin(m.entry, m.old_generation);
+    BlockEntry& old = slab[m.entry];
+    const std::uint32_t ns = old.ns;
+    const Key128 key = old.key;
+    const std::uint32_t length = old.length;
+    const std::uint64_t g = slot_granules(length);
+    if (old.pins == 0) {
+      retire(m.entry, std::nullopt);
+    } else {
+      Agent& src = agent(old.agent);
+      by_key.erase(key_hash(old.ns, old.key), m.entry);
+      lru_erase(m.entry);
+      src.live_granules -= g;
+      --src.committed_blocks;
+      Namespace& n = namespaces[ns];
+      --n.blocks;
+      --n.live_blocks;
+      n.live_bytes -= g * kGranule;
+      old.state = BlockState::kRemovedLeased;
+    }
+    Agent& t = agent(m.target);
+    BlockEntry& e = slab[j];
+    e.key = key;
+    e.generation = m.generation;
+    e.stamp = ++touch_clock;
+    e.agent = m.target;
+    e.granule = static_cast<std::uint32_t>(m.slot.offset / kGranule);
+    e.length = length;
+    e.ns = ns;
+    e.state = BlockState::kCommitted;
+    by_key.insert(key_hash(ns, key), j);
+    by_slot.insert(slot_hash(m.target, e.granule), j);
+    t.lists.link_lru(slab, j);
+    t.live_granules += g;
+    ++t.committed_blocks;
+    Namespace& n = namespaces[ns];
+    ++n.blocks;
+    ++n.live_blocks;
+    n.live_bytes += g * kGranule;
+    lru_insert(j);
+    ++agent(m.source).moved;
+    return true;
+  }
+
+  void forget_move(const Move& m, std::uint64_t id) {
+    auto it = moving.find(m.entry);
+    if (it != moving.end() && it->second == id) moving.erase(it);
+  }
+
+  std::uint64_t moves_from(std::uint32_t source) const {
+    std::uint64_t n = 0;
+    for (const auto& [id, m] : moves) n += m.source == source ? 1 : 0;
+    return n;
   }
 
   // ---- consistency ----
@@ -1135,6 +1276,7 @@ AgentView view_of(const Agent& a) {
     v.reclaiming_bytes = a.reclaim.granules_total() * kGranule;
     v.blocks = a.committed_blocks;
     v.largest_free = a.space->stats().largest_free;
+    v.draining = a.retiring;
   }
   return v;
 }
@@ -1144,13 +1286,154 @@ AgentView view_of(const Agent& a) {
 std::vector<AgentView> CoordinatorCore::agents() const {
   std::lock_guard lock(mu_);
   std::vector<AgentView> out;
-  for (const auto& a : s_->agents) out.push_back(view_of(*a));
+  for (const auto& a : s_->agents) {
+    out.push_back(view_of(*a));
+    out.back().drained = a->alive && a->retiring && a->lists.evictable_count() + a->lists.busy_count() == 0 &&
+                         s_->moves_from(to_u32(a->id)) == 0;
+  }
   return out;
 }
 
 std::uint64_t CoordinatorCore::membership_epoch() const {
   std::lock_guard lock(mu_);
   return s_->epoch;
+}
+
+// ---- drain ----
+
+Result<DrainStep> CoordinatorCore::drain(AgentId id, std::uint32_t max_in_flight, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = s.find_agent(id);
+  if (a == nullptr || !a->alive) {
+    return make_error(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or down");
+  }
+  if (a->recovering) {
+    return make_error(StatusCode::kUnavailable,
+                      "agent " + std::to_string(to_u32(id)) + " is recovering its blocks after a rejoin: retry shortly");
+  }
+  if (!a->retiring) {
+    a->retiring = true;
+    a->moved = a->move_failures = 0;
+    logger()->info("agent {} ({}) draining: {} blocks to move", to_u32(id), a->reg.control_address,
+                   a->committed_blocks);
+  }
+  const std::uint32_t src = to_u32(id);
+  DrainStep step;
+  std::vector<std::uint32_t> candidates;
+  std::uint64_t entries = 0;
+  const std::uint64_t in_flight = s.moves_from(src);
+  const std::uint64_t room = max_in_flight > in_flight ? max_in_flight - in_flight : 0;
+  a->lists.for_each(s.slab, [&](std::uint32_t i) {
+    ++entries;
+    const BlockEntry& e = s.slab[i];
+    if (e.state == BlockState::kWriting) ++step.writing;
+    if (e.state != BlockState::kCommitted || candidates.size() >= room) return;
+    if (auto it = s.moving.find(i); it != s.moving.end()) {
+      auto m = s.moves.find(it->second);
+      if (m != s.moves.end() && m->second.old_generation == e.generation) return;  // already moving
+    }
+    candidates.push_back(i);
+  });
+  for (std::size_t k = 0; k < candidates.size(); ++k) {
+    const std::uint32_t i = candidates[k];
+    const BlockEntry& e = s.slab[i];
+    const std::uint64_t bytes = static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
+    auto placed = s.place_move(src, bytes);
+    if (!placed) {
+      step.unplaceable = candidates.size() - k;
+      step.placement = Status(StatusCode::kResourceExhausted,
+                              "no other live agent has " + std::to_string(bytes) +
+                                  " bytes free under its high watermark for a block of agent " + std::to_string(src));
+      break;
+    }
+    const auto [target, slot] = *placed;
+    Agent& t = s.agent(target);
+    Move m;
+    m.entry = i;
+    m.old_generation = e.generation;
+    m.source = src;
+    m.target = target;
+    m.target_incarnation = t.reg.incarnation;
+    m.target_join = t.joins;
+    m.slot = slot;
+    m.generation = s.next_generation++;
+    m.deadline = now + s.config.write_lease_ttl;
+    const std::uint64_t move_id = s.next_lease++;
+    BlockMove bm;
+    bm.id = move_id;
+    bm.ns = s.namespaces[e.ns].id;
+    bm.key = e.key;
+    bm.from = s.location_of(e);
+    bm.to = Location{AgentId{target},
+                     t.reg.incarnation,
+                     t.layout.payload_region_offset(slot.offset),
+                     t.layout.header_offset(slot.offset),
+                     e.length,
+                     m.generation};
+    bm.deadline = m.deadline;
+    s.pin(i);
+    s.moves.emplace(move_id, m);
+    s.moving[i] = move_id;
+    step.moves.push_back(bm);
+  }
+  step.blocks_left = a->committed_blocks;
+  step.in_flight = s.moves_from(src);
+  step.moved = a->moved;
+  step.failed = a->move_failures;
+  step.drained = entries == 0 && step.in_flight == 0;
+  return step;
+}
+
+Status CoordinatorCore::undrain(AgentId id, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  Agent* a = s.find_agent(id);
+  if (a == nullptr || !a->alive) {
+    return Status(StatusCode::kNotFound, "agent " + std::to_string(to_u32(id)) + " is unknown or down");
+  }
+  if (a->retiring) logger()->info("agent {} ({}) takes placements again", to_u32(id), a->reg.control_address);
+  a->retiring = false;
+  return Status::ok_status();
+}
+
+Result<BatchResult> CoordinatorCore::finish_moves(AgentId id, std::uint64_t incarnation,
+                                                  std::span<const MoveOutcome> outcomes, Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  auto found = s.current_agent(id, incarnation);
+  if (!found) return tl::unexpected(found.error());
+  BatchResult r;
+  r.statuses.reserve(outcomes.size());
+  for (const MoveOutcome& o : outcomes) {
+    auto it = s.moves.find(o.id);
+    if (it == s.moves.end() || it->second.source != to_u32(id)) {
+      r.statuses.emplace_back(StatusCode::kNotFound, "move " + std::to_string(o.id) + " is unknown or expired");
+      continue;
+    }
+    const Move m = it->second;
+    s.moves.erase(it);
+    s.forget_move(m, o.id);
+    Status why;
+    if (!o.status.ok()) {
+      why = o.status;
+    } else if (now > m.deadline) {
+      why = Status(StatusCode::kDeadlineExceeded, "move " + std::to_string(o.id) + " finished past its deadline");
+    } else if (!s.move_target_current(m)) {
+      why = Status(StatusCode::kUnavailable, "the target agent of move " + std::to_string(o.id) + " is gone");
+    } else if (!s.move_source_current(m)) {
+      why = Status(StatusCode::kFailedPrecondition, "the block of move " + std::to_string(o.id) +
+                                             " was removed or evicted meanwhile");
+    }
+    if (why.ok() && !s.complete_move(m)) why = Status(StatusCode::kResourceExhausted, "block index full");
+    if (!why.ok()) s.fail_move(m, now);
+    r.statuses.push_back(why);
+  }
+  r.invalidations = s.collect_ready(now);
+  return r;
 }
 
 // ---- writes ----
@@ -1537,6 +1820,19 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
         ++actions.expired_write_leases;
       }
     }
+    // Moves past their deadline: the source agent never reported (it died,
+    // or lost its connection).
+    for (auto it = s.moves.begin(); it != s.moves.end();) {
+      if (it->second.deadline >= now) {
+        ++it;
+        continue;
+      }
+      const Move m = it->second;
+      const std::uint64_t id = it->first;
+      it = s.moves.erase(it);
+      s.forget_move(m, id);
+      s.fail_move(m, now);
+    }
     while (!s.read_expiry.empty() && s.read_expiry.top().first < now) {
       const std::uint64_t id = s.read_expiry.top().second;
       s.read_expiry.pop();
@@ -1695,6 +1991,9 @@ Status CoordinatorCore::State::check_agent(const Agent& a) const {
   if (live != a.live_granules) return internal(who + "live granules counter");
   if (committed != a.committed_blocks) return internal(who + "committed blocks counter");
 
+  for (const auto& [id, m] : moves) {
+    if (m.target == to_u32(a.id) && move_target_current(m)) entries.push_back(m.slot);
+  }
   std::vector<pool::Slot> reclaim;
   a.reclaim.for_each([&](const ReclaimQueue::Pending& p) {
     reclaim.push_back(pool::Slot{p.granule * kGranule, p.granules * kGranule});

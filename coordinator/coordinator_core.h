@@ -210,6 +210,33 @@ class CoordinatorCore {
   // False when the waiter already fired or never existed.
   bool cancel_wait(WaiterId waiter);
 
+  // ---- Drain ----
+
+  // Marks the agent draining (no new placements from now on) and issues up
+  // to max_in_flight - (moves in flight) new moves of its committed blocks,
+  // each to a slot reserved on the least full other live agent that can
+  // take it without passing its high watermark (nothing is evicted for a
+  // move). The block stays where it is, readable, until its move finishes;
+  // it is pinned meanwhile (no eviction). Call again until drained: each
+  // call reports progress. A block with no room anywhere is counted in
+  // unplaceable and stays (the agent stays draining). kNotFound: unknown or
+  // dead agent; kUnavailable: the agent is recovering its blocks (retry).
+  Result<DrainStep> drain(AgentId agent, std::uint32_t max_in_flight, Clock::time_point now);
+  // Ends a drain: the agent takes placements again (moves in flight finish).
+  // kNotFound: unknown or dead agent.
+  Status undrain(AgentId agent, Clock::time_point now);
+  // The source agent's outcomes. A successful move whose block is still the
+  // one copied (not removed, evicted or rewritten meanwhile) and whose
+  // target is still the same incarnation becomes the block's location at
+  // once; the old slot is invalidated once no read lease holds it. Any other
+  // outcome (failure, a lost race, past the deadline) quarantines the
+  // reserved slot like an expired write lease (a late put may still land)
+  // and leaves the block where it was. Unknown ids (expired by tick()) are
+  // ignored. kNotFound: unknown or dead agent; kFailedPrecondition: another
+  // incarnation.
+  Result<BatchResult> finish_moves(AgentId source, std::uint64_t incarnation, std::span<const MoveOutcome> outcomes,
+                                   Clock::time_point now);
+
   // ---- Invalidation protocol and time ----
 
   // The agent's acknowledgement of an InvalidateRequest: each slot that

@@ -239,6 +239,8 @@ struct AgentView {
   std::uint64_t reclaiming_bytes = 0;  // quarantined or awaiting invalidation acknowledgement
   std::uint64_t blocks = 0;            // committed blocks
   std::uint64_t largest_free = 0;      // the largest slot placeable now
+  bool draining = false;               // pooltool drain: no new placements, blocks moving off
+  bool drained = false;                // draining and nothing of it is needed any more
 };
 
 struct Stats {
@@ -280,6 +282,42 @@ struct SlotView {
   Generation generation = 0;
   Key128 key;                    // not set for kQuarantined / kInvalidating
   NamespaceId namespace_id = 0;  // idem
+};
+
+// ---- Drain (pooltool drain): moving an agent's blocks to other agents ----
+
+// One block to copy: the source agent (the one draining) puts the payload
+// of `from` into `to` on another agent, then a header for the same
+// namespace, key and length with generation to.generation, and reports the
+// outcome (CoordinatorCore::finish_moves) before `deadline`.
+struct BlockMove {
+  std::uint64_t id = 0;
+  NamespaceId ns = 0;
+  Key128 key;
+  Location from;
+  Location to;  // a reserved slot: nothing else is placed there meanwhile
+  Clock::time_point deadline{};
+};
+
+// Where a drain stands after one drain() call.
+struct DrainStep {
+  std::vector<BlockMove> moves;   // issued by this call: send them to the source agent
+  std::uint64_t blocks_left = 0;  // committed blocks still on the agent (moving ones included)
+  std::uint64_t writing = 0;      // blocks being written there: moved once committed
+  std::uint64_t in_flight = 0;    // moves issued and not finished (this call's included)
+  std::uint64_t moved = 0;        // blocks moved off the agent since its drain began
+  std::uint64_t failed = 0;       // move attempts that failed since then (the block stays and is retried)
+  std::uint64_t unplaceable = 0;  // blocks this call found no room for on any other agent
+  Status placement;               // why, when unplaceable > 0
+  // Nothing of the agent's is needed any more: no committed or written
+  // block, no move in flight, no removed block still read: it can stop.
+  bool drained = false;
+};
+
+// The source agent's report on one move: ok once payload and header landed.
+struct MoveOutcome {
+  std::uint64_t id = 0;
+  Status status;
 };
 
 // Runs once per wait_for() registration: committed[i] says whether keys[i]
