@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <random>
 #include <utility>
 
@@ -68,6 +69,7 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
                  a->region_->size(), a->heartbeat_interval_.count());
   Agent* raw = a.get();
   a->heartbeat_ = std::thread([raw] { raw->heartbeat_loop(); });
+  a->drain_thread_ = std::thread([raw] { raw->drain_loop(); });
   return a;
 }
 
@@ -188,6 +190,13 @@ void Agent::stop() {
   if (registry_) registry_->remove_collector(collector_id_);
   if (heartbeat_.joinable()) heartbeat_.join();
   {
+    std::lock_guard lock(drain_mu_);
+    drain_queue_.clear();
+  }
+  drain_cv_.notify_all();
+  if (drain_thread_.joinable()) drain_thread_.join();
+  drain_peers_.clear();  // endpoints to other agents go before the transport
+  {
     std::lock_guard lock(rpc_mu_);
     rpc_.reset();
   }
@@ -208,7 +217,10 @@ void Agent::heartbeat_loop() {
     std::shared_ptr<rpc::Client> client = rpc();
     Status st;
     if (client != nullptr && client->connected()) {
-      rpc::HeartbeatRequest hb{id(), incarnation_};
+      rpc::HeartbeatRequest hb{id(), incarnation_,
+                               std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count()};
       const auto sent = Clock::now();
       auto reply = client->call(rpc::kHeartbeat, rpc::encode(hb), Deadline::after(heartbeat_interval_ * 2));
       heartbeat_seconds_->observe(std::chrono::duration<double>(Clock::now() - sent).count());
@@ -244,6 +256,20 @@ void Agent::heartbeat_loop() {
 }
 
 void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& payload) {
+  if (type == rpc::kPushDrainCopy) {
+    rpc::DrainCopyMessage msg;
+    if (Status s = rpc::decode(payload, msg); !s.ok()) {
+      logger()->warn("drain copy request: {}", s.to_string());
+      return;
+    }
+    if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
+    {
+      std::lock_guard lock(drain_mu_);
+      drain_queue_.push_back(std::move(msg));
+    }
+    drain_cv_.notify_one();
+    return;
+  }
   if (type != rpc::kPushInvalidate) {
     logger()->debug("ignoring push of type {}", type);
     return;
@@ -287,6 +313,129 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
 
 Result<pool::ScanResult> Agent::scan() const {
   return pool::scan(std::span<const std::byte>(region_->data(), region_->size()), layout_);
+}
+
+void Agent::drain_loop() {
+  for (;;) {
+    rpc::DrainCopyMessage msg;
+    {
+      std::unique_lock lock(drain_mu_);
+      drain_cv_.wait(lock, [&] { return stopping_.load() || !drain_queue_.empty(); });
+      if (stopping_.load()) return;
+      msg = std::move(drain_queue_.front());
+      drain_queue_.pop_front();
+    }
+    rpc::DrainCopiedRequest done;
+    done.agent = id();
+    done.incarnation = incarnation_;
+    done.results = copy_moves(msg);
+    std::size_t ok = 0;
+    for (const auto& r : done.results) ok += r.status.code == StatusCode::kOk ? 1 : 0;
+    drain_copies_ += ok;
+    logger()->debug("drain: copied {} of {} blocks to other agents", ok, done.results.size());
+    std::shared_ptr<rpc::Client> client = rpc();
+    if (client == nullptr) continue;  // the coordinator expires the moves
+    auto reply = client->call(rpc::kDrainCopied, rpc::encode(done), Deadline::after(std::chrono::seconds(10)));
+    if (!reply) logger()->warn("drain: reporting {} moves: {}", done.results.size(), reply.error().to_string());
+  }
+}
+
+std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& msg) {
+  // Within the coordinator's move deadline (its write-lease ttl, 10 s by
+  // default), with room for the report.
+  const Deadline deadline = Deadline::after(std::chrono::seconds(5));
+  std::vector<rpc::MoveResultWire> results(msg.moves.size());
+  for (std::size_t i = 0; i < msg.moves.size(); ++i) results[i].id = msg.moves[i].id;
+  auto fail = [&](std::size_t i, const Status& s) { results[i].status = rpc::StatusWire::from(s); };
+
+  // Headers of the copies: the same block under the move's generation.
+  std::vector<std::array<std::byte, pool::kSlotHeaderBytes>> headers(msg.moves.size());
+  std::map<std::uint32_t, std::vector<std::size_t>> by_target;
+  for (std::size_t i = 0; i < msg.moves.size(); ++i) {
+    const rpc::MoveWire& m = msg.moves[i];
+    const rpc::LocationWire& f = m.from;
+    if (f.header_offset % pool::kSlotHeaderBytes != 0 || f.header_offset + pool::kSlotHeaderBytes > layout_.header_table_bytes ||
+        f.payload_offset < layout_.payload_base || f.length == 0 || f.payload_offset > region_->size() ||
+        f.length > region_->size() - f.payload_offset) {
+      fail(i, Status(StatusCode::kInvalidArgument, "move source outside this agent's region"));
+      continue;
+    }
+    auto header = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(region_->data() + f.header_offset,
+                                                                                   pool::kSlotHeaderBytes));
+    if (!header) {
+      fail(i, header.error());
+      continue;
+    }
+    if (header->namespace_id != m.ns || header->key != m.key || header->payload_length != f.length ||
+        header->generation != f.generation) {
+      fail(i, Status(StatusCode::kFailedPrecondition, "the slot holds another block than the move names"));
+      continue;
+    }
+    if (Status s = pool::verify_payload(
+            *header, std::span<const std::byte>(region_->data() + f.payload_offset, f.length));
+        !s.ok()) {
+      fail(i, s);
+      continue;
+    }
+    pool::SlotHeader copy = *header;
+    copy.generation = m.to.generation;
+    pool::encode(copy, std::span<std::byte, pool::kSlotHeaderBytes>(headers[i]));
+    by_target[m.to.agent].push_back(i);
+  }
+
+  for (auto& [target, moves] : by_target) {
+    const rpc::DrainTarget* t = nullptr;
+    for (const auto& cand : msg.targets) {
+      if (cand.agent == target) t = &cand;
+    }
+    auto fail_all = [&](const Status& s) {
+      for (std::size_t i : moves) fail(i, s);
+    };
+    if (t == nullptr) {
+      fail_all(Status(StatusCode::kInvalidArgument, "no address for target agent " + std::to_string(target)));
+      continue;
+    }
+    const auto peer_key = std::make_pair(t->agent, t->incarnation);
+    auto it = drain_peers_.find(peer_key);
+    if (it == drain_peers_.end()) {
+      // An earlier incarnation of the target is gone for good.
+      std::erase_if(drain_peers_, [&](const auto& kv) { return kv.first.first == t->agent; });
+      auto peer = transport_->connect(t->worker_address, transport::ErrorMode::kAuto, t->host_id);
+      if (!peer) {
+        fail_all(peer.error());
+        continue;
+      }
+      auto region = (*peer)->import_region(
+          transport::RegionInfo{t->worker_address, t->packed_rkey, t->region_base, t->region_bytes, t->host_id});
+      if (!region) {
+        fail_all(region.error());
+        continue;
+      }
+      DrainPeer dp;
+      dp.peer = std::move(*peer);
+      dp.region = std::move(*region);
+      it = drain_peers_.emplace(peer_key, std::move(dp)).first;
+    }
+    DrainPeer& dp = it->second;
+    std::vector<transport::RmaOp> payloads, heads;
+    for (std::size_t i : moves) {
+      const rpc::MoveWire& m = msg.moves[i];
+      payloads.push_back({region_->data() + m.from.payload_offset, m.to.payload_offset, m.from.length});
+      heads.push_back({headers[i].data(), m.to.header_offset, pool::kSlotHeaderBytes});
+    }
+    // Payloads complete at the target before any header is put (put()
+    // returns after a flush), so a valid header there means a whole copy.
+    transport::BatchOptions local;
+    local.local = &region_->memory();
+    Status s = dp.peer->put(dp.region, payloads, deadline, local);
+    if (s.ok()) s = dp.peer->put(dp.region, heads, deadline);
+    if (!s.ok()) {
+      logger()->warn("drain: copying {} blocks to agent {}: {}", moves.size(), target, s.to_string());
+      fail_all(s);
+      if (!dp.peer->health().ok() || s.code() == StatusCode::kDeadlineExceeded) drain_peers_.erase(it);
+    }
+  }
+  return results;
 }
 
 }  // namespace kvpool::agent

@@ -16,12 +16,27 @@
 // valid block, and the coordinator rebuilds its index from them (DESIGN.md,
 // "Failure model"). The region and its blocks survive all of this.
 //
+// Drain (pooltool drain): on the coordinator's kPushDrainCopy the agent
+// copies blocks of its own region into slots reserved on other agents: it
+// checks each block's header and payload checksum, puts the payload into
+// the target's region over UCX, then (after that put completed) a header
+// with the new generation, and reports the outcomes (kDrainCopied). The
+// source puts rather than the target getting: the source has the bytes in
+// local memory and can verify them before they leave, puts are the fast
+// direction over TCP (DESIGN.md: get is 5-60x slower there), and the work
+// runs on a thread of the agent being drained, never on the targets that
+// keep serving workers. The bytes never pass through pooltool or the
+// coordinator.
+//
 // Lifetime: start() returns a running agent; the destructor (or stop())
 // stops heartbeats, leaves the coordinator connection, then frees the region
 // before the transport.
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -86,6 +101,8 @@ class Agent {
   std::uint64_t invalidated_slots() const { return invalidated_.load(); }
   // Successful rejoins after losing the coordinator (for tests and status).
   std::uint64_t rejoins() const { return rejoins_.load(); }
+  // Blocks copied to other agents for drains (for tests and status).
+  std::uint64_t drain_copies() const { return drain_copies_.load(); }
 
  private:
   Agent() = default;
@@ -97,6 +114,9 @@ class Agent {
   std::shared_ptr<rpc::Client> rpc() const;
   void on_push(rpc::Client* from, std::uint16_t type, const std::string& payload);
   void heartbeat_loop();
+  void drain_loop();
+  // Copies the message's blocks; one result per move, in order.
+  std::vector<rpc::MoveResultWire> copy_moves(const rpc::DrainCopyMessage& msg);
 
   // Destruction order matters: threads and the RPC client go first, then the
   // region (unmapped through UCX), then the transport.
@@ -115,6 +135,21 @@ class Agent {
   std::thread heartbeat_;
   std::atomic<std::uint64_t> invalidated_{0};
   std::atomic<std::uint64_t> rejoins_{0};
+
+  // Drain copies: pushes queue here, one thread works them (a push handler
+  // must not block the connection's reader). Peers to target agents are
+  // kept per (agent, incarnation) while draining and dropped in stop(),
+  // before the transport.
+  struct DrainPeer {
+    std::unique_ptr<transport::Peer> peer;
+    transport::RemoteRegion region;  // destroyed before peer (declared after it)
+  };
+  std::mutex drain_mu_;
+  std::condition_variable drain_cv_;
+  std::deque<rpc::DrainCopyMessage> drain_queue_;  // guarded by drain_mu_
+  std::thread drain_thread_;
+  std::map<std::pair<std::uint32_t, std::uint64_t>, DrainPeer> drain_peers_;  // drain thread only
+  std::atomic<std::uint64_t> drain_copies_{0};
 
   void init_metrics();
   std::shared_ptr<metrics::Registry> registry_;

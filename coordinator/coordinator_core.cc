@@ -1001,7 +1001,7 @@ std::vector<NamespaceView> CoordinatorCore::namespaces() const {
   std::vector<NamespaceView> out;
   for (const Namespace& n : s_->namespaces) {
     out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks, n.live_bytes, n.quota_blocks,
-                                n.quota_bytes});
+                                n.quota_bytes, n.live_blocks});
   }
   return out;
 }

@@ -58,6 +58,7 @@ struct NamespaceView {
   std::uint64_t live_bytes = 0;  // slot bytes of blocks committed or being written
   std::uint64_t quota_blocks = 0;  // 0: no quota
   std::uint64_t quota_bytes = 0;   // 0: no quota
+  std::uint64_t live_blocks = 0;   // blocks committed or being written (what a quota counts)
 };
 
 // What the index itself occupies (for coordinator_bench and pooltool).

@@ -1,6 +1,8 @@
 #include "coordinator/server.h"
 
+#include <algorithm>
 #include <array>
+#include <optional>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -70,9 +72,18 @@ const char* op_name(std::uint16_t type) {
       return "agent_stats";
     case rpc::kInvalidateDone:
       return "invalidate_done";
+    case rpc::kDrain:
+      return "drain";
+    case rpc::kDrainCopied:
+      return "drain_copied";
     default:
       return "unknown";
   }
+}
+
+std::int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 std::string ns_label(NamespaceId id) {
@@ -103,6 +114,9 @@ struct CoordinatorServer::Impl {
   std::mutex mu;
   std::unordered_map<std::uint32_t, std::uint64_t> agent_connections;  // agent id -> connection; guarded by mu
   std::set<std::uint64_t> worker_connections;                          // guarded by mu
+  // Each agent's clock minus ours at its last heartbeat (ms), for pooltool
+  // doctor's clock-skew check; guarded by mu.
+  std::unordered_map<std::uint32_t, std::int64_t> agent_clock_offset_ms;
 
   std::mutex tick_mu;
   std::condition_variable tick_cv;
@@ -282,6 +296,11 @@ struct CoordinatorServer::Impl {
   }
 
   void handle(rpc::Request req, rpc::Responder raw_resp);
+  // One step of a drain: the core issues moves, which go to the draining
+  // agent as a kPushDrainCopy (the agent copies agent-to-agent over UCX and
+  // reports with kDrainCopied); moves that cannot be sent fail at once.
+  Result<rpc::DrainReply> drain_step(const rpc::DrainRequest& m, Clock::time_point now);
+  void drain_copied(const rpc::DrainCopiedRequest& m, Clock::time_point now, const MeteredResponder& resp);
   rpc::UsageReply usage(const rpc::UsageRequest& m) const;
   EvictSummary evict_namespace(NamespaceId ns, bool dry_run, Clock::time_point now);
 };
@@ -306,6 +325,8 @@ void CoordinatorServer::Impl::init_metrics() {
                                       rpc::kEvictNamespace,
                                       rpc::kAgentStats,
                                       rpc::kInvalidateDone,
+                                      rpc::kDrain,
+                                      rpc::kDrainCopied,
                                       0};
   for (std::uint16_t t : types) {
     OpMetrics& m = ops[t];
@@ -520,6 +541,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rpc::HeartbeatRequest m;
       if (!parse(m)) return;
       Status s = core->heartbeat(AgentId{m.agent}, m.incarnation, now);
+      if (s.ok() && m.unix_ms != 0) {
+        std::lock_guard lock(mu);
+        agent_clock_offset_ms[m.agent] = m.unix_ms - unix_now_ms();
+      }
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
     case rpc::kListAgents: {
@@ -676,6 +701,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rep.read_leases = st.read_leases;
       rep.evictions = st.evictions;
       rep.expired_write_leases = st.expired_write_leases;
+      rep.unix_ms = unix_now_ms();
       rep.uptime_ms = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::milliseconds>(now - started).count());
       resp.reply(rpc::encode(rep));
@@ -693,7 +719,8 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kListNamespaces: {
       rpc::ListNamespacesReply rep;
       for (const NamespaceView& ns : core->namespaces()) {
-        rep.namespaces.push_back({ns.id, ns.descriptor, ns.block_bytes, ns.blocks});
+        rep.namespaces.push_back({ns.id, ns.descriptor, ns.block_bytes, ns.blocks, ns.live_blocks, ns.live_bytes,
+                                  ns.quota_blocks, ns.quota_bytes});
       }
       resp.reply(rpc::encode(rep));
       return;
@@ -719,6 +746,14 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
         r.reclaiming_bytes = a.reclaiming_bytes;
         r.blocks = a.blocks;
         r.largest_free = a.largest_free;
+        r.draining = a.draining;
+        r.drained = a.drained;
+        {
+          std::lock_guard lock(mu);
+          auto it = agent_clock_offset_ms.find(r.agent);
+          r.clock_known = a.alive && it != agent_clock_offset_ms.end();
+          if (r.clock_known) r.clock_offset_ms = it->second;
+        }
         rep.agents.push_back(std::move(r));
       }
       resp.reply(rpc::encode(rep));
@@ -743,11 +778,96 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       resp.reply(rpc::encode(rpc::EvictNamespaceReply{sum.blocks, sum.bytes, sum.removed, sum.failed}));
       return;
     }
+    case rpc::kDrain: {
+      rpc::DrainRequest m;
+      if (!parse(m)) return;
+      auto rep = drain_step(m, now);
+      if (!rep) return resp.fail(rep.error());
+      resp.reply(rpc::encode(*rep));
+      return;
+    }
+    case rpc::kDrainCopied: {
+      rpc::DrainCopiedRequest m;
+      if (!parse(m)) return;
+      drain_copied(m, now, resp);
+      return;
+    }
     default:
       om.errors[static_cast<std::size_t>(StatusCode::kUnimplemented)]->inc();
       rpc::fail_unknown_type(req, resp.raw());
       return;
   }
+}
+
+Result<rpc::DrainReply> CoordinatorServer::Impl::drain_step(const rpc::DrainRequest& m, Clock::time_point now) {
+  const AgentId id{m.agent};
+  if (m.mode == rpc::DrainMode::kUndrain) {
+    if (Status s = core->undrain(id, now); !s.ok()) return tl::unexpected(s);
+    return rpc::DrainReply{};
+  }
+  auto step = core->drain(id, std::clamp<std::uint32_t>(m.max_in_flight, 1, 4096), now);
+  if (!step) return tl::unexpected(step.error());
+  if (!step->moves.empty()) {
+    rpc::DrainCopyMessage msg;
+    msg.agent = m.agent;
+    msg.incarnation = step->moves.front().from.incarnation;
+    std::set<std::uint32_t> targets;
+    for (const BlockMove& bm : step->moves) {
+      targets.insert(to_u32(bm.to.agent));
+      msg.moves.push_back({bm.id, bm.ns, bm.key, to_wire(bm.from), to_wire(bm.to)});
+    }
+    for (const AgentView& a : core->agents()) {
+      if (!targets.count(to_u32(a.id))) continue;
+      msg.targets.push_back({to_u32(a.id), a.incarnation, a.registration.worker_address, a.registration.packed_rkey,
+                             a.registration.host_id, a.registration.region_base, a.registration.region_bytes});
+    }
+    std::optional<std::uint64_t> conn;
+    {
+      std::lock_guard lock(mu);
+      if (auto it = agent_connections.find(m.agent); it != agent_connections.end()) conn = it->second;
+    }
+    Status sent = conn ? server->push(*conn, rpc::kPushDrainCopy, rpc::encode(msg))
+                       : Status(StatusCode::kUnavailable, "agent " + std::to_string(m.agent) + " is not connected");
+    if (!sent.ok()) {
+      logger()->warn("drain of agent {}: {} moves not sent: {}", m.agent, msg.moves.size(), sent.to_string());
+      std::vector<MoveOutcome> failed;
+      for (const BlockMove& bm : step->moves) failed.push_back({bm.id, sent});
+      if (auto r = core->finish_moves(id, msg.incarnation, failed, now)) send_invalidations(r->invalidations);
+      step->in_flight -= std::min<std::uint64_t>(step->in_flight, failed.size());
+    }
+  }
+  rpc::DrainReply rep;
+  rep.draining = true;
+  rep.drained = step->drained;
+  rep.blocks_left = step->blocks_left;
+  rep.writing = step->writing;
+  rep.in_flight = step->in_flight;
+  rep.moved = step->moved;
+  rep.failed = step->failed;
+  rep.unplaceable = step->unplaceable;
+  rep.placement = rpc::StatusWire::from(step->placement);
+  return rep;
+}
+
+void CoordinatorServer::Impl::drain_copied(const rpc::DrainCopiedRequest& m, Clock::time_point now,
+                                           const MeteredResponder& resp) {
+  std::vector<MoveOutcome> outcomes;
+  outcomes.reserve(m.results.size());
+  for (const auto& r : m.results) outcomes.push_back({r.id, r.status.to_status()});
+  auto res = core->finish_moves(AgentId{m.agent}, m.incarnation, outcomes, now);
+  if (!res) return resp.fail(res.error());
+  std::size_t ok = 0;
+  for (std::size_t i = 0; i < res->statuses.size(); ++i) {
+    if (res->statuses[i].ok()) {
+      ++ok;
+    } else {
+      logger()->info("drain of agent {}: move {} not applied: {}", m.agent, outcomes[i].id,
+                     res->statuses[i].to_string());
+    }
+  }
+  logger()->debug("drain of agent {}: {} of {} moves applied", m.agent, ok, outcomes.size());
+  send_invalidations(res->invalidations);
+  resp.reply({});
 }
 
 CoordinatorServer::CoordinatorServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -248,12 +248,14 @@ std::string encode(const HeartbeatRequest& m) {
   Writer w;
   w.u32(m.agent);
   w.u64(m.incarnation);
+  w.i64(m.unix_ms);
   return w.take();
 }
 Status decode(std::string_view p, HeartbeatRequest& m) {
   Reader r(p);
   m.agent = r.u32();
   m.incarnation = r.u64();
+  m.unix_ms = r.i64();
   return r.finish("heartbeat");
 }
 
@@ -508,6 +510,7 @@ std::string encode(const StatsReply& m) {
                  m.read_leases, m.evictions, m.expired_write_leases}) {
     w.u64(v);
   }
+  w.i64(m.unix_ms);
   return w.take();
 }
 Status decode(std::string_view p, StatsReply& m) {
@@ -517,6 +520,7 @@ Status decode(std::string_view p, StatsReply& m) {
                   &m.write_leases, &m.read_leases, &m.evictions, &m.expired_write_leases}) {
     *v = r.u64();
   }
+  m.unix_ms = r.i64();
   return r.finish("stats");
 }
 
@@ -528,13 +532,14 @@ std::string encode(const ListNamespacesReply& m) {
     put(w, n.descriptor);
     w.u64(n.block_bytes);
     w.u64(n.blocks);
+    for (auto v : {n.live_blocks, n.live_bytes, n.quota_blocks, n.quota_bytes}) w.u64(v);
   }
   return w.take();
 }
 Status decode(std::string_view p, ListNamespacesReply& m) {
   Reader r(p);
   // id, the descriptor's fixed part (3 empty strings, 6 u32, a u64), block_bytes, blocks
-  std::uint32_t n = get_count(r, 8 + 3 * 4 + 6 * 4 + 8 + 8 + 8);
+  std::uint32_t n = get_count(r, 8 + 3 * 4 + 6 * 4 + 8 + 8 + 8 + 4 * 8);
   m.namespaces.clear();
   for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
     NamespaceRecord rec;
@@ -542,6 +547,7 @@ Status decode(std::string_view p, ListNamespacesReply& m) {
     rec.descriptor = get_descriptor(r);
     rec.block_bytes = r.u64();
     rec.blocks = r.u64();
+    for (auto* v : {&rec.live_blocks, &rec.live_bytes, &rec.quota_blocks, &rec.quota_bytes}) *v = r.u64();
     m.namespaces.push_back(std::move(rec));
   }
   return r.finish("list namespaces reply");
@@ -621,12 +627,16 @@ std::string encode(const AgentStatsReply& m) {
                    a.blocks, a.largest_free}) {
       w.u64(v);
     }
+    w.boolean(a.draining);
+    w.boolean(a.drained);
+    w.boolean(a.clock_known);
+    w.i64(a.clock_offset_ms);
   }
   return w.take();
 }
 Status decode(std::string_view p, AgentStatsReply& m) {
   Reader r(p);
-  std::uint32_t n = get_count(r, 4 + 8 + 4 + 4 + 1 + 8 * 8);
+  std::uint32_t n = get_count(r, 4 + 8 + 4 + 4 + 1 + 8 * 8 + 3 + 8);
   m.agents.clear();
   for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
     AgentStatsRecord a;
@@ -639,9 +649,126 @@ Status decode(std::string_view p, AgentStatsReply& m) {
                     &a.reclaiming_bytes, &a.blocks, &a.largest_free}) {
       *v = r.u64();
     }
+    a.draining = r.boolean();
+    a.drained = r.boolean();
+    a.clock_known = r.boolean();
+    a.clock_offset_ms = r.i64();
     m.agents.push_back(std::move(a));
   }
   return r.finish("agent stats reply");
+}
+
+std::string encode(const DrainRequest& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u8(static_cast<std::uint8_t>(m.mode));
+  w.u32(m.max_in_flight);
+  return w.take();
+}
+Status decode(std::string_view p, DrainRequest& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  const std::uint8_t mode = r.u8();
+  if (mode > static_cast<std::uint8_t>(DrainMode::kUndrain)) r.refuse("unknown drain mode " + std::to_string(mode));
+  m.mode = static_cast<DrainMode>(mode);
+  m.max_in_flight = r.u32();
+  return r.finish("drain");
+}
+
+std::string encode(const DrainReply& m) {
+  Writer w;
+  w.boolean(m.draining);
+  w.boolean(m.drained);
+  for (auto v : {m.blocks_left, m.writing, m.in_flight, m.moved, m.failed, m.unplaceable}) w.u64(v);
+  put(w, m.placement);
+  return w.take();
+}
+Status decode(std::string_view p, DrainReply& m) {
+  Reader r(p);
+  m.draining = r.boolean();
+  m.drained = r.boolean();
+  for (auto* v : {&m.blocks_left, &m.writing, &m.in_flight, &m.moved, &m.failed, &m.unplaceable}) *v = r.u64();
+  m.placement = get_status(r);
+  return r.finish("drain reply");
+}
+
+std::string encode(const DrainCopyMessage& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u64(m.incarnation);
+  w.u32(static_cast<std::uint32_t>(m.targets.size()));
+  for (const auto& t : m.targets) {
+    w.u32(t.agent);
+    w.u64(t.incarnation);
+    w.bytes(t.worker_address);
+    w.bytes(t.packed_rkey);
+    w.bytes(t.host_id);
+    w.u64(t.region_base);
+    w.u64(t.region_bytes);
+  }
+  w.u32(static_cast<std::uint32_t>(m.moves.size()));
+  for (const auto& mv : m.moves) {
+    w.u64(mv.id);
+    w.u64(mv.ns);
+    put(w, mv.key);
+    put(w, mv.from);
+    put(w, mv.to);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, DrainCopyMessage& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.incarnation = r.u64();
+  std::uint32_t n = get_count(r, 4 + 8 + 3 * 4 + 8 + 8);
+  m.targets.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    DrainTarget t;
+    t.agent = r.u32();
+    t.incarnation = r.u64();
+    t.worker_address = r.bytes(kMaxString);
+    t.packed_rkey = r.bytes(kMaxString);
+    t.host_id = r.bytes(kMaxString);
+    t.region_base = r.u64();
+    t.region_bytes = r.u64();
+    m.targets.push_back(std::move(t));
+  }
+  n = get_count(r, 8 + 8 + 16 + 2 * kLocationBytes);
+  m.moves.resize(n);
+  for (auto& mv : m.moves) {
+    mv.id = r.u64();
+    mv.ns = r.u64();
+    mv.key = get_key(r);
+    mv.from = get_location(r);
+    mv.to = get_location(r);
+  }
+  return r.finish("drain copy");
+}
+
+std::string encode(const DrainCopiedRequest& m) {
+  Writer w;
+  w.u32(m.agent);
+  w.u64(m.incarnation);
+  w.u32(static_cast<std::uint32_t>(m.results.size()));
+  for (const auto& res : m.results) {
+    w.u64(res.id);
+    put(w, res.status);
+  }
+  return w.take();
+}
+Status decode(std::string_view p, DrainCopiedRequest& m) {
+  Reader r(p);
+  m.agent = r.u32();
+  m.incarnation = r.u64();
+  std::uint32_t n = get_count(r, 8 + 2 + 4);
+  m.results.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    MoveResultWire res;
+    res.id = r.u64();
+    res.status = get_status(r);
+    m.results.push_back(std::move(res));
+  }
+  return r.finish("drain copied");
 }
 
 }  // namespace kvpool::rpc

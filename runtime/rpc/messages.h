@@ -38,10 +38,13 @@ enum MessageType : std::uint16_t {
   kAgentStats = 31,      // operator tools: every agent's usage and heartbeat age
   kRecoverBlocks = 32,   // agent -> coordinator: blocks of a scan, after a rejoin
   kSetQuota = 33,        // a namespace's budget in blocks and bytes (0: none)
+  kDrain = 36,           // operator tools: one step of an agent's drain (or undrain), with its progress
+  kDrainCopied = 38,     // agent -> coordinator: outcomes of the moves of a kPushDrainCopy
   kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
   // pushes
   kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
   kPushAgentDown = 42,   // coordinator -> workers: an agent incarnation is gone
+  kPushDrainCopy = 37,   // coordinator -> agent: copy these blocks of yours to other agents, then kDrainCopied
 };
 
 // Caps on batch sizes so one request cannot make the server do unbounded
@@ -125,6 +128,9 @@ struct RecoverBlocksReply {
 struct HeartbeatRequest {
   std::uint32_t agent = 0;
   std::uint64_t incarnation = 0;
+  // The agent's wall clock (Unix ms) when it sent this: the coordinator
+  // keeps the offset from its own, for pooltool doctor's clock-skew check.
+  std::int64_t unix_ms = 0;
 };
 struct ListAgentsReply {
   std::uint64_t epoch = 0;  // bumps on every join or leave
@@ -217,6 +223,7 @@ struct StatsReply {
   std::uint64_t read_leases = 0;
   std::uint64_t evictions = 0;
   std::uint64_t expired_write_leases = 0;
+  std::int64_t unix_ms = 0;  // the coordinator's wall clock when it answered (clock-skew check)
 };
 
 // kListNamespaces: empty request.
@@ -224,7 +231,11 @@ struct NamespaceRecord {
   NamespaceId id = 0;
   NamespaceDescriptor descriptor;
   std::uint64_t block_bytes = 0;
-  std::uint64_t blocks = 0;  // committed
+  std::uint64_t blocks = 0;        // committed
+  std::uint64_t live_blocks = 0;   // committed or being written: what a quota counts
+  std::uint64_t live_bytes = 0;    // their slot bytes
+  std::uint64_t quota_blocks = 0;  // 0: none
+  std::uint64_t quota_bytes = 0;   // 0: none
 };
 struct ListNamespacesReply {
   std::vector<NamespaceRecord> namespaces;
@@ -273,9 +284,69 @@ struct AgentStatsRecord {
   std::uint64_t reclaiming_bytes = 0;
   std::uint64_t blocks = 0;
   std::uint64_t largest_free = 0;
+  bool draining = false;  // pooltool drain: takes no new blocks
+  bool drained = false;   // draining and holds nothing needed: safe to stop
+  // The agent's clock minus the coordinator's at its last heartbeat (ms,
+  // within the heartbeat's one-way delay); clock_known false before one came.
+  bool clock_known = false;
+  std::int64_t clock_offset_ms = 0;
 };
 struct AgentStatsReply {
   std::vector<AgentStatsRecord> agents;
+};
+
+// kDrain: pooltool asks for one step of an agent's drain; each step issues
+// more moves (kPushDrainCopy to the agent) and reports progress.
+enum class DrainMode : std::uint8_t { kStep = 0, kUndrain = 1 };
+struct DrainRequest {
+  std::uint32_t agent = 0;
+  DrainMode mode = DrainMode::kStep;
+  std::uint32_t max_in_flight = 64;  // moves outstanding at once for this agent
+};
+struct DrainReply {
+  bool draining = false;
+  bool drained = false;
+  std::uint64_t blocks_left = 0;
+  std::uint64_t writing = 0;
+  std::uint64_t in_flight = 0;
+  std::uint64_t moved = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t unplaceable = 0;
+  StatusWire placement;  // why blocks could not be placed (unplaceable > 0)
+};
+
+// kPushDrainCopy: the agent puts each block's payload, then a header with
+// the new generation, into the target's region, and reports kDrainCopied.
+struct DrainTarget {  // what the agent connects to
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::string worker_address;
+  std::string packed_rkey;
+  std::string host_id;
+  std::uint64_t region_base = 0;
+  std::uint64_t region_bytes = 0;
+};
+struct MoveWire {
+  std::uint64_t id = 0;
+  NamespaceId ns = 0;
+  Key128 key;
+  LocationWire from;  // in the receiving agent's own region
+  LocationWire to;    // in a target's region (to.agent names the target)
+};
+struct DrainCopyMessage {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::vector<DrainTarget> targets;
+  std::vector<MoveWire> moves;
+};
+struct MoveResultWire {
+  std::uint64_t id = 0;
+  StatusWire status;
+};
+struct DrainCopiedRequest {
+  std::uint32_t agent = 0;
+  std::uint64_t incarnation = 0;
+  std::vector<MoveResultWire> results;
 };
 
 // encode(x) returns the payload; decode(payload, x) fills x.
@@ -311,6 +382,10 @@ KVPOOL_RPC_MESSAGE(UsageReply)
 KVPOOL_RPC_MESSAGE(EvictNamespaceRequest)
 KVPOOL_RPC_MESSAGE(EvictNamespaceReply)
 KVPOOL_RPC_MESSAGE(AgentStatsReply)
+KVPOOL_RPC_MESSAGE(DrainRequest)
+KVPOOL_RPC_MESSAGE(DrainReply)
+KVPOOL_RPC_MESSAGE(DrainCopyMessage)
+KVPOOL_RPC_MESSAGE(DrainCopiedRequest)
 #undef KVPOOL_RPC_MESSAGE
 
 }  // namespace kvpool::rpc

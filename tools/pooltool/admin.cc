@@ -70,6 +70,22 @@ Status AdminClient::set_quota(NamespaceId ns, std::uint64_t quota_blocks, std::u
   return reply ? Status() : reply.error();
 }
 
+Result<rpc::DrainReply> AdminClient::drain(const rpc::DrainRequest& request) {
+  return call_decode<rpc::DrainReply>(rpc::kDrain, rpc::encode(request));
+}
+
+Result<rpc::AgentStatsRecord> AdminClient::resolve_agent(const std::string& text) {
+  auto list = agents();
+  if (!list) return tl::unexpected(list.error());
+  const bool numeric =
+      !text.empty() && std::all_of(text.begin(), text.end(), [](unsigned char c) { return std::isdigit(c) != 0; });
+  for (const auto& a : list->agents) {
+    if ((numeric && text.size() < 10 && std::to_string(a.agent) == text) || a.control_address == text) return a;
+  }
+  return make_error(StatusCode::kNotFound,
+                    "no agent '" + text + "': give its id or address as `pooltool agents` lists them");
+}
+
 Result<rpc::NamespaceRecord> AdminClient::resolve_namespace(const std::string& text) {
   auto list = namespaces();
   if (!list) return tl::unexpected(list.error());

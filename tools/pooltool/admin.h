@@ -44,6 +44,13 @@ class AdminClient {
   // A namespace's budget in blocks and bytes (0 and 0: none).
   Status set_quota(NamespaceId ns, std::uint64_t quota_blocks, std::uint64_t quota_bytes);
 
+  // One step of an agent's drain (issues more moves, reports progress), or
+  // its undrain.
+  Result<rpc::DrainReply> drain(const rpc::DrainRequest& request);
+  // The agent an operator named: its id, or its address (control address,
+  // as `pooltool agents` shows it). kNotFound when none matches.
+  Result<rpc::AgentStatsRecord> resolve_agent(const std::string& text);
+
   // The namespace an operator named: its id in hex (with or without 0x), or
   // a model id that exactly one registered namespace has. kNotFound when
   // nothing matches, kInvalidArgument when a model id is ambiguous.

@@ -14,6 +14,7 @@
 
 #include "kvpool/client.h"
 #include "tools/pooltool/admin.h"
+#include "tools/pooltool/checks.h"
 #include "tools/pooltool/output.h"
 #include "transport/transport.h"
 
@@ -125,21 +126,110 @@ Check check_ucx() {
   return c;
 }
 
-Check check_rdma() {
+const char* port_state_name(ibv_port_state s) {
+  switch (s) {
+    case IBV_PORT_NOP:
+      return "nop";
+    case IBV_PORT_DOWN:
+      return "down";
+    case IBV_PORT_INIT:
+      return "init";
+    case IBV_PORT_ARMED:
+      return "armed";
+    case IBV_PORT_ACTIVE:
+      return "active";
+    case IBV_PORT_ACTIVE_DEFER:
+      return "active-defer";
+  }
+  return "unknown";
+}
+
+int mtu_bytes(ibv_mtu m) {
+  switch (m) {
+    case IBV_MTU_256:
+      return 256;
+    case IBV_MTU_512:
+      return 512;
+    case IBV_MTU_1024:
+      return 1024;
+    case IBV_MTU_2048:
+      return 2048;
+    case IBV_MTU_4096:
+      return 4096;
+  }
+  return 0;
+}
+
+std::string gid_text(const ibv_gid& gid) {
+  char buf[48];
+  const std::uint8_t* r = gid.raw;
+  std::snprintf(buf, sizeof buf, "%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x:%02x%02x", r[0],
+                r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14], r[15]);
+  return buf;
+}
+
+// Every RDMA device's ports through libibverbs (read-only queries: no
+// protection domain, no queue pair). A device that cannot be opened or
+// queried gets a failing check of its own.
+std::vector<Check> check_rdma() {
   Check c{"RDMA devices", CheckLevel::kInfo, "", ""};
   int n = 0;
   ibv_device** list = ibv_get_device_list(&n);
   if (list == nullptr || n == 0) {
+    if (list != nullptr) ibv_free_device_list(list);
     c.detail = "none: UCX moves bytes over shared memory on one host and TCP between hosts";
     c.fix =
         "for RDMA: an RDMA NIC with its driver (rdma-core) and UCX_TLS=rc,dc,sm,self "
         "(cluster-configs/rdma-host.json)";
-  } else {
-    c.level = CheckLevel::kOk;
-    for (int i = 0; i < n; ++i) c.detail += (i ? ", " : "") + std::string(ibv_get_device_name(list[i]));
+    return {c};
   }
-  if (list != nullptr) ibv_free_device_list(list);
-  return c;
+  std::vector<Check> out;
+  std::vector<RdmaPort> ports;
+  c.level = CheckLevel::kOk;
+  for (int i = 0; i < n; ++i) {
+    const std::string name = ibv_get_device_name(list[i]);
+    c.detail += (i ? ", " : "") + name;
+    ibv_context* ctx = ibv_open_device(list[i]);
+    ibv_device_attr attr{};
+    if (ctx == nullptr || ibv_query_device(ctx, &attr) != 0) {
+      out.push_back({"RDMA " + name, CheckLevel::kFail, std::string("cannot open or query: ") + std::strerror(errno),
+                     "check the driver (dmesg, rdma link) and the permissions of /dev/infiniband/*"});
+      if (ctx != nullptr) ibv_close_device(ctx);
+      continue;
+    }
+    for (int p = 1; p <= attr.phys_port_cnt; ++p) {
+      ibv_port_attr pa{};
+      if (ibv_query_port(ctx, static_cast<std::uint8_t>(p), &pa) != 0) {
+        out.push_back({"RDMA " + name + " port " + std::to_string(p), CheckLevel::kFail,
+                       std::string("ibv_query_port: ") + std::strerror(errno), "check the driver (dmesg)"});
+        continue;
+      }
+      RdmaPort port;
+      port.device = name;
+      port.port = p;
+      port.state = port_state_name(pa.state);
+      port.link_layer = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? "Ethernet" : "InfiniBand";
+      port.active_mtu = mtu_bytes(pa.active_mtu);
+      for (int g = 0; g < pa.gid_tbl_len; ++g) {
+        ibv_gid gid{};
+        if (ibv_query_gid(ctx, static_cast<std::uint8_t>(p), g, &gid) != 0) continue;
+        bool zero = true;
+        for (auto b : gid.raw) zero = zero && b == 0;
+        if (!zero) port.gids.push_back(gid_text(gid));
+      }
+      ports.push_back(std::move(port));
+    }
+    ibv_close_device(ctx);
+  }
+  ibv_free_device_list(list);
+  out.insert(out.begin(), c);
+  for (auto& pc : rdma_port_checks(ports)) out.push_back(std::move(pc));
+  return out;
+}
+
+std::int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 NamespaceDescriptor tool_namespace(const std::string& model, std::uint64_t block_bytes) {
@@ -230,11 +320,13 @@ const char* level_name(CheckLevel level) {
 }
 
 std::vector<Check> run_doctor(const DoctorOptions& options) {
-  std::vector<Check> checks = {check_thp(), check_memlock(), check_ucx(), check_rdma()};
+  std::vector<Check> checks = {check_thp(), check_memlock(), check_ucx()};
+  for (auto& c : check_rdma()) checks.push_back(std::move(c));
   Check reach{"coordinator", CheckLevel::kOk, "", ""};
   AdminOptions ao;
   ao.coordinator = options.coordinator;
   ao.timeout = options.timeout;
+  ao.secret_file = options.secret_file;
   auto admin = AdminClient::connect(ao);
   if (!admin) {
     reach.level = CheckLevel::kFail;
@@ -243,7 +335,9 @@ std::vector<Check> run_doctor(const DoctorOptions& options) {
     checks.push_back(reach);
     return checks;
   }
+  const std::int64_t sent_ms = unix_ms_now();
   auto stats = (*admin)->stats();
+  const std::int64_t got_ms = unix_ms_now();
   if (!stats) {
     reach.level = CheckLevel::kFail;
     reach.detail = options.coordinator + ": stats: " + stats.error().to_string();
@@ -264,6 +358,20 @@ std::vector<Check> run_doctor(const DoctorOptions& options) {
     agents.fix = "pooltool agents shows which; restart them (their blocks are gone from the index)";
   }
   checks.push_back(agents);
+  // The coordinator's clock read at the middle of the round trip, so known
+  // within half of it; an agent's offset from the coordinator was taken at
+  // its last heartbeat (within that heartbeat's one-way delay).
+  const std::int64_t rtt = got_ms - sent_ms;
+  const std::int64_t coordinator_offset = stats->unix_ms - (sent_ms + rtt / 2);
+  checks.push_back(clock_check("coordinator", coordinator_offset, rtt / 2 + 1, options.max_clock_skew_ms));
+  if (auto list = (*admin)->agents()) {
+    for (const auto& a : list->agents) {
+      if (!a.alive || !a.clock_known) continue;
+      checks.push_back(clock_check("agent " + std::to_string(a.agent) + " (" + a.control_address + ")",
+                                   coordinator_offset + a.clock_offset_ms, rtt / 2 + 1 + 50,
+                                   options.max_clock_skew_ms));
+    }
+  }
   if (options.probe && stats->agents_alive > 0) checks.push_back(check_probe(options));
   return checks;
 }

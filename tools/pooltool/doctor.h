@@ -26,10 +26,13 @@ struct DoctorOptions {
   std::chrono::milliseconds timeout{10000};
   bool probe = true;  // put, get and remove one block through libkvpool
   std::string secret_file;
+  // Clocks (coordinator's, agents') further from this host's than this warn.
+  std::int64_t max_clock_skew_ms = 500;
 };
 
-// Host checks (THP, RLIMIT_MEMLOCK, UCX, RDMA devices), then the
-// coordinator's reachability and live agents, then the probe.
+// Host checks (THP, RLIMIT_MEMLOCK, UCX, RDMA devices and their ports),
+// then the coordinator's reachability, live agents, clock skew of the
+// coordinator and of every live agent against this host, then the probe.
 std::vector<Check> run_doctor(const DoctorOptions& options);
 
 struct BenchOptions {

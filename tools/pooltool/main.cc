@@ -7,7 +7,9 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <iomanip>
 #include <map>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -130,6 +132,13 @@ int cmd_status(const Globals& g) {
   return kExitOk;
 }
 
+// "up", "draining", "drained" (up, takes no blocks, holds none needed) or "down".
+std::string agent_state(const rpc::AgentStatsRecord& a) {
+  if (!a.alive) return "down";
+  if (a.drained) return "drained";
+  return a.draining ? "draining" : "up";
+}
+
 // ---- agents ----
 int cmd_agents(const Globals& g) {
   auto c = connect(g);
@@ -151,7 +160,10 @@ int cmd_agents(const Globals& g) {
                      {"live_bytes", a.live_bytes},
                      {"reclaiming_bytes", a.reclaiming_bytes},
                      {"blocks", a.blocks},
-                     {"largest_free_bytes", a.largest_free}});
+                     {"largest_free_bytes", a.largest_free},
+                     {"state", agent_state(a)},
+                     {"draining", a.draining},
+                     {"drained", a.drained}});
     }
     print_json({{"agents", arr}});
     return kExitOk;
@@ -159,11 +171,34 @@ int cmd_agents(const Globals& g) {
   Table t({"ID", "ADDRESS", "HOST", "REGION", "USED", "BLOCKS", "STATE", "HEARTBEAT"});
   for (const auto& a : ag->agents) {
     t.add({std::to_string(a.agent), a.control_address, a.host_id.substr(0, 12), human_bytes(a.region_bytes),
-           human_bytes(a.used_bytes), std::to_string(a.blocks), a.alive ? "up" : "down",
+           human_bytes(a.used_bytes), std::to_string(a.blocks), agent_state(a),
            human_duration_ms(a.heartbeat_age_ms) + " ago"});
   }
   std::cout << t.render();
   return kExitOk;
+}
+
+// The fraction of its quota a namespace uses (the larger of blocks and
+// bytes when it has both); null without a quota.
+json quota_used(const rpc::NamespaceRecord& n) {
+  double f = -1;
+  if (n.quota_blocks != 0) f = static_cast<double>(n.live_blocks) / static_cast<double>(n.quota_blocks);
+  if (n.quota_bytes != 0) f = std::max(f, static_cast<double>(n.live_bytes) / static_cast<double>(n.quota_bytes));
+  return f < 0 ? json(nullptr) : json(f);
+}
+
+// "812 of 1000 blocks (81.2%)", "1.5 GiB of 2.0 GiB (75.0%)", or "-".
+std::string quota_text(const rpc::NamespaceRecord& n) {
+  std::string out;
+  if (n.quota_blocks != 0) {
+    out = std::to_string(n.live_blocks) + " of " + std::to_string(n.quota_blocks) + " blocks (" +
+          percent(static_cast<double>(n.live_blocks) / static_cast<double>(n.quota_blocks)) + ")";
+  }
+  if (n.quota_bytes != 0) {
+    out += (out.empty() ? "" : ", ") + human_bytes(n.live_bytes) + " of " + human_bytes(n.quota_bytes) + " (" +
+           percent(static_cast<double>(n.live_bytes) / static_cast<double>(n.quota_bytes)) + ")";
+  }
+  return out.empty() ? "-" : out;
 }
 
 json namespace_json(const rpc::NamespaceRecord& n) {
@@ -179,7 +214,12 @@ json namespace_json(const rpc::NamespaceRecord& n) {
           {"tp_rank", d.tp_rank},
           {"tp_size", d.tp_size},
           {"block_bytes", n.block_bytes},
-          {"blocks", n.blocks}};
+          {"blocks", n.blocks},
+          {"live_blocks", n.live_blocks},
+          {"live_bytes", n.live_bytes},
+          {"quota_blocks", n.quota_blocks},
+          {"quota_bytes", n.quota_bytes},
+          {"quota_used", quota_used(n)}};
 }
 
 // ---- namespaces ----
@@ -194,12 +234,12 @@ int cmd_namespaces(const Globals& g) {
     print_json({{"namespaces", arr}});
     return kExitOk;
   }
-  Table t({"ID", "MODEL", "DTYPE", "LAYOUT", "TOKENS/BLOCK", "TP", "BLOCK", "BLOCKS"});
+  Table t({"ID", "MODEL", "DTYPE", "LAYOUT", "TOKENS/BLOCK", "TP", "BLOCK", "BLOCKS", "QUOTA (USED OF)"});
   for (const auto& n : ns->namespaces) {
     const auto& d = n.descriptor;
     t.add({ns_to_hex(n.id), d.model_id, d.dtype, d.layout, std::to_string(d.tokens_per_block),
            std::to_string(d.tp_rank) + "/" + std::to_string(d.tp_size), human_bytes(n.block_bytes),
-           std::to_string(n.blocks)});
+           std::to_string(n.blocks), quota_text(n)});
   }
   std::cout << t.render();
   return kExitOk;
@@ -499,6 +539,120 @@ int cmd_replay(const Globals& g, const std::string& path, std::size_t max_reques
   return r->wrong_bytes == 0 && r->failed_requests == 0 ? kExitOk : kExitFailed;
 }
 
+// A progress bar on stderr when it is a terminal (never with --json):
+// "[#####.....] 120/400 label".
+void progress_bar(std::uint64_t done, std::uint64_t total, const std::string& label) {
+  const int width = 40;
+  const int filled = total == 0 ? width : static_cast<int>(width * std::min(done, total) / total);
+  std::fprintf(stderr, "\r[%s%s] %llu/%llu %s", std::string(filled, '#').c_str(),
+               std::string(width - filled, '.').c_str(), static_cast<unsigned long long>(done),
+               static_cast<unsigned long long>(total), label.c_str());
+  std::fflush(stderr);
+}
+
+// ---- drain ----
+int cmd_drain(const Globals& g, const std::string& agent_text, bool undrain, std::uint32_t in_flight,
+              const std::string& stall_text) {
+  auto stall = parse_duration(stall_text);
+  if (!stall || stall->count() <= 0) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "--stall-timeout: not a positive duration"), kExitUsage);
+  }
+  auto c = connect(g);
+  if (!c) return fail_connect(g, c.error());
+  auto agent = (*c)->resolve_agent(agent_text);
+  if (!agent) return fail(g, agent.error());
+  if (!agent->alive) {
+    return fail(g, Status(StatusCode::kFailedPrecondition,
+                          "agent " + std::to_string(agent->agent) + " (" + agent->control_address +
+                              ") is down: its blocks already left the pool; nothing to drain"));
+  }
+  const std::string who = "agent " + std::to_string(agent->agent) + " (" + agent->control_address + ")";
+  rpc::DrainRequest req;
+  req.agent = agent->agent;
+  if (undrain) {
+    req.mode = rpc::DrainMode::kUndrain;
+    auto r = (*c)->drain(req);
+    if (!r) return fail(g, r.error());
+    if (g.json) {
+      print_json({{"agent", agent->agent}, {"address", agent->control_address}, {"draining", false}});
+    } else {
+      std::cout << who << " takes new blocks again\n";
+    }
+    return kExitOk;
+  }
+  req.max_in_flight = in_flight;
+  const bool bar = !g.json && ::isatty(STDERR_FILENO);
+  const auto start = Clock::now();
+  auto last_progress = start;
+  std::uint64_t last_moved = 0;
+  rpc::DrainReply rep;
+  for (;;) {
+    auto r = (*c)->drain(req);
+    if (!r) {
+      if (bar) std::fprintf(stderr, "\n");
+      return fail(g, r.error());
+    }
+    rep = *r;
+    const std::uint64_t total = rep.moved + rep.blocks_left;
+    if (bar) progress_bar(rep.moved, total, "blocks moved");
+    if (rep.drained) break;
+    const auto now = Clock::now();
+    if (rep.moved != last_moved) {
+      last_moved = rep.moved;
+      last_progress = now;
+    }
+    // Nothing moving and blocks with no room: more calls will not help.
+    if (rep.unplaceable > 0 && rep.in_flight == 0) {
+      if (bar) std::fprintf(stderr, "\n");
+      if (g.json) {
+        print_json({{"agent", agent->agent},
+                    {"address", agent->control_address},
+                    {"drained", false},
+                    {"draining", true},
+                    {"moved", rep.moved},
+                    {"blocks_left", rep.blocks_left},
+                    {"unplaceable", rep.unplaceable},
+                    {"failed_attempts", rep.failed},
+                    {"error", {{"code", std::string(code_name(rep.placement.code))}, {"message", rep.placement.message}}}});
+      }
+      std::fprintf(stderr,
+                   "pooltool: %s: %llu blocks cannot be placed on any other agent (%s); %llu moved. It stays "
+                   "draining (takes no new blocks) and keeps its %llu blocks, nothing is lost: free space "
+                   "(pooltool evict, pooltool quota), add an agent and run drain again, or pooltool drain --undrain\n",
+                   who.c_str(), static_cast<unsigned long long>(rep.blocks_left), rep.placement.message.c_str(),
+                   static_cast<unsigned long long>(rep.moved), static_cast<unsigned long long>(rep.blocks_left));
+      return kExitFailed;
+    }
+    if (now - last_progress > *stall) {
+      if (bar) std::fprintf(stderr, "\n");
+      return fail(g, Status(StatusCode::kDeadlineExceeded,
+                            who + ": no block moved for " + stall_text + " (" + std::to_string(rep.blocks_left) +
+                                " left, " + std::to_string(rep.writing) + " being written, " +
+                                std::to_string(rep.failed) + " failed attempts): see the agent's and coordinator's "
+                                "logs; it stays draining, run drain again to go on"),
+                  kExitFailed);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(rep.in_flight > 0 ? 20 : 100));
+  }
+  if (bar) std::fprintf(stderr, "\n");
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  if (g.json) {
+    print_json({{"agent", agent->agent},
+                {"address", agent->control_address},
+                {"drained", true},
+                {"draining", true},
+                {"moved", rep.moved},
+                {"blocks_left", rep.blocks_left},
+                {"failed_attempts", rep.failed},
+                {"seconds", seconds}});
+  } else {
+    std::cout << who << " drained: " << rep.moved << " blocks moved to other agents in " << std::fixed
+              << std::setprecision(2) << seconds << " s" << (rep.failed ? " (" + std::to_string(rep.failed) +
+              " attempts retried)" : "") << "; it takes no new blocks and can be stopped without losing one\n";
+  }
+  return kExitOk;
+}
+
 // ---- secret ----
 int cmd_secret_new(const Globals& g, const std::string& path) {
   if (Status s = create_secret_file(path); !s.ok()) return fail(g, s);
@@ -512,8 +666,13 @@ int cmd_secret_new(const Globals& g, const std::string& path) {
 }
 
 // ---- doctor ----
-int cmd_doctor(const Globals& g, bool no_probe) {
+int cmd_doctor(const Globals& g, bool no_probe, const std::string& max_skew) {
+  auto skew = parse_duration(max_skew);
+  if (!skew || skew->count() <= 0) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "--max-clock-skew: not a positive duration"), kExitUsage);
+  }
   DoctorOptions o;
+  o.max_clock_skew_ms = std::chrono::duration_cast<std::chrono::milliseconds>(*skew).count();
   o.coordinator = g.coordinator;
   o.timeout = g.timeout_ms;
   o.probe = !no_probe;
@@ -641,6 +800,9 @@ int main(int argc, char** argv) {
   bool no_probe = false;
   auto* doctor = app.add_subcommand("doctor", "Check this host and the pool; print a fix for each problem");
   doctor->add_flag("--no-probe", no_probe, "Skip the put/get probe through libkvpool");
+  std::string max_skew = "500ms";
+  doctor->add_option("--max-clock-skew", max_skew, "Warn when the coordinator's or an agent's clock is further off")
+      ->capture_default_str();
 
   auto* demo = app.add_subcommand("demo", "Run the pool demo (kvpool-demo; extra arguments go to it)");
   demo->allow_extras();
@@ -679,6 +841,20 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   replay_cmd->add_option("--model", ro.model, "Model id of the run's namespace")->capture_default_str();
 
+  std::string drain_agent, drain_stall = "60s";
+  bool undrain = false;
+  std::uint32_t drain_in_flight = 64;
+  auto* drain = app.add_subcommand(
+      "drain", "Move an agent's blocks to the other agents (agent to agent), then mark it drained: it takes no new "
+               "blocks and can stop without losing one");
+  drain->add_option("agent", drain_agent, "Agent id or address (pooltool agents)")->required();
+  drain->add_flag("--undrain", undrain, "Bring a draining or drained agent back: it takes new blocks again");
+  drain->add_option("--in-flight", drain_in_flight, "Blocks being copied at once")
+      ->check(CLI::Range(1u, 4096u))
+      ->capture_default_str();
+  drain->add_option("--stall-timeout", drain_stall, "Give up when no block moved for this long")
+      ->capture_default_str();
+
   std::string secret_path;
   auto* secret = app.add_subcommand("secret", "The cluster secret file");
   secret->require_subcommand(1);
@@ -707,11 +883,12 @@ int main(int argc, char** argv) {
   if (*lookup) return cmd_lookup(g, lookup_ns, lookup_keys, tokens_file);
   if (*remove) return cmd_remove(g, remove_ns, remove_keys);
   if (*evict) return cmd_evict(g, evict_ns, dry_run);
-  if (*doctor) return cmd_doctor(g, no_probe);
+  if (*doctor) return cmd_doctor(g, no_probe, max_skew);
   if (*demo) return cmd_demo(demo->remaining());
   if (*bench) return cmd_bench(g, bench_block, bench_blocks, bench_rounds);
   if (*quota) return cmd_quota(g, quota_ns, quota_size);
   if (*replay_cmd) return cmd_replay(g, trace_file, replay_requests, ro);
   if (*secret_new) return cmd_secret_new(g, secret_path);
+  if (*drain) return cmd_drain(g, drain_agent, undrain, drain_in_flight, drain_stall);
   return kExitUsage;
 }
