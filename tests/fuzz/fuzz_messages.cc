@@ -267,6 +267,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case kMsgSetQuotaRequest:
       check_message<SetQuotaRequest>(p);
       break;
+    case kMsgDrainRequest:
+      check_message<DrainRequest>(p);
+      break;
+    case kMsgDrainReply:
+      check_message<DrainReply>(p);
+      break;
+    case kMsgDrainCopyMessage:
+      check_message<DrainCopyMessage>(p);
+      break;
+    case kMsgDrainCopiedRequest:
+      check_message<DrainCopiedRequest>(p);
+      break;
     case kMessageKinds:
       break;
   }

@@ -217,6 +217,30 @@ void messages(const fs::path& root) {
   add_message(c, kMsgRecoverBlocksRequest, "recover_blocks_0", RecoverBlocksRequest{3, 1003, false, {}});
   add_message(c, kMsgRecoverBlocksReply, "recover_blocks_reply", RecoverBlocksReply{2, 1});
   add_message(c, kMsgSetQuotaRequest, "set_quota", SetQuotaRequest{0xabcdef, 10000, 0});
+  add_message(c, kMsgDrainRequest, "drain_step", DrainRequest{2, DrainMode::kStep, 64});
+  add_message(c, kMsgDrainRequest, "undrain", DrainRequest{2, DrainMode::kUndrain, 0});
+  DrainReply drain_reply;
+  drain_reply.draining = true;
+  drain_reply.blocks_left = 30;
+  drain_reply.in_flight = 8;
+  drain_reply.moved = 12;
+  drain_reply.unplaceable = 3;
+  drain_reply.placement = StatusWire{kvpool::StatusCode::kResourceExhausted, "no room"};
+  add_message(c, kMsgDrainReply, "drain_reply", drain_reply);
+  add_message(c, kMsgDrainCopyMessage, "drain_copy_2",
+              DrainCopyMessage{2, 1002,
+                               {DrainTarget{3, 1003, "ucx-3", "rkey-3", "host-3", 0x7f0000000000ull, 64 << 20}},
+                               {MoveWire{41, 0xabcdef, key(1), LocationWire{2, 1002, 65536, 0, 65536, 7},
+                                         LocationWire{3, 1003, 131072, 64, 65536, 9}},
+                                MoveWire{42, 0xabcdef, key(2), LocationWire{2, 1002, 131072, 64, 100, 8},
+                                         LocationWire{3, 1003, 196608, 128, 100, 10}}}});
+  add_message(c, kMsgDrainCopiedRequest, "drain_copied_2",
+              DrainCopiedRequest{2, 1002,
+                                 {MoveResultWire{41, StatusWire{}},
+                                  MoveResultWire{42, StatusWire{kvpool::StatusCode::kUnavailable, "peer gone"}}}});
+  std::string bad_drain = encode(DrainRequest{2, DrainMode::kStep, 64});
+  bad_drain[4] = 7;  // no such mode
+  c.add("bad_drain_mode", with_prefix(kMsgDrainRequest, bad_drain));
   std::string bad_usage = encode(UsageRequest{true, 0});
   bad_usage[0] = 2;
   c.add("bad_usage_bool", with_prefix(kMsgUsageRequest, bad_usage));

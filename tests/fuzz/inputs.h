@@ -68,6 +68,11 @@ enum MessageKind : std::uint8_t {
   kMsgRecoverBlocksRequest,
   kMsgRecoverBlocksReply,
   kMsgSetQuotaRequest,
+  // Drain (pooltool drain).
+  kMsgDrainRequest,
+  kMsgDrainReply,
+  kMsgDrainCopyMessage,
+  kMsgDrainCopiedRequest,
   kMessageKinds,
 };
 

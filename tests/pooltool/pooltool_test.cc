@@ -146,6 +146,9 @@ TEST_CASE("pooltool agents and namespaces --json describe the pool", "[pooltool]
   CHECK(ns["block_bytes"] == kBlock);
   CHECK(ns["tokens_per_block"] == 16);
   CHECK(ns["blocks"] == 2);
+  CHECK(ns["quota_blocks"] == 0);
+  CHECK(ns["quota_used"].is_null());
+  CHECK(agent["state"] == "up");
 }
 
 TEST_CASE("pooltool usage --json splits bytes and blocks by namespace and agent", "[pooltool]") {
@@ -259,6 +262,9 @@ TEST_CASE("pooltool evict removes a namespace's blocks, or only counts them with
 
 TEST_CASE("pooltool doctor passes on a healthy pool and names the fix when it cannot reach it", "[pooltool]") {
   Pool pool(1);
+  // The agent's clock is known from its first heartbeat on.
+  REQUIRE(eventually([&] { return !pooltool(pool.with({"agents"})).doc["agents"][0]["clock_offset_ms"].is_null(); },
+                     scaled(10s)));
   auto r = pooltool(pool.with({"doctor"}));
   INFO(r.out);
   REQUIRE(r.rc == 0);
@@ -272,6 +278,15 @@ TEST_CASE("pooltool doctor passes on a healthy pool and names the fix when it ca
   CHECK(status.count("locked memory (RLIMIT_MEMLOCK)") == 1);
   CHECK(status.count("transparent huge pages") == 1);
   CHECK(status.count("RDMA devices") == 1);
+  // No RDMA NIC here: doctor says so and does not fail for it.
+  CHECK(status["RDMA devices"] == "info");
+  // The coordinator and the agent run on this host's clock.
+  CHECK(status["clock skew: coordinator"] == "ok");
+  bool agent_clock = false;
+  for (const auto& [name, st] : status) {
+    if (name.rfind("clock skew: agent 1", 0) == 0) agent_clock = st == "ok";
+  }
+  CHECK(agent_clock);
 
   auto down = pooltool({"--coordinator", "127.0.0.1:1", "--json", "--timeout", "2s", "doctor"});
   INFO(down.out);
@@ -327,6 +342,17 @@ TEST_CASE("pooltool quota evicts a namespace down to its budget and keeps it the
   CHECK(r.doc["quota_blocks"] == 2);
   auto status = pooltool(pool.with({"status"}));
   CHECK(status.doc["blocks"] == 2);
+  // namespaces shows the quota and the use against it, in JSON and in the table.
+  auto ns = pooltool(pool.with({"namespaces"}));
+  INFO(ns.out);
+  REQUIRE(ns.doc["namespaces"].size() == 1);
+  CHECK(ns.doc["namespaces"][0]["quota_blocks"] == 2);
+  CHECK(ns.doc["namespaces"][0]["quota_bytes"] == 0);
+  CHECK(ns.doc["namespaces"][0]["live_blocks"] == 2);
+  CHECK(ns.doc["namespaces"][0]["live_bytes"] == 2 * kBlock);
+  CHECK(ns.doc["namespaces"][0]["quota_used"].get<double>() == Approx(1.0));
+  auto table = pooltool({"--coordinator", pool.process->coordinator, "namespaces"});
+  CHECK(table.out.find("2 of 2 blocks (100.0%)") != std::string::npos);
   // A byte quota, then none; a bad size is a usage error.
   CHECK(pooltool(pool.with({"quota", hex(pool.ns), "256KiB"})).rc == 0);
   CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 1);

@@ -162,6 +162,7 @@ int cmd_agents(const Globals& g) {
                      {"blocks", a.blocks},
                      {"largest_free_bytes", a.largest_free},
                      {"state", agent_state(a)},
+                     {"clock_offset_ms", a.clock_known ? json(a.clock_offset_ms) : json(nullptr)},
                      {"draining", a.draining},
                      {"drained", a.drained}});
     }
