@@ -51,6 +51,13 @@ bool canonical(const AllocateReply& m) {
     if (r.outcome == AllocateOutcome::kError && internal(r.error)) return false;
   return true;
 }
+// An unknown status code decodes as kInternal, so it does not round-trip.
+bool canonical(const DrainReply& m) { return !internal(m.placement); }
+bool canonical(const DrainCopiedRequest& m) {
+  for (const auto& r : m.results)
+    if (internal(r.status)) return false;
+  return true;
+}
 
 template <typename T>
 void check_message(std::string_view p) {

@@ -426,6 +426,7 @@ Result<BenchResult> run_bench(const BenchOptions& options) {
     res.get_gbps = std::max(res.get_gbps, bytes / secs(t1, t2) / 1e9);
     double lus = secs(t2, t3) * 1e6;
     res.lookup_us = round == 0 ? lus : std::min(res.lookup_us, lus);
+    if (options.progress) options.progress(round + 1, options.rounds);
   }
   (void)(*client)->unregister_buffer(back.data());
   auto st = (*client)->stats();

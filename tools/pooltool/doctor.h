@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,8 @@ struct BenchOptions {
   std::uint32_t blocks = 64;  // per batch
   std::uint32_t rounds = 3;
   std::string secret_file;
+  // Called after each round (rounds done, rounds in all); may be empty.
+  std::function<void(std::uint32_t, std::uint32_t)> progress;
 };
 
 struct BenchResult {

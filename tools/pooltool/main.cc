@@ -32,9 +32,11 @@ namespace {
 constexpr const char* kExitCodes =
     "Exit codes:\n"
     "  0  ok\n"
-    "  1  the operation failed (unknown namespace, a key not removed, a failing doctor check, ...)\n"
-    "  2  usage error (unknown command or option, malformed key or file)\n"
-    "  3  the coordinator could not be reached, or went away mid-call\n";
+    "  1  the operation failed (unknown namespace or agent, a key not removed, a failing doctor check,\n"
+    "     a drain with blocks no other agent has room for, a replay with wrong bytes, ...)\n"
+    "  2  usage error (unknown command or option, malformed key, size, duration or file)\n"
+    "  3  the coordinator could not be reached, refused this client's secret, or went away mid-call\n"
+    "With --json, an error that stops a command also prints {\"error\": {\"code\", \"message\"}} on stdout; messages go to stderr.\n";
 
 struct Globals {
   std::string coordinator = "127.0.0.1:7400";
@@ -729,6 +731,13 @@ int cmd_bench(const Globals& g, const std::string& block, std::uint32_t blocks, 
   o.block_bytes = *size;
   o.blocks = blocks;
   o.rounds = rounds;
+  const bool bar = !g.json && ::isatty(STDERR_FILENO);
+  if (bar) {
+    o.progress = [](std::uint32_t done, std::uint32_t total) {
+      progress_bar(done, total, "rounds");
+      if (done == total) std::fprintf(stderr, "\n");
+    };
+  }
   auto r = run_bench(o);
   if (!r) return fail(g, r.error());
   if (g.json) {
