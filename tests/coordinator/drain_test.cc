@@ -206,3 +206,38 @@ TEST_CASE("a move to an agent that died is not applied", "[coordinator][drain]")
   CHECK(h.lookup({1})[0] == l1);
   h.check();
 }
+
+TEST_CASE("an agent that dies mid-drain loses only the blocks not yet moved", "[coordinator][drain]") {
+  Harness h;
+  const AgentId a = h.add_agent("a", "h1", 10);
+  const AgentId b = h.add_agent("b", "h2", 10);
+  for (std::uint64_t k = 1; k <= 4; ++k) h.put(k, "h1");
+  auto step = h.core->drain(a, 2, h.now);  // two moves in flight at most
+  REQUIRE(step);
+  REQUIRE(step->moves.size() == 2);
+  auto done = h.core->finish_moves(a, 1, all_ok(*step), h.now);
+  REQUIRE(done);
+  auto second = h.core->drain(a, 2, h.now);
+  REQUIRE(second);
+  REQUIRE(second->moves.size() == 2);
+  // a restarts (new incarnation) with two moves in flight: those two blocks
+  // are gone with its memory; the two moved ones stay on b.
+  h.core->register_agent(agent_reg("a", "h1", 10 * kBlock, 2), h.now).value();
+  std::size_t present = 0;
+  for (std::uint64_t k = 1; k <= 4; ++k) present += h.present(k) ? 1 : 0;
+  CHECK(present == 2);
+  CHECK(h.view(b).blocks == 2);
+  // Its late report names an incarnation that is gone.
+  auto late = h.core->finish_moves(a, 1, all_ok(*second), h.now);
+  REQUIRE_FALSE(late);
+  CHECK(late.error().code() == StatusCode::kFailedPrecondition);
+  // The reserved slots on b are released when the moves expire.
+  for (int i = 0; i < 11; ++i) {
+    h.advance(1s);
+    REQUIRE(h.core->heartbeat(a, 2, h.now).ok());
+    REQUIRE(h.core->heartbeat(b, 1, h.now).ok());
+    h.tick();
+  }
+  h.check();
+  CHECK_FALSE(h.view(a).draining);  // a new incarnation starts placeable
+}
