@@ -149,6 +149,9 @@ TEST_CASE("pooltool agents and namespaces --json describe the pool", "[pooltool]
   CHECK(ns["quota_blocks"] == 0);
   CHECK(ns["quota_used"].is_null());
   CHECK(agent["state"] == "up");
+  // pooltool reached the agent over UCX, as a worker on this host would.
+  CHECK(agent["reachable"] == true);
+  CHECK_FALSE(agent["transports"].get<std::string>().empty());
 }
 
 TEST_CASE("pooltool usage --json splits bytes and blocks by namespace and agent", "[pooltool]") {
@@ -287,6 +290,11 @@ TEST_CASE("pooltool doctor passes on a healthy pool and names the fix when it ca
     if (name.rfind("clock skew: agent 1", 0) == 0) agent_clock = st == "ok";
   }
   CHECK(agent_clock);
+  bool agent_reached = false;
+  for (const auto& [name, st] : status) {
+    if (name.rfind("agent 1 (", 0) == 0 && name.find("over UCX") != std::string::npos) agent_reached = st == "ok";
+  }
+  CHECK(agent_reached);
 
   auto down = pooltool({"--coordinator", "127.0.0.1:1", "--json", "--timeout", "2s", "doctor"});
   INFO(down.out);

@@ -41,6 +41,9 @@ Result<Reply> AdminClient::call_decode(std::uint16_t type, std::string payload) 
 
 Result<rpc::StatsReply> AdminClient::stats() { return call_decode<rpc::StatsReply>(rpc::kStats, {}); }
 Result<rpc::AgentStatsReply> AdminClient::agents() { return call_decode<rpc::AgentStatsReply>(rpc::kAgentStats, {}); }
+Result<rpc::ListAgentsReply> AdminClient::list_agents() {
+  return call_decode<rpc::ListAgentsReply>(rpc::kListAgents, {});
+}
 Result<rpc::ListNamespacesReply> AdminClient::namespaces() {
   return call_decode<rpc::ListNamespacesReply>(rpc::kListNamespaces, {});
 }

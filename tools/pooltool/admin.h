@@ -35,6 +35,8 @@ class AdminClient {
 
   Result<rpc::StatsReply> stats();
   Result<rpc::AgentStatsReply> agents();
+  // What workers connect with: every agent's worker address, rkey, region.
+  Result<rpc::ListAgentsReply> list_agents();
   Result<rpc::ListNamespacesReply> namespaces();
   Result<rpc::UsageReply> usage(const rpc::UsageRequest& request);
   // No read lease: looking does not pin anything.

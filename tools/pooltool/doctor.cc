@@ -3,6 +3,7 @@
 #include <infiniband/verbs.h>
 #include <sys/resource.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -305,6 +306,41 @@ Check check_probe(const DoctorOptions& options) {
 
 }  // namespace
 
+Result<std::vector<AgentProbe>> probe_agents(const std::vector<rpc::AgentRecord>& agents,
+                                             std::chrono::milliseconds timeout) {
+  auto t = transport::Transport::create({});
+  if (!t) return tl::unexpected(t.error());
+  // The transport's progress runs inside the blocking calls below.
+  std::vector<AgentProbe> out;
+  for (const auto& a : agents) {
+    if (!a.alive) continue;
+    AgentProbe p;
+    p.agent = a.agent;
+    auto peer = (*t)->connect(a.worker_address, transport::ErrorMode::kAuto, a.host_id);
+    if (!peer) {
+      p.status = peer.error();
+      out.push_back(std::move(p));
+      continue;
+    }
+    p.transports = (*peer)->rma_transports();
+    auto region = (*peer)->import_region(
+        transport::RegionInfo{a.worker_address, a.packed_rkey, a.region_base, a.region_bytes, a.host_id});
+    if (!region) {
+      p.status = region.error();
+      out.push_back(std::move(p));
+      continue;
+    }
+    std::array<std::byte, 64> header{};
+    const transport::RmaOp op{header.data(), 0, header.size()};
+    const auto start = Clock::now();
+    p.status = (*peer)->get(*region, std::span<const transport::RmaOp>(&op, 1), Deadline::after(timeout));
+    p.get_us = std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+    out.push_back(std::move(p));
+    // The region goes before its peer, the peer before the transport.
+  }
+  return out;
+}
+
 const char* level_name(CheckLevel level) {
   switch (level) {
     case CheckLevel::kOk:
@@ -372,7 +408,35 @@ std::vector<Check> run_doctor(const DoctorOptions& options) {
                                    options.max_clock_skew_ms));
     }
   }
-  if (options.probe && stats->agents_alive > 0) checks.push_back(check_probe(options));
+  if (options.probe && stats->agents_alive > 0) {
+    auto list = (*admin)->list_agents();
+    auto probes = list ? probe_agents(list->agents, std::min(options.timeout, std::chrono::milliseconds(5000)))
+                       : Result<std::vector<AgentProbe>>(tl::unexpected(list.error()));
+    if (!probes) {
+      checks.push_back({"agents reachable over UCX", CheckLevel::kFail, probes.error().to_string(),
+                        "check UCX_TLS and `ucx_info -d` on this host"});
+    } else {
+      for (const auto& p : *probes) {
+        std::string address;
+        for (const auto& a : list->agents) {
+          if (a.agent == p.agent) address = a.control_address;
+        }
+        Check c{"agent " + std::to_string(p.agent) + " (" + address + ") over UCX", CheckLevel::kOk, "", ""};
+        if (p.status.ok()) {
+          char us[32];
+          std::snprintf(us, sizeof us, "%.0f", p.get_us);
+          c.detail = "read its region over " + p.transports + " in " + us + " us";
+        } else {
+          c.level = CheckLevel::kFail;
+          c.detail = p.status.to_string() + (p.transports.empty() ? "" : " (over " + p.transports + ")");
+          c.fix = "the agent's host must be reachable from here on a transport both sides have: check routes and "
+                  "firewalls (UCX over TCP uses ephemeral ports), and UCX_TLS on both sides";
+        }
+        checks.push_back(std::move(c));
+      }
+    }
+    checks.push_back(check_probe(options));
+  }
   return checks;
 }
 

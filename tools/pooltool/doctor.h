@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kvpool/status.h"
+#include "runtime/rpc/messages.h"
 
 namespace kvpool::pooltool {
 
@@ -33,8 +34,25 @@ struct DoctorOptions {
 
 // Host checks (THP, RLIMIT_MEMLOCK, UCX, RDMA devices and their ports),
 // then the coordinator's reachability, live agents, clock skew of the
-// coordinator and of every live agent against this host, then the probe.
+// coordinator and of every live agent against this host, then the probes:
+// every live agent reached over UCX (probe_agents), and a put/get/verify/
+// remove of one block through libkvpool.
 std::vector<Check> run_doctor(const DoctorOptions& options);
+
+// One agent reached from this host the way a worker reaches it: a UCX
+// endpoint to its worker, its region's rkey, and a 64-byte get of the
+// region's first header (read-only).
+struct AgentProbe {
+  std::uint32_t agent = 0;
+  Status status;           // ok, or why the agent could not be reached
+  std::string transports;  // UCX transports of the endpoint's RMA lanes ("posix", "tcp", "rc_mlx5")
+  double get_us = 0;       // the get's round trip
+};
+
+// Probes every live agent of `agents` (kListAgents) from one UCX context.
+// An empty result with a status when UCX itself cannot start here.
+Result<std::vector<AgentProbe>> probe_agents(const std::vector<rpc::AgentRecord>& agents,
+                                             std::chrono::milliseconds timeout);
 
 struct BenchOptions {
   std::string coordinator;

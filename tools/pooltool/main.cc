@@ -142,11 +142,27 @@ std::string agent_state(const rpc::AgentStatsRecord& a) {
 }
 
 // ---- agents ----
-int cmd_agents(const Globals& g) {
+int cmd_agents(const Globals& g, bool probe) {
   auto c = connect(g);
   if (!c) return fail_connect(g, c.error());
   auto ag = (*c)->agents();
   if (!ag) return fail(g, ag.error());
+  // The transports a worker on this host reaches each agent over, found by
+  // reaching it (a UCX endpoint and a 64-byte read).
+  std::map<std::uint32_t, AgentProbe> probes;
+  if (probe) {
+    auto list = (*c)->list_agents();
+    if (!list) return fail(g, list.error());
+    auto r = probe_agents(list->agents, std::min(g.timeout_ms, std::chrono::milliseconds(5000)));
+    if (r) {
+      for (auto& p : *r) probes[p.agent] = std::move(p);
+    }
+  }
+  auto transports = [&](std::uint32_t id) -> std::string {
+    auto it = probes.find(id);
+    if (it == probes.end()) return "-";
+    return it->second.status.ok() ? it->second.transports : "unreachable";
+  };
   if (g.json) {
     json arr = json::array();
     for (const auto& a : ag->agents) {
@@ -165,15 +181,19 @@ int cmd_agents(const Globals& g) {
                      {"largest_free_bytes", a.largest_free},
                      {"state", agent_state(a)},
                      {"clock_offset_ms", a.clock_known ? json(a.clock_offset_ms) : json(nullptr)},
+                     {"transports", probes.count(a.agent) && probes[a.agent].status.ok() ? json(probes[a.agent].transports)
+                                                                                          : json(nullptr)},
+                     {"reachable", probes.count(a.agent) ? json(probes[a.agent].status.ok()) : json(nullptr)},
                      {"draining", a.draining},
                      {"drained", a.drained}});
     }
     print_json({{"agents", arr}});
     return kExitOk;
   }
-  Table t({"ID", "ADDRESS", "HOST", "REGION", "USED", "BLOCKS", "STATE", "HEARTBEAT"});
+  Table t({"ID", "ADDRESS", "HOST", "TRANSPORTS", "REGION", "USED", "BLOCKS", "STATE", "HEARTBEAT"});
   for (const auto& a : ag->agents) {
-    t.add({std::to_string(a.agent), a.control_address, a.host_id.substr(0, 12), human_bytes(a.region_bytes),
+    t.add({std::to_string(a.agent), a.control_address, a.host_id.substr(0, 12), transports(a.agent),
+           human_bytes(a.region_bytes),
            human_bytes(a.used_bytes), std::to_string(a.blocks), agent_state(a),
            human_duration_ms(a.heartbeat_age_ms) + " ago"});
   }
@@ -635,7 +655,9 @@ int cmd_drain(const Globals& g, const std::string& agent_text, bool undrain, std
                                 "logs; it stays draining, run drain again to go on"),
                   kExitFailed);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(rep.in_flight > 0 ? 20 : 100));
+    // A step returns at once: poll briskly while copies are in flight (each
+    // step tops the agent back up to --in-flight moves).
+    std::this_thread::sleep_for(std::chrono::milliseconds(rep.in_flight > 0 ? 2 : 50));
   }
   if (bar) std::fprintf(stderr, "\n");
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
@@ -780,7 +802,11 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
 
   auto* status = app.add_subcommand("status", "Agents up and down, capacity, use, blocks, hit rate, uptime");
-  auto* agents = app.add_subcommand("agents", "One row per agent: address, region, use, blocks, heartbeat age");
+  auto* agents = app.add_subcommand(
+      "agents", "One row per agent: address, UCX transports from this host, region, use, blocks, state, heartbeat age");
+  bool agents_no_probe = false;
+  agents->add_flag("--no-probe", agents_no_probe,
+                   "Do not reach each agent over UCX (its TRANSPORTS column then shows -)");
   auto* namespaces = app.add_subcommand("namespaces", "Registered namespaces: model, layout, block size, blocks");
   std::string usage_ns;
   auto* usage = app.add_subcommand("usage", "Bytes and blocks by namespace and by agent");
@@ -853,7 +879,7 @@ int main(int argc, char** argv) {
 
   std::string drain_agent, drain_stall = "60s";
   bool undrain = false;
-  std::uint32_t drain_in_flight = 64;
+  std::uint32_t drain_in_flight = 256;
   auto* drain = app.add_subcommand(
       "drain", "Move an agent's blocks to the other agents (agent to agent), then mark it drained: it takes no new "
                "blocks and can stop without losing one");
@@ -887,7 +913,7 @@ int main(int argc, char** argv) {
   g.timeout_ms = std::chrono::duration_cast<std::chrono::milliseconds>(*t);
 
   if (*status) return cmd_status(g);
-  if (*agents) return cmd_agents(g);
+  if (*agents) return cmd_agents(g, !agents_no_probe);
   if (*namespaces) return cmd_namespaces(g);
   if (*usage) return cmd_usage(g, usage_ns);
   if (*lookup) return cmd_lookup(g, lookup_ns, lookup_keys, tokens_file);
