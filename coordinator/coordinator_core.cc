@@ -230,6 +230,10 @@ struct CoordinatorCore::State {
   std::uint64_t next_waiter = 1;
   Generation next_generation = 1;
   std::uint64_t touch_clock = 0;
+  // (time, touch_clock) noted by tick() about once a second: which stamps
+  // are older than a time (stamp_at). Thinned to every other note past
+  // kMaxStampNotes.
+  std::vector<std::pair<Clock::time_point, std::uint64_t>> stamp_notes;
   std::uint64_t epoch = 0;
   std::vector<DeadAgent> dead_since_tick;
 
@@ -1848,6 +1852,16 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
       ++actions.fired_waiters;
     }
 
+    constexpr std::size_t kMaxStampNotes = 4096;
+    if (s.stamp_notes.empty() || now - s.stamp_notes.back().first >= std::chrono::seconds(1)) {
+      if (s.stamp_notes.size() >= kMaxStampNotes) {
+        std::size_t kept = 0;
+        for (std::size_t i = 0; i < s.stamp_notes.size(); i += 2) s.stamp_notes[kept++] = s.stamp_notes[i];
+        s.stamp_notes.resize(kept);
+      }
+      s.stamp_notes.emplace_back(now, s.touch_clock);
+    }
+
     std::uint32_t budget = s.config.max_evictions_per_tick;
     for (auto& ap : s.agents) {
       Agent& a = *ap;
@@ -1879,6 +1893,15 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
 }
 
 // ---- introspection ----
+
+std::uint64_t CoordinatorCore::stamp_at(Clock::time_point t) const {
+  std::lock_guard lock(mu_);
+  const auto& notes = s_->stamp_notes;
+  // The last note taken at or before t.
+  auto it = std::upper_bound(notes.begin(), notes.end(), t,
+                             [](Clock::time_point x, const auto& note) { return x < note.first; });
+  return it == notes.begin() ? 0 : std::prev(it)->second;
+}
 
 Stats CoordinatorCore::stats() const {
   std::lock_guard lock(mu_);
@@ -1925,6 +1948,7 @@ Result<std::vector<SlotView>> CoordinatorCore::slots(AgentId id) const {
     v.generation = e.generation;
     v.key = e.key;
     v.namespace_id = s.namespaces[e.ns].id;
+    v.stamp = e.stamp;
     out.push_back(v);
   });
   a->reclaim.for_each([&](const ReclaimQueue::Pending& p) {

@@ -257,6 +257,12 @@ class CoordinatorCore {
   // ---- Introspection (O(agents) or O(blocks of one agent)) ----
 
   Stats stats() const;
+  // The LRU stamp as of time t: every block whose stamp is at most this was
+  // last written or looked up at or before t (what `pooltool evict
+  // --older-than` selects by). tick() notes the stamp clock once a second,
+  // at most 4096 notes (older ones thinned out, so resolution coarsens with
+  // uptime); 0 (no block) when t is before the first note.
+  std::uint64_t stamp_at(Clock::time_point t) const;
   // Every slot of one agent's region the coordinator accounts for, by
   // payload offset. kNotFound: unknown agent.
   Result<std::vector<SlotView>> slots(AgentId agent) const;

@@ -282,6 +282,7 @@ struct SlotView {
   Generation generation = 0;
   Key128 key;                    // not set for kQuarantined / kInvalidating
   NamespaceId namespace_id = 0;  // idem
+  std::uint64_t stamp = 0;       // LRU stamp (larger: used more recently); idem
 };
 
 // ---- Drain (pooltool drain): moving an agent's blocks to other agents ----

@@ -302,7 +302,7 @@ struct CoordinatorServer::Impl {
   Result<rpc::DrainReply> drain_step(const rpc::DrainRequest& m, Clock::time_point now);
   void drain_copied(const rpc::DrainCopiedRequest& m, Clock::time_point now, const MeteredResponder& resp);
   rpc::UsageReply usage(const rpc::UsageRequest& m) const;
-  EvictSummary evict_namespace(NamespaceId ns, bool dry_run, Clock::time_point now);
+  EvictSummary evict_namespace(NamespaceId ns, bool dry_run, std::uint64_t older_than_ms, Clock::time_point now);
 };
 
 void CoordinatorServer::Impl::init_metrics() {
@@ -435,15 +435,19 @@ rpc::UsageReply CoordinatorServer::Impl::usage(const rpc::UsageRequest& m) const
 }
 
 CoordinatorServer::Impl::EvictSummary CoordinatorServer::Impl::evict_namespace(NamespaceId ns, bool dry_run,
+                                                                               std::uint64_t older_than_ms,
                                                                                Clock::time_point now) {
   EvictSummary out;
   std::vector<Key128> keys;
+  // A block used after it was listed may still go: the window is one pass.
+  const std::uint64_t max_stamp =
+      older_than_ms == 0 ? UINT64_MAX : core->stamp_at(now - std::chrono::milliseconds(older_than_ms));
   for (const AgentView& a : core->agents()) {
     if (!a.alive) continue;
     auto slots = core->slots(a.id);
     if (!slots) continue;
     for (const SlotView& v : *slots) {
-      if (v.state != SlotState::kCommitted || v.namespace_id != ns) continue;
+      if (v.state != SlotState::kCommitted || v.namespace_id != ns || v.stamp > max_stamp) continue;
       keys.push_back(v.key);
       out.bytes += v.length;
     }
@@ -771,7 +775,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       bool known = false;
       for (const NamespaceView& ns : core->namespaces()) known = known || ns.id == m.ns;
       if (!known) return resp.fail(Status(StatusCode::kNotFound, "unknown namespace " + ns_label(m.ns)));
-      EvictSummary sum = evict_namespace(m.ns, m.dry_run, now);
+      EvictSummary sum = evict_namespace(m.ns, m.dry_run, m.older_than_ms, now);
       logger()->info("{} namespace {} for {}: {} blocks ({} bytes), {} removed, {} failed",
                      m.dry_run ? "dry-run evict of" : "evicted", ns_label(m.ns), req.peer_id, sum.blocks, sum.bytes,
                      sum.removed, sum.failed);

@@ -594,12 +594,14 @@ std::string encode(const EvictNamespaceRequest& m) {
   Writer w;
   w.u64(m.ns);
   w.boolean(m.dry_run);
+  w.u64(m.older_than_ms);
   return w.take();
 }
 Status decode(std::string_view p, EvictNamespaceRequest& m) {
   Reader r(p);
   m.ns = r.u64();
   m.dry_run = r.boolean();
+  m.older_than_ms = r.u64();
   return r.finish("evict namespace");
 }
 

@@ -260,6 +260,9 @@ struct UsageReply {
 struct EvictNamespaceRequest {
   NamespaceId ns = 0;
   bool dry_run = false;  // count what would go, remove nothing
+  // Only blocks not written or looked up for this long (0: every block);
+  // to the coordinator's once-a-second note of its LRU clock.
+  std::uint64_t older_than_ms = 0;
 };
 struct EvictNamespaceReply {
   std::uint64_t blocks = 0;   // committed blocks found

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <map>
 
 #include "coordinator/coordinator_core.h"
 #include "tests/coordinator/core_fixture.h"
@@ -240,4 +241,26 @@ TEST_CASE("an agent that dies mid-drain loses only the blocks not yet moved", "[
   }
   h.check();
   CHECK_FALSE(h.view(a).draining);  // a new incarnation starts placeable
+}
+
+TEST_CASE("stamp_at tells the blocks used before a time from those used after it", "[coordinator][evict]") {
+  Harness h;
+  const AgentId a = h.add_agent("a", "h1", 10);
+  CHECK(h.core->stamp_at(h.now) == 0);  // nothing noted yet
+  h.put(1);
+  h.put(2);
+  h.tick();  // notes the clock
+  const kvpool::Clock::time_point cut = h.now;
+  h.advance(2s);
+  REQUIRE(h.core->heartbeat(a, 1, h.now).ok());
+  h.lookup({2});  // 2 is used after the cut
+  h.put(3);
+  h.tick();
+  const std::uint64_t max_stamp = h.core->stamp_at(cut);
+  std::map<std::uint64_t, std::uint64_t> stamp_of;  // key.lo -> stamp
+  for (const auto& v : h.core->slots(a).value()) stamp_of[v.key.lo] = v.stamp;
+  CHECK(stamp_of[key(1).lo] <= max_stamp);
+  CHECK(stamp_of[key(2).lo] > max_stamp);
+  CHECK(stamp_of[key(3).lo] > max_stamp);
+  CHECK(h.core->stamp_at(cut - 1s) == 0);  // before the first note
 }

@@ -204,6 +204,7 @@ void messages(const fs::path& root) {
   add_message(c, kMsgUsageRequest, "usage_one", UsageRequest{false, 0xabcdef});
   add_message(c, kMsgUsageReply, "usage_reply_2", UsageReply{{UsageRow{0xabcdef, 1, 3, 3 << 20}, UsageRow{7, 2, 1, 65536}}});
   add_message(c, kMsgEvictNamespaceRequest, "evict_dry_run", EvictNamespaceRequest{0xabcdef, true});
+  add_message(c, kMsgEvictNamespaceRequest, "evict_older_than", EvictNamespaceRequest{0xabcdef, false, 3600000});
   add_message(c, kMsgEvictNamespaceReply, "evict_reply", EvictNamespaceReply{16, 32 << 20, 15, 1});
   AgentStatsRecord agent_stats{2, 1002, "host-2", "198.18.0.2:7000", true, 250, 1ull << 30, (1ull << 30) - (1 << 20),
                                1 << 20, 1 << 20, 0, 4, (1ull << 30) - (2 << 20)};

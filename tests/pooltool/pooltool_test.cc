@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -240,6 +241,31 @@ TEST_CASE("pooltool remove takes blocks out of lookups", "[pooltool]") {
   CHECK(none.doc["prefix_blocks"] == 0);
   auto st = pooltool(pool.with({"status"}));
   CHECK(st.doc["blocks"] == 1);
+}
+
+TEST_CASE("pooltool evict --older-than removes only the blocks not used for that long", "[pooltool]") {
+  Pool pool(4);
+  // Nothing in this pool is an hour old.
+  auto hour = pooltool(pool.with({"evict", "--namespace", hex(pool.ns), "--older-than", "1h"}));
+  INFO(hour.out);
+  REQUIRE(hour.rc == 0);
+  CHECK(hour.doc["blocks"] == 0);
+  CHECK(hour.doc["older_than_seconds"] == 3600.0);
+  // Blocks 0 and 1 are looked up 6 s after the writes; with a 3 s cut only
+  // 2 and 3 are old (the cut leaves 3 s for this test to reach pooltool).
+  std::this_thread::sleep_for(6s);
+  auto hits = pool.client->lookup(pool.ns, std::span<const Key128>(pool.keys.data(), 2));
+  REQUIRE(hits);
+  REQUIRE(*hits == 2);
+  auto old = pooltool(pool.with({"evict", "--namespace", hex(pool.ns), "--older-than", "3s"}));
+  INFO(old.out);
+  REQUIRE(old.rc == 0);
+  CHECK(old.doc["blocks"] == 2);
+  CHECK(old.doc["removed"] == 2);
+  auto look = pooltool(pool.with({"lookup", hex(pool.ns), hex(pool.keys[0]), hex(pool.keys[1])}));
+  CHECK(look.doc["prefix_blocks"] == 2);
+  CHECK(pooltool(pool.with({"status"})).doc["blocks"] == 2);
+  CHECK(pooltool(pool.with({"evict", "--namespace", hex(pool.ns), "--older-than", "soon"})).rc == 2);
 }
 
 TEST_CASE("pooltool evict removes a namespace's blocks, or only counts them with --dry-run", "[pooltool]") {

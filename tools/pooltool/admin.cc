@@ -63,9 +63,10 @@ Result<rpc::StatusBatch> AdminClient::remove(NamespaceId ns, const std::vector<K
   req.keys = keys;
   return call_decode<rpc::StatusBatch>(rpc::kRemove, rpc::encode(req));
 }
-Result<rpc::EvictNamespaceReply> AdminClient::evict_namespace(NamespaceId ns, bool dry_run) {
+Result<rpc::EvictNamespaceReply> AdminClient::evict_namespace(NamespaceId ns, bool dry_run,
+                                                             std::uint64_t older_than_ms) {
   return call_decode<rpc::EvictNamespaceReply>(rpc::kEvictNamespace,
-                                               rpc::encode(rpc::EvictNamespaceRequest{ns, dry_run}));
+                                               rpc::encode(rpc::EvictNamespaceRequest{ns, dry_run, older_than_ms}));
 }
 
 Status AdminClient::set_quota(NamespaceId ns, std::uint64_t quota_blocks, std::uint64_t quota_bytes) {

@@ -42,7 +42,7 @@ class AdminClient {
   // No read lease: looking does not pin anything.
   Result<rpc::LookupReply> lookup(NamespaceId ns, const std::vector<Key128>& keys);
   Result<rpc::StatusBatch> remove(NamespaceId ns, const std::vector<Key128>& keys);
-  Result<rpc::EvictNamespaceReply> evict_namespace(NamespaceId ns, bool dry_run);
+  Result<rpc::EvictNamespaceReply> evict_namespace(NamespaceId ns, bool dry_run, std::uint64_t older_than_ms = 0);
   // A namespace's budget in blocks and bytes (0 and 0: none).
   Status set_quota(NamespaceId ns, std::uint64_t quota_blocks, std::uint64_t quota_bytes);
 

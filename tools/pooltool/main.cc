@@ -458,17 +458,26 @@ int cmd_remove(const Globals& g, const std::string& ns_text, const std::vector<s
 }
 
 // ---- evict ----
-int cmd_evict(const Globals& g, const std::string& ns_text, bool dry_run) {
+int cmd_evict(const Globals& g, const std::string& ns_text, bool dry_run, const std::string& older_than) {
+  std::uint64_t older_ms = 0;
+  if (!older_than.empty()) {
+    auto d = parse_duration(older_than);
+    if (!d || d->count() <= 0) {
+      return fail(g, Status(StatusCode::kInvalidArgument, "--older-than: not a positive duration"), kExitUsage);
+    }
+    older_ms = static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(*d).count());
+  }
   auto c = connect(g);
   if (!c) return fail_connect(g, c.error());
   auto ns = (*c)->resolve_namespace(ns_text);
   if (!ns) return fail(g, ns.error());
-  auto rep = (*c)->evict_namespace(ns->id, dry_run);
+  auto rep = (*c)->evict_namespace(ns->id, dry_run, older_ms);
   if (!rep) return fail(g, rep.error());
   if (g.json) {
     print_json({{"namespace", ns_to_hex(ns->id)},
                 {"model", ns->descriptor.model_id},
                 {"dry_run", dry_run},
+                {"older_than_seconds", older_ms == 0 ? json(nullptr) : json(static_cast<double>(older_ms) / 1000)},
                 {"blocks", rep->blocks},
                 {"bytes", rep->bytes},
                 {"removed", rep->removed},
@@ -832,6 +841,9 @@ int main(int argc, char** argv) {
   auto* evict = app.add_subcommand("evict", "Remove every block of a namespace");
   evict->add_option("--namespace,-n", evict_ns, "Namespace id (hex) or model id")->required();
   evict->add_flag("--dry-run", dry_run, "Only count what would be removed");
+  std::string older_than;
+  evict->add_option("--older-than", older_than,
+                    "Only blocks not written or looked up for this long (30m, 2h; to about a second)");
 
   bool no_probe = false;
   auto* doctor = app.add_subcommand("doctor", "Check this host and the pool; print a fix for each problem");
@@ -918,7 +930,7 @@ int main(int argc, char** argv) {
   if (*usage) return cmd_usage(g, usage_ns);
   if (*lookup) return cmd_lookup(g, lookup_ns, lookup_keys, tokens_file);
   if (*remove) return cmd_remove(g, remove_ns, remove_keys);
-  if (*evict) return cmd_evict(g, evict_ns, dry_run);
+  if (*evict) return cmd_evict(g, evict_ns, dry_run, older_than);
   if (*doctor) return cmd_doctor(g, no_probe, max_skew);
   if (*demo) return cmd_demo(demo->remaining());
   if (*bench) return cmd_bench(g, bench_block, bench_blocks, bench_rounds);
