@@ -48,6 +48,11 @@ class BlockLists {
   std::uint64_t evictable_count() const { return lru_count_; }
   std::uint64_t busy_count() const { return busy_.count; }
 
+  // Calls f(i) for every entry on the busy list only. f must not change the lists.
+  template <typename F>
+  void for_each_busy(const BlockSlab& slab, F&& f) const {
+    walk(slab, busy_, f);
+  }
   // Calls f(i) for every entry on every list. f must not change the lists.
   template <typename F>
   void for_each(const BlockSlab& slab, F&& f) const {

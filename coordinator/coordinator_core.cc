@@ -1325,32 +1325,19 @@ Result<DrainStep> CoordinatorCore::drain(AgentId id, std::uint32_t max_in_flight
   }
   const std::uint32_t src = to_u32(id);
   DrainStep step;
-  std::vector<std::uint32_t> candidates;
-  std::uint64_t entries = 0;
   const std::uint64_t in_flight = s.moves_from(src);
   const std::uint64_t room = max_in_flight > in_flight ? max_in_flight - in_flight : 0;
-  a->lists.for_each(s.slab, [&](std::uint32_t i) {
-    ++entries;
-    const BlockEntry& e = s.slab[i];
-    if (e.state == BlockState::kWriting) ++step.writing;
-    if (e.state != BlockState::kCommitted || candidates.size() >= room) return;
-    if (auto it = s.moving.find(i); it != s.moving.end()) {
-      auto m = s.moves.find(it->second);
-      if (m != s.moves.end() && m->second.old_generation == e.generation) return;  // already moving
-    }
-    candidates.push_back(i);
-  });
-  for (std::size_t k = 0; k < candidates.size(); ++k) {
-    const std::uint32_t i = candidates[k];
+  // Reserves a target slot and issues the move of entry i; false when no
+  // other agent has room.
+  auto issue = [&](std::uint32_t i) {
     const BlockEntry& e = s.slab[i];
     const std::uint64_t bytes = static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
     auto placed = s.place_move(src, bytes);
     if (!placed) {
-      step.unplaceable = candidates.size() - k;
       step.placement = Status(StatusCode::kResourceExhausted,
                               "no other live agent has " + std::to_string(bytes) +
                                   " bytes free under its high watermark for a block of agent " + std::to_string(src));
-      break;
+      return false;
     }
     const auto [target, slot] = *placed;
     Agent& t = s.agent(target);
@@ -1377,16 +1364,43 @@ Result<DrainStep> CoordinatorCore::drain(AgentId id, std::uint32_t max_in_flight
                      e.length,
                      m.generation};
     bm.deadline = m.deadline;
-    s.pin(i);
+    s.pin(i);  // off the LRU list: eviction leaves it alone, and oldest() moves on
     s.moves.emplace(move_id, m);
     s.moving[i] = move_id;
     step.moves.push_back(bm);
+    return true;
+  };
+  // The busy list (being written, read-leased, moving, removed-but-read):
+  // committed blocks a reader holds move too; it is short next to the LRU
+  // lists, which are taken from their least recently used end.
+  std::vector<std::uint32_t> held;
+  a->lists.for_each_busy(s.slab, [&](std::uint32_t i) {
+    const BlockEntry& e = s.slab[i];
+    if (e.state == BlockState::kWriting) ++step.writing;
+    if (e.state != BlockState::kCommitted) return;
+    if (auto it = s.moving.find(i); it != s.moving.end()) {
+      auto m = s.moves.find(it->second);
+      if (m != s.moves.end() && m->second.old_generation == e.generation) return;  // already moving
+    }
+    held.push_back(i);
+  });
+  bool full = false;
+  while (!full && step.moves.size() < room) {
+    const std::uint32_t i = a->lists.oldest(s.slab);
+    if (i == kNil) break;
+    full = !issue(i);
+  }
+  for (std::size_t k = 0; k < held.size() && !full && step.moves.size() < room; ++k) full = !issue(held[k]);
+  // Blocks left unmoved for want of room (not for want of in-flight slots).
+  if (full) {
+    const std::uint64_t moving = in_flight + step.moves.size();
+    step.unplaceable = std::max<std::uint64_t>(1, a->committed_blocks > moving ? a->committed_blocks - moving : 0);
   }
   step.blocks_left = a->committed_blocks;
   step.in_flight = s.moves_from(src);
   step.moved = a->moved;
   step.failed = a->move_failures;
-  step.drained = entries == 0 && step.in_flight == 0;
+  step.drained = a->lists.evictable_count() + a->lists.busy_count() == 0 && step.in_flight == 0;
   return step;
 }
 
