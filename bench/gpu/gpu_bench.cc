@@ -16,6 +16,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <tuple>
 
 #include "bench/common/agent_process.h"
 #include "kvpool/client.h"
@@ -248,7 +249,7 @@ void bench_gather(json& out, const Limits& lim, std::uint64_t target_bytes) {
 }
 
 void bench_pool(json& out, const Limits& lim, const std::string& label, const std::string& tls, std::uint64_t bytes,
-                const std::string& pool_size, std::vector<std::pair<Mover, bool>> variants, Path path) {
+                const std::string& pool_size, std::vector<std::tuple<Mover, bool, bool>> variants, Path path) {
   bench::AgentProcessOptions ao;
   ao.pool_size = pool_size;
   ao.tls = tls;
@@ -276,11 +277,12 @@ void bench_pool(json& out, const Limits& lim, const std::string& label, const st
   cudaStream_t s;
   CK(cudaStreamCreate(&s));
   std::uint64_t salt = 1;
-  for (auto [mover, verify] : variants) {
+  for (auto [mover, verify, gpu_sums] : variants) {
     GpuOptions o;
     o.mover = mover;
     o.path = path;
     o.verify_loads = verify;
+    o.gpu_checksums = gpu_sums;
     auto m = KvMover::create(**client, *ns, l, kv.t, o);
     if (!m) {
       std::fprintf(stderr, "mover: %s\n", m.error().to_string().c_str());
@@ -324,8 +326,9 @@ void bench_pool(json& out, const Limits& lim, const std::string& label, const st
     }
     const double sm = median(save_ms), lm = median(load_ms);
     char name[64];
-    std::snprintf(name, sizeof(name), "%s %s%s", label.c_str(), mover_name(mover), verify ? "" : " noverify");
-    std::printf("%-34s %7.1f %6.2f %7.1f %6.2f | save: ctl %.1f copy %.1f hash %.1f(cpu %.0f) commit %.1f | load: ctl %.1f copy %.1f verify %.1f(cpu %.0f) release %.1f ms\n",
+    std::snprintf(name, sizeof(name), "%s %s %s", label.c_str(), mover_name(mover),
+                  !verify ? "noverify" : gpu_sums ? "gpu-sums" : "cpu-sums");
+    std::printf("%-38s %7.1f %6.2f %7.1f %6.2f | save: ctl %.1f copy %.1f hash %.1f(cpu %.0f) commit %.1f | load: ctl %.1f copy %.1f verify %.1f(cpu %.0f) release %.1f ms\n",
                 name, n * bb / sm / 1e6, n * bb / sm / 1e6 / lim.d2h, n * bb / lm / 1e6, n * bb / lm / 1e6 / lim.h2d,
                 last_save.control_ms, last_save.copy_done_ms, last_save.hash_done_ms, last_save.hash_ms,
                 last_save.commit_ms, last_load.control_ms, last_load.copy_done_ms, last_load.hash_done_ms,
@@ -371,14 +374,18 @@ int main(int argc, char** argv) {
   if (want("gather")) bench_gather(out, lim, gather_bytes);
   if (want("pool") || want("tcp")) {
     std::printf("\n== pool round trip: GPU pages -> standalone agent on this host -> other GPU pages (Llama-3-8B vllm-paged, 2 MiB blocks) ==\n");
-    std::printf("%-34s %7s %6s %7s %6s | stages (ms from the call; median run's)\n", "path", "save", "/lim", "load", "/lim");
+    std::printf("%-38s %7s %6s %7s %6s | stages (ms from the call; median run's)\n", "path", "save", "/lim", "load", "/lim");
   }
   if (want("pool")) {
     bench_pool(out, lim, "shm mapped", "", pool_bytes, "10GiB",
-               {{Mover::kCopyEngine, true}, {Mover::kKernel, true}, {Mover::kCopyEngine, false}}, Path::kMapped);
+               {{Mover::kCopyEngine, true, true},
+                {Mover::kKernel, true, true},
+                {Mover::kCopyEngine, true, false},
+                {Mover::kCopyEngine, false, true}},
+               Path::kMapped);
   }
   if (want("tcp")) {
-    bench_pool(out, lim, "tcp staged", "tcp", tcp_bytes, "4GiB", {{Mover::kCopyEngine, true}}, Path::kStaged);
+    bench_pool(out, lim, "tcp staged", "tcp", tcp_bytes, "4GiB", {{Mover::kCopyEngine, true, true}}, Path::kStaged);
   }
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
   return 0;

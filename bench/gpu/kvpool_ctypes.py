@@ -44,7 +44,7 @@ class GpuLayout(C.Structure):
 class GpuOptions(C.Structure):
     _fields_ = [("struct_size", C.c_size_t), ("path", C.c_uint32), ("mover", C.c_uint32),
                 ("chunk_bytes", C.c_uint64), ("verify_loads", C.c_int32), ("hash_threads", C.c_uint32),
-                ("device", C.c_int32)]
+                ("device", C.c_int32), ("gpu_checksums", C.c_int32)]
 
 
 class TransferResult(C.Structure):
@@ -165,11 +165,12 @@ class Mover:
     """A kvpool_gpu_mover over per-layer K and V tensors (their data_ptr()s)."""
 
     def __init__(self, client, ns, layout, k_ptrs, v_ptrs, path=PATH_AUTO, mover=MOVER_COPY_ENGINE,
-                 verify_loads=True, hash_threads=8):
+                 verify_loads=True, hash_threads=8, gpu_checksums=True):
         self.lib = client.lib
         o = GpuOptions()
         self.lib.kvpool_gpu_options_init(C.byref(o))
         o.path, o.mover, o.verify_loads, o.hash_threads = path, mover, int(verify_loads), hash_threads
+        o.gpu_checksums = int(gpu_checksums)
         k = (C.c_void_p * len(k_ptrs))(*k_ptrs)
         v = (C.c_void_p * len(v_ptrs))(*v_ptrs)
         self.layout = layout

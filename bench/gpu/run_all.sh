@@ -23,18 +23,18 @@ python3 -c 'import torch, transformers; print("torch", torch.__version__, "trans
 if [[ $what == *tests* ]]; then
   echo "== tests (gpu_test, gpu_layout_test) =="
   "$G/bin/gpu_layout_test" 2>&1 | tail -3
-  timeout 200 "$G/bin/gpu_test" -d yes > "$OUT/tests.log" 2>&1; t=$?
+  timeout 150 "$G/bin/gpu_test" -d yes > "$OUT/tests.log" 2>&1; t=$?
   grep -E "passed|failed|FAILED|REQUIRE|CHECK|skipped" "$OUT/tests.log" | tail -25
   echo "gpu_test exit $t"; [[ $t == 0 ]] || rc=1
 fi
 if [[ $what == *bench* ]]; then
   echo "== gpu_bench =="
-  timeout 330 "$G/bin/gpu_bench" --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.log" 2>&1; t=$?
+  timeout 200 "$G/bin/gpu_bench" --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.log" 2>&1; t=$?
   echo "gpu_bench exit $t"; [[ $t == 0 ]] || rc=1
 fi
 if [[ $what == *model* ]]; then
   echo "== fetch vs recompute =="
-  timeout 480 python3 "$HERE/fetch_vs_recompute.py" --lib "$G/lib/libkvpool_c.so.1" \
+  timeout 230 python3 "$HERE/fetch_vs_recompute.py" --lib "$G/lib/libkvpool_c.so.1" \
     --agent "$G/bin/kvpool-agent" --json "$OUT/fetch_vs_recompute.json" > "$OUT/fetch.log" 2>&1; t=$?
   echo "fetch_vs_recompute exit $t"; [[ $t == 0 ]] || rc=1
 fi

@@ -377,9 +377,11 @@ typedef struct kvpool_gpu_options {
   int32_t verify_loads; /* nonzero (the default): check payload checksums on mapped loads */
   uint32_t hash_threads; /* 0: 8 */
   int32_t device;       /* CUDA device of the tensors; -1: the current one */
+  int32_t gpu_checksums; /* nonzero (the default): payload checksums computed on the GPU */
 } kvpool_gpu_options_t;
 
-/* Zeroes *options, sets struct_size, verify_loads 1 and device -1. */
+/* Zeroes *options, sets struct_size, verify_loads 1, gpu_checksums 1 and
+ * device -1. */
 void kvpool_gpu_options_init(kvpool_gpu_options_t* options);
 
 typedef struct kvpool_gpu_mover kvpool_gpu_mover_t;

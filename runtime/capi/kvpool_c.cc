@@ -645,6 +645,7 @@ kvpool_status_t to_gpu_options(const kvpool_gpu_options_t* in, kvpool::gpu::GpuO
   out.verify_loads = in->verify_loads != 0;
   if (in->hash_threads != 0) out.hash_threads = in->hash_threads;
   out.device = in->device;
+  out.gpu_checksums = in->gpu_checksums != 0;
   return KVPOOL_OK;
 }
 
@@ -697,6 +698,7 @@ void kvpool_gpu_options_init(kvpool_gpu_options_t* options) {
   std::memset(options, 0, sizeof(*options));
   options->struct_size = sizeof(*options);
   options->verify_loads = 1;
+  options->gpu_checksums = 1;
   options->device = -1;
 }
 

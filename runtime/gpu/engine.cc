@@ -1,6 +1,7 @@
 #include "runtime/gpu/engine.h"
 
 #include <algorithm>
+#include <memory>
 
 #include "runtime/gpu/kernels.h"
 
@@ -143,6 +144,22 @@ Status Engine::enqueue(bool save, std::span<const std::uint64_t> pages, std::spa
     KVPOOL_CUDA(cudaEventRecord(ev, stream), "cudaEventRecord");
   }
   if (mover == Mover::kCopyEngine) KVPOOL_CUDA(cudaEventRecord(staging_free_, stream), "cudaEventRecord");
+  return Status();
+}
+
+Status Engine::enqueue_hash(std::span<const std::uint64_t> pages, std::uint64_t* out, cudaStream_t stream) {
+  if (!can_hash()) return Status(StatusCode::kUnimplemented, "gpu checksums need runs of a multiple of 64 bytes");
+  KVPOOL_CUDA(cudaSetDevice(device_), "cudaSetDevice");
+  for (std::size_t first = 0; first < pages.size(); first += kMaxHashBlocks) {
+    const std::size_t n = std::min<std::size_t>(kMaxHashBlocks, pages.size() - first);
+    auto hp = std::make_unique<HashPages>();
+    hp->n = static_cast<std::uint32_t>(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      if (pages[first + j] >= plan_.pages) return Status(StatusCode::kInvalidArgument, "page out of range");
+      hp->page[j] = pages[first + j];
+    }
+    KVPOOL_CUDA(launch_hash(move_plan(plan_), bases_, *hp, out + first, stream), "checksum kernel");
+  }
   return Status();
 }
 

@@ -43,6 +43,12 @@ class Engine {
   Status enqueue(bool save, std::span<const std::uint64_t> pages, std::span<std::byte* const> host_blocks,
                  Mover mover, cudaStream_t stream, std::vector<cudaEvent_t>& chunk_events);
 
+  // Whether the GPU can checksum this layout's blocks (runs of 64-byte
+  // multiples), and the enqueue of those checksums: out[i] = XXH3-64 of
+  // page pages[i]'s block, out device-accessible (mapped pinned memory).
+  bool can_hash() const { return plan_.run_bytes % 64 == 0; }
+  Status enqueue_hash(std::span<const std::uint64_t> pages, std::uint64_t* out, cudaStream_t stream);
+
   // Device <-> device-staging gather/scatter for the staged path: pages to
   // (from) `count` consecutive blocks at device address dev.
   Status enqueue_device(bool save, std::span<const std::uint64_t> pages, std::byte* dev, cudaStream_t stream);

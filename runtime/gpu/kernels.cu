@@ -1,4 +1,5 @@
 #include "runtime/gpu/kernels.h"
+#include "runtime/gpu/xxh3_layout.h"
 
 #include <algorithm>
 
@@ -49,7 +50,41 @@ __global__ void __launch_bounds__(kThreads) move_kernel(KernelPlan p, const std:
   }
 }
 
+// Eight threads per block, one per XXH3 accumulator lane; lane 0 merges.
+__global__ void __launch_bounds__(256) hash_kernel(const xxh3::Keys keys, xxh3::BlockMap m,
+                                                   const std::uint64_t* __restrict__ bases,
+                                                   const __grid_constant__ HashPages p, std::uint64_t* out) {
+  const std::uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+  const std::uint32_t b = t / 8;
+  const int i = static_cast<int>(t % 8);
+  const unsigned mask = __ballot_sync(0xffffffffu, b < p.n);
+  if (b >= p.n) return;
+  const xxh3::LaneKeys lk = xxh3::lane_keys(keys, i);
+  const std::uint64_t acc = xxh3::lane(lk, m, bases, p.page[b], i,
+                                       [](std::uint64_t a, std::uint64_t& lo, std::uint64_t& hi) {
+                                         const uint4 v = *reinterpret_cast<const uint4*>(a);
+                                         lo = v.x | (static_cast<std::uint64_t>(v.y) << 32);
+                                         hi = v.z | (static_cast<std::uint64_t>(v.w) << 32);
+                                       });
+  std::uint64_t all[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) all[j] = __shfl_sync(mask, acc, j, 8);
+  if (i == 0) out[b] = xxh3::merge(keys, all, static_cast<std::uint64_t>(m.units) * m.run_bytes);
+}
+
 }  // namespace
+
+cudaError_t launch_hash(const MovePlan& plan, const std::uint64_t* bases, const HashPages& pages, std::uint64_t* out,
+                        cudaStream_t stream) {
+  if (pages.n == 0) return cudaSuccess;
+  static const xxh3::Keys keys = xxh3::make_keys();
+  xxh3::BlockMap m{plan.run_bytes,     plan.segs,       plan.units,      plan.seg_stride,
+                   plan.pages_per_row, plan.row_stride, plan.page_stride};
+  const unsigned threads = 256;
+  const unsigned grid = (pages.n * 8 + threads - 1) / threads;
+  hash_kernel<<<grid, threads, 0, stream>>>(keys, m, bases, pages, out);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_move(bool gather, const MovePlan& plan, const std::uint64_t* bases, const LaunchBlocks& blocks,
                         int sms, cudaStream_t stream) {

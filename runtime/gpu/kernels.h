@@ -30,6 +30,19 @@ struct LaunchBlocks {
   std::uint64_t block[kMaxLaunchBlocks];  // device-accessible address of the block's bytes
 };
 
+// Pages per checksum launch (as kernel parameters, like LaunchBlocks).
+inline constexpr std::uint32_t kMaxHashBlocks = 2048;
+struct HashPages {
+  std::uint32_t n = 0;
+  std::uint64_t page[kMaxHashBlocks];
+};
+
+// XXH3-64 of each page's block (what pool::payload_checksum gives for the
+// assembled block), read through the layout, into out[i] (device-accessible,
+// e.g. mapped pinned host memory). Needs plan.run_bytes % 64 == 0.
+cudaError_t launch_hash(const MovePlan& plan, const std::uint64_t* bases, const HashPages& pages, std::uint64_t* out,
+                        cudaStream_t stream);
+
 // gather: pages -> blocks; else scatter: blocks -> pages. `bases` is a device
 // array of the 2 x num_layers tensor addresses. `sms` sizes the grid.
 cudaError_t launch_move(bool gather, const MovePlan& plan, const std::uint64_t* bases, const LaunchBlocks& blocks,

@@ -1,5 +1,6 @@
 // KvMover: the mapped (same-host) and staged (any agent) paths over Engine.
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -114,6 +115,7 @@ class TransferImpl : public Transfer {
   ~TransferImpl() override {
     (void)wait();
     for (auto e : events) cudaEventDestroy(e);
+    for (auto e : aux_events) cudaEventDestroy(e);
     if (done_event != nullptr) cudaEventDestroy(done_event);
   }
   CUevent_st* event() const override { return done_event; }
@@ -126,7 +128,14 @@ class TransferImpl : public Transfer {
   std::thread worker;  // computes `result`
   Result<TransferResult> result = tl::unexpected(Status(StatusCode::kInternal, "transfer not run"));
   std::vector<cudaEvent_t> events;  // per chunk
+  std::vector<cudaEvent_t> aux_events;
   cudaEvent_t done_event = nullptr;
+};
+
+// Checksums the GPU writes straight into host memory (mapped pinned).
+struct SumBuffer {
+  std::uint64_t* p = nullptr;
+  std::size_t cap = 0;
 };
 
 class KvMoverImpl : public KvMover {
@@ -150,6 +159,8 @@ class KvMoverImpl : public KvMover {
       cudaFreeHost(h);
     }
     for (auto* d : dev_staging_) cudaFree(d);
+    for (auto& b : sum_buffers_) cudaFreeHost(b.p);
+    if (hash_stream_ != nullptr) cudaStreamDestroy(hash_stream_);
     for (auto& [base, dev] : registered_) cudaHostUnregister(base);
   }
 
@@ -210,6 +221,48 @@ class KvMoverImpl : public KvMover {
     return Status();
   }
 
+  Result<SumBuffer> take_sums(std::size_t n) {
+    std::lock_guard lock(mu_);
+    for (auto it = sum_buffers_.begin(); it != sum_buffers_.end(); ++it) {
+      if (it->cap >= n) {
+        SumBuffer b = *it;
+        sum_buffers_.erase(it);
+        return b;
+      }
+    }
+    SumBuffer b;
+    b.cap = std::max<std::size_t>(1024, std::bit_ceil(n));
+    void* p = nullptr;
+    if (Status s = cuda_status(cudaHostAlloc(&p, b.cap * 8, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc");
+        !s.ok()) {
+      return tl::unexpected(s);
+    }
+    b.p = static_cast<std::uint64_t*>(p);
+    return b;
+  }
+  void give_sums(SumBuffer b) {
+    if (b.p == nullptr) return;
+    std::lock_guard lock(mu_);
+    sum_buffers_.push_back(b);
+  }
+  Result<cudaStream_t> hash_stream() {
+    std::lock_guard lock(mu_);
+    if (hash_stream_ == nullptr) {
+      if (Status s = cuda_status(cudaStreamCreateWithFlags(&hash_stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+          !s.ok()) {
+        return tl::unexpected(s);
+      }
+    }
+    return hash_stream_;
+  }
+  static Status new_event(std::vector<cudaEvent_t>& into, cudaEvent_t& ev) {
+    if (Status s = cuda_status(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate"); !s.ok()) {
+      return s;
+    }
+    into.push_back(ev);
+    return Status();
+  }
+
   // The device address of a mapped pool region, registering it with CUDA
   // on first use (pinning GiBs takes a while: once per region).
   Result<std::byte*> device_view(const MappedSlot& slot) {
@@ -254,12 +307,34 @@ class KvMoverImpl : public KvMover {
       wpages.push_back(pages[i]);
       blocks.push_back(*dev);
     }
+    // Checksums on the GPU, from the pages themselves, on the mover's hash
+    // stream while the copies run; the caller's stream waits for both.
+    const bool gpu_hash = o.gpu_checksums && engine_->can_hash() && !idx.empty();
+    SumBuffer sums;
+    cudaEvent_t hashed = nullptr;
+    if (s.ok() && gpu_hash) {
+      auto sb = take_sums(idx.size());
+      auto hs = hash_stream();
+      cudaEvent_t start = nullptr;
+      if (!sb) s = sb.error();
+      else if (!hs) s = hs.error();
+      else sums = *sb;
+      if (s.ok()) s = new_event(t->aux_events, start);
+      if (s.ok()) s = new_event(t->aux_events, hashed);
+      if (s.ok()) s = cuda_status(cudaEventRecord(start, stream), "cudaEventRecord");
+      if (s.ok()) s = cuda_status(cudaStreamWaitEvent(*hs, start, 0), "cudaStreamWaitEvent");
+      if (s.ok()) s = engine_->enqueue_hash(wpages, sums.p, *hs);
+      if (s.ok()) s = cuda_status(cudaEventRecord(hashed, *hs), "cudaEventRecord");
+    }
     if (s.ok()) s = engine_->enqueue(true, wpages, blocks, o.mover, stream, t->events);
+    if (s.ok() && gpu_hash) s = cuda_status(cudaStreamWaitEvent(stream, hashed, 0), "cudaStreamWaitEvent");
     if (s.ok()) s = cuda_status(cudaEventCreateWithFlags(&t->done_event, cudaEventDisableTiming), "cudaEventCreate");
     if (s.ok()) s = cuda_status(cudaEventRecord(t->done_event, stream), "cudaEventRecord");
     if (!s.ok()) {
       // Nothing may still be writing into the slots when their space goes back.
       cudaStreamSynchronize(stream);
+      if (hashed != nullptr) cudaEventSynchronize(hashed);
+      give_sums(sums);
       client_.abort_mapped_put(mp);
       return tl::unexpected(s);
     }
@@ -267,17 +342,24 @@ class KvMoverImpl : public KvMover {
     const std::uint32_t per_chunk = engine_->chunk_blocks(o.mover);
     const std::uint64_t bb = engine_->plan().block_bytes;
     t->worker = std::thread([this, tp = t.get(), mp = std::move(mp), idx = std::move(idx), per_chunk, bb, t0,
-                             control_ms, enqueue_ms]() mutable {
+                             control_ms, enqueue_ms, gpu_hash, gpu_sums = sums]() mutable {
       TransferResult r;
       r.stats.path = "mapped";
       r.stats.control_ms = control_ms;
       r.stats.enqueue_ms = enqueue_ms;
       std::vector<std::uint64_t> sums(mp.outcomes.size(), 0);
       Status s;
-      for (std::size_t c = 0; c < tp->events.size(); ++c) {
+      if (gpu_hash) {
+        s = cuda_status(cudaEventSynchronize(tp->done_event), "copy to the pool");
+        r.stats.copy_done_ms = ms_since(t0);
+        for (std::size_t j = 0; j < idx.size(); ++j) sums[idx[j]] = gpu_sums.p[j];
+        give_sums(gpu_sums);
+      }
+      const std::size_t cpu_chunks = gpu_hash ? 0 : tp->events.size();
+      for (std::size_t c = 0; c < cpu_chunks; ++c) {
         s = cuda_status(cudaEventSynchronize(tp->events[c]), "copy to the pool");
         if (!s.ok()) break;
-        if (c + 1 == tp->events.size()) r.stats.copy_done_ms = ms_since(t0);
+        if (c + 1 == cpu_chunks) r.stats.copy_done_ms = ms_since(t0);
         const std::size_t first = c * per_chunk;
         const std::size_t n = std::min<std::size_t>(per_chunk, idx.size() - first);
         r.stats.hash_ms += hashers_.run(n, [&](std::size_t j) {
@@ -285,7 +367,7 @@ class KvMoverImpl : public KvMover {
           sums[i] = pool::payload_checksum(std::span<const std::byte>(mp.slots[i].payload, bb));
         });
       }
-      if (tp->events.empty()) r.stats.copy_done_ms = ms_since(t0);
+      if (tp->events.empty() && !gpu_hash) r.stats.copy_done_ms = ms_since(t0);
       r.stats.hash_done_ms = ms_since(t0);
       if (!s.ok()) {
         // A failed copy leaves the stream broken: nothing more will land.
@@ -322,10 +404,21 @@ class KvMoverImpl : public KvMover {
       else blocks.push_back(*dev);
     }
     if (s.ok()) s = engine_->enqueue(false, pages.subspan(0, mg.found), blocks, o.mover, stream, t->events);
+    // Verified on the GPU: the checksum of each block as it landed in the
+    // pages, after the last copy (on the caller's stream).
+    const bool gpu_hash = o.verify_loads && o.gpu_checksums && engine_->can_hash() && mg.found > 0;
+    SumBuffer sums;
+    if (s.ok() && gpu_hash) {
+      auto sb = take_sums(mg.found);
+      if (!sb) s = sb.error();
+      else sums = *sb;
+      if (s.ok()) s = engine_->enqueue_hash(pages.subspan(0, mg.found), sums.p, stream);
+    }
     if (s.ok()) s = cuda_status(cudaEventCreateWithFlags(&t->done_event, cudaEventDisableTiming), "cudaEventCreate");
     if (s.ok()) s = cuda_status(cudaEventRecord(t->done_event, stream), "cudaEventRecord");
     if (!s.ok()) {
       cudaStreamSynchronize(stream);
+      give_sums(sums);
       client_.finish_mapped_get(mg, 0);
       return tl::unexpected(s);
     }
@@ -333,7 +426,7 @@ class KvMoverImpl : public KvMover {
     const std::uint64_t bb = engine_->plan().block_bytes;
     const bool verify = o.verify_loads;
     t->worker = std::thread([this, tp = t.get(), mg = std::move(mg), bb, t0, control_ms, enqueue_ms, verify,
-                             nkeys = keys.size()]() mutable {
+                             nkeys = keys.size(), gpu_hash, gpu_sums = sums]() mutable {
       TransferResult r;
       r.stats.path = "mapped";
       r.stats.control_ms = control_ms;
@@ -341,7 +434,17 @@ class KvMoverImpl : public KvMover {
       // The read lease keeps the slots stable, so their checksums are
       // checked on the pool's bytes while the GPU copies the same bytes.
       std::size_t good = mg.found;
-      if (verify) {
+      if (gpu_hash) {
+        if (cudaEventSynchronize(tp->done_event) == cudaSuccess) {
+          for (std::size_t i = 0; i < mg.found; ++i) {
+            if (gpu_sums.p[i] != mg.checksums[i]) {
+              good = i;
+              break;
+            }
+          }
+        }
+        give_sums(gpu_sums);
+      } else if (verify) {
         std::vector<char> bad(mg.found, 0);
         r.stats.hash_ms = hashers_.run(mg.found, [&](std::size_t i) {
           bad[i] = pool::payload_checksum(std::span<const std::byte>(mg.slots[i].payload, bb)) != mg.checksums[i];
@@ -575,6 +678,8 @@ class KvMoverImpl : public KvMover {
   std::vector<std::byte*> host_staging_;
   std::vector<std::byte*> dev_staging_;
   std::uint64_t staged_per_ = 1;  // blocks per staging chunk, fixed when the buffers are made
+  std::vector<SumBuffer> sum_buffers_;  // free ones; guarded by mu_
+  cudaStream_t hash_stream_ = nullptr;  // save checksums beside the copies; guarded by mu_ (creation)
 };
 
 }  // namespace

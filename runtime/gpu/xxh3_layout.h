@@ -21,6 +21,11 @@
 #else
 #define KVPOOL_HD inline
 #endif
+#ifdef __CUDA_ARCH__
+#define KVPOOL_UNROLL _Pragma("unroll")
+#else
+#define KVPOOL_UNROLL
+#endif
 
 namespace kvpool::gpu::xxh3 {
 
@@ -68,6 +73,23 @@ inline Keys make_keys() {
   return k;
 }
 
+// One lane's share of the keys, in registers (the kernel's lanes differ).
+struct LaneKeys {
+  std::uint64_t stripe[16];
+  std::uint64_t scramble;
+  std::uint64_t last;
+  std::uint64_t init;
+};
+
+KVPOOL_HD LaneKeys lane_keys(const Keys& k, int i) {
+  LaneKeys l;
+  for (int s = 0; s < 16; ++s) l.stripe[s] = k.stripe[s][i];
+  l.scramble = k.scramble[i];
+  l.last = k.last[i];
+  l.init = k.init[i];
+  return l;
+}
+
 // The block's layout, as plain values (plan.h).
 struct BlockMap {
   std::uint64_t run_bytes;
@@ -93,9 +115,9 @@ KVPOOL_HD std::uint64_t scramble(std::uint64_t acc, std::uint64_t key) {
 // Lane i's accumulator after the whole block of page. bases: the 2 x
 // layers tensor addresses; load16(addr, lo, hi) reads 16 bytes.
 template <typename Load16>
-KVPOOL_HD std::uint64_t lane(const Keys& k, const BlockMap& m, const std::uint64_t* bases, std::uint64_t page,
+KVPOOL_HD std::uint64_t lane(const LaneKeys& k, const BlockMap& m, const std::uint64_t* bases, std::uint64_t page,
                              int i, Load16 load16) {
-  std::uint64_t acc = k.init[i];
+  std::uint64_t acc = k.init;
   const std::uint64_t total = static_cast<std::uint64_t>(m.units) * m.run_bytes / 64;  // stripes
   const std::uint64_t pair = static_cast<std::uint64_t>(i / 2) * 16;
   const bool odd = (i & 1) != 0;
@@ -109,20 +131,20 @@ KVPOOL_HD std::uint64_t lane(const Keys& k, const BlockMap& m, const std::uint64
     // run and are not the block's last stripe: 16 loads in flight.
     for (; j + 16 <= run_stripes && (g & 15) == 0 && g + 16 < total; j += 16, g += 16) {
       std::uint64_t lo[16], hi[16];
-#pragma unroll
+      KVPOOL_UNROLL
       for (int s = 0; s < 16; ++s) load16(base + (j + s) * 64 + pair, lo[s], hi[s]);
-#pragma unroll
-      for (int s = 0; s < 16; ++s) accumulate(acc, odd ? hi[s] : lo[s], odd ? lo[s] : hi[s], k.stripe[s][i]);
-      acc = scramble(acc, k.scramble[i]);
+      KVPOOL_UNROLL
+      for (int s = 0; s < 16; ++s) accumulate(acc, odd ? hi[s] : lo[s], odd ? lo[s] : hi[s], k.stripe[s]);
+      acc = scramble(acc, k.scramble);
     }
     for (; j < run_stripes; ++j, ++g) {
       std::uint64_t lo, hi;
       load16(base + j * 64 + pair, lo, hi);
       if (g + 1 == total) {
-        accumulate(acc, odd ? hi : lo, odd ? lo : hi, k.last[i]);
+        accumulate(acc, odd ? hi : lo, odd ? lo : hi, k.last);
       } else {
-        accumulate(acc, odd ? hi : lo, odd ? lo : hi, k.stripe[g & 15][i]);
-        if ((g & 15) == 15) acc = scramble(acc, k.scramble[i]);
+        accumulate(acc, odd ? hi : lo, odd ? lo : hi, k.stripe[g & 15]);
+        if ((g & 15) == 15) acc = scramble(acc, k.scramble);
       }
     }
   }

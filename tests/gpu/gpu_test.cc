@@ -139,6 +139,17 @@ void round_trip(Client& client, const KvLayout& layout, GpuOptions opts, std::ui
   REQUIRE(r2);
   CHECK(r2->put.deduplicated == n);
   CHECK(saved->stats.path == expect_path);
+  // The checksums the save wrote (on the GPU by default) verify on the CPU
+  // too: a plain get hashes with libxxhash.
+  {
+    const auto bb = *block_bytes(layout);
+    std::vector<std::vector<std::byte>> host(n, std::vector<std::byte>(bb));
+    std::vector<std::span<std::byte>> spans(host.begin(), host.end());
+    auto got = client.get(*ns, keys, spans);
+    REQUIRE(got);
+    CHECK(got->loaded == n);
+    if (got->loaded == n) CHECK(host[n - 1] == expect[n - 1]);
+  }
   CHECK(loaded->stats.path == expect_path);
   cudaStreamDestroy(stream);
 }
@@ -163,6 +174,7 @@ TEST_CASE("gpu pages round-trip bit-exact through a same-host pool", "[gpu][devi
           GpuOptions o;
           o.mover = mover;
           o.path = path;
+          o.gpu_checksums = mover != Mover::kPerPage;  // the per-page runs hash on the CPU
           round_trip(**client, small_layout(kind), o, salt, path == Path::kStaged ? "staged" : "mapped");
         }
         ++salt;
@@ -219,8 +231,16 @@ TEST_CASE("a corrupted pool block is never loaded as data", "[gpu][device]") {
   REQUIRE(r);
   CHECK(r->done == 5);
   CHECK(r->get.stopped.code() == StatusCode::kDataLoss);
-  // The staged path verifies too.
+  // With the checksums on the CPU too.
   auto o = (*mover)->options();
+  o.gpu_checksums = false;
+  (*mover)->set_options(o);
+  auto load1 = (*mover)->load(keys, to, nullptr);
+  REQUIRE(load1);
+  auto r1 = (*load1)->wait();
+  REQUIRE(r1);
+  CHECK(r1->done == 5);
+  // The staged path verifies too.
   o.path = Path::kStaged;
   (*mover)->set_options(o);
   auto load2 = (*mover)->load(keys, to, nullptr);

@@ -43,7 +43,7 @@ std::uint64_t layout_hash(const KvLayout& l, std::uint64_t page, std::uint64_t* 
                    plan->pages_per_row, plan->row_stride, plan->page_stride};
   std::uint64_t acc[8];
   for (int i = 0; i < 8; ++i) {
-    acc[i] = xxh3::lane(keys, m, bases->data(), page, i, [](std::uint64_t a, std::uint64_t& lo, std::uint64_t& hi) {
+    acc[i] = xxh3::lane(xxh3::lane_keys(keys, i), m, bases->data(), page, i, [](std::uint64_t a, std::uint64_t& lo, std::uint64_t& hi) {
       std::memcpy(&lo, reinterpret_cast<const void*>(a), 8);
       std::memcpy(&hi, reinterpret_cast<const void*>(a + 8), 8);
     });
