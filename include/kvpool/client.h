@@ -90,6 +90,9 @@ struct MappedSlot {
   std::byte* payload = nullptr;  // the block's block_bytes payload bytes in the agent's region
   std::byte* region = nullptr;   // start of the mapped region holding it (register it with CUDA once)
   std::uint64_t region_bytes = 0;
+  // The agent incarnation owning the region: a restarted agent's new region
+  // may be mapped at the old one's address.
+  std::uint64_t incarnation = 0;
 };
 
 struct MappedPutState;  // opaque: leases and locations

@@ -157,7 +157,7 @@ struct TransferResult {
 
 class Transfer {
  public:
-  virtual ~Transfer() = default;  // waits for the transfer
+  virtual ~Transfer() = default;  // waits for the transfer; destroy it before its KvMover
   // See the header comment; null on the staged path. Owned by the transfer.
   virtual CUevent_st* event() const = 0;
   // Blocks until the outcome is known; the second call returns it again.

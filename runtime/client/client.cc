@@ -948,7 +948,8 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
       continue;
     }
     out.outcomes[i] = PutOutcome::kWritten;
-    out.slots[i] = MappedSlot{*base + r.location.payload_offset, *base, (*conn)->region.length()};
+    out.slots[i] = MappedSlot{*base + r.location.payload_offset, *base, (*conn)->region.length(),
+                              r.location.incarnation};
     st.conns[i] = *conn;
   }
   if (!abort.leases.empty()) {
@@ -1094,7 +1095,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
       logger()->warn("mapped get: {}", out.stopped.message());
       break;
     }
-    out.slots.push_back(MappedSlot{*base + loc.payload_offset, *base, (*conn)->region.length()});
+    out.slots.push_back(MappedSlot{*base + loc.payload_offset, *base, (*conn)->region.length(), loc.incarnation});
     out.checksums.push_back(h->payload_checksum);
     st.conns.push_back(*conn);
     out.found = i + 1;

@@ -110,6 +110,66 @@ class HashPool {
   std::vector<std::thread> threads_;
 };
 
+// Pool regions registered with CUDA, shared by every mover of the process
+// and counted: cudaHostRegister is per address range and process, so one
+// mover's teardown must not unregister a region another still copies into.
+// Keyed by address and the agent's incarnation: a restarted agent's new
+// region may be mapped where the old one was.
+class CudaRegions {
+ public:
+  static CudaRegions& instance() {
+    static CudaRegions r;
+    return r;
+  }
+  Result<std::byte*> acquire(const MappedSlot& slot) {
+    std::lock_guard lock(mu_);
+    auto it = regions_.find(slot.region);
+    if (it != regions_.end() && it->second.incarnation != slot.incarnation) {
+      // The old incarnation's mapping is gone: its registration is stale.
+      cudaHostUnregister(slot.region);
+      (void)cudaGetLastError();
+      regions_.erase(it);
+      it = regions_.end();
+    }
+    if (it == regions_.end()) {
+      cudaError_t err = cudaHostRegister(slot.region, slot.region_bytes, cudaHostRegisterPortable | cudaHostRegisterMapped);
+      if (err != cudaSuccess && err != cudaErrorHostMemoryAlreadyRegistered) {
+        return tl::unexpected(cuda_status(err, "cudaHostRegister of the pool region"));
+      }
+      (void)cudaGetLastError();
+      void* dev = nullptr;
+      if (Status s = cuda_status(cudaHostGetDevicePointer(&dev, slot.region, 0), "cudaHostGetDevicePointer");
+          !s.ok()) {
+        return tl::unexpected(s);
+      }
+      logger()->info("registered pool region {} ({} bytes) with CUDA", static_cast<void*>(slot.region),
+                     slot.region_bytes);
+      it = regions_.emplace(slot.region, Entry{static_cast<std::byte*>(dev), slot.incarnation, 0}).first;
+    }
+    ++it->second.users;
+    return it->second.dev;
+  }
+  void release(std::byte* region, std::uint64_t incarnation) {
+    std::lock_guard lock(mu_);
+    auto it = regions_.find(region);
+    if (it == regions_.end() || it->second.incarnation != incarnation) return;
+    if (--it->second.users == 0) {
+      cudaHostUnregister(region);
+      (void)cudaGetLastError();
+      regions_.erase(it);
+    }
+  }
+
+ private:
+  struct Entry {
+    std::byte* dev = nullptr;
+    std::uint64_t incarnation = 0;
+    std::size_t users = 0;
+  };
+  std::mutex mu_;
+  std::map<std::byte*, Entry> regions_;  // guarded by mu_
+};
+
 class TransferImpl : public Transfer {
  public:
   ~TransferImpl() override {
@@ -161,7 +221,7 @@ class KvMoverImpl : public KvMover {
     for (auto* d : dev_staging_) cudaFree(d);
     for (auto& b : sum_buffers_) cudaFreeHost(b.p);
     if (hash_stream_ != nullptr) cudaStreamDestroy(hash_stream_);
-    for (auto& [base, dev] : registered_) cudaHostUnregister(base);
+    for (auto& [base, held] : regions_) CudaRegions::instance().release(base, held.incarnation);
   }
 
   const GpuOptions& options() const override { return options_; }
@@ -263,28 +323,22 @@ class KvMoverImpl : public KvMover {
     return Status();
   }
 
-  // The device address of a mapped pool region, registering it with CUDA
-  // on first use (pinning GiBs takes a while: once per region).
+  // The device address of a slot, its region registered with CUDA on first
+  // use (process-wide, shared by movers: pinning GiBs takes a while).
   Result<std::byte*> device_view(const MappedSlot& slot) {
     std::lock_guard lock(mu_);
-    auto it = registered_.find(slot.region);
-    if (it == registered_.end()) {
+    auto it = regions_.find(slot.region);
+    if (it == regions_.end() || it->second.incarnation != slot.incarnation) {
+      if (it != regions_.end()) {
+        CudaRegions::instance().release(slot.region, it->second.incarnation);
+        regions_.erase(it);
+      }
       if (Status s = cuda_status(cudaSetDevice(engine_->device()), "cudaSetDevice"); !s.ok()) return tl::unexpected(s);
-      cudaError_t err = cudaHostRegister(slot.region, slot.region_bytes, cudaHostRegisterPortable | cudaHostRegisterMapped);
-      if (err != cudaSuccess && err != cudaErrorHostMemoryAlreadyRegistered) {
-        return tl::unexpected(cuda_status(err, "cudaHostRegister of the pool region"));
-      }
-      (void)cudaGetLastError();
-      void* dev = nullptr;
-      if (Status s = cuda_status(cudaHostGetDevicePointer(&dev, slot.region, 0), "cudaHostGetDevicePointer");
-          !s.ok()) {
-        return tl::unexpected(s);
-      }
-      logger()->info("registered pool region {} ({} bytes) with CUDA", static_cast<void*>(slot.region),
-                     slot.region_bytes);
-      it = registered_.emplace(slot.region, static_cast<std::byte*>(dev)).first;
+      auto dev = CudaRegions::instance().acquire(slot);
+      if (!dev) return tl::unexpected(dev.error());
+      it = regions_.emplace(slot.region, HeldRegion{*dev, slot.incarnation}).first;
     }
-    return it->second + (slot.payload - slot.region);
+    return it->second.dev + (slot.payload - slot.region);
   }
 
   Result<std::unique_ptr<Transfer>> save_mapped(MappedPut mp, std::span<const Key128> keys,
@@ -669,7 +723,11 @@ class KvMoverImpl : public KvMover {
   KvLayout layout_;
   std::mutex mu_;
   GpuOptions options_;                              // guarded by mu_
-  std::map<std::byte*, std::byte*> registered_;     // mapped region -> device address; guarded by mu_
+  struct HeldRegion {
+    std::byte* dev = nullptr;
+    std::uint64_t incarnation = 0;
+  };
+  std::map<std::byte*, HeldRegion> regions_;  // mapped regions this mover uses; guarded by mu_
   std::unique_ptr<Engine> engine_;
   HashPool hashers_;
   // The staged path: one transfer at a time (staged_mu_ held by its worker).

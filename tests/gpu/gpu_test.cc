@@ -278,3 +278,41 @@ TEST_CASE("bad gpu arguments get a clear error", "[gpu][device]") {
   REQUIRE(!m2);
   CHECK(m2.error().code() == StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("a mover going away leaves the region registered for the others", "[gpu][device]") {
+  if (!have_gpu()) return;
+  use_test_secret();
+  auto pool = start_standalone("256MiB");
+  REQUIRE(pool);
+  ClientOptions co;
+  co.coordinator = pool->coordinator;
+  auto client = Client::connect(co);
+  REQUIRE(client);
+  auto layout = small_layout(KvLayoutKind::kVllmPagedSplit);
+  Tensors t(layout);
+  auto ns = (*client)->register_namespace(namespace_for(layout, "gpu-share"));
+  REQUIRE(ns);
+  auto a = KvMover::create(**client, *ns, layout, t.ptrs, {});
+  auto b = KvMover::create(**client, *ns, layout, t.ptrs, {});
+  REQUIRE(a);
+  REQUIRE(b);
+  auto keys = keys_for(4, 501);
+  std::vector<std::uint64_t> from = {10, 11, 12, 13}, to = {50, 51, 52, 53};
+  std::vector<std::vector<std::byte>> expect;
+  for (auto p : from) expect.push_back(t.page_bytes(p));
+  auto sb = (*b)->save(keys_for(1, 502), std::vector<std::uint64_t>{0}, nullptr);  // b registers the region too
+  REQUIRE(sb);
+  REQUIRE((*sb)->wait());
+  sb->reset();
+  auto sa = (*a)->save(keys, from, nullptr);
+  REQUIRE(sa);
+  REQUIRE((*sa)->wait());
+  sa->reset();
+  a->reset();  // releases its hold on the region
+  auto l = (*b)->load(keys, to, nullptr);
+  REQUIRE(l);
+  auto r = (*l)->wait();
+  REQUIRE(r);
+  CHECK(r->done == keys.size());
+  for (std::size_t i = 0; i < to.size(); ++i) CHECK(t.page_bytes(to[i]) == expect[i]);
+}
