@@ -77,7 +77,7 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--agent", required=True)
     ap.add_argument("--tokens", default="4096,16384,32768")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--pool-size", default="12GiB")
     ap.add_argument("--json", default="")
     args = ap.parse_args()

@@ -290,7 +290,7 @@ void bench_pool(json& out, const Limits& lim, const std::string& label, const st
     }
     std::vector<double> save_ms, load_ms;
     TransferStats last_save, last_load;
-    for (int rep = 0; rep < 4; ++rep) {  // the first is a warm-up (CUDA registration of the region)
+    for (int rep = 0; rep < 6; ++rep) {  // the first is a warm-up (CUDA registration of the region)
       std::vector<Key128> keys;
       std::vector<std::uint64_t> from, to;
       for (std::uint64_t i = 0; i < n; ++i) {
@@ -374,7 +374,7 @@ int main(int argc, char** argv) {
   if (want("gather")) bench_gather(out, lim, gather_bytes);
   if (want("pool") || want("tcp")) {
     std::printf("\n== pool round trip: GPU pages -> standalone agent on this host -> other GPU pages (Llama-3-8B vllm-paged, 2 MiB blocks) ==\n");
-    std::printf("%-38s %7s %6s %7s %6s | stages (ms from the call; median run's)\n", "path", "save", "/lim", "load", "/lim");
+    std::printf("%-38s %7s %6s %7s %6s | stages (ms from the call; the last run)\n", "path", "save", "/lim", "load", "/lim");
   }
   if (want("pool")) {
     bench_pool(out, lim, "shm mapped", "", pool_bytes, "10GiB",

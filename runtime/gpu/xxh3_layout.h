@@ -127,15 +127,37 @@ KVPOOL_HD std::uint64_t lane(const LaneKeys& k, const BlockMap& m, const std::ui
   for (std::uint32_t u = 0; u < m.units; ++u) {
     const std::uint64_t base = bases[u / m.segs] + page_off + static_cast<std::uint64_t>(u % m.segs) * m.seg_stride;
     std::uint64_t j = 0;
-    // 16 stripes at a time where they form one whole XXH3 block inside this
-    // run and are not the block's last stripe: 16 loads in flight.
-    for (; j + 16 <= run_stripes && (g & 15) == 0 && g + 16 < total; j += 16, g += 16) {
-      std::uint64_t lo[16], hi[16];
-      KVPOOL_UNROLL
-      for (int s = 0; s < 16; ++s) load16(base + (j + s) * 64 + pair, lo[s], hi[s]);
-      KVPOOL_UNROLL
-      for (int s = 0; s < 16; ++s) accumulate(acc, odd ? hi[s] : lo[s], odd ? lo[s] : hi[s], k.stripe[s]);
-      acc = scramble(acc, k.scramble);
+    // Whole XXH3 blocks (16 stripes) inside this run, but never the block
+    // holding the last stripe: 16 loads at a time, and the next block's
+    // loads issued before this one's arithmetic, so a lane always has loads
+    // in flight (its chain over the block is what bounds the kernel).
+    if ((g & 15) == 0) {
+      const std::uint64_t groups_run = (run_stripes - j) / 16;
+      const std::uint64_t groups_left = (total - 1 - g) / 16;
+      const std::uint64_t groups = groups_run < groups_left ? groups_run : groups_left;
+      if (groups > 0) {
+        std::uint64_t lo[16], hi[16], nlo[16] = {}, nhi[16] = {};
+        KVPOOL_UNROLL
+        for (int s = 0; s < 16; ++s) load16(base + s * 64 + pair, lo[s], hi[s]);
+        for (std::uint64_t q = 0; q < groups; ++q) {
+          const bool more = q + 1 < groups;
+          const std::uint64_t next = base + (q + 1) * 1024 + pair;
+          KVPOOL_UNROLL
+          for (int s = 0; s < 16; ++s) {
+            if (more) load16(next + s * 64, nlo[s], nhi[s]);
+          }
+          KVPOOL_UNROLL
+          for (int s = 0; s < 16; ++s) accumulate(acc, odd ? hi[s] : lo[s], odd ? lo[s] : hi[s], k.stripe[s]);
+          acc = scramble(acc, k.scramble);
+          KVPOOL_UNROLL
+          for (int s = 0; s < 16; ++s) {
+            lo[s] = nlo[s];
+            hi[s] = nhi[s];
+          }
+        }
+        j += 16 * groups;
+        g += 16 * groups;
+      }
     }
     for (; j < run_stripes; ++j, ++g) {
       std::uint64_t lo, hi;
