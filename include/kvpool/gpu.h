@@ -25,8 +25,10 @@
 // verified is what the GPU holds. Hashing GiBs on the CPU instead (the
 // fallback, hash_threads threads over the pool's memory, chunk by chunk)
 // contends with the DMA for host memory bandwidth: measured on an H100 host,
-// CPU verification cut a 2 GiB load from 51 to 36 GB/s, a save from 50 to 29. A block whose
-// checksum fails is never reported as loaded (nor are the ones after it).
+// CPU verification cut a 2 GiB load from 51 to 36 GB/s, a save from 50 to
+// 29. A block whose checksum fails is never reported as loaded (nor are the
+// ones after it). The staged path uses Client::put/get, which hash on the
+// CPU (there the network, not PCIe, is the bound).
 //
 // Asynchrony: save() and load() return once the work is enqueued. On the
 // mapped path every copy is enqueued on the caller's stream, ordered after
