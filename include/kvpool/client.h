@@ -81,6 +81,55 @@ struct ClientStats {
   std::uint64_t verify_failures = 0;
 };
 
+// Zero-copy access to pool slots of agents whose region is mapped into this
+// process (a same-host agent over shared memory): what the GPU path
+// (include/kvpool/gpu.h) uses to DMA straight between GPU memory and the
+// slots, with no staging copy. Every begin_mapped_* must be ended by its
+// finish_mapped_* / abort_mapped_put (the leases otherwise run out).
+struct MappedSlot {
+  std::byte* payload = nullptr;  // the block's block_bytes payload bytes in the agent's region
+  std::byte* region = nullptr;   // start of the mapped region holding it (register it with CUDA once)
+  std::uint64_t region_bytes = 0;
+  // The agent incarnation owning the region: a restarted agent's new region
+  // may be mapped at the old one's address.
+  std::uint64_t incarnation = 0;
+};
+
+struct MappedPutState;  // opaque: leases and locations
+struct MappedPut {
+  // One per key: kWritten marks a slot the caller must fill (not yet
+  // committed: finish_mapped_put commits it); kExists, kPending: nothing to
+  // write; kFailed: errors[i] says why (kUnimplemented when the key was
+  // placed on an agent that is not mapped here: use put() for it).
+  std::vector<PutOutcome> outcomes;
+  std::vector<Status> errors;
+  std::vector<MappedSlot> slots;  // filled for kWritten keys
+  std::unique_ptr<MappedPutState> state;
+  MappedPut();
+  MappedPut(MappedPut&&) noexcept;
+  MappedPut& operator=(MappedPut&&) noexcept;
+  ~MappedPut();
+};
+
+struct MappedGetState;  // opaque: the read lease
+struct MappedGet {
+  // Leading keys whose slot is mapped here and whose header verified
+  // (namespace, key, length, generation, header checksum): slots[0..found).
+  // The payloads are not verified yet: a caller checks each payload's XXH3-64
+  // against checksums[i] (pool::payload_checksum) before trusting its bytes.
+  std::size_t found = 0;
+  std::vector<MappedSlot> slots;
+  std::vector<std::uint64_t> checksums;
+  // Why found < keys: kNotFound (a miss), kUnimplemented (the next block's
+  // agent is not mapped here: get() it), kDataLoss, kUnavailable.
+  Status stopped;
+  std::unique_ptr<MappedGetState> state;
+  MappedGet();
+  MappedGet(MappedGet&&) noexcept;
+  MappedGet& operator=(MappedGet&&) noexcept;
+  ~MappedGet();
+};
+
 class Client {
  public:
   // Connects to the coordinator (hello, agent list). kUnavailable when it
@@ -131,6 +180,25 @@ class Client {
                                            std::span<const std::span<const std::byte>> blocks);
   std::future<Result<GetResult>> get_async(NamespaceId ns, std::span<const Key128> keys,
                                            std::span<const std::span<std::byte>> buffers);
+
+  // Zero-copy put (see MappedSlot): allocates like put() and hands out the
+  // payload location of every placed key. The caller fills the payloads
+  // within the write lease (the client's timeout), then calls
+  // finish_mapped_put with each filled payload's XXH3-64
+  // (checksums[i] for every kWritten key; others ignored): it writes the
+  // headers (after the payloads, so a valid header means a complete payload)
+  // and commits. Keys whose lease ran out fail with kDeadlineExceeded and are
+  // left to the coordinator's quarantine. abort_mapped_put gives the space
+  // back when the payloads could not be written.
+  Result<MappedPut> begin_mapped_put(NamespaceId ns, std::span<const Key128> keys);
+  Result<PutResult> finish_mapped_put(MappedPut& put, std::span<const std::uint64_t> checksums);
+  void abort_mapped_put(MappedPut& put);
+  // Zero-copy get: looks up the longest present prefix under a read lease
+  // (eviction waits) and hands out where each block's payload lies. The
+  // slots stay valid until finish_mapped_get(get, loaded), which releases
+  // the lease and counts `loaded` blocks as read.
+  Result<MappedGet> begin_mapped_get(NamespaceId ns, std::span<const Key128> keys);
+  void finish_mapped_get(MappedGet& get, std::size_t loaded);
 
   ClientStats stats() const;
 

@@ -327,6 +327,120 @@ typedef struct kvpool_client_stats {
 void kvpool_client_stats_init(kvpool_client_stats_t* stats);
 kvpool_status_t kvpool_client_get_stats(kvpool_client_t* client, kvpool_client_stats_t* stats);
 
+/* ----------------------------------------------------------------- gpu -- */
+/*
+ * The GPU path (C++: include/kvpool/gpu.h, which documents the semantics):
+ * moving KV blocks between an engine's KV cache in GPU memory and the pool.
+ * Device pointers and CUDA streams/events are passed as void*. In a build
+ * without CUDA, kvpool_gpu_mover_create returns KVPOOL_UNIMPLEMENTED.
+ */
+
+/* Engine KV layouts (kvpool::gpu::KvLayoutKind). */
+typedef enum kvpool_gpu_layout_kind {
+  /* vLLM: per layer [2, num_pages, tokens_per_block, kv_heads, head_dim] */
+  KVPOOL_GPU_VLLM_PAGED = 0,
+  /* vLLM K/V split: per layer K and V [num_pages, tokens_per_block, kv_heads, head_dim] */
+  KVPOOL_GPU_VLLM_PAGED_SPLIT = 1,
+  /* transformers: per layer K and V [batch, kv_heads, max_seq, head_dim]; page p is
+   * tokens [(p % (max_seq / tokens_per_block)) * tokens_per_block, ...) of row
+   * p / (max_seq / tokens_per_block) */
+  KVPOOL_GPU_HF_CONTIGUOUS = 2
+} kvpool_gpu_layout_kind_t;
+
+typedef struct kvpool_gpu_layout {
+  size_t struct_size; /* sizeof(kvpool_gpu_layout_t) */
+  kvpool_gpu_layout_kind_t kind;
+  const char* dtype; /* "bf16", "fp16", "fp8"; NULL: "bf16" */
+  uint32_t num_layers;
+  uint32_t num_kv_heads;
+  uint32_t head_dim;
+  uint32_t tokens_per_block;
+  uint64_t num_pages; /* vLLM kinds */
+  uint32_t batch;     /* HF */
+  uint64_t max_seq;   /* HF */
+} kvpool_gpu_layout_t;
+
+/* Zeroes *layout, sets struct_size, tokens_per_block 16 and batch 1. */
+void kvpool_gpu_layout_init(kvpool_gpu_layout_t* layout);
+
+/* The block size of a layout, and its namespace descriptor's layout name
+ * ("vllm-paged", "vllm-paged-split", "hf-contiguous"; static storage).
+ * KVPOOL_INVALID_ARGUMENT for a layout kvpool cannot move (see gpu.h). */
+kvpool_status_t kvpool_gpu_layout_block_bytes(const kvpool_gpu_layout_t* layout, uint64_t* bytes_out);
+const char* kvpool_gpu_layout_name(kvpool_gpu_layout_kind_t kind);
+
+typedef struct kvpool_gpu_options {
+  size_t struct_size;   /* sizeof(kvpool_gpu_options_t) */
+  uint32_t path;        /* 0 auto, 1 mapped (same host only), 2 staged */
+  uint32_t mover;       /* 0 copy engine, 1 kernel, 2 one copy per page (baseline) */
+  uint64_t chunk_bytes; /* 0: 64 MiB */
+  int32_t verify_loads; /* nonzero (the default): check payload checksums on mapped loads */
+  uint32_t hash_threads; /* 0: 8 */
+  int32_t device;       /* CUDA device of the tensors; -1: the current one */
+  int32_t gpu_checksums; /* nonzero (the default): payload checksums computed on the GPU */
+} kvpool_gpu_options_t;
+
+/* Zeroes *options, sets struct_size, verify_loads 1, gpu_checksums 1 and
+ * device -1. */
+void kvpool_gpu_options_init(kvpool_gpu_options_t* options);
+
+typedef struct kvpool_gpu_mover kvpool_gpu_mover_t;
+typedef struct kvpool_gpu_transfer kvpool_gpu_transfer_t;
+
+/* A mover for the engine tensors k[0..num_layers) (vLLM paged: the combined
+ * per-layer tensors, v NULL) and v[0..num_layers), in namespace_id (which
+ * the client registered, with this layout's block size). The client must
+ * outlive the mover; options may be NULL. Release with
+ * kvpool_gpu_mover_destroy after its transfers. KVPOOL_FAILED_PRECONDITION
+ * when no GPU is usable, KVPOOL_UNIMPLEMENTED without CUDA. */
+kvpool_status_t kvpool_gpu_mover_create(kvpool_client_t* client, uint64_t namespace_id,
+                                        const kvpool_gpu_layout_t* layout, void* const* k, void* const* v,
+                                        const kvpool_gpu_options_t* options, kvpool_gpu_mover_t** mover_out);
+void kvpool_gpu_mover_destroy(kvpool_gpu_mover_t* mover);
+/* Replaces the mover's options (between transfers). */
+kvpool_status_t kvpool_gpu_mover_set_options(kvpool_gpu_mover_t* mover, const kvpool_gpu_options_t* options);
+
+/* Saves pages[i] under keys[i] / loads the longest present prefix of keys
+ * into pages[i], asynchronously on `stream` (a cudaStream_t; NULL: the
+ * legacy default stream). On KVPOOL_OK, *transfer_out is a new transfer to
+ * wait on and destroy. keys and pages are read during the call only. */
+kvpool_status_t kvpool_gpu_save(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
+                                size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out);
+kvpool_status_t kvpool_gpu_load(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
+                                size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out);
+
+/* The cudaEvent_t recorded on the caller's stream after the transfer's
+ * copies (NULL on the staged path); owned by the transfer. */
+void* kvpool_gpu_transfer_event(kvpool_gpu_transfer_t* transfer);
+
+typedef struct kvpool_gpu_transfer_result {
+  size_t struct_size;     /* sizeof(kvpool_gpu_transfer_result_t) */
+  size_t done;            /* save: keys now in the pool; load: leading blocks loaded and verified */
+  size_t failed;          /* save: keys that failed */
+  kvpool_status_t stopped; /* load: why it stopped early (KVPOOL_OK when all loaded) */
+  char path[16];          /* "mapped" or "staged" */
+  uint64_t bytes;         /* payload bytes moved */
+  /* Milliseconds since the call: */
+  double control_ms;   /* coordinator calls done */
+  double enqueue_ms;   /* the call returned */
+  double copy_done_ms; /* last copy complete */
+  double hash_ms;      /* CPU time hashing, summed over threads */
+  double hash_done_ms; /* last checksum known */
+  double commit_ms;    /* headers + commit, or release (mapped); the puts/gets (staged) */
+  double total_ms;     /* outcome known */
+} kvpool_gpu_transfer_result_t;
+
+void kvpool_gpu_transfer_result_init(kvpool_gpu_transfer_result_t* result);
+
+/* Blocks until the transfer's outcome is known; result may be NULL. The
+ * transfer's own status when it failed as a whole. */
+kvpool_status_t kvpool_gpu_transfer_wait(kvpool_gpu_transfer_t* transfer, kvpool_gpu_transfer_result_t* result);
+/* Waits, then releases the transfer. NULL is a no-op. */
+void kvpool_gpu_transfer_destroy(kvpool_gpu_transfer_t* transfer);
+
+/* 1 when a CUDA device is usable (and kvpool was built with CUDA), else 0. */
+int kvpool_gpu_available(void);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -372,43 +375,28 @@ struct Client::Impl {
     return it->second;
   }
 
+  // Allocate with the retries of keys whose space is being reclaimed; on OK,
+  // arep has one result per key and lease_ends the local end of each lease.
+  Status allocate(NamespaceId ns, std::span<const Key128> keys, std::span<const std::uint64_t> sizes,
+                  rpc::AllocateReply& arep, std::vector<Clock::time_point>& lease_ends);
   Result<PutResult> put(NamespaceId ns, std::span<const Key128> keys,
                         std::span<const std::span<const std::byte>> blocks);
   Result<GetResult> get(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> buffers);
 };
 
-Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys,
-                                    std::span<const std::span<const std::byte>> blocks) {
-  if (keys.size() != blocks.size()) {
-    return make_error(StatusCode::kInvalidArgument, "put: " + std::to_string(keys.size()) + " keys but " +
-                                                        std::to_string(blocks.size()) + " blocks");
-  }
-  auto bb = block_bytes(ns);
-  if (!bb) return tl::unexpected(bb.error());
-  for (const auto& b : blocks) {
-    if (b.size() != *bb) {
-      return make_error(StatusCode::kInvalidArgument, "put: a block of " + std::to_string(b.size()) +
-                                                          " bytes in a namespace of " + std::to_string(*bb) +
-                                                          "-byte blocks");
-    }
-  }
-  PutResult result;
-  result.outcomes.assign(keys.size(), PutOutcome::kFailed);
-  result.errors.assign(keys.size(), Status());
-  if (keys.empty()) return result;
-
+Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std::span<const std::uint64_t> sizes,
+                                rpc::AllocateReply& arep, std::vector<Clock::time_point>& lease_ends) {
   rpc::AllocateRequest areq;
   areq.ns = ns;
   areq.writer_host = transport->host_id();
-  for (std::size_t i = 0; i < keys.size(); ++i) areq.items.push_back({keys[i], blocks[i].size()});
-  rpc::AllocateReply arep;
+  for (std::size_t i = 0; i < keys.size(); ++i) areq.items.push_back({keys[i], sizes[i]});
   // Write leases run from when the coordinator issued them; counting from
   // before the request went out keeps our view of each deadline early.
-  std::vector<Clock::time_point> lease_ends(keys.size(), Clock::time_point::max());
+  lease_ends.assign(keys.size(), Clock::time_point::max());
   auto issued_after = Clock::now();
-  if (Status s = call(rpc::kAllocate, areq, arep); !s.ok()) return tl::unexpected(s);
+  if (Status s = call(rpc::kAllocate, areq, arep); !s.ok()) return s;
   if (arep.results.size() != keys.size()) {
-    return make_error(StatusCode::kInternal, "allocate: reply has the wrong number of results");
+    return Status(StatusCode::kInternal, "allocate: reply has the wrong number of results");
   }
   // kUnavailable for a key means its space is being reclaimed (evicted, and
   // the agent's invalidation not yet acknowledged): ask again shortly, for
@@ -438,6 +426,37 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
     if (lease_ends[i] == Clock::time_point::max()) {
       lease_ends[i] = issued_after + std::chrono::milliseconds(arep.results[i].lease_ms);
     }
+  }
+
+  return Status();
+}
+
+Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys,
+                                    std::span<const std::span<const std::byte>> blocks) {
+  if (keys.size() != blocks.size()) {
+    return make_error(StatusCode::kInvalidArgument, "put: " + std::to_string(keys.size()) + " keys but " +
+                                                        std::to_string(blocks.size()) + " blocks");
+  }
+  auto bb = block_bytes(ns);
+  if (!bb) return tl::unexpected(bb.error());
+  for (const auto& b : blocks) {
+    if (b.size() != *bb) {
+      return make_error(StatusCode::kInvalidArgument, "put: a block of " + std::to_string(b.size()) +
+                                                          " bytes in a namespace of " + std::to_string(*bb) +
+                                                          "-byte blocks");
+    }
+  }
+  PutResult result;
+  result.outcomes.assign(keys.size(), PutOutcome::kFailed);
+  result.errors.assign(keys.size(), Status());
+  if (keys.empty()) return result;
+
+  rpc::AllocateReply arep;
+  std::vector<Clock::time_point> lease_ends;
+  {
+    std::vector<std::uint64_t> sizes;
+    for (const auto& b : blocks) sizes.push_back(b.size());
+    if (Status s = allocate(ns, keys, sizes, arep, lease_ends); !s.ok()) return tl::unexpected(s);
   }
 
   // Payloads are written first and headers last, so a valid header means a
@@ -859,6 +878,243 @@ std::future<Result<GetResult>> Client::get_async(NamespaceId ns, std::span<const
   auto future = promise->get_future();
   impl_->work->submit([this, promise, ns, keys, buffers] { promise->set_value(impl_->get(ns, keys, buffers)); });
   return future;
+}
+
+
+struct MappedPutState {
+  NamespaceId ns = 0;
+  std::vector<Key128> keys;
+  std::uint64_t block_bytes = 0;
+  std::vector<rpc::AllocateResult> results;
+  std::vector<Clock::time_point> lease_ends;
+  // Keeps each written-to agent's region mapped until the put is finished.
+  std::vector<std::shared_ptr<AgentConn>> conns;  // per key; null unless kWritten
+  bool done = false;
+};
+
+struct MappedGetState {
+  std::uint64_t lease = 0;
+  std::uint64_t block_bytes = 0;
+  std::vector<std::shared_ptr<AgentConn>> conns;  // keeps the regions mapped until finish
+  bool done = false;
+};
+
+MappedPut::MappedPut() = default;
+MappedPut::MappedPut(MappedPut&&) noexcept = default;
+MappedPut& MappedPut::operator=(MappedPut&&) noexcept = default;
+MappedPut::~MappedPut() = default;
+MappedGet::MappedGet() = default;
+MappedGet::MappedGet(MappedGet&&) noexcept = default;
+MappedGet& MappedGet::operator=(MappedGet&&) noexcept = default;
+MappedGet::~MappedGet() = default;
+
+Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key128> keys) {
+  auto bb = impl_->block_bytes(ns);
+  if (!bb) return tl::unexpected(bb.error());
+  MappedPut out;
+  out.state = std::make_unique<MappedPutState>();
+  auto& st = *out.state;
+  st.ns = ns;
+  st.keys.assign(keys.begin(), keys.end());
+  st.block_bytes = *bb;
+  out.outcomes.assign(keys.size(), PutOutcome::kFailed);
+  out.errors.assign(keys.size(), Status());
+  out.slots.assign(keys.size(), MappedSlot{});
+  st.conns.assign(keys.size(), nullptr);
+  if (keys.empty()) {
+    st.done = true;
+    return out;
+  }
+  std::vector<std::uint64_t> sizes(keys.size(), *bb);
+  rpc::AllocateReply arep;
+  if (Status s = impl_->allocate(ns, keys, sizes, arep, st.lease_ends); !s.ok()) return tl::unexpected(s);
+  st.results = std::move(arep.results);
+  rpc::LeaseBatch abort;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const auto& r = st.results[i];
+    switch (r.outcome) {
+      case rpc::AllocateOutcome::kExists: out.outcomes[i] = PutOutcome::kExists; continue;
+      case rpc::AllocateOutcome::kPending: out.outcomes[i] = PutOutcome::kPending; continue;
+      case rpc::AllocateOutcome::kError: out.errors[i] = r.error.to_status(); continue;
+      case rpc::AllocateOutcome::kPlaced: break;
+    }
+    auto conn = impl_->agent(r.location.agent, r.location.incarnation);
+    Result<std::byte*> base = tl::unexpected(Status());
+    if (conn) base = (*conn)->region.mapped();
+    else base = tl::unexpected(conn.error());
+    if (!base) {
+      out.errors[i] = base.error();
+      abort.leases.push_back(r.lease);
+      continue;
+    }
+    out.outcomes[i] = PutOutcome::kWritten;
+    out.slots[i] = MappedSlot{*base + r.location.payload_offset, *base, (*conn)->region.length(),
+                              r.location.incarnation};
+    st.conns[i] = *conn;
+  }
+  if (!abort.leases.empty()) {
+    rpc::StatusBatch ignored;
+    (void)impl_->call(rpc::kAbort, abort, ignored);  // the lease expires anyway
+  }
+  return out;
+}
+
+Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std::uint64_t> checksums) {
+  if (!put.state || put.state->done) {
+    return make_error(StatusCode::kFailedPrecondition, "finish_mapped_put: the put is already finished");
+  }
+  auto& st = *put.state;
+  if (checksums.size() != st.keys.size()) {
+    return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: one checksum per key is needed");
+  }
+  st.done = true;
+  PutResult result;
+  result.outcomes = put.outcomes;
+  result.errors = put.errors;
+  rpc::LeaseBatch commit;
+  std::vector<std::size_t> commit_index;
+  const auto now = Clock::now();
+  // The payloads are complete (the caller waited for its DMA): order them
+  // before the headers that vouch for them.
+  std::atomic_thread_fence(std::memory_order_release);
+  for (std::size_t i = 0; i < st.keys.size(); ++i) {
+    if (put.outcomes[i] != PutOutcome::kWritten) continue;
+    result.outcomes[i] = PutOutcome::kFailed;
+    if (now >= st.lease_ends[i]) {
+      // Too late to vouch for it: the space may already be someone else's.
+      result.errors[i] = Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the data was written");
+      continue;
+    }
+    if (Status h = st.conns[i]->peer->health(); !h.ok()) {
+      result.errors[i] = h;
+      continue;
+    }
+    const auto& loc = st.results[i].location;
+    pool::SlotHeader h;
+    h.namespace_id = st.ns;
+    h.key = st.keys[i];
+    h.payload_length = st.block_bytes;
+    h.generation = loc.generation;
+    h.payload_checksum = checksums[i];
+    std::byte* at = put.slots[i].region + loc.header_offset;
+    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
+    pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(bytes));
+    std::memcpy(at, bytes.data(), bytes.size());
+    commit.leases.push_back(st.results[i].lease);
+    commit_index.push_back(i);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!commit.leases.empty()) {
+    rpc::StatusBatch crep;
+    Status s = impl_->call(rpc::kCommit, commit, crep);
+    for (std::size_t j = 0; j < commit_index.size(); ++j) {
+      std::size_t i = commit_index[j];
+      Status ks = !s.ok() ? s : (j < crep.results.size() ? crep.results[j].to_status()
+                                                         : Status(StatusCode::kInternal, "commit reply too short"));
+      if (ks.ok()) {
+        result.outcomes[i] = PutOutcome::kWritten;
+        impl_->bytes_put += st.block_bytes;
+      } else {
+        result.errors[i] = ks;
+      }
+    }
+  }
+  st.conns.clear();
+  for (auto o : result.outcomes) {
+    switch (o) {
+      case PutOutcome::kWritten: ++result.written; break;
+      case PutOutcome::kExists: ++result.deduplicated; break;
+      case PutOutcome::kPending: ++result.pending; break;
+      case PutOutcome::kFailed: ++result.failed; break;
+    }
+  }
+  return result;
+}
+
+void Client::abort_mapped_put(MappedPut& put) {
+  if (!put.state || put.state->done) return;
+  auto& st = *put.state;
+  st.done = true;
+  rpc::LeaseBatch abort;
+  for (std::size_t i = 0; i < st.keys.size(); ++i) {
+    if (put.outcomes[i] == PutOutcome::kWritten) abort.leases.push_back(st.results[i].lease);
+  }
+  // A DMA that was started may not have stopped: the caller aborts only
+  // once its copies are complete or known never to have started.
+  if (!abort.leases.empty()) {
+    rpc::StatusBatch ignored;
+    (void)impl_->call(rpc::kAbort, abort, ignored);
+  }
+  st.conns.clear();
+}
+
+Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key128> keys) {
+  auto bb = impl_->block_bytes(ns);
+  if (!bb) return tl::unexpected(bb.error());
+  MappedGet out;
+  out.state = std::make_unique<MappedGetState>();
+  auto& st = *out.state;
+  st.block_bytes = *bb;
+  if (keys.empty()) return out;
+  rpc::LookupRequest lreq;
+  lreq.ns = ns;
+  lreq.take_lease = true;
+  lreq.keys.assign(keys.begin(), keys.end());
+  rpc::LookupReply lrep;
+  if (Status s = impl_->call(rpc::kLookup, lreq, lrep); !s.ok()) return tl::unexpected(s);
+  st.lease = lrep.lease;
+  const std::size_t n = std::min(lrep.locations.size(), keys.size());
+  out.stopped = n < keys.size() ? Status(StatusCode::kNotFound, "block " + std::to_string(n) + " is not in the pool")
+                                : Status();
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto& loc = lrep.locations[i];
+    auto conn = impl_->agent(loc.agent, loc.incarnation);
+    Result<std::byte*> base = tl::unexpected(Status());
+    if (conn) base = (*conn)->region.mapped();
+    else base = tl::unexpected(conn.error());
+    if (!base) {
+      out.stopped = base.error();
+      break;
+    }
+    if (loc.length != *bb || loc.header_offset + pool::kSlotHeaderBytes > (*conn)->region.length() ||
+        loc.payload_offset + loc.length > (*conn)->region.length()) {
+      out.stopped = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": location outside the region");
+      break;
+    }
+    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
+    std::memcpy(bytes.data(), *base + loc.header_offset, bytes.size());
+    auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(bytes));
+    if (!h) {
+      out.stopped = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
+    } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
+               h->generation != loc.generation) {
+      out.stopped = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+    }
+    if (!out.stopped.ok() && out.stopped.code() == StatusCode::kDataLoss) {
+      ++impl_->verify_failures;
+      logger()->warn("mapped get: {}", out.stopped.message());
+      break;
+    }
+    out.slots.push_back(MappedSlot{*base + loc.payload_offset, *base, (*conn)->region.length(), loc.incarnation});
+    out.checksums.push_back(h->payload_checksum);
+    st.conns.push_back(*conn);
+    out.found = i + 1;
+  }
+  return out;
+}
+
+void Client::finish_mapped_get(MappedGet& get, std::size_t loaded) {
+  if (!get.state || get.state->done) return;
+  auto& st = *get.state;
+  st.done = true;
+  impl_->bytes_got += std::min(loaded, get.found) * st.block_bytes;
+  if (st.lease != 0) {
+    rpc::ReleaseRequest rel{st.lease};
+    if (auto c = impl_->control()) {
+      (*c)->call_async(rpc::kRelease, rpc::encode(rel), impl_->deadline(), [](Result<std::string>) {});
+    }
+  }
+  st.conns.clear();
 }
 
 ClientStats Client::stats() const {

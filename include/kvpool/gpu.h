@@ -1,0 +1,193 @@
+#pragma once
+// kvpool::gpu: moves KV blocks between an inference engine's KV cache in GPU
+// memory and the pool, at the speed of the PCIe link.
+//
+// A pool block holds the KV of tokens_per_block consecutive tokens for every
+// layer (DESIGN.md, "Keys"). In GPU memory those bytes lie in the engine's
+// own layout (KvLayout): 2 x layers runs of one page each (vLLM), or one run
+// per KV head too (transformers). A KvMover gathers them into pool blocks
+// (save) and scatters them back into other page ids (load).
+//
+// Two paths, chosen per call (GpuOptions::path):
+//  - mapped (same host, the default placement): the agent's region is mapped
+//    into this process (shared memory) and registered with CUDA once, and the
+//    GPU writes (reads) the pool slots directly: one DMA, no host staging copy.
+//  - staged (any agent): blocks are gathered into a pinned host buffer
+//    registered with UCX, then put; chunks are pipelined, so the PCIe copy of
+//    chunk i+1 overlaps the network transfer of chunk i. Load is the reverse.
+// Debian's UCX has no CUDA support: GPU memory is never registered with UCX.
+//
+// Payload checksums (the slot header's XXH3-64, unchanged: a restarted
+// coordinator's scan and every other reader verify GPU-written blocks like
+// any other). On the mapped path they are computed on the GPU by default
+// (GpuOptions::gpu_checksums): a save hashes the pages on a side stream while
+// the copies run; a load hashes the pages after they landed, so what is
+// verified is what the GPU holds. Hashing GiBs on the CPU instead (the
+// fallback, hash_threads threads over the pool's memory, chunk by chunk)
+// contends with the DMA for host memory bandwidth: measured on an H100 host,
+// CPU verification cut a 2 GiB load from 51 to 36 GB/s, a save from 50 to
+// 29. A block whose checksum fails is never reported as loaded (nor are the
+// ones after it). The staged path uses Client::put/get, which hash on the
+// CPU (there the network, not PCIe, is the bound).
+//
+// Asynchrony: save() and load() return once the work is enqueued. On the
+// mapped path every copy is enqueued on the caller's stream, ordered after
+// the work already there, and Transfer::event() is recorded after the last
+// one: after it the pages of a save may be overwritten, and the bytes of a
+// load are in place. Transfer::wait() returns the outcome: which keys were
+// committed (save), how many leading blocks loaded and verified (load). A
+// load's pages may be used once wait() says they loaded; stream work that
+// runs after event() but before wait() returns may see bytes that then fail
+// verification. On the staged path the copies run on the mover's own stream
+// and event() is null: wait() is the point after which pages are free
+// (save) or filled (load).
+//
+// Thread-safety: a KvMover may be used from several threads; transfers of
+// one mover are serialized (they share its staging buffers).
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvpool/client.h"
+#include "kvpool/status.h"
+#include "kvpool/types.h"
+
+struct CUstream_st;  // cudaStream_t
+struct CUevent_st;   // cudaEvent_t
+
+namespace kvpool::gpu {
+
+enum class KvLayoutKind : std::uint32_t {
+  // vLLM: per layer one tensor [2, num_pages, tokens_per_block, kv_heads, head_dim], K then V.
+  kVllmPaged = 0,
+  // vLLM's K/V-split variant: per layer K and V tensors [num_pages, tokens_per_block, kv_heads, head_dim].
+  kVllmPagedSplit = 1,
+  // Hugging Face transformers' cache: per layer K and V tensors [batch, kv_heads, max_seq, head_dim].
+  // Page p is tokens [(p % pages_per_row) * tokens_per_block, +tokens_per_block) of row p / pages_per_row,
+  // where pages_per_row = max_seq / tokens_per_block.
+  kHfContiguous = 2,
+};
+
+struct KvLayout {
+  KvLayoutKind kind = KvLayoutKind::kVllmPaged;
+  std::string dtype = "bf16";  // "bf16", "fp16", "fp8"
+  std::uint32_t num_layers = 0;
+  std::uint32_t num_kv_heads = 0;
+  std::uint32_t head_dim = 0;
+  std::uint32_t tokens_per_block = 16;  // the page size
+  std::uint64_t num_pages = 0;          // vLLM kinds: pages per tensor
+  std::uint32_t batch = 1;              // kHfContiguous
+  std::uint64_t max_seq = 0;            // kHfContiguous: tokens per row (a multiple of tokens_per_block)
+};
+
+// "vllm-paged", "vllm-paged-split", "hf-contiguous": the namespace's layout name.
+std::string layout_name(KvLayoutKind kind);
+// kInvalidArgument for zero sizes, an unknown dtype, runs that are not a
+// multiple of 16 bytes, or max_seq not a multiple of tokens_per_block.
+Status validate(const KvLayout& layout);
+// Bytes of one pool block in this layout.
+Result<std::uint64_t> block_bytes(const KvLayout& layout);
+// Pages the tensors hold (num_pages, or batch * max_seq / tokens_per_block).
+std::uint64_t page_count(const KvLayout& layout);
+// The namespace descriptor of this layout: the layout is part of it, so two
+// layouts never share blocks.
+NamespaceDescriptor namespace_for(const KvLayout& layout, const std::string& model_id, std::uint32_t tp_rank = 0,
+                                  std::uint32_t tp_size = 1);
+
+// Device pointers of the engine's tensors, one per layer. kVllmPaged: k
+// holds each layer's combined tensor and v is empty. Other kinds: K and V.
+struct KvTensors {
+  std::vector<void*> k;
+  std::vector<void*> v;
+};
+
+enum class Path : std::uint32_t {
+  kAuto = 0,    // mapped when the blocks' agent is mapped into this process, else staged
+  kMapped = 1,  // mapped only: keys placed on other agents fail (save) or stop the load
+  kStaged = 2,  // always through pinned host staging buffers and UCX
+};
+
+enum class Mover : std::uint32_t {
+  // Gather on the GPU into a device staging chunk, then the copy engines DMA
+  // whole blocks (the large-copy limit).
+  kCopyEngine = 0,
+  // A kernel's loads and stores move the bytes over PCIe directly between
+  // pages and pool slots (no device staging).
+  kKernel = 1,
+  // One cudaMemcpyAsync per page run: the naive baseline, for benchmarks.
+  kPerPage = 2,
+};
+
+struct GpuOptions {
+  Path path = Path::kAuto;
+  Mover mover = Mover::kCopyEngine;
+  std::uint64_t chunk_bytes = 64ull << 20;  // pipelining and staging unit
+  bool verify_loads = true;  // false: header checks only on the mapped path (a documented trade-off)
+  // Payload checksums computed on the GPU (from the pages: on save beside
+  // the copies, on load over the pages as they landed) instead of by
+  // hash_threads CPU threads over the pool's memory. Needs page runs of a
+  // multiple of 64 bytes; other layouts hash on the CPU.
+  bool gpu_checksums = true;
+  unsigned hash_threads = 8;
+  int device = -1;  // CUDA device of the tensors; -1: the current one
+};
+
+// Where a transfer's time went, in milliseconds from the call.
+struct TransferStats {
+  std::string path;           // "mapped" or "staged"
+  std::uint64_t bytes = 0;    // payload bytes moved
+  double control_ms = 0;      // coordinator calls before the copies (allocate / lookup)
+  double enqueue_ms = 0;      // call returned (copies enqueued)
+  double copy_done_ms = 0;    // last copy complete on the GPU
+  double hash_ms = 0;         // CPU time hashing (summed over threads)
+  double hash_done_ms = 0;    // last checksum known
+  double commit_ms = 0;       // headers + commit (save) / release (load)
+  double total_ms = 0;        // outcome known
+};
+
+struct TransferResult {
+  // save: keys now in the pool (written + already there); load: leading
+  // blocks loaded into their pages and verified.
+  std::size_t done = 0;
+  PutResult put;    // save
+  GetResult get;    // load
+  TransferStats stats;
+};
+
+class Transfer {
+ public:
+  virtual ~Transfer() = default;  // waits for the transfer; destroy it before its KvMover
+  // See the header comment; null on the staged path. Owned by the transfer.
+  virtual CUevent_st* event() const = 0;
+  // Blocks until the outcome is known; the second call returns it again.
+  virtual Result<TransferResult> wait() = 0;
+};
+
+class KvMover {
+ public:
+  // The client must outlive the mover, and have registered ns (whose block
+  // size must equal block_bytes(layout)). kInvalidArgument for a bad layout
+  // or tensor count; kUnimplemented when kvpool was built without CUDA;
+  // kFailedPrecondition when no GPU is usable.
+  static Result<std::unique_ptr<KvMover>> create(Client& client, NamespaceId ns, const KvLayout& layout,
+                                                 const KvTensors& tensors, const GpuOptions& options = {});
+  virtual ~KvMover() = default;
+
+  // Saves pages[i] under keys[i]. kInvalidArgument for a page id out of range.
+  virtual Result<std::unique_ptr<Transfer>> save(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
+                                                 CUstream_st* stream) = 0;
+  // Loads the longest present prefix of keys into pages[i].
+  virtual Result<std::unique_ptr<Transfer>> load(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
+                                                 CUstream_st* stream) = 0;
+  virtual const GpuOptions& options() const = 0;
+  virtual void set_options(const GpuOptions& options) = 0;  // between transfers
+};
+
+// Whether a CUDA device is usable here (false in builds without CUDA, and
+// where cudaGetDeviceCount fails or finds none); `why` says why not.
+bool gpu_available(std::string* why = nullptr);
+
+}  // namespace kvpool::gpu

@@ -1,0 +1,71 @@
+#pragma once
+// The CUDA side of the GPU path, below KvMover: moving blocks between the
+// engine's pages and host memory the GPU can address (pinned or registered),
+// in chunks on a stream. Internal: the mover, the benchmarks and the tests
+// use it.
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "kvpool/gpu.h"
+#include "runtime/gpu/plan.h"
+
+namespace kvpool::gpu {
+
+// One foreign error space, mapped in one place (STYLE.md).
+Status cuda_status(cudaError_t err, const char* what);
+
+class Engine {
+ public:
+  // Copies the tensor bases to the device; allocates a device staging chunk
+  // for Mover::kCopyEngine of max(chunk_bytes, one block).
+  static Result<std::unique_ptr<Engine>> create(const KvLayout& layout, const KvTensors& tensors,
+                                                std::uint64_t chunk_bytes, int device);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Plan& plan() const { return plan_; }
+  int device() const { return device_; }
+  // Blocks per chunk for `mover`.
+  std::uint32_t chunk_blocks(Mover mover) const;
+
+  // Enqueues on `stream` the move of pages[i] to (save) or from (load)
+  // host_blocks[i], chunk by chunk; records one event per chunk into
+  // chunk_events (created here, owned by the caller: cudaEventDestroy), the
+  // c-th covering blocks [c * chunk_blocks, ...). host_blocks must be
+  // device-accessible host memory (cudaHostAlloc, or registered with
+  // cudaHostRegister). kInvalidArgument for a page out of range.
+  Status enqueue(bool save, std::span<const std::uint64_t> pages, std::span<std::byte* const> host_blocks,
+                 Mover mover, cudaStream_t stream, std::vector<cudaEvent_t>& chunk_events);
+
+  // Whether the GPU can checksum this layout's blocks (runs of 64-byte
+  // multiples), and the enqueue of those checksums: out[i] = XXH3-64 of
+  // page pages[i]'s block, out device-accessible (mapped pinned memory).
+  bool can_hash() const { return plan_.run_bytes % 64 == 0; }
+  Status enqueue_hash(std::span<const std::uint64_t> pages, std::uint64_t* out, cudaStream_t stream);
+
+  // Device <-> device-staging gather/scatter for the staged path: pages to
+  // (from) `count` consecutive blocks at device address dev.
+  Status enqueue_device(bool save, std::span<const std::uint64_t> pages, std::byte* dev, cudaStream_t stream);
+
+ private:
+  Engine() = default;
+  Plan plan_;
+  int device_ = 0;
+  int sms_ = 132;
+  std::uint64_t chunk_bytes_ = 0;
+  std::uint64_t* bases_ = nullptr;  // device array, 2 x layers
+  std::vector<std::uint64_t> host_bases_;
+  std::byte* staging_ = nullptr;     // device staging chunk (kCopyEngine)
+  std::uint64_t staging_bytes_ = 0;
+  // Orders uses of staging_ across streams: each transfer waits for the
+  // previous one's last use.
+  cudaEvent_t staging_free_ = nullptr;
+};
+
+}  // namespace kvpool::gpu
