@@ -122,17 +122,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kvpool-coordinator: %s\n", server.error().to_string().c_str());
     return quit(1);
   }
-  if (!port_file.empty()) {
-    if (Status s = write_port_file(port_file, (*server)->port()); !s.ok()) {
-      std::fprintf(stderr, "kvpool-coordinator: %s\n", s.to_string().c_str());
-      return quit(1);
-    }
-  }
-  auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
-  if (!metrics_server) {
-    std::fprintf(stderr, "kvpool-coordinator: %s\n", metrics_server.error().to_string().c_str());
-    return quit(1);
-  }
+  // Published before the port file is written: whoever reads the port file
+  // finds this leader in etcd too.
   if (election) {
     const std::string address = advertise + ":" + std::to_string((*server)->port());
     // Leadership lost (lease expired, etcd unreachable past it): stop at
@@ -147,6 +138,17 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "kvpool-coordinator: %s\n", published.to_string().c_str());
       std::_Exit(3);
     }
+  }
+  if (!port_file.empty()) {
+    if (Status s = write_port_file(port_file, (*server)->port()); !s.ok()) {
+      std::fprintf(stderr, "kvpool-coordinator: %s\n", s.to_string().c_str());
+      return quit(1);
+    }
+  }
+  auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
+  if (!metrics_server) {
+    std::fprintf(stderr, "kvpool-coordinator: %s\n", metrics_server.error().to_string().c_str());
+    return quit(1);
   }
   int sig = 0;
   if (signal_waiter.joinable()) {

@@ -64,6 +64,10 @@ Result<LeaderInfo> find_leader(const Client& client, std::uint32_t shard) {
   auto info = decode_leader(r->kvs[0].value);
   if (!info) return make_error(StatusCode::kUnavailable, "shard " + std::to_string(shard) + ": " + info.error().message());
   info->epoch = r->kvs[0].create_revision;
+  if (info->address.empty()) {
+    return make_error(StatusCode::kUnavailable, "coordinator shard " + std::to_string(shard) + ": the new leader (" +
+                                                    info->id + ") is starting");
+  }
   return info;
 }
 

@@ -44,8 +44,8 @@ struct EtcdAddress {
 Result<EtcdAddress> parse_etcd_address(const std::string& coordinator);
 
 // The shard's current leader (epoch from the key's create revision).
-// kUnavailable when no leader is published (an election in progress) or etcd
-// cannot be reached.
+// kUnavailable when no leader is published (an election in progress, or the
+// winner has not published its address yet) or etcd cannot be reached.
 Result<LeaderInfo> find_leader(const Client& client, std::uint32_t shard);
 
 // The HOST:PORT to dial for `coordinator`: itself when it is HOST:PORT, the

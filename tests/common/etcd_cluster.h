@@ -104,6 +104,28 @@ class EtcdCluster {
     }
   }
 
+  // The member that leads etcd's raft group now; -1 when none answers.
+  int raft_leader() const {
+    for (std::size_t i = 0; i < members_.size(); ++i) {
+      if (!members_[i].process) continue;
+      auto client = etcd::Client::create({{{"127.0.0.1", members_[i].client_port}}, std::chrono::milliseconds(1000)});
+      if (!client) continue;
+      auto text = (*client)->post("/v3/maintenance/status", "{}");
+      if (!text) continue;
+      // {"header": {"member_id": "X", ...}, "leader": "Y", ...}
+      auto field = [&](const std::string& name, std::size_t from) {
+        auto k = text->find("\"" + name + "\":\"", from);
+        if (k == std::string::npos) return std::string();
+        k += name.size() + 4;
+        return text->substr(k, text->find('"', k) - k);
+      };
+      const std::string me = field("member_id", 0);
+      const std::string leader = field("leader", text->find('}'));
+      if (!me.empty() && me == leader) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
   bool healthy(std::size_t i) const {
     auto client = etcd::Client::create({{{"127.0.0.1", members_[i].client_port}}, std::chrono::milliseconds(1000)});
     return client && (*client)->health({"127.0.0.1", members_[i].client_port}).ok();

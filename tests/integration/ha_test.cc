@@ -39,10 +39,10 @@ struct Coordinator {
 // etcd's minimum; longer under sanitizers, where a renewal can take a second.
 std::string lease_ttl() { return time_scale() > 1 ? "4" : "2"; }
 
-Coordinator start_coordinator(const EtcdCluster& etcd) {
+Coordinator start_coordinator(const std::string& endpoints) {
   Coordinator c;
   c.port_file = temp_path("ha-port");
-  auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", etcd.endpoints(), "--listen",
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", endpoints, "--listen",
                               "127.0.0.1:0", "--port-file", c.port_file, "--log-level", "warn", "--lease-ttl", lease_ttl(),
                               "--agent-timeout", "2s", "--heartbeat-interval", "200ms", "--write-lease", "2s",
                               "--write-quarantine", "1s"});
@@ -59,16 +59,16 @@ bool leading(Coordinator& c, std::chrono::milliseconds within) {
   return true;
 }
 
-std::unique_ptr<Subprocess> start_agent_via_etcd(const EtcdCluster& etcd, const std::string& name) {
-  auto p = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator", "etcd://" + etcd.endpoints(),
+std::unique_ptr<Subprocess> start_agent_via_etcd(const std::string& endpoints, const std::string& name) {
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator", "etcd://" + endpoints,
                               "--pool-size", "64MiB", "--log-level", "warn", "--name", name});
   if (!p) return nullptr;
   return std::make_unique<Subprocess>(std::move(*p));
 }
 
-std::unique_ptr<Client> connect_via_etcd(const EtcdCluster& etcd) {
+std::unique_ptr<Client> connect_via_etcd(const std::string& endpoints) {
   ClientOptions options;
-  options.coordinator = "etcd://" + etcd.endpoints();
+  options.coordinator = "etcd://" + endpoints;
   options.timeout = scaled(3s);
   auto c = Client::connect(options);
   REQUIRE(c);
@@ -80,7 +80,16 @@ Key128 block_key(std::uint64_t i) { return Key128{i * 0x9e3779b97f4a7c15ull + 23
 // Writes batches of blocks until stopped; remembers what was committed and
 // when each successful put returned.
 struct Writer {
+  ~Writer() { join(); }
+  void join() {
+    stop = true;
+    if (thread.joinable()) thread.join();
+  }
+  std::thread thread;
   std::atomic<bool> stop{false};
+  // Writes blocks [0, limit), then idles: over shared memory it would
+  // otherwise fill the pool before the test gets to its kill.
+  std::atomic<std::uint64_t> limit{0};
   std::atomic<std::uint64_t> done{0};
   std::unique_ptr<Client> client;
   NamespaceId ns = 0;
@@ -93,6 +102,10 @@ struct Writer {
     std::vector<std::byte> bytes(kBatch * kBlock);
     std::uint64_t next = 0;
     while (!stop.load()) {
+      if (next >= limit.load()) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
       std::vector<Key128> keys;
       std::vector<std::span<const std::byte>> spans;
       for (int j = 0; j < kBatch; ++j) {
@@ -138,8 +151,8 @@ struct Writer {
 };
 
 // Every committed block reads back with its bytes.
-void check_all_readable(const EtcdCluster& etcd, Writer& w) {
-  auto reader = connect_via_etcd(etcd);
+void check_all_readable(const std::string& endpoints, Writer& w) {
+  auto reader = connect_via_etcd(endpoints);
   auto ns = reader->register_namespace(test_namespace(kBlock, "ha"));
   REQUIRE(ns);
   std::uint64_t checked = 0, wrong = 0, missing = 0;
@@ -165,17 +178,28 @@ void check_all_readable(const EtcdCluster& etcd, Writer& w) {
 
 }  // namespace
 
-TEST_CASE("a standby coordinator takes over when the leader is killed, and every committed block survives",
+TEST_CASE("etcd losing one of three members and then the leader coordinator killed: a standby takes over and "
+          "every committed block survives",
           "[integration][ha]") {
   if (!etcd_available()) {
     WARN("etcd-server is not installed (apt-get install etcd-server): skipped");
     return;
   }
-  auto etcd = EtcdCluster::start(1);
+  auto etcd = EtcdCluster::start(3);
   REQUIRE(etcd);
-  auto a = start_coordinator(*etcd);
+  // The member killed below comes first in everyone's endpoint list (so
+  // every client must move past it); not raft's leader, whose loss stalls
+  // etcd itself for an election (1-2 s, close to the 2 s lease).
+  int raft_leader = -1;
+  REQUIRE(eventually([&] { return (raft_leader = etcd->raft_leader()) >= 0; }, scaled(5s)));
+  const std::size_t victim = raft_leader == 0 ? 1 : 0;
+  std::string endpoints = etcd->member(victim).endpoint();
+  for (std::size_t i = 0; i < etcd->size(); ++i) {
+    if (i != victim) endpoints += "," + etcd->member(i).endpoint();
+  }
+  auto a = start_coordinator(endpoints);
   REQUIRE(leading(a, scaled(15s)));
-  auto b = start_coordinator(*etcd);
+  auto b = start_coordinator(endpoints);
   // B stands by: it does not listen while A leads.
   CHECK_FALSE(leading(b, 1500ms));
   auto client = etcd::Client::create(etcd->client_options());
@@ -184,8 +208,8 @@ TEST_CASE("a standby coordinator takes over when the leader is killed, and every
   REQUIRE(first);
   CHECK(first->address == a.address);
 
-  auto a1 = start_agent_via_etcd(*etcd, "ha-a1");
-  auto a2 = start_agent_via_etcd(*etcd, "ha-a2");
+  auto a1 = start_agent_via_etcd(endpoints, "ha-a1");
+  auto a2 = start_agent_via_etcd(endpoints, "ha-a2");
   REQUIRE(a1);
   REQUIRE(a2);
   {
@@ -194,13 +218,22 @@ TEST_CASE("a standby coordinator takes over when the leader is killed, and every
     REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 2; }, scaled(10s)));
   }
   Writer w;
-  w.client = connect_via_etcd(*etcd);
+  w.client = connect_via_etcd(endpoints);
   auto ns = w.client->register_namespace(test_namespace(kBlock, "ha"));
   REQUIRE(ns);
   w.ns = *ns;
-  std::thread t([&] { w.run(); });
-  REQUIRE(eventually([&] { return w.done >= 64; }, scaled(20s)));
+  w.thread = std::thread([&] { w.run(); });
+  w.limit = 48;
+  REQUIRE(eventually([&] { return w.done >= 48; }, scaled(20s)));
 
+  // etcd loses a member: the pool keeps working (the leader keeps its lease
+  // through the other two, the writer keeps writing).
+  etcd->kill_member(victim);
+  w.limit = 96;
+  REQUIRE(eventually([&] { return w.done >= 96; }, scaled(20s)));
+  CHECK_FALSE(a.process->wait(Deadline::after(0ms)));  // A still runs and leads
+
+  w.limit = 320;  // writing while the leader dies
   const auto killed = Clock::now();
   a.process->kill(SIGKILL);
   REQUIRE(a.process->wait(Deadline::after(scaled(5s))));
@@ -222,15 +255,14 @@ TEST_CASE("a standby coordinator takes over when the leader is killed, and every
               static_cast<long long>(elect_ms), static_cast<long long>(gap_ms), lease_ttl().c_str());
   std::fflush(stdout);
   CHECK(gap_ms < scaled(15s).count());
-  w.stop = true;
-  t.join();
+  w.join();
   {
     // The new leader rebuilt its index from both agents' slot headers.
     auto watcher = raw_client(b.address, rpc::Role::kTool);
     REQUIRE(watcher);
     CHECK(stats(*watcher).agents_alive == 2);
   }
-  check_all_readable(*etcd, w);
+  check_all_readable(endpoints, w);
 }
 
 TEST_CASE("a frozen leader is replaced, refuses every request once thawed, and steps down by itself",
@@ -241,22 +273,24 @@ TEST_CASE("a frozen leader is replaced, refuses every request once thawed, and s
   }
   auto etcd = EtcdCluster::start(1);
   REQUIRE(etcd);
-  auto a = start_coordinator(*etcd);
+  auto a = start_coordinator(etcd->endpoints());
   REQUIRE(leading(a, scaled(15s)));
-  auto b = start_coordinator(*etcd);
-  auto a1 = start_agent_via_etcd(*etcd, "freeze-a1");
+  auto b = start_coordinator(etcd->endpoints());
+  auto a1 = start_agent_via_etcd(etcd->endpoints(), "freeze-a1");
   REQUIRE(a1);
   auto old_conn = raw_client(a.address, rpc::Role::kTool);  // stays open across the freeze
   REQUIRE(old_conn);
   REQUIRE(eventually([&] { return stats(*old_conn).agents_alive == 1; }, scaled(10s)));
   Writer w;
-  w.client = connect_via_etcd(*etcd);
+  w.client = connect_via_etcd(etcd->endpoints());
   auto ns = w.client->register_namespace(test_namespace(kBlock, "ha"));
   REQUIRE(ns);
   w.ns = *ns;
-  std::thread t([&] { w.run(); });
+  w.thread = std::thread([&] { w.run(); });
+  w.limit = 32;
   REQUIRE(eventually([&] { return w.done >= 32; }, scaled(20s)));
 
+  w.limit = 320;  // writing while the leader freezes
   const auto frozen = Clock::now();
   a.process->kill(SIGSTOP);
   REQUIRE(leading(b, scaled(15s)));
@@ -279,10 +313,9 @@ TEST_CASE("a frozen leader is replaced, refuses every request once thawed, and s
   CHECK(WIFEXITED(*exited));
   CHECK(WEXITSTATUS(*exited) == 3);
 
-  w.stop = true;
-  t.join();
+  w.join();
   auto watcher = raw_client(b.address, rpc::Role::kTool);
   REQUIRE(watcher);
   CHECK(stats(*watcher).agents_alive == 1);
-  check_all_readable(*etcd, w);
+  check_all_readable(etcd->endpoints(), w);
 }
