@@ -65,8 +65,16 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   rec.region_base = info->base;
   rec.region_bytes = info->length;
   rec.control_address = options.name.empty() ? "agent-" + std::to_string(a->incarnation_) : options.name;
-  if (Status s = a->join(/*rejoin=*/false, /*fresh=*/true, Deadline::after(options.connect_timeout)); !s.ok()) {
-    return tl::unexpected(s);
+  // Behind etcd an election may be in progress (no leader published yet):
+  // look again until the connect timeout.
+  const Deadline joined_by = Deadline::after(options.connect_timeout);
+  for (;;) {
+    Status s = a->join(/*rejoin=*/false, /*fresh=*/true, joined_by);
+    if (s.ok()) break;
+    if (!etcd::is_etcd_address(options.coordinator) || s.code() != StatusCode::kUnavailable || joined_by.expired()) {
+      return tl::unexpected(s);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   logger()->info("agent {} (incarnation {:#x}) lends {} bytes, heartbeat every {} ms", a->id(), a->incarnation_,
                  a->region_->size(), a->heartbeat_interval_.count());

@@ -273,11 +273,12 @@ TEST_CASE("a frozen leader is replaced, refuses every request once thawed, and s
   }
   auto etcd = EtcdCluster::start(1);
   REQUIRE(etcd);
+  // The agent starts before any coordinator leads: it waits for one.
+  auto a1 = start_agent_via_etcd(etcd->endpoints(), "freeze-a1");
+  REQUIRE(a1);
   auto a = start_coordinator(etcd->endpoints());
   REQUIRE(leading(a, scaled(15s)));
   auto b = start_coordinator(etcd->endpoints());
-  auto a1 = start_agent_via_etcd(etcd->endpoints(), "freeze-a1");
-  REQUIRE(a1);
   auto old_conn = raw_client(a.address, rpc::Role::kTool);  // stays open across the freeze
   REQUIRE(old_conn);
   REQUIRE(eventually([&] { return stats(*old_conn).agents_alive == 1; }, scaled(10s)));
