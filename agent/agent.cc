@@ -71,7 +71,8 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   for (;;) {
     Status s = a->join(/*rejoin=*/false, /*fresh=*/true, joined_by);
     if (s.ok()) break;
-    if (!etcd::is_etcd_address(options.coordinator) || s.code() != StatusCode::kUnavailable || joined_by.expired()) {
+    const bool retry = s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded;
+    if (!etcd::is_etcd_address(options.coordinator) || !retry || joined_by.expired()) {
       return tl::unexpected(s);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
