@@ -271,15 +271,21 @@ Result<std::string> Client::post(const std::string& path, const std::string& bod
   const Deadline deadline = Deadline::after(options_.timeout);
   const std::size_t n = options_.endpoints.size();
   const std::size_t first = preferred_.load() % n;
+  // One endpoint gets at most half the time (at least 300 ms), so a hung
+  // member leaves time for the others.
+  const auto per_try = std::max<std::chrono::nanoseconds>(options_.timeout / 2, std::chrono::milliseconds(300));
   Status last;
-  // Two rounds: a member that just lost its leader answers "unavailable"
-  // for a moment while the others elect one.
-  for (std::size_t i = 0; i < 2 * n && !deadline.expired(); ++i) {
+  // Round after round until the deadline: while a member is down or raft
+  // elects a new leader (a second or two), members answer "unavailable"
+  // (no leader, leader changed, request timed out) or not at all.
+  for (std::size_t i = 0; !deadline.expired(); ++i) {
+    if (i > 0 && i % n == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (deadline.expired()) break;
     const Endpoint& ep = options_.endpoints[(first + i) % n];
-    auto answer = http_exchange(ep, http::verb::post, path, body, deadline);
+    const Deadline attempt(std::min(deadline.at(), Clock::now() + per_try));
+    auto answer = http_exchange(ep, http::verb::post, path, body, attempt);
     if (!answer) {
       last = answer.error();
-      if (last.code() == StatusCode::kDeadlineExceeded) break;
       continue;
     }
     if (answer->status == 200) {
@@ -295,8 +301,9 @@ Result<std::string> Client::post(const std::string& path, const std::string& bod
       message = j.value("message", message);
     }
     last = Status(from_grpc(code), "etcd " + ep.to_string() + " " + path + ": " + message);
-    if (last.code() != StatusCode::kUnavailable) return tl::unexpected(last);
-    if (i + 1 >= n) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (last.code() != StatusCode::kUnavailable && last.code() != StatusCode::kDeadlineExceeded) {
+      return tl::unexpected(last);
+    }
   }
   if (last.ok()) last = Status(StatusCode::kDeadlineExceeded, "etcd " + path + ": no endpoint answered in time");
   return tl::unexpected(last);

@@ -6,9 +6,10 @@
 // is all there. Keys and values are bytes (base64 on the wire).
 //
 // Every call has a deadline (options.timeout) covering all endpoints tried;
-// a connection error or an "unavailable" answer (a member without a leader)
-// moves on to the next endpoint, so a cluster that lost one member of three
-// keeps working. One TCP connection per call: the coordinator and agent talk
+// a connection error, a timeout (one endpoint gets at most half the
+// deadline) or an "unavailable" answer (no leader, leader changed) moves on
+// to the next endpoint, round after round until the deadline, so a cluster
+// that lost one member of three, even raft's leader, keeps working. One TCP connection per call: the coordinator and agent talk
 // to etcd a few times a second, not per block.
 //
 // Errors: kUnavailable (no endpoint answered), kDeadlineExceeded,
