@@ -9,6 +9,7 @@
 
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/leader_address.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 
@@ -31,8 +32,11 @@ std::uint64_t new_incarnation() {
 }  // namespace
 
 Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
-  auto hp = parse_host_port(options.coordinator);
-  if (!hp) return tl::unexpected(hp.error());
+  if (etcd::is_etcd_address(options.coordinator)) {
+    if (auto e = etcd::parse_etcd_address(options.coordinator); !e) return tl::unexpected(e.error());
+  } else if (auto hp = parse_host_port(options.coordinator); !hp) {
+    return tl::unexpected(hp.error());
+  }
   std::unique_ptr<Agent> a(new Agent());
   a->options_ = options;
   auto t = transport::Transport::create({.tls = options.tls, .serve_owner_reads = true});
@@ -62,8 +66,17 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   rec.region_base = info->base;
   rec.region_bytes = info->length;
   rec.control_address = options.name.empty() ? "agent-" + std::to_string(a->incarnation_) : options.name;
-  if (Status s = a->join(/*rejoin=*/false, /*fresh=*/true, Deadline::after(options.connect_timeout)); !s.ok()) {
-    return tl::unexpected(s);
+  // Behind etcd an election may be in progress (no leader published yet):
+  // look again until the connect timeout.
+  const Deadline joined_by = Deadline::after(options.connect_timeout);
+  for (;;) {
+    Status s = a->join(/*rejoin=*/false, /*fresh=*/true, joined_by);
+    if (s.ok()) break;
+    const bool retry = s.code() == StatusCode::kUnavailable || s.code() == StatusCode::kDeadlineExceeded;
+    if (!etcd::is_etcd_address(options.coordinator) || !retry || joined_by.expired()) {
+      return tl::unexpected(s);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   logger()->info("agent {} (incarnation {:#x}) lends {} bytes, heartbeat every {} ms", a->id(), a->incarnation_,
                  a->region_->size(), a->heartbeat_interval_.count());
@@ -81,7 +94,12 @@ std::shared_ptr<rpc::Client> Agent::rpc() const {
 Status Agent::join(bool rejoin, bool fresh, Deadline deadline) {
   std::shared_ptr<rpc::Client> client = fresh ? nullptr : rpc();
   if (client == nullptr || !client->connected()) {
-    auto hp = parse_host_port(options_.coordinator);
+    // An etcd:// address names the shard's current leader.
+    auto target = etcd::resolve_coordinator(
+        options_.coordinator, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                  std::min<Clock::duration>(deadline.remaining(), std::chrono::seconds(2))));
+    if (!target) return target.error();
+    auto hp = parse_host_port(*target);
     if (!hp) return hp.error();
     rpc::ClientOptions ro;
     ro.host = hp->first;
@@ -209,7 +227,9 @@ void Agent::stop() {
 }
 
 void Agent::heartbeat_loop() {
-  constexpr std::chrono::milliseconds kFirstBackoff{50}, kMaxBackoff{2000};
+  constexpr std::chrono::milliseconds kFirstBackoff{50};
+  // Behind etcd a new leader is up within about a lease TTL: look again soon.
+  const std::chrono::milliseconds kMaxBackoff{etcd::is_etcd_address(options_.coordinator) ? 500 : 2000};
   std::chrono::milliseconds backoff = kFirstBackoff;
   bool lost = false;  // the last heartbeat or rejoin failed
   while (!stopping_.load()) {
@@ -228,13 +248,23 @@ void Agent::heartbeat_loop() {
     } else {
       st = Status(StatusCode::kUnavailable, "not connected to the coordinator");
     }
+    // Behind etcd, a coordinator that stopped answering may have been
+    // replaced (frozen, partitioned): look the leader up again.
+    if (!st.ok() && st.code() == StatusCode::kDeadlineExceeded && etcd::is_etcd_address(options_.coordinator)) {
+      st = Status(StatusCode::kUnavailable, st.message());
+    }
     if (!st.ok() && (st.code() == StatusCode::kNotFound || st.code() == StatusCode::kUnavailable)) {
       // kNotFound: the coordinator does not know this incarnation (it
       // restarted, or declared the agent dead); kUnavailable: the connection
       // is gone. Either way, rejoin: the region's blocks are still here.
       const bool fresh = st.code() == StatusCode::kUnavailable;
       if (!lost) logger()->warn("coordinator: {}; rejoining", st.to_string());
-      st = join(/*rejoin=*/true, fresh, Deadline::after(std::max(heartbeat_interval_ * 2, options_.connect_timeout)));
+      // Behind etcd the leader looked up may be the frozen or dead old one
+      // until its lease runs out: give up on it sooner and look again.
+      const auto patience = etcd::is_etcd_address(options_.coordinator)
+                                ? std::chrono::milliseconds(2000)
+                                : options_.connect_timeout;
+      st = join(/*rejoin=*/true, fresh, Deadline::after(std::max(heartbeat_interval_ * 2, patience)));
       if (st.ok()) {
         ++rejoins_;
         logger()->info("agent {} rejoined the coordinator at {}", id(), options_.coordinator);

@@ -60,7 +60,9 @@ class Client;
 namespace kvpool::agent {
 
 struct AgentOptions {
-  std::string coordinator = "127.0.0.1:7400";  // host:port
+  // host:port, or etcd://HOST:PORT[,...][/SHARD]: the shard's leader, looked
+  // up in etcd on every (re)dial (runtime/etcd/leader_address.h).
+  std::string coordinator = "127.0.0.1:7400";
   std::uint64_t pool_size = 1ull << 30;
   pool::HugePages huge_pages = pool::HugePages::kTry;
   pool::Lock lock = pool::Lock::kTry;

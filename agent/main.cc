@@ -27,7 +27,8 @@ int main(int argc, char** argv) {
   bool standalone = false;
   coordinator::CoordinatorFlags flags;
   app.add_flag("--standalone", standalone, "Also run the coordinator in this process, on --listen");
-  app.add_option("--coordinator", coordinator_addr, "HOST:PORT of the coordinator (ignored with --standalone)")
+  app.add_option("--coordinator", coordinator_addr, "HOST:PORT of the coordinator, or etcd://HOST:PORT[,HOST:PORT...][/SHARD] to find the shard's "
+                 "leader in etcd on every (re)dial (ignored with --standalone)")
       ->capture_default_str();
   app.add_option("--listen", listen,
                  "With --standalone: HOST:PORT the embedded coordinator serves on; port 0 lets the OS pick")

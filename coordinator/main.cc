@@ -1,10 +1,16 @@
 // kvpool-coordinator: the block index, placement, leases, eviction and agent
 // membership of a pool, on the control protocol.
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <atomic>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 
+#include "coordinator/leader.h"
 #include "coordinator/server.h"
 #include "coordinator/server_cli.h"
 #include "runtime/common/json_config.h"
@@ -20,6 +26,9 @@ int main(int argc, char** argv) {
   app.set_config("--config", "", "JSON file; every flag has a key of the same name (\"listen\": \"0.0.0.0:7400\")");
   std::string listen = "127.0.0.1:7400", port_file, log_level = "info", metrics_listen, metrics_port_file;
   coordinator::CoordinatorFlags flags;
+  std::string etcd_endpoints, advertise;
+  std::uint32_t shard = 0;
+  std::int64_t lease_ttl = 2;
   app.add_option("--listen", listen, "HOST:PORT to serve on; port 0 lets the OS pick (see --port-file)")
       ->capture_default_str();
   app.add_option("--port-file", port_file, "Write the bound port here once listening");
@@ -29,6 +38,18 @@ int main(int argc, char** argv) {
                  "--metrics-port-file); off when not given");
   app.add_option("--metrics-port-file", metrics_port_file, "Write the bound metrics port here once listening");
   flags.add_to(app);
+  app.add_option("--etcd", etcd_endpoints,
+                 "High availability: etcd endpoints (HOST:PORT,...); campaign for the shard's leadership and serve "
+                 "only while leading (coordinator/README.md)");
+  app.add_option("--shard", shard, "With --etcd: the coordinator shard this process leads or stands by for")
+      ->capture_default_str();
+  app.add_option("--lease-ttl", lease_ttl,
+                 "With --etcd: seconds of the leadership lease (a dead leader is replaced after about this long; "
+                 "etcd raises it to its minimum)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{600}))
+      ->capture_default_str();
+  app.add_option("--advertise", advertise,
+                 "With --etcd: the host clients dial, published in etcd (default: the --listen host)");
   CLI11_PARSE(app, argc, argv);
 
   if (!log::set_log_level(log_level)) {
@@ -48,25 +69,98 @@ int main(int argc, char** argv) {
   auto registry = std::make_shared<metrics::Registry>();
   options->metrics = registry;
   block_stop_signals();
+
+  // High availability: stand by until this process leads the shard.
+  std::unique_ptr<coordinator::LeaderElection> election;
+  std::atomic<bool> stop_campaign{false};
+  std::thread signal_waiter;
+  int stop_signal = 0;
+  if (!etcd_endpoints.empty()) {
+    auto eps = etcd::parse_endpoints(etcd_endpoints);
+    if (!eps) {
+      std::fprintf(stderr, "--etcd: %s\n", eps.error().message().c_str());
+      return 2;
+    }
+    if (advertise.empty()) advertise = hp->first;
+    if (advertise == "0.0.0.0" || advertise == "::") {
+      std::fprintf(stderr, "--advertise: give the address clients dial when listening on %s\n", hp->first.c_str());
+      return 2;
+    }
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    auto e = coordinator::LeaderElection::create(
+        {{*eps, std::chrono::milliseconds(2000)}, shard, std::string(host) + ":" + std::to_string(::getpid()),
+         lease_ttl});
+    if (!e) {
+      std::fprintf(stderr, "kvpool-coordinator: %s\n", e.error().to_string().c_str());
+      return 2;
+    }
+    election = std::move(*e);
+    // A stop signal while standing by ends the campaign.
+    signal_waiter = std::thread([&] {
+      stop_signal = wait_for_stop_signal();
+      stop_campaign = true;
+    });
+    log::get("coordinator")->info("shard {}: campaigning for leadership through etcd {}", shard, etcd_endpoints);
+    auto epoch = election->campaign(stop_campaign);
+    if (!epoch) {
+      signal_waiter.join();
+      log::get("coordinator")->info("signal {}: stopping before leading", stop_signal);
+      return 0;
+    }
+    coordinator::LeaderElection* raw = election.get();
+    options->fence = [raw] { return raw->fence(); };
+  }
+  // Error paths below leave with the signal thread still waiting.
+  auto quit = [&](int code) {
+    if (signal_waiter.joinable()) signal_waiter.detach();
+    if (election) election->resign();
+    return code;
+  };
   auto server = coordinator::CoordinatorServer::start(*options);
   if (!server) {
     std::fprintf(stderr, "kvpool-coordinator: %s\n", server.error().to_string().c_str());
-    return 1;
+    return quit(1);
+  }
+  // Published before the port file is written: whoever reads the port file
+  // finds this leader in etcd too.
+  if (election) {
+    const std::string address = advertise + ":" + std::to_string((*server)->port());
+    // Leadership lost (lease expired, etcd unreachable past it): stop at
+    // once, before a standby can serve; a supervisor restarts this process
+    // as a standby. The fence already refuses every request by then.
+    Status published = election->publish(address, [](const Status& why) {
+      log::get("coordinator")->error("exiting: {}", why.to_string());
+      log::get("coordinator")->flush();
+      std::_Exit(3);
+    });
+    if (!published.ok()) {
+      std::fprintf(stderr, "kvpool-coordinator: %s\n", published.to_string().c_str());
+      std::_Exit(3);
+    }
   }
   if (!port_file.empty()) {
     if (Status s = write_port_file(port_file, (*server)->port()); !s.ok()) {
       std::fprintf(stderr, "kvpool-coordinator: %s\n", s.to_string().c_str());
-      return 1;
+      return quit(1);
     }
   }
   auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
   if (!metrics_server) {
     std::fprintf(stderr, "kvpool-coordinator: %s\n", metrics_server.error().to_string().c_str());
-    return 1;
+    return quit(1);
   }
-  int sig = wait_for_stop_signal();
+  int sig = 0;
+  if (signal_waiter.joinable()) {
+    signal_waiter.join();
+    sig = stop_signal;
+  } else {
+    sig = wait_for_stop_signal();
+  }
   log::get("coordinator")->info("signal {}: stopping", sig);
   if (*metrics_server) (*metrics_server)->stop();
   (*server)->stop();
+  // After the server: a standby may serve the moment the lease goes.
+  if (election) election->resign();
   return 0;
 }

@@ -276,6 +276,9 @@ struct CoordinatorServer::Impl {
     while (!stopping) {
       tick_cv.wait_for(lock, options.tick_interval);
       if (stopping) break;
+      // A fenced leader (HA) neither expires anything nor pushes to agents:
+      // the new leader owns the pool now.
+      if (options.fence && !options.fence().ok()) continue;
       lock.unlock();
       TickActions a = core->tick(Clock::now());
       write_lease_expiries->inc(a.expired_write_leases);
@@ -474,6 +477,9 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
   OpMetrics& om = op(req.type);
   om.requests->inc();
   MeteredResponder resp(std::move(raw_resp), &om);
+  if (options.fence) {
+    if (Status fenced = options.fence(); !fenced.ok()) return resp.fail(fenced);
+  }
   if (req.peer_role == rpc::Role::kWorker) {
     std::lock_guard lock(mu);
     worker_connections.insert(req.connection_id);

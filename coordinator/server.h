@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -48,6 +49,10 @@ struct CoordinatorServerOptions {
   // Encrypt every control connection with TLS 1.3 keyed by the secret
   // (runtime/rpc/tls.h); clients follow automatically.
   bool control_tls = false;
+  // High availability (coordinator/leader.h): asked before every request;
+  // a request is refused with its status when it is not ok (a leader whose
+  // etcd lease may have run out answers nothing). Null: always serve.
+  std::function<Status()> fence;
 };
 
 class CoordinatorServer {

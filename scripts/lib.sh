@@ -10,6 +10,7 @@ KVPOOL_PACKAGES=(
   libboost-dev catch2 libexpected-dev nlohmann-json3-dev
   libspdlog-dev libcli11-dev libxxhash-dev libssl-dev
   util-linux procps iptables
+  etcd-server etcd-client
   pybind11-dev python3-dev python3-numpy python3-pytest
   clang-14 libclang-rt-14-dev
 )

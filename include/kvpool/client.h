@@ -30,7 +30,9 @@
 namespace kvpool {
 
 struct ClientOptions {
-  std::string coordinator = "127.0.0.1:7400";  // host:port
+  // host:port, or etcd://HOST:PORT[,HOST:PORT...][/SHARD]: the coordinator
+  // shard's leader, looked up in etcd on every (re)dial.
+  std::string coordinator = "127.0.0.1:7400";
   std::string client_id;                       // default: host:pid
   // Deadline of each coordinator call and of each batch's data movement.
   std::chrono::milliseconds timeout{10000};

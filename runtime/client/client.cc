@@ -17,6 +17,7 @@
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/leader_address.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 #include "transport/transport.h"
@@ -204,7 +205,9 @@ struct Client::Impl {
     }
     auto dialled = dial();
     if (!dialled) {
-      backoff = std::clamp(backoff * 2, std::chrono::milliseconds(50), std::chrono::milliseconds(2000));
+      // Behind etcd a new leader is up within about a lease TTL: look again soon.
+      const std::chrono::milliseconds most(etcd::is_etcd_address(options.coordinator) ? 500 : 2000);
+      backoff = std::clamp(backoff * 2, std::chrono::milliseconds(50), most);
       next_dial = now + backoff;
       dial_error = dialled.error();
       return tl::unexpected(dialled.error());
@@ -216,7 +219,10 @@ struct Client::Impl {
   }
 
   Result<std::shared_ptr<rpc::Client>> dial() {
-    auto hp = parse_host_port(options.coordinator);
+    // etcd://...: the shard's current leader, looked up on every dial.
+    auto target = etcd::resolve_coordinator(options.coordinator, std::min(options.timeout, std::chrono::milliseconds(2000)));
+    if (!target) return tl::unexpected(target.error());
+    auto hp = parse_host_port(*target);
     if (!hp) return tl::unexpected(hp.error());
     rpc::ClientOptions ro;
     ro.host = hp->first;
@@ -246,8 +252,21 @@ struct Client::Impl {
     auto c = control();
     if (!c) return c.error();
     auto reply = (*c)->call(type, rpc::encode(req), deadline());
-    if (!reply) return reply.error();
+    if (!reply) {
+      forget_leader(*c, reply.error());
+      return reply.error();
+    }
     return rpc::decode(*reply, rep);
+  }
+
+  // Behind etcd, a coordinator that times out or refuses (no longer the
+  // leader) may have been replaced: drop the connection so the next call
+  // looks the leader up again.
+  void forget_leader(const std::shared_ptr<rpc::Client>& c, const Status& error) {
+    if (!etcd::is_etcd_address(options.coordinator)) return;
+    if (error.code() != StatusCode::kUnavailable && error.code() != StatusCode::kDeadlineExceeded) return;
+    std::lock_guard lock(control_mu);
+    if (rpc == c) rpc.reset();
   }
 
   Status refresh_agents(rpc::Client& c) {
@@ -771,8 +790,11 @@ Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Client::~Client() = default;
 
 Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
-  auto hp = parse_host_port(options.coordinator);
-  if (!hp) return tl::unexpected(hp.error());
+  if (etcd::is_etcd_address(options.coordinator)) {
+    if (auto e = etcd::parse_etcd_address(options.coordinator); !e) return tl::unexpected(e.error());
+  } else if (auto hp = parse_host_port(options.coordinator); !hp) {
+    return tl::unexpected(hp.error());
+  }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   if (impl->options.client_id.empty()) impl->options.client_id = default_client_id();
