@@ -434,8 +434,10 @@ Watch::~Watch() { stop(); }
 void Watch::stop() {
   stopping_ = true;
   // Wakes a blocking read on the stream; the thread sees stopping_ and ends.
-  int fd = fd_.load();
-  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+  {
+    std::lock_guard lock(fd_mutex_);
+    if (fd_ >= 0) ::shutdown(fd_, SHUT_RDWR);
+  }
   if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
 }
 
@@ -464,10 +466,10 @@ bool Watch::stream_once(const Endpoint& ep) {
   if (ec) return false;
   asio::connect(sock, hosts, ec);
   if (ec) return false;
-  fd_ = sock.native_handle();
-  if (stopping_.load()) {
-    fd_ = -1;
-    return false;
+  {
+    std::lock_guard lock(fd_mutex_);
+    if (stopping_.load()) return false;
+    fd_ = sock.native_handle();
   }
   json create = range_request(key_, prefix_);
   if (next_revision_ > 0) create["start_revision"] = std::to_string(next_revision_);
@@ -546,7 +548,10 @@ bool Watch::stream_once(const Endpoint& ep) {
       if (parser.is_done()) break;
     }
   }
-  fd_ = -1;
+  {
+    std::lock_guard lock(fd_mutex_);
+    fd_ = -1;
+  }
   sock.close(ec);
   return established;
 }

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -187,7 +188,10 @@ class Watch {
   OnEvents on_events_;
   OnReset on_reset_;
   std::atomic<bool> stopping_{false};
-  std::atomic<int> fd_{-1};  // the stream's socket, shut down by stop()
+  // The stream's socket, shut down by stop(). Cleared under the mutex before
+  // the socket closes, so stop() never shuts down a reused descriptor.
+  std::mutex fd_mutex_;
+  int fd_ = -1;
   std::atomic<std::uint64_t> connects_{0};
   std::thread thread_;
 };
