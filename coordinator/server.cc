@@ -11,6 +11,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "coordinator/tenant_gate.h"
 #include "runtime/common/logging.h"
 #include "runtime/rpc/messages.h"
 #include "runtime/rpc/server.h"
@@ -97,6 +98,7 @@ struct CoordinatorServer::Impl {
   // handler runs), then the core goes.
   CoordinatorServerOptions options;
   std::unique_ptr<CoordinatorCore> core;
+  std::unique_ptr<TenantGate> gate;
   std::unique_ptr<rpc::Server> server;
   Clock::time_point started = Clock::now();
 
@@ -453,6 +455,12 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     std::lock_guard lock(mu);
     worker_connections.insert(req.connection_id);
   }
+  if (!req.tenant.empty()) {
+    if (Status s = gate->check(req, *core); !s.ok()) {
+      logger()->warn("{} from {} refused: {}", op_name(req.type), req.peer_id, s.message());
+      return resp.fail(s);
+    }
+  }
   // Decodes the request into T, or answers the error and returns false.
   auto parse = [&](auto& msg) {
     Status s = rpc::decode(req.payload, msg);
@@ -562,6 +570,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
             r.location = to_wire(item.location);
             r.lease = to_u64(item.lease);
             r.lease_ms = ms_until(item.lease_deadline, now);
+            gate->note_lease(req.tenant, r.lease);
             break;
           case AllocateOutcome::kExists:
             r.outcome = rpc::AllocateOutcome::kExists;
@@ -588,7 +597,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       for (auto l : m.leases) leases.push_back(LeaseId{l});
       rpc::StatusBatch rep;
       if (req.type == rpc::kCommit) {
-        for (const auto& s : core->commit(leases, now)) {
+        auto statuses = core->commit(leases, now);
+        for (std::size_t i = 0; i < statuses.size(); ++i) {
+          const Status& s = statuses[i];
+          if (s.ok()) gate->forget_lease(req.tenant, m.leases[i]);
           (s.ok() ? commits_ok : commits_failed)->inc();
           rep.results.push_back(rpc::StatusWire::from(s));
         }
@@ -607,6 +619,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!res) return resp.fail(res.error());
       rpc::LookupReply rep;
       rep.lease = to_u64(res->read_lease);
+      gate->note_lease(req.tenant, rep.lease);
       rep.locations.reserve(res->locations.size());
       for (const auto& l : res->locations) rep.locations.push_back(to_wire(l));
       resp.reply(rpc::encode(rep));
@@ -693,6 +706,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kListNamespaces: {
       rpc::ListNamespacesReply rep;
       for (const NamespaceView& ns : core->namespaces()) {
+        if (!req.tenant.empty() && !gate->allows(req.tenant, ns.id, *core)) continue;
         rep.namespaces.push_back({ns.id, ns.descriptor, ns.block_bytes, ns.blocks});
       }
       resp.reply(rpc::encode(rep));
@@ -727,7 +741,11 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kUsage: {
       rpc::UsageRequest m;
       if (!parse(m)) return;
-      resp.reply(rpc::encode(usage(m)));
+      rpc::UsageReply rep = usage(m);
+      if (!req.tenant.empty()) {
+        std::erase_if(rep.rows, [&](const rpc::UsageRow& r) { return !gate->allows(req.tenant, r.ns, *core); });
+      }
+      resp.reply(rpc::encode(rep));
       return;
     }
     case rpc::kEvictNamespace: {
@@ -760,6 +778,14 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   auto core = CoordinatorCore::create(options.core);
   if (!core) return tl::unexpected(core.error());
   impl->core = std::move(*core);
+  std::shared_ptr<const TenantTable> tenants;
+  if (!options.tenants_file.empty()) {
+    auto table = TenantTable::load(options.tenants_file);
+    if (!table) return tl::unexpected(table.error());
+    logger()->info("{} tenant(s) from {}", table->size(), options.tenants_file);
+    tenants = std::make_shared<const TenantTable>(std::move(*table));
+  }
+  impl->gate = std::make_unique<TenantGate>(tenants);
   impl->registry = options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
   impl->init_metrics();
   rpc::ServerOptions so;
@@ -774,6 +800,7 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   so.secret_file = options.secret_file;
   so.create_secret = options.create_secret;
   so.tls = options.control_tls;
+  so.tenants = tenants;
   Impl* raw = impl.get();
   so.on_disconnect = [raw](std::uint64_t conn) {
     std::lock_guard lock(raw->mu);

@@ -48,13 +48,17 @@ struct CoordinatorServerOptions {
   // Encrypt every control connection with TLS 1.3 keyed by the secret
   // (runtime/rpc/tls.h); clients follow automatically.
   bool control_tls = false;
+  // Tenants (runtime/common/tenants.h, SECURITY.md): clients that
+  // authenticate with a tenant key and may use only their namespaces.
+  // Empty: no tenants, only the cluster secret is accepted.
+  std::string tenants_file;
 };
 
 class CoordinatorServer {
  public:
   // kUnavailable when the address cannot be bound; kInvalidArgument for a
   // bad core configuration; kFailedPrecondition for a missing (with
-  // create_secret false) or unsafe secret file.
+  // create_secret false) or unsafe secret file, or a bad tenants file.
   static Result<std::unique_ptr<CoordinatorServer>> start(const CoordinatorServerOptions& options);
   ~CoordinatorServer();
   CoordinatorServer(const CoordinatorServer&) = delete;
