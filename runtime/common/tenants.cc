@@ -168,4 +168,47 @@ Result<TenantTable> TenantTable::load(const std::string& path) {
   return table;
 }
 
+Status append_tenant(const std::string& path, const Tenant& tenant) {
+  std::string line = "tenant " + tenant.name + " " + tenant.key + " namespaces=";
+  for (std::size_t i = 0; i < tenant.namespaces.size(); ++i) line += (i ? "," : "") + tenant.namespaces[i];
+  line += "\n";
+  auto self = TenantTable::parse(line, "the new line");
+  if (!self) {
+    OPENSSL_cleanse(line.data(), line.size());
+    return Status(StatusCode::kInvalidArgument, self.error().message());
+  }
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    auto existing = TenantTable::load(path);
+    if (!existing) return existing.error();
+    if (existing->find(tenant.name) != nullptr) {
+      OPENSSL_cleanse(line.data(), line.size());
+      return Status(StatusCode::kAlreadyExists, "tenants file " + path + " names tenant '" + tenant.name + "' already");
+    }
+  }
+  int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int err = errno;
+    OPENSSL_cleanse(line.data(), line.size());
+    return Status(StatusCode::kFailedPrecondition, "cannot open the tenants file " + path + ": " + std::strerror(err));
+  }
+  Status result;
+  std::size_t done = 0;
+  while (done < line.size()) {
+    ssize_t n = ::write(fd, line.data() + done, line.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      result = Status(StatusCode::kInternal, "write tenants file " + path + ": " + std::strerror(errno));
+      break;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (result.ok() && ::fsync(fd) != 0) {
+    result = Status(StatusCode::kInternal, "fsync tenants file " + path + ": " + std::strerror(errno));
+  }
+  ::close(fd);
+  OPENSSL_cleanse(line.data(), line.size());
+  return result;
+}
+
 }  // namespace kvpool

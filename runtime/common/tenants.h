@@ -71,6 +71,13 @@ class TenantTable {
   std::vector<Tenant> tenants_;
 };
 
+// Appends `tenant NAME KEY namespaces=...` to the tenants file at `path`,
+// creating it with mode 0600 when missing (for `pooltool secret new
+// --tenant`). kAlreadyExists when the file names that tenant already;
+// kInvalidArgument for a tenant the file format would refuse; errors of
+// load() for an existing file.
+Status append_tenant(const std::string& path, const Tenant& tenant);
+
 // Whether `name` is a valid tenant name (see above).
 bool valid_tenant_name(std::string_view name);
 

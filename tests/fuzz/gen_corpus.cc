@@ -235,6 +235,9 @@ void messages(const fs::path& root) {
   c.add("client_proof", with_prefix(kMsgClientProof, encode_client_proof(proof)));
   c.add("hello_with_proof", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kWorker, "worker-1",
                                                                       encode_client_proof(proof)})));
+  c.add("client_proof_tenant",
+        with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256Tenant, std::string(32, 'c'),
+                                                                     std::string(32, 'm'), "acme"})));
   c.add("bad_client_proof_short_mac",
         with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256, std::string(32, 'c'), "m", {}})));
   c.add("bad_auth_challenge_scheme",
