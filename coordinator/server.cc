@@ -239,6 +239,31 @@ struct CoordinatorServer::Impl {
     }
   }
 
+  // Blocks removed while read-leased keep a valid slot header until their
+  // last lease ends: their agents leave them out of any scan meanwhile, so a
+  // coordinator restart in between does not bring them back.
+  void send_removed_leased(const std::vector<Location>& removed_leased) {
+    std::map<std::uint32_t, rpc::InvalidateMessage> by_agent;
+    for (const Location& l : removed_leased) {
+      rpc::InvalidateMessage& m = by_agent[to_u32(l.agent)];
+      m.agent = to_u32(l.agent);
+      m.incarnation = l.incarnation;
+      m.slots.push_back({l.header_offset, l.payload_offset, l.length, l.generation});
+    }
+    for (const auto& [agent, m] : by_agent) {
+      std::uint64_t conn = 0;
+      {
+        std::lock_guard lock(mu);
+        auto it = agent_connections.find(agent);
+        if (it == agent_connections.end()) continue;
+        conn = it->second;
+      }
+      if (Status st = server->push(conn, rpc::kPushRemoved, rpc::encode(m)); !st.ok()) {
+        logger()->debug("removed push to agent {}: {}", agent, st.to_string());
+      }
+    }
+  }
+
   void broadcast_dead(const std::vector<DeadAgent>& dead) {
     if (dead.empty()) return;
     std::vector<std::uint64_t> workers;
@@ -438,6 +463,7 @@ CoordinatorServer::Impl::EvictSummary CoordinatorServer::Impl::evict_namespace(N
       out.failed += batch.size();
       continue;
     }
+    send_removed_leased(res->removed_leased);
     send_invalidations(res->invalidations);
     for (const auto& st : res->statuses) (st.ok() ? out.removed : out.failed) += 1;
   }
@@ -636,6 +662,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!parse(m)) return;
       auto res = core->remove(m.ns, m.keys, now);
       if (!res) return resp.fail(res.error());
+      send_removed_leased(res->removed_leased);
       rpc::StatusBatch rep;
       for (const auto& s : res->statuses) {
         (s.ok() ? removes_ok : removes_failed)->inc();

@@ -38,6 +38,10 @@ enum MessageType : std::uint16_t {
   kAgentStats = 31,      // operator tools: every agent's usage and heartbeat age
   kRecoverBlocks = 32,   // agent -> coordinator: blocks of a scan, after a rejoin
   kSetQuota = 33,        // a namespace's budget in blocks and bytes (0: none)
+  // push, coordinator -> agent (InvalidateMessage, no reply): these slots
+  // were removed while read-leased; their headers stay valid for the
+  // readers until the invalidation, but no scan may take them back.
+  kPushRemoved = 34,
   kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
   // pushes
   kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
