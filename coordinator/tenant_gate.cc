@@ -16,6 +16,9 @@ bool TenantGate::allows(const std::string& tenant, NamespaceId ns, const Coordin
   // known id never changes and can be kept. O(namespaces) once per id.
   for (const NamespaceView& v : core.namespaces()) {
     if (v.id != ns) continue;
+    // Known only from blocks recovered after a restart: no descriptor yet
+    // (the tenant's client registers it again when it reconnects).
+    if (v.block_bytes == 0) break;
     bool ok = t->allows(ns, &v.descriptor.model_id);
     std::lock_guard lock(mu_);
     state_[tenant].allowed[ns] = ok;

@@ -4,7 +4,10 @@
 // connection that authenticated as a tenant; peers with the cluster secret
 // (agents, operators, trusted workers) are never gated.
 //
-// A tenant may use only the namespaces its patterns match: register,
+// A tenant may use only the namespaces its patterns match (by model id, so
+// a namespace known only by id, from blocks recovered after a restart, is
+// refused until someone registers it again: the runtime does on
+// reconnect; an id pattern matches either way): register,
 // allocate, lookup, remove, wait_for, evict and usage on another namespace
 // are kPermissionDenied, and listings (namespaces, usage of all) show only
 // its own. Leases are opaque numbers that come from one counter, so a

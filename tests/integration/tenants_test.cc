@@ -4,6 +4,7 @@
 // touch no lease of anyone else. Every secret is a file under a private
 // temporary directory.
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
@@ -237,4 +238,60 @@ TEST_CASE("a tenant with a wrong key, an unknown name or a replayed hello is ref
   rpc::Frame refused = second.recv_frame();
   REQUIRE(refused.header.is_error());
   CHECK(rpc::decode_error(refused.payload).code() == StatusCode::kPermissionDenied);
+}
+
+TEST_CASE("after a coordinator restart a tenant gets its namespace back once it registers it again",
+          "[integration][tenants][restart]") {
+  TenantFiles files;
+  const std::string port_file = temp_path("coordinator-port");
+  auto start_coordinator = [&](std::uint16_t port) {
+    auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--listen", "127.0.0.1:" + std::to_string(port),
+                                "--port-file", port_file, "--log-level", "warn", "--secret-file", files.cluster,
+                                "--tenants", files.tenants, "--agent-timeout", "2s", "--heartbeat-interval", "200ms"});
+    REQUIRE(p);
+    return std::make_unique<Subprocess>(std::move(*p));
+  };
+  auto coordinator = start_coordinator(0);
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(10s)));
+  REQUIRE(port != 0);
+  std::remove(port_file.c_str());
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto agent = start_agent(address, "32MiB", {{"KVPOOL_SECRET_FILE", files.cluster}});
+  REQUIRE(agent);
+  auto admin = raw_with(address, files.cluster);
+  REQUIRE(admin);
+  REQUIRE(eventually([&] { return stats(*admin).agents_alive == 1; }, scaled(10s)));
+
+  const NamespaceDescriptor desc = test_namespace(64 << 10, "acme/restart");
+  const NamespaceId ns = namespace_id(desc);
+  const Key128 key{1, 2};
+  {
+    auto acme = connect_with(address, files.acme);
+    REQUIRE(acme);
+    REQUIRE((*acme)->register_namespace(desc));
+    std::vector<std::byte> block(64 << 10, std::byte{0x11});
+    std::vector<std::span<const std::byte>> spans = {block};
+    REQUIRE((*acme)->put(ns, std::span<const Key128>(&key, 1), spans).value().written == 1);
+  }
+
+  coordinator->kill(SIGKILL);
+  REQUIRE(coordinator->wait(Deadline::after(scaled(5s))));
+  coordinator = start_coordinator(port);
+  REQUIRE(read_port_file(port_file, Deadline::after(scaled(10s))) == port);
+  std::remove(port_file.c_str());
+  admin = raw_with(address, files.cluster);
+  REQUIRE(admin);
+  // The agent rejoins and its scan brings the block back, under the
+  // namespace's id only: nobody has registered it with this coordinator.
+  REQUIRE(eventually([&] { return stats(*admin).blocks == 1; }, scaled(15s)));
+  auto raw = raw_with(address, files.acme);
+  REQUIRE(raw);
+  CHECK(denied(call_status(*raw, rpc::kLookup, rpc::encode(rpc::LookupRequest{ns, false, {key}}))));
+  // Registering it again (as a reconnecting client does) proves the model
+  // id, and the namespace is the tenant's again.
+  rpc::RegisterNamespaceReply reg;
+  REQUIRE(raw_call(*raw, rpc::kRegisterNamespace, rpc::RegisterNamespaceRequest{desc}, reg).ok());
+  rpc::LookupReply found;
+  REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{ns, false, {key}}, found).ok());
+  CHECK(found.locations.size() == 1);
 }
