@@ -300,16 +300,22 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
     drain_cv_.notify_one();
     return;
   }
-  if (type != rpc::kPushInvalidate) {
+  if (type != rpc::kPushInvalidate && type != rpc::kPushRemoved) {
     logger()->debug("ignoring push of type {}", type);
     return;
   }
   rpc::InvalidateMessage msg;
   if (Status s = rpc::decode(payload, msg); !s.ok()) {
-    logger()->warn("invalidate request: {}", s.to_string());
+    logger()->warn("{} request: {}", type == rpc::kPushRemoved ? "removed" : "invalidate", s.to_string());
     return;
   }
   if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
+  if (type == rpc::kPushRemoved) {
+    // Bounded by the region: one entry per slot at most.
+    std::lock_guard lock(removed_mu_);
+    for (const auto& slot : msg.slots) removed_.emplace(slot.header_offset, slot.generation);
+    return;
+  }
   invalidate_requests_->inc();
   rpc::InvalidateMessage done;
   done.agent = id();
@@ -331,6 +337,13 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
     }
     done.slots.push_back(slot);
   }
+  {
+    std::lock_guard lock(removed_mu_);
+    for (const auto& slot : done.slots) {
+      auto it = removed_.lower_bound({slot.header_offset, 0});
+      while (it != removed_.end() && it->first == slot.header_offset) it = removed_.erase(it);
+    }
+  }
   invalidated_ += done.slots.size();
   invalidated_slots_->inc(done.slots.size());
   // The ack is sent from another thread: a blocking call inside the push
@@ -342,7 +355,18 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
 }
 
 Result<pool::ScanResult> Agent::scan() const {
-  return pool::scan(std::span<const std::byte>(region_->data(), region_->size()), layout_);
+  auto r = pool::scan(std::span<const std::byte>(region_->data(), region_->size()), layout_);
+  if (!r) return r;
+  std::lock_guard lock(removed_mu_);
+  if (!removed_.empty()) {
+    // A removed block's header is still valid (a reader may hold it); the
+    // scan must not bring it back. Its space is then covered by no block,
+    // so the coordinator quarantines and invalidates it like any other.
+    std::erase_if(r->blocks, [&](const pool::ScannedBlock& b) {
+      return removed_.count({layout_.header_offset(b.payload_offset), b.header.generation}) != 0;
+    });
+  }
+  return r;
 }
 
 void Agent::drain_loop() {

@@ -41,6 +41,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -97,7 +98,9 @@ class Agent {
   const pool::PoolRegion& region() const { return *region_; }
   const pool::RegionLayout& layout() const { return layout_; }
   // The blocks the region's valid headers describe (torn and invalidated
-  // slots skipped): what a restarted coordinator rebuilds its index from.
+  // slots skipped, and slots the coordinator said were removed while
+  // read-leased, kPushRemoved): what a restarted coordinator rebuilds its
+  // index from.
   Result<pool::ScanResult> scan() const;
   // Invalidations applied so far (for tests and status).
   std::uint64_t invalidated_slots() const { return invalidated_.load(); }
@@ -137,6 +140,10 @@ class Agent {
   std::thread heartbeat_;
   std::atomic<std::uint64_t> invalidated_{0};
   std::atomic<std::uint64_t> rejoins_{0};
+  // Removed while read-leased and not yet invalidated: (header offset,
+  // generation). In memory only: a new incarnation has a new region.
+  mutable std::mutex removed_mu_;
+  std::set<std::pair<std::uint64_t, std::uint64_t>> removed_;  // guarded by removed_mu_
 
   // Drain copies: pushes queue here, one thread works them (a push handler
   // must not block the connection's reader). Peers to target agents are

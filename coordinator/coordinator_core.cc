@@ -1707,6 +1707,7 @@ Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const K
       s.retire(i, std::nullopt);
     } else {
       // Readers still hold it: out of the index now, space later.
+      r.removed_leased.push_back(s.location_of(e));
       Agent& a = s.agent(e.agent);
       s.by_key.erase(key_hash(e.ns, e.key), i);
       s.lru_erase(i);

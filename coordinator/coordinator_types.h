@@ -208,6 +208,10 @@ struct BatchResult {
   // the read-leased ones, which wait for their leases): once the agent has
   // acknowledged these, no restart can bring them back.
   std::vector<Location> removed;
+  // remove(): the read-leased blocks it took out of the index; their slots
+  // keep a valid header until the last lease ends, so the agent must be told
+  // to leave them out of a restart's scan (rpc::kPushRemoved).
+  std::vector<Location> removed_leased;
 };
 
 struct DeadAgent {

@@ -13,6 +13,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "coordinator/tenant_gate.h"
 #include "runtime/common/logging.h"
 #include "runtime/rpc/messages.h"
 #include "runtime/rpc/server.h"
@@ -108,6 +109,7 @@ struct CoordinatorServer::Impl {
   // handler runs), then the core goes.
   CoordinatorServerOptions options;
   std::unique_ptr<CoordinatorCore> core;
+  std::unique_ptr<TenantGate> gate;
   std::unique_ptr<rpc::Server> server;
   Clock::time_point started = Clock::now();
 
@@ -247,6 +249,31 @@ struct CoordinatorServer::Impl {
       for (const auto& s : req.slots) msg.slots.push_back({s.header_offset, s.payload_offset, s.length, s.generation});
       if (Status st = server->push(conn, rpc::kPushInvalidate, rpc::encode(msg)); !st.ok()) {
         logger()->debug("invalidate push to agent {}: {}", msg.agent, st.to_string());
+      }
+    }
+  }
+
+  // Blocks removed while read-leased keep a valid slot header until their
+  // last lease ends: their agents leave them out of any scan meanwhile, so a
+  // coordinator restart in between does not bring them back.
+  void send_removed_leased(const std::vector<Location>& removed_leased) {
+    std::map<std::uint32_t, rpc::InvalidateMessage> by_agent;
+    for (const Location& l : removed_leased) {
+      rpc::InvalidateMessage& m = by_agent[to_u32(l.agent)];
+      m.agent = to_u32(l.agent);
+      m.incarnation = l.incarnation;
+      m.slots.push_back({l.header_offset, l.payload_offset, l.length, l.generation});
+    }
+    for (const auto& [agent, m] : by_agent) {
+      std::uint64_t conn = 0;
+      {
+        std::lock_guard lock(mu);
+        auto it = agent_connections.find(agent);
+        if (it == agent_connections.end()) continue;
+        conn = it->second;
+      }
+      if (Status st = server->push(conn, rpc::kPushRemoved, rpc::encode(m)); !st.ok()) {
+        logger()->debug("removed push to agent {}: {}", agent, st.to_string());
       }
     }
   }
@@ -464,6 +491,7 @@ CoordinatorServer::Impl::EvictSummary CoordinatorServer::Impl::evict_namespace(N
       out.failed += batch.size();
       continue;
     }
+    send_removed_leased(res->removed_leased);
     send_invalidations(res->invalidations);
     for (const auto& st : res->statuses) (st.ok() ? out.removed : out.failed) += 1;
   }
@@ -483,6 +511,12 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
   if (req.peer_role == rpc::Role::kWorker) {
     std::lock_guard lock(mu);
     worker_connections.insert(req.connection_id);
+  }
+  if (!req.tenant.empty()) {
+    if (Status s = gate->check(req, *core); !s.ok()) {
+      logger()->warn("{} from {} refused: {}", op_name(req.type), req.peer_id, s.message());
+      return resp.fail(s);
+    }
   }
   // Decodes the request into T, or answers the error and returns false.
   auto parse = [&](auto& msg) {
@@ -597,6 +631,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
             r.location = to_wire(item.location);
             r.lease = to_u64(item.lease);
             r.lease_ms = ms_until(item.lease_deadline, now);
+            gate->note_lease(req.tenant, r.lease);
             break;
           case AllocateOutcome::kExists:
             r.outcome = rpc::AllocateOutcome::kExists;
@@ -623,7 +658,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       for (auto l : m.leases) leases.push_back(LeaseId{l});
       rpc::StatusBatch rep;
       if (req.type == rpc::kCommit) {
-        for (const auto& s : core->commit(leases, now)) {
+        auto statuses = core->commit(leases, now);
+        for (std::size_t i = 0; i < statuses.size(); ++i) {
+          const Status& s = statuses[i];
+          if (s.ok()) gate->forget_lease(req.tenant, m.leases[i]);
           (s.ok() ? commits_ok : commits_failed)->inc();
           rep.results.push_back(rpc::StatusWire::from(s));
         }
@@ -642,6 +680,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!res) return resp.fail(res.error());
       rpc::LookupReply rep;
       rep.lease = to_u64(res->read_lease);
+      gate->note_lease(req.tenant, rep.lease);
       rep.locations.reserve(res->locations.size());
       for (const auto& l : res->locations) rep.locations.push_back(to_wire(l));
       resp.reply(rpc::encode(rep));
@@ -658,6 +697,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!parse(m)) return;
       auto res = core->remove(m.ns, m.keys, now);
       if (!res) return resp.fail(res.error());
+      send_removed_leased(res->removed_leased);
       rpc::StatusBatch rep;
       for (const auto& s : res->statuses) {
         (s.ok() ? removes_ok : removes_failed)->inc();
@@ -729,6 +769,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kListNamespaces: {
       rpc::ListNamespacesReply rep;
       for (const NamespaceView& ns : core->namespaces()) {
+        if (!req.tenant.empty() && !gate->allows(req.tenant, ns.id, *core)) continue;
         rep.namespaces.push_back({ns.id, ns.descriptor, ns.block_bytes, ns.blocks, ns.live_blocks, ns.live_bytes,
                                   ns.quota_blocks, ns.quota_bytes});
       }
@@ -772,7 +813,11 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kUsage: {
       rpc::UsageRequest m;
       if (!parse(m)) return;
-      resp.reply(rpc::encode(usage(m)));
+      rpc::UsageReply rep = usage(m);
+      if (!req.tenant.empty()) {
+        std::erase_if(rep.rows, [&](const rpc::UsageRow& r) { return !gate->allows(req.tenant, r.ns, *core); });
+      }
+      resp.reply(rpc::encode(rep));
       return;
     }
     case rpc::kEvictNamespace: {
@@ -890,6 +935,14 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   auto core = CoordinatorCore::create(options.core);
   if (!core) return tl::unexpected(core.error());
   impl->core = std::move(*core);
+  std::shared_ptr<const TenantTable> tenants;
+  if (!options.tenants_file.empty()) {
+    auto table = TenantTable::load(options.tenants_file);
+    if (!table) return tl::unexpected(table.error());
+    logger()->info("{} tenant(s) from {}", table->size(), options.tenants_file);
+    tenants = std::make_shared<const TenantTable>(std::move(*table));
+  }
+  impl->gate = std::make_unique<TenantGate>(tenants);
   impl->registry = options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
   impl->init_metrics();
   rpc::ServerOptions so;
@@ -904,6 +957,7 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
   so.secret_file = options.secret_file;
   so.create_secret = options.create_secret;
   so.tls = options.control_tls;
+  so.tenants = tenants;
   Impl* raw = impl.get();
   so.on_disconnect = [raw](std::uint64_t conn) {
     std::lock_guard lock(raw->mu);

@@ -53,13 +53,17 @@ struct CoordinatorServerOptions {
   // a request is refused with its status when it is not ok (a leader whose
   // etcd lease may have run out answers nothing). Null: always serve.
   std::function<Status()> fence;
+  // Tenants (runtime/common/tenants.h, SECURITY.md): clients that
+  // authenticate with a tenant key and may use only their namespaces.
+  // Empty: no tenants, only the cluster secret is accepted.
+  std::string tenants_file;
 };
 
 class CoordinatorServer {
  public:
   // kUnavailable when the address cannot be bound; kInvalidArgument for a
   // bad core configuration; kFailedPrecondition for a missing (with
-  // create_secret false) or unsafe secret file.
+  // create_secret false) or unsafe secret file, or a bad tenants file.
   static Result<std::unique_ptr<CoordinatorServer>> start(const CoordinatorServerOptions& options);
   ~CoordinatorServer();
   CoordinatorServer(const CoordinatorServer&) = delete;

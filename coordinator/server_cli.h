@@ -26,6 +26,7 @@ struct CoordinatorFlags {
   std::uint64_t max_write_leases_per_client = CoordinatorConfig{}.max_write_leases_per_client;
   std::string secret_file;
   bool control_tls = false;
+  std::string tenants_file;
 
   void add_to(CLI::App& app) {
     app.add_option("--secret-file", secret_file,
@@ -34,6 +35,9 @@ struct CoordinatorFlags {
                    "A coordinator creates it there if missing; copy it to every host (SECURITY.md)");
     app.add_flag("--control-tls", control_tls,
                  "Coordinator: encrypt every control connection (TLS 1.3 keyed by the secret; clients follow)");
+    app.add_option("--tenants", tenants_file,
+                   "Coordinator: tenants file (mode 0600; lines `tenant NAME KEY namespaces=PATTERN,...`): clients "
+                   "with a tenant credential may use only their namespaces (SECURITY.md)");
     app.add_option("--agent-timeout", agent_timeout,
                    "An agent silent this long is declared dead: its blocks leave lookups, workers are told")
         ->capture_default_str();
@@ -100,6 +104,7 @@ struct CoordinatorFlags {
     o.core.max_write_leases_per_client = max_write_leases_per_client;
     o.secret_file = secret_file;
     o.control_tls = control_tls;
+    o.tenants_file = tenants_file;
     return o;
   }
 };

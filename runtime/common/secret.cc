@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "runtime/common/logging.h"
+#include "runtime/common/tenants.h"
 
 namespace kvpool {
 namespace {
@@ -73,14 +74,16 @@ std::string to_hex(std::string_view bytes) {
 
 // Creates `path` with a new secret unless something is there already.
 // Returns true when this call made it, false when it existed.
-Result<bool> create_if_absent(const std::string& path) {
+Result<bool> create_if_absent(const std::string& path, const std::string& tenant = {}) {
   if (path.empty() || path.back() == '/') {
     return make_error(StatusCode::kInvalidArgument, "secret file path '" + path + "' names no file");
   }
   if (Status s = make_parents(path); !s.ok()) return tl::unexpected(s);
   auto random = random_bytes(kNewSecretBytes);
   if (!random) return tl::unexpected(random.error());
-  std::string contents = to_hex(*random) + "\n";
+  std::string contents = tenant.empty() ? std::string() : std::string(kTenantCredentialTag) + " " + tenant + " ";
+  contents += to_hex(*random);
+  contents += "\n";
   OPENSSL_cleanse(random->data(), random->size());
 
   // Written in full under a temporary name in the same directory, then
@@ -197,6 +200,26 @@ Result<Secret> read_secret(const std::string& path, const std::string& from) {
   }
   std::string exact(key.data(), have);
   OPENSSL_cleanse(key.data(), key.size());
+  std::string_view text(exact);
+  if (text.substr(0, kTenantCredentialTag.size() + 1) == std::string(kTenantCredentialTag) + " ") {
+    // `kvpool-tenant NAME KEY`: one line, three fields.
+    std::string_view rest = text.substr(kTenantCredentialTag.size() + 1);
+    std::size_t sp = rest.find(' ');
+    std::string name(rest.substr(0, sp));
+    std::string tenant_key(sp == std::string_view::npos ? std::string_view{} : rest.substr(sp + 1));
+    OPENSSL_cleanse(exact.data(), exact.size());
+    bool ok = valid_tenant_name(name) && tenant_key.size() >= kMinSecretBytes &&
+              tenant_key.find_first_of(" \t\r\n") == std::string::npos;
+    if (!ok) {
+      OPENSSL_cleanse(tenant_key.data(), tenant_key.size());
+      return make_error(StatusCode::kFailedPrecondition,
+                        "secret file " + path +
+                            " starts like a tenant credential but is not `kvpool-tenant NAME KEY` on one line (NAME "
+                            "of [A-Za-z0-9._-], KEY of at least " +
+                            std::to_string(kMinSecretBytes) + " bytes): make one with `pooltool secret new --tenant`");
+    }
+    return Secret(path, std::move(tenant_key), std::move(name));
+  }
   return Secret(path, std::move(exact));
 }
 
@@ -266,6 +289,20 @@ Status create_secret_file(const std::string& path) {
     return Status(StatusCode::kAlreadyExists, "secret file " + path + " exists; refusing to overwrite it");
   }
   auto made = create_if_absent(path);
+  if (!made) return made.error();
+  if (!*made) return Status(StatusCode::kAlreadyExists, "secret file " + path + " exists; refusing to overwrite it");
+  return Status();
+}
+
+Status create_tenant_secret_file(const std::string& path, const std::string& tenant) {
+  if (!valid_tenant_name(tenant)) {
+    return Status(StatusCode::kInvalidArgument, "tenant name '" + tenant + "' is not 1..64 of [A-Za-z0-9._-]");
+  }
+  struct stat st {};
+  if (!path.empty() && ::lstat(path.c_str(), &st) == 0) {
+    return Status(StatusCode::kAlreadyExists, "secret file " + path + " exists; refusing to overwrite it");
+  }
+  auto made = create_if_absent(path, tenant);
   if (!made) return made.error();
   if (!*made) return Status(StatusCode::kAlreadyExists, "secret file " + path + " exists; refusing to overwrite it");
   return Status();

@@ -8,6 +8,11 @@
 // 0600 or 0400): a file that group or others may read or write is refused.
 // New files hold 32 random bytes as 64 hex digits and a newline.
 //
+// A tenant credential (tenants.h) is a secret file whose one line is
+// `kvpool-tenant NAME KEY`: the client authenticates as tenant NAME with KEY
+// and is served only that tenant's namespaces. Servers refuse one as their
+// secret.
+//
 // Every component and client finds the file the same way (secret_path):
 //   1. an explicit path (--secret-file, ClientOptions::secret_file);
 //   2. else the environment variable KVPOOL_SECRET_FILE, if set and not empty;
@@ -32,7 +37,8 @@ inline constexpr const char* kSecretFileEnv = "KVPOOL_SECRET_FILE";
 // Secret is destroyed.
 class Secret {
  public:
-  Secret(std::string path, std::string key) : path_(std::move(path)), key_(std::move(key)) {}
+  Secret(std::string path, std::string key, std::string tenant = {})
+      : path_(std::move(path)), key_(std::move(key)), tenant_(std::move(tenant)) {}
   Secret(const Secret&) = default;
   Secret& operator=(const Secret&) = default;
   Secret(Secret&&) noexcept = default;
@@ -41,11 +47,16 @@ class Secret {
 
   const std::string& path() const { return path_; }
   std::string_view key() const { return key_; }
+  // The tenant a tenant credential names; empty for the cluster secret.
+  const std::string& tenant() const { return tenant_; }
 
  private:
   std::string path_;
   std::string key_;
+  std::string tenant_;
 };
+
+inline constexpr std::string_view kTenantCredentialTag = "kvpool-tenant";
 
 // /etc/kvpool/secret for root (effective uid 0), else
 // $HOME/.config/kvpool/secret (the passwd entry's home when HOME is unset);
@@ -59,7 +70,8 @@ std::string secret_path(const std::string& explicit_path);
 // Reads and checks the secret file that secret_path(explicit_path) names.
 // kFailedPrecondition (the message names the path and the fix) when it is
 // missing, not a regular file, readable or writable by group or others,
-// shorter than kMinSecretBytes or longer than kMaxSecretBytes;
+// shorter than kMinSecretBytes or longer than kMaxSecretBytes, or a
+// malformed tenant credential;
 // kInternal on an I/O error.
 Result<Secret> load_secret(const std::string& explicit_path);
 
@@ -76,6 +88,10 @@ Result<Secret> load_or_create_secret(const std::string& explicit_path, bool* cre
 // when the directory cannot be written, kInternal on other I/O errors or
 // when no random bytes are available.
 Status create_secret_file(const std::string& path);
+
+// As create_secret_file, but writes a tenant credential for `tenant`
+// (kInvalidArgument for a name tenants.h does not accept).
+Status create_tenant_secret_file(const std::string& path, const std::string& tenant);
 
 // `n` bytes from OpenSSL's CSPRNG (RAND_bytes); kInternal when it fails.
 Result<std::string> random_bytes(std::size_t n);

@@ -2,6 +2,7 @@
 
 #include "runtime/common/codec.h"
 #include "runtime/common/secret.h"
+#include "runtime/common/tenants.h"
 
 namespace kvpool::rpc {
 namespace {
@@ -53,6 +54,7 @@ std::string encode_client_proof(const ClientProof& proof) {
   w.u8(proof.scheme);
   w.bytes(proof.client_nonce);
   w.bytes(proof.mac);
+  if (proof.scheme == kAuthHmacSha256Tenant) w.bytes(proof.tenant);
   return w.take();
 }
 
@@ -62,9 +64,13 @@ Result<ClientProof> decode_client_proof(std::string_view payload) {
   p.scheme = r.u8();
   p.client_nonce = r.bytes(kAuthNonceBytes);
   p.mac = r.bytes(kAuthMacBytes);
+  if (p.scheme == kAuthHmacSha256Tenant) p.tenant = r.bytes(kMaxTenantNameBytes);
   if (Status s = r.finish("hello auth"); !s.ok()) return tl::unexpected(std::move(s));
-  if (p.scheme != kAuthHmacSha256) {
+  if (p.scheme != kAuthHmacSha256 && p.scheme != kAuthHmacSha256Tenant) {
     return make_error(StatusCode::kInvalidArgument, "hello auth with unknown scheme " + std::to_string(p.scheme));
+  }
+  if (p.scheme == kAuthHmacSha256Tenant && !valid_tenant_name(p.tenant)) {
+    return make_error(StatusCode::kInvalidArgument, "hello auth with an invalid tenant name");
   }
   if (p.client_nonce.size() != kAuthNonceBytes || p.mac.size() != kAuthMacBytes) {
     return make_error(StatusCode::kInvalidArgument, "hello auth with a nonce or MAC of the wrong length");
@@ -73,9 +79,14 @@ Result<ClientProof> decode_client_proof(std::string_view payload) {
 }
 
 std::string client_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
-                       const Hello& hello) {
+                       const Hello& hello, std::string_view tenant) {
   Writer w;
-  w.bytes("kvpool auth v1 client");
+  if (tenant.empty()) {
+    w.bytes("kvpool auth v1 client");
+  } else {
+    w.bytes("kvpool auth v1 tenant client");
+    w.bytes(tenant);
+  }
   put_challenge(w, challenge);
   w.bytes(client_nonce);
   put_hello(w, hello);
@@ -83,9 +94,14 @@ std::string client_mac(std::string_view key, const AuthChallenge& challenge, std
 }
 
 std::string server_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
-                       const Hello& hello, const HelloReply& reply) {
+                       const Hello& hello, const HelloReply& reply, std::string_view tenant) {
   Writer w;
-  w.bytes("kvpool auth v1 server");
+  if (tenant.empty()) {
+    w.bytes("kvpool auth v1 server");
+  } else {
+    w.bytes("kvpool auth v1 tenant server");
+    w.bytes(tenant);
+  }
   put_challenge(w, challenge);
   w.bytes(client_nonce);
   put_hello(w, hello);

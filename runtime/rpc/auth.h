@@ -22,6 +22,12 @@
 // checks Ms before it uses the connection. Distinct labels keep one side's
 // MAC from ever passing as the other's. MACs are compared in constant time.
 //
+// Tenants (tenants.h): a client holding a tenant credential sends scheme
+// kAuthHmacSha256Tenant with its tenant's name in the proof, and both MACs
+// are keyed by the tenant's key and cover the name (distinct labels), so
+// the server learns which tenant without the key crossing the wire, and a
+// proof for one tenant never passes as another's or as the cluster's.
+//
 // What it does not do: it authenticates the two ends at the start; it does
 // not encrypt or sign the frames after it (SECURITY.md).
 
@@ -35,6 +41,8 @@
 namespace kvpool::rpc {
 
 inline constexpr std::uint8_t kAuthHmacSha256 = 1;
+// As kAuthHmacSha256, keyed by a tenant's key; the proof names the tenant.
+inline constexpr std::uint8_t kAuthHmacSha256Tenant = 2;
 inline constexpr std::size_t kAuthNonceBytes = 32;
 inline constexpr std::size_t kAuthMacBytes = 32;
 
@@ -52,11 +60,13 @@ std::string encode_auth_challenge(const AuthChallenge& challenge);
 // nonce that is not kAuthNonceBytes long.
 Result<AuthChallenge> decode_auth_challenge(std::string_view payload);
 
-// The hello's auth field.
+// The hello's auth field. `tenant` is on the wire only with
+// kAuthHmacSha256Tenant (and must then be a valid tenant name).
 struct ClientProof {
   std::uint8_t scheme = kAuthHmacSha256;
   std::string client_nonce;
   std::string mac;
+  std::string tenant;
 };
 std::string encode_client_proof(const ClientProof& proof);
 // kInvalidArgument on a malformed payload, an unknown scheme, or a nonce or
@@ -64,12 +74,12 @@ std::string encode_client_proof(const ClientProof& proof);
 Result<ClientProof> decode_client_proof(std::string_view payload);
 
 // Mc: what the client sends, over the hello's version, role and id (not its
-// auth field).
+// auth field); with a tenant, under the tenant's key and over its name.
 std::string client_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
-                       const Hello& hello);
+                       const Hello& hello, std::string_view tenant = {});
 // Ms: what the server sends, over the hello and the reply's role, id and
-// version (not its auth field).
+// version (not its auth field); `tenant` as for client_mac.
 std::string server_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
-                       const Hello& hello, const HelloReply& reply);
+                       const Hello& hello, const HelloReply& reply, std::string_view tenant = {});
 
 }  // namespace kvpool::rpc

@@ -513,7 +513,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   if (!client_nonce) return fail(client_nonce.error().code(), client_nonce.error().message());
   Impl& im = *client->impl_;
   if ((challenge->flags & kAuthFlagTls) != 0) {
-    auto context = make_tls_context(false, secret->key());
+    auto context = make_tls_context(false, secret->key(), secret->tenant());
     if (!context) return fail(context.error().code(), context.error().message());
     im.tls_context = std::move(*context);
     auto handshake = std::make_shared<std::promise<error_code>>();
@@ -537,8 +537,10 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   });
 
   Hello hello{kProtocolVersion, options.role, options.client_id, {}};
-  hello.auth = encode_client_proof(
-      ClientProof{kAuthHmacSha256, *client_nonce, client_mac(secret->key(), *challenge, *client_nonce, hello)});
+  const std::string& tenant = secret->tenant();
+  hello.auth = encode_client_proof(ClientProof{tenant.empty() ? kAuthHmacSha256 : kAuthHmacSha256Tenant, *client_nonce,
+                                               client_mac(secret->key(), *challenge, *client_nonce, hello, tenant),
+                                               tenant});
   auto reply = client->call(kHello, encode_hello(hello), deadline);
   if (!reply) {
     if (reply.error().code() == StatusCode::kPermissionDenied) {
@@ -549,7 +551,8 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   }
   auto server = decode_hello_reply(*reply);
   if (!server) return fail(StatusCode::kUnavailable, server.error().message());
-  if (!constant_time_equal(server->auth, server_mac(secret->key(), *challenge, *client_nonce, hello, *server))) {
+  if (!constant_time_equal(server->auth,
+                           server_mac(secret->key(), *challenge, *client_nonce, hello, *server, tenant))) {
     logger()->warn("{}: the server did not prove it knows the cluster secret (ours: {}); refusing it", peer,
                    secret->path());
     return fail(StatusCode::kPermissionDenied, "the server did not prove it knows the cluster secret in " +

@@ -45,6 +45,10 @@ enum MessageType : std::uint16_t {
   kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
   kPushAgentDown = 42,   // coordinator -> workers: an agent incarnation is gone
   kPushDrainCopy = 37,   // coordinator -> agent: copy these blocks of yours to other agents, then kDrainCopied
+  // push, coordinator -> agent (InvalidateMessage, no reply): these slots
+  // were removed while read-leased; their headers stay valid for the
+  // readers until the invalidation, but no scan may take them back.
+  kPushRemoved = 34,
 };
 
 // Caps on batch sizes so one request cannot make the server do unbounded

@@ -328,7 +328,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     auto pending = std::make_shared<PendingReply>(weak_from_this(), h.request_id, h.type);
-    Request request{id_, peer_role_, peer_id_, h.type, h.request_id, std::move(frame.payload)};
+    Request request{id_, peer_role_, peer_id_, tenant_, h.type, h.request_id, std::move(frame.payload)};
     server_->handler(std::move(request), Responder(std::move(pending)));
   }
 
@@ -359,22 +359,37 @@ class Connection : public std::enable_shared_from_this<Connection> {
                            "); is the client older than protocol version " + std::to_string(kProtocolVersion) + "?"));
       return;
     }
-    const Secret& secret = server_->secret;
-    if (!constant_time_equal(proof->mac, client_mac(secret.key(), challenge_, proof->client_nonce, *hello))) {
+    // A tenant proves its own key; everyone else the cluster secret.
+    std::string_view key = server_->secret.key();
+    if (proof->scheme == kAuthHmacSha256Tenant) {
+      const TenantTable* tenants = server_->options.tenants.get();
+      const Tenant* tenant = tenants != nullptr ? tenants->find(proof->tenant) : nullptr;
+      if (tenant == nullptr) {
+        reject(h, Status(StatusCode::kPermissionDenied,
+                         "authentication failed: no tenant '" + proof->tenant + "' on this server (its --tenants file)"));
+        return;
+      }
+      key = tenant->key;
+    }
+    if (!constant_time_equal(proof->mac, client_mac(key, challenge_, proof->client_nonce, *hello, proof->tenant))) {
       reject(h, Status(StatusCode::kPermissionDenied,
-                       "authentication failed: the client does not know this cluster's secret (check its "
-                       "--secret-file / KVPOOL_SECRET_FILE against the server's)"));
+                       proof->tenant.empty()
+                           ? std::string("authentication failed: the client does not know this cluster's secret "
+                                         "(check its --secret-file / KVPOOL_SECRET_FILE against the server's)")
+                           : "authentication failed: the client does not know tenant '" + proof->tenant +
+                                 "''s key (check its credential against the server's --tenants file)"));
       return;
     }
+    tenant_ = proof->tenant;
     peer_role_ = hello->role;
     peer_id_ = hello->id;
     description_ = "connection " + std::to_string(id_) + " (" + std::string(role_name(peer_role_)) + " '" + peer_id_ +
                    "' at " + peer_ + ")";
     greeted_.store(true, std::memory_order_release);
     hello_timer_.cancel();
-    logger()->info("{}: hello, authenticated", description_);
+    logger()->info("{}: hello, authenticated{}", description_, tenant_.empty() ? "" : " as tenant '" + tenant_ + "'");
     HelloReply reply{server_->options.role, server_->options.server_id, server_->options.version, {}};
-    reply.auth = server_mac(secret.key(), challenge_, proof->client_nonce, *hello, reply);
+    reply.auth = server_mac(key, challenge_, proof->client_nonce, *hello, reply, tenant_);
     send(make_frame(kHello, h.request_id, kFlagReply, encode_hello_reply(reply)));
   }
 
@@ -418,6 +433,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool done_ = false;
   bool stop_reading_ = false;
   Role peer_role_ = Role::kTool;
+  std::string tenant_;  // set by the hello
   std::string peer_id_;
   AuthChallenge challenge_;  // this connection's challenge
   // Set once the TLS handshake has begun; then every read and write goes
@@ -568,11 +584,16 @@ Result<std::unique_ptr<Server>> Server::start(const ServerOptions& options, Hand
 
   auto secret = options.create_secret ? load_or_create_secret(options.secret_file) : load_secret(options.secret_file);
   if (!secret) return tl::unexpected(secret.error());
+  if (!secret->tenant().empty()) {
+    return make_error(StatusCode::kFailedPrecondition,
+                      "secret file " + secret->path() + " is tenant '" + secret->tenant() +
+                          "''s credential, not a cluster secret: a server needs the cluster secret");
+  }
   logger()->info("{} '{}' authenticates connections with the cluster secret at {}{}", role_name(options.role),
                  options.server_id, secret->path(), options.tls ? ", TLS on" : "");
   auto impl = std::make_shared<Impl>(options, std::move(handler), std::move(*secret));
   if (options.tls) {
-    auto tls = make_tls_context(true, impl->secret.key());
+    auto tls = make_tls_context(true, impl->secret.key(), {}, options.tenants.get());
     if (!tls) return tl::unexpected(tls.error());
     impl->tls = std::move(*tls);
   }

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "kvpool/status.h"
+#include "runtime/common/tenants.h"
 #include "runtime/rpc/frame.h"
 
 namespace kvpool::rpc {
@@ -40,6 +41,9 @@ struct Request {
   std::uint64_t connection_id = 0;  // unique per Server, never reused
   Role peer_role = Role::kTool;     // from the connection's hello
   std::string peer_id;              // from the connection's hello
+  // The tenant the peer authenticated as (tenants.h); empty for a peer that
+  // proved the cluster secret (full access). The handler enforces it.
+  std::string tenant;
   std::uint16_t type = 0;
   std::uint64_t request_id = 0;
   std::string payload;
@@ -107,6 +111,9 @@ struct ServerOptions {
   // the hello on: encrypts the control traffic. Clients follow the server's
   // choice (it is in the challenge); a plaintext hello is then refused.
   bool tls = false;
+  // Tenants who may authenticate with their own keys (auth.h); null or
+  // empty: only the cluster secret is accepted. Each Request says which.
+  std::shared_ptr<const TenantTable> tenants;
   // Called once, on an io thread, when a connection that completed its hello
   // closes for any reason but Server::stop(); no Handler call for that
   // connection starts afterwards. Lets the coordinator drop what a vanished

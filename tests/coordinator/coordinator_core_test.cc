@@ -634,6 +634,10 @@ TEST_CASE("remove hides a block at once and frees its space only after its read 
   REQUIRE(removed);
   CHECK(removed->statuses[0].ok());
   CHECK(removed->invalidations.empty());  // a reader still holds it
+  CHECK(removed->removed.empty());
+  // ...so the server tells the agent to keep it out of a restart's scan.
+  REQUIRE(removed->removed_leased.size() == 1);
+  CHECK(removed->removed_leased[0] == l1);
   CHECK_FALSE(h.present(1));
   CHECK(h.lookup({1}).empty());
   auto slots = h.core->slots(a);

@@ -22,6 +22,7 @@
 #include <string_view>
 
 #include "runtime/common/codec.h"
+#include "runtime/common/tenants.h"
 #include "runtime/rpc/auth.h"
 #include "runtime/rpc/frame.h"
 #include "runtime/rpc/messages.h"
@@ -131,7 +132,8 @@ void check_client_proof(std::string_view p) {
     KVPOOL_FUZZ_CHECK(c.error().code() == StatusCode::kInvalidArgument);
     return;
   }
-  KVPOOL_FUZZ_CHECK(c->scheme == kAuthHmacSha256);
+  KVPOOL_FUZZ_CHECK(c->scheme == kAuthHmacSha256 || c->scheme == kAuthHmacSha256Tenant);
+  KVPOOL_FUZZ_CHECK(c->scheme == kAuthHmacSha256Tenant ? valid_tenant_name(c->tenant) : c->tenant.empty());
   KVPOOL_FUZZ_CHECK(c->client_nonce.size() == kAuthNonceBytes);
   KVPOOL_FUZZ_CHECK(c->mac.size() == kAuthMacBytes);
   KVPOOL_FUZZ_CHECK(encode_client_proof(*c) == p);

@@ -256,12 +256,15 @@ void messages(const fs::path& root) {
                                       encode_auth_challenge(AuthChallenge{kAuthHmacSha256, 0, std::string(32, 's')})));
   c.add("auth_challenge_tls", with_prefix(kMsgAuthChallenge, encode_auth_challenge(AuthChallenge{
                                                                  kAuthHmacSha256, kAuthFlagTls, std::string(32, 's')})));
-  const ClientProof proof{kAuthHmacSha256, std::string(32, 'c'), std::string(32, 'm')};
+  const ClientProof proof{kAuthHmacSha256, std::string(32, 'c'), std::string(32, 'm'), {}};
   c.add("client_proof", with_prefix(kMsgClientProof, encode_client_proof(proof)));
   c.add("hello_with_proof", with_prefix(kMsgHello, encode_hello(Hello{kProtocolVersion, Role::kWorker, "worker-1",
                                                                       encode_client_proof(proof)})));
+  c.add("client_proof_tenant",
+        with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256Tenant, std::string(32, 'c'),
+                                                                     std::string(32, 'm'), "acme"})));
   c.add("bad_client_proof_short_mac",
-        with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256, std::string(32, 'c'), "m"})));
+        with_prefix(kMsgClientProof, encode_client_proof(ClientProof{kAuthHmacSha256, std::string(32, 'c'), "m", {}})));
   c.add("bad_auth_challenge_scheme",
         with_prefix(kMsgAuthChallenge, encode_auth_challenge(AuthChallenge{7, 0, std::string(32, 's')})));
   c.add("error", with_prefix(kMsgError, encode_error(Status(StatusCode::kDeadlineExceeded, "timed out"))));

@@ -452,3 +452,32 @@ TEST_CASE("pooltool secret new writes a 0600 secret a pool accepts, and never ov
   std::remove(path.c_str());
   std::remove(other.c_str());
 }
+
+TEST_CASE("pooltool secret new --tenant writes a credential and adds the tenant to the tenants file", "[pooltool][tenants]") {
+  const std::string cluster = temp_path("cluster");
+  const std::string tenants = temp_path("tenants");
+  const std::string cred = temp_path("acme");
+  REQUIRE(pooltool({"secret", "new", cluster}).rc == 0);
+  auto r = pooltool({"--json", "secret", "new", cred, "--tenant", "acme", "--namespaces", "acme/*", "--tenants",
+                     tenants});
+  REQUIRE(r.rc == 0);
+  for (const std::string& p : {cred, tenants}) {
+    struct stat st {};
+    REQUIRE(::stat(p.c_str(), &st) == 0);
+    CHECK((st.st_mode & 0777) == 0600);
+  }
+  // The same tenant again is refused, and leaves no credential behind.
+  const std::string again = temp_path("acme-again");
+  CHECK(pooltool({"secret", "new", again, "--tenant", "acme", "--namespaces", "x", "--tenants", tenants}).rc != 0);
+  struct stat st {};
+  CHECK(::stat(again.c_str(), &st) != 0);
+  CHECK(pooltool({"secret", "new", again, "--tenant", "beta"}).rc == 2);
+
+  auto process = start_standalone("64MiB", {"--secret-file", cluster, "--tenants", tenants});
+  REQUIRE(process);
+  // The tenant reaches the pool with its credential; set-quota is the operator's.
+  CHECK(pooltool({"--coordinator", process->coordinator, "--secret-file", cred, "--json", "status"}).rc == 0);
+  auto ns = pooltool({"--coordinator", process->coordinator, "--secret-file", cred, "--json", "namespaces"});
+  CHECK(ns.rc == 0);
+  for (const std::string& p : {cluster, tenants, cred}) std::remove(p.c_str());
+}

@@ -35,7 +35,7 @@ def bin_dir():
 class Pool:
     """A running kvpool-agent --standalone."""
 
-    def __init__(self, pool_size="64MiB"):
+    def __init__(self, pool_size="64MiB", extra_args=()):
         agent = bin_dir() / "kvpool-agent"
         if not agent.exists():
             pytest.fail(f"{agent} not found: build it, or set KVPOOL_TEST_BIN_DIR")
@@ -44,7 +44,7 @@ class Pool:
         os.unlink(port_file)
         self.process = subprocess.Popen([
             str(agent), "--standalone", "--listen", "127.0.0.1:0", "--port-file", port_file, "--pool-size", pool_size,
-            "--log-level", "warn"
+            "--log-level", "warn", *extra_args
         ])
         deadline = time.monotonic() + scaled(30)
         port = 0

@@ -371,3 +371,38 @@ def test_engine_keys_match_independent_xxh3_vectors():
     assert kvpool.key_to_int(kvpool.engine_keys(0, -12)) == 0xf9ce3bc4681916d7d81f4c568a18e2d7
     # Seeded (a real namespace id): pinned from this implementation.
     assert kvpool.engine_keys(0x0123456789abcdef, "sglang-page-0#1").hex() == "48c440f4002d31d499fc44b5f289d811"
+
+
+def _write_private(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, text.encode())
+    os.close(fd)
+
+
+def test_a_tenant_credential_reaches_only_its_namespaces():
+    # SECURITY.md, "Tenants": the coordinator's --tenants file and a
+    # tenant's own credential file; refusals map to kvpool.PermissionDenied.
+    from conftest import Pool
+    with tempfile.TemporaryDirectory() as d:
+        cluster, tenants, cred = (os.path.join(d, n) for n in ("cluster", "tenants", "acme"))
+        key = os.urandom(32).hex()
+        _write_private(cluster, os.urandom(32).hex() + "\n")
+        _write_private(tenants, f"tenant acme {key} namespaces=acme/*\n")
+        _write_private(cred, f"kvpool-tenant acme {key}\n")
+        pool = Pool(extra_args=("--secret-file", cluster, "--tenants", tenants))
+        try:
+            with kvpool.Client(pool.coordinator, secret_file=cred, timeout_s=scaled(10)) as c:
+                ns = c.register_namespace(**namespace_args("acme/python"))
+                keys = make_keys(ns, 1)
+                assert c.put(ns, keys, np.full(BLOCK, 7, dtype=np.uint8)).written == 1
+                assert c.lookup(ns, keys) == 1
+                with pytest.raises(kvpool.PermissionDenied) as e:
+                    c.register_namespace(**namespace_args("beta/python"))
+                assert "acme" in e.value.message
+            with kvpool.Client(pool.coordinator, secret_file=cluster, timeout_s=scaled(10)) as admin:
+                other = admin.register_namespace(**namespace_args("beta/python"))
+            with kvpool.Client(pool.coordinator, secret_file=cred, timeout_s=scaled(10)) as c:
+                with pytest.raises(kvpool.PermissionDenied):
+                    c.lookup(other, make_keys(other, 1))
+        finally:
+            pool.stop()

@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "runtime/common/secret.h"
 #include "runtime/rpc/client.h"
@@ -418,6 +419,56 @@ TEST_CASE("with TLS on, another secret or a plaintext hello gets nothing", "[rpc
   auto good = connect(s.server->port(), secret);
   REQUIRE(good);
   CHECK((*good)->call(kEcho, "ok", Deadline::after(scaled(5s))));
+}
+
+TEST_CASE("a tenant authenticates with its own key, and the handler learns which tenant", "[rpc][auth][tenants]") {
+  const std::string cluster = make_secret_file();
+  const std::string dir = cluster.substr(0, cluster.rfind('/'));
+  const std::string acme = dir + "/acme";
+  REQUIRE(create_tenant_secret_file(acme, "acme").ok());
+  const std::string acme_key(load_secret(acme).value().key());
+  auto table = TenantTable::parse("tenant acme " + acme_key + " namespaces=acme/*\n", "test");
+  REQUIRE(table);
+  const bool tls = GENERATE(false, true);
+  INFO("tls " << tls);
+  ServerOptions options;
+  options.server_id = "tenant-test";
+  options.secret_file = cluster;
+  options.tls = tls;
+  options.tenants = std::make_shared<const TenantTable>(std::move(*table));
+  std::mutex mu;
+  std::vector<std::string> tenants_seen;
+  auto s = Server::start(options, [&](Request req, Responder r) {
+    std::lock_guard lock(mu);
+    tenants_seen.push_back(req.tenant);
+    r.reply({});
+  });
+  REQUIRE(s);
+  auto port = (*s)->port();
+  for (const std::string& file : {acme, cluster}) {
+    auto c = connect(port, file);
+    REQUIRE(c);
+    REQUIRE((*c)->call(kEcho, "x", Deadline::after(scaled(5s))));
+  }
+  {
+    std::lock_guard lock(mu);
+    CHECK(tenants_seen == std::vector<std::string>{"acme", ""});
+  }
+  // Another key under acme's name: refused.
+  const std::string forged = dir + "/forged";
+  REQUIRE(create_tenant_secret_file(forged, "acme").ok());
+  auto bad = connect(port, forged);
+  REQUIRE(!bad);
+  CHECK(bad.error().code() == StatusCode::kPermissionDenied);
+  (*s)->stop();
+
+  // A server never runs on a tenant's credential.
+  ServerOptions wrong;
+  wrong.secret_file = acme;
+  auto refused = Server::start(wrong, [](Request, Responder) {});
+  REQUIRE(!refused);
+  CHECK(refused.error().code() == StatusCode::kFailedPrecondition);
+  CHECK(refused.error().message().find("tenant") != std::string::npos);
 }
 
 }  // namespace kvpool::rpc

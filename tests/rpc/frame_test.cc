@@ -194,7 +194,7 @@ TEST_CASE("auth challenge and client proof round trip, and bad ones are refused"
   REQUIRE(c_back);
   CHECK(c_back->server_nonce == c.server_nonce);
   CHECK(c_back->flags == kAuthFlagTls);
-  ClientProof p{kAuthHmacSha256, std::string(kAuthNonceBytes, 'c'), std::string(kAuthMacBytes, 'm')};
+  ClientProof p{kAuthHmacSha256, std::string(kAuthNonceBytes, 'c'), std::string(kAuthMacBytes, 'm'), {}};
   auto p_back = decode_client_proof(encode_client_proof(p));
   REQUIRE(p_back);
   CHECK(p_back->client_nonce == p.client_nonce);

@@ -92,7 +92,17 @@ class RawConn {
     }
     Hello hello{kProtocolVersion, role, id, {}};
     std::string nonce(kAuthNonceBytes, 'n');
-    hello.auth = encode_client_proof(ClientProof{kAuthHmacSha256, nonce, client_mac(key, challenge_, nonce, hello)});
+    hello.auth = encode_client_proof(ClientProof{kAuthHmacSha256, nonce, client_mac(key, challenge_, nonce, hello), {}});
+    return frame(kHello, 1, encode_hello(hello));
+  }
+
+  // As authenticated_hello, for tenant `tenant` with its key.
+  std::string tenant_hello(const std::string& id, const std::string& tenant, const std::string& key,
+                           Role role = Role::kWorker) {
+    Hello hello{kProtocolVersion, role, id, {}};
+    std::string nonce(kAuthNonceBytes, 't');
+    hello.auth = encode_client_proof(
+        ClientProof{kAuthHmacSha256Tenant, nonce, client_mac(key, challenge_, nonce, hello, tenant), tenant});
     return frame(kHello, 1, encode_hello(hello));
   }
 

@@ -16,6 +16,7 @@
 
 #include "runtime/common/logging.h"
 #include "runtime/common/secret.h"
+#include "runtime/common/tenants.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
 #include "tools/pooltool/admin.h"
@@ -688,7 +689,42 @@ int cmd_drain(const Globals& g, const std::string& agent_text, bool undrain, std
 }
 
 // ---- secret ----
-int cmd_secret_new(const Globals& g, const std::string& path) {
+int cmd_secret_new(const Globals& g, const std::string& path, const std::string& tenant, const std::string& namespaces,
+                   const std::string& tenants_file) {
+  if (!tenant.empty()) {
+    if (namespaces.empty() || tenants_file.empty()) {
+      return fail(g, Status(StatusCode::kInvalidArgument, "--tenant needs --namespaces and --tenants"), kExitUsage);
+    }
+    Tenant t;
+    t.name = tenant;
+    for (std::size_t at = 0;;) {
+      std::size_t comma = namespaces.find(',', at);
+      t.namespaces.push_back(namespaces.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+      if (comma == std::string::npos) break;
+      at = comma + 1;
+    }
+    // Checked before anything is written, so a refusal leaves no file.
+    if (auto existing = TenantTable::load(tenants_file); existing && existing->find(tenant) != nullptr) {
+      return fail(g, Status(StatusCode::kAlreadyExists,
+                            "tenants file " + tenants_file + " names tenant '" + tenant + "' already"));
+    }
+    if (Status s = create_tenant_secret_file(path, tenant); !s.ok()) return fail(g, s);
+    auto cred = load_secret(path);
+    if (!cred) return fail(g, cred.error());
+    t.key = std::string(cred->key());
+    if (Status s = append_tenant(tenants_file, t); !s.ok()) {
+      std::remove(path.c_str());
+      return fail(g, s);
+    }
+    if (g.json) {
+      print_json({{"path", path}, {"tenant", tenant}, {"tenants_file", tenants_file}});
+    } else {
+      std::cout << "wrote tenant '" << tenant << "''s credential to " << path << " (mode 0600) and added the tenant to "
+                << tenants_file << ": give the credential to the tenant's workers (--secret-file), and restart the "
+                << "coordinator with --tenants " << tenants_file << "\n";
+    }
+    return kExitOk;
+  }
   if (Status s = create_secret_file(path); !s.ok()) return fail(g, s);
   if (g.json) {
     print_json({{"path", path}});
@@ -908,6 +944,13 @@ int main(int argc, char** argv) {
   secret->require_subcommand(1);
   auto* secret_new = secret->add_subcommand("new", "Create a new secret file (mode 0600); never overwrites one");
   secret_new->add_option("path", secret_path, "Where to write it")->required();
+  std::string secret_tenant, secret_namespaces, secret_tenants_file;
+  secret_new->add_option("--tenant", secret_tenant,
+                         "Write a tenant credential for this tenant instead of a cluster secret (SECURITY.md)");
+  secret_new->add_option("--namespaces", secret_namespaces,
+                         "With --tenant: the namespaces it may use, comma-separated model-id globs or 16-hex-digit ids");
+  secret_new->add_option("--tenants", secret_tenants_file,
+                         "With --tenant: the coordinator's tenants file to add the tenant to (created 0600)");
 
   try {
     app.parse(argc, argv);
@@ -936,7 +979,7 @@ int main(int argc, char** argv) {
   if (*bench) return cmd_bench(g, bench_block, bench_blocks, bench_rounds);
   if (*quota) return cmd_quota(g, quota_ns, quota_size);
   if (*replay_cmd) return cmd_replay(g, trace_file, replay_requests, ro);
-  if (*secret_new) return cmd_secret_new(g, secret_path);
+  if (*secret_new) return cmd_secret_new(g, secret_path, secret_tenant, secret_namespaces, secret_tenants_file);
   if (*drain) return cmd_drain(g, drain_agent, undrain, drain_in_flight, drain_stall);
   return kExitUsage;
 }
