@@ -44,7 +44,8 @@ class GpuLayout(C.Structure):
 class GpuOptions(C.Structure):
     _fields_ = [("struct_size", C.c_size_t), ("path", C.c_uint32), ("mover", C.c_uint32),
                 ("chunk_bytes", C.c_uint64), ("verify_loads", C.c_int32), ("hash_threads", C.c_uint32),
-                ("device", C.c_int32), ("gpu_checksums", C.c_int32)]
+                ("device", C.c_int32), ("gpu_checksums", C.c_int32),
+                ("staged_stream_order", C.c_int32)]
 
 
 class TransferResult(C.Structure):

@@ -39,8 +39,15 @@
 // load's pages may be used once wait() says they loaded; stream work that
 // runs after event() but before wait() returns may see bytes that then fail
 // verification. On the staged path the copies run on the mover's own stream
-// and event() is null: wait() is the point after which pages are free
-// (save) or filled (load).
+// (the network is in between) and, by default, event() is null: wait() is
+// the point after which pages are free (save) or filled (load). With
+// GpuOptions::staged_stream_order the caller's stream instead waits for the
+// whole transfer in a host function (cudaLaunchHostFunc) and event() is
+// recorded after it, so work queued after save()/load() runs after the
+// transfer; but that stream makes no progress for the network's time, the
+// wait occupies CUDA's host-function thread, and a device-wide
+// synchronization elsewhere in the process (cudaFree,
+// cudaDeviceSynchronize) blocks until the transfer ends.
 //
 // Thread-safety: a KvMover may be used from several threads; transfers of
 // one mover are serialized (they share its staging buffers).
@@ -132,6 +139,9 @@ struct GpuOptions {
   // multiple of 64 bytes; other layouts hash on the CPU.
   bool gpu_checksums = true;
   unsigned hash_threads = 8;
+  // Staged path: hold the caller's stream until the transfer ends and
+  // record event() after it (see the header comment for the cost).
+  bool staged_stream_order = false;
   int device = -1;  // CUDA device of the tensors; -1: the current one
 };
 
@@ -160,7 +170,8 @@ struct TransferResult {
 class Transfer {
  public:
   virtual ~Transfer() = default;  // waits for the transfer; destroy it before its KvMover
-  // See the header comment; null on the staged path. Owned by the transfer.
+  // See the header comment (null on the staged path unless
+  // staged_stream_order). Owned by the transfer.
   virtual CUevent_st* event() const = 0;
   // Blocks until the outcome is known; the second call returns it again.
   virtual Result<TransferResult> wait() = 0;

@@ -378,6 +378,8 @@ typedef struct kvpool_gpu_options {
   uint32_t hash_threads; /* 0: 8 */
   int32_t device;       /* CUDA device of the tensors; -1: the current one */
   int32_t gpu_checksums; /* nonzero (the default): payload checksums computed on the GPU */
+  int32_t staged_stream_order; /* nonzero: the staged path holds the caller's stream and records
+                                * the transfer's event after it (gpu.h: the cost) */
 } kvpool_gpu_options_t;
 
 /* Zeroes *options, sets struct_size, verify_loads 1, gpu_checksums 1 and
@@ -410,7 +412,7 @@ kvpool_status_t kvpool_gpu_load(kvpool_gpu_mover_t* mover, const kvpool_key_t* k
                                 size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out);
 
 /* The cudaEvent_t recorded on the caller's stream after the transfer's
- * copies (NULL on the staged path); owned by the transfer. */
+ * copies (NULL on the staged path: gpu.h); owned by the transfer. */
 void* kvpool_gpu_transfer_event(kvpool_gpu_transfer_t* transfer);
 
 typedef struct kvpool_gpu_transfer_result {

@@ -646,6 +646,7 @@ kvpool_status_t to_gpu_options(const kvpool_gpu_options_t* in, kvpool::gpu::GpuO
   if (in->hash_threads != 0) out.hash_threads = in->hash_threads;
   out.device = in->device;
   out.gpu_checksums = in->gpu_checksums != 0;
+  out.staged_stream_order = in->staged_stream_order != 0;
   return KVPOOL_OK;
 }
 

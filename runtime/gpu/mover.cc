@@ -170,10 +170,37 @@ class CudaRegions {
   std::map<std::byte*, Entry> regions_;  // guarded by mu_
 };
 
+// The staged path's hold on the caller's stream: a host function queued
+// there blocks until the worker opens the gate, so what the caller queues
+// after save()/load() (and event(), recorded after the host function) runs
+// after the transfer. Shared with the host function, which may run after
+// the transfer object is gone.
+struct StreamGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  void release() {
+    {
+      std::lock_guard lock(mu);
+      open = true;
+    }
+    cv.notify_all();
+  }
+  static void CUDART_CB hold(void* arg) {
+    auto* ref = static_cast<std::shared_ptr<StreamGate>*>(arg);
+    {
+      std::unique_lock lock((*ref)->mu);
+      (*ref)->cv.wait(lock, [&] { return (*ref)->open; });
+    }
+    delete ref;
+  }
+};
+
 class TransferImpl : public Transfer {
  public:
   ~TransferImpl() override {
     (void)wait();
+    if (gate != nullptr) gate->release();
     for (auto e : events) cudaEventDestroy(e);
     for (auto e : aux_events) cudaEventDestroy(e);
     if (done_event != nullptr) cudaEventDestroy(done_event);
@@ -190,6 +217,7 @@ class TransferImpl : public Transfer {
   std::vector<cudaEvent_t> events;  // per chunk
   std::vector<cudaEvent_t> aux_events;
   cudaEvent_t done_event = nullptr;
+  std::shared_ptr<StreamGate> gate;  // staged path
 };
 
 // Checksums the GPU writes straight into host memory (mapped pinned).
@@ -562,7 +590,6 @@ class KvMoverImpl : public KvMover {
                                                  std::span<const std::uint64_t> pages, cudaStream_t stream,
                                                  const GpuOptions& o, SteadyClock::time_point t0) {
     auto t = std::make_unique<TransferImpl>();
-    (void)o;
     cudaEvent_t start = nullptr;
     {
       std::lock_guard lock(staged_mu_);
@@ -575,10 +602,34 @@ class KvMoverImpl : public KvMover {
     }
     t->events.push_back(start);
     if (Status s = cuda_status(cudaEventRecord(start, stream), "cudaEventRecord"); !s.ok()) return tl::unexpected(s);
+    // With staged_stream_order the caller's stream then waits for the
+    // worker (StreamGate), and event() is recorded after that wait. The
+    // worker never touches the caller's stream or the legacy default stream
+    // (its copies run on int_stream_, non-blocking), so the held stream
+    // cannot hold the worker up.
+    if (o.staged_stream_order) {
+      t->gate = std::make_shared<StreamGate>();
+      auto* ref = new std::shared_ptr<StreamGate>(t->gate);
+      if (Status s = cuda_status(cudaLaunchHostFunc(stream, &StreamGate::hold, ref), "cudaLaunchHostFunc"); !s.ok()) {
+        delete ref;
+        return tl::unexpected(s);
+      }
+      // On failure below, ~TransferImpl releases the gate.
+      if (Status s = cuda_status(cudaEventCreateWithFlags(&t->done_event, cudaEventDisableTiming), "cudaEventCreate");
+          !s.ok()) {
+        return tl::unexpected(s);
+      }
+      if (Status s = cuda_status(cudaEventRecord(t->done_event, stream), "cudaEventRecord"); !s.ok()) {
+        return tl::unexpected(s);
+      }
+    }
     t->worker = std::thread([this, tp = t.get(), save, keys = std::vector<Key128>(keys.begin(), keys.end()),
                              pages = std::vector<std::uint64_t>(pages.begin(), pages.end()), start, t0] {
-      std::lock_guard lock(staged_mu_);
-      tp->result = save ? run_staged_save(keys, pages, start, t0) : run_staged_load(keys, pages, start, t0);
+      {
+        std::lock_guard lock(staged_mu_);
+        tp->result = save ? run_staged_save(keys, pages, start, t0) : run_staged_load(keys, pages, start, t0);
+      }
+      if (tp->gate != nullptr) tp->gate->release();
     });
     return std::unique_ptr<Transfer>(std::move(t));
   }

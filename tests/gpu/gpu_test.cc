@@ -65,6 +65,24 @@ struct Tensors {
     }
     return out;
   }
+  // The same, read by copies queued on `stream` (pinned host memory, so the
+  // copies are asynchronous and ordered by the stream alone).
+  std::vector<std::byte> page_bytes_on(std::uint64_t page, cudaStream_t stream) const {
+    auto plan = make_plan(layout);
+    REQUIRE(plan);
+    auto bases = *tensor_bases(layout, *plan, ptrs);
+    void* host = nullptr;
+    CUDA_OK(cudaMallocHost(&host, plan->block_bytes));
+    for (std::uint32_t u = 0; u < plan->units; ++u) {
+      auto src = reinterpret_cast<const void*>(bases[u / plan->segs] + plan->run_offset(page, u));
+      CUDA_OK(cudaMemcpyAsync(static_cast<std::byte*>(host) + u * plan->run_bytes, src, plan->run_bytes,
+                              cudaMemcpyDeviceToHost, stream));
+    }
+    CUDA_OK(cudaStreamSynchronize(stream));
+    std::vector<std::byte> out(static_cast<std::byte*>(host), static_cast<std::byte*>(host) + plan->block_bytes);
+    cudaFreeHost(host);
+    return out;
+  }
   void poison() {
     for (auto p : owned) REQUIRE(cudaMemset(p, 0xA5, tensor_bytes) == cudaSuccess);
   }
@@ -124,6 +142,15 @@ void round_trip(Client& client, const KvLayout& layout, GpuOptions opts, std::ui
   CUDA_OK(cudaDeviceSynchronize());
   auto load = (*mover)->load(keys, std::span<const std::uint64_t>(to.data(), n), stream);
   REQUIRE(load);
+  // Stream order, before wait(): a copy the caller queues after load() on
+  // the same stream sees the loaded bytes (the staged path only when asked).
+  const bool ordered_path = expect_path == "mapped" || opts.staged_stream_order;
+  CHECK(((*load)->event() != nullptr) == ordered_path);
+  if (ordered_path) {
+    const std::vector<std::byte> ordered = t.page_bytes_on(to[n - 1], stream);
+    CHECK(ordered == expect[n - 1]);
+    CHECK(cudaEventQuery((*load)->event()) == cudaSuccess);
+  }
   auto loaded = (*load)->wait();
   REQUIRE(loaded);
   CHECK(loaded->done == n);
@@ -195,6 +222,10 @@ TEST_CASE("gpu pages round-trip through an agent reached over TCP", "[gpu][devic
   REQUIRE(client);
   GpuOptions o;  // auto: the region is not mapped, so staged
   round_trip(**client, small_layout(KvLayoutKind::kVllmPaged), o, 100, "staged");
+  // The same, with the caller's stream held for the transfer: a copy queued
+  // after load() (before wait()) sees the loaded bytes.
+  o.staged_stream_order = true;
+  round_trip(**client, small_layout(KvLayoutKind::kVllmPaged), o, 101, "staged");
   CHECK((*client)->stats().transports.find("tcp") != std::string::npos);
 }
 
