@@ -15,6 +15,7 @@
 
 #include "runtime/common/pattern.h"
 #include "tests/integration/pool_fixture.h"
+#include "tests/pooltool/run_pooltool.h"
 
 using namespace kvpool;
 using namespace kvpool::testing;
@@ -25,28 +26,11 @@ namespace {
 
 constexpr std::uint64_t kBlock = 256 << 10;
 
-struct Run {
-  int rc = -1;
-  std::string out;
-  json doc;
-};
+using Run = PooltoolRun;
 
 Run run_pooltool(const std::string& coordinator, std::vector<std::string> args) {
-  std::vector<std::string> argv = {bin_dir() + "/pooltool", "--coordinator", coordinator, "--json"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  auto p = Subprocess::spawn(argv);
-  Run r;
-  if (!p) return r;
-  auto deadline = Deadline::after(scaled(120s));
-  for (;;) {
-    auto line = p->read_line(deadline);
-    if (!line) break;
-    r.out += *line + "\n";
-  }
-  auto status = p->wait(deadline);
-  if (status && WIFEXITED(*status)) r.rc = WEXITSTATUS(*status);
-  r.doc = json::parse(r.out, nullptr, false);
-  return r;
+  args.insert(args.begin(), {"--coordinator", coordinator, "--json"});
+  return testing::run_pooltool(args, 120s);
 }
 
 std::unique_ptr<Subprocess> named_agent(const std::string& coordinator, const std::string& size,

@@ -15,6 +15,7 @@
 
 #include "runtime/common/pattern.h"
 #include "tests/integration/pool_fixture.h"
+#include "tests/pooltool/run_pooltool.h"
 
 using namespace kvpool;
 using namespace kvpool::testing;
@@ -25,30 +26,10 @@ namespace {
 
 constexpr std::uint64_t kBlock = 256 << 10;
 
-struct Run {
-  int rc = -1;
-  std::string out;
-  json doc;  // stdout parsed as JSON (discarded when it is not JSON)
-};
+using Run = PooltoolRun;
 
 // Runs pooltool with `args`; collects stdout and the exit code.
-Run pooltool(const std::vector<std::string>& args) {
-  std::vector<std::string> argv = {bin_dir() + "/pooltool"};
-  argv.insert(argv.end(), args.begin(), args.end());
-  auto p = Subprocess::spawn(argv);
-  Run r;
-  if (!p) return r;
-  auto deadline = Deadline::after(scaled(60s));
-  for (;;) {
-    auto line = p->read_line(deadline);
-    if (!line) break;
-    r.out += *line + "\n";
-  }
-  auto status = p->wait(deadline);
-  if (status && WIFEXITED(*status)) r.rc = WEXITSTATUS(*status);
-  r.doc = json::parse(r.out, nullptr, false);
-  return r;
-}
+Run pooltool(const std::vector<std::string>& args) { return run_pooltool(args); }
 
 std::string hex(const Key128& k) {
   char buf[40];
