@@ -112,7 +112,7 @@ struct KvTensors {
 };
 
 enum class Path : std::uint32_t {
-  kAuto = 0,    // mapped when the blocks' agent is mapped into this process, else staged
+  kAuto = 0,    // mapped when every block's agent is mapped into this process, else staged (the whole batch)
   kMapped = 1,  // mapped only: keys placed on other agents fail (save) or stop the load
   kStaged = 2,  // always through pinned host staging buffers and UCX
 };

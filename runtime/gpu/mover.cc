@@ -284,7 +284,11 @@ class KvMoverImpl : public KvMover {
     if (o.path != Path::kStaged) {
       auto mg = client_.begin_mapped_get(ns_, keys);
       if (!mg) return tl::unexpected(mg.error());
-      if (!(mg->found == 0 && mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto)) {
+      // kAuto with a block on an agent not mapped here (mixed placement):
+      // the whole batch goes staged, as a mixed save does, so the load
+      // reaches as far as the pool has the prefix and event() means one
+      // thing for the whole transfer.
+      if (!(mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto)) {
         return load_mapped(std::move(*mg), keys, pages, stream, o, t0);
       }
       client_.finish_mapped_get(*mg, 0);

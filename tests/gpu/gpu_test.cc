@@ -229,6 +229,66 @@ TEST_CASE("gpu pages round-trip through an agent reached over TCP", "[gpu][devic
   CHECK((*client)->stats().transports.find("tcp") != std::string::npos);
 }
 
+TEST_CASE("a load over blocks on a mapped and an unmapped agent loads them all", "[gpu][device]") {
+  if (!have_gpu()) return;
+  use_test_secret();
+  auto pool = start_standalone("256MiB");
+  REQUIRE(pool);
+  ClientOptions co;
+  co.coordinator = pool->coordinator;
+  auto client = Client::connect(co);
+  REQUIRE(client);
+  auto layout = small_layout(KvLayoutKind::kVllmPaged);
+  Tensors t(layout);
+  auto ns = (*client)->register_namespace(namespace_for(layout, "gpu-mixed"));
+  REQUIRE(ns);
+  auto mover = KvMover::create(**client, *ns, layout, t.ptrs, {});
+  REQUIRE(mover);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreate(&stream));
+  const std::size_t n = 20, half = n / 2;
+  auto keys = keys_for(n, 700);
+  std::vector<std::uint64_t> from, to;
+  for (std::size_t i = 0; i < n; ++i) {
+    from.push_back(i);
+    to.push_back(50 + i);
+  }
+  std::vector<std::vector<std::byte>> expect;
+  for (auto p : from) expect.push_back(t.page_bytes(p));
+  // The first half on the standalone agent (mapped here), then an agent
+  // reached over TCP only (not mapped) joins, emptier: the second half goes
+  // there, so the batch's prefix is mapped and its tail is not.
+  auto first = (*mover)->save(std::span<const Key128>(keys.data(), half), std::span<const std::uint64_t>(from.data(), half), stream);
+  REQUIRE(first);
+  auto r1 = (*first)->wait();
+  REQUIRE(r1);
+  CHECK(r1->stats.path == "mapped");
+  auto tcp_agent = start_agent(pool->coordinator, "256MiB", {{"UCX_TLS", "tcp"}});
+  REQUIRE(tcp_agent);
+  auto admin = raw_client(pool->coordinator);
+  REQUIRE(admin);
+  REQUIRE(eventually([&] { return stats(*admin).agents_alive == 2; }, scaled(std::chrono::seconds(20))));
+  auto second = (*mover)->save(std::span<const Key128>(keys.data() + half, n - half),
+                               std::span<const std::uint64_t>(from.data() + half, n - half), stream);
+  REQUIRE(second);
+  auto r2 = (*second)->wait();
+  REQUIRE(r2);
+  CHECK(r2->done == n - half);
+  CHECK(r2->stats.path == "staged");  // some of it went to the TCP agent
+  t.poison();
+  CUDA_OK(cudaDeviceSynchronize());
+  auto load = (*mover)->load(keys, to, stream);
+  REQUIRE(load);
+  auto loaded = (*load)->wait();
+  REQUIRE(loaded);
+  CHECK(loaded->done == n);
+  CHECK(loaded->stats.path == "staged");
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < n; ++i) mismatches += t.page_bytes(to[i]) != expect[i];
+  CHECK(mismatches == 0);
+  cudaStreamDestroy(stream);
+}
+
 TEST_CASE("a corrupted pool block is never loaded as data", "[gpu][device]") {
   if (!have_gpu()) return;
   use_test_secret();
