@@ -125,6 +125,23 @@ Status Agent::join(bool rejoin, bool fresh, Deadline deadline) {
   if (!reply) return reply.error();
   rpc::RegisterAgentReply rep;
   if (Status s = rpc::decode(*reply, rep); !s.ok()) return s;
+  // A leader deposed while frozen or partitioned may still answer until its
+  // fence closes; once a newer leader has taken this agent, never go back to
+  // it: drop the connection and look the leader up again.
+  const std::uint64_t seen = leader_epoch_.load();
+  if (rep.epoch != 0 && rep.epoch < seen) {
+    ++stale_leader_refusals_;
+    logger()->warn("coordinator at {} answered with leader epoch {}, older than epoch {} seen before: a deposed "
+                   "leader; disconnecting",
+                   options_.coordinator, rep.epoch, seen);
+    {
+      std::lock_guard lock(rpc_mu_);
+      if (rpc_ == client) rpc_.reset();
+    }
+    return Status(StatusCode::kUnavailable, "coordinator's leader epoch " + std::to_string(rep.epoch) +
+                                                " is older than " + std::to_string(seen) + " (a deposed leader)");
+  }
+  if (rep.epoch > seen) leader_epoch_ = rep.epoch;
   id_ = rep.agent;
   if (rep.heartbeat_interval_ms > 0) heartbeat_interval_ = std::chrono::milliseconds(rep.heartbeat_interval_ms);
   if (rep.send_blocks) return send_scan(*client, deadline);
@@ -187,6 +204,11 @@ void Agent::init_metrics() {
     c.counter("kvpool_agent_rejoins_total",
               "Rejoins after losing the coordinator (its restart, or a partition past the agent timeout)", {},
               rejoins_.load());
+    c.gauge("kvpool_agent_leader_epoch", "Highest coordinator leader epoch seen (etcd; 0: none)", {},
+            leader_epoch_.load());
+    c.counter("kvpool_agent_stale_leader_refusals_total",
+              "Registrations refused because the coordinator's leader epoch was older than one seen", {},
+              stale_leader_refusals_.load());
     if (auto rep = region_->report()) {
       c.gauge("kvpool_agent_region_resident_bytes", "Resident bytes of the region (smaps Rss)", {}, rep->rss_bytes);
       c.gauge("kvpool_agent_region_huge_page_bytes", "Bytes of the region mapped by huge pages", {},

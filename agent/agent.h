@@ -108,6 +108,11 @@ class Agent {
   std::uint64_t rejoins() const { return rejoins_.load(); }
   // Blocks copied to other agents for drains (for tests and status).
   std::uint64_t drain_copies() const { return drain_copies_.load(); }
+  // High availability: the highest leader epoch a coordinator registered
+  // this agent with (0: none behind etcd), and how many registrations were
+  // refused because the coordinator's epoch was lower (a deposed leader).
+  std::uint64_t leader_epoch() const { return leader_epoch_.load(); }
+  std::uint64_t stale_leader_refusals() const { return stale_leader_refusals_.load(); }
 
  private:
   Agent() = default;
@@ -140,6 +145,8 @@ class Agent {
   std::thread heartbeat_;
   std::atomic<std::uint64_t> invalidated_{0};
   std::atomic<std::uint64_t> rejoins_{0};
+  std::atomic<std::uint64_t> leader_epoch_{0};  // written by join() only
+  std::atomic<std::uint64_t> stale_leader_refusals_{0};
   // Removed while read-leased and not yet invalidated: (header offset,
   // generation). In memory only: a new incarnation has a new region.
   mutable std::mutex removed_mu_;

@@ -110,6 +110,8 @@ int main(int argc, char** argv) {
     }
     coordinator::LeaderElection* raw = election.get();
     options->fence = [raw] { return raw->fence(); };
+    options->shard = shard;
+    options->epoch = static_cast<std::uint64_t>(*epoch);
   }
   // Error paths below leave with the signal thread still waiting.
   auto quit = [&](int code) {

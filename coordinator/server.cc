@@ -554,7 +554,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       logger()->info("agent {} {}: {} bytes, host {}, incarnation {:#x}", id, m.rejoin ? "rejoined" : "registered",
                      reg.region_bytes, reg.host_id, reg.incarnation);
       resp.reply(rpc::encode(rpc::RegisterAgentReply{
-          id, static_cast<std::uint32_t>(options.heartbeat_interval.count()), joined->send_blocks}));
+          id, static_cast<std::uint32_t>(options.heartbeat_interval.count()), joined->send_blocks, options.epoch}));
       return;
     }
     case rpc::kSetQuota: {
@@ -752,6 +752,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rep.evictions = st.evictions;
       rep.expired_write_leases = st.expired_write_leases;
       rep.unix_ms = unix_now_ms();
+      // Only a leader serves at all behind etcd (the fence refuses first).
+      rep.leader = options.epoch != 0;
+      rep.shard = options.shard;
+      rep.epoch = options.epoch;
       rep.uptime_ms = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::milliseconds>(now - started).count());
       resp.reply(rpc::encode(rep));

@@ -53,6 +53,11 @@ struct CoordinatorServerOptions {
   // a request is refused with its status when it is not ok (a leader whose
   // etcd lease may have run out answers nothing). Null: always serve.
   std::function<Status()> fence;
+  // The leadership this process holds (with `fence`): its shard, and its
+  // epoch (LeaderElection::epoch), told to agents on registration and to
+  // operators in Stats. 0: no etcd, no epoch.
+  std::uint32_t shard = 0;
+  std::uint64_t epoch = 0;
   // Tenants (runtime/common/tenants.h, SECURITY.md): clients that
   // authenticate with a tenant key and may use only their namespaces.
   // Empty: no tenants, only the cluster secret is accepted.

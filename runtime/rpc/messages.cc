@@ -174,6 +174,7 @@ std::string encode(const RegisterAgentReply& m) {
   w.u32(m.agent);
   w.u32(m.heartbeat_interval_ms);
   w.boolean(m.send_blocks);
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, RegisterAgentReply& m) {
@@ -181,6 +182,7 @@ Status decode(std::string_view p, RegisterAgentReply& m) {
   m.agent = r.u32();
   m.heartbeat_interval_ms = r.u32();
   m.send_blocks = r.boolean();
+  m.epoch = r.u64();
   return r.finish("register agent reply");
 }
 
@@ -511,6 +513,9 @@ std::string encode(const StatsReply& m) {
     w.u64(v);
   }
   w.i64(m.unix_ms);
+  w.boolean(m.leader);
+  w.u32(m.shard);
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, StatsReply& m) {
@@ -521,6 +526,9 @@ Status decode(std::string_view p, StatsReply& m) {
     *v = r.u64();
   }
   m.unix_ms = r.i64();
+  m.leader = r.boolean();
+  m.shard = r.u32();
+  m.epoch = r.u64();
   return r.finish("stats");
 }
 

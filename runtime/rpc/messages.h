@@ -106,6 +106,10 @@ struct RegisterAgentReply {
   // Rejoin taken fresh: send the scan (kRecoverBlocks), the last batch with
   // `last` set.
   bool send_blocks = false;
+  // High availability: the leader's epoch (coordinator/leader.h), 0 without
+  // etcd. An agent refuses a coordinator whose epoch is below one it has
+  // seen: a deposed leader that still answers.
+  std::uint64_t epoch = 0;
 };
 struct RecoveredBlockWire {
   NamespaceId ns = 0;
@@ -228,6 +232,11 @@ struct StatsReply {
   std::uint64_t evictions = 0;
   std::uint64_t expired_write_leases = 0;
   std::int64_t unix_ms = 0;  // the coordinator's wall clock when it answered (clock-skew check)
+  // High availability (--etcd): this process leads `shard` since `epoch`;
+  // all three 0/false without etcd.
+  bool leader = false;
+  std::uint32_t shard = 0;
+  std::uint64_t epoch = 0;
 };
 
 // kListNamespaces: empty request.

@@ -98,3 +98,62 @@ TEST_CASE("an agent's scan finds committed blocks and loses removed ones once in
   (*agent)->stop();
   (*server)->stop();
 }
+
+TEST_CASE("an agent refuses a coordinator whose leader epoch is older than one it has seen", "[agent][ha]") {
+  // Three coordinators in turn on one port, as an etcd:// address would
+  // resolve to the shard's leaders: epoch 10, then a deposed leader that
+  // still answers (epoch 5), then a newer leader (epoch 12).
+  auto serve = [](std::uint16_t port, std::uint64_t epoch) {
+    coordinator::CoordinatorServerOptions so;
+    so.port = port;
+    so.tick_interval = 20ms;
+    so.heartbeat_interval = 100ms;
+    so.epoch = epoch;
+    so.shard = 3;
+    return coordinator::CoordinatorServer::start(so);
+  };
+  auto first = serve(0, 10);
+  REQUIRE(first);
+  const std::uint16_t port = (*first)->port();
+  agent::AgentOptions ao;
+  ao.coordinator = "127.0.0.1:" + std::to_string(port);
+  ao.pool_size = 8 << 20;
+  ao.tls = "posix,cma,self";
+  auto agent = agent::Agent::start(ao);
+  REQUIRE(agent);
+  CHECK((*agent)->leader_epoch() == 10);
+  CHECK((*agent)->stale_leader_refusals() == 0);
+  first->reset();
+
+  auto deposed = serve(port, 5);
+  REQUIRE(deposed);
+  // The agent dials it again and again (heartbeat backoff), refusing it each time.
+  CHECK(eventually([&] { return (*agent)->stale_leader_refusals() >= 2; }, scaled(15s)));
+  CHECK((*agent)->rejoins() == 0);
+  CHECK((*agent)->leader_epoch() == 10);
+  deposed->reset();
+
+  auto newer = serve(port, 12);
+  REQUIRE(newer);
+  CHECK(eventually([&] { return (*agent)->rejoins() >= 1; }, scaled(15s)));
+  CHECK((*agent)->leader_epoch() == 12);
+  CHECK(eventually([&] { return (*newer)->core().stats().agents_alive == 1; }, scaled(5s)));
+  (*agent)->stop();
+}
+
+TEST_CASE("a coordinator without etcd registers agents with epoch 0 and they take it", "[agent][ha]") {
+  coordinator::CoordinatorServerOptions so;
+  so.port = 0;
+  auto server = coordinator::CoordinatorServer::start(so);
+  REQUIRE(server);
+  agent::AgentOptions ao;
+  ao.coordinator = "127.0.0.1:" + std::to_string((*server)->port());
+  ao.pool_size = 8 << 20;
+  ao.tls = "posix,cma,self";
+  auto agent = agent::Agent::start(ao);
+  REQUIRE(agent);
+  CHECK((*agent)->id() != 0);
+  CHECK((*agent)->leader_epoch() == 0);
+  CHECK((*agent)->stale_leader_refusals() == 0);
+  (*agent)->stop();
+}

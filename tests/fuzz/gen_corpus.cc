@@ -160,7 +160,7 @@ void messages(const fs::path& root) {
   add_message(c, kMsgRegisterNamespaceRequest, "register_namespace", RegisterNamespaceRequest{d});
   add_message(c, kMsgRegisterNamespaceReply, "register_namespace_reply", RegisterNamespaceReply{0xabcdef, 2 << 20});
   add_message(c, kMsgRegisterAgentRequest, "register_agent", RegisterAgentRequest{agent_record(0)});
-  add_message(c, kMsgRegisterAgentReply, "register_agent_reply", RegisterAgentReply{3, 1000});
+  add_message(c, kMsgRegisterAgentReply, "register_agent_reply", RegisterAgentReply{3, 1000, false, 42});
   add_message(c, kMsgHeartbeatRequest, "heartbeat", HeartbeatRequest{3, 1003});
   add_message(c, kMsgListAgentsReply, "list_agents_0", ListAgentsReply{5, {}});
   add_message(c, kMsgListAgentsReply, "list_agents_3",
@@ -195,6 +195,9 @@ void messages(const fs::path& root) {
   stats.capacity_bytes = 3ull << 30;
   stats.used_bytes = 1 << 20;
   stats.blocks = 16;
+  stats.leader = true;
+  stats.shard = 2;
+  stats.epoch = 42;
   add_message(c, kMsgStatsReply, "stats", stats);
   add_message(c, kMsgListNamespacesReply, "list_namespaces_2",
               ListNamespacesReply{{NamespaceRecord{0xabcdef, d, 2 << 20, 16},

@@ -14,6 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/common/pattern.h"
+#include "runtime/etcd/leader_address.h"
+#include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
 #include "tests/pooltool/run_pooltool.h"
 
@@ -98,11 +100,50 @@ TEST_CASE("pooltool status --json counts the blocks put", "[pooltool]") {
   CHECK(r.doc["version"].get<std::string>().find("kvpool") != std::string::npos);
   CHECK(r.doc["uptime_seconds"].get<double>() > 0);
   CHECK(r.doc["hit_rate"].is_null());  // nothing looked up yet
+  CHECK(r.doc["ha"].is_null());        // no etcd
 
   // The human form says the same.
   auto text = pooltool({"--coordinator", pool.process->coordinator, "status"});
   CHECK(text.rc == 0);
   CHECK(text.out.find("3 in 1 namespace") != std::string::npos);
+}
+
+TEST_CASE("pooltool status shows the shard and epoch of a coordinator leading through etcd", "[pooltool][ha]") {
+  if (!etcd_available()) {
+    WARN("no " << kEtcdBinary << " (Debian's etcd-server): not testing");
+    return;
+  }
+  auto etcd = EtcdCluster::start(1);
+  REQUIRE(etcd);
+  const std::string port_file = temp_path("pooltool-ha-port");
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", etcd->endpoints(), "--shard", "5",
+                              "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn"});
+  REQUIRE(p);
+  Subprocess coordinator = std::move(*p);
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(15s)));
+  REQUIRE(port != 0);
+  auto client = etcd::Client::create(etcd->client_options());
+  REQUIRE(client);
+  auto leader = etcd::find_leader(**client, 5);
+  REQUIRE(leader);
+  REQUIRE(leader->epoch > 0);
+
+  // Both by its address and through etcd.
+  for (const std::string& address : {"127.0.0.1:" + std::to_string(port), "etcd://" + etcd->endpoints() + "/5"}) {
+    auto r = pooltool({"--coordinator", address, "--json", "status"});
+    INFO(address << ": " << r.out);
+    REQUIRE(r.rc == 0);
+    REQUIRE(!r.doc.is_discarded());
+    CHECK(r.doc["ha"]["leader"] == true);
+    CHECK(r.doc["ha"]["shard"] == 5);
+    CHECK(r.doc["ha"]["epoch"] == leader->epoch);
+  }
+  auto text = pooltool({"--coordinator", "127.0.0.1:" + std::to_string(port), "status"});
+  INFO(text.out);
+  CHECK(text.rc == 0);
+  CHECK(text.out.find("leader of shard 5 (epoch " + std::to_string(leader->epoch) + ")") != std::string::npos);
+  coordinator.kill(SIGTERM);
+  coordinator.wait(Deadline::after(scaled(10s)));
 }
 
 TEST_CASE("pooltool agents and namespaces --json describe the pool", "[pooltool]") {

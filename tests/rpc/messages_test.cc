@@ -64,3 +64,25 @@ TEST_CASE("a usage request with a bad boolean is refused", "[rpc][messages]") {
   UsageRequest m;
   CHECK(decode(p, m).code() == StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("the leader epoch and shard survive the register and stats replies", "[rpc][messages][ha]") {
+  RegisterAgentReply reg{3, 1000, true, 0x1234567890};
+  refuses_damaged(reg);
+  RegisterAgentReply reg_back;
+  REQUIRE(decode(encode(reg), reg_back).ok());
+  CHECK(reg_back.epoch == 0x1234567890);
+  CHECK(reg_back.send_blocks);
+  StatsReply st;
+  st.blocks = 9;
+  st.unix_ms = -5;
+  st.leader = true;
+  st.shard = 7;
+  st.epoch = 42;
+  refuses_damaged(st);
+  StatsReply st_back;
+  REQUIRE(decode(encode(st), st_back).ok());
+  CHECK(st_back.leader);
+  CHECK(st_back.shard == 7);
+  CHECK(st_back.epoch == 42);
+  CHECK(st_back.unix_ms == -5);
+}

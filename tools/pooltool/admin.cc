@@ -9,11 +9,16 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/leader_address.h"
 
 namespace kvpool::pooltool {
 
 Result<std::unique_ptr<AdminClient>> AdminClient::connect(const AdminOptions& options) {
-  auto hp = parse_host_port(options.coordinator);
+  // etcd://...: the shard's current leader (coordinator/README.md, "High availability").
+  auto target = etcd::resolve_coordinator(
+      options.coordinator, std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout));
+  if (!target) return tl::unexpected(target.error());
+  auto hp = parse_host_port(*target);
   if (!hp) return make_error(StatusCode::kInvalidArgument, "--coordinator: " + hp.error().message());
   rpc::ClientOptions o;
   o.host = hp->first;

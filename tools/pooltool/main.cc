@@ -110,11 +110,17 @@ int cmd_status(const Globals& g) {
                 {"write_leases", s.write_leases},
                 {"read_leases", s.read_leases},
                 {"evictions", s.evictions},
-                {"expired_write_leases", s.expired_write_leases}});
+                {"expired_write_leases", s.expired_write_leases},
+                // null without --etcd; only a leader answers at all behind etcd.
+                {"ha", s.leader ? json{{"shard", s.shard}, {"epoch", s.epoch}, {"leader", true}} : json(nullptr)}});
     return kExitOk;
   }
   Table t({"", ""});
   t.add({"coordinator", g.coordinator + " (" + version + ", up " + human_duration_ms(s.uptime_ms) + ")"});
+  if (s.leader) {
+    t.add({"high availability",
+           "leader of shard " + std::to_string(s.shard) + " (epoch " + std::to_string(s.epoch) + "), through etcd"});
+  }
   t.add({"agents", std::to_string(s.agents_alive) + " up, " + std::to_string(s.agents_dead) + " down"});
   t.add({"capacity", human_bytes(s.capacity_bytes)});
   t.add({"used",
@@ -836,8 +842,8 @@ int main(int argc, char** argv) {
   Globals g;
   if (const char* env = std::getenv("KVPOOL_COORDINATOR")) g.coordinator = env;
   app.add_option("--coordinator", g.coordinator,
-                 "HOST:PORT of the coordinator (default: $KVPOOL_COORDINATOR, "
-                 "else 127.0.0.1:7400)")
+                 "HOST:PORT of the coordinator, or etcd://HOST:PORT[,...][/SHARD]: the shard's leader "
+                 "(default: $KVPOOL_COORDINATOR, else 127.0.0.1:7400)")
       ->capture_default_str();
   app.add_flag("--json", g.json, "Print JSON (for scripts) instead of tables");
   app.add_option("--timeout", g.timeout, "Deadline of each coordinator call")->capture_default_str();
