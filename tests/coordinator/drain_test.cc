@@ -258,7 +258,9 @@ TEST_CASE("stamp_at tells the blocks used before a time from those used after it
   h.tick();
   const std::uint64_t max_stamp = h.core->stamp_at(cut);
   std::map<std::uint64_t, std::uint64_t> stamp_of;  // key.lo -> stamp
-  for (const auto& v : h.core->slots(a).value()) stamp_of[v.key.lo] = v.stamp;
+  auto slots = h.core->slots(a);  // kept: a range-for over .value() of a temporary would dangle
+  REQUIRE(slots);
+  for (const auto& v : *slots) stamp_of[v.key.lo] = v.stamp;
   CHECK(stamp_of[key(1).lo] <= max_stamp);
   CHECK(stamp_of[key(2).lo] > max_stamp);
   CHECK(stamp_of[key(3).lo] > max_stamp);
