@@ -2,6 +2,7 @@
 parsing of coordinator_bench's checkpoint table (a real run, small)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -46,6 +47,10 @@ def test_bytes_per_entry_is_measured_by_coordinator_bench():
     core = d["measured"]["coordinator_bench"]
     assert core["blocks"] == 200000
     # Target <= 128 B (DESIGN.md "Scale"); the baseline weighs more at this size.
-    assert 16 < core["bytes_per_entry"] < 512
+    # Under ASan (KVPOOL_SANITIZE=1 scripts/test.sh) every allocation carries
+    # redzones, so only the lower bound means anything there.
+    assert core["bytes_per_entry"] > 16
+    if os.environ.get("KVPOOL_SANITIZE") != "1":
+        assert core["bytes_per_entry"] < 512
     assert d["inputs"]["bytes_per_entry"] == core["bytes_per_entry"]
     assert d["rows"][0]["index_gib_per_shard"] == pytest.approx(5e7 * core["bytes_per_entry"] / 2**30)
