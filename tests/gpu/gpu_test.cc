@@ -88,6 +88,24 @@ struct Tensors {
   }
 };
 
+// A standalone agent on this host (kvpool-agent --standalone `args`) and a
+// client of it (over UCX transports `tls`; empty: the default).
+struct OpenPool {
+  std::unique_ptr<PoolProcess> pool;
+  Result<std::unique_ptr<Client>> client;
+};
+OpenPool open_pool(const std::string& size, const std::vector<std::string>& extra = {}, const std::string& tls = {}) {
+  use_test_secret();
+  OpenPool p{start_standalone(size, extra), tl::unexpected(Status(StatusCode::kUnavailable, "not connected"))};
+  REQUIRE(p.pool);
+  ClientOptions co;
+  co.coordinator = p.pool->coordinator;
+  co.tls = tls;
+  p.client = Client::connect(co);
+  REQUIRE(p.client);
+  return p;
+}
+
 KvLayout small_layout(KvLayoutKind kind) {
   KvLayout l;
   l.kind = kind;
@@ -185,13 +203,7 @@ void round_trip(Client& client, const KvLayout& layout, GpuOptions opts, std::ui
 
 TEST_CASE("gpu pages round-trip bit-exact through a same-host pool", "[gpu][device]") {
   if (!have_gpu()) return;
-  use_test_secret();
-  auto pool = start_standalone("1GiB");
-  REQUIRE(pool);
-  ClientOptions co;
-  co.coordinator = pool->coordinator;
-  auto client = Client::connect(co);
-  REQUIRE(client);
+  auto [pool, client] = open_pool("1GiB");
   std::uint64_t salt = 1;
   for (auto kind : {KvLayoutKind::kVllmPaged, KvLayoutKind::kVllmPagedSplit, KvLayoutKind::kHfContiguous}) {
     for (auto mover : {Mover::kCopyEngine, Mover::kKernel, Mover::kPerPage}) {
@@ -212,14 +224,7 @@ TEST_CASE("gpu pages round-trip bit-exact through a same-host pool", "[gpu][devi
 
 TEST_CASE("gpu pages round-trip through an agent reached over TCP", "[gpu][device]") {
   if (!have_gpu()) return;
-  use_test_secret();
-  auto pool = start_standalone("512MiB", {"--tls", "tcp"});
-  REQUIRE(pool);
-  ClientOptions co;
-  co.coordinator = pool->coordinator;
-  co.tls = "tcp";
-  auto client = Client::connect(co);
-  REQUIRE(client);
+  auto [pool, client] = open_pool("512MiB", {"--tls", "tcp"}, "tcp");
   GpuOptions o;  // auto: the region is not mapped, so staged
   round_trip(**client, small_layout(KvLayoutKind::kVllmPaged), o, 100, "staged");
   // The same, with the caller's stream held for the transfer: a copy queued
@@ -231,13 +236,7 @@ TEST_CASE("gpu pages round-trip through an agent reached over TCP", "[gpu][devic
 
 TEST_CASE("a load over blocks on a mapped and an unmapped agent loads them all", "[gpu][device]") {
   if (!have_gpu()) return;
-  use_test_secret();
-  auto pool = start_standalone("256MiB");
-  REQUIRE(pool);
-  ClientOptions co;
-  co.coordinator = pool->coordinator;
-  auto client = Client::connect(co);
-  REQUIRE(client);
+  auto [pool, client] = open_pool("256MiB");
   auto layout = small_layout(KvLayoutKind::kVllmPaged);
   Tensors t(layout);
   auto ns = (*client)->register_namespace(namespace_for(layout, "gpu-mixed"));
@@ -291,13 +290,7 @@ TEST_CASE("a load over blocks on a mapped and an unmapped agent loads them all",
 
 TEST_CASE("a corrupted pool block is never loaded as data", "[gpu][device]") {
   if (!have_gpu()) return;
-  use_test_secret();
-  auto pool = start_standalone("512MiB");
-  REQUIRE(pool);
-  ClientOptions co;
-  co.coordinator = pool->coordinator;
-  auto client = Client::connect(co);
-  REQUIRE(client);
+  auto [pool, client] = open_pool("512MiB");
   auto layout = small_layout(KvLayoutKind::kVllmPaged);
   Tensors t(layout);
   auto ns = (*client)->register_namespace(namespace_for(layout, "gpu-corrupt"));
@@ -343,13 +336,7 @@ TEST_CASE("a corrupted pool block is never loaded as data", "[gpu][device]") {
 
 TEST_CASE("bad gpu arguments get a clear error", "[gpu][device]") {
   if (!have_gpu()) return;
-  use_test_secret();
-  auto pool = start_standalone("256MiB");
-  REQUIRE(pool);
-  ClientOptions co;
-  co.coordinator = pool->coordinator;
-  auto client = Client::connect(co);
-  REQUIRE(client);
+  auto [pool, client] = open_pool("256MiB");
   auto layout = small_layout(KvLayoutKind::kVllmPagedSplit);
   Tensors t(layout);
   auto ns = (*client)->register_namespace(namespace_for(layout, "gpu-args"));
@@ -372,13 +359,7 @@ TEST_CASE("bad gpu arguments get a clear error", "[gpu][device]") {
 
 TEST_CASE("a mover going away leaves the region registered for the others", "[gpu][device]") {
   if (!have_gpu()) return;
-  use_test_secret();
-  auto pool = start_standalone("256MiB");
-  REQUIRE(pool);
-  ClientOptions co;
-  co.coordinator = pool->coordinator;
-  auto client = Client::connect(co);
-  REQUIRE(client);
+  auto [pool, client] = open_pool("256MiB");
   auto layout = small_layout(KvLayoutKind::kVllmPagedSplit);
   Tensors t(layout);
   auto ns = (*client)->register_namespace(namespace_for(layout, "gpu-share"));
