@@ -403,6 +403,102 @@ case_late_put() {
   check "$(f ok) == 0 && $(f wrong) == 0" "w1's block is not in the pool"
 }
 
+# The leader cut off from etcd (issue 9): etcd in w2, the leader in c, a
+# standby in a3, two agents and a worker finding the leader through etcd.
+# Cut c <-> w2 only (the leader still reaches its agents and workers): it
+# must stop answering within its fence (3/4 of the 2 s lease), step down and
+# exit with status 3 by itself, while the standby leads and the pool keeps
+# every committed block.
+case_leader_etcd_partition() {
+  command -v etcd >/dev/null || { echo "SKIP: no etcd (apt-get install etcd-server)"; exit 77; }
+  local e c_addr s_addr
+  e="$(netns_addr w2)"
+  c_addr="$(netns_addr c):7400"
+  s_addr="$(netns_addr a3):7400"
+  netns_exec "$P" w2 etcd --name m0 --data-dir "$RUN/etcd" \
+    --listen-client-urls "http://$e:2379" --advertise-client-urls "http://$e:2379" \
+    --listen-peer-urls "http://$e:2380" --initial-advertise-peer-urls "http://$e:2380" \
+    --initial-cluster "m0=http://$e:2380" --initial-cluster-state new --logger zap \
+    --log-outputs "$RUN/etcd.err" --log-level warn >/dev/null 2>&1 &
+  local i
+  for i in $(seq 100); do
+    netns_exec "$P" w2 env ETCDCTL_API=3 etcdctl --endpoints="$e:2379" endpoint health >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  netns_exec "$P" w2 env ETCDCTL_API=3 etcdctl --endpoints="$e:2379" endpoint health >/dev/null 2>&1 ||
+    fail "etcd did not start"
+  local ha=(--etcd "$e:2379" --lease-ttl 2 --write-lease 2s --write-quarantine 1s
+    --agent-timeout 3s --heartbeat-interval 500ms)
+  # The leader's exit status lands in c.rc.
+  netns_exec "$P" c bash -c '"$@"; echo $? >"'"$RUN"'/c.rc"' _ "$BIN/kvpool-coordinator" --listen "$c_addr" \
+    "${ha[@]}" >"$RUN/c.log" 2>&1 &
+  for i in $(seq 100); do
+    grep -q 'as leader of epoch' "$RUN/c.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q 'as leader of epoch' "$RUN/c.log" || fail "c did not lead"
+  netns_exec "$P" a3 "$BIN/kvpool-coordinator" --listen "$s_addr" "${ha[@]}" >"$RUN/a3.log" 2>&1 &
+  for i in $(seq 100); do
+    grep -q 'standing by' "$RUN/a3.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q 'standing by' "$RUN/a3.log" || fail "a3 did not stand by"
+  log "ok: c leads, a3 stands by"
+  local n
+  for n in a1 a2; do
+    netns_exec "$P" "$n" "$BIN/kvpool-agent" --coordinator "etcd://$e:2379" --name "$n" --pool-size 64MiB \
+      >"$RUN/$n.log" 2>&1 &
+  done
+  for i in $(seq 100); do
+    [ "$(grep -cE 'agent [0-9]+ registered:' "$RUN/c.log")" -ge 2 ] && break
+    sleep 0.1
+  done
+  [ "$(grep -cE 'agent [0-9]+ registered:' "$RUN/c.log")" -ge 2 ] || fail "the agents did not join c"
+  worker_start w w1 --coordinator "etcd://$e:2379" --timeout-ms 2000
+  wcmd w "put 1 12"
+  check "$(f written) == 12" "12 blocks written through the leader c"
+  assert_tcp w
+
+  log "cut c <-> w2 (the leader from etcd)"
+  local cut_at
+  cut_at=$(now_ms)
+  netns_cut "$P" c w2
+  # The leader's own fence: nothing it answers after 3/4 of the TTL.
+  for i in $(seq 100); do
+    grep -q 'stepping down' "$RUN/c.log" && break
+    sleep 0.1
+  done
+  grep -q 'stepping down' "$RUN/c.log" || fail "c did not step down within 10 s of the cut"
+  local down_ms=$(($(now_ms) - cut_at))
+  log "c stepped down ${down_ms} ms after the cut"
+  check "$down_ms <= 2000 + 1500" "within the 2 s lease (+1.5 s)"
+  for i in $(seq 50); do
+    [ -s "$RUN/c.rc" ] && break
+    sleep 0.1
+  done
+  [ -s "$RUN/c.rc" ] || fail "c is still running after stepping down"
+  check "$(cat "$RUN/c.rc") == 3" "c exited with status 3 (leadership lost)"
+
+  for i in $(seq 100); do
+    grep -q 'as leader of epoch' "$RUN/a3.log" && break
+    sleep 0.1
+  done
+  grep -q 'as leader of epoch' "$RUN/a3.log" || fail "the standby a3 did not take over"
+  local old new
+  old=$(sed -n 's/.*as leader of epoch \([0-9]*\).*/\1/p' "$RUN/c.log" | head -1)
+  new=$(sed -n 's/.*as leader of epoch \([0-9]*\).*/\1/p' "$RUN/a3.log" | head -1)
+  log "a3 leads with epoch $new (c had $old), $(($(now_ms) - cut_at)) ms after the cut"
+  check "$new > $old" "the new leader's epoch is higher"
+  # The agents rejoin a3 with their scans: every committed block is back.
+  eventually 20 w "get 1 0 12" '$(f ok) == 12'
+  check "$(f wrong) == 0" "all 12 blocks read back whole through a3"
+  eventually 10 w "put 2 6" '$(f written) == 6'
+  wcmd w "get 2 0 6"
+  check "$(f ok) == 6 && $(f wrong) == 0" "new blocks go through a3 and read back"
+  log "the pool served again $(($(now_ms) - cut_at)) ms after the cut"
+  netns_heal "$P" c w2
+}
+
 declare -F "case_$CASE" >/dev/null || fail "unknown case '$CASE'"
 log "case $CASE, namespaces $P-*"
 "case_$CASE"
