@@ -125,7 +125,7 @@ struct RegisterAgentReply {
   // tenants of the coordinator's --tenants file and the size of the region
   // each gets on this agent. The agent allocates one region per tenant and
   // registers each as its own record (AgentRecord::tenant); a region of a
-  // tenant no longer listed is freed.
+  // tenant no longer listed stays, unused, until the agent restarts.
   std::vector<IsolatedRegionWire> isolated;
 };
 struct RecoveredBlockWire {
