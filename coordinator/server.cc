@@ -190,9 +190,10 @@ struct CoordinatorServer::Impl {
   // A remove is answered once the agents have acknowledged the invalidation
   // of every block it took out (its slot header is zero), and the notice
   // about every read-leased one (kPushRemoved: left out of scans from now
-  // on), so no restart's scan can bring a removed block back. Bounded: when the agent dies, or
-  // after kRemoveAckWait, the answer goes anyway (the index no longer has
-  // the blocks; only a rejoin of that very agent could show them again).
+  // on, kRemovedDone), so no restart's scan can bring a removed block back.
+  // Bounded: when the agent dies, or after kRemoveAckWait, the answer goes
+  // anyway (the index no longer has the blocks; only a rejoin of that very
+  // agent could show them again).
   static constexpr std::chrono::seconds kRemoveAckWait{5};
   struct PendingRemove {
     MeteredResponder resp;
