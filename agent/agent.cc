@@ -306,6 +306,21 @@ void Agent::init_metrics() {
               reads.requests);
     c.counter("kvpool_agent_owner_read_bytes_total", "Bytes moved by owner reads", {}, reads.bytes);
     c.counter("kvpool_agent_owner_read_errors_total", "Owner reads refused or failed", {}, reads.errors);
+    // Isolated tenants' regions (their own instruments are private): what
+    // each lends and holds, labelled with the tenant.
+    std::lock_guard lock(tenants_mu_);
+    for (const auto& [name, sub] : tenant_regions_) {
+      const metrics::Labels l = {{"tenant", name}};
+      c.gauge("kvpool_agent_tenant_region_bytes", "Bytes of an isolated tenant's region on this agent", l,
+              static_cast<double>(sub->region_->size()));
+      c.gauge("kvpool_agent_tenant_region_id", "The tenant region's id at the coordinator (0 until registered)", l,
+              sub->id());
+      c.counter("kvpool_agent_tenant_region_rejoins_total", "Rejoins of the tenant region after losing the coordinator",
+                l, sub->rejoins());
+      c.counter("kvpool_agent_tenant_region_invalidated_slots_total",
+                "Slot headers of the tenant region invalidated at the coordinator's request", l,
+                sub->invalidated_slots());
+    }
   });
 }
 

@@ -188,6 +188,7 @@ TEST_CASE("an agent lends each isolated tenant a region of its own, and the tena
   ao.tls = "posix,cma,self";
   ao.secret_file = cluster;
   ao.name = "agent-t";
+  ao.metrics = std::make_shared<metrics::Registry>();
   auto agent = agent::Agent::start(ao);
   REQUIRE(agent);
   // Registered before start() returns: the coordinator's reply named acme.
@@ -227,6 +228,8 @@ TEST_CASE("an agent lends each isolated tenant a region of its own, and the tena
   auto shared = (*agent)->scan();
   REQUIRE(shared);
   CHECK(shared->blocks.empty());
+  const std::string scrape = ao.metrics->render();
+  CHECK(scrape.find("kvpool_agent_tenant_region_bytes{tenant=\"acme\"} 4194304") != std::string::npos);
   client->reset();
   (*agent)->stop();
   CHECK((*agent)->tenant_region("acme") == nullptr);
