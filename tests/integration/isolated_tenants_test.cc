@@ -33,16 +33,22 @@ struct IsolatedFiles {
   std::string tenants = dir + "/tenants";
   std::string acme = dir + "/acme";
   std::string beta = dir + "/beta";
+  std::string gamma = dir + "/gamma";
 
   IsolatedFiles() {
     REQUIRE(create_tenant_secret_file(acme, "acme").ok());
     REQUIRE(create_tenant_secret_file(beta, "beta").ok());
+    REQUIRE(create_tenant_secret_file(gamma, "gamma").ok());
     const std::string acme_key(load_secret(acme).value().key());
     const std::string beta_key(load_secret(beta).value().key());
+    const std::string gamma_key(load_secret(gamma).value().key());
     {
       std::ofstream f(tenants);
       f << "tenant acme " << acme_key << " namespaces=acme/* isolated=8MiB\n"
-        << "tenant beta " << beta_key << " isolated=4MiB namespaces=beta/*\n";
+        << "tenant beta " << beta_key << " isolated=4MiB namespaces=beta/*\n"
+        // Not isolated, and its pattern matches everything: it still may
+        // not touch an isolated tenant's namespaces.
+        << "tenant gamma " << gamma_key << " namespaces=*\n";
     }
     REQUIRE(::chmod(tenants.c_str(), 0600) == 0);
   }
@@ -278,6 +284,23 @@ TEST_CASE("isolated tenants get a region and rkey of their own on every agent, a
   REQUIRE(removed.results.size() == 1);
   CHECK(removed.results[0].code == StatusCode::kOk);
   CHECK((*acme)->lookup(acme_ns, keys_of(1, 1)).value() == 0);
+
+  // A tenant that is not isolated, whose patterns match every namespace:
+  // the shared regions and namespaces only.
+  auto raw_gamma = raw_with(pool->coordinator, files.gamma);
+  REQUIRE(raw_gamma);
+  for (const auto& a : list_agents(*raw_gamma)) CHECK(a.tenant.empty());
+  CHECK(locations(*raw_gamma, acme_ns, 1, 2, &s).empty());
+  CHECK(denied(s));
+  CHECK(locations(*raw_gamma, shared_ns, 3, 40).size() == 40);
+  rpc::StatusBatch gamma_removed;
+  CHECK(denied(raw_call(*raw_gamma, rpc::kRemove, rpc::KeysRequest{acme_ns, keys_of(1, 2)}, gamma_removed)));
+  rpc::ListNamespacesReply gamma_ns;
+  auto listed = raw_gamma->call(rpc::kListNamespaces, std::string(), Deadline::after(scaled(10s)));
+  REQUIRE(listed);
+  REQUIRE(rpc::decode(*listed, gamma_ns).ok());
+  CHECK(!gamma_ns.namespaces.empty());
+  for (const auto& n : gamma_ns.namespaces) CHECK(n.id != acme_ns);
 
   // What a tenant's stats say: its own regions and namespaces only.
   auto acme_stats = stats(*raw_acme);
