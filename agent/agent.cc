@@ -9,6 +9,7 @@
 
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/common/tenants.h"
 #include "runtime/etcd/leader_address.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
@@ -31,30 +32,31 @@ std::uint64_t new_incarnation() {
 
 }  // namespace
 
-Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
-  if (etcd::is_etcd_address(options.coordinator)) {
-    if (auto e = etcd::parse_etcd_address(options.coordinator); !e) return tl::unexpected(e.error());
-  } else if (auto hp = parse_host_port(options.coordinator); !hp) {
-    return tl::unexpected(hp.error());
-  }
+Result<std::unique_ptr<Agent>> Agent::open_region(std::shared_ptr<transport::Transport> transport,
+                                                  const AgentOptions& options, Agent* parent, const std::string& tenant,
+                                                  std::uint64_t bytes) {
   std::unique_ptr<Agent> a(new Agent());
   a->options_ = options;
-  auto t = transport::Transport::create({.tls = options.tls, .serve_owner_reads = true});
-  if (!t) return tl::unexpected(t.error());
-  a->transport_ = std::move(*t);
-  auto region = pool::PoolRegion::create(
-      *a->transport_, {.size = options.pool_size, .huge_pages = options.huge_pages, .lock = options.lock});
+  a->parent_ = parent;
+  a->tenant_ = tenant;
+  a->transport_ = std::move(transport);
+  auto region = pool::PoolRegion::create(*a->transport_,
+                                         {.size = bytes, .huge_pages = options.huge_pages, .lock = options.lock});
   if (!region) return tl::unexpected(region.error());
   a->region_.emplace(std::move(*region));
   auto layout = pool::RegionLayout::create(a->region_->size());
   if (!layout) return tl::unexpected(layout.error());
   a->layout_ = *layout;
-  if (auto rep = a->region_->report()) logger()->info("{}", rep->to_string());
-  a->transport_->serve(a->region_->memory());
-  if (Status s = a->transport_->start_progress_thread(options.progress); !s.ok()) return tl::unexpected(s);
-
+  if (auto rep = a->region_->report()) {
+    logger()->info("{}{}", tenant.empty() ? "" : "isolated tenant '" + tenant + "': ", rep->to_string());
+  }
+  // Served before describe(): owner reads are checked against the rkey
+  // published for this region (transport.h).
+  if (Status s = a->transport_->serve(a->region_->memory()); !s.ok()) return tl::unexpected(s);
   a->incarnation_ = new_incarnation();
-  a->registry_ = options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
+  // A tenant region's instruments stay private: the process's registry has
+  // one set of kvpool_agent_* series, the shared region's.
+  a->registry_ = parent == nullptr && options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
   a->init_metrics();
   auto info = a->transport_->describe(a->region_->memory());
   if (!info) return tl::unexpected(info.error());
@@ -65,7 +67,28 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   rec.host_id = info->host_id;
   rec.region_base = info->base;
   rec.region_bytes = info->length;
-  rec.control_address = options.name.empty() ? "agent-" + std::to_string(a->incarnation_) : options.name;
+  rec.tenant = tenant;
+  if (parent != nullptr) {
+    rec.control_address = parent->record_.control_address + "/" + tenant;
+  } else {
+    rec.control_address = options.name.empty() ? "agent-" + std::to_string(a->incarnation_) : options.name;
+  }
+  return a;
+}
+
+Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
+  if (etcd::is_etcd_address(options.coordinator)) {
+    if (auto e = etcd::parse_etcd_address(options.coordinator); !e) return tl::unexpected(e.error());
+  } else if (auto hp = parse_host_port(options.coordinator); !hp) {
+    return tl::unexpected(hp.error());
+  }
+  auto t = transport::Transport::create({.tls = options.tls, .serve_owner_reads = true});
+  if (!t) return tl::unexpected(t.error());
+  std::shared_ptr<transport::Transport> transport(std::move(*t));
+  auto opened = open_region(transport, options, nullptr, {}, options.pool_size);
+  if (!opened) return tl::unexpected(opened.error());
+  std::unique_ptr<Agent> a = std::move(*opened);
+  if (Status s = a->transport_->start_progress_thread(options.progress); !s.ok()) return tl::unexpected(s);
   // Behind etcd an election may be in progress (no leader published yet):
   // look again until the connect timeout.
   const Deadline joined_by = Deadline::after(options.connect_timeout);
@@ -80,10 +103,66 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   }
   logger()->info("agent {} (incarnation {:#x}) lends {} bytes, heartbeat every {} ms", a->id(), a->incarnation_,
                  a->region_->size(), a->heartbeat_interval_.count());
-  Agent* raw = a.get();
-  a->heartbeat_ = std::thread([raw] { raw->heartbeat_loop(); });
-  a->drain_thread_ = std::thread([raw] { raw->drain_loop(); });
+  a->start_threads();
   return a;
+}
+
+void Agent::start_threads() {
+  heartbeat_ = std::thread([this] { heartbeat_loop(); });
+  drain_thread_ = std::thread([this] { drain_loop(); });
+}
+
+void Agent::open_tenant_regions(const std::vector<rpc::IsolatedRegionWire>& isolated, Deadline deadline) {
+  for (const auto& want : isolated) {
+    {
+      std::lock_guard lock(tenants_mu_);
+      if (tenant_regions_.count(want.tenant) != 0) continue;
+    }
+    if (!valid_tenant_name(want.tenant) || want.region_bytes == 0) {
+      logger()->warn("coordinator asked for an isolated region of {} bytes for tenant '{}': refused",
+                     want.region_bytes, want.tenant);
+      continue;
+    }
+    auto sub = open_region(transport_, options_, this, want.tenant, want.region_bytes);
+    Status s = sub ? (*sub)->join(/*rejoin=*/false, /*fresh=*/true, deadline) : sub.error();
+    if (!s.ok()) {
+      // Tried again on the next registration of the shared region (a rejoin).
+      logger()->error("isolated region of {} bytes for tenant '{}': {}", want.region_bytes, want.tenant,
+                      s.to_string());
+      if (sub) transport_->stop_serving((*sub)->region_->memory());
+      continue;  // the region is unmapped here, with `sub`
+    }
+    logger()->info("agent {} lends {} bytes to isolated tenant '{}' (its own region and rkey)", (*sub)->id(),
+                   (*sub)->region_->size(), want.tenant);
+    (*sub)->start_threads();
+    std::lock_guard lock(tenants_mu_);
+    tenant_regions_.emplace(want.tenant, std::move(*sub));
+  }
+  std::lock_guard lock(tenants_mu_);
+  for (const auto& [name, sub] : tenant_regions_) {
+    bool listed = false;
+    for (const auto& want : isolated) listed = listed || want.tenant == name;
+    if (!listed) {
+      // Its blocks may still be wanted if the coordinator's tenants file
+      // comes back: kept until this agent restarts.
+      logger()->warn("tenant '{}' is no longer isolated at the coordinator: its region stays until this agent "
+                     "restarts, unused",
+                     name);
+    }
+  }
+}
+
+const Agent* Agent::tenant_region(std::string_view tenant) const {
+  std::lock_guard lock(tenants_mu_);
+  auto it = tenant_regions_.find(std::string(tenant));
+  return it == tenant_regions_.end() ? nullptr : it->second.get();
+}
+
+std::vector<std::string> Agent::tenant_names() const {
+  std::lock_guard lock(tenants_mu_);
+  std::vector<std::string> out;
+  for (const auto& [name, sub] : tenant_regions_) out.push_back(name);
+  return out;
 }
 
 std::shared_ptr<rpc::Client> Agent::rpc() const {
@@ -144,7 +223,13 @@ Status Agent::join(bool rejoin, bool fresh, Deadline deadline) {
   if (rep.epoch > seen) leader_epoch_ = rep.epoch;
   id_ = rep.agent;
   if (rep.heartbeat_interval_ms > 0) heartbeat_interval_ = std::chrono::milliseconds(rep.heartbeat_interval_ms);
-  if (rep.send_blocks) return send_scan(*client, deadline);
+  if (rep.send_blocks) {
+    if (Status s = send_scan(*client, deadline); !s.ok()) return s;
+  }
+  // The shared region's registration says which isolated tenants exist;
+  // each gets its own region, registered on its own connection (its own
+  // heartbeats, rejoins and scans).
+  if (parent_ == nullptr) open_tenant_regions(rep.isolated, deadline);
   return Status();
 }
 
@@ -221,6 +306,21 @@ void Agent::init_metrics() {
               reads.requests);
     c.counter("kvpool_agent_owner_read_bytes_total", "Bytes moved by owner reads", {}, reads.bytes);
     c.counter("kvpool_agent_owner_read_errors_total", "Owner reads refused or failed", {}, reads.errors);
+    // Isolated tenants' regions (their own instruments are private): what
+    // each lends and holds, labelled with the tenant.
+    std::lock_guard lock(tenants_mu_);
+    for (const auto& [name, sub] : tenant_regions_) {
+      const metrics::Labels l = {{"tenant", name}};
+      c.gauge("kvpool_agent_tenant_region_bytes", "Bytes of an isolated tenant's region on this agent", l,
+              static_cast<double>(sub->region_->size()));
+      c.gauge("kvpool_agent_tenant_region_id", "The tenant region's id at the coordinator (0 until registered)", l,
+              sub->id());
+      c.counter("kvpool_agent_tenant_region_rejoins_total", "Rejoins of the tenant region after losing the coordinator",
+                l, sub->rejoins());
+      c.counter("kvpool_agent_tenant_region_invalidated_slots_total",
+                "Slot headers of the tenant region invalidated at the coordinator's request", l,
+                sub->invalidated_slots());
+    }
   });
 }
 
@@ -240,10 +340,23 @@ void Agent::stop() {
     std::lock_guard lock(rpc_mu_);
     rpc_.reset();
   }
+  // A tenant region's parent unmaps it, once the shared progress thread is
+  // stopped.
+  if (parent_ != nullptr) return;
+  std::map<std::string, std::unique_ptr<Agent>> tenants;
+  {
+    std::lock_guard lock(tenants_mu_);
+    tenants.swap(tenant_regions_);
+  }
+  for (auto& [name, sub] : tenants) sub->stop();
   if (transport_) {
     transport_->stop_progress_thread();
     if (region_) transport_->stop_serving(region_->memory());
+    for (auto& [name, sub] : tenants) {
+      if (sub->region_) transport_->stop_serving(sub->region_->memory());
+    }
   }
+  tenants.clear();  // their regions go before the transport
   region_.reset();
   transport_.reset();
 }
@@ -333,9 +446,19 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
   }
   if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
   if (type == rpc::kPushRemoved) {
-    // Bounded by the region: one entry per slot at most.
-    std::lock_guard lock(removed_mu_);
-    for (const auto& slot : msg.slots) removed_.emplace(slot.header_offset, slot.generation);
+    {
+      // Bounded by the region: one entry per slot at most.
+      std::lock_guard lock(removed_mu_);
+      for (const auto& slot : msg.slots) removed_.emplace(slot.header_offset, slot.generation);
+    }
+    // Acknowledged once noted: the coordinator answers the remove then, so
+    // a coordinator restart after the answer cannot bring the blocks back.
+    rpc::InvalidateMessage noted = msg;
+    noted.agent = id();
+    from->call_async(rpc::kRemovedDone, rpc::encode(noted), Deadline::after(std::chrono::seconds(10)),
+                     [](Result<std::string> r) {
+                       if (!r) logger()->warn("removed ack: {}", r.error().to_string());
+                     });
     return;
   }
   invalidate_requests_->inc();

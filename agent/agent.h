@@ -28,9 +28,24 @@
 // keep serving workers. The bytes never pass through pooltool or the
 // coordinator.
 //
+// Isolated tenants (runtime/common/tenants.h, SECURITY.md): the
+// coordinator's reply to the shared region's registration lists the
+// isolated tenants of its --tenants file and the size each gets. For each,
+// the agent allocates another region through the same transport (so its
+// own UCX registration and packed rkey, the same worker) with its own slot
+// headers, and registers it as a separate agent record tagged with the
+// tenant (name "NAME/TENANT"), on a connection of its own with its own
+// heartbeats, rejoins and scans: to the coordinator each tenant region is
+// one more agent, sharing this process's host and fate. A tenant added to
+// the coordinator's file is picked up at the next rejoin; a tenant's region
+// whose coordinator no longer lists it stays, unused, until the agent
+// restarts. Owner reads of a region need that region's rkey (transport.h),
+// so a reader holding only the shared rkey cannot have the agent read a
+// tenant's region for it.
+//
 // Lifetime: start() returns a running agent; the destructor (or stop())
-// stops heartbeats, leaves the coordinator connection, then frees the region
-// before the transport.
+// stops heartbeats, leaves the coordinator connection, then frees the
+// regions (the tenants' first) before the transport.
 
 #include <atomic>
 #include <chrono>
@@ -113,9 +128,27 @@ class Agent {
   // refused because the coordinator's epoch was lower (a deposed leader).
   std::uint64_t leader_epoch() const { return leader_epoch_.load(); }
   std::uint64_t stale_leader_refusals() const { return stale_leader_refusals_.load(); }
+  // Empty for the shared region (what start() returns); an isolated
+  // tenant's name for that tenant's region.
+  const std::string& tenant() const { return tenant_; }
+  // This process's region for isolated tenant `tenant` (its own id,
+  // incarnation, region and scan), null when it has none. Valid until
+  // stop(). Thread-safe.
+  const Agent* tenant_region(std::string_view tenant) const;
+  std::vector<std::string> tenant_names() const;
 
  private:
   Agent() = default;
+  // A region through `transport`, served and described, not registered yet.
+  // `parent` null: the shared region; else `tenant`'s region of parent's
+  // process.
+  static Result<std::unique_ptr<Agent>> open_region(std::shared_ptr<transport::Transport> transport,
+                                                    const AgentOptions& options, Agent* parent,
+                                                    const std::string& tenant, std::uint64_t bytes);
+  void start_threads();
+  // Opens and registers the regions of isolated tenants this process has
+  // none for yet (the shared region's join only).
+  void open_tenant_regions(const std::vector<rpc::IsolatedRegionWire>& isolated, Deadline deadline);
   // Dials the coordinator (a new connection when `fresh`), registers (or
   // rejoins) and, when asked, sends the scan. Runs on start() and on the
   // heartbeat thread only.
@@ -130,13 +163,21 @@ class Agent {
 
   // Destruction order matters: threads and the RPC client go first, then the
   // region (unmapped through UCX), then the transport.
-  std::unique_ptr<transport::Transport> transport_;
+  // Shared by the process's shared region and its tenant regions (one UCX
+  // worker); the shared region's agent stops its progress thread.
+  std::shared_ptr<transport::Transport> transport_;
   std::optional<pool::PoolRegion> region_;
   pool::RegionLayout layout_;
   mutable std::mutex rpc_mu_;
   std::shared_ptr<rpc::Client> rpc_;  // guarded by rpc_mu_; replaced on reconnect
   rpc::AgentRecord record_;          // what register sends
   AgentOptions options_;
+  Agent* parent_ = nullptr;  // the shared region's agent, for a tenant region
+  std::string tenant_;
+  mutable std::mutex tenants_mu_;
+  // The shared region's agent only: one per isolated tenant. Declared after
+  // transport_ and region_: destroyed first.
+  std::map<std::string, std::unique_ptr<Agent>> tenant_regions_;  // guarded by tenants_mu_
   std::atomic<std::uint32_t> id_{0};  // may change when a restarted coordinator takes the agent back
   std::uint64_t incarnation_ = 0;
   std::chrono::milliseconds heartbeat_interval_{1000};

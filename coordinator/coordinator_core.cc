@@ -71,6 +71,10 @@ struct Namespace {
   std::uint64_t live_bytes = 0;
   std::uint64_t quota_blocks = 0;  // 0: none
   std::uint64_t quota_bytes = 0;   // 0: none
+  // The isolated tenant whose regions hold the namespace's blocks (empty:
+  // the shared regions). Set by register_namespace, or, for a namespace
+  // known only from recovered blocks, by the region they came from.
+  std::string tenant;
   // With a quota: the namespace's committed blocks by (LRU stamp, entry), so
   // a write over quota evicts exactly its least recently used unleased block.
   std::set<std::pair<std::uint64_t, std::uint32_t>> lru;
@@ -644,13 +648,16 @@ struct CoordinatorCore::State {
 
   // The live agent with the lowest used fraction among `pool_ids` (all live
   // agents when null) that can hold `bytes` and was not tried yet.
+  // Only regions of `tenant` (an isolated tenant's, or the shared ones when
+  // empty) are considered: a namespace's blocks never leave its regions.
   std::uint32_t least_full(const std::vector<std::uint32_t>* pool_ids, std::uint64_t bytes,
-                           const std::vector<std::uint32_t>& tried) const {
+                           const std::vector<std::uint32_t>& tried, const std::string& tenant) const {
     std::uint32_t best = 0;
     double best_fraction = 2.0;
     auto consider = [&](std::uint32_t id) {
       const Agent& a = agent(id);
       if (!a.alive || a.recovering || a.retiring || a.layout.payload_bytes < bytes) return;
+      if (a.reg.tenant != tenant) return;
       if (std::find(tried.begin(), tried.end(), id) != tried.end()) return;
       const double f = static_cast<double>(a.used_granules) / static_cast<double>(a.layout.num_granules);
       if (f < best_fraction) {
@@ -674,15 +681,16 @@ struct CoordinatorCore::State {
     std::vector<std::uint32_t> tried;
     std::optional<pool::Slot> slot;
     std::uint32_t chosen = 0;
+    const std::string& tenant = namespaces[ns].tenant;
     if (config.placement == PlacementPolicy::kLocalFirst && !local.empty()) {
-      if (std::uint32_t id = least_full(&local, bytes, tried); id != 0) {
+      if (std::uint32_t id = least_full(&local, bytes, tried, tenant); id != 0) {
         tried.push_back(id);
         slot = place_now(agent(id), bytes, budget);
         if (slot) chosen = id;
       }
     }
     while (!slot && tried.size() < kMaxPlacementTries) {
-      const std::uint32_t id = least_full(nullptr, bytes, tried);
+      const std::uint32_t id = least_full(nullptr, bytes, tried, tenant);
       if (id == 0) break;
       tried.push_back(id);
       slot = place_now(agent(id), bytes, budget);
@@ -691,7 +699,10 @@ struct CoordinatorCore::State {
     if (!slot) {
       if (tried.empty()) {
         item.status = Status(StatusCode::kResourceExhausted,
-                             "no live agent can hold a block of " + std::to_string(req.length) + " bytes");
+                             "no live agent can hold a block of " + std::to_string(req.length) + " bytes" +
+                                 (tenant.empty() ? std::string()
+                                                 : " in a region of isolated tenant '" + tenant +
+                                                       "' (no agent has registered one, or none is live)"));
         return item;
       }
       for (std::uint32_t id : tried) {
@@ -831,10 +842,12 @@ struct CoordinatorCore::State {
   // A slot on `exclude`'s peers for a copy of `bytes`: the least full live,
   // placeable agent that stays under its high watermark (a drain evicts
   // nothing); taken from space and reserved in future like a placement.
+  // Only into regions of the source's tenant (isolated or shared).
   std::optional<std::pair<std::uint32_t, pool::Slot>> place_move(std::uint32_t exclude, std::uint64_t bytes) {
     std::vector<std::uint32_t> tried{exclude};
+    const std::string tenant = agent(exclude).reg.tenant;
     for (;;) {
-      const std::uint32_t id = least_full(nullptr, bytes, tried);
+      const std::uint32_t id = least_full(nullptr, bytes, tried, tenant);
       if (id == 0) return std::nullopt;
       tried.push_back(id);
       Agent& t = agent(id);
@@ -974,7 +987,7 @@ Result<std::unique_ptr<CoordinatorCore>> CoordinatorCore::create(const Coordinat
 
 // ---- namespaces ----
 
-Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescriptor& desc) {
+Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescriptor& desc, std::string_view tenant) {
   auto bytes = block_bytes_of(desc);
   if (!bytes) return tl::unexpected(bytes.error());
   const NamespaceId id = namespace_id(desc);
@@ -987,6 +1000,15 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
       n.block_bytes = *bytes;
       logger()->info("namespace {} registered again: {} {}", hex(id), desc.model_id, desc.layout);
     }
+    if (n.tenant != tenant) {
+      // The tenants file changed (or the blocks came back from another kind
+      // of region): new blocks go to the new regions; blocks already placed
+      // stay where they are until evicted.
+      logger()->warn("namespace {} ({}) moves from {} to {}: its {} blocks stay where they are", hex(id),
+                     desc.model_id, n.tenant.empty() ? "the shared regions" : "isolated tenant '" + n.tenant + "'",
+                     tenant.empty() ? "the shared regions" : "isolated tenant '" + std::string(tenant) + "'", n.blocks);
+      n.tenant = std::string(tenant);
+    }
     return id;
   }
   if (s.namespaces.size() >= s.config.max_namespaces) {
@@ -996,7 +1018,9 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
   }
   s.ns_index.emplace(id, static_cast<std::uint32_t>(s.namespaces.size()));
   s.namespaces.push_back(Namespace{id, desc, *bytes, 0});
-  logger()->info("namespace {} registered: {} {} block {} bytes", hex(id), desc.model_id, desc.layout, *bytes);
+  s.namespaces.back().tenant = std::string(tenant);
+  logger()->info("namespace {} registered: {} {} block {} bytes{}", hex(id), desc.model_id, desc.layout, *bytes,
+                 tenant.empty() ? std::string() : ", in the regions of isolated tenant '" + std::string(tenant) + "'");
   return id;
 }
 
@@ -1005,9 +1029,16 @@ std::vector<NamespaceView> CoordinatorCore::namespaces() const {
   std::vector<NamespaceView> out;
   for (const Namespace& n : s_->namespaces) {
     out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks, n.live_bytes, n.quota_blocks,
-                                n.quota_bytes, n.live_blocks});
+                                n.quota_bytes, n.live_blocks, n.tenant});
   }
   return out;
+}
+
+Result<std::string> CoordinatorCore::namespace_tenant(NamespaceId id) const {
+  std::lock_guard lock(mu_);
+  auto it = s_->ns_index.find(id);
+  if (it == s_->ns_index.end()) return make_error(StatusCode::kNotFound, "unknown namespace " + hex(id));
+  return s_->namespaces[it->second].tenant;
 }
 
 Result<BatchResult> CoordinatorCore::set_quota(NamespaceId ns_id, std::uint64_t quota_blocks,
@@ -1165,10 +1196,19 @@ Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t 
     std::uint32_t ns;
     if (auto it = s.ns_index.find(b.ns); it != s.ns_index.end()) {
       ns = it->second;
+      if (s.namespaces[ns].tenant != a->reg.tenant) {
+        // A block in a region its namespace may not use (the tenants file
+        // changed): left out, so no one is handed a location in a region
+        // that is not theirs.
+        a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+        ++out.dropped;
+        continue;
+      }
     } else if (s.namespaces.size() < kNil) {
       ns = static_cast<std::uint32_t>(s.namespaces.size());
       s.ns_index.emplace(b.ns, ns);
       s.namespaces.push_back(Namespace{b.ns, {}, 0, 0});
+      s.namespaces.back().tenant = a->reg.tenant;
     } else {
       a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
       ++out.dropped;

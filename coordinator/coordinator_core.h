@@ -41,6 +41,8 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "coordinator/coordinator_types.h"
@@ -59,6 +61,7 @@ struct NamespaceView {
   std::uint64_t quota_blocks = 0;  // 0: no quota
   std::uint64_t quota_bytes = 0;   // 0: no quota
   std::uint64_t live_blocks = 0;   // blocks committed or being written (what a quota counts)
+  std::string tenant;              // isolated tenant whose regions hold it; empty: the shared regions
 };
 
 // What the index itself occupies (for coordinator_bench and pooltool).
@@ -85,7 +88,16 @@ class CoordinatorCore {
   // kInvalidArgument when
   // block_bytes_of(desc) rejects it; kResourceExhausted past 2^32 - 1
   // namespaces.
-  Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc);
+  //
+  // `tenant` names the isolated tenant (runtime/common/tenants.h) whose
+  // regions (AgentRegistration::tenant) hold the namespace's blocks; empty:
+  // the shared regions. Placement and drains never leave those regions.
+  // Registering again with another tenant moves new placements there;
+  // blocks already placed stay until evicted.
+  Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc, std::string_view tenant = {});
+  // The tenant register_namespace (or the recovered region) gave the
+  // namespace. kNotFound: unknown namespace.
+  Result<std::string> namespace_tenant(NamespaceId id) const;
   std::vector<NamespaceView> namespaces() const;
 
   // A namespace's budget (0: none) in blocks and in slot bytes (granule-

@@ -92,6 +92,12 @@ struct AgentRegistration {
   std::uint64_t region_base = 0;   // remote address of the region's byte 0
   std::uint64_t region_bytes = 0;  // the whole region: header table + payload area
   std::uint64_t incarnation = 0;   // new value on every agent start
+  // Empty: a region of the shared pool. Else an isolated tenant's region
+  // (the agent process registers one per isolated tenant, each its own
+  // registration with its own rkey): only namespaces of that tenant are
+  // placed in it (CoordinatorCore::register_namespace), and blocks recovered
+  // from it belong to that tenant.
+  std::string tenant;
 };
 
 // A block an agent found in its own region (header and payload verify):

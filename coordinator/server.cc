@@ -73,6 +73,8 @@ const char* op_name(std::uint16_t type) {
       return "agent_stats";
     case rpc::kInvalidateDone:
       return "invalidate_done";
+    case rpc::kRemovedDone:
+      return "removed_done";
     case rpc::kDrain:
       return "drain";
     case rpc::kDrainCopied:
@@ -110,6 +112,8 @@ struct CoordinatorServer::Impl {
   CoordinatorServerOptions options;
   std::unique_ptr<CoordinatorCore> core;
   std::unique_ptr<TenantGate> gate;
+  std::shared_ptr<const TenantTable> tenants;  // null without --tenants
+  bool any_isolated = false;                   // some tenant has isolated=SIZE
   std::unique_ptr<rpc::Server> server;
   Clock::time_point started = Clock::now();
 
@@ -184,10 +188,12 @@ struct CoordinatorServer::Impl {
   };
 
   // A remove is answered once the agents have acknowledged the invalidation
-  // of every block it took out (its slot header is zero), so no restart's
-  // scan can bring a removed block back. Bounded: when the agent dies, or
-  // after kRemoveAckWait, the answer goes anyway (the index no longer has
-  // the blocks; only a rejoin of that very agent could show them again).
+  // of every block it took out (its slot header is zero), and the notice
+  // about every read-leased one (kPushRemoved: left out of scans from now
+  // on, kRemovedDone), so no restart's scan can bring a removed block back.
+  // Bounded: when the agent dies, or after kRemoveAckWait, the answer goes
+  // anyway (the index no longer has the blocks; only a rejoin of that very
+  // agent could show them again).
   static constexpr std::chrono::seconds kRemoveAckWait{5};
   struct PendingRemove {
     MeteredResponder resp;
@@ -325,6 +331,38 @@ struct CoordinatorServer::Impl {
     }
   }
 
+  // Isolated tenants (runtime/common/tenants.h). The regions a requester
+  // may be told of and reach: an isolated tenant's own; everyone else's
+  // (the cluster secret, a tenant that is not isolated) the shared ones.
+  std::string region_class(const std::string& tenant) const {
+    if (tenant.empty() || !tenants) return {};
+    const Tenant* t = tenants->find(tenant);
+    return t != nullptr && t->isolated() ? tenant : std::string();
+  }
+  // The data path (allocate, lookup, wait_for) of a namespace that lives in
+  // an isolated tenant's regions is open to that tenant's credential only:
+  // anyone else would be handed locations in a region whose rkey is not
+  // theirs. The operator (cluster secret) still lists, evicts and removes.
+  Status check_isolation(const rpc::Request& req, NamespaceId ns) const {
+    if (!any_isolated) return Status();
+    auto owner = core->namespace_tenant(ns);
+    if (!owner) return Status();  // unknown: the core says so
+    const std::string mine = region_class(req.tenant);
+    if (*owner == mine) return Status();
+    if (owner->empty()) {
+      return Status(StatusCode::kPermissionDenied,
+                    "namespace " + ns_label(ns) + " lives in the shared regions, and tenant '" + req.tenant +
+                        "' is isolated: it reaches only its own regions (is the namespace among its patterns?)");
+    }
+    return Status(StatusCode::kPermissionDenied,
+                  "namespace " + ns_label(ns) + " lives in the isolated regions of tenant '" + *owner +
+                      "': only that tenant's credential reaches it on the data path (" +
+                      (req.tenant.empty() ? std::string("the cluster secret may list, evict and remove it")
+                                          : "tenant '" + req.tenant + "' may not") +
+                      ")");
+  }
+  rpc::StatsReply tenant_stats(const std::string& tenant) const;
+
   void handle(rpc::Request req, rpc::Responder raw_resp);
   // One step of a drain: the core issues moves, which go to the draining
   // agent as a kPushDrainCopy (the agent copies agent-to-agent over UCX and
@@ -355,6 +393,7 @@ void CoordinatorServer::Impl::init_metrics() {
                                       rpc::kEvictNamespace,
                                       rpc::kAgentStats,
                                       rpc::kInvalidateDone,
+                                      rpc::kRemovedDone,
                                       rpc::kDrain,
                                       rpc::kDrainCopied,
                                       0};
@@ -531,7 +570,20 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kRegisterNamespace: {
       rpc::RegisterNamespaceRequest m;
       if (!parse(m)) return;
-      auto id = core->register_namespace(m.descriptor);
+      std::string owner;
+      if (any_isolated) {
+        auto o = tenants->isolated_owner(namespace_id(m.descriptor), &m.descriptor.model_id);
+        if (!o) return resp.fail(o.error());
+        owner = std::move(*o);
+        if (!req.tenant.empty() && owner != region_class(req.tenant)) {
+          return resp.fail(Status(
+              StatusCode::kPermissionDenied,
+              "tenant '" + req.tenant + "' may not register namespace '" + m.descriptor.model_id + "': " +
+                  (owner.empty() ? std::string("it lives in the shared regions and the tenant is isolated")
+                                 : "it belongs to isolated tenant '" + owner + "'")));
+        }
+      }
+      auto id = core->register_namespace(m.descriptor, owner);
       if (!id) return resp.fail(id.error());
       auto bytes = block_bytes_of(m.descriptor);
       resp.reply(rpc::encode(rpc::RegisterNamespaceReply{*id, bytes ? *bytes : 0}));
@@ -541,7 +593,12 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rpc::RegisterAgentRequest m;
       if (!parse(m)) return;
       AgentRegistration reg{m.agent.worker_address, m.agent.packed_rkey,  m.agent.host_id, m.agent.control_address,
-                            m.agent.region_base,    m.agent.region_bytes, m.agent.incarnation};
+                            m.agent.region_base,    m.agent.region_bytes, m.agent.incarnation, m.agent.tenant};
+      if (!reg.tenant.empty() && region_class(reg.tenant) != reg.tenant) {
+        return resp.fail(Status(StatusCode::kFailedPrecondition,
+                                "region " + reg.control_address + " is for tenant '" + reg.tenant +
+                                    "', which is not an isolated tenant of this coordinator's --tenants file"));
+      }
       Result<Rejoin> joined = m.rejoin ? core->rejoin_agent(reg, now) : core->register_agent(reg, now).map([](AgentId id) {
         return Rejoin{id, false};
       });
@@ -553,8 +610,14 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       }
       logger()->info("agent {} {}: {} bytes, host {}, incarnation {:#x}", id, m.rejoin ? "rejoined" : "registered",
                      reg.region_bytes, reg.host_id, reg.incarnation);
-      resp.reply(rpc::encode(rpc::RegisterAgentReply{
-          id, static_cast<std::uint32_t>(options.heartbeat_interval.count()), joined->send_blocks, options.epoch}));
+      rpc::RegisterAgentReply rep{id, static_cast<std::uint32_t>(options.heartbeat_interval.count()),
+                                  joined->send_blocks, options.epoch};
+      if (reg.tenant.empty() && any_isolated) {
+        for (const Tenant& t : tenants->all()) {
+          if (t.isolated()) rep.isolated.push_back({t.name, t.isolated_bytes});
+        }
+      }
+      resp.reply(rpc::encode(rep));
       return;
     }
     case rpc::kSetQuota: {
@@ -594,7 +657,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kListAgents: {
       rpc::ListAgentsReply rep;
       rep.epoch = core->membership_epoch();
+      const std::string mine = region_class(req.tenant);
       for (const auto& a : core->agents()) {
+        // Only the regions this requester may reach: an rkey is access.
+        if (a.registration.tenant != mine) continue;
         rpc::AgentRecord r;
         r.agent = to_u32(a.id);
         r.incarnation = a.incarnation;
@@ -607,6 +673,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
         r.alive = a.alive;
         r.used_bytes = a.used_bytes;
         r.blocks = a.blocks;
+        r.tenant = a.registration.tenant;
         rep.agents.push_back(std::move(r));
       }
       resp.reply(rpc::encode(rep));
@@ -615,6 +682,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kAllocate: {
       rpc::AllocateRequest m;
       if (!parse(m)) return;
+      if (Status s = check_isolation(req, m.ns); !s.ok()) return resp.fail(s);
       std::vector<BlockRequest> blocks;
       blocks.reserve(m.items.size());
       for (const auto& it : m.items) blocks.push_back({it.key, it.length});
@@ -676,6 +744,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kLookup: {
       rpc::LookupRequest m;
       if (!parse(m)) return;
+      if (Status s = check_isolation(req, m.ns); !s.ok()) return resp.fail(s);
       auto res = core->lookup(m.ns, m.keys, m.take_lease, now);
       if (!res) return resp.fail(res.error());
       rpc::LookupReply rep;
@@ -697,32 +766,35 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!parse(m)) return;
       auto res = core->remove(m.ns, m.keys, now);
       if (!res) return resp.fail(res.error());
-      send_removed_leased(res->removed_leased);
       rpc::StatusBatch rep;
       for (const auto& s : res->statuses) {
         (s.ok() ? removes_ok : removes_failed)->inc();
         rep.results.push_back(rpc::StatusWire::from(s));
       }
-      if (res->removed.empty()) {
+      if (res->removed.empty() && res->removed_leased.empty()) {
         send_invalidations(res->invalidations);
         return resp.reply(rpc::encode(rep));
       }
       auto pending = std::make_shared<PendingRemove>(PendingRemove{resp, rpc::encode(rep), 0, now + kRemoveAckWait});
       {
         std::lock_guard lock(mu);
-        for (const Location& l : res->removed) {
-          if (remove_waits.emplace(SlotKey{to_u32(l.agent), l.header_offset, l.generation}, pending).second) {
-            ++pending->left;
+        for (const auto* list : {&res->removed, &res->removed_leased}) {
+          for (const Location& l : *list) {
+            if (remove_waits.emplace(SlotKey{to_u32(l.agent), l.header_offset, l.generation}, pending).second) {
+              ++pending->left;
+            }
           }
         }
       }
       // Sent only now, so no acknowledgement can come before the wait is set.
+      send_removed_leased(res->removed_leased);
       send_invalidations(res->invalidations);
       return;
     }
     case rpc::kWaitFor: {
       rpc::WaitForRequest m;
       if (!parse(m)) return;
+      if (Status s = check_isolation(req, m.ns); !s.ok()) return resp.fail(s);
       auto deadline = now + std::chrono::milliseconds(m.timeout_ms);
       // The callback may run at once (all committed), from a commit on
       // another connection, or from tick at the deadline; the responder is
@@ -735,6 +807,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       return;
     }
     case rpc::kStats: {
+      if (!req.tenant.empty()) return resp.reply(rpc::encode(tenant_stats(req.tenant)));
       Stats st = core->stats();
       rpc::StatsReply rep;
       rep.agents_alive = st.agents_alive;
@@ -770,6 +843,14 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (s.ok()) acknowledge_removes(m);
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
+    case rpc::kRemovedDone: {
+      // The agent has noted blocks removed while read-leased (kPushRemoved):
+      // the removes waiting for that can be answered.
+      rpc::InvalidateMessage m;
+      if (!parse(m)) return;
+      acknowledge_removes(m);
+      return resp.reply({});
+    }
     case rpc::kListNamespaces: {
       rpc::ListNamespacesReply rep;
       for (const NamespaceView& ns : core->namespaces()) {
@@ -782,8 +863,12 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     }
     case rpc::kAgentStats: {
       rpc::AgentStatsReply rep;
+      const std::string mine = region_class(req.tenant);
       for (const AgentView& a : core->agents()) {
+        // The operator sees every region; a tenant only those it may reach.
+        if (!req.tenant.empty() && a.registration.tenant != mine) continue;
         rpc::AgentStatsRecord r;
+        r.tenant = a.registration.tenant;
         r.agent = to_u32(a.id);
         r.incarnation = a.incarnation;
         r.host_id = a.registration.host_id;
@@ -856,6 +941,38 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rpc::fail_unknown_type(req, resp.raw());
       return;
   }
+}
+
+rpc::StatsReply CoordinatorServer::Impl::tenant_stats(const std::string& tenant) const {
+  // What a tenant may know: the regions it may reach and its namespaces.
+  // Pool-wide counters (lookups, leases, evictions) mix every tenant's
+  // traffic and stay 0.
+  rpc::StatsReply rep;
+  const std::string mine = region_class(tenant);
+  for (const AgentView& a : core->agents()) {
+    if (a.registration.tenant != mine) continue;
+    if (!a.alive) {
+      ++rep.agents_dead;
+      continue;
+    }
+    ++rep.agents_alive;
+    rep.capacity_bytes += a.capacity_bytes;
+    rep.used_bytes += a.used_bytes;
+    rep.live_bytes += a.live_bytes;
+    rep.reclaiming_bytes += a.reclaiming_bytes;
+  }
+  for (const NamespaceView& ns : core->namespaces()) {
+    if (!gate->allows(tenant, ns.id, *core)) continue;
+    ++rep.namespaces;
+    rep.blocks += ns.blocks;
+  }
+  rep.unix_ms = unix_now_ms();
+  rep.leader = options.epoch != 0;
+  rep.shard = options.shard;
+  rep.epoch = options.epoch;
+  rep.uptime_ms = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
+  return rep;
 }
 
 Result<rpc::DrainReply> CoordinatorServer::Impl::drain_step(const rpc::DrainRequest& m, Clock::time_point now) {
@@ -945,7 +1062,15 @@ Result<std::unique_ptr<CoordinatorServer>> CoordinatorServer::start(const Coordi
     if (!table) return tl::unexpected(table.error());
     logger()->info("{} tenant(s) from {}", table->size(), options.tenants_file);
     tenants = std::make_shared<const TenantTable>(std::move(*table));
+    impl->any_isolated = tenants->any_isolated();
+    for (const Tenant& t : tenants->all()) {
+      if (t.isolated()) {
+        logger()->info("tenant '{}' is isolated: a region of {} bytes of its own on every agent", t.name,
+                       t.isolated_bytes);
+      }
+    }
   }
+  impl->tenants = tenants;
   impl->gate = std::make_unique<TenantGate>(tenants);
   impl->registry = options.metrics ? options.metrics : std::make_shared<metrics::Registry>();
   impl->init_metrics();

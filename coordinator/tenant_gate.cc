@@ -19,14 +19,18 @@ bool TenantGate::allows(const std::string& tenant, NamespaceId ns, const Coordin
     // Known only from blocks recovered after a restart: no descriptor yet
     // (the tenant's client registers it again when it reconnects).
     if (v.block_bytes == 0) break;
-    bool ok = t->allows(ns, &v.descriptor.model_id);
+    // Another isolated tenant's namespace is that tenant's alone, whatever
+    // this tenant's patterns say.
+    bool ok = t->allows(ns, &v.descriptor.model_id) && (v.tenant.empty() || v.tenant == tenant);
     std::lock_guard lock(mu_);
     state_[tenant].allowed[ns] = ok;
     return ok;
   }
   // Known only by id (blocks recovered before anyone registered it), or
   // not at all: only an id pattern can match.
-  return t->allows(ns, nullptr);
+  if (!t->allows(ns, nullptr)) return false;
+  auto owner = core.namespace_tenant(ns);
+  return !owner || owner->empty() || *owner == tenant;
 }
 
 void TenantGate::note_lease(const std::string& tenant, std::uint64_t lease) {
@@ -132,6 +136,7 @@ Status TenantGate::check(const rpc::Request& req, const CoordinatorCore& core) {
     case rpc::kHeartbeat:
     case rpc::kRecoverBlocks:
     case rpc::kInvalidateDone:
+    case rpc::kRemovedDone:
       return Status(StatusCode::kPermissionDenied,
                     "tenant '" + req.tenant + "' may not send agent messages: agents use the cluster secret");
     default:

@@ -14,10 +14,12 @@
 // tenant may commit, abort or release only leases the coordinator issued
 // to that tenant (note_lease). Agent-only messages, set_quota (the
 // operator's limit on the tenant) and any type this gate does not know
-// (newer operator messages) are refused. Agent lists (worker addresses and
-// rkeys) and pool-wide stats stay open: a tenant's workers need the rkeys
-// to move bytes, and the data path trusts every authenticated peer
-// (SECURITY.md).
+// (newer operator messages) are refused. A namespace that lives in another
+// isolated tenant's regions is refused whatever the patterns say. Agent
+// lists and stats are filtered by the server, not here: a tenant is told of
+// the regions it may reach only (an isolated tenant: its own; any other:
+// the shared ones), and its stats count only those regions and its own
+// namespaces (SECURITY.md).
 //
 // Thread-safe.
 

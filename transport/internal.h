@@ -36,7 +36,10 @@ inline constexpr std::size_t kMaxReadRkeys = kMaxOwnerReadRegions;
 //            each as u32 length + bytes (the reader's registered regions),
 //            u32 op count, count x (u64 source address in the owner, u64
 //            destination address in the reader, u64 length, u32 index of
-//            the rkey covering the destination)
+//            the rkey covering the destination), u32 length + bytes: the
+//            packed rkey of the owner's region the sources lie in, as the
+//            owner published it (the reader's capability for that region:
+//            an owner read reaches no more than an RMA get would)
 //   reply:   u64 request id, i32 ucs_status_t
 struct ReadOp {
   std::uint64_t src = 0;
@@ -50,6 +53,7 @@ struct ReadRequest {
   bool reader_peer_errors = false;  // the back endpoint must match the reader's mode
   std::vector<std::string> rkeys;
   std::vector<ReadOp> ops;
+  std::string source_rkey;  // the owner region's packed rkey (not empty)
 };
 std::string encode_read_request(const ReadRequest& req);
 // kInvalidArgument with the reason for a malformed request.
@@ -73,7 +77,11 @@ struct Transport::Impl {
   // Owner side: the ranges owner reads may touch, and work queued by UCX
   // callbacks to run outside ucp_worker_progress.
   std::mutex served_mu;
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> served;  // [begin, end), guarded by served_mu
+  struct Served {
+    std::uint64_t begin = 0, end = 0;  // [begin, end)
+    std::string packed_rkey;          // what describe() publishes for it
+  };
+  std::vector<Served> served;  // guarded by served_mu
   std::mutex work_mu;
   std::deque<std::function<void()>> work;  // guarded by work_mu
   std::atomic<bool> has_work{false};
@@ -93,7 +101,9 @@ struct Transport::Impl {
 
   void post(std::function<void()> fn);
   void run_work();
-  bool in_served_range(std::uint64_t addr, std::uint64_t length);
+  // Whether [addr, addr + length) lies in the served region whose packed
+  // rkey is `rkey`: a reader must hold the region's rkey, as for RMA.
+  bool in_served_range(std::uint64_t addr, std::uint64_t length, std::string_view rkey);
   // Endpoints from the owner back to its readers, by reader worker address.
   // UCX's reply endpoint of an active message cannot carry RMA (1.13
   // asserts on a put over it), so the owner connects to the reader itself.

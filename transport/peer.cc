@@ -140,7 +140,8 @@ void on_peer_error(void* arg, ucp_ep_h /*ep*/, ucs_status_t status) {
 RemoteRegion::RemoteRegion(RemoteRegion&& other) noexcept
     : rkey_(std::exchange(other.rkey_, nullptr)),
       base_(std::exchange(other.base_, 0)),
-      length_(std::exchange(other.length_, 0)) {}
+      length_(std::exchange(other.length_, 0)),
+      packed_rkey_(std::move(other.packed_rkey_)) {}
 
 RemoteRegion& RemoteRegion::operator=(RemoteRegion&& other) noexcept {
   if (this != &other) {
@@ -148,6 +149,7 @@ RemoteRegion& RemoteRegion::operator=(RemoteRegion&& other) noexcept {
     rkey_ = std::exchange(other.rkey_, nullptr);
     base_ = std::exchange(other.base_, 0);
     length_ = std::exchange(other.length_, 0);
+    packed_rkey_ = std::move(other.packed_rkey_);
   }
   return *this;
 }
@@ -251,6 +253,7 @@ Result<RemoteRegion> Peer::import_region(const RegionInfo& info) {
   if (st != UCS_OK) return tl::unexpected(to_status(st, "unpacking a peer's remote key"));
   r.base_ = info.base;
   r.length_ = info.length;
+  r.packed_rkey_ = info.packed_rkey;
   return r;
 }
 
@@ -409,6 +412,7 @@ Status Peer::read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> op
     req.ops.push_back(
         {remote.base_ + op.remote_offset, reinterpret_cast<std::uint64_t>(op.local), op.length, which});
   }
+  req.source_rkey = remote.packed_rkey_;
   req.id = impl.next_read_id.fetch_add(1);
   auto pending = std::make_shared<PendingRead>();
   {

@@ -72,6 +72,7 @@ class RemoteRegion {
   ucp_rkey* rkey_ = nullptr;
   std::uint64_t base_ = 0;
   std::uint64_t length_ = 0;
+  std::string packed_rkey_;  // as imported: owner reads present it
 };
 
 // How many local regions one owner read may write into.

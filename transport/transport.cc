@@ -118,6 +118,7 @@ std::string encode_read_request(const ReadRequest& req) {
     w.u64(op.length);
     w.u32(op.rkey);
   }
+  w.bytes(req.source_rkey);
   return w.take();
 }
 
@@ -149,6 +150,8 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
     op.rkey = r.u32();
     if (op.rkey >= rkey_count) return bad("op names an rkey that is not there");
   }
+  req.source_rkey = r.bytes();
+  if (!r.ok() || req.source_rkey.empty()) return bad("no source rkey");
   if (!r.done()) return bad("op count does not match the message");
   return req;
 }
@@ -173,10 +176,10 @@ void Transport::Impl::run_work() {
   for (auto& fn : batch) fn();
 }
 
-bool Transport::Impl::in_served_range(std::uint64_t addr, std::uint64_t length) {
+bool Transport::Impl::in_served_range(std::uint64_t addr, std::uint64_t length, std::string_view rkey) {
   std::lock_guard lock(served_mu);
-  for (auto [begin, end] : served) {
-    if (addr >= begin && addr <= end && length <= end - addr) return true;
+  for (const Served& s : served) {
+    if (addr >= s.begin && addr <= s.end && length <= s.end - addr && rkey == s.packed_rkey) return true;
   }
   return false;
 }
@@ -265,8 +268,9 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
   ucp_ep_h ep = reader_endpoint(req->reader_address, req->reader_peer_errors);
   if (ep == nullptr) return;
   for (const ReadOp& op : req->ops) {
-    if (!in_served_range(op.src, op.length)) {
-      logger()->warn("owner read request {}: {} bytes at {:#x} outside every served region", req->id, op.length,
+    if (!in_served_range(op.src, op.length, req->source_rkey)) {
+      logger()->warn("owner read request {}: {} bytes at {:#x} outside the served region its rkey names", req->id,
+                     op.length,
                      op.src);
       owner_read_errors.fetch_add(1, std::memory_order_relaxed);
       send_read_reply(ep, req->id, UCS_ERR_INVALID_ADDR);
@@ -474,27 +478,40 @@ Result<MemoryRegion> Transport::register_memory(void* address, std::size_t bytes
 }
 
 Result<RegionInfo> Transport::describe(const MemoryRegion& region) const {
-  auto rkey = region.pack_rkey();
-  if (!rkey) return tl::unexpected(rkey.error());
   RegionInfo info;
+  {
+    // A served region's published rkey is the one owner reads are checked
+    // against: the same bytes.
+    std::lock_guard lock(impl_->served_mu);
+    for (const auto& s : impl_->served) {
+      if (s.begin == reinterpret_cast<std::uint64_t>(region.data())) info.packed_rkey = s.packed_rkey;
+    }
+  }
+  if (info.packed_rkey.empty()) {
+    auto rkey = region.pack_rkey();
+    if (!rkey) return tl::unexpected(rkey.error());
+    info.packed_rkey = std::move(*rkey);
+  }
   info.worker_address = impl_->address;
-  info.packed_rkey = std::move(*rkey);
   info.base = reinterpret_cast<std::uint64_t>(region.data());
   info.length = region.size();
   info.host_id = impl_->host_id;
   return info;
 }
 
-void Transport::serve(const MemoryRegion& region) {
+Status Transport::serve(const MemoryRegion& region) {
   auto begin = reinterpret_cast<std::uint64_t>(region.data());
+  auto rkey = region.pack_rkey();
+  if (!rkey) return rkey.error();
   std::lock_guard lock(impl_->served_mu);
-  impl_->served.emplace_back(begin, begin + region.size());
+  impl_->served.push_back({begin, begin + region.size(), std::move(*rkey)});
+  return Status();
 }
 
 void Transport::stop_serving(const MemoryRegion& region) {
   auto begin = reinterpret_cast<std::uint64_t>(region.data());
   std::lock_guard lock(impl_->served_mu);
-  std::erase_if(impl_->served, [&](const auto& r) { return r.first == begin; });
+  std::erase_if(impl_->served, [&](const auto& r) { return r.begin == begin; });
 }
 
 unsigned Transport::progress() {

@@ -97,9 +97,13 @@ class Transport {
 
   // Owner reads: a client may ask this process to put bytes of `region` into
   // the client's registered buffer (faster than UCX get over TCP). Requests
-  // outside every served region are refused with an error reply. The region
-  // must outlive the Transport or be withdrawn with stop_serving().
-  void serve(const MemoryRegion& region);
+  // outside every served region are refused with an error reply, and so are
+  // requests that do not carry the packed rkey describe() publishes for the
+  // region the sources lie in: an owner read reaches what an RMA get with
+  // that rkey would, no more (an agent's isolated tenant regions, SECURITY.md).
+  // Call before describe(). The region must outlive the Transport or be
+  // withdrawn with stop_serving(). Errors: packing the rkey failed.
+  Status serve(const MemoryRegion& region);
   void stop_serving(const MemoryRegion& region);
 
   // Owner reads this process has served since it started (for metrics).

@@ -24,8 +24,8 @@ int run_owner(const OwnerOptions& options) {
   }
   // Writing the pattern also faults in every page before the clock starts.
   fill_pattern(region->data(), 0, region->size(), options.seed);
-  (*t)->serve(*region);
-  Status s = (*t)->start_progress_thread(options.poll_progress ? ProgressMode::kPoll : ProgressMode::kEvent);
+  Status s = (*t)->serve(*region);
+  if (s.ok()) s = (*t)->start_progress_thread(options.poll_progress ? ProgressMode::kPoll : ProgressMode::kEvent);
   auto info = (*t)->describe(*region);
   auto listener = Listener::listen("127.0.0.1", 0);
   if (!s.ok() || !info || !listener) {

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "runtime/common/secret.h"
+#include "runtime/common/units.h"
 
 namespace kvpool {
 namespace {
@@ -62,6 +63,29 @@ TenantTable::~TenantTable() {
   for (Tenant& t : tenants_) OPENSSL_cleanse(t.key.data(), t.key.size());
 }
 
+Result<std::string> TenantTable::isolated_owner(NamespaceId id, const std::string* model_id) const {
+  std::string owner;
+  for (const Tenant& t : tenants_) {
+    if (!t.isolated() || !t.allows(id, model_id)) continue;
+    if (!owner.empty()) {
+      return make_error(StatusCode::kFailedPrecondition,
+                        "namespace " + namespace_hex(id) + (model_id ? " ('" + *model_id + "')" : std::string()) +
+                            " matches the patterns of two isolated tenants, '" + owner + "' and '" + t.name +
+                            "': an isolated tenant's namespaces live in its own regions only, so they must "
+                            "not overlap (fix the --tenants file)");
+    }
+    owner = t.name;
+  }
+  return owner;
+}
+
+bool TenantTable::any_isolated() const {
+  for (const Tenant& t : tenants_) {
+    if (t.isolated()) return true;
+  }
+  return false;
+}
+
 const Tenant* TenantTable::find(std::string_view name) const {
   for (const Tenant& t : tenants_) {
     if (t.name == name) return &t;
@@ -83,7 +107,7 @@ Result<TenantTable> TenantTable::parse(std::string_view text, const std::string&
     auto bad = [&](const std::string& why) {
       return make_error(StatusCode::kFailedPrecondition,
                         "tenants file " + where + " line " + std::to_string(line_no) + ": " + why +
-                            " (expected `tenant NAME KEY namespaces=PATTERN[,PATTERN...]`)");
+                            " (expected `tenant NAME KEY namespaces=PATTERN[,PATTERN...] [isolated=SIZE]`)");
     };
     if (words[0] != "tenant") return bad("unknown directive '" + std::string(words[0]) + "'");
     if (words.size() < 4) return bad("too few fields");
@@ -100,10 +124,20 @@ Result<TenantTable> TenantTable::parse(std::string_view text, const std::string&
     bool have_namespaces = false;
     for (std::size_t i = 3; i < words.size(); ++i) {
       std::string_view w = words[i];
-      if (w == "isolated") {
-        return bad("tenant '" + t.name +
-                   "' asks for an isolated region, which this build does not have yet: give a tenant that must "
-                   "not share memory its own agents (SECURITY.md)");
+      constexpr std::string_view kIsolated = "isolated";
+      if (w.substr(0, kIsolated.size()) == kIsolated) {
+        if (t.isolated_bytes != 0) return bad("isolated given twice");
+        if (w.size() == kIsolated.size() || w[kIsolated.size()] != '=') {
+          return bad("tenant '" + t.name + "': isolated needs the size of its region on each agent (isolated=4GiB)");
+        }
+        auto size = parse_size(w.substr(kIsolated.size() + 1));
+        if (!size) return bad("tenant '" + t.name + "': isolated=: " + size.error().message());
+        if (*size < kMinIsolatedBytes) {
+          return bad("tenant '" + t.name + "': an isolated region of " + std::to_string(*size) +
+                     " bytes is too small (at least 1MiB)");
+        }
+        t.isolated_bytes = *size;
+        continue;
       }
       constexpr std::string_view kNs = "namespaces=";
       if (w.substr(0, kNs.size()) != kNs) return bad("unknown option '" + std::string(w) + "'");
@@ -171,6 +205,7 @@ Result<TenantTable> TenantTable::load(const std::string& path) {
 Status append_tenant(const std::string& path, const Tenant& tenant) {
   std::string line = "tenant " + tenant.name + " " + tenant.key + " namespaces=";
   for (std::size_t i = 0; i < tenant.namespaces.size(); ++i) line += (i ? "," : "") + tenant.namespaces[i];
+  if (tenant.isolated()) line += " isolated=" + std::to_string(tenant.isolated_bytes);
   line += "\n";
   auto self = TenantTable::parse(line, "the new line");
   if (!self) {

@@ -7,15 +7,23 @@
 // regular file readable by its owner only (0600 or 0400), like the secret.
 // One tenant per line; '#' starts a comment; blank lines are ignored:
 //
-//   tenant NAME KEY namespaces=PATTERN[,PATTERN...]
+//   tenant NAME KEY namespaces=PATTERN[,PATTERN...] [isolated=SIZE]
 //
 // NAME: 1..64 bytes of [A-Za-z0-9._-]. KEY: at least kMinSecretBytes bytes
 // with no whitespace (`pooltool secret new --tenant NAME` makes 64 hex
 // digits). A PATTERN matches a namespace when it is the namespace's id as 16
 // hex digits, or a shell glob (fnmatch: * ? [..]) that matches its model id
-// ("acme/*" matches every model id starting with "acme/"). The option
-// `isolated` (a region of its own per agent) is recognised and refused: not
-// built yet (SECURITY.md says how to isolate today).
+// ("acme/*" matches every model id starting with "acme/").
+//
+// `isolated=SIZE` (4GiB, 512MiB or bytes; at least 1MiB) gives the tenant a
+// region of its own of SIZE bytes on every agent, on top of the agent's
+// --pool-size: its own UCX registration and rkey, handed to that tenant
+// only, so on RDMA the NIC keeps everyone else out (SECURITY.md). The
+// coordinator tells each agent which isolated tenants exist when the agent
+// registers (rpc::RegisterAgentReply::isolated); the tenant's namespaces
+// are placed only in its regions, everyone else's only in the shared ones,
+// and only the tenant's credential reaches them on the data path. Two
+// isolated tenants may not match one namespace.
 //
 // A tenant's client holds a tenant credential (secret.h): a secret file
 // whose single line is `kvpool-tenant NAME KEY`. It authenticates with the
@@ -36,10 +44,15 @@ namespace kvpool {
 
 inline constexpr std::size_t kMaxTenantNameBytes = 64;
 
+inline constexpr std::uint64_t kMinIsolatedBytes = std::uint64_t{1} << 20;
+
 struct Tenant {
   std::string name;
   std::string key;
   std::vector<std::string> namespaces;  // patterns
+  std::uint64_t isolated_bytes = 0;     // isolated=SIZE: its region on each agent; 0: shares the pool
+
+  bool isolated() const { return isolated_bytes != 0; }
 
   // Whether a pattern matches: by id, or by `model_id` when known (null for
   // a namespace the coordinator knows only by id).
@@ -51,7 +64,7 @@ class TenantTable {
   TenantTable() = default;
   // Reads and checks `path`. kFailedPrecondition (message names the path,
   // the line and the fix) when it is missing, readable by group or others,
-  // malformed, names a tenant twice, or asks for `isolated`; kInternal on an
+  // malformed, or names a tenant twice; kInternal on an
   // I/O error.
   static Result<TenantTable> load(const std::string& path);
   // As load, from text already read (`where` names it in messages).
@@ -61,6 +74,12 @@ class TenantTable {
   TenantTable& operator=(TenantTable&&) noexcept = default;
   TenantTable(const TenantTable&) = delete;
   TenantTable& operator=(const TenantTable&) = delete;
+
+  // The isolated tenant whose patterns match the namespace (empty: none, the
+  // namespace lives in the shared regions). kFailedPrecondition when two
+  // isolated tenants match it. `model_id` as Tenant::allows.
+  Result<std::string> isolated_owner(NamespaceId id, const std::string* model_id) const;
+  bool any_isolated() const;
 
   // Null when no tenant has that name.
   const Tenant* find(std::string_view name) const;

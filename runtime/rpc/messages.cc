@@ -61,6 +61,7 @@ void put(Writer& w, const AgentRecord& a) {
   w.boolean(a.alive);
   w.u64(a.used_bytes);
   w.u64(a.blocks);
+  w.bytes(a.tenant);
 }
 AgentRecord get_agent(Reader& r) {
   AgentRecord a;
@@ -75,6 +76,7 @@ AgentRecord get_agent(Reader& r) {
   a.alive = r.boolean();
   a.used_bytes = r.u64();
   a.blocks = r.u64();
+  a.tenant = r.bytes(kMaxString);
   return a;
 }
 
@@ -175,6 +177,11 @@ std::string encode(const RegisterAgentReply& m) {
   w.u32(m.heartbeat_interval_ms);
   w.boolean(m.send_blocks);
   w.u64(m.epoch);
+  w.u32(static_cast<std::uint32_t>(m.isolated.size()));
+  for (const auto& t : m.isolated) {
+    w.bytes(t.tenant);
+    w.u64(t.region_bytes);
+  }
   return w.take();
 }
 Status decode(std::string_view p, RegisterAgentReply& m) {
@@ -183,6 +190,14 @@ Status decode(std::string_view p, RegisterAgentReply& m) {
   m.heartbeat_interval_ms = r.u32();
   m.send_blocks = r.boolean();
   m.epoch = r.u64();
+  std::uint32_t n = get_count(r, 4 + 8);
+  m.isolated.clear();
+  for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
+    IsolatedRegionWire t;
+    t.tenant = r.bytes(kMaxString);
+    t.region_bytes = r.u64();
+    m.isolated.push_back(std::move(t));
+  }
   return r.finish("register agent reply");
 }
 
@@ -271,7 +286,7 @@ std::string encode(const ListAgentsReply& m) {
 Status decode(std::string_view p, ListAgentsReply& m) {
   Reader r(p);
   m.epoch = r.u64();
-  std::uint32_t n = get_count(r, 4 + 8 + 16 + 16 + 1 + 16);
+  std::uint32_t n = get_count(r, 4 + 8 + 16 + 16 + 1 + 16 + 4);
   m.agents.clear();
   for (std::uint32_t i = 0; i < n && r.ok(); ++i) m.agents.push_back(get_agent(r));
   return r.finish("list agents reply");
@@ -641,12 +656,13 @@ std::string encode(const AgentStatsReply& m) {
     w.boolean(a.drained);
     w.boolean(a.clock_known);
     w.i64(a.clock_offset_ms);
+    w.bytes(a.tenant);
   }
   return w.take();
 }
 Status decode(std::string_view p, AgentStatsReply& m) {
   Reader r(p);
-  std::uint32_t n = get_count(r, 4 + 8 + 4 + 4 + 1 + 8 * 8 + 3 + 8);
+  std::uint32_t n = get_count(r, 4 + 8 + 4 + 4 + 1 + 8 * 8 + 3 + 8 + 4);
   m.agents.clear();
   for (std::uint32_t i = 0; i < n && r.ok(); ++i) {
     AgentStatsRecord a;
@@ -663,6 +679,7 @@ Status decode(std::string_view p, AgentStatsReply& m) {
     a.drained = r.boolean();
     a.clock_known = r.boolean();
     a.clock_offset_ms = r.i64();
+    a.tenant = r.bytes(kMaxString);
     m.agents.push_back(std::move(a));
   }
   return r.finish("agent stats reply");

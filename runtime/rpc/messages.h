@@ -41,13 +41,15 @@ enum MessageType : std::uint16_t {
   kDrain = 36,           // operator tools: one step of an agent's drain (or undrain), with its progress
   kDrainCopied = 38,     // agent -> coordinator: outcomes of the moves of a kPushDrainCopy
   kInvalidateDone = 41,  // agent -> coordinator: slots invalidated
+  kRemovedDone = 35,     // agent -> coordinator: the slots of a kPushRemoved are left out of scans (InvalidateMessage)
   // pushes
   kPushInvalidate = 40,  // coordinator -> agent: invalidate these slots, then send kInvalidateDone
   kPushAgentDown = 42,   // coordinator -> workers: an agent incarnation is gone
   kPushDrainCopy = 37,   // coordinator -> agent: copy these blocks of yours to other agents, then kDrainCopied
-  // push, coordinator -> agent (InvalidateMessage, no reply): these slots
-  // were removed while read-leased; their headers stay valid for the
-  // readers until the invalidation, but no scan may take them back.
+  // push, coordinator -> agent (InvalidateMessage): these slots were
+  // removed while read-leased; their headers stay valid for the readers
+  // until the invalidation, but no scan may take them back. The agent
+  // acknowledges with kRemovedDone, and the remove is answered then.
   kPushRemoved = 34,
 };
 
@@ -93,6 +95,15 @@ struct AgentRecord {
   bool alive = true;
   std::uint64_t used_bytes = 0;
   std::uint64_t blocks = 0;
+  // Empty: a region of the shared pool. Else the isolated tenant this region
+  // belongs to (runtime/common/tenants.h): only that tenant's namespaces are
+  // placed in it, and only that tenant's workers are told of it.
+  std::string tenant;
+};
+struct IsolatedRegionWire {
+  std::string tenant;
+  std::uint64_t region_bytes = 0;
+  friend bool operator==(const IsolatedRegionWire&, const IsolatedRegionWire&) = default;
 };
 struct RegisterAgentRequest {
   AgentRecord agent;
@@ -110,6 +121,12 @@ struct RegisterAgentReply {
   // etcd. An agent refuses a coordinator whose epoch is below one it has
   // seen: a deposed leader that still answers.
   std::uint64_t epoch = 0;
+  // To the registration of a shared region (tenant empty): the isolated
+  // tenants of the coordinator's --tenants file and the size of the region
+  // each gets on this agent. The agent allocates one region per tenant and
+  // registers each as its own record (AgentRecord::tenant); a region of a
+  // tenant no longer listed stays, unused, until the agent restarts.
+  std::vector<IsolatedRegionWire> isolated;
 };
 struct RecoveredBlockWire {
   NamespaceId ns = 0;
@@ -306,6 +323,7 @@ struct AgentStatsRecord {
   // within the heartbeat's one-way delay); clock_known false before one came.
   bool clock_known = false;
   std::int64_t clock_offset_ms = 0;
+  std::string tenant;  // AgentRecord::tenant
 };
 struct AgentStatsReply {
   std::vector<AgentStatsRecord> agents;

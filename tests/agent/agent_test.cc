@@ -3,12 +3,16 @@
 
 #include <catch2/catch.hpp>
 
+#include <sys/stat.h>
+
+#include <fstream>
 #include <thread>
 
 #include "agent/agent.h"
 #include "coordinator/server.h"
 #include "kvpool/client.h"
 #include "runtime/common/pattern.h"
+#include "runtime/common/secret.h"
 #include "tests/common/test_util.h"
 
 using namespace kvpool;
@@ -156,4 +160,77 @@ TEST_CASE("a coordinator without etcd registers agents with epoch 0 and they tak
   CHECK((*agent)->leader_epoch() == 0);
   CHECK((*agent)->stale_leader_refusals() == 0);
   (*agent)->stop();
+}
+
+TEST_CASE("an agent lends each isolated tenant a region of its own, and the tenant's blocks land there",
+          "[agent][tenants][isolated]") {
+  const std::string cluster = kvpool::testing::make_secret_file();
+  const std::string dir = cluster.substr(0, cluster.rfind('/'));
+  const std::string cred = dir + "/acme";
+  REQUIRE(create_tenant_secret_file(cred, "acme").ok());
+  const std::string tenants = dir + "/tenants";
+  {
+    std::ofstream f(tenants);
+    f << "tenant acme " << load_secret(cred).value().key() << " namespaces=agent-test isolated=4MiB\n";
+  }
+  REQUIRE(::chmod(tenants.c_str(), 0600) == 0);
+  coordinator::CoordinatorServerOptions so;
+  so.port = 0;
+  so.tick_interval = 20ms;
+  so.secret_file = cluster;
+  so.tenants_file = tenants;
+  auto server = coordinator::CoordinatorServer::start(so);
+  REQUIRE(server);
+  const std::string addr = "127.0.0.1:" + std::to_string((*server)->port());
+  agent::AgentOptions ao;
+  ao.coordinator = addr;
+  ao.pool_size = 8 << 20;
+  ao.tls = "posix,cma,self";
+  ao.secret_file = cluster;
+  ao.name = "agent-t";
+  ao.metrics = std::make_shared<metrics::Registry>();
+  auto agent = agent::Agent::start(ao);
+  REQUIRE(agent);
+  // Registered before start() returns: the coordinator's reply named acme.
+  const agent::Agent* acme = (*agent)->tenant_region("acme");
+  REQUIRE(acme != nullptr);
+  CHECK((*agent)->tenant_names() == std::vector<std::string>{"acme"});
+  CHECK(acme->tenant() == "acme");
+  CHECK((*agent)->tenant().empty());
+  CHECK(acme->region().size() == (4u << 20));
+  CHECK(acme->id() != (*agent)->id());
+  CHECK(acme->incarnation() != (*agent)->incarnation());
+  CHECK(acme->region().data() != (*agent)->region().data());
+  CHECK((*agent)->tenant_region("beta") == nullptr);
+
+  ClientOptions co;
+  co.coordinator = addr;
+  co.tls = "posix,cma,self";
+  co.secret_file = cred;
+  auto client = Client::connect(co);
+  REQUIRE(client);
+  auto ns = (*client)->register_namespace(ns_desc());
+  REQUIRE(ns);
+  std::vector<std::uint32_t> tokens(16 * 3, 7);
+  auto keys = prefix_keys(*ns, tokens, 16);
+  std::vector<std::byte> bytes(keys.size() * kBlock);
+  std::vector<std::span<const std::byte>> blocks;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    fill_pattern(bytes.data() + i * kBlock, 0, kBlock, i + 11);
+    blocks.emplace_back(bytes.data() + i * kBlock, kBlock);
+  }
+  REQUIRE((*client)->put(*ns, keys, blocks)->written == 3);
+  // The headers are in the tenant's region, none in the shared one.
+  auto scan = acme->scan();
+  REQUIRE(scan);
+  CHECK(scan->blocks.size() == 3);
+  for (const auto& b : scan->blocks) CHECK(b.header.namespace_id == *ns);
+  auto shared = (*agent)->scan();
+  REQUIRE(shared);
+  CHECK(shared->blocks.empty());
+  const std::string scrape = ao.metrics->render();
+  CHECK(scrape.find("kvpool_agent_tenant_region_bytes{tenant=\"acme\"} 4194304") != std::string::npos);
+  client->reset();
+  (*agent)->stop();
+  CHECK((*agent)->tenant_region("acme") == nullptr);
 }

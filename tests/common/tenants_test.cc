@@ -56,6 +56,9 @@ TEST_CASE("a malformed tenants file is refused with the line and the reason", "[
   for (const Case& c : {Case{"tenant acme short namespaces=a", "key of 5 bytes"},
                         Case{"tenant acme " + kKeyA, "too few fields"},
                         Case{"tenant acme " + kKeyA + " isolated namespaces=a", "isolated"},
+                        Case{"tenant acme " + kKeyA + " isolated=lots namespaces=a", "isolated="},
+                        Case{"tenant acme " + kKeyA + " isolated=4096 namespaces=a", "too small"},
+                        Case{"tenant acme " + kKeyA + " isolated=1GiB isolated=1GiB namespaces=a", "twice"},
                         Case{"tenant acme " + kKeyA + " namespaces=a,,b", "empty namespace pattern"},
                         Case{"tenant acme " + kKeyA + " colour=red", "unknown option"},
                         Case{"tenant a/b " + kKeyA + " namespaces=a", "tenant name"},
@@ -67,6 +70,49 @@ TEST_CASE("a malformed tenants file is refused with the line and the reason", "[
     REQUIRE(!t);
     CHECK(t.error().code() == StatusCode::kFailedPrecondition);
     CHECK(t.error().message().find(c.needle) != std::string::npos);
+  }
+}
+
+TEST_CASE("an isolated tenant has a region size and owns the namespaces its patterns match", "[tenants]") {
+  auto t = TenantTable::parse("tenant acme " + kKeyA + " namespaces=acme/* isolated=64MiB\n" +
+                                  "tenant beta " + kKeyB + " isolated=1GiB namespaces=beta/*,shared/*\n" +
+                                  "tenant gamma " + kKeyA + " namespaces=*\n",
+                              "test");
+  REQUIRE(t);
+  CHECK(t->any_isolated());
+  CHECK(t->find("acme")->isolated_bytes == (64ull << 20));
+  CHECK(t->find("beta")->isolated_bytes == (1ull << 30));
+  CHECK(!t->find("gamma")->isolated());
+  std::string model = "acme/llama";
+  auto owner = t->isolated_owner(7, &model);
+  REQUIRE(owner);
+  CHECK(*owner == "acme");  // gamma matches too, but gamma is not isolated
+  model = "other/llama";
+  owner = t->isolated_owner(7, &model);
+  REQUIRE(owner);
+  CHECK(owner->empty());
+  SECTION("two isolated tenants may not own one namespace") {
+    auto both = TenantTable::parse("tenant acme " + kKeyA + " namespaces=m/* isolated=1MiB\n" + "tenant beta " +
+                                       kKeyB + " namespaces=m/x isolated=1MiB\n",
+                                   "test");
+    REQUIRE(both);
+    model = "m/x";
+    auto o = both->isolated_owner(7, &model);
+    REQUIRE(!o);
+    CHECK(o.error().code() == StatusCode::kFailedPrecondition);
+    CHECK(o.error().message().find("two isolated tenants") != std::string::npos);
+  }
+  SECTION("append_tenant writes the size back") {
+    Tenant n;
+    n.name = "delta";
+    n.key = kKeyB;
+    n.namespaces = {"d/*"};
+    n.isolated_bytes = 8ull << 20;
+    std::string path = write_file("", 0600);
+    REQUIRE(append_tenant(path, n).ok());
+    auto back = TenantTable::load(path);
+    REQUIRE(back);
+    CHECK(back->find("delta")->isolated_bytes == (8ull << 20));
   }
 }
 

@@ -28,7 +28,7 @@ using namespace kvpool::transport;
 
 bool same(const ReadRequest& a, const ReadRequest& b) {
   if (a.id != b.id || a.reader_address != b.reader_address || a.reader_peer_errors != b.reader_peer_errors ||
-      a.rkeys != b.rkeys || a.ops.size() != b.ops.size()) {
+      a.rkeys != b.rkeys || a.ops.size() != b.ops.size() || a.source_rkey != b.source_rkey) {
     return false;
   }
   for (std::size_t i = 0; i < a.ops.size(); ++i) {

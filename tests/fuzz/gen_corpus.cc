@@ -94,6 +94,7 @@ rpc::AgentRecord agent_record(std::uint32_t n) {
   a.alive = n % 2 == 0;
   a.used_bytes = 65536 * n;
   a.blocks = n;
+  if (n == 3) a.tenant = "acme";  // an isolated tenant's region
   return a;
 }
 
@@ -214,6 +215,8 @@ void messages(const fs::path& root) {
   add_message(c, kMsgAgentStatsReply, "agent_stats_1", AgentStatsReply{{agent_stats}});
   add_message(c, kMsgRegisterAgentRequest, "rejoin_agent", RegisterAgentRequest{agent_record(1), true});
   add_message(c, kMsgRegisterAgentReply, "rejoin_agent_reply", RegisterAgentReply{3, 1000, true});
+  add_message(c, kMsgRegisterAgentReply, "register_agent_reply_isolated",
+              RegisterAgentReply{3, 1000, false, 0, {{"acme", 64ull << 20}, {"beta", 1ull << 30}}});
   add_message(c, kMsgRecoverBlocksRequest, "recover_blocks_2",
               RecoverBlocksRequest{3, 1003, true,
                                    {RecoveredBlockWire{0xabcdef, key(1), 0, 65536, 11},
@@ -348,6 +351,8 @@ void transports(const fs::path& root) {
   ReadRequest one{1, "reader-worker-address", false, {std::string("rkey-0")}, {{0x1000, 0x2000, 64, 0}}};
   ReadRequest many{0xfeedface, std::string(40, 'w'), true, {"r0", "r1", std::string("\x00\x01\x02", 3)}, {}};
   for (std::uint32_t i = 0; i < 5; ++i) many.ops.push_back({0x10000ull * i, 0x20000ull * i, 4096, i % 3});
+  one.source_rkey = "owner-rkey";
+  many.source_rkey = std::string("\x05\x00\x07", 3);
   const std::string wire = encode_read_request(one);
   c.add("read_one_op", with_prefix(kTransportReadRequest, wire));
   c.add("read_five_ops", with_prefix(kTransportReadRequest, encode_read_request(many)));

@@ -338,3 +338,74 @@ TEST_CASE("a block removed while read-leased does not come back after a coordina
   CHECK(client->lookup(*ns, std::span<const Key128>(&leased, 1)).value() == 0);
   CHECK(client->lookup(*ns, std::span<const Key128>(&plain, 1)).value() == 0);
 }
+
+TEST_CASE("a remove of a read-leased block is answered once the agent has noted it",
+          "[integration][restart][remove]") {
+  // Without the agent's acknowledgement of kPushRemoved, a coordinator that
+  // died right after answering could leave the notice undelivered, and its
+  // restart would take the block back from the still-valid header.
+  const std::string port_file = temp_path("coordinator-port");
+  auto coordinator = start_coordinator(0, port_file);
+  REQUIRE(coordinator);
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(10s)));
+  REQUIRE(port != 0);
+  std::remove(port_file.c_str());
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto agent = start_named_agent(address, "removed-ack");
+  REQUIRE(agent);
+  {
+    auto watcher = raw_client(address, rpc::Role::kTool);
+    REQUIRE(watcher);
+    REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 1; }, scaled(10s)));
+  }
+  auto client = connect(address);
+  auto ns = client->register_namespace(test_namespace(kBlock, "removed-ack"));
+  REQUIRE(ns);
+  const Key128 leased = block_key(8, 1), kept = block_key(8, 2);
+  std::vector<std::byte> bytes(2 * kBlock);
+  std::vector<Key128> keys = {leased, kept};
+  std::vector<std::span<const std::byte>> spans;
+  for (int j = 0; j < 2; ++j) {
+    fill_pattern(bytes.data() + j * kBlock, 0, kBlock, keys[j].lo);
+    spans.emplace_back(bytes.data() + j * kBlock, kBlock);
+  }
+  REQUIRE(client->put(*ns, keys, spans).value().written == 2);
+  auto reader = raw_client(address, rpc::Role::kWorker);
+  REQUIRE(reader);
+  rpc::LookupReply held;
+  REQUIRE(raw_call(*reader, rpc::kLookup, rpc::LookupRequest{*ns, true, {leased}}, held).ok());
+  REQUIRE(held.locations.size() == 1);
+
+  // The agent is frozen (shorter than the 2 s agent timeout): the remove
+  // must wait for it, and is answered as soon as it runs again.
+  agent->kill(SIGSTOP);
+  std::atomic<bool> answered{false};
+  Status removed;
+  std::thread remover([&] {
+    auto r = client->remove(*ns, std::span<const Key128>(&leased, 1));
+    removed = r ? r->at(0) : r.error();
+    answered = true;
+  });
+  std::this_thread::sleep_for(700ms);
+  const bool early = answered.load();
+  agent->kill(SIGCONT);
+  const auto resumed = Clock::now();
+  remover.join();
+  CHECK_FALSE(early);
+  CHECK(removed.ok());
+  CHECK(Clock::now() - resumed < scaled(3s));
+
+  coordinator->kill(SIGKILL);
+  REQUIRE(coordinator->wait(Deadline::after(scaled(5s))));
+  coordinator = start_coordinator(port, port_file);
+  REQUIRE(coordinator);
+  REQUIRE(read_port_file(port_file, Deadline::after(scaled(10s))) == port);
+  std::remove(port_file.c_str());
+  CHECK(eventually(
+      [&] {
+        auto n = client->lookup(*ns, std::span<const Key128>(&kept, 1));
+        return n && *n == 1;
+      },
+      scaled(15s)));
+  CHECK(client->lookup(*ns, std::span<const Key128>(&leased, 1)).value() == 0);
+}

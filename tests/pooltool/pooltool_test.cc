@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <thread>
@@ -14,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/common/pattern.h"
+#include "runtime/common/tenants.h"
 #include "runtime/etcd/leader_address.h"
 #include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
@@ -494,6 +496,19 @@ TEST_CASE("pooltool secret new --tenant writes a credential and adds the tenant 
   struct stat st {};
   CHECK(::stat(again.c_str(), &st) != 0);
   CHECK(pooltool({"secret", "new", again, "--tenant", "beta"}).rc == 2);
+  CHECK(pooltool({"secret", "new", again, "--isolated", "4MiB"}).rc == 2);
+  CHECK(pooltool({"secret", "new", again, "--tenant", "beta", "--namespaces", "b/*", "--tenants", tenants,
+                  "--isolated", "lots"})
+            .rc == 2);
+  // An isolated tenant: its line carries the size of its region.
+  const std::string isolated = temp_path("gamma");
+  REQUIRE(pooltool({"secret", "new", isolated, "--tenant", "gamma", "--namespaces", "gamma/*", "--tenants", tenants,
+                    "--isolated", "4MiB"})
+              .rc == 0);
+  auto table = TenantTable::load(tenants);
+  REQUIRE(table);
+  CHECK(table->find("gamma")->isolated_bytes == (4u << 20));
+  CHECK(!table->find("acme")->isolated());
 
   auto process = start_standalone("64MiB", {"--secret-file", cluster, "--tenants", tenants});
   REQUIRE(process);
@@ -501,5 +516,20 @@ TEST_CASE("pooltool secret new --tenant writes a credential and adds the tenant 
   CHECK(pooltool({"--coordinator", process->coordinator, "--secret-file", cred, "--json", "status"}).rc == 0);
   auto ns = pooltool({"--coordinator", process->coordinator, "--secret-file", cred, "--json", "namespaces"});
   CHECK(ns.rc == 0);
-  for (const std::string& p : {cluster, tenants, cred}) std::remove(p.c_str());
+  // Each tenant's agents list shows the regions it may reach: acme the
+  // shared one, gamma its own 4 MiB region; the operator both.
+  auto regions = [&](const std::string& secret) {
+    std::vector<std::uint64_t> sizes;
+    auto a = pooltool({"--coordinator", process->coordinator, "--secret-file", secret, "--json", "agents"});
+    INFO(a.out);
+    if (a.rc != 0) return sizes;
+    for (const auto& agent : a.doc["agents"]) sizes.push_back(agent["region_bytes"].get<std::uint64_t>());
+    std::sort(sizes.begin(), sizes.end());
+    return sizes;
+  };
+  REQUIRE(eventually([&] { return regions(cluster).size() == 2; }, scaled(10s)));
+  CHECK(regions(cluster) == std::vector<std::uint64_t>{4u << 20, 64u << 20});
+  CHECK(regions(cred) == std::vector<std::uint64_t>{64u << 20});
+  CHECK(regions(isolated) == std::vector<std::uint64_t>{4u << 20});
+  for (const std::string& p : {cluster, tenants, cred, isolated}) std::remove(p.c_str());
 }

@@ -44,6 +44,33 @@ TEST_CASE("operator messages round trip and refuse damaged payloads", "[rpc][mes
   REQUIRE(decode(encode(AgentStatsReply{{a}}), a_back).ok());
   CHECK(a_back.agents[0].heartbeat_age_ms == 250);
   CHECK(a_back.agents[0].control_address == "ctl");
+  a.tenant = "acme";
+  REQUIRE(decode(encode(AgentStatsReply{{a}}), a_back).ok());
+  CHECK(a_back.agents[0].tenant == "acme");
+}
+
+TEST_CASE("isolated tenant regions survive the agent messages", "[rpc][messages][tenants]") {
+  RegisterAgentReply reg{3, 1000, false, 7, {{"acme", 64ull << 20}, {"beta", 1ull << 30}}};
+  refuses_damaged(reg);
+  RegisterAgentReply reg_back;
+  REQUIRE(decode(encode(reg), reg_back).ok());
+  CHECK(reg_back.isolated == reg.isolated);
+  AgentRecord rec;
+  rec.agent = 4;
+  rec.control_address = "agent-b/acme";
+  rec.packed_rkey = "rkey";
+  rec.tenant = "acme";
+  RegisterAgentRequest req{rec, true};
+  refuses_damaged(req);
+  RegisterAgentRequest req_back;
+  REQUIRE(decode(encode(req), req_back).ok());
+  CHECK(req_back.agent.tenant == "acme");
+  ListAgentsReply list{9, {rec, rec}};
+  refuses_damaged(list);
+  ListAgentsReply list_back;
+  REQUIRE(decode(encode(list), list_back).ok());
+  REQUIRE(list_back.agents.size() == 2);
+  CHECK(list_back.agents[1].tenant == "acme");
 }
 
 TEST_CASE("operator replies refuse element counts the payload cannot hold", "[rpc][messages]") {

@@ -43,6 +43,7 @@ TEST_CASE("owner read requests round trip and malformed ones are refused", "[tra
   req.reader_peer_errors = true;
   req.rkeys = {std::string("\x01\x02\x03", 3), "second"};
   req.ops = {{0x1000, 0x2000, 64, 0}, {0x3000, 0x4000, 128, 1}};
+  req.source_rkey = "owner-rkey";
   std::string wire = encode_read_request(req);
   auto back = decode_read_request(wire.data(), wire.size());
   REQUIRE(back);
@@ -54,6 +55,7 @@ TEST_CASE("owner read requests round trip and malformed ones are refused", "[tra
   REQUIRE(back->ops.size() == 2);
   CHECK(back->ops[1].src == 0x3000);
   CHECK(back->ops[1].length == 128);
+  CHECK(back->source_rkey == "owner-rkey");
 
   SECTION("every truncation is refused") {
     for (std::size_t n = 0; n < wire.size(); ++n) {
@@ -144,7 +146,7 @@ std::unique_ptr<Pair> make_pair(const std::string& tls, ErrorMode mode, bool pro
   auto region = p->owner->allocate(bytes);
   REQUIRE(region);
   p->region = std::move(*region);
-  p->owner->serve(p->region);
+  REQUIRE(p->owner->serve(p->region).ok());
   if (progress_thread) REQUIRE(p->owner->start_progress_thread(ProgressMode::kEvent).ok());
   auto info = p->owner->describe(p->region);
   REQUIRE(info);
@@ -199,6 +201,42 @@ TEST_CASE("an owner refuses to read outside the regions it serves", "[transport]
                                  Deadline::after(scaled(std::chrono::seconds(10))))
               .ok());
   CHECK(kvpool::pattern_mismatches(buf.data(), 0, 1 << 20, 9) == 0);
+}
+
+TEST_CASE("an owner read must present the rkey of the served region it reads", "[transport][tenants]") {
+  // Two served regions, as an agent with an isolated tenant's region has:
+  // a reader holding the first region's rkey cannot have the owner read
+  // the second (the NIC would refuse the RMA get too). Over shared memory
+  // and TCP: over TCP alone there are no memory keys, and every region's
+  // packed rkey is the same bytes (SECURITY.md: TCP enforces nothing).
+  auto p = make_pair("posix,tcp", ErrorMode::kNone, true);
+  auto second = p->owner->allocate(1 << 20);
+  REQUIRE(second);
+  REQUIRE(p->owner->serve(*second).ok());
+  auto first_info = p->owner->describe(p->region);
+  auto second_info = p->owner->describe(*second);
+  REQUIRE(first_info);
+  REQUIRE(second_info);
+  CHECK(first_info->packed_rkey != second_info->packed_rkey);
+  kvpool::fill_pattern(second->data(), 0, 1 << 20, 5);
+  std::vector<std::byte> buf(1 << 20);
+  auto local = p->client->register_memory(buf.data(), buf.size());
+  REQUIRE(local);
+  RmaOp all{buf.data(), 0, 1 << 20};
+  transport::RegionInfo forged = *second_info;
+  forged.packed_rkey = first_info->packed_rkey;  // the second region's address, the first's rkey
+  auto wrong = p->peer->import_region(forged);
+  REQUIRE(wrong);
+  auto st = p->peer->read_by_owner(*wrong, std::span(&all, 1), *local,
+                                   Deadline::after(scaled(std::chrono::seconds(10))));
+  CHECK(st.code() == StatusCode::kInvalidArgument);
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, 1 << 20, 5) != 0);
+  auto right = p->peer->import_region(*second_info);
+  REQUIRE(right);
+  REQUIRE(p->peer->read_by_owner(*right, std::span(&all, 1), *local, Deadline::after(scaled(std::chrono::seconds(10))))
+              .ok());
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, 1 << 20, 5) == 0);
+  p->owner->stop_serving(*second);
 }
 
 TEST_CASE("a put over tcp to an owner that never progresses ends at its deadline", "[transport]") {

@@ -696,13 +696,24 @@ int cmd_drain(const Globals& g, const std::string& agent_text, bool undrain, std
 
 // ---- secret ----
 int cmd_secret_new(const Globals& g, const std::string& path, const std::string& tenant, const std::string& namespaces,
-                   const std::string& tenants_file) {
+                   const std::string& tenants_file, const std::string& isolated) {
+  if (!isolated.empty() && tenant.empty()) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "--isolated needs --tenant"), kExitUsage);
+  }
   if (!tenant.empty()) {
     if (namespaces.empty() || tenants_file.empty()) {
       return fail(g, Status(StatusCode::kInvalidArgument, "--tenant needs --namespaces and --tenants"), kExitUsage);
     }
     Tenant t;
     t.name = tenant;
+    if (!isolated.empty()) {
+      auto size = parse_size(isolated);
+      if (!size || *size < kMinIsolatedBytes) {
+        return fail(g, Status(StatusCode::kInvalidArgument, "--isolated: a region size of at least 1MiB (e.g. 4GiB)"),
+                    kExitUsage);
+      }
+      t.isolated_bytes = *size;
+    }
     for (std::size_t at = 0;;) {
       std::size_t comma = namespaces.find(',', at);
       t.namespaces.push_back(namespaces.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
@@ -957,6 +968,10 @@ int main(int argc, char** argv) {
                          "With --tenant: the namespaces it may use, comma-separated model-id globs or 16-hex-digit ids");
   secret_new->add_option("--tenants", secret_tenants_file,
                          "With --tenant: the coordinator's tenants file to add the tenant to (created 0600)");
+  std::string secret_isolated;
+  secret_new->add_option("--isolated", secret_isolated,
+                         "With --tenant: give the tenant a region of its own of this size on every agent (4GiB; "
+                         "SECURITY.md, \"Isolated tenants\")");
 
   try {
     app.parse(argc, argv);
@@ -985,7 +1000,9 @@ int main(int argc, char** argv) {
   if (*bench) return cmd_bench(g, bench_block, bench_blocks, bench_rounds);
   if (*quota) return cmd_quota(g, quota_ns, quota_size);
   if (*replay_cmd) return cmd_replay(g, trace_file, replay_requests, ro);
-  if (*secret_new) return cmd_secret_new(g, secret_path, secret_tenant, secret_namespaces, secret_tenants_file);
+  if (*secret_new) {
+    return cmd_secret_new(g, secret_path, secret_tenant, secret_namespaces, secret_tenants_file, secret_isolated);
+  }
   if (*drain) return cmd_drain(g, drain_agent, undrain, drain_in_flight, drain_stall);
   return kExitUsage;
 }
