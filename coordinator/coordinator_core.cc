@@ -275,16 +275,29 @@ struct CoordinatorCore::State {
     return it->second;
   }
 
+  bool owns_all() const { return !config.owned_ranges && config.shard_count == 1; }
   bool owns(const Key128& key) const {
-    return config.shard_count == 1 || shard_of(key, config.shard_count) == config.shard_index;
+    if (owns_all()) return true;
+    if (!config.owned_ranges) return shard_of(key, config.shard_count) == config.shard_index;
+    const std::uint64_t p = etcd::key_point(key);
+    for (const auto& [start, end] : *config.owned_ranges) {
+      if (p >= start && p < end) return true;
+    }
+    return false;
   }
   Status shard_error(const Key128& key) const {
+    if (config.owned_ranges) {
+      return Status(StatusCode::kFailedPrecondition,
+                    "key " + key_text(key) + " (point " + std::to_string(etcd::key_point(key)) +
+                        ") is not in the key ranges of shard " + std::to_string(config.shard_index) +
+                        ": route it by the shard map in etcd (" + etcd::kShardMapKey + ")");
+    }
     return Status(StatusCode::kFailedPrecondition,
                   "key " + key_text(key) + " belongs to shard " + std::to_string(shard_of(key, config.shard_count)) +
                       ", this coordinator serves shard " + std::to_string(config.shard_index));
   }
   Status check_shard(std::span<const Key128> keys) const {
-    if (config.shard_count == 1) return Status::ok_status();
+    if (owns_all()) return Status::ok_status();
     for (const Key128& k : keys) {
       if (!owns(k)) return shard_error(k);
     }
@@ -1301,6 +1314,11 @@ std::vector<AgentView> CoordinatorCore::agents() const {
 std::uint64_t CoordinatorCore::membership_epoch() const {
   std::lock_guard lock(mu_);
   return s_->epoch;
+}
+
+void CoordinatorCore::set_owned_ranges(std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges) {
+  std::lock_guard lock(mu_);
+  s_->config.owned_ranges = std::move(ranges);
 }
 
 // ---- drain ----

@@ -155,6 +155,12 @@ class CoordinatorCore {
   // Bumps on every join, restart and death.
   std::uint64_t membership_epoch() const;
 
+  // The key-point ranges this coordinator owns from now on (the shard map
+  // changed: CoordinatorConfig::owned_ranges). Keys outside them are
+  // refused with kFailedPrecondition; blocks already indexed stay readable
+  // through entries already handed out but are not looked up any more.
+  void set_owned_ranges(std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges);
+
   // ---- Writes ----
 
   // Per key, in order: kExists (committed: touches it in the LRU), kPending

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <atomic>
 #include <thread>
 
@@ -16,9 +17,83 @@
 #include "runtime/common/json_config.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/shard_map.h"
 #include "runtime/metrics/http_server.h"
 
 using namespace kvpool;
+
+namespace {
+
+using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+
+// The key-point ranges `shard` owns in `map`; nullopt: everything (one
+// shard, nothing moving: exactly as without a map).
+std::optional<Ranges> ranges_of(const etcd::ShardMap& map, std::uint32_t shard) {
+  if (map.single() && map.ranges[0].shard == shard) return std::nullopt;
+  Ranges out;
+  for (const auto& r : map.owned_by(shard)) out.emplace_back(r.start, r.end);
+  return out;
+}
+
+std::string ranges_text(const std::optional<Ranges>& ranges) {
+  if (!ranges) return "every key";
+  if (ranges->empty()) return "no key range";
+  std::string out;
+  for (const auto& [a, b] : *ranges) out += (out.empty() ? "" : ", ") + ("[" + std::to_string(a) + ", " + std::to_string(b) + ")");
+  return out;
+}
+
+// Reads the shard map (waiting out an etcd that does not answer, logged):
+// the ranges `shard` owns. kFailedPrecondition for a malformed map, or a
+// shard other than 0 with no map at all.
+Result<std::optional<Ranges>> read_owned_ranges(const std::vector<etcd::Endpoint>& eps, std::uint32_t shard,
+                                                const std::atomic<bool>& stop, std::int64_t* revision) {
+  auto client = etcd::Client::create({eps, std::chrono::milliseconds(2000)});
+  if (!client) return tl::unexpected(client.error());
+  for (;;) {
+    auto map = etcd::read_shard_map(**client, revision);
+    if (map) {
+      if (map->version == 0 && shard != 0) {
+        return make_error(StatusCode::kFailedPrecondition,
+                          "--shard " + std::to_string(shard) + ": etcd has no shard map (" + etcd::kShardMapKey +
+                              "), so there is only shard 0; put one first, e.g. etcdctl put " + etcd::kShardMapKey +
+                              " '{\"version\": 1, \"shards\": 2}'");
+      }
+      auto ranges = ranges_of(*map, shard);
+      if (ranges && ranges->empty()) {
+        log::get("coordinator")->warn("shard {}: the shard map ({}) gives this shard no key range yet: every key is "
+                                      "refused until it does",
+                                      shard, map->describe());
+      } else {
+        log::get("coordinator")->info("shard {}: owns {} (shard map version {})", shard, ranges_text(ranges),
+                                      map->version);
+      }
+      return ranges;
+    }
+    if (map.error().code() == StatusCode::kFailedPrecondition) return tl::unexpected(map.error());
+    log::get("coordinator")->warn("shard {}: reading the shard map: {}; trying again", shard, map.error().to_string());
+    if (stop.load()) return tl::unexpected(map.error());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+void apply_map_event(coordinator::CoordinatorCore& core, std::uint32_t shard, const etcd::WatchEvent& ev) {
+  auto log = log::get("coordinator");
+  if (ev.type == etcd::WatchEvent::Type::kDelete) {
+    log->warn("shard {}: the shard map was deleted from etcd; keeping the key ranges this shard has", shard);
+    return;
+  }
+  auto map = etcd::parse_shard_map(ev.kv.value);
+  if (!map) {
+    log->error("shard {}: ignoring a malformed shard map: {}", shard, map.error().message());
+    return;
+  }
+  auto ranges = ranges_of(*map, shard);
+  log->info("shard {}: shard map version {}: this shard owns {}", shard, map->version, ranges_text(ranges));
+  core.set_owned_ranges(ranges ? std::move(*ranges) : Ranges{{0, etcd::kPointSpace}});
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"kvpool-coordinator: tracks where every KV block of the pool lives"};
@@ -29,6 +104,7 @@ int main(int argc, char** argv) {
   std::string etcd_endpoints, advertise;
   std::uint32_t shard = 0;
   std::int64_t lease_ttl = 2;
+  std::int64_t map_revision = 0;
   app.add_option("--listen", listen, "HOST:PORT to serve on; port 0 lets the OS pick (see --port-file)")
       ->capture_default_str();
   app.add_option("--port-file", port_file, "Write the bound port here once listening");
@@ -101,6 +177,15 @@ int main(int argc, char** argv) {
       stop_signal = wait_for_stop_signal();
       stop_campaign = true;
     });
+    // The shard map says which keys this shard owns; read before
+    // campaigning, so a misconfigured shard fails at once.
+    auto owned = read_owned_ranges(*eps, shard, stop_campaign, &map_revision);
+    if (!owned) {
+      std::fprintf(stderr, "kvpool-coordinator: %s\n", owned.error().to_string().c_str());
+      if (signal_waiter.joinable()) signal_waiter.detach();
+      return 2;
+    }
+    options->core.owned_ranges = std::move(*owned);
     log::get("coordinator")->info("shard {}: campaigning for leadership through etcd {}", shard, etcd_endpoints);
     auto epoch = election->campaign(stop_campaign);
     if (!epoch) {
@@ -147,6 +232,23 @@ int main(int argc, char** argv) {
       return quit(1);
     }
   }
+  // Follows the shard map: a range given to or taken from this shard changes
+  // what it serves at once.
+  std::unique_ptr<etcd::Watch> map_watch;
+  if (election) {
+    auto eps = etcd::parse_endpoints(etcd_endpoints);
+    coordinator::CoordinatorCore* core = &(*server)->core();
+    auto w = etcd::Watch::start(
+        {*eps, std::chrono::milliseconds(2000)}, etcd::kShardMapKey, false, map_revision + 1,
+        [core, shard](const std::vector<etcd::WatchEvent>& events) {
+          for (const auto& ev : events) apply_map_event(*core, shard, ev);
+        });
+    if (!w) {
+      std::fprintf(stderr, "kvpool-coordinator: watching the shard map: %s\n", w.error().to_string().c_str());
+      return quit(1);
+    }
+    map_watch = std::move(*w);
+  }
   auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
   if (!metrics_server) {
     std::fprintf(stderr, "kvpool-coordinator: %s\n", metrics_server.error().to_string().c_str());
@@ -161,6 +263,7 @@ int main(int argc, char** argv) {
   }
   log::get("coordinator")->info("signal {}: stopping", sig);
   if (*metrics_server) (*metrics_server)->stop();
+  if (map_watch) map_watch->stop();
   (*server)->stop();
   // After the server: a standby may serve the moment the lease goes.
   if (election) election->resign();
