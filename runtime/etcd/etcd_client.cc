@@ -411,6 +411,37 @@ Status Client::health(const Endpoint& endpoint) const {
   return Status();
 }
 
+Result<Client::MemberStatus> Client::member_status(const Endpoint& endpoint) const {
+  auto answer = http_exchange(endpoint, http::verb::post, "/v3/maintenance/status", "{}",
+                              Deadline::after(options_.timeout));
+  if (!answer) return tl::unexpected(answer.error());
+  json j = json::parse(answer->body, nullptr, false);
+  if (answer->status != 200 || j.is_discarded() || !j.is_object()) {
+    return make_error(StatusCode::kUnavailable, "etcd " + endpoint.to_string() + " status: " + answer->body.substr(0, 200));
+  }
+  // 64-bit ids come as decimal strings; member ids use all 64 bits.
+  auto u64 = [](const json& o, const char* name) -> std::uint64_t {
+    auto it = o.find(name);
+    if (it == o.end()) return 0;
+    if (it->is_number_unsigned()) return it->get<std::uint64_t>();
+    if (it->is_string()) {
+      try {
+        return std::stoull(it->get<std::string>());
+      } catch (...) {
+        return 0;
+      }
+    }
+    return 0;
+  };
+  MemberStatus st;
+  if (auto h = j.find("header"); h != j.end() && h->is_object()) st.member_id = u64(*h, "member_id");
+  st.leader = u64(j, "leader");
+  st.raft_term = u64(j, "raftTerm");
+  st.db_size = int_of(j, "dbSize");
+  if (auto v = j.find("version"); v != j.end() && v->is_string()) st.version = v->get<std::string>();
+  return st;
+}
+
 // ---------------------------------------------------------------------------
 // Watch
 

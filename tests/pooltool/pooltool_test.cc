@@ -7,8 +7,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -115,6 +117,12 @@ TEST_CASE("pooltool status shows the shard and epoch of a coordinator leading th
   }
   auto etcd = EtcdCluster::start(1);
   REQUIRE(etcd);
+  {
+    // Shard 5 exists only in a shard map of six (without one, only shard 0 does).
+    auto ec = etcd::Client::create(etcd->client_options());
+    REQUIRE(ec);
+    REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 1, "shards": 6})"));
+  }
   const std::string port_file = temp_path("pooltool-ha-port");
   auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", etcd->endpoints(), "--shard", "5",
                               "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn"});
@@ -502,4 +510,97 @@ TEST_CASE("pooltool secret new --tenant writes a credential and adds the tenant 
   auto ns = pooltool({"--coordinator", process->coordinator, "--secret-file", cred, "--json", "namespaces"});
   CHECK(ns.rc == 0);
   for (const std::string& p : {cluster, tenants, cred}) std::remove(p.c_str());
+}
+
+TEST_CASE("pooltool status and doctor show every shard, its leader and epoch, and etcd's health", "[pooltool][shard]") {
+  if (!etcd_available()) {
+    WARN("no " << kEtcdBinary << " (Debian's etcd-server): not testing");
+    return;
+  }
+  auto etcd = EtcdCluster::start(1);
+  REQUIRE(etcd);
+  const std::string E = etcd->endpoints();
+  auto ec = etcd::Client::create(etcd->client_options());
+  REQUIRE(ec);
+  // Three shards in the map; shards 0 and 1 are led, 0 has an agent, 2 has no
+  // coordinator at all.
+  REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 4, "shards": 3})"));
+  std::vector<Subprocess> procs;
+  for (int shard : {0, 1}) {
+    const std::string port_file = temp_path("pooltool-shard-port");
+    auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", E, "--shard", std::to_string(shard),
+                                "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn"});
+    REQUIRE(p);
+    procs.push_back(std::move(*p));
+    REQUIRE(read_port_file(port_file, Deadline::after(scaled(15s))) != 0);
+  }
+  auto agent = start_agent("etcd://" + E + "/0", "32MiB");
+  REQUIRE(agent);
+  auto l0 = etcd::find_leader(**ec, 0);
+  auto l1 = etcd::find_leader(**ec, 1);
+  REQUIRE(l0);
+  REQUIRE(l1);
+  REQUIRE(eventually([&] {
+    auto r = pooltool({"--coordinator", "etcd://" + E, "--json", "status"});
+    return r.rc == 0 && r.doc["etcd"]["shards"][0]["agents_alive"] == 1;
+  }, scaled(10s)));
+
+  auto r = pooltool({"--coordinator", "etcd://" + E, "--json", "status"});
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const json& e = r.doc["etcd"];
+  CHECK(e["healthy"] == 1);
+  CHECK(e["endpoints"][0]["healthy"] == true);
+  CHECK(e["endpoints"][0]["raft_leader"] == true);
+  CHECK(e["raft_leader"] == e["endpoints"][0]["member_id"]);
+  CHECK(e["shard_map"]["version"] == 4);
+  REQUIRE(e["shards"].size() == 3);
+  CHECK(e["shards"][0]["leader"]["address"] == l0->address);
+  CHECK(e["shards"][0]["leader"]["epoch"] == l0->epoch);
+  CHECK(e["shards"][1]["leader"]["epoch"] == l1->epoch);
+  CHECK(e["shards"][1]["agents_alive"] == 0);
+  CHECK(e["shards"][2]["leader"].is_null());
+  CHECK(e["shards"][2]["error"].get<std::string>().find("has no leader") != std::string::npos);
+  CHECK(std::abs(e["shards"][0]["key_fraction"].get<double>() - 1.0 / 3) < 1e-6);
+
+  auto text = pooltool({"--coordinator", "etcd://" + E, "status"});
+  INFO(text.out);
+  CHECK(text.rc == 0);
+  CHECK(text.out.find("shard map  version 4, 3 shards") != std::string::npos);
+  CHECK(text.out.find(l0->address) != std::string::npos);
+  CHECK(text.out.find(l1->address) != std::string::npos);
+  CHECK(text.out.find("1 endpoint, 1 healthy; raft leader") != std::string::npos);
+
+  // doctor: etcd fine, shard 1 without agents and shard 2 without a leader fail.
+  auto doc = pooltool({"--coordinator", "etcd://" + E, "--json", "doctor", "--no-probe"});
+  INFO(doc.out);
+  CHECK(doc.rc == 1);
+  std::map<std::string, json> checks;
+  for (const auto& c : doc.doc["checks"]) checks[c["name"].get<std::string>()] = c;
+  CHECK(checks["etcd members"]["status"] == "ok");
+  CHECK(checks["etcd raft leader"]["status"] == "ok");
+  CHECK(checks["shard map"]["status"] == "ok");
+  CHECK(checks["shard 0"]["status"] == "ok");
+  CHECK(checks["shard 1"]["status"] == "fail");
+  CHECK(checks["shard 1"]["fix"].get<std::string>().find("kvpool-agent --coordinator etcd://" + E + "/1") !=
+        std::string::npos);
+  CHECK(checks["shard 2"]["status"] == "fail");
+  CHECK(checks["shard 2"]["fix"].get<std::string>().find("--shard 2") != std::string::npos);
+
+  // A malformed map and a dead etcd are named too.
+  REQUIRE((*ec)->put("/kvpool/shardmap", "{broken"));
+  auto bad = pooltool({"--coordinator", "etcd://" + E, "--json", "doctor", "--no-probe"});
+  INFO(bad.out);
+  checks.clear();
+  for (const auto& c : bad.doc["checks"]) checks[c["name"].get<std::string>()] = c;
+  CHECK(checks["shard map"]["status"] == "fail");
+  CHECK(checks["shard map"]["detail"].get<std::string>().find("/kvpool/shardmap is malformed") != std::string::npos);
+  etcd->kill_member(0);
+  auto dead = pooltool({"--coordinator", "etcd://" + E, "--json", "--timeout", "2s", "doctor", "--no-probe"});
+  INFO(dead.out);
+  CHECK(dead.rc == 1);
+  checks.clear();
+  for (const auto& c : dead.doc["checks"]) checks[c["name"].get<std::string>()] = c;
+  CHECK(checks["etcd members"]["status"] == "fail");
+  CHECK(checks["etcd members"]["detail"].get<std::string>().find("0 of 1 endpoints healthy") != std::string::npos);
 }

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <iomanip>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -19,7 +20,9 @@
 #include "runtime/common/tenants.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
+#include "runtime/etcd/leader_address.h"
 #include "tools/pooltool/admin.h"
+#include "tools/pooltool/cluster.h"
 #include "tools/pooltool/doctor.h"
 #include "tools/pooltool/output.h"
 #include "tools/replay/replay.h"
@@ -83,9 +86,129 @@ std::string model_of(const std::map<NamespaceId, rpc::NamespaceRecord>& ns, Name
 }
 
 // ---- status ----
+json cluster_json(const ClusterView& v) {
+  json members = json::array();
+  for (const auto& m : v.members) {
+    members.push_back({{"endpoint", m.endpoint},
+                       {"healthy", m.health.ok()},
+                       {"error", m.health.ok() ? json(nullptr) : json(m.health.message())},
+                       {"member_id", m.status ? json(member_hex(m.status->member_id)) : json(nullptr)},
+                       {"version", m.status ? json(m.status->version) : json(nullptr)},
+                       {"raft_leader", m.raft_leader}});
+  }
+  json shards = json::array();
+  for (const auto& s : v.shards) {
+    json ranges = json::array();
+    for (const auto& r : s.ranges) {
+      json o{{"start", r.start}, {"end", r.end}};
+      if (r.from) o["moving_from"] = *r.from;
+      ranges.push_back(o);
+    }
+    json j{{"shard", s.shard}, {"key_fraction", s.key_fraction}, {"ranges", ranges}};
+    if (s.leader_status.ok()) {
+      j["leader"] = {{"address", s.leader.address}, {"epoch", s.leader.epoch}, {"id", s.leader.id}};
+    } else {
+      j["leader"] = nullptr;
+      j["error"] = s.leader_status.message();
+    }
+    if (s.stats_status.ok()) {
+      j["agents_alive"] = s.stats.agents_alive;
+      j["agents_dead"] = s.stats.agents_dead;
+      j["blocks"] = s.stats.blocks;
+      j["used_bytes"] = s.stats.used_bytes;
+      j["capacity_bytes"] = s.stats.capacity_bytes;
+    } else if (s.leader_status.ok()) {
+      j["error"] = s.stats_status.message();
+    }
+    shards.push_back(std::move(j));
+  }
+  std::size_t healthy = 0;
+  for (const auto& m : v.members) healthy += m.health.ok();
+  return {{"endpoints", members},
+          {"healthy", healthy},
+          {"raft_leader", v.raft_leader ? json(member_hex(*v.raft_leader)) : json(nullptr)},
+          {"shard_map", v.map_status.ok() ? json{{"version", v.map.version}, {"shards", v.map.shards().size()}}
+                                          : json{{"error", v.map_status.message()}}},
+          {"shards", shards}};
+}
+
+std::string cluster_text(const ClusterView& v) {
+  std::string out;
+  std::size_t healthy = 0;
+  std::string version;
+  for (const auto& m : v.members) {
+    healthy += m.health.ok();
+    if (m.status && version.empty()) version = m.status->version;
+  }
+  std::string leader = "none known";
+  if (v.raft_leader) {
+    leader = member_hex(*v.raft_leader);
+    for (const auto& m : v.members) {
+      if (m.raft_leader) leader += " (" + m.endpoint + ")";
+    }
+  }
+  Table head({"", ""});
+  head.add({"etcd", std::to_string(v.members.size()) + " endpoint" + (v.members.size() == 1 ? "" : "s") + ", " +
+                        std::to_string(healthy) + " healthy; raft leader " + leader +
+                        (version.empty() ? "" : "; etcd " + version)});
+  head.add({"shard map", v.map_status.ok() ? (v.map.version == 0 ? std::string("none in etcd: one shard, 0")
+                                                                  : "version " + std::to_string(v.map.version) + ", " +
+                                                                        std::to_string(v.map.shards().size()) +
+                                                                        " shard" + (v.map.shards().size() == 1 ? "" : "s"))
+                                           : v.map_status.message()});
+  std::string text = head.render();
+  out += text.substr(text.find('\n') + 1);
+  Table shards({"SHARD", "LEADER", "EPOCH", "KEYS", "AGENTS", "BLOCKS", "USED"});
+  for (const auto& s : v.shards) {
+    std::string keys = percent(s.key_fraction);
+    for (const auto& r : s.ranges) {
+      if (r.from) keys += " (moving from " + std::to_string(*r.from) + ")";
+    }
+    if (!s.leader_status.ok()) {
+      shards.add({std::to_string(s.shard), "none: " + s.leader_status.message(), "-", keys, "-", "-", "-"});
+      continue;
+    }
+    const bool st = s.stats_status.ok();
+    shards.add({std::to_string(s.shard), s.leader.address + " (" + s.leader.id + ")", std::to_string(s.leader.epoch),
+                keys, st ? std::to_string(s.stats.agents_alive) + " up" : "-",
+                st ? std::to_string(s.stats.blocks) : "-",
+                st ? human_bytes(s.stats.used_bytes) + " of " + human_bytes(s.stats.capacity_bytes)
+                   : s.stats_status.message()});
+  }
+  out += "\n" + shards.render();
+  Table members({"ETCD ENDPOINT", "HEALTH", "MEMBER", "RAFT"});
+  for (const auto& m : v.members) {
+    members.add({m.endpoint, m.health.ok() ? "healthy" : "unhealthy: " + m.health.message(),
+                 m.status ? member_hex(m.status->member_id) : "-",
+                 m.raft_leader ? "leader" : (m.status ? "follower" : "-")});
+  }
+  out += "\n" + members.render();
+  return out;
+}
+
 int cmd_status(const Globals& g) {
+  std::optional<ClusterView> cluster;
+  if (etcd::is_etcd_address(g.coordinator)) {
+    auto v = inspect_cluster(g.coordinator, g.timeout_ms, g.secret_file);
+    if (!v) return fail(g, v.error(), kExitUsage);
+    cluster = std::move(*v);
+  }
   auto c = connect(g);
-  if (!c) return fail_connect(g, c.error());
+  if (!c) {
+    // Behind etcd, what etcd knows is worth showing when the leader is away.
+    if (cluster) {
+      if (g.json) {
+        print_json({{"coordinator", g.coordinator},
+                    {"error", {{"code", std::string(code_name(c.error().code()))}, {"message", c.error().message()}}},
+                    {"etcd", cluster_json(*cluster)}});
+      } else {
+        std::cout << cluster_text(*cluster);
+      }
+      std::fprintf(stderr, "pooltool: %s\n", c.error().to_string().c_str());
+      return kExitUnreachable;
+    }
+    return fail_connect(g, c.error());
+  }
   auto st = (*c)->stats();
   if (!st) return fail(g, st.error());
   const auto& s = *st;
@@ -112,7 +235,9 @@ int cmd_status(const Globals& g) {
                 {"evictions", s.evictions},
                 {"expired_write_leases", s.expired_write_leases},
                 // null without --etcd; only a leader answers at all behind etcd.
-                {"ha", s.leader ? json{{"shard", s.shard}, {"epoch", s.epoch}, {"leader", true}} : json(nullptr)}});
+                {"ha", s.leader ? json{{"shard", s.shard}, {"epoch", s.epoch}, {"leader", true}} : json(nullptr)},
+                // null without etcd: its members, the shard map, every shard's leader.
+                {"etcd", cluster ? cluster_json(*cluster) : json(nullptr)}});
     return kExitOk;
   }
   Table t({"", ""});
@@ -138,6 +263,7 @@ int cmd_status(const Globals& g) {
          std::to_string(s.evictions) + " (" + std::to_string(s.expired_write_leases) + " write leases expired)"});
   std::string text = t.render();
   std::cout << text.substr(text.find('\n') + 1);  // no header row
+  if (cluster) std::cout << "\n" << cluster_text(*cluster);
   return kExitOk;
 }
 
