@@ -76,6 +76,9 @@ struct CoordinatorConfig {
   // being added owns nothing yet). CoordinatorCore::set_owned_ranges
   // changes them at run time.
   std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> owned_ranges;
+  // Ranges moving away to another shard (a shard being added): still read
+  // here (lookup, contains, remove, kept on a rebuild) but not written.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> readable_ranges;
   // Limits that keep one client from taking the coordinator's memory:
   // registered namespaces (blocks recovered after a restart may add
   // namespaces past it), and write leases open at once per writer (client

@@ -802,10 +802,11 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
       const std::string endpoints = options.coordinator.substr(7, options.coordinator.find('/', 7) - 7);
       auto ec = etcd::Client::create({e->endpoints, std::min(options.timeout, std::chrono::milliseconds(2000))});
       if (!ec) return tl::unexpected(ec.error());
-      auto map = etcd::read_shard_map(**ec);
+      std::int64_t revision = 0;
+      auto map = etcd::read_shard_map(**ec, &revision);
       if (!map) return tl::unexpected(map.error());
       if (!map->single()) {
-        auto router = Router::connect(options, endpoints, std::move(*map));
+        auto router = Router::connect(options, endpoints, std::move(*map), revision);
         if (!router) return tl::unexpected(router.error());
         return std::unique_ptr<Client>(new Client(std::move(*router)));
       }

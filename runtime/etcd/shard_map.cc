@@ -54,6 +54,27 @@ std::string ShardMap::describe() const {
   return out;
 }
 
+Result<ShardMap> add_shard(const ShardMap& map, std::uint32_t shard) {
+  for (std::uint32_t s : map.shards()) {
+    if (s == shard) return make_error(StatusCode::kInvalidArgument, "shard " + std::to_string(shard) + " is in the map already");
+  }
+  std::size_t best = map.ranges.size();
+  for (std::size_t i = 0; i < map.ranges.size(); ++i) {
+    const auto& r = map.ranges[i];
+    if (r.from || r.end - r.start < 2) continue;
+    if (best == map.ranges.size() || r.end - r.start > map.ranges[best].end - map.ranges[best].start) best = i;
+  }
+  if (best == map.ranges.size()) return make_error(StatusCode::kInvalidArgument, "no key range can be split now");
+  ShardMap next = map;
+  ++next.version;
+  const ShardRange old = map.ranges[best];
+  const std::uint64_t mid = old.start + (old.end - old.start) / 2;
+  next.ranges[best].end = mid;
+  next.ranges.insert(next.ranges.begin() + static_cast<std::ptrdiff_t>(best) + 1,
+                     ShardRange{mid, old.end, shard, old.shard});
+  return next;
+}
+
 namespace {
 
 Status bad(const std::string& why) { return Status(StatusCode::kInvalidArgument, "shard map: " + why); }

@@ -73,6 +73,12 @@ struct ShardMap {
   std::string describe() const;
 };
 
+// The next version of `map` with a shard added: the upper half of the
+// largest range not moving already goes to `shard`, moving from its owner
+// (coordinator/README.md, "Adding a shard"). kInvalidArgument when `shard`
+// is in the map already or no range can be split.
+Result<ShardMap> add_shard(const ShardMap& map, std::uint32_t shard);
+
 // kInvalidArgument naming what is wrong (not JSON, a gap or overlap, ...).
 Result<ShardMap> parse_shard_map(const std::string& json);
 std::string encode_shard_map(const ShardMap& map);

@@ -40,6 +40,17 @@ TEST_CASE("shard map: the short and the full form, and equal ranges agree with s
   CHECK(*back->range_of((1u << 30) + 5).from == 0);
   CHECK_FALSE(back->single());
   CHECK(ShardMap::equal(1).single());
+
+  // Adding a shard: the upper half of the largest range moves to it.
+  auto added = add_shard(ShardMap::equal(2, 5), 2);
+  REQUIRE(added);
+  CHECK(added->version == 6);
+  REQUIRE(added->ranges.size() == 3);
+  CHECK(added->ranges[0] == ShardRange{0, 1u << 30, 0, std::nullopt});
+  CHECK(added->ranges[1] == ShardRange{1u << 30, 1u << 31, 2, 0});
+  CHECK(added->ranges[2] == ShardRange{1u << 31, kPointSpace, 1, std::nullopt});
+  CHECK(parse_shard_map(encode_shard_map(*added)));
+  CHECK_FALSE(add_shard(*added, 1));
 }
 
 TEST_CASE("shard map: malformed maps are refused naming the problem", "[etcd][shardmap]") {

@@ -8,8 +8,12 @@
 
 #include <sys/wait.h>
 
+#include <atomic>
 #include <cstdio>
+#include <mutex>
+#include <random>
 #include <set>
+#include <thread>
 
 #include "runtime/common/pattern.h"
 #include "runtime/etcd/leader_address.h"
@@ -42,9 +46,11 @@ std::unique_ptr<Subprocess> spawn(const std::vector<std::string>& argv) {
 Shard start_shard(const std::string& endpoints, std::uint32_t shard, bool with_agent = true) {
   Shard s;
   s.port_file = temp_path("shard-port");
+  // A short write lease: moving a range waits one out before copying.
   s.coordinator = spawn({bin_dir() + "/kvpool-coordinator", "--etcd", endpoints, "--shard", std::to_string(shard),
                          "--listen", "127.0.0.1:0", "--port-file", s.port_file, "--log-level", "warn",
-                         "--agent-timeout", "2s", "--heartbeat-interval", "200ms"});
+                         "--agent-timeout", "2s", "--heartbeat-interval", "200ms", "--write-lease", "2s",
+                         "--write-quarantine", "1s"});
   const std::uint16_t port = read_port_file(s.port_file, Deadline::after(scaled(15s)));
   REQUIRE(port != 0);
   s.address = "127.0.0.1:" + std::to_string(port);
@@ -263,4 +269,180 @@ TEST_CASE("a missing or malformed shard map gives a clear error", "[integration]
     CHECK(c.error().code() == StatusCode::kFailedPrecondition);
     CHECK_THAT(c.error().message(), Catch::Contains("/kvpool/shardmap is malformed"));
   }
+}
+
+TEST_CASE("a third shard added under load: every committed block stays readable and ends in exactly one shard",
+          "[integration][shard]") {
+  if (!etcd_available()) {
+    WARN("etcd-server is not installed (apt-get install etcd-server): skipped");
+    return;
+  }
+  auto etcd = EtcdCluster::start(1);
+  REQUIRE(etcd);
+  const std::string E = etcd->endpoints();
+  auto ec = etcd::Client::create(etcd->client_options());
+  REQUIRE(ec);
+  put_map(**ec, R"({"version": 1, "shards": 2})");
+  std::vector<Shard> shards;
+  shards.push_back(start_shard(E, 0));
+  shards.push_back(start_shard(E, 1));
+  // Shard 2 starts before the map names it: it leads, its agent joins, and
+  // it refuses every key until a version gives it a range.
+  shards.push_back(start_shard(E, 2));
+
+  constexpr std::uint64_t kTotal = 640;
+  constexpr int kBatch = 16;
+  std::mutex mu;
+  std::vector<std::uint64_t> committed;  // ids whose put returned written or exists
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> next{0};
+  std::atomic<std::uint64_t> limit{192};  // the writer writes blocks [0, limit)
+  std::atomic<std::uint64_t> put_failures{0}, reads{0}, misses{0}, wrong{0};
+  auto writer = connect("etcd://" + E);
+  auto reader = connect("etcd://" + E);
+  auto wns = writer->register_namespace(test_namespace(kBlock, "grow"));
+  auto rns = reader->register_namespace(test_namespace(kBlock, "grow"));
+  REQUIRE(wns);
+  REQUIRE(rns);
+
+  std::thread w([&] {
+    std::vector<std::byte> data(kBatch * kBlock);
+    while (!stop.load() && next.load() < kTotal) {
+      const std::uint64_t first = next.load();
+      if (first >= limit.load()) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      std::vector<Key128> keys;
+      std::vector<std::span<const std::byte>> spans;
+      for (int j = 0; j < kBatch; ++j) {
+        keys.push_back(key_of(first + j));
+        fill_pattern(data.data() + j * kBlock, 0, kBlock, keys.back().lo);
+        spans.emplace_back(data.data() + j * kBlock, kBlock);
+      }
+      auto r = writer->put(*wns, keys, spans);
+      bool all = r.has_value();
+      {
+        std::lock_guard lock(mu);
+        for (int j = 0; r && j < kBatch; ++j) {
+          if (r->outcomes[j] == PutOutcome::kWritten || r->outcomes[j] == PutOutcome::kExists) {
+            committed.push_back(first + j);
+          } else {
+            all = false;
+          }
+        }
+      }
+      if (all) {
+        next = first + kBatch;
+      } else {
+        ++put_failures;  // tried again (the keys written already come back as exists)
+        std::this_thread::sleep_for(20ms);
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  std::thread rd([&] {
+    std::mt19937_64 rng(7);
+    std::vector<std::byte> out(kBlock);
+    while (!stop.load()) {
+      std::uint64_t id = 0;
+      {
+        std::lock_guard lock(mu);
+        if (committed.empty()) {
+          id = UINT64_MAX;
+        } else {
+          id = committed[rng() % committed.size()];
+        }
+      }
+      if (id == UINT64_MAX) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      const Key128 k = key_of(id);
+      std::span<std::byte> dst(out);
+      std::fill(out.begin(), out.end(), std::byte{0});
+      auto g = reader->get(*rns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+      ++reads;
+      if (!g || g->loaded != 1) {
+        ++misses;
+        continue;
+      }
+      if (pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0) ++wrong;
+    }
+  });
+
+  REQUIRE(eventually([&] { return next.load() >= 192; }, scaled(30s)));
+  // The operator adds shard 2: the upper half of the largest range moves to
+  // it (version 2, moving), then shard 0 (its old owner) copies the blocks
+  // over and publishes version 3 with the range no longer moving.
+  auto map = etcd::read_shard_map(**ec);
+  REQUIRE(map);
+  auto grown = etcd::add_shard(*map, 2);
+  REQUIRE(grown);
+  const auto moved = grown->ranges[1];
+  REQUIRE(moved.shard == 2);
+  REQUIRE(moved.from.has_value());
+  put_map(**ec, etcd::encode_shard_map(*grown));
+  const auto t0 = Clock::now();
+  const std::uint64_t written_before = next.load();
+  limit = 448;  // written while the range moves
+  std::optional<etcd::ShardMap> final_map;
+  REQUIRE(eventually([&] {
+    auto m = etcd::read_shard_map(**ec);
+    if (!m || m->version < grown->version + 1) return false;
+    final_map = *m;
+    return true;
+  }, scaled(60s)));
+  const double move_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const std::uint64_t written_during = next.load() - written_before;
+  CHECK(written_during > 0);
+  limit = kTotal;  // and after
+  for (const auto& r : final_map->ranges) CHECK_FALSE(r.from.has_value());
+  REQUIRE(eventually([&] { return next.load() >= kTotal; }, scaled(60s)));
+  stop = true;
+  w.join();
+  rd.join();
+  std::printf("shard added under load: move done in %.1f s, %llu blocks written meanwhile; %llu reads of committed "
+              "blocks throughout, %llu missed, %llu wrong; %llu put batches retried\n",
+              move_s, static_cast<unsigned long long>(written_during), static_cast<unsigned long long>(reads.load()), static_cast<unsigned long long>(misses.load()),
+              static_cast<unsigned long long>(wrong.load()), static_cast<unsigned long long>(put_failures.load()));
+  std::fflush(stdout);
+  CHECK(reads.load() > 50);
+  CHECK(misses.load() == 0);
+  CHECK(wrong.load() == 0);
+
+  // Every committed block reads back, through a client that knows only the
+  // final map, and lies in exactly one shard: the one the map names.
+  auto fresh = connect("etcd://" + E);
+  auto fns = fresh->register_namespace(test_namespace(kBlock, "grow"));
+  REQUIRE(fns);
+  std::set<std::uint64_t> ids(committed.begin(), committed.end());
+  std::uint64_t missing = 0, bad = 0, in_moved = 0;
+  std::vector<std::byte> out(kBlock);
+  std::size_t per_shard[3] = {0, 0, 0};
+  for (std::uint64_t id : ids) {
+    const Key128 k = key_of(id);
+    ++per_shard[final_map->shard_of(k)];
+    const std::uint32_t p = etcd::key_point(k);
+    if (p >= moved.start && p < moved.end) ++in_moved;
+    std::span<std::byte> dst(out);
+    auto g = fresh->get(*fns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+    REQUIRE(g);
+    if (g->loaded != 1) {
+      ++missing;
+      continue;
+    }
+    bad += pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0;
+  }
+  CHECK(ids.size() == kTotal);
+  CHECK(missing == 0);
+  CHECK(bad == 0);
+  CHECK(in_moved > 0);
+  for (std::uint32_t sh = 0; sh < 3; ++sh) {
+    auto raw = raw_client(shards[sh].address, rpc::Role::kTool);
+    REQUIRE(raw);
+    INFO("shard " << sh);
+    CHECK(stats(*raw).blocks == per_shard[sh]);
+  }
+  CHECK(per_shard[2] == in_moved);
 }
