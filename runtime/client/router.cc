@@ -112,7 +112,8 @@ Result<std::unique_ptr<Client::Router>> Client::Router::connect(const ClientOpti
       [raw](const std::vector<etcd::WatchEvent>& events) {
         for (const auto& ev : events) {
           if (ev.type != etcd::WatchEvent::Type::kPut) {
-            logger()->warn("the shard map was deleted from etcd; keeping version {}", raw->view().map->version);
+            std::lock_guard lock(raw->mu);
+            logger()->warn("the shard map was deleted from etcd; keeping version {}", raw->map->version);
             continue;
           }
           auto next = etcd::parse_shard_map(ev.kv.value);

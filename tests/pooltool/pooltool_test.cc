@@ -604,3 +604,83 @@ TEST_CASE("pooltool status and doctor show every shard, its leader and epoch, an
   CHECK(checks["etcd members"]["status"] == "fail");
   CHECK(checks["etcd members"]["detail"].get<std::string>().find("0 of 1 endpoints healthy") != std::string::npos);
 }
+
+TEST_CASE("pooltool shards add moves half a range to a new shard and waits for the move", "[pooltool][shard]") {
+  if (!etcd_available()) {
+    WARN("no " << kEtcdBinary << " (Debian's etcd-server): not testing");
+    return;
+  }
+  auto etcd = EtcdCluster::start(1);
+  REQUIRE(etcd);
+  const std::string E = etcd->endpoints();
+  auto ec = etcd::Client::create(etcd->client_options());
+  REQUIRE(ec);
+  REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 1, "shards": 2})"));
+  std::vector<Subprocess> procs;
+  std::vector<std::unique_ptr<Subprocess>> agents;
+  for (int shard : {0, 1, 2}) {
+    const std::string port_file = temp_path("pooltool-add-port");
+    auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", E, "--shard", std::to_string(shard),
+                                "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn",
+                                "--write-lease", "2s", "--write-quarantine", "1s"});
+    REQUIRE(p);
+    procs.push_back(std::move(*p));
+    REQUIRE(read_port_file(port_file, Deadline::after(scaled(15s))) != 0);
+    agents.push_back(start_agent("etcd://" + E + "/" + std::to_string(shard), "32MiB"));
+    REQUIRE(agents.back());
+  }
+  // Blocks in both shards before the move.
+  ClientOptions co;
+  co.coordinator = "etcd://" + E;
+  co.timeout = scaled(5s);
+  std::unique_ptr<Client> client;
+  REQUIRE(eventually([&] {
+    auto c = Client::connect(co);
+    if (!c) return false;
+    client = std::move(*c);
+    return true;
+  }, scaled(10s)));
+  auto ns = client->register_namespace(test_namespace(64 << 10, "shards-add"));
+  REQUIRE(ns);
+  std::vector<Key128> keys;
+  std::vector<std::byte> data(128 * (64 << 10));
+  std::vector<std::span<const std::byte>> spans;
+  for (int i = 0; i < 128; ++i) {
+    keys.push_back(Key128{static_cast<std::uint64_t>(i) * 0x9e3779b97f4a7c15ull + 3, 77});
+    fill_pattern(data.data() + i * (64 << 10), 0, 64 << 10, keys.back().lo);
+    spans.emplace_back(data.data() + i * (64 << 10), 64 << 10);
+  }
+  REQUIRE(eventually([&] {
+    auto r = client->put(*ns, keys, spans);
+    return r && r->failed == 0;
+  }, scaled(10s)));
+
+  auto r = pooltool({"--coordinator", "etcd://" + E, "--json", "shards", "add", "2", "--wait"});
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["version"] == 2);
+  CHECK(r.doc["from"] == 0);
+  CHECK(r.doc["to"] == 2);
+  CHECK(r.doc["done"] == true);
+  auto map = etcd::read_shard_map(**ec);
+  REQUIRE(map);
+  CHECK(map->version == 3);
+  CHECK(map->shards() == std::vector<std::uint32_t>{0, 1, 2});
+  // Every block reads back, wherever it lies now.
+  std::vector<std::byte> out(data.size(), std::byte{0});
+  std::vector<std::span<std::byte>> bufs;
+  for (int i = 0; i < 128; ++i) bufs.emplace_back(out.data() + i * (64 << 10), 64 << 10);
+  auto g = client->get(*ns, keys, bufs);
+  REQUIRE(g);
+  CHECK(g->loaded == 128);
+  CHECK(out == data);
+
+  // Refusals: a shard in the map already, and one with no leader.
+  auto again = pooltool({"--coordinator", "etcd://" + E, "shards", "add", "2"});
+  CHECK(again.rc == 1);
+  auto none = run_pooltool({"--coordinator", "etcd://" + E, "--json", "shards", "add", "7"});
+  CHECK(none.rc == 1);
+  CHECK(none.doc["error"]["message"].get<std::string>().find("shard 7 has no leader") != std::string::npos);
+  auto plain = pooltool({"--coordinator", "127.0.0.1:1", "shards", "add", "3"});
+  CHECK(plain.rc == 2);
+}

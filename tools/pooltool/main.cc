@@ -21,6 +21,7 @@
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
 #include "tools/pooltool/admin.h"
 #include "tools/pooltool/cluster.h"
 #include "tools/pooltool/doctor.h"
@@ -83,6 +84,97 @@ Result<std::unique_ptr<AdminClient>> connect(const Globals& g) {
 std::string model_of(const std::map<NamespaceId, rpc::NamespaceRecord>& ns, NamespaceId id) {
   auto it = ns.find(id);
   return it == ns.end() ? std::string() : it->second.descriptor.model_id;
+}
+
+// ---- shards add ----
+int cmd_shards_add(const Globals& g, std::uint32_t shard, bool wait, const std::string& wait_for) {
+  auto addr = etcd::parse_etcd_address(g.coordinator);
+  if (!addr) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "shards add: --coordinator must be etcd://HOST:PORT[,...]"),
+                kExitUsage);
+  }
+  auto limit = parse_duration(wait_for);
+  if (!limit || limit->count() <= 0) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "--timeout-move: not a positive duration"), kExitUsage);
+  }
+  const std::string rest = g.coordinator.substr(7);
+  const std::string endpoints = rest.substr(0, rest.find('/'));
+  auto ec = etcd::Client::create({addr->endpoints, std::min(g.timeout_ms, std::chrono::milliseconds(5000))});
+  if (!ec) return fail(g, ec.error());
+  // The new shard must be up: it takes writes the moment the map changes.
+  if (auto leader = etcd::find_leader(**ec, shard); !leader) {
+    return fail(g, Status(StatusCode::kFailedPrecondition,
+                          "shard " + std::to_string(shard) + " has no leader (" + leader.error().message() +
+                              "): start kvpool-coordinator --etcd " + endpoints + " --shard " + std::to_string(shard) +
+                              " and kvpool-agent --coordinator etcd://" + endpoints + "/" + std::to_string(shard) +
+                              " first"),
+                kExitFailed);
+  }
+  auto cur = (*ec)->get(etcd::kShardMapKey);
+  if (!cur) return fail(g, cur.error());
+  etcd::ShardMap map = etcd::ShardMap::equal(1, 0);
+  std::int64_t mod = 0;
+  if (!cur->kvs.empty()) {
+    auto m = etcd::parse_shard_map(cur->kvs[0].value);
+    if (!m) return fail(g, Status(StatusCode::kFailedPrecondition, "etcd key /kvpool/shardmap: " + m.error().message()));
+    map = *m;
+    mod = cur->kvs[0].mod_revision;
+  }
+  auto next = etcd::add_shard(map, shard);
+  if (!next) return fail(g, next.error(), kExitFailed);
+  etcd::ShardRange moved;
+  for (const auto& r : next->ranges) {
+    if (r.shard == shard) moved = r;
+  }
+  auto txn = (*ec)->txn({cur->kvs.empty() ? etcd::Compare::created(etcd::kShardMapKey, 0)
+                                          : etcd::Compare::modified(etcd::kShardMapKey, mod)},
+                        {etcd::TxnOp::put(etcd::kShardMapKey, etcd::encode_shard_map(*next))});
+  if (!txn) return fail(g, txn.error());
+  if (!txn->succeeded) {
+    return fail(g, Status(StatusCode::kFailedPrecondition, "the shard map changed meanwhile: run the command again"), kExitFailed);
+  }
+  if (!g.json) {
+    std::printf("shard map version %lld: keys [%llu, %llu) move from shard %u to shard %u\n",
+                static_cast<long long>(next->version), static_cast<unsigned long long>(moved.start),
+                static_cast<unsigned long long>(moved.end), *moved.from, shard);
+    if (map.single()) {
+      std::printf("note: workers that connected to a one-shard pool do not follow the map: reconnect them\n");
+    }
+    std::fflush(stdout);
+  }
+  bool done = false;
+  double seconds = 0;
+  if (wait) {
+    const auto t0 = Clock::now();
+    for (auto d = Deadline::after(*limit); !d.expired();) {
+      auto m = etcd::read_shard_map(**ec);
+      if (m && m->version > next->version) {
+        done = true;
+        for (const auto& r : m->ranges) done &= !(r.shard == shard && r.from);
+        if (done) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  if (g.json) {
+    print_json({{"version", next->version},
+                {"start", moved.start},
+                {"end", moved.end},
+                {"from", *moved.from},
+                {"to", shard},
+                {"done", wait ? json(done) : json(nullptr)},
+                {"seconds", wait ? json(seconds) : json(nullptr)}});
+  } else if (wait) {
+    if (done) std::printf("moved in %.1f s: shard %u owns [%llu, %llu)\n", seconds, shard,
+                          static_cast<unsigned long long>(moved.start), static_cast<unsigned long long>(moved.end));
+  }
+  if (wait && !done) {
+    std::fprintf(stderr, "pooltool: the move did not end within %s (pooltool status shows the range still moving)\n",
+                 wait_for.c_str());
+    return kExitFailed;
+  }
+  return kExitOk;
 }
 
 // ---- status ----
@@ -1071,6 +1163,18 @@ int main(int argc, char** argv) {
   drain->add_option("--stall-timeout", drain_stall, "Give up when no block moved for this long")
       ->capture_default_str();
 
+  std::uint32_t add_shard_id = 0;
+  bool add_wait = false;
+  std::string add_timeout = "300s";
+  auto* shards_cmd = app.add_subcommand("shards", "The shard map in etcd (--coordinator etcd://HOST:PORT,...)");
+  shards_cmd->require_subcommand(1);
+  auto* shards_add = shards_cmd->add_subcommand(
+      "add", "Add a shard: the upper half of the largest key range moves to it, its old owner copies the blocks over "
+             "(start the shard's coordinators and agents first; coordinator/README.md, \"Adding a shard\")");
+  shards_add->add_option("shard", add_shard_id, "The new shard's number")->required();
+  shards_add->add_flag("--wait", add_wait, "Wait until the move is over");
+  shards_add->add_option("--timeout-move", add_timeout, "With --wait: give up after this long")->capture_default_str();
+
   std::string secret_path;
   auto* secret = app.add_subcommand("secret", "The cluster secret file");
   secret->require_subcommand(1);
@@ -1113,5 +1217,6 @@ int main(int argc, char** argv) {
   if (*replay_cmd) return cmd_replay(g, trace_file, replay_requests, ro);
   if (*secret_new) return cmd_secret_new(g, secret_path, secret_tenant, secret_namespaces, secret_tenants_file);
   if (*drain) return cmd_drain(g, drain_agent, undrain, drain_in_flight, drain_stall);
+  if (*shards_add) return cmd_shards_add(g, add_shard_id, add_wait, add_timeout);
   return kExitUsage;
 }
