@@ -293,8 +293,8 @@ int main(int argc, char** argv) {
   }
   // Follows the shard map: a range given to or taken from this shard changes
   // what it serves at once.
+  Moves moves;  // before the watch that feeds it: the watch stops first
   std::unique_ptr<etcd::Watch> map_watch;
-  Moves moves;
   if (election) {
     auto eps = etcd::parse_endpoints(etcd_endpoints);
     coordinator::CoordinatorCore* core = &(*server)->core();
