@@ -17,6 +17,7 @@
 
 #include "runtime/common/pattern.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
 #include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
 #include "tests/pooltool/run_pooltool.h"
