@@ -20,6 +20,7 @@
 #include "runtime/etcd/shard_map.h"
 #include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
+#include "tests/integration/shard_fixture.h"
 
 using namespace kvpool;
 using namespace kvpool::testing;
@@ -29,44 +30,6 @@ namespace {
 
 constexpr std::uint64_t kBlock = 64 << 10;
 
-struct Shard {
-  std::unique_ptr<Subprocess> coordinator;
-  std::unique_ptr<Subprocess> agent;
-  std::string port_file;
-  std::string address;
-};
-
-std::unique_ptr<Subprocess> spawn(const std::vector<std::string>& argv) {
-  auto p = Subprocess::spawn(argv);
-  REQUIRE(p);
-  return std::make_unique<Subprocess>(std::move(*p));
-}
-
-// A leader of `shard` and one agent of 64 MiB assigned to it.
-Shard start_shard(const std::string& endpoints, std::uint32_t shard, bool with_agent = true) {
-  Shard s;
-  s.port_file = temp_path("shard-port");
-  // A short write lease: moving a range waits one out before copying.
-  s.coordinator = spawn({bin_dir() + "/kvpool-coordinator", "--etcd", endpoints, "--shard", std::to_string(shard),
-                         "--listen", "127.0.0.1:0", "--port-file", s.port_file, "--log-level", "warn",
-                         "--agent-timeout", "2s", "--heartbeat-interval", "200ms", "--write-lease", "2s",
-                         "--write-quarantine", "1s"});
-  const std::uint16_t port = read_port_file(s.port_file, Deadline::after(scaled(15s)));
-  REQUIRE(port != 0);
-  s.address = "127.0.0.1:" + std::to_string(port);
-  if (with_agent) {
-    s.agent = spawn({bin_dir() + "/kvpool-agent", "--coordinator", "etcd://" + endpoints + "/" + std::to_string(shard),
-                     "--pool-size", "64MiB", "--log-level", "warn", "--name", "shard" + std::to_string(shard) + "-a"});
-    auto watcher = raw_client(s.address, rpc::Role::kTool);
-    REQUIRE(watcher);
-    REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 1; }, scaled(10s)));
-  }
-  return s;
-}
-
-void put_map(const etcd::Client& etcd, const std::string& value) {
-  REQUIRE(etcd.put(etcd::kShardMapKey, value));
-}
 
 std::unique_ptr<Client> connect(const std::string& coordinator) {
   ClientOptions o;
@@ -99,23 +62,17 @@ std::pair<int, std::string> run_shell(const std::string& command) {
 
 TEST_CASE("two shards: a client given etcd://E puts and gets batches spanning both, every byte verified",
           "[integration][shard]") {
-  if (!etcd_available()) {
-    WARN("etcd-server is not installed (apt-get install etcd-server): skipped");
-    return;
-  }
-  auto etcd = EtcdCluster::start(1);
-  REQUIRE(etcd);
-  const std::string E = etcd->endpoints();
-  auto ec = etcd::Client::create(etcd->client_options());
-  REQUIRE(ec);
-  put_map(**ec, R"({"version": 1, "shards": 2})");
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 2})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
   Shard s0 = start_shard(E, 0);
   Shard s1 = start_shard(E, 1);
 
   auto client = connect("etcd://" + E);
   auto ns = client->register_namespace(test_namespace(kBlock, "shard"));
   REQUIRE(ns);
-  auto map = etcd::read_shard_map(**ec);
+  auto map = etcd::read_shard_map(*ec);
   REQUIRE(map);
   REQUIRE(map->ranges.size() == 2);
 
@@ -257,7 +214,7 @@ TEST_CASE("a missing or malformed shard map gives a clear error", "[integration]
                                 std::string(R"({"version": 2, "ranges": [{"start": 0, "end": 4294967296, "shard": 0},
                                                  {"start": 5, "end": 4294967296, "shard": 1}]})")}) {
     INFO(bad);
-    put_map(**ec, bad);
+    REQUIRE((*ec)->put(etcd::kShardMapKey, bad));
     auto [code, out] = run_shell(coord + " --shard 0");
     CHECK(code == 2);
     CHECK_THAT(out, Catch::Contains("etcd key /kvpool/shardmap is malformed: shard map:"));
@@ -273,16 +230,10 @@ TEST_CASE("a missing or malformed shard map gives a clear error", "[integration]
 
 TEST_CASE("a third shard added under load: every committed block stays readable and ends in exactly one shard",
           "[integration][shard]") {
-  if (!etcd_available()) {
-    WARN("etcd-server is not installed (apt-get install etcd-server): skipped");
-    return;
-  }
-  auto etcd = EtcdCluster::start(1);
-  REQUIRE(etcd);
-  const std::string E = etcd->endpoints();
-  auto ec = etcd::Client::create(etcd->client_options());
-  REQUIRE(ec);
-  put_map(**ec, R"({"version": 1, "shards": 2})");
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 2})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
   std::vector<Shard> shards;
   shards.push_back(start_shard(E, 0));
   shards.push_back(start_shard(E, 1));
@@ -375,20 +326,20 @@ TEST_CASE("a third shard added under load: every committed block stays readable 
   // The operator adds shard 2: the upper half of the largest range moves to
   // it (version 2, moving), then shard 0 (its old owner) copies the blocks
   // over and publishes version 3 with the range no longer moving.
-  auto map = etcd::read_shard_map(**ec);
+  auto map = etcd::read_shard_map(*ec);
   REQUIRE(map);
   auto grown = etcd::add_shard(*map, 2);
   REQUIRE(grown);
   const auto moved = grown->ranges[1];
   REQUIRE(moved.shard == 2);
   REQUIRE(moved.from.has_value());
-  put_map(**ec, etcd::encode_shard_map(*grown));
+  pool->put_map(etcd::encode_shard_map(*grown));
   const auto t0 = Clock::now();
   const std::uint64_t written_before = next.load();
   limit = 448;  // written while the range moves
   std::optional<etcd::ShardMap> final_map;
   REQUIRE(eventually([&] {
-    auto m = etcd::read_shard_map(**ec);
+    auto m = etcd::read_shard_map(*ec);
     if (!m || m->version < grown->version + 1) return false;
     final_map = *m;
     return true;

@@ -20,6 +20,7 @@
 #include "runtime/etcd/shard_map.h"
 #include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
+#include "tests/integration/shard_fixture.h"
 #include "tests/pooltool/run_pooltool.h"
 
 using namespace kvpool;
@@ -514,31 +515,17 @@ TEST_CASE("pooltool secret new --tenant writes a credential and adds the tenant 
 }
 
 TEST_CASE("pooltool status and doctor show every shard, its leader and epoch, and etcd's health", "[pooltool][shard]") {
-  if (!etcd_available()) {
-    WARN("no " << kEtcdBinary << " (Debian's etcd-server): not testing");
-    return;
-  }
-  auto etcd = EtcdCluster::start(1);
-  REQUIRE(etcd);
-  const std::string E = etcd->endpoints();
-  auto ec = etcd::Client::create(etcd->client_options());
-  REQUIRE(ec);
   // Three shards in the map; shards 0 and 1 are led, 0 has an agent, 2 has no
   // coordinator at all.
-  REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 4, "shards": 3})"));
-  std::vector<Subprocess> procs;
-  for (int shard : {0, 1}) {
-    const std::string port_file = temp_path("pooltool-shard-port");
-    auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", E, "--shard", std::to_string(shard),
-                                "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn"});
-    REQUIRE(p);
-    procs.push_back(std::move(*p));
-    REQUIRE(read_port_file(port_file, Deadline::after(scaled(15s))) != 0);
-  }
-  auto agent = start_agent("etcd://" + E + "/0", "32MiB");
-  REQUIRE(agent);
-  auto l0 = etcd::find_leader(**ec, 0);
-  auto l1 = etcd::find_leader(**ec, 1);
+  auto pool = start_sharded_etcd(R"({"version": 4, "shards": 3})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
+  auto& etcd = pool->cluster;
+  Shard s0 = start_shard(E, 0, "32MiB");
+  Shard s1 = start_shard(E, 1, "");
+  auto l0 = etcd::find_leader(*ec, 0);
+  auto l1 = etcd::find_leader(*ec, 1);
   REQUIRE(l0);
   REQUIRE(l1);
   REQUIRE(eventually([&] {
@@ -589,7 +576,7 @@ TEST_CASE("pooltool status and doctor show every shard, its leader and epoch, an
   CHECK(checks["shard 2"]["fix"].get<std::string>().find("--shard 2") != std::string::npos);
 
   // A malformed map and a dead etcd are named too.
-  REQUIRE((*ec)->put("/kvpool/shardmap", "{broken"));
+  pool->put_map("{broken");
   auto bad = pooltool({"--coordinator", "etcd://" + E, "--json", "doctor", "--no-probe"});
   INFO(bad.out);
   checks.clear();
@@ -607,29 +594,11 @@ TEST_CASE("pooltool status and doctor show every shard, its leader and epoch, an
 }
 
 TEST_CASE("pooltool shards add moves half a range to a new shard and waits for the move", "[pooltool][shard]") {
-  if (!etcd_available()) {
-    WARN("no " << kEtcdBinary << " (Debian's etcd-server): not testing");
-    return;
-  }
-  auto etcd = EtcdCluster::start(1);
-  REQUIRE(etcd);
-  const std::string E = etcd->endpoints();
-  auto ec = etcd::Client::create(etcd->client_options());
-  REQUIRE(ec);
-  REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 1, "shards": 2})"));
-  std::vector<Subprocess> procs;
-  std::vector<std::unique_ptr<Subprocess>> agents;
-  for (int shard : {0, 1, 2}) {
-    const std::string port_file = temp_path("pooltool-add-port");
-    auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", E, "--shard", std::to_string(shard),
-                                "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn",
-                                "--write-lease", "2s", "--write-quarantine", "1s"});
-    REQUIRE(p);
-    procs.push_back(std::move(*p));
-    REQUIRE(read_port_file(port_file, Deadline::after(scaled(15s))) != 0);
-    agents.push_back(start_agent("etcd://" + E + "/" + std::to_string(shard), "32MiB"));
-    REQUIRE(agents.back());
-  }
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 2})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  std::vector<Shard> shards;
+  for (std::uint32_t shard : {0u, 1u, 2u}) shards.push_back(start_shard(E, shard, "32MiB"));
   // Blocks in both shards before the move.
   ClientOptions co;
   co.coordinator = "etcd://" + E;
@@ -663,7 +632,7 @@ TEST_CASE("pooltool shards add moves half a range to a new shard and waits for t
   CHECK(r.doc["from"] == 0);
   CHECK(r.doc["to"] == 2);
   CHECK(r.doc["done"] == true);
-  auto map = etcd::read_shard_map(**ec);
+  auto map = etcd::read_shard_map(*pool->client);
   REQUIRE(map);
   CHECK(map->version == 3);
   CHECK(map->shards() == std::vector<std::uint32_t>{0, 1, 2});
