@@ -279,16 +279,46 @@ struct CoordinatorCore::State {
     return it->second;
   }
 
+  bool owns_all() const { return !config.owned_ranges && config.shard_count == 1; }
   bool owns(const Key128& key) const {
-    return config.shard_count == 1 || shard_of(key, config.shard_count) == config.shard_index;
+    if (owns_all()) return true;
+    if (!config.owned_ranges) return shard_of(key, config.shard_count) == config.shard_index;
+    const std::uint64_t p = etcd::key_point(key);
+    for (const auto& [start, end] : *config.owned_ranges) {
+      if (p >= start && p < end) return true;
+    }
+    return false;
+  }
+  // Owned, or in a range moving away (readable until the move ends).
+  bool can_read(const Key128& key) const {
+    if (owns(key)) return true;
+    if (config.readable_ranges.empty()) return false;
+    const std::uint64_t p = etcd::key_point(key);
+    for (const auto& [start, end] : config.readable_ranges) {
+      if (p >= start && p < end) return true;
+    }
+    return false;
+  }
+  Status check_read(std::span<const Key128> keys) const {
+    if (owns_all()) return Status::ok_status();
+    for (const Key128& k : keys) {
+      if (!can_read(k)) return shard_error(k);
+    }
+    return Status::ok_status();
   }
   Status shard_error(const Key128& key) const {
+    if (config.owned_ranges) {
+      return Status(StatusCode::kFailedPrecondition,
+                    "key " + key_text(key) + " (point " + std::to_string(etcd::key_point(key)) +
+                        ") is not in the key ranges of shard " + std::to_string(config.shard_index) +
+                        ": route it by the shard map in etcd (" + etcd::kShardMapKey + ")");
+    }
     return Status(StatusCode::kFailedPrecondition,
                   "key " + key_text(key) + " belongs to shard " + std::to_string(shard_of(key, config.shard_count)) +
                       ", this coordinator serves shard " + std::to_string(config.shard_index));
   }
   Status check_shard(std::span<const Key128> keys) const {
-    if (config.shard_count == 1) return Status::ok_status();
+    if (owns_all()) return Status::ok_status();
     for (const Key128& k : keys) {
       if (!owns(k)) return shard_error(k);
     }
@@ -1177,7 +1207,7 @@ Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t 
     const std::uint64_t g = slot_granules(b.length);
     if (b.length == 0 || b.length > UINT32_MAX || b.payload_offset % kGranule != 0 ||
         b.payload_offset >= a->layout.payload_bytes || g > (a->layout.payload_bytes - b.payload_offset) / kGranule ||
-        !s.owns(b.key)) {
+        !s.can_read(b.key)) {
       ++out.dropped;  // left to the end of recovery, which invalidates it
       continue;
     }
@@ -1341,6 +1371,31 @@ std::vector<AgentView> CoordinatorCore::agents() const {
 std::uint64_t CoordinatorCore::membership_epoch() const {
   std::lock_guard lock(mu_);
   return s_->epoch;
+}
+
+void CoordinatorCore::set_owned_ranges(std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
+                                       std::vector<std::pair<std::uint64_t, std::uint64_t>> readable) {
+  std::lock_guard lock(mu_);
+  s_->config.owned_ranges = std::move(ranges);
+  s_->config.readable_ranges = std::move(readable);
+}
+
+CoordinatorCore::KeyListing CoordinatorCore::list_keys(std::uint64_t start, std::uint64_t end, std::uint32_t cursor,
+                                                       std::uint32_t limit) const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  KeyListing out;
+  const std::uint32_t high = s.slab.high_water();
+  std::uint32_t i = cursor;
+  for (; i < high && out.keys.size() < limit; ++i) {
+    const BlockEntry& e = s.slab[i];
+    if (e.state != BlockState::kCommitted) continue;
+    const std::uint64_t p = etcd::key_point(e.key);
+    if (p < start || p >= end) continue;
+    out.keys.emplace_back(s.namespaces[e.ns].id, e.key);
+  }
+  out.next = i < high ? i : 0;
+  return out;
 }
 
 // ---- drain ----
@@ -1659,7 +1714,7 @@ Result<LookupResult> CoordinatorCore::lookup(NamespaceId ns_id, std::span<const 
   s.sweep(now);
   auto ns = s.ns_lookup(ns_id);
   if (!ns) return tl::unexpected(ns.error());
-  if (Status st = s.check_shard(keys); !st.ok()) return tl::unexpected(st);
+  if (Status st = s.check_read(keys); !st.ok()) return tl::unexpected(st);
   LookupResult r;
   r.membership_epoch = s.epoch;
   std::vector<std::pair<std::uint32_t, Generation>> pins;
@@ -1694,7 +1749,7 @@ Result<std::vector<bool>> CoordinatorCore::contains(NamespaceId ns_id, std::span
   s.sweep(now);
   auto ns = s.ns_lookup(ns_id);
   if (!ns) return tl::unexpected(ns.error());
-  if (Status st = s.check_shard(keys); !st.ok()) return tl::unexpected(st);
+  if (Status st = s.check_read(keys); !st.ok()) return tl::unexpected(st);
   std::vector<bool> out(keys.size(), false);
   for (std::size_t k = 0; k < keys.size(); ++k) {
     const std::uint32_t i = s.find_key(*ns, keys[k]);
@@ -1726,7 +1781,7 @@ Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const K
   BatchResult r;
   r.statuses.reserve(keys.size());
   for (const Key128& key : keys) {
-    if (!s.owns(key)) {
+    if (!s.can_read(key)) {
       r.statuses.push_back(s.shard_error(key));
       continue;
     }

@@ -167,6 +167,23 @@ class CoordinatorCore {
   // Bumps on every join, restart and death.
   std::uint64_t membership_epoch() const;
 
+  // The key-point ranges this coordinator owns from now on (the shard map
+  // changed: CoordinatorConfig::owned_ranges). Keys outside them are
+  // refused with kFailedPrecondition; blocks already indexed stay readable
+  // through entries already handed out but are not looked up any more.
+  void set_owned_ranges(std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
+                        std::vector<std::pair<std::uint64_t, std::uint64_t>> readable = {});
+
+  // Committed blocks whose key point (etcd::key_point) lies in [start, end),
+  // by namespace id, scanning the index from entry `cursor` on; at most
+  // `limit` keys. `next` is the cursor to go on from, 0 when the scan is
+  // done. What moving a key range to another shard copies.
+  struct KeyListing {
+    std::vector<std::pair<NamespaceId, Key128>> keys;
+    std::uint32_t next = 0;
+  };
+  KeyListing list_keys(std::uint64_t start, std::uint64_t end, std::uint32_t cursor, std::uint32_t limit) const;
+
   // ---- Writes ----
 
   // Per key, in order: kExists (committed: touches it in the LRU), kPending

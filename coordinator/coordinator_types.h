@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <functional>
 #include <string>
 #include <vector>
@@ -67,9 +68,17 @@ struct CoordinatorConfig {
   std::uint32_t max_evictions_per_call = 4096;
   std::uint32_t max_evictions_per_tick = 65536;
   // This coordinator owns the keys with shard_of(key, shard_count) ==
-  // shard_index (shard.h); one shard until the shard map in etcd exists.
+  // shard_index (shard.h), unless owned_ranges is set.
   std::uint32_t shard_index = 0;
   std::uint32_t shard_count = 1;
+  // With the shard map in etcd (runtime/etcd/shard_map.h): the key-point
+  // ranges [first, second) this coordinator owns (may be empty: a shard
+  // being added owns nothing yet). CoordinatorCore::set_owned_ranges
+  // changes them at run time.
+  std::optional<std::vector<std::pair<std::uint64_t, std::uint64_t>>> owned_ranges;
+  // Ranges moving away to another shard (a shard being added): still read
+  // here (lookup, contains, remove, kept on a rebuild) but not written.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> readable_ranges;
   // Limits that keep one client from taking the coordinator's memory:
   // registered namespaces (blocks recovered after a restart may add
   // namespaces past it), and write leases open at once per writer (client

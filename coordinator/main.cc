@@ -5,20 +5,151 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include <CLI/CLI.hpp>
 
 #include "coordinator/leader.h"
+#include "coordinator/range_mover.h"
 #include "coordinator/server.h"
 #include "coordinator/server_cli.h"
 #include "runtime/common/json_config.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/shard_map.h"
 #include "runtime/metrics/http_server.h"
 
 using namespace kvpool;
+
+namespace {
+
+using Ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>;
+
+// The key-point ranges `shard` owns in `map`; nullopt: everything (one
+// shard, nothing moving: exactly as without a map).
+std::optional<Ranges> ranges_of(const etcd::ShardMap& map, std::uint32_t shard) {
+  if (map.single() && map.ranges[0].shard == shard) return std::nullopt;
+  Ranges out;
+  for (const auto& r : map.owned_by(shard)) out.emplace_back(r.start, r.end);
+  return out;
+}
+
+// Ranges moving away from `shard` (read here, written at their new owner).
+std::vector<etcd::ShardRange> moving_from(const etcd::ShardMap& map, std::uint32_t shard) {
+  std::vector<etcd::ShardRange> out;
+  for (const auto& r : map.ranges) {
+    if (r.from == shard) out.push_back(r);
+  }
+  return out;
+}
+
+// The leader's side of the moves away from its shard: one RangeMover per
+// moving range, started when the map shows it, dropped when it no longer
+// does (coordinator/range_mover.h).
+struct Moves {
+  coordinator::RangeMoverOptions base;
+  std::mutex mu;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::unique_ptr<coordinator::RangeMover>> running;
+
+  void follow(const etcd::ShardMap& map) {
+    std::lock_guard lock(mu);
+    auto now = moving_from(map, base.shard);
+    for (auto it = running.begin(); it != running.end();) {
+      bool still = false;
+      for (const auto& r : now) still |= it->second->range() == r;
+      if (!still) {
+        it->second->stop();
+        it = running.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (const auto& r : now) {
+      if (running.contains({r.start, r.end})) continue;
+      auto o = base;
+      o.range = r;
+      running[{r.start, r.end}] = std::make_unique<coordinator::RangeMover>(o);
+    }
+  }
+  void stop() {
+    std::lock_guard lock(mu);
+    running.clear();
+  }
+};
+
+std::string ranges_text(const std::optional<Ranges>& ranges) {
+  if (!ranges) return "every key";
+  if (ranges->empty()) return "no key range";
+  std::string out;
+  for (const auto& [a, b] : *ranges) out += (out.empty() ? "" : ", ") + ("[" + std::to_string(a) + ", " + std::to_string(b) + ")");
+  return out;
+}
+
+// Reads the shard map (waiting out an etcd that does not answer, logged):
+// the ranges `shard` owns. kFailedPrecondition for a malformed map, or a
+// shard other than 0 with no map at all.
+Result<etcd::ShardMap> read_map(const std::vector<etcd::Endpoint>& eps, std::uint32_t shard,
+                                const std::atomic<bool>& stop, std::int64_t* revision) {
+  auto client = etcd::Client::create({eps, std::chrono::milliseconds(2000)});
+  if (!client) return tl::unexpected(client.error());
+  for (;;) {
+    auto map = etcd::read_shard_map(**client, revision);
+    if (map) {
+      if (map->version == 0 && shard != 0) {
+        return make_error(StatusCode::kFailedPrecondition,
+                          "--shard " + std::to_string(shard) + ": etcd has no shard map (" + etcd::kShardMapKey +
+                              "), so there is only shard 0; put one first, e.g. etcdctl put " + etcd::kShardMapKey +
+                              " '{\"version\": 1, \"shards\": 2}'");
+      }
+      auto ranges = ranges_of(*map, shard);
+      if (ranges && ranges->empty() && moving_from(*map, shard).empty()) {
+        log::get("coordinator")->warn("shard {}: the shard map ({}) gives this shard no key range yet: every key is "
+                                      "refused until it does",
+                                      shard, map->describe());
+      } else {
+        log::get("coordinator")->info("shard {}: owns {} (shard map version {})", shard, ranges_text(ranges),
+                                      map->version);
+      }
+      return map;
+    }
+    if (map.error().code() == StatusCode::kFailedPrecondition) return tl::unexpected(map.error());
+    log::get("coordinator")->warn("shard {}: reading the shard map: {}; trying again", shard, map.error().to_string());
+    if (stop.load()) return tl::unexpected(map.error());
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+void apply_map(coordinator::CoordinatorCore& core, std::uint32_t shard, const etcd::ShardMap& map) {
+  auto ranges = ranges_of(map, shard);
+  Ranges readable;
+  for (const auto& r : moving_from(map, shard)) readable.emplace_back(r.start, r.end);
+  core.set_owned_ranges(ranges ? std::move(*ranges) : Ranges{{0, etcd::kPointSpace}}, std::move(readable));
+}
+
+void apply_map_event(coordinator::CoordinatorCore& core, std::uint32_t shard, const etcd::WatchEvent& ev,
+                     Moves& moves) {
+  auto log = log::get("coordinator");
+  if (ev.type == etcd::WatchEvent::Type::kDelete) {
+    log->warn("shard {}: the shard map was deleted from etcd; keeping the key ranges this shard has", shard);
+    return;
+  }
+  auto map = etcd::parse_shard_map(ev.kv.value);
+  if (!map) {
+    log->error("shard {}: ignoring a malformed shard map: {}", shard, map.error().message());
+    return;
+  }
+  log->info("shard {}: shard map version {}: this shard owns {}{}", shard, map->version,
+            ranges_text(ranges_of(*map, shard)),
+            moving_from(*map, shard).empty() ? "" : ", and reads ranges moving away");
+  apply_map(core, shard, *map);
+  moves.follow(*map);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"kvpool-coordinator: tracks where every KV block of the pool lives"};
@@ -29,6 +160,8 @@ int main(int argc, char** argv) {
   std::string etcd_endpoints, advertise;
   std::uint32_t shard = 0;
   std::int64_t lease_ttl = 2;
+  std::int64_t map_revision = 0;
+  etcd::ShardMap initial_map;
   app.add_option("--listen", listen, "HOST:PORT to serve on; port 0 lets the OS pick (see --port-file)")
       ->capture_default_str();
   app.add_option("--port-file", port_file, "Write the bound port here once listening");
@@ -101,6 +234,17 @@ int main(int argc, char** argv) {
       stop_signal = wait_for_stop_signal();
       stop_campaign = true;
     });
+    // The shard map says which keys this shard owns; read before
+    // campaigning, so a misconfigured shard fails at once.
+    auto map = read_map(*eps, shard, stop_campaign, &map_revision);
+    if (!map) {
+      std::fprintf(stderr, "kvpool-coordinator: %s\n", map.error().to_string().c_str());
+      if (signal_waiter.joinable()) signal_waiter.detach();
+      return 2;
+    }
+    initial_map = *map;
+    options->core.owned_ranges = ranges_of(*map, shard);
+    for (const auto& r : moving_from(*map, shard)) options->core.readable_ranges.emplace_back(r.start, r.end);
     log::get("coordinator")->info("shard {}: campaigning for leadership through etcd {}", shard, etcd_endpoints);
     auto epoch = election->campaign(stop_campaign);
     if (!epoch) {
@@ -147,6 +291,32 @@ int main(int argc, char** argv) {
       return quit(1);
     }
   }
+  // Follows the shard map: a range given to or taken from this shard changes
+  // what it serves at once.
+  Moves moves;  // before the watch that feeds it: the watch stops first
+  std::unique_ptr<etcd::Watch> map_watch;
+  if (election) {
+    auto eps = etcd::parse_endpoints(etcd_endpoints);
+    coordinator::CoordinatorCore* core = &(*server)->core();
+    moves.base.etcd_endpoints = etcd_endpoints;
+    moves.base.shard = shard;
+    moves.base.secret_file = flags.secret_file;
+    moves.base.core = core;
+    moves.base.settle = std::chrono::duration_cast<std::chrono::milliseconds>(options->core.write_lease_ttl) +
+                        std::chrono::milliseconds(500);
+    moves.follow(initial_map);
+    Moves* mv = &moves;
+    auto w = etcd::Watch::start(
+        {*eps, std::chrono::milliseconds(2000)}, etcd::kShardMapKey, false, map_revision + 1,
+        [core, shard, mv](const std::vector<etcd::WatchEvent>& events) {
+          for (const auto& ev : events) apply_map_event(*core, shard, ev, *mv);
+        });
+    if (!w) {
+      std::fprintf(stderr, "kvpool-coordinator: watching the shard map: %s\n", w.error().to_string().c_str());
+      return quit(1);
+    }
+    map_watch = std::move(*w);
+  }
   auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
   if (!metrics_server) {
     std::fprintf(stderr, "kvpool-coordinator: %s\n", metrics_server.error().to_string().c_str());
@@ -161,6 +331,8 @@ int main(int argc, char** argv) {
   }
   log::get("coordinator")->info("signal {}: stopping", sig);
   if (*metrics_server) (*metrics_server)->stop();
+  if (map_watch) map_watch->stop();
+  moves.stop();
   (*server)->stop();
   // After the server: a standby may serve the moment the lease goes.
   if (election) election->resign();

@@ -1,26 +1,21 @@
 #pragma once
 // Which coordinator shard owns a key (DESIGN.md, "Scale, on paper": the key
-// space is split across coordinators by key hash, the shard map kept in
-// etcd). There is one shard today; every keyed operation of the core still
-// routes through shard_of(), so splitting later changes this function and the
-// shard map, not the callers.
+// space is split across coordinators by key hash). With the shard map in
+// etcd (runtime/etcd/shard_map.h) a coordinator owns key-point ranges
+// (CoordinatorConfig::owned_ranges); shard_of(key, count) is the map of
+// `count` equal ranges, ShardMap::equal(count).
 
 #include <cstdint>
 
 #include "kvpool/types.h"
+#include "runtime/etcd/shard_map.h"
 
 namespace kvpool::coordinator {
 
-// Keys are XXH3-128 hashes but a worker may pass its own, so the bits are
-// mixed first. Namespaces do not enter: a chain's first key already hashes
-// the namespace id. Range reduction by multiply-shift: shard_count need not
-// be a power of two. Precondition: shard_count >= 1.
+// Precondition: shard_count >= 1. Range reduction by multiply-shift, so
+// shard_count need not be a power of two.
 inline std::uint32_t shard_of(const Key128& key, std::uint32_t shard_count) {
-  std::uint64_t x = key.hi ^ (key.lo * 0x9e3779b97f4a7c15ull);
-  x ^= x >> 31;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 29;
-  return static_cast<std::uint32_t>(((x >> 32) * shard_count) >> 32);
+  return static_cast<std::uint32_t>((std::uint64_t{etcd::key_point(key)} * shard_count) >> 32);
 }
 
 }  // namespace kvpool::coordinator

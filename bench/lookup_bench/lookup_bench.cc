@@ -24,10 +24,24 @@
 //   lookup_bench                              # 2 clients, 4096 keys of 64 KiB, 3 s per mode
 //   lookup_bench --clients 2 --window 32 --seconds 5 --json
 //   lookup_bench --coordinator 127.0.0.1:7400 # an existing pool (its keys are put first)
+//   lookup_bench --shards 2                   # 2 coordinator shards behind a real etcd
+//
+// With --shards N (N >= 1) it starts a single-member etcd (/usr/bin/etcd, on
+// free loopback ports), puts the shard map {"version": 1, "shards": N}, and
+// starts N kvpool-coordinator processes (--etcd, --shard i) and N agents
+// (etcd://E/i); the keys are put through libkvpool's router (etcd://E).
+// Each client process then splits every batch by shard, as the router does,
+// and keeps its window of lookups in flight on a connection to each shard's
+// leader: keys/s is the aggregate over shards, calls/s counts one call per
+// shard part; the coordinator cores are summed over the N processes.
 
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <filesystem>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -50,6 +64,8 @@
 #include "kvpool/client.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
+#include "runtime/etcd/etcd_client.h"
+#include "runtime/etcd/shard_map.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 
@@ -129,9 +145,9 @@ struct ClientArgs {
 // thread.
 class Conn {
  public:
-  Conn(std::unique_ptr<rpc::Client> client, const std::vector<std::string>& requests, const ClientArgs& a,
-       const std::atomic<bool>& stop)
-      : client_(std::move(client)), requests_(requests), a_(a), stop_(stop) {}
+  Conn(std::unique_ptr<rpc::Client> client, const std::vector<std::string>& requests,
+       const std::vector<std::uint32_t>& sizes, const ClientArgs& a, const std::atomic<bool>& stop)
+      : client_(std::move(client)), requests_(requests), sizes_(sizes), a_(a), stop_(stop) {}
 
   void start() {
     in_flight_ = a_.window;
@@ -146,9 +162,10 @@ class Conn {
  private:
   void launch() {
     auto t0 = Clock::now();
-    const std::string& req = requests_[next_.fetch_add(1, std::memory_order_relaxed) % requests_.size()];
-    client_->call_async(rpc::kLookup, req, Deadline::after(std::chrono::seconds(10)),
-                        [this, t0](Result<std::string> r) { on_lookup(t0, std::move(r)); });
+    const std::size_t i = next_.fetch_add(1, std::memory_order_relaxed) % requests_.size();
+    const std::uint32_t n = sizes_[i];
+    client_->call_async(rpc::kLookup, requests_[i], Deadline::after(std::chrono::seconds(10)),
+                        [this, t0, n](Result<std::string> r) { on_lookup(t0, n, std::move(r)); });
   }
 
   void finish_one() {
@@ -159,7 +176,7 @@ class Conn {
     }
   }
 
-  void on_lookup(Clock::time_point t0, Result<std::string> r) {
+  void on_lookup(Clock::time_point t0, std::uint32_t asked, Result<std::string> r) {
     const bool counting = !stop_.load(std::memory_order_relaxed);
     rpc::LookupReply rep;
     Status s = r ? rpc::decode(*r, rep) : r.error();
@@ -172,7 +189,7 @@ class Conn {
     if (counting) {
       ++lookups;
       keys += rep.locations.size();
-      misses += a_.batch - std::min<std::uint64_t>(a_.batch, rep.locations.size());
+      misses += asked - std::min<std::uint64_t>(asked, rep.locations.size());
       lat_us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
     if (rep.lease == 0) {
@@ -193,6 +210,7 @@ class Conn {
 
   std::unique_ptr<rpc::Client> client_;
   const std::vector<std::string>& requests_;
+  const std::vector<std::uint32_t>& sizes_;  // keys of each request
   const ClientArgs& a_;
   const std::atomic<bool>& stop_;
   std::atomic<std::size_t> next_{0};  // the next request; launches come from the main and the io thread
@@ -212,44 +230,60 @@ int run_client(const ClientArgs& a) {
     return 1;
   };
 
-  auto hp = host_port(a.coordinator);
-  if (!hp) return fail(hp.error().to_string());
+  // One coordinator per shard (comma-separated, shard i at position i; the
+  // map is N equal ranges).
+  std::vector<std::pair<std::string, std::uint16_t>> shards;
+  for (std::size_t at = 0; at <= a.coordinator.size();) {
+    std::size_t comma = a.coordinator.find(',', at);
+    if (comma == std::string::npos) comma = a.coordinator.size();
+    auto hp = host_port(a.coordinator.substr(at, comma - at));
+    if (!hp) return fail(hp.error().to_string());
+    shards.push_back(*hp);
+    at = comma + 1;
+  }
+  const etcd::ShardMap map = etcd::ShardMap::equal(static_cast<std::uint32_t>(shards.size()));
   const auto keys = make_keys(kSeed, a.keys);
   if (a.keys < a.batch) return fail("fewer keys than a batch");
   // Requests encoded up front (a random run of `batch` consecutive keys
-  // each), so the clients spend their CPU on the protocol, not on encoding.
-  std::vector<std::string> requests;
+  // each, split by shard), so the clients spend their CPU on the protocol,
+  // not on encoding.
+  std::vector<std::vector<std::string>> requests(shards.size());
+  std::vector<std::vector<std::uint32_t>> sizes(shards.size());
   std::mt19937_64 rng(mix(static_cast<std::uint64_t>(getpid())));
   for (int i = 0; i < 1024; ++i) {
-    rpc::LookupRequest req;
-    req.ns = a.ns;
-    req.take_lease = a.lease;
+    std::vector<rpc::LookupRequest> reqs(shards.size());
     std::uint64_t first = rng() % (a.keys - a.batch + 1);
-    req.keys.assign(keys.begin() + static_cast<std::ptrdiff_t>(first),
-                    keys.begin() + static_cast<std::ptrdiff_t>(first + a.batch));
-    requests.push_back(rpc::encode(req));
+    for (std::uint64_t k = first; k < first + a.batch; ++k) reqs[map.shard_of(keys[k])].keys.push_back(keys[k]);
+    for (std::size_t sh = 0; sh < shards.size(); ++sh) {
+      if (reqs[sh].keys.empty()) continue;
+      reqs[sh].ns = a.ns;
+      reqs[sh].take_lease = a.lease;
+      sizes[sh].push_back(static_cast<std::uint32_t>(reqs[sh].keys.size()));
+      requests[sh].push_back(rpc::encode(reqs[sh]));
+    }
   }
 
   std::atomic<bool> stop{false};
   std::vector<std::unique_ptr<Conn>> conns;
+  for (std::size_t sh = 0; sh < shards.size(); ++sh)
   for (int c = 0; c < a.connections; ++c) {
+    const auto* hp = &shards[sh];
     rpc::ClientOptions o;
     o.host = hp->first;
     o.port = hp->second;
     o.role = rpc::Role::kWorker;
-    o.client_id = "lookup-bench-" + std::to_string(getpid()) + "-" + std::to_string(c);
+    o.client_id = "lookup-bench-" + std::to_string(getpid()) + "-" + std::to_string(sh) + "-" + std::to_string(c);
     auto client = rpc::Client::connect(o, Deadline::after(std::chrono::seconds(10)));
     if (!client) return fail("connect: " + client.error().to_string());
     // Warm up, and check that every key of a batch is present.
-    for (int i = 0; i < 50; ++i) {
-      auto r = (*client)->call(rpc::kLookup, requests[static_cast<std::size_t>(i)],
-                               Deadline::after(std::chrono::seconds(10)));
+    for (std::size_t i = 0; i < std::min<std::size_t>(50, requests[sh].size()); ++i) {
+      auto r = (*client)->call(rpc::kLookup, requests[sh][i], Deadline::after(std::chrono::seconds(10)));
       rpc::LookupReply rep;
       Status s = r ? rpc::decode(*r, rep) : r.error();
       if (!s.ok()) return fail("warm-up lookup: " + s.to_string());
-      if (rep.locations.size() != a.batch) {
-        return fail("warm-up lookup found " + std::to_string(rep.locations.size()) + " of " + std::to_string(a.batch) +
-                    " keys");
+      if (rep.locations.size() != sizes[sh][i]) {
+        return fail("warm-up lookup found " + std::to_string(rep.locations.size()) + " of " +
+                    std::to_string(sizes[sh][i]) + " keys");
       }
       if (rep.lease != 0) {
         auto rr = (*client)->call(rpc::kRelease, rpc::encode(rpc::ReleaseRequest{rep.lease}),
@@ -257,7 +291,7 @@ int run_client(const ClientArgs& a) {
         if (!rr) return fail("warm-up release: " + rr.error().to_string());
       }
     }
-    conns.push_back(std::make_unique<Conn>(std::move(*client), requests, a, stop));
+    conns.push_back(std::make_unique<Conn>(std::move(*client), requests[sh], sizes[sh], a, stop));
   }
   std::printf("READY\n");
   std::fflush(stdout);
@@ -325,7 +359,93 @@ struct Options {
   std::vector<std::string> modes = {"lookup", "lookup+lease"};
   double target = 1e6;
   bool json = false;
+  int shards = 0;  // >= 1: coordinator shards behind a real etcd
 };
+
+// --shards N: a single-member etcd, the shard map, N coordinators and N
+// agents, all on loopback ports the OS picks. The destructor kills them
+// (Subprocess) and removes etcd's data.
+struct ShardedPool {
+  std::string dir;
+  std::string endpoints;  // etcd's
+  std::vector<Subprocess> procs;
+  std::vector<pid_t> coordinator_pids;
+  std::vector<std::string> coordinators;  // shard i's leader HOST:PORT
+  ~ShardedPool() {
+    procs.clear();
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
+};
+
+std::uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  std::uint16_t port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+Result<std::unique_ptr<ShardedPool>> start_sharded(int shards, std::uint64_t pool_bytes_per_shard) {
+  auto pool = std::make_unique<ShardedPool>();
+  pool->dir = "/tmp/kvpool-lookup-bench-etcd-" + std::to_string(getpid());
+  const std::uint16_t client = free_port(), peer = free_port();
+  const std::string curl = "http://127.0.0.1:" + std::to_string(client), purl = "http://127.0.0.1:" + std::to_string(peer);
+  auto etcd = Subprocess::spawn({"/usr/bin/etcd", "--name", "bench", "--data-dir", pool->dir, "--listen-client-urls",
+                                 curl, "--advertise-client-urls", curl, "--listen-peer-urls", purl,
+                                 "--initial-advertise-peer-urls", purl, "--initial-cluster", "bench=" + purl,
+                                 "--log-level", "error", "--logger", "zap"});
+  if (!etcd) return tl::unexpected(etcd.error());
+  pool->procs.push_back(std::move(*etcd));
+  pool->endpoints = "127.0.0.1:" + std::to_string(client);
+  auto eps = etcd::parse_endpoints(pool->endpoints);
+  auto ec = etcd::Client::create({*eps, std::chrono::milliseconds(2000)});
+  if (!ec) return tl::unexpected(ec.error());
+  Status healthy(StatusCode::kUnavailable, "etcd did not start");
+  for (auto d = Deadline::after(std::chrono::seconds(20)); !d.expired() && !healthy.ok();) {
+    healthy = (*ec)->health((*eps)[0]);
+    if (!healthy.ok()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!healthy.ok()) return tl::unexpected(healthy);
+  auto put = (*ec)->put(etcd::kShardMapKey, "{\"version\": 1, \"shards\": " + std::to_string(shards) + "}");
+  if (!put) return tl::unexpected(put.error());
+  for (int i = 0; i < shards; ++i) {
+    const std::string port_file = pool->dir + "-port-" + std::to_string(i);
+    auto c = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", pool->endpoints, "--shard",
+                                std::to_string(i), "--listen", "127.0.0.1:0", "--port-file", port_file,
+                                "--log-level", "warn", "--lease-ttl", "5"});
+    if (!c) return tl::unexpected(c.error());
+    pool->coordinator_pids.push_back(c->pid());
+    pool->procs.push_back(std::move(*c));
+    std::uint16_t port = 0;
+    for (auto d = Deadline::after(std::chrono::seconds(20)); !d.expired() && port == 0;) {
+      std::FILE* f = std::fopen(port_file.c_str(), "r");
+      unsigned p = 0;
+      if (f != nullptr) {
+        if (std::fscanf(f, "%u", &p) == 1) port = static_cast<std::uint16_t>(p);
+        std::fclose(f);
+      }
+      if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::remove(port_file.c_str());
+    if (port == 0) return make_error(StatusCode::kUnavailable, "coordinator shard " + std::to_string(i) + " did not lead");
+    pool->coordinators.push_back("127.0.0.1:" + std::to_string(port));
+    auto a = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator",
+                                "etcd://" + pool->endpoints + "/" + std::to_string(i), "--pool-size",
+                                std::to_string(pool_bytes_per_shard), "--log-level", "warn", "--name",
+                                "bench-shard" + std::to_string(i)});
+    if (!a) return tl::unexpected(a.error());
+    pool->procs.push_back(std::move(*a));
+  }
+  return pool;
+}
 
 struct ModeResult {
   std::string mode;
@@ -341,7 +461,17 @@ struct ModeResult {
 };
 
 ModeResult run_mode(const std::string& mode, const Options& o, const std::string& coordinator, NamespaceId ns,
-                    pid_t coordinator_pid) {
+                    const std::vector<pid_t>& coordinator_pids) {
+  auto coordinator_cpu = [&]() -> double {
+    if (coordinator_pids.empty()) return -1;
+    double sum = 0;
+    for (pid_t p : coordinator_pids) {
+      const double c = bench::process_cpu_seconds(p);
+      if (c < 0) return -1;
+      sum += c;
+    }
+    return sum;
+  };
   ModeResult m;
   m.mode = mode;
   const std::string self = bin_dir() + "/lookup_bench";
@@ -380,7 +510,7 @@ ModeResult run_mode(const std::string& mode, const Options& o, const std::string
       return m;  // the Subprocess destructors kill the rest
     }
   }
-  const double coord_cpu0 = coordinator_pid > 0 ? bench::process_cpu_seconds(coordinator_pid) : -1;
+  const double coord_cpu0 = coordinator_cpu();
   const auto t0 = Clock::now();
   for (auto& p : procs) p.kill(SIGUSR1);
   double p50_sum = 0;
@@ -422,7 +552,7 @@ ModeResult run_mode(const std::string& mode, const Options& o, const std::string
   // overestimate of the coordinator's share, never an underestimate.
   const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
   if (coord_cpu0 >= 0) {
-    double cpu1 = bench::process_cpu_seconds(coordinator_pid);
+    double cpu1 = coordinator_cpu();
     if (cpu1 >= 0 && wall > 0) m.coordinator_cores = (cpu1 - coord_cpu0) / wall;
   }
   if (!m.clients.empty()) m.p50_us = p50_sum / static_cast<double>(m.clients.size());
@@ -442,10 +572,29 @@ int run_driver(const Options& o) {
     return 2;
   }
   std::unique_ptr<bench::AgentProcess> agent;
+  std::unique_ptr<ShardedPool> sharded;
   std::string coordinator = o.coordinator;
-  pid_t coordinator_pid = -1;
+  std::string writer_coordinator = o.coordinator;  // what the keys are put through
+  std::vector<pid_t> coordinator_pids;
   std::uint64_t pool = 0;
-  if (coordinator.empty()) {
+  if (o.shards > 0) {
+    // Each shard's agent holds its share of the keys; hashing is not exact,
+    // so a quarter more, under the eviction watermark as below.
+    const std::uint64_t mib = 1 << 20;
+    pool = (static_cast<std::uint64_t>(static_cast<double>(o.keys * *block) * 1.25 / o.shards / 0.85) / mib + 2) * mib;
+    auto p = start_sharded(o.shards, pool);
+    if (!p) {
+      std::fprintf(stderr, "lookup_bench: starting %d shards: %s\n", o.shards, p.error().to_string().c_str());
+      return 1;
+    }
+    sharded = std::move(*p);
+    coordinator.clear();
+    for (const auto& c : sharded->coordinators) coordinator += (coordinator.empty() ? "" : ",") + c;
+    writer_coordinator = "etcd://" + sharded->endpoints;
+    coordinator_pids = sharded->coordinator_pids;
+    // The agents join within a heartbeat or two.
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  } else if (coordinator.empty()) {
     // The blocks fill at most 85% of the pool: under the coordinator's
     // eviction watermark (95%), with the header table (1/1024) and slack on
     // top.
@@ -460,7 +609,8 @@ int run_driver(const Options& o) {
     }
     agent = std::move(*a);
     coordinator = agent->coordinator();
-    coordinator_pid = agent->pid();
+    writer_coordinator = coordinator;
+    coordinator_pids.push_back(agent->pid());
   }
 
   // Put the keys through libkvpool, as a worker would.
@@ -468,7 +618,7 @@ int run_driver(const Options& o) {
   double put_seconds = 0;
   {
     ClientOptions co;
-    co.coordinator = coordinator;
+    co.coordinator = writer_coordinator;
     co.client_id = "lookup-bench-writer";
     co.timeout = std::chrono::seconds(60);
     auto client = Client::connect(co);
@@ -513,13 +663,15 @@ int run_driver(const Options& o) {
   }
 
   std::vector<ModeResult> results;
-  for (const auto& mode : o.modes) results.push_back(run_mode(mode, o, coordinator, ns, coordinator_pid));
+  for (const auto& mode : o.modes) results.push_back(run_mode(mode, o, coordinator, ns, coordinator_pids));
   if (agent) agent->stop();
 
   bool failed = false;
   for (const auto& m : results) failed |= !m.ok;
   if (o.json) {
-    json out{{"coordinator", o.coordinator.empty() ? "standalone agent (embedded)" : o.coordinator},
+    json out{{"coordinator", o.shards > 0 ? std::to_string(o.shards) + " shards behind etcd"
+                             : o.coordinator.empty() ? "standalone agent (embedded)" : o.coordinator},
+             {"shards", std::max(o.shards, 1)},
              {"pool_bytes", pool},
              {"keys", o.keys},
              {"block_bytes", *block},
@@ -558,8 +710,11 @@ int run_driver(const Options& o) {
     std::printf(
         "lookup_bench: %s; %llu keys of %s present; %d client process(es) x %d connection(s) x window %d; "
         "batches of %u keys; %.1f s per mode; %u cores on this host\n",
-        o.coordinator.empty() ? ("standalone agent, pool " + format_size(pool)).c_str()
-                              : ("coordinator " + o.coordinator).c_str(),
+        o.shards > 0 ? (std::to_string(o.shards) + " coordinator shard(s) behind etcd, an agent of " +
+                        format_size(pool) + " each")
+                           .c_str()
+        : o.coordinator.empty() ? ("standalone agent, pool " + format_size(pool)).c_str()
+                                : ("coordinator " + o.coordinator).c_str(),
         static_cast<unsigned long long>(o.keys), o.block.c_str(), o.clients, o.connections, o.window, o.batch,
         o.seconds, std::thread::hardware_concurrency());
     std::printf("%-13s %11s %12s %9s %9s %11s %11s %7s  %s\n", "mode", "calls/s", "keys/s", "p50 us", "p99 us",
@@ -598,6 +753,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--target", o.target, "keys/s the lookup row is judged against")->capture_default_str();
   app.add_flag("--json", o.json, "Print the result as JSON");
+  app.add_option("--shards", o.shards,
+                 "Start N coordinator shards behind a real etcd (/usr/bin/etcd), an agent each, and split every "
+                 "batch by shard; 0: one standalone agent (or --coordinator)")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
 
   auto* client = app.add_subcommand("client", "Run as one client process (lookup_bench starts these itself)");
   ClientArgs ca;

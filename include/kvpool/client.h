@@ -31,7 +31,10 @@ namespace kvpool {
 
 struct ClientOptions {
   // host:port, or etcd://HOST:PORT[,HOST:PORT...][/SHARD]: the coordinator
-  // shard's leader, looked up in etcd on every (re)dial.
+  // shard's leader, looked up in etcd on every (re)dial. Without /SHARD the
+  // shard map in etcd (/kvpool/shardmap) decides: with several shards the
+  // client connects to every shard's leader and sends each key of a batch
+  // to its shard (one call per shard, in parallel).
   std::string coordinator = "127.0.0.1:7400";
   std::string client_id;                       // default: host:pid
   // Deadline of each coordinator call and of each batch's data movement.
@@ -205,10 +208,16 @@ class Client {
   ClientStats stats() const;
 
   struct Impl;  // opaque
+  // Several coordinator shards (coordinator/README.md, "Sharding"): one
+  // Client per shard, each key routed by the shard map in etcd. Set only
+  // for an etcd:// coordinator without /SHARD whose map has several shards.
+  struct Router;  // opaque
 
  private:
   explicit Client(std::unique_ptr<Impl> impl);
+  explicit Client(std::unique_ptr<Router> router);
   std::unique_ptr<Impl> impl_;
+  std::unique_ptr<Router> router_;
 };
 
 }  // namespace kvpool

@@ -17,7 +17,9 @@
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/client/router.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 #include "transport/transport.h"
@@ -787,16 +789,34 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(std::unique_ptr<Router> router) : router_(std::move(router)) {}
 Client::~Client() = default;
 
 Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
+  ClientOptions one = options;
   if (etcd::is_etcd_address(options.coordinator)) {
-    if (auto e = etcd::parse_etcd_address(options.coordinator); !e) return tl::unexpected(e.error());
+    auto e = etcd::parse_etcd_address(options.coordinator);
+    if (!e) return tl::unexpected(e.error());
+    if (!e->has_shard) {
+      // No /SHARD: the shard map decides (none, or one shard: as before).
+      const std::string endpoints = options.coordinator.substr(7, options.coordinator.find('/', 7) - 7);
+      auto ec = etcd::Client::create({e->endpoints, std::min(options.timeout, std::chrono::milliseconds(2000))});
+      if (!ec) return tl::unexpected(ec.error());
+      std::int64_t revision = 0;
+      auto map = etcd::read_shard_map(**ec, &revision);
+      if (!map) return tl::unexpected(map.error());
+      if (!map->single()) {
+        auto router = Router::connect(options, endpoints, std::move(*map), revision);
+        if (!router) return tl::unexpected(router.error());
+        return std::unique_ptr<Client>(new Client(std::move(*router)));
+      }
+      if (map->ranges[0].shard != 0) one.coordinator = "etcd://" + endpoints + "/" + std::to_string(map->ranges[0].shard);
+    }
   } else if (auto hp = parse_host_port(options.coordinator); !hp) {
     return tl::unexpected(hp.error());
   }
   auto impl = std::make_unique<Impl>();
-  impl->options = options;
+  impl->options = one;
   if (impl->options.client_id.empty()) impl->options.client_id = default_client_id();
   auto t = transport::Transport::create({.tls = options.tls});
   if (!t) return tl::unexpected(t.error());
@@ -810,6 +830,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
 }
 
 Result<NamespaceId> Client::register_namespace(const NamespaceDescriptor& descriptor) {
+  if (router_) return router_->register_namespace(descriptor);
   auto bytes = block_bytes_of(descriptor);
   if (!bytes) return tl::unexpected(bytes.error());
   rpc::RegisterNamespaceReply rep;
@@ -822,9 +843,13 @@ Result<NamespaceId> Client::register_namespace(const NamespaceDescriptor& descri
   return rep.id;
 }
 
-Result<std::uint64_t> Client::block_bytes(NamespaceId ns) const { return impl_->block_bytes(ns); }
+Result<std::uint64_t> Client::block_bytes(NamespaceId ns) const {
+  if (router_) return router_->block_bytes(ns);
+  return impl_->block_bytes(ns);
+}
 
 Status Client::register_buffer(void* data, std::size_t size) {
+  if (router_) return router_->register_buffer(data, size);
   auto r = impl_->transport->register_memory(data, size);
   if (!r) return r.error();
   std::lock_guard lock(impl_->mu);
@@ -833,6 +858,7 @@ Status Client::register_buffer(void* data, std::size_t size) {
 }
 
 Status Client::unregister_buffer(void* data) {
+  if (router_) return router_->unregister_buffer(data);
   std::lock_guard lock(impl_->mu);
   if (impl_->buffers.erase(reinterpret_cast<std::uintptr_t>(data)) == 0) {
     return Status(StatusCode::kNotFound, "no buffer registered at that address");
@@ -842,15 +868,18 @@ Status Client::unregister_buffer(void* data) {
 
 Result<PutResult> Client::put(NamespaceId ns, std::span<const Key128> keys,
                               std::span<const std::span<const std::byte>> blocks) {
+  if (router_) return router_->put(ns, keys, blocks);
   return impl_->put(ns, keys, blocks);
 }
 
 Result<GetResult> Client::get(NamespaceId ns, std::span<const Key128> keys,
                               std::span<const std::span<std::byte>> buffers) {
+  if (router_) return router_->get(ns, keys, buffers);
   return impl_->get(ns, keys, buffers);
 }
 
 Result<std::size_t> Client::lookup(NamespaceId ns, std::span<const Key128> keys) {
+  if (router_) return router_->lookup(ns, keys);
   rpc::LookupRequest req;
   req.ns = ns;
   req.take_lease = false;
@@ -861,6 +890,7 @@ Result<std::size_t> Client::lookup(NamespaceId ns, std::span<const Key128> keys)
 }
 
 Result<std::vector<Status>> Client::remove(NamespaceId ns, std::span<const Key128> keys) {
+  if (router_) return router_->remove(ns, keys);
   rpc::KeysRequest req;
   req.ns = ns;
   req.keys.assign(keys.begin(), keys.end());
@@ -873,6 +903,7 @@ Result<std::vector<Status>> Client::remove(NamespaceId ns, std::span<const Key12
 
 Result<std::vector<bool>> Client::wait_for(NamespaceId ns, std::span<const Key128> keys,
                                            std::chrono::milliseconds timeout) {
+  if (router_) return router_->wait_for(ns, keys, timeout);
   rpc::WaitForRequest req;
   req.ns = ns;
   req.timeout_ms = static_cast<std::uint32_t>(timeout.count());
@@ -890,6 +921,10 @@ std::future<Result<PutResult>> Client::put_async(NamespaceId ns, std::span<const
                                                  std::span<const std::span<const std::byte>> blocks) {
   auto promise = std::make_shared<std::promise<Result<PutResult>>>();
   auto future = promise->get_future();
+  if (router_) {
+    router_->work->submit([this, promise, ns, keys, blocks] { promise->set_value(router_->put(ns, keys, blocks)); });
+    return future;
+  }
   impl_->work->submit([this, promise, ns, keys, blocks] { promise->set_value(impl_->put(ns, keys, blocks)); });
   return future;
 }
@@ -898,6 +933,10 @@ std::future<Result<GetResult>> Client::get_async(NamespaceId ns, std::span<const
                                                  std::span<const std::span<std::byte>> buffers) {
   auto promise = std::make_shared<std::promise<Result<GetResult>>>();
   auto future = promise->get_future();
+  if (router_) {
+    router_->work->submit([this, promise, ns, keys, buffers] { promise->set_value(router_->get(ns, keys, buffers)); });
+    return future;
+  }
   impl_->work->submit([this, promise, ns, keys, buffers] { promise->set_value(impl_->get(ns, keys, buffers)); });
   return future;
 }
@@ -930,7 +969,16 @@ MappedGet::MappedGet(MappedGet&&) noexcept = default;
 MappedGet& MappedGet::operator=(MappedGet&&) noexcept = default;
 MappedGet::~MappedGet() = default;
 
+namespace {
+Status mapped_unsharded() {
+  return Status(StatusCode::kUnimplemented,
+                "the zero-copy mapped API works over one coordinator shard only: with several shards use put()/get(), "
+                "or a client per shard (etcd://HOST:PORT/SHARD)");
+}
+}  // namespace
+
 Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key128> keys) {
+  if (router_) return tl::unexpected(mapped_unsharded());
   auto bb = impl_->block_bytes(ns);
   if (!bb) return tl::unexpected(bb.error());
   MappedPut out;
@@ -982,6 +1030,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
 }
 
 Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std::uint64_t> checksums) {
+  if (router_) return tl::unexpected(mapped_unsharded());
   if (!put.state || put.state->done) {
     return make_error(StatusCode::kFailedPrecondition, "finish_mapped_put: the put is already finished");
   }
@@ -1054,6 +1103,7 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
 }
 
 void Client::abort_mapped_put(MappedPut& put) {
+  if (router_) return;
   if (!put.state || put.state->done) return;
   auto& st = *put.state;
   st.done = true;
@@ -1071,6 +1121,7 @@ void Client::abort_mapped_put(MappedPut& put) {
 }
 
 Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key128> keys) {
+  if (router_) return tl::unexpected(mapped_unsharded());
   auto bb = impl_->block_bytes(ns);
   if (!bb) return tl::unexpected(bb.error());
   MappedGet out;
@@ -1126,6 +1177,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
 }
 
 void Client::finish_mapped_get(MappedGet& get, std::size_t loaded) {
+  if (router_) return;
   if (!get.state || get.state->done) return;
   auto& st = *get.state;
   st.done = true;
@@ -1140,6 +1192,7 @@ void Client::finish_mapped_get(MappedGet& get, std::size_t loaded) {
 }
 
 ClientStats Client::stats() const {
+  if (router_) return router_->stats();
   ClientStats s;
   std::lock_guard lock(impl_->mu);
   s.transports = impl_->transports_seen;

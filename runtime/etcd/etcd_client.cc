@@ -56,6 +56,21 @@ std::int64_t int_of(const json& j, const char* name) {
   return 0;
 }
 
+// Member ids use all 64 bits (decimal strings on the wire).
+std::uint64_t uint_of(const json& j, const char* name) {
+  auto it = j.find(name);
+  if (it == j.end()) return 0;
+  if (it->is_number_unsigned()) return it->get<std::uint64_t>();
+  if (it->is_string()) {
+    try {
+      return std::stoull(it->get<std::string>());
+    } catch (...) {
+      return 0;
+    }
+  }
+  return 0;
+}
+
 std::string bytes_of(const json& j, const char* name) {
   auto it = j.find(name);
   if (it == j.end() || !it->is_string()) return {};
@@ -409,6 +424,23 @@ Status Client::health(const Endpoint& endpoint) const {
     return Status(StatusCode::kUnavailable, "etcd " + endpoint.to_string() + " unhealthy: " + answer->body);
   }
   return Status();
+}
+
+Result<Client::MemberStatus> Client::member_status(const Endpoint& endpoint) const {
+  auto answer = http_exchange(endpoint, http::verb::post, "/v3/maintenance/status", "{}",
+                              Deadline::after(options_.timeout));
+  if (!answer) return tl::unexpected(answer.error());
+  json j = json::parse(answer->body, nullptr, false);
+  if (answer->status != 200 || j.is_discarded() || !j.is_object()) {
+    return make_error(StatusCode::kUnavailable, "etcd " + endpoint.to_string() + " status: " + answer->body.substr(0, 200));
+  }
+  MemberStatus st;
+  if (auto h = j.find("header"); h != j.end() && h->is_object()) st.member_id = uint_of(*h, "member_id");
+  st.leader = uint_of(j, "leader");
+  st.raft_term = uint_of(j, "raftTerm");
+  st.db_size = int_of(j, "dbSize");
+  if (auto v = j.find("version"); v != j.end() && v->is_string()) st.version = v->get<std::string>();
+  return st;
 }
 
 // ---------------------------------------------------------------------------

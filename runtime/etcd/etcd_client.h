@@ -134,6 +134,17 @@ class Client {
   // GET /health of one endpoint: ok when it reports healthy (it has a leader).
   Status health(const Endpoint& endpoint) const;
 
+  // POST /v3/maintenance/status to one endpoint: its member id, the member
+  // raft's leader is (0: none known), raft term, etcd version, database size.
+  struct MemberStatus {
+    std::uint64_t member_id = 0;
+    std::uint64_t leader = 0;
+    std::uint64_t raft_term = 0;
+    std::string version;
+    std::int64_t db_size = 0;
+  };
+  Result<MemberStatus> member_status(const Endpoint& endpoint) const;
+
   const ClientOptions& options() const { return options_; }
 
   // POST `body` (JSON) to `path` on the first endpoint that answers; the

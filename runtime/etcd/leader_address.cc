@@ -43,6 +43,7 @@ Result<EtcdAddress> parse_etcd_address(const std::string& coordinator) {
         long v = std::stol(shard, &used);
         if (used != shard.size() || v < 0 || v > 0xffffffffl) throw std::out_of_range("shard");
         out.shard = static_cast<std::uint32_t>(v);
+        out.has_shard = true;
       } catch (...) {
         return make_error(StatusCode::kInvalidArgument, "'" + coordinator + "': bad shard number '" + shard + "'");
       }

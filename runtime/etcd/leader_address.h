@@ -39,6 +39,7 @@ bool is_etcd_address(const std::string& coordinator);
 struct EtcdAddress {
   std::vector<Endpoint> endpoints;
   std::uint32_t shard = 0;
+  bool has_shard = false;  // "/SHARD" was given (without it: the shard map decides)
 };
 // kInvalidArgument for a malformed etcd:// address.
 Result<EtcdAddress> parse_etcd_address(const std::string& coordinator);

@@ -8,8 +8,10 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -17,8 +19,10 @@
 #include "runtime/common/pattern.h"
 #include "runtime/common/tenants.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
 #include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
+#include "tests/integration/shard_fixture.h"
 #include "tests/pooltool/run_pooltool.h"
 
 using namespace kvpool;
@@ -117,6 +121,12 @@ TEST_CASE("pooltool status shows the shard and epoch of a coordinator leading th
   }
   auto etcd = EtcdCluster::start(1);
   REQUIRE(etcd);
+  {
+    // Shard 5 exists only in a shard map of six (without one, only shard 0 does).
+    auto ec = etcd::Client::create(etcd->client_options());
+    REQUIRE(ec);
+    REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 1, "shards": 6})"));
+  }
   const std::string port_file = temp_path("pooltool-ha-port");
   auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", etcd->endpoints(), "--shard", "5",
                               "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn"});
@@ -532,4 +542,145 @@ TEST_CASE("pooltool secret new --tenant writes a credential and adds the tenant 
   CHECK(regions(cred) == std::vector<std::uint64_t>{64u << 20});
   CHECK(regions(isolated) == std::vector<std::uint64_t>{4u << 20});
   for (const std::string& p : {cluster, tenants, cred, isolated}) std::remove(p.c_str());
+}
+
+TEST_CASE("pooltool status and doctor show every shard, its leader and epoch, and etcd's health", "[pooltool][shard]") {
+  // Three shards in the map; shards 0 and 1 are led, 0 has an agent, 2 has no
+  // coordinator at all.
+  auto pool = start_sharded_etcd(R"({"version": 4, "shards": 3})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
+  auto& etcd = pool->cluster;
+  Shard s0 = start_shard(E, 0, "32MiB");
+  Shard s1 = start_shard(E, 1, "");
+  auto l0 = etcd::find_leader(*ec, 0);
+  auto l1 = etcd::find_leader(*ec, 1);
+  REQUIRE(l0);
+  REQUIRE(l1);
+  REQUIRE(eventually([&] {
+    auto r = pooltool({"--coordinator", "etcd://" + E, "--json", "status"});
+    return r.rc == 0 && r.doc["etcd"]["shards"][0]["agents_alive"] == 1;
+  }, scaled(10s)));
+
+  auto r = pooltool({"--coordinator", "etcd://" + E, "--json", "status"});
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const json& e = r.doc["etcd"];
+  CHECK(e["healthy"] == 1);
+  CHECK(e["endpoints"][0]["healthy"] == true);
+  CHECK(e["endpoints"][0]["raft_leader"] == true);
+  CHECK(e["raft_leader"] == e["endpoints"][0]["member_id"]);
+  CHECK(e["shard_map"]["version"] == 4);
+  REQUIRE(e["shards"].size() == 3);
+  CHECK(e["shards"][0]["leader"]["address"] == l0->address);
+  CHECK(e["shards"][0]["leader"]["epoch"] == l0->epoch);
+  CHECK(e["shards"][1]["leader"]["epoch"] == l1->epoch);
+  CHECK(e["shards"][1]["agents_alive"] == 0);
+  CHECK(e["shards"][2]["leader"].is_null());
+  CHECK(e["shards"][2]["error"].get<std::string>().find("has no leader") != std::string::npos);
+  CHECK(std::abs(e["shards"][0]["key_fraction"].get<double>() - 1.0 / 3) < 1e-6);
+
+  auto text = pooltool({"--coordinator", "etcd://" + E, "status"});
+  INFO(text.out);
+  CHECK(text.rc == 0);
+  CHECK(text.out.find("shard map  version 4, 3 shards") != std::string::npos);
+  CHECK(text.out.find(l0->address) != std::string::npos);
+  CHECK(text.out.find(l1->address) != std::string::npos);
+  CHECK(text.out.find("1 endpoint, 1 healthy; raft leader") != std::string::npos);
+
+  // doctor: etcd fine, shard 1 without agents and shard 2 without a leader fail.
+  auto doc = pooltool({"--coordinator", "etcd://" + E, "--json", "doctor", "--no-probe"});
+  INFO(doc.out);
+  CHECK(doc.rc == 1);
+  std::map<std::string, json> checks;
+  for (const auto& c : doc.doc["checks"]) checks[c["name"].get<std::string>()] = c;
+  CHECK(checks["etcd members"]["status"] == "ok");
+  CHECK(checks["etcd raft leader"]["status"] == "ok");
+  CHECK(checks["shard map"]["status"] == "ok");
+  CHECK(checks["shard 0"]["status"] == "ok");
+  CHECK(checks["shard 1"]["status"] == "fail");
+  CHECK(checks["shard 1"]["fix"].get<std::string>().find("kvpool-agent --coordinator etcd://" + E + "/1") !=
+        std::string::npos);
+  CHECK(checks["shard 2"]["status"] == "fail");
+  CHECK(checks["shard 2"]["fix"].get<std::string>().find("--shard 2") != std::string::npos);
+
+  // A malformed map and a dead etcd are named too.
+  pool->put_map("{broken");
+  auto bad = pooltool({"--coordinator", "etcd://" + E, "--json", "doctor", "--no-probe"});
+  INFO(bad.out);
+  checks.clear();
+  for (const auto& c : bad.doc["checks"]) checks[c["name"].get<std::string>()] = c;
+  CHECK(checks["shard map"]["status"] == "fail");
+  CHECK(checks["shard map"]["detail"].get<std::string>().find("/kvpool/shardmap is malformed") != std::string::npos);
+  etcd->kill_member(0);
+  auto dead = pooltool({"--coordinator", "etcd://" + E, "--json", "--timeout", "2s", "doctor", "--no-probe"});
+  INFO(dead.out);
+  CHECK(dead.rc == 1);
+  checks.clear();
+  for (const auto& c : dead.doc["checks"]) checks[c["name"].get<std::string>()] = c;
+  CHECK(checks["etcd members"]["status"] == "fail");
+  CHECK(checks["etcd members"]["detail"].get<std::string>().find("0 of 1 endpoints healthy") != std::string::npos);
+}
+
+TEST_CASE("pooltool shards add moves half a range to a new shard and waits for the move", "[pooltool][shard]") {
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 2})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  std::vector<Shard> shards;
+  for (std::uint32_t shard : {0u, 1u, 2u}) shards.push_back(start_shard(E, shard, "32MiB"));
+  // Blocks in both shards before the move.
+  ClientOptions co;
+  co.coordinator = "etcd://" + E;
+  co.timeout = scaled(5s);
+  std::unique_ptr<Client> client;
+  REQUIRE(eventually([&] {
+    auto c = Client::connect(co);
+    if (!c) return false;
+    client = std::move(*c);
+    return true;
+  }, scaled(10s)));
+  auto ns = client->register_namespace(test_namespace(64 << 10, "shards-add"));
+  REQUIRE(ns);
+  std::vector<Key128> keys;
+  std::vector<std::byte> data(128 * (64 << 10));
+  std::vector<std::span<const std::byte>> spans;
+  for (int i = 0; i < 128; ++i) {
+    keys.push_back(Key128{static_cast<std::uint64_t>(i) * 0x9e3779b97f4a7c15ull + 3, 77});
+    fill_pattern(data.data() + i * (64 << 10), 0, 64 << 10, keys.back().lo);
+    spans.emplace_back(data.data() + i * (64 << 10), 64 << 10);
+  }
+  REQUIRE(eventually([&] {
+    auto r = client->put(*ns, keys, spans);
+    return r && r->failed == 0;
+  }, scaled(10s)));
+
+  auto r = pooltool({"--coordinator", "etcd://" + E, "--json", "shards", "add", "2", "--wait"});
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(r.doc["version"] == 2);
+  CHECK(r.doc["from"] == 0);
+  CHECK(r.doc["to"] == 2);
+  CHECK(r.doc["done"] == true);
+  auto map = etcd::read_shard_map(*pool->client);
+  REQUIRE(map);
+  CHECK(map->version == 3);
+  CHECK(map->shards() == std::vector<std::uint32_t>{0, 1, 2});
+  // Every block reads back, wherever it lies now.
+  std::vector<std::byte> out(data.size(), std::byte{0});
+  std::vector<std::span<std::byte>> bufs;
+  for (int i = 0; i < 128; ++i) bufs.emplace_back(out.data() + i * (64 << 10), 64 << 10);
+  auto g = client->get(*ns, keys, bufs);
+  REQUIRE(g);
+  CHECK(g->loaded == 128);
+  CHECK(out == data);
+
+  // Refusals: a shard in the map already, and one with no leader.
+  auto again = pooltool({"--coordinator", "etcd://" + E, "shards", "add", "2"});
+  CHECK(again.rc == 1);
+  auto none = run_pooltool({"--coordinator", "etcd://" + E, "--json", "shards", "add", "7"});
+  CHECK(none.rc == 1);
+  CHECK(none.doc["error"]["message"].get<std::string>().find("shard 7 has no leader") != std::string::npos);
+  auto plain = pooltool({"--coordinator", "127.0.0.1:1", "shards", "add", "3"});
+  CHECK(plain.rc == 2);
 }

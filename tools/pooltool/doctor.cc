@@ -14,8 +14,10 @@
 #include <sstream>
 
 #include "kvpool/client.h"
+#include "runtime/etcd/leader_address.h"
 #include "tools/pooltool/admin.h"
 #include "tools/pooltool/checks.h"
+#include "tools/pooltool/cluster.h"
 #include "tools/pooltool/output.h"
 #include "transport/transport.h"
 
@@ -358,6 +360,14 @@ const char* level_name(CheckLevel level) {
 std::vector<Check> run_doctor(const DoctorOptions& options) {
   std::vector<Check> checks = {check_thp(), check_memlock(), check_ucx()};
   for (auto& c : check_rdma()) checks.push_back(std::move(c));
+  // Behind etcd: etcd itself, the shard map and every shard's leader.
+  if (etcd::is_etcd_address(options.coordinator)) {
+    auto view = inspect_cluster(options.coordinator, options.timeout, options.secret_file);
+    if (view) {
+      const std::string rest = options.coordinator.substr(7);
+      for (auto& c : check_cluster(*view, rest.substr(0, rest.find('/')))) checks.push_back(std::move(c));
+    }
+  }
   Check reach{"coordinator", CheckLevel::kOk, "", ""};
   AdminOptions ao;
   ao.coordinator = options.coordinator;

@@ -9,6 +9,7 @@
 #include <iostream>
 #include <iomanip>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include <CLI/CLI.hpp>
@@ -19,7 +20,10 @@
 #include "runtime/common/tenants.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
+#include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
 #include "tools/pooltool/admin.h"
+#include "tools/pooltool/cluster.h"
 #include "tools/pooltool/doctor.h"
 #include "tools/pooltool/output.h"
 #include "tools/replay/replay.h"
@@ -82,10 +86,221 @@ std::string model_of(const std::map<NamespaceId, rpc::NamespaceRecord>& ns, Name
   return it == ns.end() ? std::string() : it->second.descriptor.model_id;
 }
 
+// ---- shards add ----
+int cmd_shards_add(const Globals& g, std::uint32_t shard, bool wait, const std::string& wait_for) {
+  auto addr = etcd::parse_etcd_address(g.coordinator);
+  if (!addr) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "shards add: --coordinator must be etcd://HOST:PORT[,...]"),
+                kExitUsage);
+  }
+  auto limit = parse_duration(wait_for);
+  if (!limit || limit->count() <= 0) {
+    return fail(g, Status(StatusCode::kInvalidArgument, "--timeout-move: not a positive duration"), kExitUsage);
+  }
+  const std::string rest = g.coordinator.substr(7);
+  const std::string endpoints = rest.substr(0, rest.find('/'));
+  auto ec = etcd::Client::create({addr->endpoints, std::min(g.timeout_ms, std::chrono::milliseconds(5000))});
+  if (!ec) return fail(g, ec.error());
+  // The new shard must be up: it takes writes the moment the map changes.
+  if (auto leader = etcd::find_leader(**ec, shard); !leader) {
+    return fail(g, Status(StatusCode::kFailedPrecondition,
+                          "shard " + std::to_string(shard) + " has no leader (" + leader.error().message() +
+                              "): start kvpool-coordinator --etcd " + endpoints + " --shard " + std::to_string(shard) +
+                              " and kvpool-agent --coordinator etcd://" + endpoints + "/" + std::to_string(shard) +
+                              " first"),
+                kExitFailed);
+  }
+  auto cur = (*ec)->get(etcd::kShardMapKey);
+  if (!cur) return fail(g, cur.error());
+  etcd::ShardMap map = etcd::ShardMap::equal(1, 0);
+  std::int64_t mod = 0;
+  if (!cur->kvs.empty()) {
+    auto m = etcd::parse_shard_map(cur->kvs[0].value);
+    if (!m) return fail(g, Status(StatusCode::kFailedPrecondition, "etcd key /kvpool/shardmap: " + m.error().message()));
+    map = *m;
+    mod = cur->kvs[0].mod_revision;
+  }
+  auto next = etcd::add_shard(map, shard);
+  if (!next) return fail(g, next.error(), kExitFailed);
+  etcd::ShardRange moved;
+  for (const auto& r : next->ranges) {
+    if (r.shard == shard) moved = r;
+  }
+  auto txn = (*ec)->txn({cur->kvs.empty() ? etcd::Compare::created(etcd::kShardMapKey, 0)
+                                          : etcd::Compare::modified(etcd::kShardMapKey, mod)},
+                        {etcd::TxnOp::put(etcd::kShardMapKey, etcd::encode_shard_map(*next))});
+  if (!txn) return fail(g, txn.error());
+  if (!txn->succeeded) {
+    return fail(g, Status(StatusCode::kFailedPrecondition, "the shard map changed meanwhile: run the command again"), kExitFailed);
+  }
+  if (!g.json) {
+    std::printf("shard map version %lld: keys [%llu, %llu) move from shard %u to shard %u\n",
+                static_cast<long long>(next->version), static_cast<unsigned long long>(moved.start),
+                static_cast<unsigned long long>(moved.end), *moved.from, shard);
+    if (map.single()) {
+      std::printf("note: workers that connected to a one-shard pool do not follow the map: reconnect them\n");
+    }
+    std::fflush(stdout);
+  }
+  bool done = false;
+  double seconds = 0;
+  if (wait) {
+    const auto t0 = Clock::now();
+    for (auto d = Deadline::after(*limit); !d.expired();) {
+      auto m = etcd::read_shard_map(**ec);
+      if (m && m->version > next->version) {
+        done = true;
+        for (const auto& r : m->ranges) done &= !(r.shard == shard && r.from);
+        if (done) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  if (g.json) {
+    print_json({{"version", next->version},
+                {"start", moved.start},
+                {"end", moved.end},
+                {"from", *moved.from},
+                {"to", shard},
+                {"done", wait ? json(done) : json(nullptr)},
+                {"seconds", wait ? json(seconds) : json(nullptr)}});
+  } else if (wait) {
+    if (done) std::printf("moved in %.1f s: shard %u owns [%llu, %llu)\n", seconds, shard,
+                          static_cast<unsigned long long>(moved.start), static_cast<unsigned long long>(moved.end));
+  }
+  if (wait && !done) {
+    std::fprintf(stderr, "pooltool: the move did not end within %s (pooltool status shows the range still moving)\n",
+                 wait_for.c_str());
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
 // ---- status ----
+json cluster_json(const ClusterView& v) {
+  json members = json::array();
+  for (const auto& m : v.members) {
+    members.push_back({{"endpoint", m.endpoint},
+                       {"healthy", m.health.ok()},
+                       {"error", m.health.ok() ? json(nullptr) : json(m.health.message())},
+                       {"member_id", m.status ? json(member_hex(m.status->member_id)) : json(nullptr)},
+                       {"version", m.status ? json(m.status->version) : json(nullptr)},
+                       {"raft_leader", m.raft_leader}});
+  }
+  json shards = json::array();
+  for (const auto& s : v.shards) {
+    json ranges = json::array();
+    for (const auto& r : s.ranges) {
+      json o{{"start", r.start}, {"end", r.end}};
+      if (r.from) o["moving_from"] = *r.from;
+      ranges.push_back(o);
+    }
+    json j{{"shard", s.shard}, {"key_fraction", s.key_fraction}, {"ranges", ranges}};
+    if (s.leader_status.ok()) {
+      j["leader"] = {{"address", s.leader.address}, {"epoch", s.leader.epoch}, {"id", s.leader.id}};
+    } else {
+      j["leader"] = nullptr;
+      j["error"] = s.leader_status.message();
+    }
+    if (s.stats_status.ok()) {
+      j["agents_alive"] = s.stats.agents_alive;
+      j["agents_dead"] = s.stats.agents_dead;
+      j["blocks"] = s.stats.blocks;
+      j["used_bytes"] = s.stats.used_bytes;
+      j["capacity_bytes"] = s.stats.capacity_bytes;
+    } else if (s.leader_status.ok()) {
+      j["error"] = s.stats_status.message();
+    }
+    shards.push_back(std::move(j));
+  }
+  std::size_t healthy = 0;
+  for (const auto& m : v.members) healthy += m.health.ok();
+  return {{"endpoints", members},
+          {"healthy", healthy},
+          {"raft_leader", v.raft_leader ? json(member_hex(*v.raft_leader)) : json(nullptr)},
+          {"shard_map", v.map_status.ok() ? json{{"version", v.map.version}, {"shards", v.map.shards().size()}}
+                                          : json{{"error", v.map_status.message()}}},
+          {"shards", shards}};
+}
+
+std::string cluster_text(const ClusterView& v) {
+  std::string out;
+  std::size_t healthy = 0;
+  std::string version;
+  for (const auto& m : v.members) {
+    healthy += m.health.ok();
+    if (m.status && version.empty()) version = m.status->version;
+  }
+  std::string leader = "none known";
+  if (v.raft_leader) {
+    leader = member_hex(*v.raft_leader);
+    for (const auto& m : v.members) {
+      if (m.raft_leader) leader += " (" + m.endpoint + ")";
+    }
+  }
+  Table head({"", ""});
+  head.add({"etcd", std::to_string(v.members.size()) + " endpoint" + (v.members.size() == 1 ? "" : "s") + ", " +
+                        std::to_string(healthy) + " healthy; raft leader " + leader +
+                        (version.empty() ? "" : "; etcd " + version)});
+  head.add({"shard map", v.map_status.ok() ? (v.map.version == 0 ? std::string("none in etcd: one shard, 0")
+                                                                  : "version " + std::to_string(v.map.version) + ", " +
+                                                                        std::to_string(v.map.shards().size()) +
+                                                                        " shard" + (v.map.shards().size() == 1 ? "" : "s"))
+                                           : v.map_status.message()});
+  std::string text = head.render();
+  out += text.substr(text.find('\n') + 1);
+  Table shards({"SHARD", "LEADER", "EPOCH", "KEYS", "AGENTS", "BLOCKS", "USED"});
+  for (const auto& s : v.shards) {
+    std::string keys = percent(s.key_fraction);
+    for (const auto& r : s.ranges) {
+      if (r.from) keys += " (moving from " + std::to_string(*r.from) + ")";
+    }
+    if (!s.leader_status.ok()) {
+      shards.add({std::to_string(s.shard), "none: " + s.leader_status.message(), "-", keys, "-", "-", "-"});
+      continue;
+    }
+    const bool st = s.stats_status.ok();
+    shards.add({std::to_string(s.shard), s.leader.address + " (" + s.leader.id + ")", std::to_string(s.leader.epoch),
+                keys, st ? std::to_string(s.stats.agents_alive) + " up" : "-",
+                st ? std::to_string(s.stats.blocks) : "-",
+                st ? human_bytes(s.stats.used_bytes) + " of " + human_bytes(s.stats.capacity_bytes)
+                   : s.stats_status.message()});
+  }
+  out += "\n" + shards.render();
+  Table members({"ETCD ENDPOINT", "HEALTH", "MEMBER", "RAFT"});
+  for (const auto& m : v.members) {
+    members.add({m.endpoint, m.health.ok() ? "healthy" : "unhealthy: " + m.health.message(),
+                 m.status ? member_hex(m.status->member_id) : "-",
+                 m.raft_leader ? "leader" : (m.status ? "follower" : "-")});
+  }
+  out += "\n" + members.render();
+  return out;
+}
+
 int cmd_status(const Globals& g) {
+  std::optional<ClusterView> cluster;
+  if (etcd::is_etcd_address(g.coordinator)) {
+    auto v = inspect_cluster(g.coordinator, g.timeout_ms, g.secret_file);
+    if (!v) return fail(g, v.error(), kExitUsage);
+    cluster = std::move(*v);
+  }
   auto c = connect(g);
-  if (!c) return fail_connect(g, c.error());
+  if (!c) {
+    // Behind etcd, what etcd knows is worth showing when the leader is away.
+    if (cluster) {
+      if (g.json) {
+        print_json({{"coordinator", g.coordinator},
+                    {"error", {{"code", std::string(code_name(c.error().code()))}, {"message", c.error().message()}}},
+                    {"etcd", cluster_json(*cluster)}});
+      } else {
+        std::cout << cluster_text(*cluster);
+      }
+      std::fprintf(stderr, "pooltool: %s\n", c.error().to_string().c_str());
+      return kExitUnreachable;
+    }
+    return fail_connect(g, c.error());
+  }
   auto st = (*c)->stats();
   if (!st) return fail(g, st.error());
   const auto& s = *st;
@@ -112,7 +327,9 @@ int cmd_status(const Globals& g) {
                 {"evictions", s.evictions},
                 {"expired_write_leases", s.expired_write_leases},
                 // null without --etcd; only a leader answers at all behind etcd.
-                {"ha", s.leader ? json{{"shard", s.shard}, {"epoch", s.epoch}, {"leader", true}} : json(nullptr)}});
+                {"ha", s.leader ? json{{"shard", s.shard}, {"epoch", s.epoch}, {"leader", true}} : json(nullptr)},
+                // null without etcd: its members, the shard map, every shard's leader.
+                {"etcd", cluster ? cluster_json(*cluster) : json(nullptr)}});
     return kExitOk;
   }
   Table t({"", ""});
@@ -138,6 +355,7 @@ int cmd_status(const Globals& g) {
          std::to_string(s.evictions) + " (" + std::to_string(s.expired_write_leases) + " write leases expired)"});
   std::string text = t.render();
   std::cout << text.substr(text.find('\n') + 1);  // no header row
+  if (cluster) std::cout << "\n" << cluster_text(*cluster);
   return kExitOk;
 }
 
@@ -956,6 +1174,18 @@ int main(int argc, char** argv) {
   drain->add_option("--stall-timeout", drain_stall, "Give up when no block moved for this long")
       ->capture_default_str();
 
+  std::uint32_t add_shard_id = 0;
+  bool add_wait = false;
+  std::string add_timeout = "300s";
+  auto* shards_cmd = app.add_subcommand("shards", "The shard map in etcd (--coordinator etcd://HOST:PORT,...)");
+  shards_cmd->require_subcommand(1);
+  auto* shards_add = shards_cmd->add_subcommand(
+      "add", "Add a shard: the upper half of the largest key range moves to it, its old owner copies the blocks over "
+             "(start the shard's coordinators and agents first; coordinator/README.md, \"Adding a shard\")");
+  shards_add->add_option("shard", add_shard_id, "The new shard's number")->required();
+  shards_add->add_flag("--wait", add_wait, "Wait until the move is over");
+  shards_add->add_option("--timeout-move", add_timeout, "With --wait: give up after this long")->capture_default_str();
+
   std::string secret_path;
   auto* secret = app.add_subcommand("secret", "The cluster secret file");
   secret->require_subcommand(1);
@@ -1004,5 +1234,6 @@ int main(int argc, char** argv) {
     return cmd_secret_new(g, secret_path, secret_tenant, secret_namespaces, secret_tenants_file, secret_isolated);
   }
   if (*drain) return cmd_drain(g, drain_agent, undrain, drain_in_flight, drain_stall);
+  if (*shards_add) return cmd_shards_add(g, add_shard_id, add_wait, add_timeout);
   return kExitUsage;
 }

@@ -1,0 +1,210 @@
+#include "coordinator/range_mover.h"
+
+#include <map>
+#include <optional>
+#include <unordered_map>
+
+#include "kvpool/client.h"
+#include "runtime/common/logging.h"
+#include "runtime/etcd/etcd_client.h"
+
+namespace kvpool::coordinator {
+
+namespace {
+
+std::shared_ptr<spdlog::logger> logger() {
+  static auto l = log::get("coordinator");
+  return l;
+}
+
+constexpr std::uint32_t kListLimit = 1024;
+constexpr std::size_t kCopyBatch = 64;
+
+}  // namespace
+
+RangeMover::RangeMover(RangeMoverOptions options) : options_(std::move(options)) {
+  thread_ = std::thread([this] { run(); });
+}
+
+RangeMover::~RangeMover() { stop(); }
+
+void RangeMover::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool RangeMover::sleep_for(std::chrono::milliseconds d) {
+  std::unique_lock lock(mu_);
+  return !cv_.wait_for(lock, d, [this] { return stopping_; });
+}
+
+void RangeMover::run() {
+  const auto& r = options_.range;
+  const std::string what = "moving keys [" + std::to_string(r.start) + ", " + std::to_string(r.end) + ") from shard " +
+                           std::to_string(options_.shard) + " to shard " + std::to_string(r.shard);
+  logger()->info("{}: waiting {} ms for the writes granted before the map changed", what, options_.settle.count());
+  if (!sleep_for(options_.settle)) return;
+
+  // Clients of this shard (read, remove) and of the new owner (put), found
+  // through etcd like any worker's.
+  auto connect = [&](std::uint32_t shard) -> std::unique_ptr<Client> {
+    for (;;) {
+      ClientOptions o;
+      o.coordinator = "etcd://" + options_.etcd_endpoints + "/" + std::to_string(shard);
+      o.client_id = "range-mover-" + std::to_string(options_.shard) + "-" + std::to_string(shard);
+      o.secret_file = options_.secret_file;
+      o.timeout = std::chrono::seconds(10);
+      auto c = Client::connect(o);
+      if (c) return std::move(*c);
+      logger()->warn("{}: connecting to shard {}: {}; trying again", what, shard, c.error().to_string());
+      if (!sleep_for(std::chrono::seconds(1))) return nullptr;
+    }
+  };
+  auto src = connect(options_.shard);
+  if (!src) return;
+  auto dst = connect(r.shard);
+  if (!dst) return;
+
+  std::unordered_map<NamespaceId, bool> registered;  // on both sides
+  std::uint64_t copied = 0, gone = 0, failed = 0;
+  const auto t0 = Clock::now();
+  for (;;) {
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+    }
+    auto listing = options_.core->list_keys(r.start, r.end, 0, kListLimit);
+    if (listing.keys.empty()) break;
+    std::map<NamespaceId, std::vector<Key128>> by_ns;
+    for (const auto& [ns, key] : listing.keys) by_ns[ns].push_back(key);
+    std::uint64_t progress = 0;
+    for (auto& [ns, keys] : by_ns) {
+      if (!registered.contains(ns)) {
+        std::optional<NamespaceDescriptor> desc;
+        for (const auto& v : options_.core->namespaces()) {
+          if (v.id == ns && v.block_bytes != 0) desc = v.descriptor;
+        }
+        if (!desc) {
+          logger()->warn("{}: namespace {:#x} is known only from recovered blocks; waiting for a client to register "
+                         "it again",
+                         what, ns);
+          continue;
+        }
+        auto a = src->register_namespace(*desc);
+        auto b = a ? dst->register_namespace(*desc) : a;
+        if (!b) {
+          logger()->warn("{}: registering namespace {:#x}: {}", what, ns, b.error().to_string());
+          continue;
+        }
+        registered[ns] = true;
+      }
+      auto bb = src->block_bytes(ns);
+      if (!bb) continue;
+      std::vector<std::byte> buf(kCopyBatch * *bb);
+      for (std::size_t at = 0; at < keys.size();) {
+        const std::size_t n = std::min(kCopyBatch, keys.size() - at);
+        std::span<const Key128> part(keys.data() + at, n);
+        std::vector<std::span<std::byte>> bufs;
+        std::vector<std::span<const std::byte>> blocks;
+        for (std::size_t j = 0; j < n; ++j) {
+          bufs.emplace_back(buf.data() + j * *bb, *bb);
+          blocks.emplace_back(buf.data() + j * *bb, *bb);
+        }
+        auto got = src->get(ns, part, bufs);
+        if (!got) {
+          logger()->warn("{}: reading: {}", what, got.error().to_string());
+          ++failed;
+          break;
+        }
+        std::vector<Key128> done;
+        if (got->loaded > 0) {
+          auto put = dst->put(ns, part.subspan(0, got->loaded), std::span(blocks).subspan(0, got->loaded));
+          if (!put) {
+            logger()->warn("{}: writing into shard {}: {}", what, r.shard, put.error().to_string());
+            ++failed;
+            break;
+          }
+          for (std::size_t j = 0; j < got->loaded; ++j) {
+            if (put->outcomes[j] == PutOutcome::kWritten || put->outcomes[j] == PutOutcome::kExists) {
+              done.push_back(part[j]);
+            } else {
+              ++failed;
+              logger()->warn("{}: writing a block into shard {}: {}", what, r.shard, put->errors[j].to_string());
+            }
+          }
+        }
+        std::size_t skip = 0;
+        if (got->loaded < n) {
+          // Gone meanwhile (evicted, removed): nothing to copy. A block that
+          // fails verification cannot be copied either; it goes.
+          if (got->stopped.code() == StatusCode::kNotFound || got->stopped.code() == StatusCode::kDataLoss) {
+            if (got->stopped.code() == StatusCode::kDataLoss) done.push_back(part[got->loaded]);
+            ++gone;
+            skip = 1;
+          } else {
+            logger()->warn("{}: reading: {}", what, got->stopped.to_string());
+            ++failed;
+          }
+        }
+        if (!done.empty()) {
+          auto rm = src->remove(ns, done);
+          if (!rm) {
+            logger()->warn("{}: removing copied blocks here: {}", what, rm.error().to_string());
+          } else {
+            copied += done.size();
+            progress += done.size();
+          }
+        }
+        at += got->loaded + skip;
+        progress += skip;
+        if (got->loaded + skip == 0) break;  // no way forward in this namespace now
+      }
+    }
+    if (progress == 0 && !sleep_for(std::chrono::seconds(1))) return;
+  }
+
+  // Nothing of the range is left here: the move is over.
+  auto eps = etcd::parse_endpoints(options_.etcd_endpoints);
+  if (!eps) return;
+  auto ec = etcd::Client::create({*eps, std::chrono::milliseconds(3000)});
+  if (!ec) return;
+  for (;;) {
+    auto cur = (*ec)->get(etcd::kShardMapKey);
+    if (cur && !cur->kvs.empty()) {
+      auto map = etcd::parse_shard_map(cur->kvs[0].value);
+      if (!map) {
+        logger()->error("{}: the shard map became malformed ({}); leaving it", what, map.error().message());
+        return;
+      }
+      bool found = false;
+      for (auto& range : map->ranges) {
+        if (range.start == r.start && range.end == r.end && range.shard == r.shard && range.from == options_.shard) {
+          range.from.reset();
+          found = true;
+        }
+      }
+      if (!found) {
+        logger()->warn("{}: the shard map no longer has this move; leaving it", what);
+        return;
+      }
+      ++map->version;
+      auto txn = (*ec)->txn({etcd::Compare::modified(etcd::kShardMapKey, cur->kvs[0].mod_revision)},
+                            {etcd::TxnOp::put(etcd::kShardMapKey, etcd::encode_shard_map(*map))});
+      if (txn && txn->succeeded) {
+        logger()->info("{}: done in {:.1f} s: {} blocks copied, {} gone meanwhile, {} retried; shard map version {}",
+                       what, std::chrono::duration<double>(Clock::now() - t0).count(), copied, gone, failed,
+                       map->version);
+        return;
+      }
+    } else {
+      logger()->warn("{}: reading the shard map: {}", what, cur ? "no map" : cur.error().to_string());
+    }
+    if (!sleep_for(std::chrono::milliseconds(200))) return;
+  }
+}
+
+}  // namespace kvpool::coordinator

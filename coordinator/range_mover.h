@@ -1,0 +1,63 @@
+#pragma once
+// RangeMover: the old shard's side of adding a shard (coordinator/README.md,
+// "Adding a shard"). When the shard map gives a key range of this shard to
+// another one with `from` set to this shard, the leader of this shard:
+//   1. waits a write lease (plus a margin): writes granted here before the
+//      map changed commit or expire; from the change on this shard refuses
+//      writes in the range (it only reads it), so no new block appears here;
+//   2. lists the range's committed blocks (CoordinatorCore::list_keys),
+//      reads each from this shard and puts it into the new owner through
+//      libkvpool (verified on the way: a get checks header and payload),
+//      then removes it here: every block is readable at all times, from the
+//      new owner or, through the clients' fallback to `from`, from here;
+//   3. once the range holds nothing here, publishes the next map version
+//      with the range no longer moving (compare-and-swap on the map key).
+// A new leader of this shard (failover mid-move) sees the moving range in
+// the map and starts again; copies are idempotent (the new owner answers
+// "exists").
+//
+// Thread-safety: start/stop from one thread; the work runs on its own.
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "coordinator/coordinator_core.h"
+#include "runtime/etcd/shard_map.h"
+
+namespace kvpool::coordinator {
+
+struct RangeMoverOptions {
+  std::string etcd_endpoints;  // HOST:PORT,...
+  std::uint32_t shard = 0;     // this (the old) shard
+  etcd::ShardRange range;      // moving from `shard` to range.shard
+  std::chrono::milliseconds settle{0};  // the write lease plus a margin
+  std::string secret_file;
+  CoordinatorCore* core = nullptr;
+};
+
+class RangeMover {
+ public:
+  explicit RangeMover(RangeMoverOptions options);
+  ~RangeMover();  // stops
+  RangeMover(const RangeMover&) = delete;
+  RangeMover& operator=(const RangeMover&) = delete;
+  void stop();
+  const etcd::ShardRange& range() const { return options_.range; }
+
+ private:
+  void run();
+  bool sleep_for(std::chrono::milliseconds d);  // false when stopping
+  RangeMoverOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;  // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace kvpool::coordinator

@@ -1,0 +1,124 @@
+#pragma once
+// Client::Router: a Client over several coordinator shards
+// (coordinator/README.md, "Sharding"). It reads the shard map from etcd
+// (/kvpool/shardmap), holds one plain Client per shard (etcd://E/N: that
+// shard's leader, looked up on every redial) and sends each key of a batch
+// to its shard: one call per shard, the shards in parallel, the per-key
+// results merged back into the caller's order. get/lookup keep prefix
+// semantics across shards: the prefix ends at the first key, in the
+// caller's order, that its shard did not load.
+//
+// Moving ranges (a shard being added, coordinator/README.md "Adding a
+// shard"): writes go to the new owner; a read that misses there at a key of
+// a moving range asks the shard it moves from, and the other way round,
+// until the prefix ends at a key neither has. remove() asks both. The
+// router follows the map in etcd (a watch): a new version applies to the
+// next call, and a shard it names for the first time is connected then.
+//
+// A shard whose call fails as a whole (its leader away) fails only its keys
+// (put, remove: per-key errors) or cuts the prefix at its first key (get,
+// lookup); when that leaves nothing, the call returns that shard's error.
+//
+// Thread-safety: as Client.
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "kvpool/client.h"
+#include "runtime/common/units.h"
+#include "runtime/etcd/etcd_client.h"
+#include "runtime/etcd/shard_map.h"
+
+namespace kvpool {
+
+namespace detail {
+// A few threads running submitted tasks (the router's parallel calls).
+class TaskPool {
+ public:
+  explicit TaskPool(int threads);
+  ~TaskPool();
+  void submit(std::function<void()> fn);
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+}  // namespace detail
+
+struct Client::Router {
+  ClientOptions options;
+  std::string endpoints;  // etcd's, HOST:PORT,...
+  std::unique_ptr<detail::TaskPool> fanout;  // one shard's part of a call
+  std::unique_ptr<detail::TaskPool> work;    // put_async/get_async
+  std::unique_ptr<etcd::Watch> watch;        // follows the shard map
+
+  // One shard's client; null while it cannot be reached (tried again after
+  // a second).
+  struct ShardClient {
+    std::shared_ptr<Client> client;
+    Status error;
+    Clock::time_point next_try{};
+  };
+  mutable std::mutex mu;
+  std::shared_ptr<const etcd::ShardMap> map;          // guarded by mu
+  std::map<std::uint32_t, ShardClient> clients;       // guarded by mu
+  std::vector<NamespaceDescriptor> descriptors;       // registered on every shard, new ones too; guarded by mu
+  std::vector<std::pair<void*, std::size_t>> buffers;  // likewise; guarded by mu
+  std::mutex connect_mu;                              // one shard connect at a time
+
+  // What one call works with: the map and a client per shard it names.
+  struct View {
+    std::shared_ptr<const etcd::ShardMap> map;
+    std::vector<std::uint32_t> ids;
+    std::vector<std::shared_ptr<Client>> clients;  // null: unreachable (errors[p])
+    std::vector<Status> errors;
+    std::unordered_map<std::uint32_t, std::size_t> position;
+  };
+  // The keys of a batch by shard: part p holds the caller's indices of the
+  // keys shard ids[p] gets, in the caller's order.
+  struct Split {
+    std::vector<std::vector<std::size_t>> index;
+    std::vector<std::vector<Key128>> keys;
+  };
+
+  // Connects to every shard of `map` (each through etcd://E/N) and follows
+  // the map from `revision` on.
+  static Result<std::unique_ptr<Router>> connect(const ClientOptions& options, const std::string& endpoints,
+                                                 etcd::ShardMap map, std::int64_t revision);
+  ~Router();
+
+  View view();
+  void set_map(etcd::ShardMap next);
+  // via_from: keys of a moving range go to the shard they move from.
+  Split split(const View& v, std::span<const Key128> keys, bool via_from) const;
+  // Runs fn(p) for every part p with keys, in parallel; returns when all ran.
+  void each(const Split& split, const std::function<void(std::size_t)>& fn);
+  Result<GetResult> get_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
+                             std::span<const std::span<std::byte>> buffers, bool via_from);
+  Result<std::size_t> lookup_pass(const View& v, NamespaceId ns, std::span<const Key128> keys, bool via_from);
+
+  Result<NamespaceId> register_namespace(const NamespaceDescriptor& descriptor);
+  Result<std::uint64_t> block_bytes(NamespaceId ns);
+  Status register_buffer(void* data, std::size_t size);
+  Status unregister_buffer(void* data);
+  Result<PutResult> put(NamespaceId ns, std::span<const Key128> keys,
+                        std::span<const std::span<const std::byte>> blocks);
+  Result<GetResult> get(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> buffers);
+  Result<std::size_t> lookup(NamespaceId ns, std::span<const Key128> keys);
+  Result<std::vector<Status>> remove(NamespaceId ns, std::span<const Key128> keys);
+  Result<std::vector<bool>> wait_for(NamespaceId ns, std::span<const Key128> keys, std::chrono::milliseconds timeout);
+  ClientStats stats();
+};
+
+}  // namespace kvpool

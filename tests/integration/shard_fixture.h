@@ -1,0 +1,78 @@
+#pragma once
+// Sharded pools for tests (shard_test, pooltool_test [shard]): a real etcd
+// holding a shard map, and per shard a leading kvpool-coordinator with an
+// agent assigned to it (etcd://E/N).
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "runtime/etcd/etcd_client.h"
+#include "runtime/etcd/shard_map.h"
+#include "tests/common/etcd_cluster.h"
+#include "tests/integration/pool_fixture.h"
+
+namespace kvpool::testing {
+
+// One etcd member with `map` at /kvpool/shardmap; null (with a WARN) when
+// etcd-server is not installed.
+struct ShardedEtcd {
+  std::unique_ptr<EtcdCluster> cluster;
+  std::string endpoints;
+  std::unique_ptr<etcd::Client> client;
+  void put_map(const std::string& value) const { REQUIRE(client->put(etcd::kShardMapKey, value)); }
+};
+inline std::unique_ptr<ShardedEtcd> start_sharded_etcd(const std::string& map) {
+  if (!etcd_available()) {
+    WARN("etcd-server is not installed (apt-get install etcd-server): skipped");
+    return nullptr;
+  }
+  auto e = std::make_unique<ShardedEtcd>();
+  e->cluster = EtcdCluster::start(1);
+  REQUIRE(e->cluster);
+  e->endpoints = e->cluster->endpoints();
+  auto c = etcd::Client::create(e->cluster->client_options());
+  REQUIRE(c);
+  e->client = std::move(*c);
+  e->put_map(map);
+  return e;
+}
+
+struct Shard {
+  std::unique_ptr<Subprocess> coordinator;
+  std::unique_ptr<Subprocess> agent;
+  std::string address;  // the leader's HOST:PORT
+};
+
+// The leader of `shard` (it leads once its port file appears), and with a
+// non-empty `agent_pool` an agent of that size assigned to it, waited for.
+// A short write lease: moving a range waits one out before copying.
+inline Shard start_shard(const std::string& endpoints, std::uint32_t shard, const std::string& agent_pool = "64MiB") {
+  using namespace std::chrono_literals;
+  Shard s;
+  const std::string port_file = temp_path("shard-port");
+  auto c = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", endpoints, "--shard", std::to_string(shard),
+                              "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn",
+                              "--agent-timeout", "2s", "--heartbeat-interval", "200ms", "--write-lease", "2s",
+                              "--write-quarantine", "1s"});
+  REQUIRE(c);
+  s.coordinator = std::make_unique<Subprocess>(std::move(*c));
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(15s)));
+  REQUIRE(port != 0);
+  s.address = "127.0.0.1:" + std::to_string(port);
+  if (!agent_pool.empty()) {
+    auto a = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator",
+                                "etcd://" + endpoints + "/" + std::to_string(shard), "--pool-size", agent_pool,
+                                "--log-level", "warn", "--name", "shard" + std::to_string(shard) + "-a"});
+    REQUIRE(a);
+    s.agent = std::make_unique<Subprocess>(std::move(*a));
+    auto watcher = raw_client(s.address, rpc::Role::kTool);
+    REQUIRE(watcher);
+    REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 1; }, scaled(10s)));
+  }
+  return s;
+}
+
+}  // namespace kvpool::testing

@@ -1,0 +1,399 @@
+// Sharding with real processes and a real etcd: a shard map of two shards
+// in etcd, a kvpool-coordinator leading each shard, agents assigned to
+// shards (etcd://E/N), and a client given etcd://E that routes every key of
+// a batch to its shard. Also: a coordinator refusing a key of another
+// shard, and a missing or malformed shard map giving a clear error.
+
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "runtime/common/pattern.h"
+#include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
+#include "tests/common/etcd_cluster.h"
+#include "tests/integration/pool_fixture.h"
+#include "tests/integration/shard_fixture.h"
+
+using namespace kvpool;
+using namespace kvpool::testing;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kBlock = 64 << 10;
+
+
+std::unique_ptr<Client> connect(const std::string& coordinator) {
+  ClientOptions o;
+  o.coordinator = coordinator;
+  o.timeout = scaled(5s);
+  auto c = Client::connect(o);
+  REQUIRE(c);
+  return std::move(*c);
+}
+
+Key128 key_of(std::uint64_t i) { return Key128{i * 0x9e3779b97f4a7c15ull + 7, 0x5ade}; }
+
+// Runs `command` through the shell with stderr joined to stdout; the exit
+// status and everything it printed.
+std::pair<int, std::string> run_shell(const std::string& command) {
+  auto p = Subprocess::spawn({"/bin/sh", "-c", command + " 2>&1"});
+  REQUIRE(p);
+  std::string out;
+  for (;;) {
+    auto line = p->read_line(Deadline::after(scaled(20s)));
+    if (!line) break;
+    out += *line + "\n";
+  }
+  auto st = p->wait(Deadline::after(scaled(20s)));
+  REQUIRE(st);
+  return {WIFEXITED(*st) ? WEXITSTATUS(*st) : -1, out};
+}
+
+}  // namespace
+
+TEST_CASE("two shards: a client given etcd://E puts and gets batches spanning both, every byte verified",
+          "[integration][shard]") {
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 2})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
+  Shard s0 = start_shard(E, 0);
+  Shard s1 = start_shard(E, 1);
+
+  auto client = connect("etcd://" + E);
+  auto ns = client->register_namespace(test_namespace(kBlock, "shard"));
+  REQUIRE(ns);
+  auto map = etcd::read_shard_map(*ec);
+  REQUIRE(map);
+  REQUIRE(map->ranges.size() == 2);
+
+  // 8 batches of 64 keys: every batch has keys of both shards.
+  constexpr int kBatches = 8, kBatch = 64;
+  std::vector<std::byte> data(kBatch * kBlock);
+  std::size_t on_shard[2] = {0, 0};
+  for (int b = 0; b < kBatches; ++b) {
+    std::vector<Key128> keys;
+    std::vector<std::span<const std::byte>> spans;
+    std::size_t here[2] = {0, 0};
+    for (int j = 0; j < kBatch; ++j) {
+      keys.push_back(key_of(b * kBatch + j));
+      ++here[map->shard_of(keys.back())];
+      fill_pattern(data.data() + j * kBlock, 0, kBlock, keys.back().lo);
+      spans.emplace_back(data.data() + j * kBlock, kBlock);
+    }
+    REQUIRE(here[0] > 0);
+    REQUIRE(here[1] > 0);
+    on_shard[0] += here[0];
+    on_shard[1] += here[1];
+    auto r = client->put(*ns, keys, spans);
+    REQUIRE(r);
+    CHECK(r->written == static_cast<std::size_t>(kBatch));
+    for (const auto& e : r->errors) CHECK(e.ok());
+  }
+
+  // Read back batch by batch into poisoned buffers: every byte.
+  std::uint64_t wrong = 0;
+  for (int b = 0; b < kBatches; ++b) {
+    std::vector<Key128> keys;
+    std::vector<std::span<std::byte>> bufs;
+    std::fill(data.begin(), data.end(), std::byte{0xee});
+    for (int j = 0; j < kBatch; ++j) {
+      keys.push_back(key_of(b * kBatch + j));
+      bufs.emplace_back(data.data() + j * kBlock, kBlock);
+    }
+    auto g = client->get(*ns, keys, bufs);
+    REQUIRE(g);
+    CHECK(g->loaded == static_cast<std::size_t>(kBatch));
+    for (int j = 0; j < kBatch; ++j) wrong += pattern_mismatches(data.data() + j * kBlock, 0, kBlock, keys[j].lo);
+    auto l = client->lookup(*ns, keys);
+    REQUIRE(l);
+    CHECK(*l == static_cast<std::size_t>(kBatch));
+  }
+  CHECK(wrong == 0);
+
+  // Each shard's index holds exactly its keys, on its own agent.
+  for (std::uint32_t shard : {0u, 1u}) {
+    auto raw = raw_client(shard == 0 ? s0.address : s1.address, rpc::Role::kTool);
+    REQUIRE(raw);
+    auto st = stats(*raw);
+    CHECK(st.blocks == on_shard[shard]);
+    CHECK(st.shard == shard);
+  }
+
+  // Prefix semantics across shards: a missing key in the middle ends the
+  // prefix there, whichever shard the keys after it belong to.
+  {
+    std::vector<Key128> keys;
+    for (int j = 0; j < 40; ++j) keys.push_back(key_of(j));
+    const Key128 missing = key_of(1u << 30);
+    keys.insert(keys.begin() + 17, missing);
+    auto l = client->lookup(*ns, keys);
+    REQUIRE(l);
+    CHECK(*l == 17);
+    std::vector<std::byte> out(keys.size() * kBlock);
+    std::vector<std::span<std::byte>> bufs;
+    for (std::size_t j = 0; j < keys.size(); ++j) bufs.emplace_back(out.data() + j * kBlock, kBlock);
+    auto g = client->get(*ns, keys, bufs);
+    REQUIRE(g);
+    CHECK(g->loaded == 17);
+    CHECK(g->stopped.code() == StatusCode::kNotFound);
+    std::uint64_t bad = 0;
+    for (std::size_t j = 0; j < 17; ++j) bad += pattern_mismatches(out.data() + j * kBlock, 0, kBlock, keys[j].lo);
+    CHECK(bad == 0);
+  }
+
+  // Remove spans both shards too; the removed keys are gone from both.
+  {
+    std::vector<Key128> keys;
+    for (int j = 0; j < kBatch; ++j) keys.push_back(key_of((kBatches - 1) * kBatch + j));
+    auto rm = client->remove(*ns, keys);
+    REQUIRE(rm);
+    for (const auto& s : *rm) CHECK(s.ok());
+    auto l = client->lookup(*ns, std::span<const Key128>(keys).subspan(0, 1));
+    REQUIRE(l);
+    CHECK(*l == 0);
+  }
+
+  // A client given one shard's leader reaches only that shard: the other
+  // shard's keys are refused with a clear error.
+  {
+    auto only0 = connect("etcd://" + E + "/0");
+    auto ns0 = only0->register_namespace(test_namespace(kBlock, "shard"));
+    REQUIRE(ns0);
+    Key128 foreign{};
+    for (std::uint64_t i = 0;; ++i) {
+      if (map->shard_of(key_of(i)) == 1) {
+        foreign = key_of(i);
+        break;
+      }
+    }
+    auto l = only0->lookup(*ns0, std::span<const Key128>(&foreign, 1));
+    REQUIRE_FALSE(l);
+    CHECK(l.error().code() == StatusCode::kFailedPrecondition);
+    CHECK_THAT(l.error().message(), Catch::Contains("is not in the key ranges of shard 0"));
+    std::vector<std::byte> one(kBlock);
+    std::span<const std::byte> span(one);
+    auto p = only0->put(*ns0, std::span<const Key128>(&foreign, 1), std::span<const std::span<const std::byte>>(&span, 1));
+    REQUIRE(p);
+    CHECK(p->failed == 1);
+    CHECK(p->errors[0].code() == StatusCode::kFailedPrecondition);
+    CHECK_THAT(p->errors[0].message(), Catch::Contains("shard map"));
+  }
+}
+
+TEST_CASE("a missing or malformed shard map gives a clear error", "[integration][shard]") {
+  if (!etcd_available()) {
+    WARN("etcd-server is not installed (apt-get install etcd-server): skipped");
+    return;
+  }
+  auto etcd = EtcdCluster::start(1);
+  REQUIRE(etcd);
+  const std::string E = etcd->endpoints();
+  auto ec = etcd::Client::create(etcd->client_options());
+  REQUIRE(ec);
+  const std::string coord = bin_dir() + "/kvpool-coordinator --etcd " + E + " --listen 127.0.0.1:0 --log-level warn";
+
+  // No map: shard 0 alone is fine (as before sharding); shard 1 is refused.
+  {
+    auto [code, out] = run_shell(coord + " --shard 1");
+    CHECK(code == 2);
+    CHECK_THAT(out, Catch::Contains("etcd has no shard map (/kvpool/shardmap), so there is only shard 0"));
+  }
+  // A malformed map: coordinators and clients refuse to start, naming it.
+  for (const std::string bad : {std::string("not json"), std::string(R"({"version": 1})"),
+                                std::string(R"({"version": 2, "ranges": [{"start": 0, "end": 100, "shard": 0}]})"),
+                                std::string(R"({"version": 2, "ranges": [{"start": 0, "end": 4294967296, "shard": 0},
+                                                 {"start": 5, "end": 4294967296, "shard": 1}]})")}) {
+    INFO(bad);
+    REQUIRE((*ec)->put(etcd::kShardMapKey, bad));
+    auto [code, out] = run_shell(coord + " --shard 0");
+    CHECK(code == 2);
+    CHECK_THAT(out, Catch::Contains("etcd key /kvpool/shardmap is malformed: shard map:"));
+    ClientOptions o;
+    o.coordinator = "etcd://" + E;
+    o.timeout = scaled(3s);
+    auto c = Client::connect(o);
+    REQUIRE_FALSE(c);
+    CHECK(c.error().code() == StatusCode::kFailedPrecondition);
+    CHECK_THAT(c.error().message(), Catch::Contains("/kvpool/shardmap is malformed"));
+  }
+}
+
+TEST_CASE("a third shard added under load: every committed block stays readable and ends in exactly one shard",
+          "[integration][shard]") {
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 2})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
+  std::vector<Shard> shards;
+  shards.push_back(start_shard(E, 0));
+  shards.push_back(start_shard(E, 1));
+  // Shard 2 starts before the map names it: it leads, its agent joins, and
+  // it refuses every key until a version gives it a range.
+  shards.push_back(start_shard(E, 2));
+
+  constexpr std::uint64_t kTotal = 640;
+  constexpr int kBatch = 16;
+  std::mutex mu;
+  std::vector<std::uint64_t> committed;  // ids whose put returned written or exists
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> next{0};
+  std::atomic<std::uint64_t> limit{192};  // the writer writes blocks [0, limit)
+  std::atomic<std::uint64_t> put_failures{0}, reads{0}, misses{0}, wrong{0};
+  auto writer = connect("etcd://" + E);
+  auto reader = connect("etcd://" + E);
+  auto wns = writer->register_namespace(test_namespace(kBlock, "grow"));
+  auto rns = reader->register_namespace(test_namespace(kBlock, "grow"));
+  REQUIRE(wns);
+  REQUIRE(rns);
+
+  std::thread w([&] {
+    std::vector<std::byte> data(kBatch * kBlock);
+    while (!stop.load() && next.load() < kTotal) {
+      const std::uint64_t first = next.load();
+      if (first >= limit.load()) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      std::vector<Key128> keys;
+      std::vector<std::span<const std::byte>> spans;
+      for (int j = 0; j < kBatch; ++j) {
+        keys.push_back(key_of(first + j));
+        fill_pattern(data.data() + j * kBlock, 0, kBlock, keys.back().lo);
+        spans.emplace_back(data.data() + j * kBlock, kBlock);
+      }
+      auto r = writer->put(*wns, keys, spans);
+      bool all = r.has_value();
+      {
+        std::lock_guard lock(mu);
+        for (int j = 0; r && j < kBatch; ++j) {
+          if (r->outcomes[j] == PutOutcome::kWritten || r->outcomes[j] == PutOutcome::kExists) {
+            committed.push_back(first + j);
+          } else {
+            all = false;
+          }
+        }
+      }
+      if (all) {
+        next = first + kBatch;
+      } else {
+        ++put_failures;  // tried again (the keys written already come back as exists)
+        std::this_thread::sleep_for(20ms);
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  std::thread rd([&] {
+    std::mt19937_64 rng(7);
+    std::vector<std::byte> out(kBlock);
+    while (!stop.load()) {
+      std::uint64_t id = 0;
+      {
+        std::lock_guard lock(mu);
+        if (committed.empty()) {
+          id = UINT64_MAX;
+        } else {
+          id = committed[rng() % committed.size()];
+        }
+      }
+      if (id == UINT64_MAX) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      const Key128 k = key_of(id);
+      std::span<std::byte> dst(out);
+      std::fill(out.begin(), out.end(), std::byte{0});
+      auto g = reader->get(*rns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+      ++reads;
+      if (!g || g->loaded != 1) {
+        ++misses;
+        continue;
+      }
+      if (pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0) ++wrong;
+    }
+  });
+
+  REQUIRE(eventually([&] { return next.load() >= 192; }, scaled(30s)));
+  // The operator adds shard 2: the upper half of the largest range moves to
+  // it (version 2, moving), then shard 0 (its old owner) copies the blocks
+  // over and publishes version 3 with the range no longer moving.
+  auto map = etcd::read_shard_map(*ec);
+  REQUIRE(map);
+  auto grown = etcd::add_shard(*map, 2);
+  REQUIRE(grown);
+  const auto moved = grown->ranges[1];
+  REQUIRE(moved.shard == 2);
+  REQUIRE(moved.from.has_value());
+  pool->put_map(etcd::encode_shard_map(*grown));
+  const auto t0 = Clock::now();
+  const std::uint64_t written_before = next.load();
+  limit = 448;  // written while the range moves
+  std::optional<etcd::ShardMap> final_map;
+  REQUIRE(eventually([&] {
+    auto m = etcd::read_shard_map(*ec);
+    if (!m || m->version < grown->version + 1) return false;
+    final_map = *m;
+    return true;
+  }, scaled(60s)));
+  const double move_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const std::uint64_t written_during = next.load() - written_before;
+  CHECK(written_during > 0);
+  limit = kTotal;  // and after
+  for (const auto& r : final_map->ranges) CHECK_FALSE(r.from.has_value());
+  REQUIRE(eventually([&] { return next.load() >= kTotal; }, scaled(60s)));
+  stop = true;
+  w.join();
+  rd.join();
+  std::printf("shard added under load: move done in %.1f s, %llu blocks written meanwhile; %llu reads of committed "
+              "blocks throughout, %llu missed, %llu wrong; %llu put batches retried\n",
+              move_s, static_cast<unsigned long long>(written_during), static_cast<unsigned long long>(reads.load()), static_cast<unsigned long long>(misses.load()),
+              static_cast<unsigned long long>(wrong.load()), static_cast<unsigned long long>(put_failures.load()));
+  std::fflush(stdout);
+  CHECK(reads.load() > 50);
+  CHECK(misses.load() == 0);
+  CHECK(wrong.load() == 0);
+
+  // Every committed block reads back, through a client that knows only the
+  // final map, and lies in exactly one shard: the one the map names.
+  auto fresh = connect("etcd://" + E);
+  auto fns = fresh->register_namespace(test_namespace(kBlock, "grow"));
+  REQUIRE(fns);
+  std::set<std::uint64_t> ids(committed.begin(), committed.end());
+  std::uint64_t missing = 0, bad = 0, in_moved = 0;
+  std::vector<std::byte> out(kBlock);
+  std::size_t per_shard[3] = {0, 0, 0};
+  for (std::uint64_t id : ids) {
+    const Key128 k = key_of(id);
+    ++per_shard[final_map->shard_of(k)];
+    const std::uint32_t p = etcd::key_point(k);
+    if (p >= moved.start && p < moved.end) ++in_moved;
+    std::span<std::byte> dst(out);
+    auto g = fresh->get(*fns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+    REQUIRE(g);
+    if (g->loaded != 1) {
+      ++missing;
+      continue;
+    }
+    bad += pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0;
+  }
+  CHECK(ids.size() == kTotal);
+  CHECK(missing == 0);
+  CHECK(bad == 0);
+  CHECK(in_moved > 0);
+  for (std::uint32_t sh = 0; sh < 3; ++sh) {
+    auto raw = raw_client(shards[sh].address, rpc::Role::kTool);
+    REQUIRE(raw);
+    INFO("shard " << sh);
+    CHECK(stats(*raw).blocks == per_shard[sh]);
+  }
+  CHECK(per_shard[2] == in_moved);
+}
