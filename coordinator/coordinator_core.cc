@@ -1047,8 +1047,11 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
                                                           " (coordinator config max_namespaces)");
   }
   s.ns_index.emplace(id, static_cast<std::uint32_t>(s.namespaces.size()));
-  s.namespaces.push_back(Namespace{id, desc, *bytes, 0});
-  s.namespaces.back().tenant = std::string(tenant);
+  Namespace& fresh = s.namespaces.emplace_back();
+  fresh.id = id;
+  fresh.descriptor = desc;
+  fresh.block_bytes = *bytes;
+  fresh.tenant = std::string(tenant);
   logger()->info("namespace {} registered: {} {} block {} bytes{}", hex(id), desc.model_id, desc.layout, *bytes,
                  tenant.empty() ? std::string() : ", in the regions of isolated tenant '" + std::string(tenant) + "'");
   return id;
@@ -1237,8 +1240,9 @@ Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t 
     } else if (s.namespaces.size() < kNil) {
       ns = static_cast<std::uint32_t>(s.namespaces.size());
       s.ns_index.emplace(b.ns, ns);
-      s.namespaces.push_back(Namespace{b.ns, {}, 0, 0});
-      s.namespaces.back().tenant = a->reg.tenant;
+      Namespace& recovered = s.namespaces.emplace_back();
+      recovered.id = b.ns;
+      recovered.tenant = a->reg.tenant;
     } else {
       a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
       ++out.dropped;

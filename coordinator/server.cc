@@ -610,8 +610,11 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       }
       logger()->info("agent {} {}: {} bytes, host {}, incarnation {:#x}", id, m.rejoin ? "rejoined" : "registered",
                      reg.region_bytes, reg.host_id, reg.incarnation);
-      rpc::RegisterAgentReply rep{id, static_cast<std::uint32_t>(options.heartbeat_interval.count()),
-                                  joined->send_blocks, options.epoch};
+      rpc::RegisterAgentReply rep;
+      rep.agent = id;
+      rep.heartbeat_interval_ms = static_cast<std::uint32_t>(options.heartbeat_interval.count());
+      rep.send_blocks = joined->send_blocks;
+      rep.epoch = options.epoch;
       if (reg.tenant.empty() && any_isolated) {
         for (const Tenant& t : tenants->all()) {
           if (t.isolated()) rep.isolated.push_back({t.name, t.isolated_bytes});

@@ -126,7 +126,7 @@ struct RegisterAgentReply {
   // each gets on this agent. The agent allocates one region per tenant and
   // registers each as its own record (AgentRecord::tenant); a region of a
   // tenant no longer listed stays, unused, until the agent restarts.
-  std::vector<IsolatedRegionWire> isolated;
+  std::vector<IsolatedRegionWire> isolated{};
 };
 struct RecoveredBlockWire {
   NamespaceId ns = 0;
@@ -323,7 +323,7 @@ struct AgentStatsRecord {
   // within the heartbeat's one-way delay); clock_known false before one came.
   bool clock_known = false;
   std::int64_t clock_offset_ms = 0;
-  std::string tenant;  // AgentRecord::tenant
+  std::string tenant{};  // AgentRecord::tenant
 };
 struct AgentStatsReply {
   std::vector<AgentStatsRecord> agents;

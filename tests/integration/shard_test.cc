@@ -209,7 +209,7 @@ TEST_CASE("a missing or malformed shard map gives a clear error", "[integration]
     CHECK_THAT(out, Catch::Contains("etcd has no shard map (/kvpool/shardmap), so there is only shard 0"));
   }
   // A malformed map: coordinators and clients refuse to start, naming it.
-  for (const std::string bad : {std::string("not json"), std::string(R"({"version": 1})"),
+  for (const std::string& bad : {std::string("not json"), std::string(R"({"version": 1})"),
                                 std::string(R"({"version": 2, "ranges": [{"start": 0, "end": 100, "shard": 0}]})"),
                                 std::string(R"({"version": 2, "ranges": [{"start": 0, "end": 4294967296, "shard": 0},
                                                  {"start": 5, "end": 4294967296, "shard": 1}]})")}) {
