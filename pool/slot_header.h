@@ -111,6 +111,11 @@ Result<SlotHeader> decode(std::span<const std::byte, kSlotHeaderBytes> in);
 // XXH3-64 (seed 0) of the payload bytes, the value stored in payload_checksum.
 std::uint64_t payload_checksum(std::span<const std::byte> payload);
 
+// Copies n bytes from src to dst (not overlapping) and returns
+// payload_checksum of the copy, hashing it piece by piece while each piece
+// is still in cache: one pass over memory where copy-then-hash makes two.
+std::uint64_t copy_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n);
+
 // kDataLoss when payload is not exactly header.payload_length bytes or its
 // checksum differs from header.payload_checksum (a torn or overwritten block).
 Status verify_payload(const SlotHeader& header, std::span<const std::byte> payload);

@@ -133,6 +133,23 @@ TEST_CASE("a flipped bit in the payload fails verification", "[pool][slot_header
   }
 }
 
+TEST_CASE("copy_payload_checksum copies the bytes and returns the payload checksum of the copy",
+          "[pool][slot_header]") {
+  // Sizes around its 32 KiB pieces and XXH3's internal 1 KiB stripes and
+  // 240-byte short-input limit: streamed and one-shot hashes must agree.
+  for (std::size_t n : {std::size_t{1}, std::size_t{17}, std::size_t{240}, std::size_t{241}, std::size_t{1024},
+                        std::size_t{32768}, std::size_t{32769}, std::size_t{65536}, std::size_t{100000},
+                        std::size_t{2} << 20}) {
+    INFO("n = " << n);
+    auto src = random_bytes(n, n);
+    std::vector<std::byte> dst(n);
+    CHECK(kvpool::pool::copy_payload_checksum(dst.data(), src.data(), n) == payload_checksum(src));
+    CHECK(dst == src);
+    // The plain XXH3-64 (seed 0) a reader in any language computes.
+    CHECK(payload_checksum(src) == XXH3_64bits(src.data(), src.size()));
+  }
+}
+
 TEST_CASE("a payload shorter or longer than its header says fails verification", "[pool][slot_header]") {
   auto payload = random_bytes(5000, 5);
   const SlotHeader h = sample_header(payload);
