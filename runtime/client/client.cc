@@ -572,13 +572,13 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
     }
     touched[j] = 1;
     if (hashed[i]) {
-      std::memcpy(base + loc.payload_offset, blocks[i].data(), loc.length);
+      pool::stream_copy(base + loc.payload_offset, blocks[i].data(), loc.length);
     } else {
-      checksums[i] = pool::copy_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length);
+      checksums[i] = pool::stream_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length);
     }
   });
   // Every payload byte is stored before any header that vouches for it
-  // (mfence: also orders streaming stores a large memcpy may use).
+  // (mfence: orders the copies' streaming stores too).
   std::atomic_thread_fence(std::memory_order_seq_cst);
   const auto now = Clock::now();
   const Status health = conn.peer->health();
