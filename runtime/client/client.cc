@@ -125,8 +125,11 @@ std::vector<transport::RmaOp> coalesce(std::vector<transport::RmaOp> ops) {
   return out;
 }
 
-// Bytes moved per chunk of a get before its verification is handed off.
-constexpr std::size_t kVerifyChunkBytes = 8 << 20;
+// Bytes moved per chunk of a get before its verification is handed off:
+// small enough that the verifier reads a chunk while it is still in cache.
+constexpr std::size_t kVerifyChunkBytes = 2 << 20;
+// Owner-read chunks requested ahead of the one being waited for.
+constexpr std::size_t kOwnerReadsInFlight = 3;
 
 std::string default_client_id() {
   char host[256] = {};
@@ -952,7 +955,49 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       }
       continue;
     }
-    for (std::size_t first = 0; first < all_idx.size(); first += chunk_blocks) {
+    // Owner reads are kept up to kOwnerReadsInFlight chunks deep: the agent
+    // serves the next chunk's request while this one's bytes arrive and the
+    // one before is verified, instead of one request round trip per chunk.
+    struct InFlight {
+      std::vector<std::size_t> idx;
+      std::vector<transport::OwnerRead> reads;
+    };
+    std::deque<InFlight> in_flight;
+    bool failed = false;
+    auto verify_later = [&](std::vector<std::size_t> idx) {
+      auto promise = std::make_shared<std::promise<Verdict>>();
+      verdicts.push_back(promise->get_future());
+      verifier->submit([promise, chunk = std::move(idx), &verify_chunk]() mutable {
+        promise->set_value(verify_chunk(std::move(chunk)));
+      });
+    };
+    auto fail_at = [&](std::size_t first_index, const Status& s) {
+      if (c.owner_reads) {
+        // The agent may still put into the header scratch (a cut link that
+        // returns): keep it as long as the transport.
+        std::lock_guard lock(mu);
+        if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
+      }
+      if (first_index < ok_upto) {
+        ok_upto = first_index;
+        stopped = s;
+      }
+      failed = true;
+    };
+    auto finish_oldest = [&] {
+      InFlight f = std::move(in_flight.front());
+      in_flight.pop_front();
+      Status s;
+      for (auto& r : f.reads) {
+        if (s.ok()) s = r.wait(deadline());
+      }
+      if (s.ok()) {
+        verify_later(std::move(f.idx));
+      } else {
+        fail_at(f.idx.front(), s);
+      }
+    };
+    for (std::size_t first = 0; first < all_idx.size() && !failed; first += chunk_blocks) {
       std::vector<std::size_t> idx(all_idx.begin() + first,
                                    all_idx.begin() + std::min(all_idx.size(), first + chunk_blocks));
       std::vector<transport::RmaOp> ops;
@@ -966,62 +1011,71 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
                               pool::kSlotHeaderBytes});
       }
       for (const auto& op : coalesce(std::move(header_ops))) ops.push_back(op);
+      if (!c.owner_reads) {
+        Status s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
+        if (!s.ok()) {
+          fail_at(idx.front(), s);
+          break;
+        }
+        verify_later(std::move(idx));
+        continue;
+      }
+      // The agent puts into our memory: payload buffers and the header
+      // scratch must be registered (up to 8 regions per request).
       Status s;
-      if (c.owner_reads) {
-        // The agent puts into our memory: payload buffers and the header
-        // scratch must be registered (up to 8 regions per request).
-        if (!header_region) {
-          auto hr = transport->register_memory(headers.data(), headers.size());
-          if (hr) header_region = std::make_unique<transport::MemoryRegion>(std::move(*hr));
-          else s = hr.error();
-        }
-        std::vector<const transport::MemoryRegion*> locals;
-        std::size_t sent = 0;
-        for (std::size_t j = 0; s.ok() && j < idx.size(); ++j) {
-          const transport::MemoryRegion* r = registered(bufs[idx[j]].data(), *bb);
-          if (r == nullptr) {
-            auto tr = transport->register_memory(bufs[idx[j]].data(), *bb);
-            if (!tr) {
-              s = tr.error();
-              break;
-            }
-            temporary.push_back(std::make_unique<transport::MemoryRegion>(std::move(*tr)));
-            r = temporary.back().get();
+      InFlight f;
+      auto start = [&](std::span<const transport::RmaOp> part, std::span<const transport::MemoryRegion* const> locals) {
+        auto r = c.peer->start_read_by_owner(c.region, part, locals);
+        if (r) f.reads.push_back(std::move(*r));
+        else s = r.error();
+      };
+      if (!header_region) {
+        auto hr = transport->register_memory(headers.data(), headers.size());
+        if (hr) header_region = std::make_unique<transport::MemoryRegion>(std::move(*hr));
+        else s = hr.error();
+      }
+      std::vector<const transport::MemoryRegion*> locals;
+      std::size_t sent = 0;
+      for (std::size_t j = 0; s.ok() && j < idx.size(); ++j) {
+        const transport::MemoryRegion* r = registered(bufs[idx[j]].data(), *bb);
+        if (r == nullptr) {
+          auto tr = transport->register_memory(bufs[idx[j]].data(), *bb);
+          if (!tr) {
+            s = tr.error();
+            break;
           }
-          if (std::find(locals.begin(), locals.end(), r) == locals.end()) {
-            if (locals.size() == transport::kMaxOwnerReadRegions - 1) {
-              // Full: send the payloads gathered so far on their own.
-              s = c.peer->read_by_owner(c.region, std::span(ops).subspan(sent, j - sent), locals, deadline());
-              sent = j;
-              locals.clear();
-            }
-            locals.push_back(r);
+          temporary.push_back(std::make_unique<transport::MemoryRegion>(std::move(*tr)));
+          r = temporary.back().get();
+        }
+        if (std::find(locals.begin(), locals.end(), r) == locals.end()) {
+          if (locals.size() == transport::kMaxOwnerReadRegions - 1) {
+            // Full: send the payloads gathered so far on their own.
+            start(std::span(ops).subspan(sent, j - sent), locals);
+            sent = j;
+            locals.clear();
           }
+          locals.push_back(r);
         }
-        if (s.ok()) {
-          locals.push_back(header_region.get());
-          // The rest of the payloads and every header of the chunk.
-          std::vector<transport::RmaOp> rest(ops.begin() + sent, ops.end());
-          s = c.peer->read_by_owner(c.region, rest, locals, deadline());
-        }
-      } else {
-        s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
+      }
+      if (s.ok()) {
+        locals.push_back(header_region.get());
+        // The rest of the payloads and every header of the chunk.
+        start(std::span(ops).subspan(sent), locals);
       }
       if (!s.ok()) {
-        if (c.owner_reads) {
-          std::lock_guard lock(mu);
-          if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
-        }
-        ok_upto = std::min(ok_upto, idx.front());
-        stopped = s;
+        // Chunks sent before this one may still arrive whole.
+        while (!in_flight.empty() && !failed) finish_oldest();
+        fail_at(idx.front(), s);
         break;
       }
-      auto promise = std::make_shared<std::promise<Verdict>>();
-      verdicts.push_back(promise->get_future());
-      verifier->submit([promise, chunk = std::move(idx), &verify_chunk]() mutable {
-        promise->set_value(verify_chunk(std::move(chunk)));
-      });
+      f.idx = std::move(idx);
+      in_flight.push_back(std::move(f));
+      while (in_flight.size() > kOwnerReadsInFlight && !failed) finish_oldest();
     }
+    while (!in_flight.empty() && !failed) finish_oldest();
+    // After a failure the reads still out are forgotten; as for the failed
+    // one, their bytes may yet land in the caller's buffers.
+    in_flight.clear();
   }
   for (auto& f : verdicts) {
     Verdict v = f.get();
