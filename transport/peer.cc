@@ -1,5 +1,6 @@
 #include "transport/peer.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -270,7 +271,7 @@ Status Peer::fence() {
   return to_status(st, "fence");
 }
 
-Status Peer::flush(Deadline deadline, const char* what) {
+Status Peer::flush(Deadline deadline, const char* what, bool yield_when_idle) {
   auto* w = new FlushWait();
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -292,7 +293,7 @@ Status Peer::flush(Deadline deadline, const char* what) {
       result = Status(StatusCode::kDeadlineExceeded, std::string(what) + ": deadline passed before completion");
       break;
     }
-    owner_->progress();
+    if (owner_->progress() == 0 && yield_when_idle) sched_yield();
   }
   if (result.ok()) result = to_status(static_cast<ucs_status_t>(w->status.load()), what);
   w->release();
@@ -343,7 +344,7 @@ Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp>
     if (s.ok()) s = post(then);
   }
   // Even after a failed post, earlier ops may be in flight: flush them.
-  Status f = flush(deadline, what);
+  Status f = flush(deadline, what, options.yield_when_idle);
   if (!s.ok()) return s;
   if (!f.ok() && state_->dead.load()) return health();
   return f;
@@ -469,7 +470,7 @@ void Peer::forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr
   for (const auto& [id, pending] : parts) impl.reads.erase(id);
 }
 
-Status OwnerRead::wait(Deadline deadline) {
+Status OwnerRead::wait(Deadline deadline, bool yield_when_idle) {
   Status result;
   for (const auto& [id, pending] : parts_) {
     while (result.ok() && !pending->done.load(std::memory_order_acquire)) {
@@ -477,8 +478,8 @@ Status OwnerRead::wait(Deadline deadline) {
         result = peer_->health();
       } else if (deadline.expired()) {
         result = Status(StatusCode::kDeadlineExceeded, "owner read: no reply before the deadline");
-      } else {
-        peer_->owner_->progress();
+      } else if (peer_->owner_->progress() == 0 && yield_when_idle) {
+        sched_yield();
       }
     }
     if (!result.ok()) break;

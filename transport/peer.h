@@ -83,6 +83,11 @@ struct BatchOptions {
   // The registered region the local pointers fall in; without it UCX
   // registers local memory on the fly (a cost on RDMA NICs).
   const MemoryRegion* local = nullptr;
+  // While waiting for completion, yield the CPU (sched_yield) after each
+  // progress call that found nothing to do. Busy polling is fastest when
+  // the waiter has a core to itself; on a host where the far end's progress
+  // thread or our own helper threads need that core, spinning starves them.
+  bool yield_when_idle = false;
 };
 
 class Peer;
@@ -104,7 +109,8 @@ class OwnerRead {
 
   // Progresses the worker until the owner reports every op complete, the
   // peer fails, or `deadline` passes. The Peer must still exist.
-  Status wait(Deadline deadline);
+  // yield_when_idle: as BatchOptions::yield_when_idle.
+  Status wait(Deadline deadline, bool yield_when_idle = false);
 
  private:
   friend class Peer;
@@ -176,7 +182,7 @@ class Peer {
   Peer(Transport* owner, ErrorMode mode);
   Status rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, std::span<const RmaOp> then,
              Deadline deadline, const BatchOptions& options);
-  Status flush(Deadline deadline, const char* what);
+  Status flush(Deadline deadline, const char* what, bool yield_when_idle = false);
   void forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts);
 
   Transport* owner_;

@@ -803,11 +803,11 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       // put() returns once the payloads are complete at the agent; only then
       // do the headers go.
       posted = true;
-      s = (*conn)->peer->put((*conn)->region, payload_ops, put_deadline, {.local = local});
+      s = (*conn)->peer->put((*conn)->region, payload_ops, put_deadline, {.local = local, .yield_when_idle = true});
       if (s.ok()) {
         auto header_ops = header_ops_for(idx);  // may wait for the hashes
         s = lease_left();
-        if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, put_deadline);
+        if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, put_deadline, {.yield_when_idle = true});
       }
     }
     if (!s.ok() && posted) {
@@ -989,7 +989,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       in_flight.pop_front();
       Status s;
       for (auto& r : f.reads) {
-        if (s.ok()) s = r.wait(deadline());
+        if (s.ok()) s = r.wait(deadline(), /*yield_when_idle=*/true);
       }
       if (s.ok()) {
         verify_later(std::move(f.idx));
@@ -1012,7 +1012,8 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       }
       for (const auto& op : coalesce(std::move(header_ops))) ops.push_back(op);
       if (!c.owner_reads) {
-        Status s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
+        Status s = c.peer->get(c.region, ops, deadline(),
+                               {.local = registered(bufs[idx.front()].data(), *bb), .yield_when_idle = true});
         if (!s.ok()) {
           fail_at(idx.front(), s);
           break;
