@@ -689,10 +689,10 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
   }
 
   // Payloads are written first and headers last, so a valid header means a
-  // complete payload (DESIGN.md). The payload checksums, which the headers
-  // carry, are computed on the verifier thread while the payloads move: one
-  // thread hashes at about the speed another copies, so in series they would
-  // halve a put.
+  // complete payload (DESIGN.md). For agents reached through UCX the payload
+  // checksums, which the headers carry, are computed on the verifier thread
+  // while the payloads move: one thread hashes at about the speed another
+  // copies, so in series they would halve a put.
   std::vector<std::byte> headers(pool::kSlotHeaderBytes * keys.size());
   std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
   for (std::size_t i = 0; i < keys.size(); ++i) {
