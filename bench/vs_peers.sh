@@ -34,7 +34,12 @@
 # call: allocate + commit for put, lookup for get) + XXH3 checksum of the
 # batch in one thread + the raw transfer the runtime makes, slot headers
 # included (put-fenced: payloads, fence, headers; get+hdr or owner-read+hdr:
-# payloads and headers in one batch), next to the measured p50. The e2e
+# payloads and headers in one batch), next to the measured p50. The model
+# is serial on purpose; the runtime overlaps: a put hashes while its allocate
+# is out, and over shared memory (the agent's region mapped into the worker)
+# it copies and hashes each block in one pass, split over two threads, where
+# the raw rows are one thread's UCX put or get; over tcp gets verify chunk i
+# while chunk i+1 moves. So e2e below the model is expected. The e2e
 # client's UCX_TLS is shm = posix,cma,self or tcp = tcp; the agent keeps
 # kvpool's default and serves both. Lanes are what the client really used.
 #
@@ -49,9 +54,10 @@
 #   bench/vs_peers.sh --json > vs_peers.json   # machine-readable (header to stderr)
 #   bench/vs_peers.sh --e2e-sizes 64KiB,2MiB --e2e-batch 64 --e2e-total 1GiB --e2e-region 2GiB
 #   bench/vs_peers.sh --no-e2e                  # the raw rows and peers only
+#   bench/vs_peers.sh --no-raw                  # the end-to-end section only (its raw rows included)
 # Flags may also come from the environment: SIZES, TOTAL, BATCH, REGION,
 # TRANSPORTS, KVBENCH, PERFTEST_SECONDS, E2E_SIZES, E2E_BATCH, E2E_TOTAL,
-# E2E_REGION, E2E (0: skip the section).
+# E2E_REGION, E2E (0: skip the section), RAW (0: skip the first section).
 
 set -uo pipefail
 
@@ -67,6 +73,7 @@ TRANSPORTS=${TRANSPORTS:-shm,tcp}
 KVBENCH=${KVBENCH:-$repo/build/bin/kvbench}
 PERFTEST_SECONDS=${PERFTEST_SECONDS:-2}   # cap on one ucx_perftest measurement
 E2E=${E2E:-1}
+RAW=${RAW:-1}
 E2E_SIZES=${E2E_SIZES:-65536,2097152}
 E2E_BATCH=${E2E_BATCH:-64}
 E2E_TOTAL=${E2E_TOTAL:-1GiB}     # per op; e2e writes at most 90% of the pool
@@ -90,6 +97,8 @@ Usage: $0 [--sizes LIST] [--total SIZE] [--batch N] [--region SIZE]
   --e2e-total   its bytes per op (default $E2E_TOTAL)
   --e2e-region  its raw region and agent pool size (default $E2E_REGION)
   --no-e2e      skip the end-to-end section
+  --no-raw      skip the first section (perftest, memcpy and kvbench rows): the
+                end-to-end section alone, which measures its own raw rows
 EOF
 }
 
@@ -119,6 +128,7 @@ while [ $# -gt 0 ]; do
     --e2e-region) E2E_REGION=$2; shift 2 ;;
     --e2e-region=*) E2E_REGION=${1#*=}; shift ;;
     --no-e2e) E2E=0; shift ;;
+    --no-raw) RAW=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "vs_peers: unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -316,6 +326,7 @@ EOF
 
 : >"$work/peers.tsv"
 t_start=$(date +%s)
+[ "$RAW" = 1 ] || sizes_b=()  # --no-raw: no first section
 for size in "${sizes_b[@]}"; do
   first=1
   for t in "${transports[@]}"; do

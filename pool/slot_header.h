@@ -111,6 +111,20 @@ Result<SlotHeader> decode(std::span<const std::byte, kSlotHeaderBytes> in);
 // XXH3-64 (seed 0) of the payload bytes, the value stored in payload_checksum.
 std::uint64_t payload_checksum(std::span<const std::byte> payload);
 
+// Copies n bytes from src to dst (not overlapping) and returns
+// payload_checksum of the copy, hashing it piece by piece while each piece
+// is still in cache: one pass over memory where copy-then-hash makes two.
+std::uint64_t copy_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n);
+
+// The same for a destination that is not read again soon (a pool slot being
+// written): the copy uses non-temporal stores, which spare the memory bus
+// reading each destination line before writing it, and the hash reads the
+// source, in cache from the copy's loads. Ordered before later stores
+// (sfence). Returns payload_checksum of src.
+std::uint64_t stream_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n);
+// memcpy with those non-temporal stores, ordered before later stores too.
+void stream_copy(std::byte* dst, const std::byte* src, std::size_t n);
+
 // kDataLoss when payload is not exactly header.payload_length bytes or its
 // checksum differs from header.payload_checksum (a torn or overwritten block).
 Status verify_payload(const SlotHeader& header, std::span<const std::byte> payload);

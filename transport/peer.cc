@@ -1,5 +1,6 @@
 #include "transport/peer.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -273,7 +274,7 @@ Status Peer::fence() {
   return to_status(st, "fence");
 }
 
-Status Peer::flush(Deadline deadline, const char* what) {
+Status Peer::flush(Deadline deadline, const char* what, bool yield_when_idle) {
   auto* w = new FlushWait();
   ucp_request_param_t p{};
   p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -295,7 +296,7 @@ Status Peer::flush(Deadline deadline, const char* what) {
       result = Status(StatusCode::kDeadlineExceeded, std::string(what) + ": deadline passed before completion");
       break;
     }
-    owner_->progress();
+    if (owner_->progress() == 0 && yield_when_idle) sched_yield();
   }
   if (result.ok()) result = to_status(static_cast<ucs_status_t>(w->status.load()), what);
   w->release();
@@ -346,7 +347,7 @@ Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp>
     if (s.ok()) s = post(then);
   }
   // Even after a failed post, earlier ops may be in flight: flush them.
-  Status f = flush(deadline, what);
+  Status f = flush(deadline, what, options.yield_when_idle);
   if (!s.ok()) return s;
   if (!f.ok() && state_->dead.load()) return health();
   return f;
@@ -375,89 +376,125 @@ Status Peer::read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> op
 
 Status Peer::read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops,
                            std::span<const MemoryRegion* const> locals, Deadline deadline) {
-  if (Status h = health(); !h.ok()) return h;
-  if (ops.empty()) return Status();
+  auto read = start_read_by_owner(remote, ops, locals);
+  if (!read) return read.error();
+  return read->wait(deadline);
+}
+
+Result<OwnerRead> Peer::start_read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                                            std::span<const MemoryRegion* const> locals) {
+  if (Status h = health(); !h.ok()) return tl::unexpected(h);
+  OwnerRead read;
+  read.peer_ = this;
+  if (ops.empty()) return read;
   if (locals.empty() || locals.size() > kMaxReadRkeys) {
-    return Status(StatusCode::kInvalidArgument, "owner read: 1 to 8 local regions");
-  }
-  if (ops.size() > kMaxReadOps) {
-    // Split: a request must stay a small eager message.
-    for (std::size_t i = 0; i < ops.size(); i += kMaxReadOps) {
-      Status s = read_by_owner(remote, ops.subspan(i, std::min(kMaxReadOps, ops.size() - i)), locals, deadline);
-      if (!s.ok()) return s;
-    }
-    return Status();
+    return make_error(StatusCode::kInvalidArgument, "owner read: 1 to 8 local regions");
   }
   Transport::Impl& impl = *owner_->impl_;
-  ReadRequest req;
-  req.reader_address = impl.address;
-  req.reader_peer_errors = mode_ == ErrorMode::kPeer;
+  std::vector<std::string> rkeys;
   for (const MemoryRegion* local : locals) {
     auto rkey = local->pack_rkey();
-    if (!rkey) return rkey.error();
-    req.rkeys.push_back(std::move(*rkey));
+    if (!rkey) return tl::unexpected(rkey.error());
+    rkeys.push_back(std::move(*rkey));
   }
-  for (const RmaOp& op : ops) {
-    auto* lp = static_cast<std::byte*>(op.local);
-    std::uint32_t which = 0;
-    while (which < locals.size() &&
-           (lp < locals[which]->data() || lp + op.length > locals[which]->data() + locals[which]->size())) {
-      ++which;
+  // One request per kMaxReadOps ops: a request must stay a small eager
+  // message. They are all sent now; wait() waits for every one.
+  for (std::size_t first = 0; first < ops.size(); first += kMaxReadOps) {
+    ReadRequest req;
+    req.reader_address = impl.address;
+    req.reader_peer_errors = mode_ == ErrorMode::kPeer;
+    req.rkeys = rkeys;
+    for (const RmaOp& op : ops.subspan(first, std::min(kMaxReadOps, ops.size() - first))) {
+      auto* lp = static_cast<std::byte*>(op.local);
+      std::uint32_t which = 0;
+      while (which < locals.size() &&
+             (lp < locals[which]->data() || lp + op.length > locals[which]->data() + locals[which]->size())) {
+        ++which;
+      }
+      if (op.length == 0 || which == locals.size() || op.remote_offset > remote.length_ ||
+          op.length > remote.length_ - op.remote_offset) {
+        return make_error(StatusCode::kInvalidArgument, "owner read: op of " + std::to_string(op.length) +
+                                                            " bytes falls outside the local or the remote regions");
+      }
+      req.ops.push_back(
+          {remote.base_ + op.remote_offset, reinterpret_cast<std::uint64_t>(op.local), op.length, which});
     }
-    if (op.length == 0 || which == locals.size() || op.remote_offset > remote.length_ ||
-        op.length > remote.length_ - op.remote_offset) {
-      return Status(StatusCode::kInvalidArgument, "owner read: op of " + std::to_string(op.length) +
-                                                      " bytes falls outside the local or the remote regions");
+    // The agent serves a read only from the region whose rkey it names.
+    req.source_rkey = remote.packed_rkey_;
+    req.id = impl.next_read_id.fetch_add(1);
+    auto* buf = new std::string(encode_read_request(req));
+    if (buf->size() > kMaxReadRequestBytes) {
+      delete buf;
+      return make_error(StatusCode::kInvalidArgument, "owner read request too large");
     }
-    req.ops.push_back(
-        {remote.base_ + op.remote_offset, reinterpret_cast<std::uint64_t>(op.local), op.length, which});
-  }
-  req.source_rkey = remote.packed_rkey_;
-  req.id = impl.next_read_id.fetch_add(1);
-  auto pending = std::make_shared<PendingRead>();
-  {
-    std::lock_guard lock(impl.reads_mu);
-    impl.reads.emplace(req.id, pending);
-  }
-  auto* buf = new std::string(encode_read_request(req));
-  if (buf->size() > kMaxReadRequestBytes) {
-    delete buf;
-    std::lock_guard lock(impl.reads_mu);
-    impl.reads.erase(req.id);
-    return Status(StatusCode::kInvalidArgument, "owner read request too large");
-  }
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_EAGER;
-  p.cb.send = on_send_done;
-  p.user_data = buf;
-  ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
-  if (!UCS_PTR_IS_PTR(sreq)) {
-    delete buf;
-    if (UCS_PTR_IS_ERR(sreq)) {
+    auto pending = std::make_shared<PendingRead>();
+    {
       std::lock_guard lock(impl.reads_mu);
-      impl.reads.erase(req.id);
-      return to_status(UCS_PTR_STATUS(sreq), "sending an owner read request");
+      impl.reads.emplace(req.id, pending);
+    }
+    read.parts_.emplace_back(req.id, pending);
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_AM_SEND_FLAG_EAGER;
+    p.cb.send = on_send_done;
+    p.user_data = buf;
+    ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
+    if (!UCS_PTR_IS_PTR(sreq)) {
+      delete buf;
+      if (UCS_PTR_IS_ERR(sreq)) return tl::unexpected(to_status(UCS_PTR_STATUS(sreq), "sending an owner read request"));
     }
   }
+  return read;
+}
+
+OwnerRead::OwnerRead(OwnerRead&& other) noexcept : peer_(other.peer_), parts_(std::move(other.parts_)) {
+  other.parts_.clear();
+}
+
+OwnerRead& OwnerRead::operator=(OwnerRead&& other) noexcept {
+  if (this != &other) {
+    forget();
+    peer_ = other.peer_;
+    parts_ = std::move(other.parts_);
+    other.parts_.clear();
+  }
+  return *this;
+}
+
+OwnerRead::~OwnerRead() { forget(); }
+
+void OwnerRead::forget() {
+  if (parts_.empty()) return;
+  peer_->forget_reads(parts_);
+  parts_.clear();
+}
+
+void Peer::forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts) {
+  Transport::Impl& impl = *owner_->impl_;
+  std::lock_guard lock(impl.reads_mu);
+  for (const auto& [id, pending] : parts) impl.reads.erase(id);
+}
+
+Status OwnerRead::wait(Deadline deadline, bool yield_when_idle) {
   Status result;
-  while (!pending->done.load(std::memory_order_acquire)) {
-    if (state_->dead.load(std::memory_order_acquire)) {
-      result = health();
+  for (const auto& [id, pending] : parts_) {
+    while (result.ok() && !pending->done.load(std::memory_order_acquire)) {
+      if (peer_->state_->dead.load(std::memory_order_acquire)) {
+        result = peer_->health();
+      } else if (deadline.expired()) {
+        result = Status(StatusCode::kDeadlineExceeded, "owner read: no reply before the deadline");
+      } else if (peer_->owner_->progress() == 0 && yield_when_idle) {
+        sched_yield();
+      }
+    }
+    if (!result.ok()) break;
+    if (Status s = to_status(static_cast<ucs_status_t>(pending->status.load()), "owner read"); !s.ok()) {
+      result = s;
       break;
     }
-    if (deadline.expired()) {
-      result = Status(StatusCode::kDeadlineExceeded, "owner read: no reply before the deadline");
-      break;
-    }
-    owner_->progress();
   }
-  if (!result.ok()) {
-    std::lock_guard lock(impl.reads_mu);
-    impl.reads.erase(req.id);
-    return result;
-  }
-  return to_status(static_cast<ucs_status_t>(pending->status.load()), "owner read");
+  forget();  // replies that come later find no one waiting
+  return result;
 }
 
 }  // namespace kvpool::transport

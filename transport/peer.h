@@ -15,6 +15,8 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kvpool/status.h"
 #include "runtime/common/units.h"
@@ -82,6 +84,40 @@ struct BatchOptions {
   // The registered region the local pointers fall in; without it UCX
   // registers local memory on the fly (a cost on RDMA NICs).
   const MemoryRegion* local = nullptr;
+  // While waiting for completion, yield the CPU (sched_yield) after each
+  // progress call that found nothing to do. Busy polling is fastest when
+  // the waiter has a core to itself; on a host where the far end's progress
+  // thread or our own helper threads need that core, spinning starves them.
+  bool yield_when_idle = false;
+};
+
+class Peer;
+struct PendingRead;
+
+// An owner read in flight (Peer::start_read_by_owner). Move-only; wait()
+// once. Destroying it without waiting forgets the request: a reply that
+// comes later finds no one waiting, but the owner may still write into the
+// local memory, so a caller that gives up keeps that memory alive as for a
+// failed read_by_owner.
+class OwnerRead {
+ public:
+  OwnerRead() = default;
+  OwnerRead(OwnerRead&& other) noexcept;
+  OwnerRead& operator=(OwnerRead&& other) noexcept;
+  OwnerRead(const OwnerRead&) = delete;
+  OwnerRead& operator=(const OwnerRead&) = delete;
+  ~OwnerRead();
+
+  // Progresses the worker until the owner reports every op complete, the
+  // peer fails, or `deadline` passes. The Peer must still exist.
+  // yield_when_idle: as BatchOptions::yield_when_idle.
+  Status wait(Deadline deadline, bool yield_when_idle = false);
+
+ private:
+  friend class Peer;
+  void forget();
+  Peer* peer_ = nullptr;
+  std::vector<std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts_;
 };
 
 class Peer {
@@ -117,6 +153,12 @@ class Peer {
   Status read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops,
                        std::span<const MemoryRegion* const> locals, Deadline deadline);
 
+  // The same, returning once the request is sent: several may be in
+  // flight at once (the owner serves them in order), each waited for by
+  // its OwnerRead.
+  Result<OwnerRead> start_read_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                                        std::span<const MemoryRegion* const> locals);
+
   // Ordering: every put issued before fence() completes at the target before
   // any put issued after it (payload before header).
   Status fence();
@@ -137,10 +179,12 @@ class Peer {
 
  private:
   friend class Transport;
+  friend class OwnerRead;
   Peer(Transport* owner, ErrorMode mode);
   Status rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, std::span<const RmaOp> then,
              Deadline deadline, const BatchOptions& options);
-  Status flush(Deadline deadline, const char* what);
+  Status flush(Deadline deadline, const char* what, bool yield_when_idle = false);
+  void forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts);
 
   Transport* owner_;
   ErrorMode mode_;

@@ -10,6 +10,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -126,8 +127,11 @@ std::vector<transport::RmaOp> coalesce(std::vector<transport::RmaOp> ops) {
   return out;
 }
 
-// Bytes moved per chunk of a get before its verification is handed off.
-constexpr std::size_t kVerifyChunkBytes = 8 << 20;
+// Bytes moved per chunk of a get before its verification is handed off:
+// small enough that the verifier reads a chunk while it is still in cache.
+constexpr std::size_t kVerifyChunkBytes = 2 << 20;
+// Owner-read chunks requested ahead of the one being waited for.
+constexpr std::size_t kOwnerReadsInFlight = 3;
 
 std::string default_client_id() {
   char host[256] = {};
@@ -398,15 +402,74 @@ struct Client::Impl {
 
   // Allocate with the retries of keys whose space is being reclaimed; on OK,
   // arep has one result per key and lease_ends the local end of each lease.
+  // `while_waiting`, if given, runs on this thread while the first request
+  // is out, with a flag that turns true when its reply has come: work to
+  // overlap with the round trip, to be cut short soon after the flag is set.
   Status allocate(NamespaceId ns, std::span<const Key128> keys, std::span<const std::uint64_t> sizes,
-                  rpc::AllocateReply& arep, std::vector<Clock::time_point>& lease_ends);
+                  rpc::AllocateReply& arep, std::vector<Clock::time_point>& lease_ends,
+                  const std::function<void(const std::atomic<bool>&)>& while_waiting = {});
   Result<PutResult> put(NamespaceId ns, std::span<const Key128> keys,
                         std::span<const std::span<const std::byte>> blocks);
   Result<GetResult> get(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> buffers);
+  // Runs body(j) for every j in [0, n) on the calling thread and the
+  // verifier thread together, each taking the next j; returns once every
+  // body it started has returned. The caller alone does them all if the
+  // verifier is busy with another call's work.
+  void run_split(std::size_t n, const std::function<void(std::size_t)>& body);
+  // put() for the blocks `idx` placed on an agent whose region is mapped
+  // here at `base`: payloads copied and hashed in one pass, then headers,
+  // each only while its write lease lasts. Adds to commit (written blocks),
+  // abort (blocks never touched) and result.errors.
+  void put_mapped(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<const std::byte>> blocks,
+                  const rpc::AllocateReply& arep, const std::vector<Clock::time_point>& lease_ends, AgentConn& conn,
+                  std::byte* base, const std::vector<std::size_t>& idx, std::vector<std::uint64_t>& checksums,
+                  const std::vector<char>& hashed, PutResult& result, rpc::LeaseBatch& commit,
+                  std::vector<std::size_t>& commit_index, rpc::LeaseBatch& abort);
+  // get() for the blocks `idx` of an agent whose region is mapped here at
+  // `base`: each block's header is checked, then its payload copied and
+  // hashed in one pass. Returns the status of each (OK: verified data).
+  std::vector<Status> get_mapped(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> bufs,
+                                 const rpc::LookupReply& lrep, AgentConn& conn, std::byte* base,
+                                 const std::vector<std::size_t>& idx);
 };
 
+void Client::Impl::run_split(std::size_t n, const std::function<void(std::size_t)>& body) {
+  struct Split {
+    std::size_t n = 0;
+    const std::function<void(std::size_t)>* body = nullptr;
+    std::atomic<std::size_t> next{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    bool closed = false;  // guarded by mu: the caller has returned or is about to
+    int active = 0;       // guarded by mu: helpers inside body
+    void work() {
+      for (std::size_t j = next.fetch_add(1); j < n; j = next.fetch_add(1)) (*body)(j);
+    }
+  };
+  auto split = std::make_shared<Split>();
+  split->n = n;
+  split->body = &body;
+  if (n > 1) {
+    verifier->submit([split] {
+      {
+        std::lock_guard lock(split->mu);
+        if (split->closed) return;  // came too late: body may be gone
+        ++split->active;
+      }
+      split->work();
+      std::lock_guard lock(split->mu);
+      if (--split->active == 0) split->cv.notify_all();
+    });
+  }
+  split->work();
+  std::unique_lock lock(split->mu);
+  split->closed = true;
+  split->cv.wait(lock, [&] { return split->active == 0; });
+}
+
 Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std::span<const std::uint64_t> sizes,
-                                rpc::AllocateReply& arep, std::vector<Clock::time_point>& lease_ends) {
+                                rpc::AllocateReply& arep, std::vector<Clock::time_point>& lease_ends,
+                                const std::function<void(const std::atomic<bool>&)>& while_waiting) {
   rpc::AllocateRequest areq;
   areq.ns = ns;
   areq.writer_host = transport->host_id();
@@ -415,7 +478,33 @@ Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std:
   // before the request went out keeps our view of each deadline early.
   lease_ends.assign(keys.size(), Clock::time_point::max());
   auto issued_after = Clock::now();
-  if (Status s = call(rpc::kAllocate, areq, arep); !s.ok()) return s;
+  if (!while_waiting) {
+    if (Status s = call(rpc::kAllocate, areq, arep); !s.ok()) return s;
+  } else {
+    auto c = control();
+    if (!c) return c.error();
+    struct Reply {
+      std::mutex mu;
+      std::condition_variable cv;
+      std::optional<Result<std::string>> bytes;  // guarded by mu
+      std::atomic<bool> arrived{false};
+    };
+    auto reply = std::make_shared<Reply>();
+    (*c)->call_async(rpc::kAllocate, rpc::encode(areq), deadline(), [reply](Result<std::string> r) {
+      std::lock_guard lock(reply->mu);
+      reply->bytes.emplace(std::move(r));
+      reply->arrived.store(true, std::memory_order_release);
+      reply->cv.notify_all();
+    });
+    while_waiting(reply->arrived);
+    std::unique_lock lock(reply->mu);
+    reply->cv.wait(lock, [&] { return reply->bytes.has_value(); });
+    if (!*reply->bytes) {
+      forget_leader(*c, reply->bytes->error());
+      return reply->bytes->error();
+    }
+    if (Status s = rpc::decode(**reply->bytes, arep); !s.ok()) return s;
+  }
   if (arep.results.size() != keys.size()) {
     return Status(StatusCode::kInternal, "allocate: reply has the wrong number of results");
   }
@@ -452,6 +541,115 @@ Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std:
   return Status();
 }
 
+// Where a mapped block's slot lies: inside the region, or a coordinator bug
+// that must not turn into a stray write or read.
+static bool slot_inside(const rpc::LocationWire& loc, std::uint64_t region_bytes) {
+  return loc.length <= region_bytes && loc.payload_offset <= region_bytes - loc.length &&
+         loc.header_offset <= region_bytes - pool::kSlotHeaderBytes;
+}
+
+void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
+                              std::span<const std::span<const std::byte>> blocks, const rpc::AllocateReply& arep,
+                              const std::vector<Clock::time_point>& lease_ends, AgentConn& conn, std::byte* base,
+                              const std::vector<std::size_t>& idx, std::vector<std::uint64_t>& checksums,
+                              const std::vector<char>& hashed, PutResult& result, rpc::LeaseBatch& commit,
+                              std::vector<std::size_t>& commit_index, rpc::LeaseBatch& abort) {
+  const std::uint64_t region_bytes = conn.region.length();
+  std::vector<Status> status(idx.size());
+  std::vector<char> touched(idx.size(), 0);  // the block's slot may hold some of our bytes
+  run_split(idx.size(), [&](std::size_t j) {
+    const std::size_t i = idx[j];
+    const auto& loc = arep.results[i].location;
+    if (!slot_inside(loc, region_bytes) || loc.length != blocks[i].size()) {
+      status[j] = Status(StatusCode::kInternal, "put: the placement lies outside the agent's region");
+      return;
+    }
+    // Fencing (DESIGN.md, "Data flows"): no write after the lease's end. A
+    // copy ends within the call, so nothing of ours lands later.
+    if (Clock::now() >= lease_ends[i]) {
+      status[j] = Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the data was written");
+      return;
+    }
+    // Shared memory shows no dead peer: the control plane marks it.
+    if (Status h = conn.peer->health(); !h.ok()) {
+      status[j] = h;
+      return;
+    }
+    touched[j] = 1;
+    if (hashed[i]) {
+      pool::stream_copy(base + loc.payload_offset, blocks[i].data(), loc.length);
+    } else {
+      checksums[i] = pool::stream_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length);
+    }
+  });
+  // Every payload byte is stored before any header that vouches for it
+  // (mfence: orders the copies' streaming stores too).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const auto now = Clock::now();
+  const Status health = conn.peer->health();
+  for (std::size_t j = 0; j < idx.size(); ++j) {
+    const std::size_t i = idx[j];
+    if (status[j].ok() && now >= lease_ends[i]) {
+      status[j] = Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the header was written");
+    }
+    if (status[j].ok() && !health.ok()) status[j] = health;
+    if (!status[j].ok()) {
+      result.errors[i] = status[j];
+      // A touched slot is left to its lease's expiry and quarantine.
+      if (!touched[j]) abort.leases.push_back(arep.results[i].lease);
+      continue;
+    }
+    const auto& loc = arep.results[i].location;
+    pool::SlotHeader h;
+    h.namespace_id = ns;
+    h.key = keys[i];
+    h.payload_length = loc.length;
+    h.generation = loc.generation;
+    h.payload_checksum = checksums[i];
+    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
+    pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(bytes));
+    std::memcpy(base + loc.header_offset, bytes.data(), bytes.size());
+    commit.leases.push_back(arep.results[i].lease);
+    commit_index.push_back(i);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+std::vector<Status> Client::Impl::get_mapped(NamespaceId ns, std::span<const Key128> keys,
+                                             std::span<const std::span<std::byte>> bufs, const rpc::LookupReply& lrep,
+                                             AgentConn& conn, std::byte* base, const std::vector<std::size_t>& idx) {
+  const std::uint64_t region_bytes = conn.region.length();
+  std::vector<Status> status(idx.size());
+  run_split(idx.size(), [&](std::size_t j) {
+    const std::size_t i = idx[j];
+    const auto& loc = lrep.locations[i];
+    if (!slot_inside(loc, region_bytes)) {
+      status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": location outside the region");
+      return;
+    }
+    if (Status h = conn.peer->health(); !h.ok()) {
+      status[j] = h;
+      return;
+    }
+    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
+    std::memcpy(bytes.data(), base + loc.header_offset, bytes.size());
+    auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(bytes));
+    if (!h) {
+      status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
+    } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
+               h->generation != loc.generation) {
+      status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+    } else if (pool::copy_payload_checksum(bufs[i].data(), base + loc.payload_offset, loc.length) !=
+               h->payload_checksum) {
+      // The bytes checked are the caller's copy, not the slot's: what is
+      // returned is what was verified.
+      status[j] = Status(StatusCode::kDataLoss,
+                         "block " + std::to_string(i) + ": payload checksum mismatch (torn or overwritten block)");
+    }
+  });
+  return status;
+}
+
 Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys,
                                     std::span<const std::span<const std::byte>> blocks) {
   if (keys.size() != blocks.size()) {
@@ -474,21 +672,31 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
 
   rpc::AllocateReply arep;
   std::vector<Clock::time_point> lease_ends;
+  // The payload checksums the headers carry: while the coordinator places
+  // the blocks, this thread hashes payloads in order (one thread, so the
+  // coordinator and our io thread have the other core); the rest are hashed
+  // below, while or as they are written.
+  std::vector<std::uint64_t> checksums(keys.size());
+  std::vector<char> hashed(keys.size(), 0);
   {
     std::vector<std::uint64_t> sizes;
     for (const auto& b : blocks) sizes.push_back(b.size());
-    if (Status s = allocate(ns, keys, sizes, arep, lease_ends); !s.ok()) return tl::unexpected(s);
+    auto hash_ahead = [&](const std::atomic<bool>& arrived) {
+      for (std::size_t i = 0; i < keys.size() && !arrived.load(std::memory_order_acquire); ++i) {
+        checksums[i] = pool::payload_checksum(blocks[i]);
+        hashed[i] = 1;
+      }
+    };
+    if (Status s = allocate(ns, keys, sizes, arep, lease_ends, hash_ahead); !s.ok()) return tl::unexpected(s);
   }
 
   // Payloads are written first and headers last, so a valid header means a
-  // complete payload (DESIGN.md). The payload checksums, which the headers
-  // carry, are computed on the verifier thread while the payloads move: one
-  // thread hashes at about the speed another copies, so in series they would
-  // halve a put.
+  // complete payload (DESIGN.md). For agents reached through UCX the payload
+  // checksums, which the headers carry, are computed on the verifier thread
+  // while the payloads move: one thread hashes at about the speed another
+  // copies, so in series they would halve a put.
   std::vector<std::byte> headers(pool::kSlotHeaderBytes * keys.size());
-  std::vector<std::uint64_t> checksums(keys.size());
   std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
-  std::vector<std::size_t> placed;
   for (std::size_t i = 0; i < keys.size(); ++i) {
     const auto& r = arep.results[i];
     switch (r.outcome) {
@@ -503,16 +711,44 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
         break;
       case rpc::AllocateOutcome::kPlaced:
         by_agent[r.location.agent].push_back(i);
-        placed.push_back(i);
         break;
     }
   }
-  auto hashed = std::make_shared<std::promise<void>>();
-  std::future<void> hashes_done = hashed->get_future();
-  verifier->submit([hashed, &placed, &checksums, &blocks] {
-    for (std::size_t i : placed) checksums[i] = pool::payload_checksum(blocks[i]);
-    hashed->set_value();
-  });
+  // The agents' connections. A same-host agent's region mapped into this
+  // process (shared memory) is written with one pass per block that copies
+  // and hashes (pool::copy_payload_checksum), split over this thread and the
+  // verifier thread; other agents get UCX puts, their payloads hashed on the
+  // verifier thread while they move.
+  struct Group {
+    std::uint32_t agent_id = 0;
+    std::vector<std::size_t>* idx = nullptr;
+    Result<std::shared_ptr<AgentConn>> conn;
+    std::byte* mapped = nullptr;
+  };
+  std::vector<Group> groups;
+  std::vector<std::size_t> to_hash;
+  for (auto& [agent_id, idx] : by_agent) {
+    Group g{agent_id, &idx, agent(agent_id, arep.results[idx.front()].location.incarnation), nullptr};
+    if (g.conn) {
+      if (auto m = (*g.conn)->region.mapped()) g.mapped = *m;
+    }
+    if (g.mapped == nullptr) {
+      for (std::size_t i : idx) {
+        if (!hashed[i]) to_hash.push_back(i);
+      }
+    }
+    groups.push_back(std::move(g));
+  }
+  auto hashing = std::make_shared<std::promise<void>>();
+  std::future<void> hashes_done = hashing->get_future();
+  if (to_hash.empty()) {
+    hashing->set_value();
+  } else {
+    verifier->submit([hashing, &to_hash, &checksums, &blocks] {
+      for (std::size_t i : to_hash) checksums[i] = pool::payload_checksum(blocks[i]);
+      hashing->set_value();
+    });
+  }
   bool hashes_ready = false;
   auto header_ops_for = [&](const std::vector<std::size_t>& idx) {
     if (!hashes_ready) {
@@ -536,8 +772,15 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
   };
   rpc::LeaseBatch commit, abort;
   std::vector<std::size_t> commit_index;
-  for (auto& [agent_id, idx] : by_agent) {
-    auto conn = agent(agent_id, arep.results[idx.front()].location.incarnation);
+  for (auto& g : groups) {
+    const std::uint32_t agent_id = g.agent_id;
+    auto& idx = *g.idx;
+    auto& conn = g.conn;
+    if (g.mapped != nullptr) {
+      put_mapped(ns, keys, blocks, arep, lease_ends, **conn, g.mapped, idx, checksums, hashed, result, commit,
+                 commit_index, abort);
+      continue;
+    }
     Status s = conn ? Status() : conn.error();
     // Fencing (DESIGN.md, "Data flows"): no put is posted after its write
     // lease's deadline, and none may still be moving after it, so the
@@ -562,11 +805,11 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       // put() returns once the payloads are complete at the agent; only then
       // do the headers go.
       posted = true;
-      s = (*conn)->peer->put((*conn)->region, payload_ops, put_deadline, {.local = local});
+      s = (*conn)->peer->put((*conn)->region, payload_ops, put_deadline, {.local = local, .yield_when_idle = true});
       if (s.ok()) {
         auto header_ops = header_ops_for(idx);  // may wait for the hashes
         s = lease_left();
-        if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, put_deadline);
+        if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, put_deadline, {.yield_when_idle = true});
       }
     }
     if (!s.ok() && posted) {
@@ -698,7 +941,65 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       continue;
     }
     auto& c = **conn;
-    for (std::size_t first = 0; first < all_idx.size(); first += chunk_blocks) {
+    if (auto mapped = c.region.mapped()) {
+      auto status = get_mapped(ns, keys, bufs, lrep, c, *mapped, all_idx);
+      for (std::size_t j = 0; j < all_idx.size(); ++j) {
+        if (status[j].ok()) continue;
+        if (all_idx[j] < ok_upto) {
+          if (status[j].code() == StatusCode::kDataLoss) {
+            ++verify_failures;
+            logger()->warn("get: {}", status[j].message());
+          }
+          ok_upto = all_idx[j];
+          stopped = status[j];
+        }
+        break;
+      }
+      continue;
+    }
+    // Owner reads are kept up to kOwnerReadsInFlight chunks deep: the agent
+    // serves the next chunk's request while this one's bytes arrive and the
+    // one before is verified, instead of one request round trip per chunk.
+    struct InFlight {
+      std::vector<std::size_t> idx;
+      std::vector<transport::OwnerRead> reads;
+    };
+    std::deque<InFlight> in_flight;
+    bool failed = false;
+    auto verify_later = [&](std::vector<std::size_t> idx) {
+      auto promise = std::make_shared<std::promise<Verdict>>();
+      verdicts.push_back(promise->get_future());
+      verifier->submit([promise, chunk = std::move(idx), &verify_chunk]() mutable {
+        promise->set_value(verify_chunk(std::move(chunk)));
+      });
+    };
+    auto fail_at = [&](std::size_t first_index, const Status& s) {
+      if (c.owner_reads) {
+        // The agent may still put into the header scratch (a cut link that
+        // returns): keep it as long as the transport.
+        std::lock_guard lock(mu);
+        if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
+      }
+      if (first_index < ok_upto) {
+        ok_upto = first_index;
+        stopped = s;
+      }
+      failed = true;
+    };
+    auto finish_oldest = [&] {
+      InFlight f = std::move(in_flight.front());
+      in_flight.pop_front();
+      Status s;
+      for (auto& r : f.reads) {
+        if (s.ok()) s = r.wait(deadline(), /*yield_when_idle=*/true);
+      }
+      if (s.ok()) {
+        verify_later(std::move(f.idx));
+      } else {
+        fail_at(f.idx.front(), s);
+      }
+    };
+    for (std::size_t first = 0; first < all_idx.size() && !failed; first += chunk_blocks) {
       std::vector<std::size_t> idx(all_idx.begin() + first,
                                    all_idx.begin() + std::min(all_idx.size(), first + chunk_blocks));
       std::vector<transport::RmaOp> ops;
@@ -712,62 +1013,72 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
                               pool::kSlotHeaderBytes});
       }
       for (const auto& op : coalesce(std::move(header_ops))) ops.push_back(op);
+      if (!c.owner_reads) {
+        Status s = c.peer->get(c.region, ops, deadline(),
+                               {.local = registered(bufs[idx.front()].data(), *bb), .yield_when_idle = true});
+        if (!s.ok()) {
+          fail_at(idx.front(), s);
+          break;
+        }
+        verify_later(std::move(idx));
+        continue;
+      }
+      // The agent puts into our memory: payload buffers and the header
+      // scratch must be registered (up to 8 regions per request).
       Status s;
-      if (c.owner_reads) {
-        // The agent puts into our memory: payload buffers and the header
-        // scratch must be registered (up to 8 regions per request).
-        if (!header_region) {
-          auto hr = transport->register_memory(headers.data(), headers.size());
-          if (hr) header_region = std::make_unique<transport::MemoryRegion>(std::move(*hr));
-          else s = hr.error();
-        }
-        std::vector<const transport::MemoryRegion*> locals;
-        std::size_t sent = 0;
-        for (std::size_t j = 0; s.ok() && j < idx.size(); ++j) {
-          const transport::MemoryRegion* r = registered(bufs[idx[j]].data(), *bb);
-          if (r == nullptr) {
-            auto tr = transport->register_memory(bufs[idx[j]].data(), *bb);
-            if (!tr) {
-              s = tr.error();
-              break;
-            }
-            temporary.push_back(std::make_unique<transport::MemoryRegion>(std::move(*tr)));
-            r = temporary.back().get();
+      InFlight f;
+      auto start = [&](std::span<const transport::RmaOp> part, std::span<const transport::MemoryRegion* const> locals) {
+        auto r = c.peer->start_read_by_owner(c.region, part, locals);
+        if (r) f.reads.push_back(std::move(*r));
+        else s = r.error();
+      };
+      if (!header_region) {
+        auto hr = transport->register_memory(headers.data(), headers.size());
+        if (hr) header_region = std::make_unique<transport::MemoryRegion>(std::move(*hr));
+        else s = hr.error();
+      }
+      std::vector<const transport::MemoryRegion*> locals;
+      std::size_t sent = 0;
+      for (std::size_t j = 0; s.ok() && j < idx.size(); ++j) {
+        const transport::MemoryRegion* r = registered(bufs[idx[j]].data(), *bb);
+        if (r == nullptr) {
+          auto tr = transport->register_memory(bufs[idx[j]].data(), *bb);
+          if (!tr) {
+            s = tr.error();
+            break;
           }
-          if (std::find(locals.begin(), locals.end(), r) == locals.end()) {
-            if (locals.size() == transport::kMaxOwnerReadRegions - 1) {
-              // Full: send the payloads gathered so far on their own.
-              s = c.peer->read_by_owner(c.region, std::span(ops).subspan(sent, j - sent), locals, deadline());
-              sent = j;
-              locals.clear();
-            }
-            locals.push_back(r);
+          temporary.push_back(std::make_unique<transport::MemoryRegion>(std::move(*tr)));
+          r = temporary.back().get();
+        }
+        if (std::find(locals.begin(), locals.end(), r) == locals.end()) {
+          if (locals.size() == transport::kMaxOwnerReadRegions - 1) {
+            // Full: send the payloads gathered so far on their own.
+            start(std::span(ops).subspan(sent, j - sent), locals);
+            sent = j;
+            locals.clear();
           }
+          locals.push_back(r);
         }
-        if (s.ok()) {
-          locals.push_back(header_region.get());
-          // The rest of the payloads and every header of the chunk.
-          std::vector<transport::RmaOp> rest(ops.begin() + sent, ops.end());
-          s = c.peer->read_by_owner(c.region, rest, locals, deadline());
-        }
-      } else {
-        s = c.peer->get(c.region, ops, deadline(), {.local = registered(bufs[idx.front()].data(), *bb)});
+      }
+      if (s.ok()) {
+        locals.push_back(header_region.get());
+        // The rest of the payloads and every header of the chunk.
+        start(std::span(ops).subspan(sent), locals);
       }
       if (!s.ok()) {
-        if (c.owner_reads) {
-          std::lock_guard lock(mu);
-          if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
-        }
-        ok_upto = std::min(ok_upto, idx.front());
-        stopped = s;
+        // Chunks sent before this one may still arrive whole.
+        while (!in_flight.empty() && !failed) finish_oldest();
+        fail_at(idx.front(), s);
         break;
       }
-      auto promise = std::make_shared<std::promise<Verdict>>();
-      verdicts.push_back(promise->get_future());
-      verifier->submit([promise, chunk = std::move(idx), &verify_chunk]() mutable {
-        promise->set_value(verify_chunk(std::move(chunk)));
-      });
+      f.idx = std::move(idx);
+      in_flight.push_back(std::move(f));
+      while (in_flight.size() > kOwnerReadsInFlight && !failed) finish_oldest();
     }
+    while (!in_flight.empty() && !failed) finish_oldest();
+    // After a failure the reads still out are forgotten; as for the failed
+    // one, their bytes may yet land in the caller's buffers.
+    in_flight.clear();
   }
   for (auto& f : verdicts) {
     Verdict v = f.get();

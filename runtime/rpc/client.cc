@@ -8,6 +8,9 @@
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
 #include <cassert>
 #include <condition_variable>
 #include <future>
@@ -44,6 +47,7 @@ constexpr Clock::time_point kNever = Clock::time_point::max();
 struct OutFrame {
   HeaderBytes header;
   std::string payload;
+  std::size_t sent = 0;  // leading bytes of header + payload already written (a caller's partial send)
 };
 
 using Done = std::function<void(Result<std::string>)>;
@@ -101,6 +105,9 @@ struct Client::Impl {
     asio::post(io, [done = std::move(done), status = std::move(status)]() mutable { done(tl::unexpected(status)); });
   }
 
+  // Under mu, with no write active: writes what the socket takes of
+  // `frame` now; true if some of it is left (frame.sent says how much went).
+  bool send_now(OutFrame& frame);
   void write_next();
   void read_more();
   void on_read(const error_code& ec, std::size_t n);
@@ -166,6 +173,7 @@ struct Client::Impl {
   Clock::time_point timer_at = kNever;  // guarded by mu: deadline_timer's expiry (or a post to arm it is on its way)
   std::vector<OutFrame> queued;         // guarded by mu
   bool write_active = false;            // guarded by mu: write_next posted or in flight
+  bool direct_writes = false;           // guarded by mu: callers may write (plain TCP, after the hello)
 
   std::mutex push_mu;
   std::function<void(std::uint16_t, std::string)> push_handler;  // guarded by push_mu
@@ -253,16 +261,35 @@ void Client::Impl::start_call(std::uint16_t type, std::string payload, Clock::ti
         post_timer = true;
       }
     }
-    queued.push_back(OutFrame{*header, std::move(payload)});
-    // One post per burst: requests queued while a write is in flight ride
-    // along with the next gather write.
-    if (!write_active) {
-      write_active = true;
-      post_write = true;
+    OutFrame frame{*header, std::move(payload)};
+    // Nothing is being written: send from this thread, sparing a wake-up of
+    // the io thread per call (a round trip on loopback costs a few of them).
+    // Never blocks; what the socket does not take now goes the usual way,
+    // ahead of any later frame.
+    const bool all_sent = !write_active && direct_writes && !send_now(frame);
+    if (!all_sent) {
+      queued.push_back(std::move(frame));
+      // One post per burst: requests queued while a write is in flight ride
+      // along with the next gather write.
+      if (!write_active) {
+        write_active = true;
+        post_write = true;
+      }
     }
   }
   if (post_write) asio::post(io, [this] { write_next(); });
   if (post_timer) asio::post(io, [this] { arm_deadline_timer(); });
+}
+
+bool Client::Impl::send_now(OutFrame& frame) {
+  iovec iov[2] = {{frame.header.data(), frame.header.size()}, {frame.payload.data(), frame.payload.size()}};
+  msghdr msg{};
+  msg.msg_iov = iov;
+  msg.msg_iovlen = frame.payload.empty() ? 1 : 2;
+  const ssize_t n = ::sendmsg(socket.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  // An error (EAGAIN included) is left to the io thread's write to find.
+  if (n > 0) frame.sent = static_cast<std::size_t>(n);
+  return frame.sent < frame.header.size() + frame.payload.size();
 }
 
 void Client::Impl::write_next() {
@@ -277,8 +304,9 @@ void Client::Impl::write_next() {
   }
   buffers.clear();
   for (const OutFrame& f : writing) {
-    buffers.push_back(asio::buffer(f.header));
-    if (!f.payload.empty()) buffers.push_back(asio::buffer(f.payload));
+    if (f.sent < f.header.size()) buffers.push_back(asio::buffer(f.header) + f.sent);
+    const std::size_t payload_sent = f.sent > f.header.size() ? f.sent - f.header.size() : 0;
+    if (payload_sent < f.payload.size()) buffers.push_back(asio::buffer(f.payload) + payload_sent);
   }
   auto written = [this](const error_code& ec, std::size_t) {
     writing.clear();
@@ -561,6 +589,10 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   }
   Impl& impl_ref = *client->impl_;
   impl_ref.server = std::move(*server);
+  {
+    std::lock_guard lock(impl_ref.mu);
+    impl_ref.direct_writes = impl_ref.tls == nullptr;  // set on the io thread before the hello was sent
+  }
   logger()->info("connected to {} '{}' (version '{}') at {} as {} '{}'", role_name(impl_ref.server.role),
                  impl_ref.server.server_id, impl_ref.server.server_version, impl_ref.peer, role_name(options.role),
                  options.client_id);

@@ -117,6 +117,34 @@ TEST_CASE("blocks put by one process are read back by another over shared memory
   }
 }
 
+TEST_CASE("blocks written over shared memory are read over tcp and the reverse, byte for byte", "[integration]") {
+  // A same-host worker over shared memory copies straight into the agent's
+  // mapped region and hashes as it copies; over tcp it goes through UCX.
+  // Each path must read what the other wrote: same slot headers, same
+  // checksums. Many blocks per batch, so both threads of a batch take some.
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  const std::string shm = "posix,cma,self", tcp = "tcp";
+  for (auto [wtls, rtls] : {std::pair{shm, tcp}, std::pair{tcp, shm}, std::pair{shm, shm}}) {
+    INFO("writer UCX_TLS=" << wtls << ", reader UCX_TLS=" << rtls);
+    auto writer = connect(pool->coordinator, wtls);
+    auto ns = writer->register_namespace(test_namespace(kBlock, "cross-" + wtls + "-" + rtls));
+    REQUIRE(ns);
+    Blocks b(*ns, 40, 7000);
+    auto put = writer->put(*ns, b.keys, b.spans);
+    REQUIRE(put);
+    CHECK(put->written == 40);
+    auto reader = connect(pool->coordinator, rtls);
+    REQUIRE(reader->register_namespace(test_namespace(kBlock, "cross-" + wtls + "-" + rtls)));
+    auto got = reader->get(*ns, b.keys, b.out_spans);
+    REQUIRE(got);
+    CHECK(got->loaded == 40);
+    CHECK(b.wrong(40) == 0);
+    CHECK(reader->stats().verify_failures == 0);
+    REQUIRE(writer->remove(*ns, b.keys));
+  }
+}
+
 TEST_CASE("a client that prefaults mapped regions in the background moves the same bytes", "[integration]") {
   auto pool = start_standalone("64MiB");
   REQUIRE(pool);
@@ -390,46 +418,54 @@ TEST_CASE("malformed frames get the connection closed while another client keeps
 
 TEST_CASE("a block whose bytes change after its commit is detected by get and never returned as data",
           "[integration]") {
+  // Over shared memory the reader copies from the mapped region and checks
+  // as it copies; over tcp it reads through the agent. A changed payload and
+  // a changed slot header are each caught by both.
   auto pool = start_standalone("32MiB");
   REQUIRE(pool);
-  auto c = connect(pool->coordinator);
-  auto ns = c->register_namespace(test_namespace());
-  REQUIRE(ns);
-  Blocks b(*ns, 6);
-  REQUIRE(c->put(*ns, b.keys, b.spans)->written == 6);
-  // Find block 3 and scribble over 8 bytes of its payload, one-sided, the way
-  // a stray writer (or a torn late put) would.
   auto raw = raw_client(pool->coordinator);
-  rpc::LookupReply where;
-  REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{*ns, false, b.keys}, where).ok());
-  REQUIRE(where.locations.size() == 6);
   auto list_reply = raw->call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
   REQUIRE(list_reply);
   rpc::ListAgentsReply list;
   REQUIRE(rpc::decode(*list_reply, list).ok());
-  const rpc::AgentRecord* agent = nullptr;
-  for (const auto& a : list.agents) {
-    if (a.agent == where.locations[3].agent) agent = &a;
-  }
-  REQUIRE(agent != nullptr);
+  REQUIRE(list.agents.size() == 1);
+  const rpc::AgentRecord& agent = list.agents.front();
   auto t = transport::Transport::create({.tls = "posix,self"});
   REQUIRE(t);
-  {
-    auto peer = (*t)->connect(agent->worker_address, transport::ErrorMode::kNone);
-    REQUIRE(peer);
-    auto region = (*peer)->import_region(
-        {agent->worker_address, agent->packed_rkey, agent->region_base, agent->region_bytes, agent->host_id});
-    REQUIRE(region);
-    std::uint64_t garbage = 0x0123456789abcdefull;
-    transport::RmaOp scribble{&garbage, where.locations[3].payload_offset + 1000, sizeof(garbage)};
-    REQUIRE((*peer)->put(*region, std::span(&scribble, 1), Deadline::after(scaled(5s))).ok());
+  auto peer = (*t)->connect(agent.worker_address, transport::ErrorMode::kNone);
+  REQUIRE(peer);
+  auto region = (*peer)->import_region(
+      {agent.worker_address, agent.packed_rkey, agent.region_base, agent.region_bytes, agent.host_id});
+  REQUIRE(region);
+  std::uint32_t round = 0;
+  for (std::string tls : {"posix,cma,self", "tcp"}) {
+    for (bool header : {false, true}) {
+      INFO("reader UCX_TLS=" << tls << (header ? ", slot header changed" : ", payload changed"));
+      auto c = connect(pool->coordinator, tls);
+      auto ns = c->register_namespace(test_namespace());
+      REQUIRE(ns);
+      Blocks b(*ns, 6, 100000 * ++round);
+      REQUIRE(c->put(*ns, b.keys, b.spans)->written == 6);
+      // Find block 3 and scribble over 8 bytes of it, one-sided, the way a
+      // stray writer (or a torn late put) would: in the payload, or in the
+      // header's generation field (bytes 40-47).
+      rpc::LookupReply where;
+      REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{*ns, false, b.keys}, where).ok());
+      REQUIRE(where.locations.size() == 6);
+      std::uint64_t garbage = 0x0123456789abcdefull;
+      transport::RmaOp scribble{&garbage,
+                                header ? where.locations[3].header_offset + 40 : where.locations[3].payload_offset + 1000,
+                                sizeof(garbage)};
+      REQUIRE((*peer)->put(*region, std::span(&scribble, 1), Deadline::after(scaled(5s))).ok());
+      auto got = c->get(*ns, b.keys, b.out_spans);
+      REQUIRE(got);
+      CHECK(got->loaded == 3);  // blocks 0-2 only: the prefix stops at the bad block
+      CHECK(got->stopped.code() == StatusCode::kDataLoss);
+      CHECK(b.wrong(3) == 0);
+      CHECK(c->stats().verify_failures == 1);
+      REQUIRE(c->remove(*ns, b.keys));
+    }
   }
-  auto got = c->get(*ns, b.keys, b.out_spans);
-  REQUIRE(got);
-  CHECK(got->loaded == 3);  // blocks 0-2 only: the prefix stops at the bad block
-  CHECK(got->stopped.code() == StatusCode::kDataLoss);
-  CHECK(b.wrong(3) == 0);
-  CHECK(c->stats().verify_failures == 1);
 }
 
 TEST_CASE("kvpool-agent takes every flag from a JSON config file and refuses bad ones", "[integration]") {

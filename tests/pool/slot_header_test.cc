@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <array>
 #include <catch2/catch.hpp>
 #include <cstddef>
@@ -130,6 +131,29 @@ TEST_CASE("a flipped bit in the payload fails verification", "[pool][slot_header
       Status st = verify_payload(h, bad);
       CHECK(st.code() == StatusCode::kDataLoss);
     }
+  }
+}
+
+TEST_CASE("copy_payload_checksum and stream_payload_checksum copy the bytes and return their payload checksum",
+          "[pool][slot_header]") {
+  // Sizes around its 32 KiB pieces and XXH3's internal 1 KiB stripes and
+  // 240-byte short-input limit: streamed and one-shot hashes must agree.
+  for (std::size_t n : {std::size_t{1}, std::size_t{17}, std::size_t{240}, std::size_t{241}, std::size_t{1024},
+                        std::size_t{32768}, std::size_t{32769}, std::size_t{65536}, std::size_t{100000},
+                        std::size_t{2} << 20}) {
+    INFO("n = " << n);
+    auto src = random_bytes(n, n);
+    std::vector<std::byte> dst(n);
+    CHECK(kvpool::pool::copy_payload_checksum(dst.data(), src.data(), n) == payload_checksum(src));
+    CHECK(dst == src);
+    // Streaming stores, to a destination aligned and not aligned to 16 bytes.
+    for (std::size_t offset : {std::size_t{0}, std::size_t{3}}) {
+      std::vector<std::byte> out(n + offset);
+      CHECK(kvpool::pool::stream_payload_checksum(out.data() + offset, src.data(), n) == payload_checksum(src));
+      CHECK(std::equal(src.begin(), src.end(), out.begin() + offset));
+    }
+    // The plain XXH3-64 (seed 0) a reader in any language computes.
+    CHECK(payload_checksum(src) == XXH3_64bits(src.data(), src.size()));
   }
 }
 

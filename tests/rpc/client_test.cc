@@ -288,3 +288,34 @@ TEST_CASE("an already expired deadline fails without a round trip", "[rpc][clien
 }
 
 }  // namespace kvpool::rpc
+
+namespace kvpool::rpc {
+
+TEST_CASE("large requests from several threads at once arrive whole, each reply matching its request",
+          "[rpc][client]") {
+  // A caller writes its request itself when no write is in flight, and
+  // hands what the socket does not take at once to the io thread: frames of
+  // several MiB (more than a loopback socket takes in one send) from four
+  // threads, with small ones between them, must all arrive whole and in
+  // their own frames.
+  Fixture f;
+  auto client = f.connect();
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 12; ++i) {
+        const std::size_t n = (i % 3 == 0) ? 16 : (std::size_t{3} << 20) + 4099 * static_cast<std::size_t>(t + i);
+        std::string payload(n, '\0');
+        for (std::size_t k = 0; k < n; k += 4093) payload[k] = static_cast<char>('a' + (t * 7 + i + k) % 26);
+        auto reply = client->call(kEcho, payload, soon());
+        if (!reply || *reply != payload) ++bad;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(bad == 0);
+  CHECK(client->connected());
+}
+
+}  // namespace kvpool::rpc
