@@ -1,11 +1,14 @@
 #include "tests/common/test_util.h"
 
+#include <signal.h>
 #include <stdlib.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "runtime/common/secret.h"
@@ -64,6 +67,37 @@ std::string use_test_secret() {
     return p;
   }();
   return path;
+}
+
+namespace {
+
+// The state letter of /proc/.../stat: the field after the parenthesised
+// command name, which may itself hold spaces or parentheses.
+char task_state(const std::filesystem::path& stat) {
+  std::ifstream in(stat);
+  std::string line;
+  std::getline(in, line);
+  auto close = line.rfind(')');
+  return close == std::string::npos || close + 2 >= line.size() ? '?' : line[close + 2];
+}
+
+}  // namespace
+
+bool freeze(pid_t pid, std::chrono::milliseconds within) {
+  if (::kill(pid, SIGSTOP) != 0) return false;
+  const auto until = std::chrono::steady_clock::now() + within;
+  const std::filesystem::path tasks = "/proc/" + std::to_string(pid) + "/task";
+  for (;;) {
+    bool all = true;
+    std::error_code ec;
+    for (const auto& t : std::filesystem::directory_iterator(tasks, ec)) {
+      const char st = task_state(t.path() / "stat");
+      all = all && (st == 'T' || st == 't');
+    }
+    if (!ec && all) return true;
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 }  // namespace kvpool::testing

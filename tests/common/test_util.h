@@ -33,3 +33,16 @@ std::string make_secret_file();
 std::string use_test_secret();
 
 }  // namespace kvpool::testing
+
+#include <sys/types.h>
+
+namespace kvpool::testing {
+
+// Sends SIGSTOP to `pid` and returns once every thread of it is stopped
+// (/proc/PID/task/*/stat in state T), or false after `within`. kill()
+// returns when the signal is queued, not when the process has stopped: on a
+// busy VM a thread running on another CPU can still answer a message in
+// between, and a test that counts on the freeze would race it.
+bool freeze(pid_t pid, std::chrono::milliseconds within = std::chrono::milliseconds(5000));
+
+}  // namespace kvpool::testing

@@ -378,7 +378,7 @@ TEST_CASE("a remove of a read-leased block is answered once the agent has noted 
 
   // The agent is frozen (shorter than the 2 s agent timeout): the remove
   // must wait for it, and is answered as soon as it runs again.
-  agent->kill(SIGSTOP);
+  REQUIRE(freeze(agent->pid()));
   std::atomic<bool> answered{false};
   Status removed;
   std::thread remover([&] {

@@ -243,7 +243,7 @@ TEST_CASE("a same-host peer over tcp closed after a missed deadline sends nothin
   for (std::size_t i = 0; i < kBlocks; ++i) ops.push_back({buf.data() + i * kBlock, i * kBlock, kBlock});
 
   // A frozen owner: its progress thread moves nothing, so the puts queue.
-  s->owner.kill(SIGSTOP);
+  REQUIRE(kvpool::testing::freeze(s->owner.pid()));
   Status st = s->peer->put(s->remote, ops, Deadline::after(Ms(300)));
   CHECK(st.code() == StatusCode::kDeadlineExceeded);
   s->peer->mark_dead("put missed its deadline");
