@@ -133,21 +133,29 @@ std::uint64_t payload_checksum(std::span<const std::byte> payload) {
   return XXH3_64bits(payload.data(), payload.size());
 }
 
-std::uint64_t copy_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n) {
-  // Pieces that fit the L1 data cache: each is hashed from dst right after
-  // it is written there.
-  constexpr std::size_t kPiece = 32 << 10;
+namespace {
+
+// Pieces that fit the L1 data cache: each is hashed right after the copy
+// touched it, so the hash reads from cache, not memory.
+constexpr std::size_t kHashPiece = 32 << 10;
+
+// Copies [src, src+n) to dst piece by piece with `copy`, hashing each piece
+// from `from_dst ? dst : src` while it is in cache.
+template <typename Copy>
+std::uint64_t copy_and_hash(std::byte* dst, const std::byte* src, std::size_t n, Copy copy, bool from_dst) {
   XXH3_state_t state;
   XXH3_64bits_reset(&state);
-  for (std::size_t at = 0; at < n; at += kPiece) {
-    const std::size_t len = std::min(kPiece, n - at);
-    std::memcpy(dst + at, src + at, len);
-    XXH3_64bits_update(&state, dst + at, len);
+  for (std::size_t at = 0; at < n; at += kHashPiece) {
+    const std::size_t len = std::min(kHashPiece, n - at);
+    copy(dst + at, src + at, len);
+    XXH3_64bits_update(&state, (from_dst ? dst : src) + at, len);
   }
   return XXH3_64bits_digest(&state);
 }
 
-void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) {
+// Non-temporal copy with no fence: the callers fence once at the end, not
+// once per piece (an sfence waits for the write-combining buffers).
+void stream_copy_unfenced(std::byte* dst, const std::byte* src, std::size_t n) {
   std::size_t head = (16 - reinterpret_cast<std::uintptr_t>(dst) % 16) % 16;
   head = std::min(head, n);
   std::memcpy(dst, src, head);
@@ -163,20 +171,25 @@ void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) {
     _mm_stream_si128(d + 3, e);
   }
   std::memcpy(dst + at, src + at, n - at);
+}
+
+}  // namespace
+
+std::uint64_t copy_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n) {
+  return copy_and_hash(
+      dst, src, n, [](std::byte* d, const std::byte* s, std::size_t len) { std::memcpy(d, s, len); }, true);
+}
+
+void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) {
+  stream_copy_unfenced(dst, src, n);
   _mm_sfence();
 }
 
 std::uint64_t stream_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n) {
-  constexpr std::size_t kPiece = 32 << 10;
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  for (std::size_t at = 0; at < n; at += kPiece) {
-    const std::size_t len = std::min(kPiece, n - at);
-    stream_copy(dst + at, src + at, len);
-    XXH3_64bits_update(&state, src + at, len);  // in L1: the copy just loaded it
-  }
+  // The hash reads the source: in cache from the copy's loads.
+  const std::uint64_t sum = copy_and_hash(dst, src, n, stream_copy_unfenced, false);
   _mm_sfence();
-  return XXH3_64bits_digest(&state);
+  return sum;
 }
 
 Status verify_payload(const SlotHeader& header, std::span<const std::byte> payload) {

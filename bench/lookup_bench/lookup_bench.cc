@@ -62,6 +62,7 @@
 
 #include "bench/common/agent_process.h"
 #include "kvpool/client.h"
+#include "runtime/common/process_util.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/common/units.h"
 #include "runtime/etcd/etcd_client.h"
@@ -424,16 +425,7 @@ Result<std::unique_ptr<ShardedPool>> start_sharded(int shards, std::uint64_t poo
     if (!c) return tl::unexpected(c.error());
     pool->coordinator_pids.push_back(c->pid());
     pool->procs.push_back(std::move(*c));
-    std::uint16_t port = 0;
-    for (auto d = Deadline::after(std::chrono::seconds(20)); !d.expired() && port == 0;) {
-      std::FILE* f = std::fopen(port_file.c_str(), "r");
-      unsigned p = 0;
-      if (f != nullptr) {
-        if (std::fscanf(f, "%u", &p) == 1) port = static_cast<std::uint16_t>(p);
-        std::fclose(f);
-      }
-      if (port == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    const std::uint16_t port = read_port_file(port_file, Deadline::after(std::chrono::seconds(20)));
     std::remove(port_file.c_str());
     if (port == 0) return make_error(StatusCode::kUnavailable, "coordinator shard " + std::to_string(i) + " did not lead");
     pool->coordinators.push_back("127.0.0.1:" + std::to_string(port));

@@ -19,6 +19,7 @@
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
 #include "runtime/client/router.h"
+#include "runtime/client/task_pool.h"
 #include "runtime/etcd/leader_address.h"
 #include "runtime/etcd/shard_map.h"
 #include "runtime/rpc/client.h"
@@ -62,49 +63,6 @@ struct AgentConn {
     region = transport::RemoteRegion();
     peer.reset();
   }
-};
-
-// Runs submitted closures on a few threads: the async API.
-class WorkQueue {
- public:
-  explicit WorkQueue(int threads) {
-    for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { loop(); });
-  }
-  ~WorkQueue() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  void submit(std::function<void()> fn) {
-    {
-      std::lock_guard lock(mu_);
-      q_.push_back(std::move(fn));
-    }
-    cv_.notify_one();
-  }
-
- private:
-  void loop() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || !q_.empty(); });
-        if (q_.empty()) return;
-        fn = std::move(q_.front());
-        q_.pop_front();
-      }
-      fn();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> q_;  // guarded by mu_
-  bool stop_ = false;                    // guarded by mu_
-  std::vector<std::thread> threads_;
 };
 
 // Merges ops that are adjacent both locally and remotely (the headers of
@@ -174,8 +132,8 @@ struct Client::Impl {
   std::vector<std::shared_ptr<std::vector<std::byte>>> parked_scratch;  // guarded by mu
   std::unordered_set<std::uint64_t> reconnected;  // agent incarnations we closed an endpoint to; guarded by mu
 
-  std::unique_ptr<WorkQueue> work;
-  std::unique_ptr<WorkQueue> verifier;  // checks chunks of a get while the next chunk moves
+  std::unique_ptr<detail::TaskPool> work;
+  std::unique_ptr<detail::TaskPool> verifier;  // checks chunks of a get while the next chunk moves
 
   ~Impl() {
     work.reset();
@@ -1135,8 +1093,8 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
   auto rc = impl->dial();
   if (!rc) return tl::unexpected(rc.error());
   impl->rpc = std::move(*rc);
-  impl->work = std::make_unique<WorkQueue>(2);
-  impl->verifier = std::make_unique<WorkQueue>(1);
+  impl->work = std::make_unique<detail::TaskPool>(2);
+  impl->verifier = std::make_unique<detail::TaskPool>(1);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 

@@ -33,28 +33,12 @@
 #include <vector>
 
 #include "kvpool/client.h"
+#include "runtime/client/task_pool.h"
 #include "runtime/common/units.h"
 #include "runtime/etcd/etcd_client.h"
 #include "runtime/etcd/shard_map.h"
 
 namespace kvpool {
-
-namespace detail {
-// A few threads running submitted tasks (the router's parallel calls).
-class TaskPool {
- public:
-  explicit TaskPool(int threads);
-  ~TaskPool();
-  void submit(std::function<void()> fn);
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> tasks_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
-};
-}  // namespace detail
 
 struct Client::Router {
   ClientOptions options;
