@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 
 #include "runtime/common/codec.h"
 #include "runtime/common/logging.h"
@@ -362,6 +363,12 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   std::unique_ptr<Transport> t(new Transport());
   Impl& impl = *t->impl_;
 
+  // setenv is not thread-safe against getenv: several transports created at
+  // once (a client per coordinator shard connects in parallel) read and
+  // write the environment only one at a time, through ucp_config_read,
+  // which reads it too.
+  static std::mutex env_mu;
+  std::unique_lock env_lock(env_mu);
   const char* env_tls = std::getenv("UCX_TLS");
   impl.tls = !options.tls.empty() ? options.tls : (env_tls != nullptr ? env_tls : std::string(kDefaultTls));
   // Our defaults apply only where the operator has not set UCX's variable.
@@ -387,6 +394,7 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   }
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
+  env_lock.unlock();
   if (st != UCS_OK) return tl::unexpected(to_status(st, "reading the UCX configuration"));
   st = ucp_config_modify(config, "TLS", impl.tls.c_str());
   if (st != UCS_OK) {
