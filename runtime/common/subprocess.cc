@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,9 +38,20 @@ Result<Subprocess> Subprocess::spawn(const std::vector<std::string>& argv,
   for (auto& s : env_strings) envp.push_back(s.data());
   envp.push_back(nullptr);
 
+  // A parent that dies by a signal runs no destructor: without this its
+  // agents, coordinators and etcd live on holding ctest's output pipe, and
+  // ctest waits for its per-test timeout. PR_SET_PDEATHSIG fires when the
+  // forking *thread* ends, so only a fork from the main thread (which ends
+  // with the process) asks for it.
+  const pid_t parent = ::getpid();
+  const bool tie_to_parent = ::gettid() == parent;
   pid_t pid = ::fork();
   if (pid < 0) return make_error(StatusCode::kInternal, "fork: " + std::string(strerror(errno)));
   if (pid == 0) {
+    if (tie_to_parent) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (::getppid() != parent) _exit(127);  // the parent died before prctl
+    }
     ::dup2(pipefd[1], STDOUT_FILENO);
     ::execve(args[0], args.data(), envp.data());
     _exit(127);

@@ -1,7 +1,9 @@
 #pragma once
 // Subprocess: a real process started by a test, a benchmark or the demo (an
 // agent, a region owner, a worker), with its stdout readable line by line,
-// killed and reaped on destruction so a failure leaves nothing running.
+// killed and reaped on destruction so a failure leaves nothing running, and
+// killed by the kernel when a parent spawning from its main thread dies by a
+// signal (no destructor runs then).
 
 #include <sys/types.h>
 
