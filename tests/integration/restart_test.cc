@@ -6,9 +6,15 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "runtime/common/pattern.h"
@@ -23,9 +29,10 @@ namespace {
 constexpr std::uint64_t kBlock = 128 << 10;
 constexpr int kBatch = 8;
 
-std::unique_ptr<Subprocess> start_coordinator(std::uint16_t port, const std::string& port_file) {
+std::unique_ptr<Subprocess> start_coordinator(std::uint16_t port, const std::string& port_file,
+                                              const std::string& agent_timeout = "2s") {
   auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--listen", "127.0.0.1:" + std::to_string(port),
-                              "--port-file", port_file, "--log-level", "warn", "--agent-timeout", "2s",
+                              "--port-file", port_file, "--log-level", "warn", "--agent-timeout", agent_timeout,
                               "--heartbeat-interval", "200ms", "--write-lease", "2s", "--write-quarantine", "1s"});
   if (!p) return nullptr;
   return std::make_unique<Subprocess>(std::move(*p));
@@ -408,4 +415,268 @@ TEST_CASE("a remove of a read-leased block is answered once the agent has noted 
       },
       scaled(15s)));
   CHECK(client->lookup(*ns, std::span<const Key128>(&leased, 1)).value() == 0);
+}
+
+namespace {
+
+// The local ports of pid's established TCP connections to remote_port.
+std::vector<std::uint16_t> local_ports_to(pid_t pid, std::uint16_t remote_port) {
+  std::set<std::string> inodes;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+    std::error_code lec;
+    const std::string t = std::filesystem::read_symlink(e.path(), lec).string();
+    if (!lec && t.rfind("socket:[", 0) == 0) inodes.insert(t.substr(8, t.size() - 9));
+  }
+  auto port_of = [](const std::string& a) {
+    return static_cast<std::uint16_t>(std::stoul(a.substr(a.find(':') + 1), nullptr, 16));
+  };
+  std::vector<std::uint16_t> out;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/net/tcp");
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string sl, local, remote, st, queues, timer, retr, uid, timeout, inode;
+    ls >> sl >> local >> remote >> st >> queues >> timer >> retr >> uid >> timeout >> inode;
+    if (st == "01" && port_of(remote) == remote_port && inodes.count(inode)) out.push_back(port_of(local));
+  }
+  return out;
+}
+
+// An iptables rule dropping what the coordinator (loopback port `from`)
+// sends to one connection (port `to`): the coordinator's pushes to that
+// agent, and its replies, never arrive. Removed on destruction.
+class DropRule {
+ public:
+  DropRule(std::uint16_t from, std::uint16_t to)
+      : spec_("OUTPUT -o lo -p tcp -s 127.0.0.1 --sport " + std::to_string(from) + " -d 127.0.0.1 --dport " +
+              std::to_string(to) + " -j DROP") {
+    ok_ = std::system(("iptables -I " + spec_ + " >/dev/null 2>&1").c_str()) == 0;
+  }
+  ~DropRule() { lift(); }
+  DropRule(const DropRule&) = delete;
+  DropRule& operator=(const DropRule&) = delete;
+  bool ok() const { return ok_; }
+  void lift() {
+    if (ok_) (void)std::system(("iptables -D " + spec_ + " >/dev/null 2>&1").c_str());
+    ok_ = false;
+  }
+
+ private:
+  std::string spec_;
+  bool ok_ = false;
+};
+
+Key128 tool_key(int round, int j) { return Key128{0x70010000u + static_cast<std::uint64_t>(round * 64 + j), 21}; }
+
+// Puts keys with their pattern bytes; retries a failed batch a few times
+// (under pressure a batch may wait for evicted space). True when all landed.
+bool put_keys(Client& c, NamespaceId ns, const std::vector<Key128>& keys, int tries = 20) {
+  std::vector<std::byte> bytes(keys.size() * kBlock);
+  std::vector<std::span<const std::byte>> spans;
+  for (std::size_t j = 0; j < keys.size(); ++j) {
+    fill_pattern(bytes.data() + j * kBlock, 0, kBlock, keys[j].lo);
+    spans.emplace_back(bytes.data() + j * kBlock, kBlock);
+  }
+  for (int t = 0; t < tries; ++t) {
+    auto r = c.put(ns, keys, spans);
+    if (r && r->failed == 0) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return false;
+}
+
+std::size_t lookup_one(Client& c, NamespaceId ns, const Key128& k) {
+  auto n = c.lookup(ns, std::span<const Key128>(&k, 1));
+  REQUIRE(n);
+  return *n;
+}
+
+}  // namespace
+
+TEST_CASE("no client sees an eviction that a coordinator restart could undo: evicted blocks stay gone",
+          "[integration][restart][evict]") {
+  // Evictions by pressure (allocate) and by `pooltool evict`. First with the
+  // agent reachable: every miss a client sees, and pooltool's answer, come
+  // after the agent zeroed the headers, so a kill -9 at once brings none
+  // back. Then with what the coordinator sends to the agent dropped
+  // (iptables; the invalidations cannot land): lookups reaching an evicted
+  // block and pooltool evict must not answer; the coordinator is killed, and
+  // whatever comes back was never seen to go.
+  if (geteuid() != 0 || std::system("iptables -L OUTPUT -n >/dev/null 2>&1") != 0) {
+    WARN("skipped: needs root and iptables to cut the coordinator off from the agent");
+    return;
+  }
+  const std::string port_file = temp_path("coordinator-port");
+  // A long agent timeout: the agent stays a member while it cannot hear.
+  auto coordinator = start_coordinator(0, port_file, "30s");
+  REQUIRE(coordinator);
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(10s)));
+  REQUIRE(port != 0);
+  std::remove(port_file.c_str());
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto agent = start_named_agent(address, "evict-restart");
+  REQUIRE(agent);
+  auto watcher = raw_client(address, rpc::Role::kTool);
+  REQUIRE(watcher);
+  REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 1; }, scaled(10s)));
+  const std::uint64_t capacity_blocks = stats(*watcher).capacity_bytes / kBlock;
+  REQUIRE(capacity_blocks > 64);
+
+  auto client = connect(address);
+  const NamespaceId pns = *client->register_namespace(test_namespace(kBlock, "evict-pressure"));
+  const NamespaceId tns = *client->register_namespace(test_namespace(kBlock, "evict-tool"));
+  auto pkey = [](std::uint64_t i) { return block_key(20, i); };
+  auto pooltool_evict = [&] {
+    auto p = Subprocess::spawn({bin_dir() + "/pooltool", "--coordinator", address, "--timeout", "20s", "evict",
+                                "--namespace", "evict-tool"});
+    REQUIRE(p);
+    return std::make_unique<Subprocess>(std::move(*p));
+  };
+
+  // ---- Phase A: the agent hears everything.
+  std::vector<Key128> tool_a, tool_b;
+  for (int j = 0; j < 8; ++j) tool_a.push_back(tool_key(0, j));
+  for (int j = 0; j < 8; ++j) tool_b.push_back(tool_key(1, j));
+  // 1.3x the pool: the oldest blocks are evicted under pressure.
+  const std::uint64_t na = (capacity_blocks * 13 / 10) / kBatch * kBatch;
+  for (std::uint64_t i = 0; i < na; i += kBatch) {
+    std::vector<Key128> keys;
+    for (int j = 0; j < kBatch; ++j) keys.push_back(pkey(i + j));
+    REQUIRE(put_keys(*client, pns, keys));
+  }
+  REQUIRE(put_keys(*client, tns, tool_a));
+  {
+    auto tool = pooltool_evict();
+    std::string said;
+    for (auto line = tool->read_line(Deadline::after(scaled(10s))); line; line = tool->read_line(Deadline::after(scaled(10s)))) {
+      said += *line + "\n";
+    }
+    INFO(said);
+    CHECK(said.find("evicted 8 of 8") != std::string::npos);
+    auto rc = tool->wait(Deadline::after(scaled(10s)));
+    REQUIRE(rc);
+    CHECK(WIFEXITED(*rc));
+    CHECK(WEXITSTATUS(*rc) == 0);
+  }
+  std::vector<std::uint64_t> missing_a, present_a;
+  for (std::uint64_t i = 0; i < na; ++i) (lookup_one(*client, pns, pkey(i)) == 1 ? present_a : missing_a).push_back(i);
+  INFO("phase A: " << missing_a.size() << " evicted by pressure, " << present_a.size() << " present");
+  REQUIRE(missing_a.size() >= na - capacity_blocks);
+  REQUIRE(present_a.size() > 64);
+  for (const Key128& k : tool_a) CHECK(lookup_one(*client, tns, k) == 0);
+
+  // ---- Phase B: what the coordinator sends the agent is dropped.
+  REQUIRE(put_keys(*client, tns, tool_b));
+  const std::vector<std::uint16_t> agent_ports = local_ports_to(agent->pid(), port);
+  REQUIRE(agent_ports.size() == 1);
+  DropRule cut(port, agent_ports[0]);
+  REQUIRE(cut.ok());
+  // More pressure: the least recently used of present_a are evicted (their
+  // invalidations are sent, and lost). Whether these puts all land does
+  // not matter (space frees only on acknowledgements).
+  {
+    auto quick = connect(address);
+    REQUIRE(quick->register_namespace(test_namespace(kBlock, "evict-pressure")));
+    std::vector<Key128> keys;
+    for (std::uint64_t j = 0; j < 40; ++j) keys.push_back(pkey(na + j));
+    std::vector<std::byte> bytes(keys.size() * kBlock);
+    std::vector<std::span<const std::byte>> spans;
+    for (std::size_t j = 0; j < keys.size(); ++j) {
+      fill_pattern(bytes.data() + j * kBlock, 0, kBlock, keys[j].lo);
+      spans.emplace_back(bytes.data() + j * kBlock, kBlock);
+    }
+    auto r = quick->put(pns, keys, spans);
+    if (r) {
+      WARN("phase B put: " << r->written << " written, " << r->failed << " failed");
+    } else {
+      WARN("phase B put: " << r.error().to_string());
+    }
+  }
+  auto tool = pooltool_evict();
+  std::mutex seen_mu;
+  std::vector<std::uint64_t> seen_missing;  // misses answered in phase B
+  std::atomic<bool> lookups_over{false};
+  std::thread looker([&] {
+    ClientOptions o;
+    o.coordinator = address;
+    o.timeout = scaled(20s);
+    auto c = Client::connect(o);
+    if (!c || !(*c)->register_namespace(test_namespace(kBlock, "evict-pressure"))) return;
+    for (std::uint64_t i : present_a) {
+      const Key128 k = pkey(i);
+      auto n = (*c)->lookup(pns, std::span<const Key128>(&k, 1));
+      if (!n) break;  // the coordinator died under it
+      if (*n == 0) {
+        std::lock_guard lock(seen_mu);
+        seen_missing.push_back(i);
+      }
+    }
+    lookups_over = true;
+  });
+  std::this_thread::sleep_for(1500ms);
+  const bool tool_answered = tool->wait(Deadline::after(0ms)).has_value();
+  std::vector<std::uint64_t> seen_b;
+  {
+    std::lock_guard lock(seen_mu);
+    seen_b = seen_missing;
+  }
+  // Nothing was acknowledged, so nothing may have been seen to go.
+  CHECK_FALSE(tool_answered);
+  CHECK(seen_b.empty());
+  CHECK_FALSE(lookups_over.load());
+
+  coordinator->kill(SIGKILL);
+  REQUIRE(coordinator->wait(Deadline::after(scaled(5s))));
+  // The dead coordinator's socket dies once the agent's next heartbeat
+  // reaches it (heartbeats back off to 2 s); only then lift the cut, so the
+  // lost invalidations stay lost.
+  std::this_thread::sleep_for(2500ms);
+  cut.lift();
+  coordinator = start_coordinator(port, port_file);
+  REQUIRE(coordinator);
+  REQUIRE(read_port_file(port_file, Deadline::after(scaled(10s))) == port);
+  std::remove(port_file.c_str());
+  looker.join();
+  (void)tool->wait(Deadline::after(scaled(10s)));
+  const Key128 newest = pkey(present_a.back());
+  REQUIRE(eventually(
+      [&] {
+        auto n = client->lookup(pns, std::span<const Key128>(&newest, 1));
+        return n && *n == 1;
+      },
+      scaled(15s)));
+
+  // What was seen to go stays gone.
+  for (std::uint64_t i : missing_a) {
+    INFO("pressure-evicted key " << i << " (phase A)");
+    CHECK(lookup_one(*client, pns, pkey(i)) == 0);
+  }
+  for (const Key128& k : tool_a) CHECK(lookup_one(*client, tns, k) == 0);
+  for (std::uint64_t i : seen_b) {
+    INFO("key " << i << " seen missing in phase B");
+    CHECK(lookup_one(*client, pns, pkey(i)) == 0);
+  }
+  if (tool_answered) {
+    for (const Key128& k : tool_b) CHECK(lookup_one(*client, tns, k) == 0);
+  }
+  // Every block the index has reads back with its bytes; the most recent
+  // ones (never evicted) are all there.
+  std::uint64_t found = 0, wrong = 0;
+  std::vector<std::byte> out(kBlock);
+  for (std::uint64_t i = 0; i < na + 40; ++i) {
+    const Key128 k = pkey(i);
+    std::span<std::byte> dst(out);
+    auto got = client->get(pns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+    REQUIRE(got);
+    if (got->loaded != 1) {
+      CHECK((i < na - 32 || i >= na));  // the newest 32 of phase A were never evicted (phase B's may not have landed)
+      continue;
+    }
+    ++found;
+    wrong += pattern_mismatches(out.data(), 0, kBlock, k.lo);
+  }
+  CHECK(found >= 32);
+  CHECK(wrong == 0);
 }
