@@ -444,19 +444,23 @@ std::vector<std::uint16_t> local_ports_to(pid_t pid, std::uint16_t remote_port) 
   return out;
 }
 
-// An iptables rule dropping what the coordinator (loopback port `from`)
-// sends to one connection (port `to`): the coordinator's pushes to that
-// agent, and its replies, never arrive. Removed on destruction.
-class DropRule {
+// An iptables rule that cuts one connection (coordinator port `from` to
+// agent port `to`) at the coordinator: the first thing the coordinator
+// sends on it is refused with a TCP reset back to the coordinator, which
+// closes its end; the agent hears nothing (not even a reset) and keeps its
+// end until the cut is lifted. So invalidations for that agent are not
+// sent (no connection) and no dead coordinator's socket can deliver them
+// later either. Removed on destruction.
+class CutRule {
  public:
-  DropRule(std::uint16_t from, std::uint16_t to)
+  CutRule(std::uint16_t from, std::uint16_t to)
       : spec_("OUTPUT -o lo -p tcp -s 127.0.0.1 --sport " + std::to_string(from) + " -d 127.0.0.1 --dport " +
-              std::to_string(to) + " -j DROP") {
+              std::to_string(to) + " -j REJECT --reject-with tcp-reset") {
     ok_ = std::system(("iptables -I " + spec_ + " >/dev/null 2>&1").c_str()) == 0;
   }
-  ~DropRule() { lift(); }
-  DropRule(const DropRule&) = delete;
-  DropRule& operator=(const DropRule&) = delete;
+  ~CutRule() { lift(); }
+  CutRule(const CutRule&) = delete;
+  CutRule& operator=(const CutRule&) = delete;
   bool ok() const { return ok_; }
   void lift() {
     if (ok_) (void)std::system(("iptables -D " + spec_ + " >/dev/null 2>&1").c_str());
@@ -500,10 +504,12 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
   // Evictions by pressure (allocate) and by `pooltool evict`. First with the
   // agent reachable: every miss a client sees, and pooltool's answer, come
   // after the agent zeroed the headers, so a kill -9 at once brings none
-  // back. Then with what the coordinator sends to the agent dropped
+  // back. Then with the coordinator's connection to the agent cut
   // (iptables; the invalidations cannot land): lookups reaching an evicted
   // block and pooltool evict must not answer; the coordinator is killed, and
-  // whatever comes back was never seen to go.
+  // whatever comes back was never seen to go. Without the waits (the
+  // coordinator before this change) pooltool answers and the lookups miss
+  // at once, and those blocks are back after the restart.
   if (geteuid() != 0 || std::system("iptables -L OUTPUT -n >/dev/null 2>&1") != 0) {
     WARN("skipped: needs root and iptables to cut the coordinator off from the agent");
     return;
@@ -571,8 +577,9 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
   REQUIRE(put_keys(*client, tns, tool_b));
   const std::vector<std::uint16_t> agent_ports = local_ports_to(agent->pid(), port);
   REQUIRE(agent_ports.size() == 1);
-  DropRule cut(port, agent_ports[0]);
+  CutRule cut(port, agent_ports[0]);
   REQUIRE(cut.ok());
+  std::this_thread::sleep_for(500ms);  // the coordinator answers a heartbeat, is refused, and closes its end
   // More pressure: the least recently used of present_a are evicted (their
   // invalidations are sent, and lost). Whether these puts all land does
   // not matter (space frees only on acknowledgements).
@@ -629,10 +636,8 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
 
   coordinator->kill(SIGKILL);
   REQUIRE(coordinator->wait(Deadline::after(scaled(5s))));
-  // The dead coordinator's socket dies once the agent's next heartbeat
-  // reaches it (heartbeats back off to 2 s); only then lift the cut, so the
-  // lost invalidations stay lost.
-  std::this_thread::sleep_for(2500ms);
+  // The agent learns that its connection is gone once the cut is lifted
+  // (its next packet meets a reset), and rejoins the new coordinator.
   cut.lift();
   coordinator = start_coordinator(port, port_file);
   REQUIRE(coordinator);
@@ -646,8 +651,15 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
         auto n = client->lookup(pns, std::span<const Key128>(&newest, 1));
         return n && *n == 1;
       },
-      scaled(15s)));
+      scaled(30s)));
 
+  {
+    // Blocks of present_a that phase B evicted unseen may be back (harmless).
+    std::uint64_t back = 0;
+    for (std::uint64_t i : present_a) back += lookup_one(*client, pns, pkey(i));
+    WARN("after the restart: " << back << " of " << present_a.size() << " phase A blocks, "
+                               << seen_b.size() << " seen missing in phase B; pooltool answered: " << tool_answered);
+  }
   // What was seen to go stays gone.
   for (std::uint64_t i : missing_a) {
     INFO("pressure-evicted key " << i << " (phase A)");
