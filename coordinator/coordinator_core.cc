@@ -127,6 +127,7 @@ struct Agent {
     std::uint32_t ns = 0;
     Key128 key;
     Generation generation = 0;
+    bool removal = false;  // removed on request (remove, pooltool evict), not evicted under pressure
   };
   std::unordered_map<std::uint64_t, Evicting> evicting;
 };
@@ -261,6 +262,7 @@ struct CoordinatorCore::State {
   // the first acknowledgement.
   std::unordered_map<WaitKey, std::vector<EvictingSlot>, WaitKeyHash> evicting;
   std::uint64_t evicting_count = 0;  // elements of `evicting`
+  std::uint64_t removing_count = 0;  // of which removals (Agent::Evicting::removal)
 
   std::uint64_t lookup_hits = 0;
   std::uint64_t lookup_misses = 0;
@@ -464,20 +466,26 @@ struct CoordinatorCore::State {
   void evict(std::uint32_t i) {
     assert(slab[i].state == BlockState::kCommitted && slab[i].pins == 0);
     SPDLOG_LOGGER_TRACE(logger(), "evict block {} from agent {}", key_text(slab[i].key), slab[i].agent);
+    retire_tracked(i, /*removal=*/false);
+    ++evictions;
+  }
+
+  // Retires a committed, unpinned block whose header is valid: until the
+  // agent acknowledges the invalidation the block is "evicting": lookups
+  // reaching its key wait (server.cc), stats still count it.
+  void retire_tracked(std::uint32_t i, bool removal) {
     const BlockEntry& e = slab[i];
     Agent& a = agent(e.agent);
-    // Until the agent acknowledges the invalidation the block counts as
-    // evicting: lookups reaching its key wait (server.cc), stats still count it.
-    const Agent::Evicting ev{e.ns, e.key, e.generation};
+    const Agent::Evicting ev{e.ns, e.key, e.generation, removal};
     const std::uint64_t offset = static_cast<std::uint64_t>(e.granule) * kGranule;
     const EvictingSlot ref{AgentId{e.agent}, a.layout.header_offset(offset), e.generation};
     retire(i, std::nullopt);
     if (a.evicting.emplace(ref.header_offset, ev).second) {
       evicting[WaitKey{ev.ns, ev.key}].push_back(ref);
       ++evicting_count;
+      if (removal) ++removing_count;
       ++namespaces[ev.ns].evicting;
     }
-    ++evictions;
   }
 
   // The agent acknowledged the invalidation of the slot whose header is at
@@ -497,6 +505,7 @@ struct CoordinatorCore::State {
       if (k->second.empty()) evicting.erase(k);
     }
     --evicting_count;
+    if (ev.removal) --removing_count;
     --namespaces[ev.ns].evicting;
   }
   // The evicting slots of a key (none: empty).
@@ -1905,7 +1914,7 @@ Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const K
     ++s.removals;
     if (e.pins == 0) {
       r.removed.push_back(s.location_of(e));
-      s.retire(i, std::nullopt);
+      s.retire_tracked(i, /*removal=*/true);
     } else {
       // Readers still hold it: out of the index now, space later.
       r.removed_leased.push_back(s.location_of(e));
@@ -2141,8 +2150,9 @@ Stats CoordinatorCore::stats() const {
   st.membership_epoch = s.epoch;
   st.lookup_hits = s.lookup_hits;
   st.lookup_misses = s.lookup_misses;
-  st.evictions = s.evictions - s.evicting_count;
-  st.evicting = s.evicting_count;
+  st.evictions = s.evictions - (s.evicting_count - s.removing_count);
+  st.evicting = s.evicting_count - s.removing_count;
+  st.removing = s.removing_count;
   st.removals = s.removals;
   st.expired_write_leases = s.expired_write_leases;
   st.aborted_write_leases = s.aborted_write_leases;
@@ -2277,7 +2287,12 @@ Status CoordinatorCore::State::check_all() const {
   for (const auto& ap : agents) evicting_agents += ap->evicting.size();
   for (const auto& [k, refs] : evicting) evicting_keys += refs.size();
   for (const Namespace& n : namespaces) evicting_ns += n.evicting;
-  if (evicting_agents != evicting_count || evicting_keys != evicting_count || evicting_ns != evicting_count) {
+  std::uint64_t removing = 0;
+  for (const auto& ap : agents) {
+    for (const auto& [h, ev] : ap->evicting) removing += ev.removal ? 1 : 0;
+  }
+  if (evicting_agents != evicting_count || evicting_keys != evicting_count || evicting_ns != evicting_count ||
+      removing != removing_count) {
     return internal("evicting block counts disagree");
   }
   if (in_lists != by_slot.size()) return internal("slot index size");

@@ -244,9 +244,11 @@ class CoordinatorCore {
   Status release(LeaseId read_lease, Clock::time_point now);
 
   // Per key: ok, kNotFound (not committed), kFailedPrecondition (being
-  // written, or of another shard). A removed block leaves lookups at once;
+  // written, or of another shard). A removed block leaves the index at once;
   // its space is invalidated once no read lease holds it (the returned
-  // invalidations are those that could go now).
+  // invalidations are those that could go now). An unleased one is
+  // "evicting" (see invalidated()) until the agent acknowledges: lookups
+  // with report_evicting wait for it like for an eviction.
   Result<BatchResult> remove(NamespaceId ns, std::span<const Key128> keys, Clock::time_point now);
 
   // Calls done(committed) once every key is committed, or at `deadline` (from
@@ -293,10 +295,12 @@ class CoordinatorCore {
   // incarnation (its slots are gone with it).
   Status invalidated(AgentId agent, std::uint64_t incarnation, std::span<const SlotRef> slots, Clock::time_point now);
 
-  // Evictions (allocate under pressure, quotas, tick's watermark drain)
-  // take a block out of the index at once and free its space only on the
-  // acknowledgement above (invalidated()); until then the block is "evicting": stats() and
-  // namespaces() still count it, and lookup(report_evicting) reports it.
+  // Evictions (allocate under pressure, quotas, tick's watermark drain) and
+  // removes of unleased blocks take a block out of the index at once and
+  // free its space only on the acknowledgement above (invalidated()); until
+  // then the block is "evicting": stats() and namespaces() still count it
+  // (Stats::evicting, Stats::removing), and lookup(report_evicting) reports
+  // it.
   //
   // Call periodically (every 100 ms or so): declares dead agents, expires
   // write leases (to quarantine) and read leases, moves ended quarantines to

@@ -294,6 +294,7 @@ struct Stats {
   std::uint64_t evictions = 0;  // acknowledged by the agent (the slot header is zero)
   std::uint64_t removals = 0;
   std::uint64_t evicting = 0;  // evicted, acknowledgement outstanding (still counted in blocks)
+  std::uint64_t removing = 0;  // removed unleased, acknowledgement outstanding (still counted in blocks)
   std::uint64_t expired_write_leases = 0;
   std::uint64_t aborted_write_leases = 0;
   std::vector<AgentView> agents;

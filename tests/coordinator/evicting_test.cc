@@ -181,3 +181,43 @@ TEST_CASE("quota evictions are evicting too", "[coordinator][evicting]") {
 
 }  // namespace
 }  // namespace kvpool::coordinator
+
+namespace kvpool::coordinator {
+namespace {
+
+TEST_CASE("a removed unleased block is tracked like an eviction until acknowledged", "[coordinator][evicting]") {
+  Harness h(exact(0.75));
+  h.add_agent("a", "h1", 8);
+  for (std::uint64_t k = 1; k <= 3; ++k) h.put(k);
+  LeaseId lease{};
+  REQUIRE(h.lookup({3}, true, &lease).size() == 1);
+  std::vector<Key128> keys = {key(1), key(3)};
+  auto r = h.core->remove(h.ns, keys, h.now);
+  REQUIRE(r);
+  REQUIRE(r->removed.size() == 1);         // 1: unleased
+  REQUIRE(r->removed_leased.size() == 1);  // 3: read-leased, its header stays until the lease ends
+  for (auto& inv : r->invalidations) h.pending.push_back(inv);
+  // 1 waits for its acknowledgement; 3 misses at once (its agent is told
+  // to leave it out of scans: server.cc, kPushRemoved).
+  auto one = lookup_keys(h, {1}, false);
+  REQUIRE(one);
+  REQUIRE(one->evicting.size() == 1);
+  CHECK(one->evicting[0].header_offset == r->removed[0].header_offset);
+  CHECK(lookup_keys(h, {3}, false)->evicting.empty());
+  Stats st = h.core->stats();
+  CHECK(st.removing == 1);
+  CHECK(st.evicting == 0);
+  CHECK(st.evictions == 0);
+  CHECK(st.blocks == 2);  // 2, and 1 until acknowledged
+  h.check();
+  h.ack_all();
+  CHECK(lookup_keys(h, {1}, false)->evicting.empty());
+  st = h.core->stats();
+  CHECK(st.removing == 0);
+  CHECK(st.blocks == 1);
+  CHECK(st.removals == 2);
+  h.check();
+}
+
+}  // namespace
+}  // namespace kvpool::coordinator
