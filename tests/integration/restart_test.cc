@@ -577,12 +577,14 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
   REQUIRE(put_keys(*client, tns, tool_b));
   const std::vector<std::uint16_t> agent_ports = local_ports_to(agent->pid(), port);
   REQUIRE(agent_ports.size() == 1);
+  const rpc::StatsReply before_cut = stats(*watcher);
   CutRule cut(port, agent_ports[0]);
   REQUIRE(cut.ok());
   std::this_thread::sleep_for(500ms);  // the coordinator answers a heartbeat, is refused, and closes its end
   // More pressure: the least recently used of present_a are evicted (their
   // invalidations are sent, and lost). Whether these puts all land does
   // not matter (space frees only on acknowledgements).
+  std::uint64_t written_b = 0;
   {
     auto quick = connect(address);
     REQUIRE(quick->register_namespace(test_namespace(kBlock, "evict-pressure")));
@@ -596,6 +598,7 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
     }
     auto r = quick->put(pns, keys, spans);
     if (r) {
+      written_b = r->written;
       WARN("phase B put: " << r->written << " written, " << r->failed << " failed");
     } else {
       WARN("phase B put: " << r.error().to_string());
@@ -622,8 +625,26 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
     }
     lookups_over = true;
   });
+  // wait_for on the oldest of present_a (evicted by phase B's puts): its
+  // "not committed" must wait too.
+  std::atomic<bool> wait_answered{false};
+  std::thread waiter([&] {
+    ClientOptions o;
+    o.coordinator = address;
+    o.timeout = scaled(20s);
+    auto c = Client::connect(o);
+    if (!c || !(*c)->register_namespace(test_namespace(kBlock, "evict-pressure"))) return;
+    const Key128 k = pkey(present_a.front());
+    auto w = (*c)->wait_for(pns, std::span<const Key128>(&k, 1), 100ms);
+    if (w) wait_answered = true;
+  });
   std::this_thread::sleep_for(1500ms);
   const bool tool_answered = tool->wait(Deadline::after(0ms)).has_value();
+  // Stats still count the evicted blocks, and no eviction yet.
+  const rpc::StatsReply in_cut = stats(*watcher);
+  CHECK(in_cut.blocks == before_cut.blocks + written_b);
+  CHECK(in_cut.evictions == before_cut.evictions);
+  CHECK_FALSE(wait_answered.load());
   std::vector<std::uint64_t> seen_b;
   {
     std::lock_guard lock(seen_mu);
@@ -644,6 +665,7 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
   REQUIRE(read_port_file(port_file, Deadline::after(scaled(10s))) == port);
   std::remove(port_file.c_str());
   looker.join();
+  waiter.join();
   (void)tool->wait(Deadline::after(scaled(10s)));
   const Key128 newest = pkey(present_a.back());
   REQUIRE(eventually(
