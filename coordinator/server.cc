@@ -353,18 +353,21 @@ struct CoordinatorServer::Impl {
 
   // kLookup, also run again after waiting for evictions: until
   // wait_deadline a miss on an evicting block waits instead.
-  void lookup(const std::string& tenant, std::shared_ptr<rpc::LookupRequest> m, const MeteredResponder& resp,
+  // Nothing is copied unless the lookup has to wait.
+  void lookup(const std::string& tenant, rpc::LookupRequest& m, const MeteredResponder& resp,
               Clock::time_point wait_deadline) {
     const auto now = Clock::now();
-    auto res = core->lookup(m->ns, m->keys, m->take_lease, now, now < wait_deadline);
+    auto res = core->lookup(m.ns, m.keys, m.take_lease, now, now < wait_deadline);
     if (!res) return resp.fail(res.error());
     if (!res->evicting.empty()) {
-      return after_evictions(std::move(res->evicting), wait_deadline, [this, tenant, m, resp, wait_deadline](bool) {
-        if (options.fence) {
-          if (Status fenced = options.fence(); !fenced.ok()) return resp.fail(fenced);
-        }
-        lookup(tenant, m, resp, wait_deadline);
-      });
+      auto held = std::make_shared<rpc::LookupRequest>(std::move(m));
+      return after_evictions(std::move(res->evicting), wait_deadline,
+                             [this, tenant, held, resp, wait_deadline](bool) {
+                               if (options.fence) {
+                                 if (Status fenced = options.fence(); !fenced.ok()) return resp.fail(fenced);
+                               }
+                               lookup(tenant, *held, resp, wait_deadline);
+                             });
     }
     rpc::LookupReply rep;
     rep.lease = to_u64(res->read_lease);
@@ -901,7 +904,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rpc::LookupRequest m;
       if (!parse(m)) return;
       if (Status s = check_isolation(req, m.ns); !s.ok()) return resp.fail(s);
-      lookup(req.tenant, std::make_shared<rpc::LookupRequest>(std::move(m)), resp, now + kEvictAckWait);
+      lookup(req.tenant, m, resp, now + kEvictAckWait);
       return;
     }
     case rpc::kRelease: {
