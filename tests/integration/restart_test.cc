@@ -714,3 +714,77 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
   CHECK(found >= 32);
   CHECK(wrong == 0);
 }
+
+TEST_CASE("a lookup waiting for an eviction is answered when the agent dies, before the wait's bound",
+          "[integration][evict]") {
+  // The agent's blocks go with it, so there is nothing left to wait for:
+  // the coordinator answers once it declares the agent dead (2 s without
+  // heartbeats here), not at the 5 s bound.
+  if (geteuid() != 0 || std::system("iptables -L OUTPUT -n >/dev/null 2>&1") != 0) {
+    WARN("skipped: needs root and iptables to cut the coordinator off from the agent");
+    return;
+  }
+  const std::string port_file = temp_path("coordinator-port");
+  auto coordinator = start_coordinator(0, port_file, "2s");
+  REQUIRE(coordinator);
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(10s)));
+  REQUIRE(port != 0);
+  std::remove(port_file.c_str());
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto agent = start_named_agent(address, "evict-dies");
+  REQUIRE(agent);
+  auto watcher = raw_client(address, rpc::Role::kTool);
+  REQUIRE(watcher);
+  REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 1; }, scaled(10s)));
+  const std::uint64_t capacity_blocks = stats(*watcher).capacity_bytes / kBlock;
+  auto client = connect(address);
+  const NamespaceId ns = *client->register_namespace(test_namespace(kBlock, "evict-dies"));
+  auto key = [](std::uint64_t i) { return block_key(30, i); };
+  // Up to the high watermark (95 %) less a few blocks: nothing evicted yet.
+  const std::uint64_t n = capacity_blocks * 95 / 100 / kBatch * kBatch - kBatch;
+  for (std::uint64_t i = 0; i < n; i += kBatch) {
+    std::vector<Key128> keys;
+    for (int j = 0; j < kBatch; ++j) keys.push_back(key(i + j));
+    REQUIRE(put_keys(*client, ns, keys));
+  }
+  REQUIRE(lookup_one(*client, ns, key(n - 1)) == 1);  // not key(0): a lookup makes it the most recent
+  const std::vector<std::uint16_t> agent_ports = local_ports_to(agent->pid(), port);
+  REQUIRE(agent_ports.size() == 1);
+  CutRule cut(port, agent_ports[0]);
+  REQUIRE(cut.ok());
+  std::this_thread::sleep_for(300ms);
+  const auto cut_at = Clock::now();
+  {
+    // Past the high watermark: the oldest blocks (0, 1, ...) are evicted;
+    // their invalidations cannot be sent.
+    std::vector<Key128> keys;
+    for (std::uint64_t j = 0; j < 24; ++j) keys.push_back(key(n + j));
+    (void)put_keys(*client, ns, keys, 1);
+  }
+  std::atomic<bool> answered{false};
+  std::size_t found = 99;
+  Clock::time_point answered_at{};
+  std::thread looker([&] {
+    ClientOptions o;
+    o.coordinator = address;
+    o.timeout = scaled(20s);
+    auto c = Client::connect(o);
+    if (!c || !(*c)->register_namespace(test_namespace(kBlock, "evict-dies"))) return;
+    const Key128 k = key(0);
+    auto r = (*c)->lookup(ns, std::span<const Key128>(&k, 1));
+    answered_at = Clock::now();
+    if (r) found = *r;
+    answered = true;
+  });
+  std::this_thread::sleep_for(200ms);
+  CHECK_FALSE(answered.load());  // waiting for the agent
+  agent->kill(SIGKILL);
+  REQUIRE(agent->wait(Deadline::after(scaled(5s))));
+  looker.join();
+  REQUIRE(answered.load());
+  CHECK(found == 0);
+  const auto waited = answered_at - cut_at;
+  INFO("answered " << std::chrono::duration_cast<std::chrono::milliseconds>(waited).count() << " ms after the cut");
+  CHECK(waited < 4500ms);  // the agent's death (2 s without heartbeats, then a tick), not the 5 s bound
+  CHECK(eventually([&] { return stats(*watcher).agents_alive == 0; }, scaled(5s)));
+}
