@@ -604,7 +604,11 @@ void CoordinatorServer::Impl::collect(metrics::Collector& c) const {
   g("kvpool_coordinator_live_bytes", "Slot bytes of committed blocks and blocks being written", st.live_bytes);
   g("kvpool_coordinator_reclaiming_bytes", "Bytes quarantined or awaiting an invalidation acknowledgement",
     st.reclaiming_bytes);
-  g("kvpool_coordinator_blocks", "Committed blocks", st.blocks);
+  g("kvpool_coordinator_blocks", "Committed blocks (evicted or removed ones count until their agent acknowledges)",
+    st.blocks);
+  g("kvpool_coordinator_evicting_blocks",
+    "Blocks evicted or removed whose agent has not yet acknowledged the slot invalidation (lookups reaching them wait)",
+    st.evicting + st.removing);
   g("kvpool_coordinator_namespaces", "Registered namespaces", st.namespaces);
   g("kvpool_coordinator_write_leases", "Write leases outstanding", st.write_leases);
   g("kvpool_coordinator_read_leases", "Read leases outstanding", st.read_leases);
