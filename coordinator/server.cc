@@ -346,7 +346,9 @@ struct CoordinatorServer::Impl {
       }
     }
     for (auto& [w, expired] : ready) {
-      if (expired) logger()->warn("an eviction was not acknowledged within {} s: answering anyway", kEvictAckWait.count());
+      if (expired) {
+        logger()->warn("an eviction was not acknowledged within {} s: answering anyway", kEvictAckWait.count());
+      }
       w->resume(expired);
     }
   }

@@ -556,7 +556,8 @@ TEST_CASE("no client sees an eviction that a coordinator restart could undo: evi
   {
     auto tool = pooltool_evict();
     std::string said;
-    for (auto line = tool->read_line(Deadline::after(scaled(10s))); line; line = tool->read_line(Deadline::after(scaled(10s)))) {
+    for (auto line = tool->read_line(Deadline::after(scaled(10s))); line;
+         line = tool->read_line(Deadline::after(scaled(10s)))) {
       said += *line + "\n";
     }
     INFO(said);
