@@ -78,6 +78,9 @@ struct Namespace {
   // With a quota: the namespace's committed blocks by (LRU stamp, entry), so
   // a write over quota evicts exactly its least recently used unleased block.
   std::set<std::pair<std::uint64_t, std::uint32_t>> lru;
+  // Blocks evicted whose agent has not acknowledged the invalidation yet:
+  // still counted as blocks (no one may observe an eviction before then).
+  std::uint64_t evicting = 0;
   bool has_quota() const { return quota_blocks != 0 || quota_bytes != 0; }
   // Whether `blocks` more blocks of `bytes` more slot bytes would pass the quota.
   bool over_quota(std::uint64_t blocks, std::uint64_t bytes) const {
@@ -117,6 +120,16 @@ struct Agent {
   bool retiring = false;
   std::uint64_t moved = 0;          // blocks moved off since the drain began
   std::uint64_t move_failures = 0;  // move attempts that failed since then
+  // Evicted blocks whose slot invalidation the agent has not acknowledged
+  // yet, by slot header offset: (namespace index, key, generation). They
+  // are in State::evicting too.
+  struct Evicting {
+    std::uint32_t ns = 0;
+    Key128 key;
+    Generation generation = 0;
+    bool removal = false;  // removed on request (remove, pooltool evict), not evicted under pressure
+  };
+  std::unordered_map<std::uint64_t, Evicting> evicting;
 };
 
 // A block being copied off a retiring agent (drain): the target slot is
@@ -241,9 +254,19 @@ struct CoordinatorCore::State {
   std::uint64_t epoch = 0;
   std::vector<DeadAgent> dead_since_tick;
 
+  // Evicted blocks not yet invalidated by their agents, by (namespace
+  // index, key): lookups, wait_for and stats must not show the eviction
+  // before the agent has zeroed the slot header (a coordinator restart
+  // would otherwise bring back a block a client saw go). Usually one
+  // element per key; more when a key was written and evicted again before
+  // the first acknowledgement.
+  std::unordered_map<WaitKey, std::vector<EvictingSlot>, WaitKeyHash> evicting;
+  std::uint64_t evicting_count = 0;  // elements of `evicting`
+  std::uint64_t removing_count = 0;  // of which removals (Agent::Evicting::removal)
+
   std::uint64_t lookup_hits = 0;
   std::uint64_t lookup_misses = 0;
-  std::uint64_t evictions = 0;
+  std::uint64_t evictions = 0;  // includes evicting_count (stats() subtracts it)
   std::uint64_t removals = 0;
   std::uint64_t expired_write_leases = 0;
   std::uint64_t aborted_write_leases = 0;
@@ -443,8 +466,53 @@ struct CoordinatorCore::State {
   void evict(std::uint32_t i) {
     assert(slab[i].state == BlockState::kCommitted && slab[i].pins == 0);
     SPDLOG_LOGGER_TRACE(logger(), "evict block {} from agent {}", key_text(slab[i].key), slab[i].agent);
-    retire(i, std::nullopt);
+    retire_tracked(i, /*removal=*/false);
     ++evictions;
+  }
+
+  // Retires a committed, unpinned block whose header is valid: until the
+  // agent acknowledges the invalidation the block is "evicting": lookups
+  // reaching its key wait (server.cc), stats still count it.
+  void retire_tracked(std::uint32_t i, bool removal) {
+    const BlockEntry& e = slab[i];
+    Agent& a = agent(e.agent);
+    const Agent::Evicting ev{e.ns, e.key, e.generation, removal};
+    const std::uint64_t offset = static_cast<std::uint64_t>(e.granule) * kGranule;
+    const EvictingSlot ref{AgentId{e.agent}, a.layout.header_offset(offset), e.generation};
+    retire(i, std::nullopt);
+    if (a.evicting.emplace(ref.header_offset, ev).second) {
+      evicting[WaitKey{ev.ns, ev.key}].push_back(ref);
+      ++evicting_count;
+      if (removal) ++removing_count;
+      ++namespaces[ev.ns].evicting;
+    }
+  }
+
+  // The agent acknowledged the invalidation of the slot whose header is at
+  // `header_offset`: an eviction there is over.
+  void evicted_done(Agent& a, std::uint64_t header_offset, Generation generation) {
+    auto it = a.evicting.find(header_offset);
+    if (it == a.evicting.end() || it->second.generation != generation) return;
+    forget_evicting(a, it->second);
+    a.evicting.erase(it);
+  }
+  void forget_evicting(const Agent& a, const Agent::Evicting& ev) {
+    auto k = evicting.find(WaitKey{ev.ns, ev.key});
+    if (k != evicting.end()) {
+      std::erase_if(k->second, [&](const EvictingSlot& r) {
+        return r.agent == a.id && r.generation == ev.generation;
+      });
+      if (k->second.empty()) evicting.erase(k);
+    }
+    --evicting_count;
+    if (ev.removal) --removing_count;
+    --namespaces[ev.ns].evicting;
+  }
+  // The evicting slots of a key (none: empty).
+  const std::vector<EvictingSlot>* evicting_of(std::uint32_t ns, const Key128& key) const {
+    if (evicting.empty()) return nullptr;
+    auto it = evicting.find(WaitKey{ns, key});
+    return it == evicting.end() ? nullptr : &it->second;
   }
 
   // Drops every block and slot of an agent whose memory is gone.
@@ -467,6 +535,9 @@ struct CoordinatorCore::State {
       slab.free(i);
     }
     a.lists = BlockLists{};
+    // Its evictions are over: the memory that held the headers is gone.
+    for (const auto& [header, ev] : a.evicting) forget_evicting(a, ev);
+    a.evicting.clear();
     a.reclaim = ReclaimQueue{};
     a.space.reset();
     a.future.reset();
@@ -1061,8 +1132,9 @@ std::vector<NamespaceView> CoordinatorCore::namespaces() const {
   std::lock_guard lock(mu_);
   std::vector<NamespaceView> out;
   for (const Namespace& n : s_->namespaces) {
-    out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks, n.live_bytes, n.quota_blocks,
-                                n.quota_bytes, n.live_blocks, n.tenant});
+    // Blocks being evicted still count until their agent acknowledges.
+    out.push_back(NamespaceView{n.id, n.descriptor, n.block_bytes, n.blocks + n.evicting, n.live_bytes,
+                                n.quota_blocks, n.quota_bytes, n.live_blocks, n.tenant});
   }
   return out;
 }
@@ -1352,7 +1424,7 @@ AgentView view_of(const Agent& a) {
     v.used_bytes = a.used_granules * kGranule;
     v.live_bytes = a.live_granules * kGranule;
     v.reclaiming_bytes = a.reclaim.granules_total() * kGranule;
-    v.blocks = a.committed_blocks;
+    v.blocks = a.committed_blocks + a.evicting.size();  // evictions count once acknowledged
     v.largest_free = a.space->stats().largest_free;
     v.draining = a.retiring;
   }
@@ -1712,7 +1784,7 @@ BatchResult CoordinatorCore::abort(std::span<const LeaseId> leases, Clock::time_
 // ---- reads ----
 
 Result<LookupResult> CoordinatorCore::lookup(NamespaceId ns_id, std::span<const Key128> keys, bool take_read_lease,
-                                             Clock::time_point now) {
+                                             Clock::time_point now, bool report_evicting) {
   std::lock_guard lock(mu_);
   State& s = *s_;
   s.sweep(now);
@@ -1724,7 +1796,20 @@ Result<LookupResult> CoordinatorCore::lookup(NamespaceId ns_id, std::span<const 
   std::vector<std::pair<std::uint32_t, Generation>> pins;
   for (const Key128& key : keys) {
     const std::uint32_t i = s.find_key(*ns, key);
-    if (i == kNil || s.slab[i].state != BlockState::kCommitted) break;
+    if (i == kNil || s.slab[i].state != BlockState::kCommitted) {
+      // The prefix ends here. A miss on a block still being evicted must not
+      // be seen yet: the caller waits for the agent and asks again. (One
+      // branch when nothing is evicting; hits never get here.)
+      if (report_evicting) {
+        if (const auto* ev = s.evicting_of(*ns, key)) {
+          r.evicting = *ev;
+          for (const auto& [entry, generation] : pins) s.unpin(entry, generation);
+          r.locations.clear();
+          return r;
+        }
+      }
+      break;
+    }
     r.locations.push_back(s.location_of(s.slab[i]));
     s.touch(i);
     if (take_read_lease) {
@@ -1744,6 +1829,32 @@ Result<LookupResult> CoordinatorCore::lookup(NamespaceId ns_id, std::span<const 
     r.lease_deadline = deadline;
   }
   return r;
+}
+
+std::vector<EvictingSlot> CoordinatorCore::evicting(NamespaceId ns_id, std::span<const Key128> keys) const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  std::vector<EvictingSlot> out;
+  if (s.evicting.empty()) return out;
+  auto ns = s.ns_lookup(ns_id);
+  if (!ns) return out;
+  for (const Key128& key : keys) {
+    if (const auto* ev = s.evicting_of(*ns, key)) out.insert(out.end(), ev->begin(), ev->end());
+  }
+  return out;
+}
+
+bool CoordinatorCore::any_evicting(std::span<const EvictingSlot> slots) const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  if (s.evicting.empty()) return false;
+  for (const EvictingSlot& e : slots) {
+    const Agent* a = s.find_agent(e.agent);
+    if (a == nullptr || !a->alive) continue;
+    auto it = a->evicting.find(e.header_offset);
+    if (it != a->evicting.end() && it->second.generation == e.generation) return true;
+  }
+  return false;
 }
 
 Result<std::vector<bool>> CoordinatorCore::contains(NamespaceId ns_id, std::span<const Key128> keys,
@@ -1803,7 +1914,7 @@ Result<BatchResult> CoordinatorCore::remove(NamespaceId ns_id, std::span<const K
     ++s.removals;
     if (e.pins == 0) {
       r.removed.push_back(s.location_of(e));
-      s.retire(i, std::nullopt);
+      s.retire_tracked(i, /*removal=*/true);
     } else {
       // Readers still hold it: out of the index now, space later.
       r.removed_leased.push_back(s.location_of(e));
@@ -1899,6 +2010,7 @@ Status CoordinatorCore::invalidated(AgentId id, std::uint64_t incarnation, std::
       ++ignored;
       continue;
     }
+    if (!a->evicting.empty()) s.evicted_done(*a, ref.header_offset, ref.generation);
     if (Status st = a->space->free(pool::Slot{offset, ref.length}); !st.ok()) {
       logger()->error("agent {}: freeing acknowledged slot: {}", to_u32(id), st.to_string());
       continue;
@@ -2038,7 +2150,9 @@ Stats CoordinatorCore::stats() const {
   st.membership_epoch = s.epoch;
   st.lookup_hits = s.lookup_hits;
   st.lookup_misses = s.lookup_misses;
-  st.evictions = s.evictions;
+  st.evictions = s.evictions - (s.evicting_count - s.removing_count);
+  st.evicting = s.evicting_count - s.removing_count;
+  st.removing = s.removing_count;
   st.removals = s.removals;
   st.expired_write_leases = s.expired_write_leases;
   st.aborted_write_leases = s.aborted_write_leases;
@@ -2098,11 +2212,18 @@ bool tiles(std::vector<pool::Slot>& ranges, std::uint64_t total) {
 Status CoordinatorCore::State::check_agent(const Agent& a) const {
   const std::string who = "agent " + std::to_string(to_u32(a.id)) + ": ";
   if (!a.alive) {
-    if (a.lists.evictable_count() + a.lists.busy_count() != 0 || !a.reclaim.empty()) {
+    if (a.lists.evictable_count() + a.lists.busy_count() != 0 || !a.reclaim.empty() || !a.evicting.empty()) {
       return internal(who + "dead but holds slots");
     }
     return Status::ok_status();
   }
+  // Every evicting block is a slot on its way back, under the same generation.
+  std::size_t evicting_found = 0;
+  a.reclaim.for_each([&](const ReclaimQueue::Pending& p) {
+    auto it = a.evicting.find(a.layout.header_offset(static_cast<std::uint64_t>(p.granule) * kGranule));
+    if (it != a.evicting.end() && it->second.generation == p.generation) ++evicting_found;
+  });
+  if (evicting_found != a.evicting.size()) return internal(who + "an evicting block is not awaiting invalidation");
   std::vector<pool::Slot> entries;
   std::uint64_t live = 0, committed = 0, evictable = 0, busy = 0;
   Status bad;
@@ -2162,6 +2283,18 @@ Status CoordinatorCore::State::check_all() const {
   }
   if (in_lists != slab.in_use()) return internal("slab entries in use not all on agent lists");
   if (keyed != by_key.size()) return internal("key index size");
+  std::uint64_t evicting_agents = 0, evicting_keys = 0, evicting_ns = 0;
+  for (const auto& ap : agents) evicting_agents += ap->evicting.size();
+  for (const auto& [k, refs] : evicting) evicting_keys += refs.size();
+  for (const Namespace& n : namespaces) evicting_ns += n.evicting;
+  std::uint64_t removing = 0;
+  for (const auto& ap : agents) {
+    for (const auto& [h, ev] : ap->evicting) removing += ev.removal ? 1 : 0;
+  }
+  if (evicting_agents != evicting_count || evicting_keys != evicting_count || evicting_ns != evicting_count ||
+      removing != removing_count) {
+    return internal("evicting block counts disagree");
+  }
   if (in_lists != by_slot.size()) return internal("slot index size");
   std::vector<std::uint64_t> ns_blocks(namespaces.size(), 0);
   for (const auto& ap : agents) {

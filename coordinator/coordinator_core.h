@@ -215,8 +215,25 @@ class CoordinatorCore {
   // locations, touched in the LRU; with take_read_lease, one read lease
   // pinning them (only when at least one key hit). Call errors: kNotFound
   // (namespace), kFailedPrecondition (a key of another shard).
+  //
+  // With report_evicting, a run that would end at a key whose block was
+  // evicted but whose agent has not acknowledged the slot's invalidation
+  // yet returns only LookupResult::evicting (no locations, no lease): the
+  // caller waits for those slots (any_evicting) and asks again, so no
+  // client sees an eviction that a coordinator restart could undo (the
+  // rebuild finds a valid header). Hits cost nothing more; a miss costs one
+  // hash probe while some eviction is outstanding.
   Result<LookupResult> lookup(NamespaceId ns, std::span<const Key128> keys, bool take_read_lease,
-                              Clock::time_point now);
+                              Clock::time_point now, bool report_evicting = false);
+
+  // The outstanding evictions (see lookup) of any of `keys`; empty when
+  // none (or an unknown namespace). O(keys), nothing when no eviction is
+  // outstanding.
+  std::vector<EvictingSlot> evicting(NamespaceId ns, std::span<const Key128> keys) const;
+  // Whether any of `slots` is still being evicted: its agent alive (the
+  // same incarnation) and its acknowledgement outstanding. An agent's death
+  // or restart ends its evictions (its blocks go anyway).
+  bool any_evicting(std::span<const EvictingSlot> slots) const;
 
   // Per key: committed on a live agent. Touches nothing.
   Result<std::vector<bool>> contains(NamespaceId ns, std::span<const Key128> keys, Clock::time_point now);
@@ -227,9 +244,11 @@ class CoordinatorCore {
   Status release(LeaseId read_lease, Clock::time_point now);
 
   // Per key: ok, kNotFound (not committed), kFailedPrecondition (being
-  // written, or of another shard). A removed block leaves lookups at once;
+  // written, or of another shard). A removed block leaves the index at once;
   // its space is invalidated once no read lease holds it (the returned
-  // invalidations are those that could go now).
+  // invalidations are those that could go now). An unleased one is
+  // "evicting" (see invalidated()) until the agent acknowledges: lookups
+  // with report_evicting wait for it like for an eviction.
   Result<BatchResult> remove(NamespaceId ns, std::span<const Key128> keys, Clock::time_point now);
 
   // Calls done(committed) once every key is committed, or at `deadline` (from
@@ -276,6 +295,13 @@ class CoordinatorCore {
   // incarnation (its slots are gone with it).
   Status invalidated(AgentId agent, std::uint64_t incarnation, std::span<const SlotRef> slots, Clock::time_point now);
 
+  // Evictions (allocate under pressure, quotas, tick's watermark drain) and
+  // removes of unleased blocks take a block out of the index at once and
+  // free its space only on the acknowledgement above (invalidated()); until
+  // then the block is "evicting": stats() and namespaces() still count it
+  // (Stats::evicting, Stats::removing), and lookup(report_evicting) reports
+  // it.
+  //
   // Call periodically (every 100 ms or so): declares dead agents, expires
   // write leases (to quarantine) and read leases, moves ended quarantines to
   // invalidation, fires waiters whose deadline passed (after unlocking),

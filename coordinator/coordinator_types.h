@@ -203,6 +203,15 @@ struct AllocateResult {
   std::uint64_t membership_epoch = 0;  // refresh the agent table when it changed
 };
 
+// A slot whose block was evicted and whose agent has not yet acknowledged
+// the invalidation of its header (CoordinatorCore::lookup, evicting()).
+struct EvictingSlot {
+  AgentId agent{};
+  std::uint64_t header_offset = 0;  // as in Location and SlotRef
+  Generation generation = 0;
+  friend bool operator==(const EvictingSlot&, const EvictingSlot&) = default;
+};
+
 struct LookupResult {
   // The longest run of leading keys that are committed on live agents, with
   // their locations (locations.size() is the hit count).
@@ -213,6 +222,11 @@ struct LookupResult {
   LeaseId read_lease{};
   Clock::time_point lease_deadline{};
   std::uint64_t membership_epoch = 0;
+  // With report_evicting: the prefix would end at a key whose block is
+  // being evicted (its slot not yet invalidated by the agent). Then nothing
+  // else is returned (no locations, no lease): ask again once these slots
+  // are acknowledged (CoordinatorCore::evicting() no longer lists them).
+  std::vector<EvictingSlot> evicting;
 };
 
 // Per-key or per-lease statuses plus invalidations to send now.
@@ -277,8 +291,10 @@ struct Stats {
   // Cumulative counters.
   std::uint64_t lookup_hits = 0;    // blocks returned by lookup()
   std::uint64_t lookup_misses = 0;  // keys asked by lookup() and not returned
-  std::uint64_t evictions = 0;
+  std::uint64_t evictions = 0;  // acknowledged by the agent (the slot header is zero)
   std::uint64_t removals = 0;
+  std::uint64_t evicting = 0;  // evicted, acknowledgement outstanding (still counted in blocks)
+  std::uint64_t removing = 0;  // removed unleased, acknowledgement outstanding (still counted in blocks)
   std::uint64_t expired_write_leases = 0;
   std::uint64_t aborted_write_leases = 0;
   std::vector<AgentView> agents;

@@ -149,6 +149,9 @@ struct CoordinatorServer::Impl {
 
   struct EvictSummary {
     std::uint64_t blocks = 0, bytes = 0, removed = 0, failed = 0;
+    // What the reply waits for (as a remove's does), and what to send.
+    std::vector<Location> removed_slots, removed_leased;
+    std::vector<InvalidateRequest> invalidations;
   };
 
   // A server that failed to start (or was never stopped) must not leave its
@@ -239,6 +242,159 @@ struct CoordinatorServer::Impl {
     for (auto& p : ready) p->resp.reply(std::move(p->reply));
   }
 
+  // Answers `rep` once the agents have acknowledged every slot in `removed`
+  // and `removed_leased` (bounded as above), then sends what the agents must
+  // do. Used by remove and by pooltool evict.
+  void reply_after_removed(const MeteredResponder& resp, std::string rep, const std::vector<Location>& removed,
+                           const std::vector<Location>& removed_leased,
+                           const std::vector<InvalidateRequest>& invalidations, Clock::time_point now) {
+    if (removed.empty() && removed_leased.empty()) {
+      send_invalidations(invalidations);
+      return resp.reply(std::move(rep));
+    }
+    auto pending = std::make_shared<PendingRemove>(PendingRemove{resp, std::move(rep), 0, now + kRemoveAckWait});
+    {
+      std::lock_guard lock(mu);
+      for (const auto* list : {&removed, &removed_leased}) {
+        for (const Location& l : *list) {
+          if (remove_waits.emplace(SlotKey{to_u32(l.agent), l.header_offset, l.generation}, pending).second) {
+            ++pending->left;
+          }
+        }
+      }
+    }
+    // Sent only now, so no acknowledgement can come before the wait is set.
+    send_removed_leased(removed_leased);
+    send_invalidations(invalidations);
+  }
+
+  // Evictions (issue 5). An evicted block leaves the index at once but its
+  // slot header stays valid until the agent invalidates it; a coordinator
+  // restart before that would find it again. So no client may see the
+  // eviction before the agent's acknowledgement: a lookup whose prefix
+  // would end at an evicting block, and a wait_for answer with an evicting
+  // key not committed, wait for those slots (the core's any_evicting), then
+  // go on. Bounded like removes: the agent's death or restart ends the wait
+  // (its blocks go anyway), else kEvictAckWait does (answered as the core
+  // stands then). Lookups that hit never get here.
+  static constexpr std::chrono::seconds kEvictAckWait{5};
+  struct EvictWait {
+    std::vector<EvictingSlot> slots;
+    Clock::time_point deadline;
+    std::function<void(bool expired)> resume;  // runs once, outside mu
+    bool done = false;                         // guarded by mu
+  };
+  std::map<SlotKey, std::vector<std::shared_ptr<EvictWait>>> evict_waits;  // guarded by mu
+  static SlotKey slot_key(const EvictingSlot& e) { return SlotKey{to_u32(e.agent), e.header_offset, e.generation}; }
+
+  // Runs resume once none of `slots` is evicting any more (or at once when
+  // none is now). The check and the registration are one step under mu, and
+  // an acknowledgement updates the core before it looks here, so none is
+  // missed.
+  void after_evictions(std::vector<EvictingSlot> slots, Clock::time_point deadline,
+                       std::function<void(bool expired)> resume) {
+    {
+      std::lock_guard lock(mu);
+      if (core->any_evicting(slots)) {
+        auto w = std::make_shared<EvictWait>(EvictWait{std::move(slots), deadline, std::move(resume), false});
+        for (const EvictingSlot& e : w->slots) evict_waits[slot_key(e)].push_back(w);
+        return;
+      }
+    }
+    resume(false);
+  }
+
+  // An agent's acknowledgement: wakes the waits on these slots whose other
+  // slots (if any) are done too.
+  void acknowledge_evictions(const rpc::InvalidateMessage& m) {
+    std::vector<std::shared_ptr<EvictWait>> ready;
+    {
+      std::lock_guard lock(mu);
+      if (evict_waits.empty()) return;
+      for (const auto& sl : m.slots) {
+        auto it = evict_waits.find(SlotKey{m.agent, sl.header_offset, sl.generation});
+        if (it == evict_waits.end()) continue;
+        for (auto& w : it->second) {
+          if (!w->done && !core->any_evicting(w->slots)) {
+            w->done = true;
+            ready.push_back(w);
+          }
+        }
+        evict_waits.erase(it);
+      }
+    }
+    for (auto& w : ready) w->resume(false);
+  }
+
+  // From the tick: waits whose deadline passed, or whose slots stopped
+  // evicting another way (the agent died or restarted).
+  void finish_evict_waits(Clock::time_point now) {
+    std::vector<std::pair<std::shared_ptr<EvictWait>, bool>> ready;
+    {
+      std::lock_guard lock(mu);
+      for (auto it = evict_waits.begin(); it != evict_waits.end();) {
+        for (auto& w : it->second) {
+          if (w->done) continue;
+          const bool expired = w->deadline <= now;
+          if (expired || !core->any_evicting(w->slots)) {
+            w->done = true;
+            ready.emplace_back(w, expired);
+          }
+        }
+        std::erase_if(it->second, [](const auto& w) { return w->done; });
+        it = it->second.empty() ? evict_waits.erase(it) : std::next(it);
+      }
+    }
+    for (auto& [w, expired] : ready) {
+      if (expired) {
+        logger()->warn("an eviction was not acknowledged within {} s: answering anyway", kEvictAckWait.count());
+      }
+      w->resume(expired);
+    }
+  }
+
+  // kLookup, also run again after waiting for evictions: until
+  // wait_deadline a miss on an evicting block waits instead.
+  // Nothing is copied unless the lookup has to wait.
+  void lookup(const std::string& tenant, rpc::LookupRequest& m, const MeteredResponder& resp,
+              Clock::time_point wait_deadline) {
+    const auto now = Clock::now();
+    auto res = core->lookup(m.ns, m.keys, m.take_lease, now, now < wait_deadline);
+    if (!res) return resp.fail(res.error());
+    if (!res->evicting.empty()) {
+      auto held = std::make_shared<rpc::LookupRequest>(std::move(m));
+      return after_evictions(std::move(res->evicting), wait_deadline,
+                             [this, tenant, held, resp, wait_deadline](bool) {
+                               if (options.fence) {
+                                 if (Status fenced = options.fence(); !fenced.ok()) return resp.fail(fenced);
+                               }
+                               lookup(tenant, *held, resp, wait_deadline);
+                             });
+    }
+    rpc::LookupReply rep;
+    rep.lease = to_u64(res->read_lease);
+    gate->note_lease(tenant, rep.lease);
+    rep.locations.reserve(res->locations.size());
+    for (const auto& l : res->locations) rep.locations.push_back(to_wire(l));
+    resp.reply(rpc::encode(rep));
+  }
+
+  // A wait_for answer: a key reported not committed must not be one still
+  // being evicted (it was committed, and may come back).
+  void answer_wait_for(const MeteredResponder& resp, NamespaceId ns, const std::vector<Key128>& keys,
+                       std::vector<bool> committed) {
+    std::vector<Key128> missing;
+    for (std::size_t k = 0; k < committed.size() && k < keys.size(); ++k) {
+      if (!committed[k]) missing.push_back(keys[k]);
+    }
+    std::vector<EvictingSlot> slots;
+    if (!missing.empty()) slots = core->evicting(ns, missing);
+    std::string reply = rpc::encode(rpc::WaitForReply{std::move(committed)});
+    if (slots.empty()) return resp.reply(std::move(reply));
+    after_evictions(std::move(slots), Clock::now() + kEvictAckWait,
+                    [resp, reply = std::move(reply)](bool) mutable { resp.reply(std::move(reply)); });
+  }
+
   void send_invalidations(const std::vector<InvalidateRequest>& reqs) {
     for (const auto& req : reqs) {
       std::uint64_t conn = 0;
@@ -327,6 +483,7 @@ struct CoordinatorServer::Impl {
         }
         return false;
       });
+      finish_evict_waits(now);
       lock.lock();
     }
   }
@@ -449,7 +606,11 @@ void CoordinatorServer::Impl::collect(metrics::Collector& c) const {
   g("kvpool_coordinator_live_bytes", "Slot bytes of committed blocks and blocks being written", st.live_bytes);
   g("kvpool_coordinator_reclaiming_bytes", "Bytes quarantined or awaiting an invalidation acknowledgement",
     st.reclaiming_bytes);
-  g("kvpool_coordinator_blocks", "Committed blocks", st.blocks);
+  g("kvpool_coordinator_blocks", "Committed blocks (evicted or removed ones count until their agent acknowledges)",
+    st.blocks);
+  g("kvpool_coordinator_evicting_blocks",
+    "Blocks evicted or removed whose agent has not yet acknowledged the slot invalidation (lookups reaching them wait)",
+    st.evicting + st.removing);
   g("kvpool_coordinator_namespaces", "Registered namespaces", st.namespaces);
   g("kvpool_coordinator_write_leases", "Write leases outstanding", st.write_leases);
   g("kvpool_coordinator_read_leases", "Read leases outstanding", st.read_leases);
@@ -530,8 +691,9 @@ CoordinatorServer::Impl::EvictSummary CoordinatorServer::Impl::evict_namespace(N
       out.failed += batch.size();
       continue;
     }
-    send_removed_leased(res->removed_leased);
-    send_invalidations(res->invalidations);
+    out.removed_slots.insert(out.removed_slots.end(), res->removed.begin(), res->removed.end());
+    out.removed_leased.insert(out.removed_leased.end(), res->removed_leased.begin(), res->removed_leased.end());
+    out.invalidations.insert(out.invalidations.end(), res->invalidations.begin(), res->invalidations.end());
     for (const auto& st : res->statuses) (st.ok() ? out.removed : out.failed) += 1;
   }
   removes_ok->inc(out.removed);
@@ -748,14 +910,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       rpc::LookupRequest m;
       if (!parse(m)) return;
       if (Status s = check_isolation(req, m.ns); !s.ok()) return resp.fail(s);
-      auto res = core->lookup(m.ns, m.keys, m.take_lease, now);
-      if (!res) return resp.fail(res.error());
-      rpc::LookupReply rep;
-      rep.lease = to_u64(res->read_lease);
-      gate->note_lease(req.tenant, rep.lease);
-      rep.locations.reserve(res->locations.size());
-      for (const auto& l : res->locations) rep.locations.push_back(to_wire(l));
-      resp.reply(rpc::encode(rep));
+      lookup(req.tenant, m, resp, now + kEvictAckWait);
       return;
     }
     case rpc::kRelease: {
@@ -774,24 +929,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
         (s.ok() ? removes_ok : removes_failed)->inc();
         rep.results.push_back(rpc::StatusWire::from(s));
       }
-      if (res->removed.empty() && res->removed_leased.empty()) {
-        send_invalidations(res->invalidations);
-        return resp.reply(rpc::encode(rep));
-      }
-      auto pending = std::make_shared<PendingRemove>(PendingRemove{resp, rpc::encode(rep), 0, now + kRemoveAckWait});
-      {
-        std::lock_guard lock(mu);
-        for (const auto* list : {&res->removed, &res->removed_leased}) {
-          for (const Location& l : *list) {
-            if (remove_waits.emplace(SlotKey{to_u32(l.agent), l.header_offset, l.generation}, pending).second) {
-              ++pending->left;
-            }
-          }
-        }
-      }
-      // Sent only now, so no acknowledgement can come before the wait is set.
-      send_removed_leased(res->removed_leased);
-      send_invalidations(res->invalidations);
+      reply_after_removed(resp, rpc::encode(rep), res->removed, res->removed_leased, res->invalidations, now);
       return;
     }
     case rpc::kWaitFor: {
@@ -802,9 +940,12 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       // The callback may run at once (all committed), from a commit on
       // another connection, or from tick at the deadline; the responder is
       // a no-op if this client has gone.
+      auto keys = std::make_shared<std::vector<Key128>>(std::move(m.keys));
       auto res = core->wait_for(
-          m.ns, m.keys, deadline,
-          [resp](std::vector<bool> committed) { resp.reply(rpc::encode(rpc::WaitForReply{std::move(committed)})); },
+          m.ns, *keys, deadline,
+          [this, resp, ns = m.ns, keys](std::vector<bool> committed) {
+            answer_wait_for(resp, ns, *keys, std::move(committed));
+          },
           now);
       if (!res) resp.fail(res.error());
       return;
@@ -843,7 +984,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       std::vector<SlotRef> slots;
       for (const auto& s : m.slots) slots.push_back({s.header_offset, s.payload_offset, s.length, s.generation});
       Status s = core->invalidated(AgentId{m.agent}, m.incarnation, slots, now);
-      if (s.ok()) acknowledge_removes(m);
+      if (s.ok()) {
+        acknowledge_removes(m);
+        acknowledge_evictions(m);
+      }
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
     case rpc::kRemovedDone: {
@@ -922,7 +1066,10 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       logger()->info("{} namespace {} for {}: {} blocks ({} bytes), {} removed, {} failed",
                      m.dry_run ? "dry-run evict of" : "evicted", ns_label(m.ns), req.peer_id, sum.blocks, sum.bytes,
                      sum.removed, sum.failed);
-      resp.reply(rpc::encode(rpc::EvictNamespaceReply{sum.blocks, sum.bytes, sum.removed, sum.failed}));
+      // Answered once the agents have invalidated the slots (bounded, like
+      // remove): a coordinator restart after the answer brings none back.
+      reply_after_removed(resp, rpc::encode(rpc::EvictNamespaceReply{sum.blocks, sum.bytes, sum.removed, sum.failed}),
+                          sum.removed_slots, sum.removed_leased, sum.invalidations, now);
       return;
     }
     case rpc::kDrain: {

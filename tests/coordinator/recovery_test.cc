@@ -232,7 +232,9 @@ TEST_CASE("a namespace quota evicts exactly its least recently used unleased blo
   REQUIRE(h.core->commit(std::span<const LeaseId>(&f->items[0].lease, 1), h.now)[0].ok());
 
   for (std::uint64_t k = 1; k <= 5; ++k) h.put(k);
-  REQUIRE(h.core->set_quota(h.ns, 3, 0, h.now));  // evicts 1 and 2 at once
+  auto quota = h.core->set_quota(h.ns, 3, 0, h.now);  // evicts 1 and 2 at once
+  REQUIRE(quota);
+  for (auto& inv : quota->invalidations) h.pending.push_back(inv);
   CHECK_FALSE(h.present(1));
   CHECK_FALSE(h.present(2));
   CHECK(h.present(3));
@@ -244,6 +246,14 @@ TEST_CASE("a namespace quota evicts exactly its least recently used unleased blo
   CHECK_FALSE(h.present(5));
   CHECK(h.present(3));
   CHECK(h.present(6));
+  // Until the agent acknowledges, the evicted blocks (1, 2, 5) still count.
+  for (const auto& v : h.core->namespaces()) {
+    if (v.id == h.ns) CHECK(v.blocks == 6);
+  }
+  CHECK(h.core->stats().evicting == 3);
+  h.ack_all();
+  CHECK(h.core->stats().evicting == 0);
+  CHECK(h.core->stats().evictions == 3);
   for (const auto& v : h.core->namespaces()) {
     if (v.id == h.ns) {
       CHECK(v.blocks == 3);

@@ -115,6 +115,9 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   REQUIRE(removed);
   auto after_remove = scrape(port);
   CHECK(after_remove.value("kvpool_coordinator_blocks") == 2);
+  // The remove was answered after the agent's acknowledgement: nothing pending.
+  CHECK(after_remove.has("kvpool_coordinator_evicting_blocks"));
+  CHECK(after_remove.value("kvpool_coordinator_evicting_blocks") == 0);
   CHECK(after_remove.value("kvpool_coordinator_removals_total") == 1);
   CHECK(after_remove.value("kvpool_coordinator_remove_blocks_total{result=\"ok\"}") == 1);
   CHECK(eventually([&] { return scrape(port).value("kvpool_agent_invalidated_slots_total") >= 1; }, scaled(5s)));
