@@ -46,6 +46,7 @@ void RangeMover::run() {
   const auto& r = options_.range;
   const std::string what = "moving keys [" + std::to_string(r.start) + ", " + std::to_string(r.end) + ") from shard " +
                            std::to_string(options_.shard) + " to shard " + std::to_string(r.shard);
+  const auto started = Clock::now();
   logger()->info("{}: waiting {} ms for the writes granted before the map changed", what, options_.settle.count());
   if (!sleep_for(options_.settle)) return;
 
@@ -71,6 +72,7 @@ void RangeMover::run() {
 
   std::unordered_map<NamespaceId, bool> registered;  // on both sides
   std::uint64_t copied = 0, gone = 0, failed = 0;
+  bool waiting_for_agents = false;
   const auto t0 = Clock::now();
   for (;;) {
     {
@@ -78,7 +80,22 @@ void RangeMover::run() {
       if (stopping_) return;
     }
     auto listing = options_.core->list_keys(r.start, r.end, 0, kListLimit);
-    if (listing.keys.empty()) break;
+    if (listing.keys.empty()) {
+      // Nothing of the range in the index. After a failover the index is
+      // rebuilt as the agents rejoin: end only once a live agent has had
+      // the agent timeout to rejoin and none is still sending its scan.
+      std::size_t recovering = 0;
+      for (const auto& a : options_.core->agents()) recovering += a.recovering ? 1 : 0;
+      if (recovering == 0 && Clock::now() - started >= options_.rejoin_wait) break;
+      if (!waiting_for_agents) {
+        logger()->info("{}: nothing of the range indexed here; before ending the move, waiting for agents to rejoin "
+                       "({} recovering, the agent timeout is {} ms)",
+                       what, recovering, options_.rejoin_wait.count());
+        waiting_for_agents = true;
+      }
+      if (!sleep_for(std::chrono::milliseconds(100))) return;
+      continue;
+    }
     std::map<NamespaceId, std::vector<Key128>> by_ns;
     for (const auto& [ns, key] : listing.keys) by_ns[ns].push_back(key);
     std::uint64_t progress = 0;

@@ -14,7 +14,11 @@
 //      with the range no longer moving (compare-and-swap on the map key).
 // A new leader of this shard (failover mid-move) sees the moving range in
 // the map and starts again; copies are idempotent (the new owner answers
-// "exists").
+// "exists"). Its index is rebuilt from the agents' slot headers as they
+// rejoin, so an empty range proves nothing at first: the move ends only
+// once `rejoin_wait` (the agent timeout) has passed since the mover began
+// and no agent is still sending its scan (AgentView::recovering). An agent
+// that has not rejoined by then is dead by the shard's own standard.
 //
 // Thread-safety: start/stop from one thread; the work runs on its own.
 
@@ -37,6 +41,7 @@ struct RangeMoverOptions {
   std::uint32_t shard = 0;     // this (the old) shard
   etcd::ShardRange range;      // moving from `shard` to range.shard
   std::chrono::milliseconds settle{0};  // the write lease plus a margin
+  std::chrono::milliseconds rejoin_wait{0};  // the agent timeout: how long a live agent may take to rejoin
   std::string secret_file;
   CoordinatorCore* core = nullptr;
 };

@@ -59,6 +59,152 @@ std::pair<int, std::string> run_shell(const std::string& command) {
   return {WIFEXITED(*st) ? WEXITSTATUS(*st) : -1, out};
 }
 
+// A writer and a reader, each a client on etcd://E created before the
+// change under test, running throughout: the writer puts batches of
+// kLoadBatch blocks [0, limit), the reader gets random committed ones and
+// checks every byte. A batch that fails is tried again (keys written
+// already come back as exists).
+struct Load {
+  static constexpr int kLoadBatch = 16;
+  std::unique_ptr<Client> writer, reader;
+  NamespaceId wns = 0, rns = 0;
+  std::mutex mu;
+  std::vector<std::uint64_t> committed;  // ids whose put returned written or exists
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> next{0}, limit{0}, total{0};
+  std::atomic<std::uint64_t> failed_batches{0}, longest_failure_run{0}, reads{0}, misses{0}, errors{0}, wrong{0};
+  std::thread w, rd;
+
+  void start(const std::string& endpoints, std::uint64_t total_blocks, std::uint64_t first_limit) {
+    total = total_blocks;
+    limit = first_limit;
+    writer = connect("etcd://" + endpoints);
+    reader = connect("etcd://" + endpoints);
+    auto a = writer->register_namespace(test_namespace(kBlock, "load"));
+    auto b = reader->register_namespace(test_namespace(kBlock, "load"));
+    REQUIRE(a);
+    REQUIRE(b);
+    wns = *a;
+    rns = *b;
+    w = std::thread([this] { write(); });
+    rd = std::thread([this] { read(); });
+  }
+  void write() {
+    std::vector<std::byte> data(kLoadBatch * kBlock);
+    std::uint64_t run = 0;
+    while (!stop.load() && next.load() < total.load()) {
+      const std::uint64_t first = next.load();
+      if (first >= limit.load()) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      std::vector<Key128> keys;
+      std::vector<std::span<const std::byte>> spans;
+      for (int j = 0; j < kLoadBatch; ++j) {
+        keys.push_back(key_of(first + j));
+        fill_pattern(data.data() + j * kBlock, 0, kBlock, keys.back().lo);
+        spans.emplace_back(data.data() + j * kBlock, kBlock);
+      }
+      auto r = writer->put(wns, keys, spans);
+      bool all = r.has_value();
+      {
+        std::lock_guard lock(mu);
+        for (int j = 0; r && j < kLoadBatch; ++j) {
+          if (r->outcomes[j] == PutOutcome::kWritten || r->outcomes[j] == PutOutcome::kExists) {
+            committed.push_back(first + j);
+          } else {
+            all = false;
+          }
+        }
+      }
+      if (all) {
+        next = first + kLoadBatch;
+        run = 0;
+      } else {
+        ++failed_batches;
+        longest_failure_run = std::max(longest_failure_run.load(), ++run);
+        std::this_thread::sleep_for(20ms);
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+  void read() {
+    std::mt19937_64 rng(7);
+    std::vector<std::byte> out(kBlock);
+    while (!stop.load()) {
+      std::uint64_t id = UINT64_MAX;
+      {
+        std::lock_guard lock(mu);
+        if (!committed.empty()) id = committed[rng() % committed.size()];
+      }
+      if (id == UINT64_MAX) {
+        std::this_thread::sleep_for(5ms);
+        continue;
+      }
+      const Key128 k = key_of(id);
+      std::span<std::byte> dst(out);
+      std::fill(out.begin(), out.end(), std::byte{0});
+      auto g = reader->get(rns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+      ++reads;
+      if (!g || g->loaded != 1) {
+        // Not found: a committed block missed. Anything else: its shard
+        // did not answer (a failover's gap).
+        if (g && g->stopped.code() == StatusCode::kNotFound) {
+          ++misses;
+        } else {
+          ++errors;
+        }
+        continue;
+      }
+      if (pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0) ++wrong;
+    }
+  }
+  void finish() {
+    stop = true;
+    if (w.joinable()) w.join();
+    if (rd.joinable()) rd.join();
+  }
+  ~Load() { finish(); }
+  std::string summary() {
+    return std::to_string(reads.load()) + " reads of committed blocks, " + std::to_string(misses.load()) +
+           " missed, " + std::to_string(errors.load()) + " failed, " + std::to_string(wrong.load()) + " wrong; " +
+           std::to_string(failed_batches.load()) + " put batches retried (at most " +
+           std::to_string(longest_failure_run.load()) + " in a row)";
+  }
+};
+
+// Every block of `ids` reads back through a new client on etcd://E with
+// every byte right, and lies in the shard `map` gives it: per-shard counts.
+void check_all_readable(const std::string& endpoints, const std::set<std::uint64_t>& ids, const etcd::ShardMap& map,
+                        const std::vector<std::string>& shard_addresses) {
+  auto fresh = connect("etcd://" + endpoints);
+  auto ns = fresh->register_namespace(test_namespace(kBlock, "load"));
+  REQUIRE(ns);
+  std::uint64_t missing = 0, bad = 0;
+  std::vector<std::size_t> per_shard(shard_addresses.size(), 0);
+  std::vector<std::byte> out(kBlock);
+  for (std::uint64_t id : ids) {
+    const Key128 k = key_of(id);
+    ++per_shard[map.shard_of(k)];
+    std::span<std::byte> dst(out);
+    auto g = fresh->get(*ns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
+    REQUIRE(g);
+    if (g->loaded != 1) {
+      ++missing;
+      continue;
+    }
+    bad += pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0;
+  }
+  CHECK(missing == 0);
+  CHECK(bad == 0);
+  for (std::size_t sh = 0; sh < shard_addresses.size(); ++sh) {
+    auto raw = raw_client(shard_addresses[sh], rpc::Role::kTool);
+    REQUIRE(raw);
+    INFO("shard " << sh);
+    CHECK(stats(*raw).blocks == per_shard[sh]);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("two shards: a client given etcd://E puts and gets batches spanning both, every byte verified",
@@ -526,4 +672,58 @@ TEST_CASE("a third shard added under load: every committed block stays readable 
     CHECK(stats(*raw).blocks == per_shard[sh]);
   }
   CHECK(per_shard[2] == in_moved);
+}
+
+TEST_CASE("one shard to two under load: a worker connected under one shard follows the map, no block missed",
+          "[integration][shard]") {
+  // One shard in the map; shard 1 is started outside it (it leads and
+  // refuses every key until the map names it).
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 1})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  Shard s0 = start_shard(E, 0);
+  Shard s1 = start_shard(E, 1);
+
+  constexpr std::uint64_t kTotal = 512;
+  Load load;
+  load.start(E, kTotal, 192);
+  REQUIRE(eventually([&] { return load.next.load() >= 192; }, scaled(30s)));
+  // The workers connected under one shard; the operator adds shard 1 under
+  // their load and waits for the move.
+  const std::uint64_t written_before = load.next.load();
+  load.limit = 384;
+  const auto t0 = Clock::now();
+  auto [rc, out] = run_shell(bin_dir() + "/pooltool --coordinator etcd://" + E + " shards add 1 --wait");
+  const double move_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  INFO(out);
+  REQUIRE(rc == 0);
+  CHECK_THAT(out, Catch::Contains("moved in"));
+  CHECK_THAT(out, !Catch::Contains("reconnect"));
+  const std::uint64_t written_during = load.next.load() - written_before;
+  load.limit = kTotal;
+  REQUIRE(eventually([&] { return load.next.load() >= kTotal; }, scaled(60s)));
+  load.finish();
+  std::printf("one shard to two under load: pooltool shards add 1 --wait took %.1f s, %llu blocks written meanwhile; "
+              "%s\n",
+              move_s, static_cast<unsigned long long>(written_during), load.summary().c_str());
+  std::fflush(stdout);
+  CHECK(written_during > 0);
+  CHECK(load.reads.load() > 50);
+  CHECK(load.misses.load() == 0);
+  CHECK(load.errors.load() == 0);
+  CHECK(load.wrong.load() == 0);
+  CHECK(load.longest_failure_run.load() <= 1);  // no failed call beyond a retry
+
+  auto map = etcd::read_shard_map(*pool->client);
+  REQUIRE(map);
+  CHECK(map->shards().size() == 2);
+  for (const auto& r : map->ranges) CHECK_FALSE(r.from.has_value());
+  std::set<std::uint64_t> ids(load.committed.begin(), load.committed.end());
+  CHECK(ids.size() == kTotal);
+  check_all_readable(E, ids, *map, {s0.address, s1.address});
+  // The worker's own client routes by the new map: both shards got writes
+  // after the move.
+  auto raw1 = raw_client(s1.address, rpc::Role::kTool);
+  REQUIRE(raw1);
+  CHECK(stats(*raw1).blocks > 0);
 }
