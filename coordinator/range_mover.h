@@ -16,9 +16,11 @@
 // the map and starts again; copies are idempotent (the new owner answers
 // "exists"). Its index is rebuilt from the agents' slot headers as they
 // rejoin, so an empty range proves nothing at first: the move ends only
-// once `rejoin_wait` (the agent timeout) has passed since the mover began
-// and no agent is still sending its scan (AgentView::recovering). An agent
-// that has not rejoined by then is dead by the shard's own standard.
+// once every agent of this shard that is a member in etcd
+// (/kvpool/agents/NAME, kept alive by the agent's own lease) has rejoined
+// with that incarnation, no agent is still sending its scan
+// (AgentView::recovering), and `rejoin_wait` (the agent timeout) has passed
+// since the mover began, for agents without membership.
 //
 // Thread-safety: start/stop from one thread; the work runs on its own.
 
@@ -35,6 +37,9 @@
 #include "runtime/etcd/shard_map.h"
 
 namespace kvpool::coordinator {
+
+// Where agents put their membership records (runtime/etcd's membership).
+inline constexpr const char* kAgentsPrefix = "/kvpool/agents/";
 
 struct RangeMoverOptions {
   std::string etcd_endpoints;  // HOST:PORT,...

@@ -799,3 +799,80 @@ TEST_CASE("the moving shard's leader killed mid-move: the standby finishes the m
   CHECK(ids.size() == kTotal);
   check_all_readable(E, ids, *final_map, {new0, s1.address});
 }
+
+TEST_CASE("an agent rejoining the new leader late keeps a move from ending until its blocks are copied",
+          "[integration][shard][failover]") {
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 1})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  const etcd::Client* ec = pool->client.get();
+  Shard s0 = start_shard(E, 0, "128MiB");
+  Standby standby = start_standby(E, 0);
+  Shard s1 = start_shard(E, 1, "128MiB");
+
+  // The agent of shard 0 is a member in etcd (/kvpool/agents/NAME, as an
+  // agent with membership writes it itself under its own lease): written
+  // here unless the agent has done so already.
+  std::uint64_t incarnation = 0;
+  {
+    auto raw = raw_client(s0.address, rpc::Role::kTool);
+    REQUIRE(raw);
+    rpc::ListAgentsReply rep;
+    auto reply = raw->call(rpc::kListAgents, std::string(), Deadline::after(scaled(10s)));
+    REQUIRE(reply);
+    REQUIRE(rpc::decode(*reply, rep).ok());
+    REQUIRE(rep.agents.size() == 1);
+    incarnation = rep.agents[0].incarnation;
+  }
+  const std::string member_key = "/kvpool/agents/shard0-a";
+  auto existing = ec->get(member_key);
+  REQUIRE(existing);
+  if (!existing->kvs.empty()) {
+    WARN("the agent published its own membership: this test freezes it past its membership TTL; skipped");
+    return;
+  }
+  char inc[32];
+  std::snprintf(inc, sizeof inc, "0x%llx", static_cast<unsigned long long>(incarnation));
+  REQUIRE(ec->put(member_key, std::string(R"({"name": "shard0-a", "host": "test", "incarnation": ")") + inc +
+                                  R"(", "shard": 0, "address": "", "region_bytes": 0})"));
+
+  constexpr std::uint64_t kBlocks = 512;
+  Load load;
+  load.start(E, kBlocks, kBlocks);
+  REQUIRE(eventually([&] { return load.next.load() >= kBlocks; }, scaled(60s)));
+  auto map = etcd::read_shard_map(*ec);
+  REQUIRE(map);
+  auto grown = etcd::add_shard(*map, 1);
+  REQUIRE(grown);
+  pool->put_map(etcd::encode_shard_map(*grown));
+  std::this_thread::sleep_for(300ms);
+  // Mid-move (shard 0's leader waits out the write lease before copying):
+  // the agent stops answering and the leader dies.
+  REQUIRE(freeze(s0.agent->pid()));
+  s0.coordinator->kill(SIGKILL);
+  const std::uint16_t port = read_port_file(standby.port_file, Deadline::after(scaled(20s)));
+  REQUIRE(port != 0);
+  // The new leader's mover finds nothing of the range in its index (the
+  // agent has not rejoined) past the write lease and the agent timeout: the
+  // agent's membership keeps the move open.
+  std::this_thread::sleep_for(4s);
+  auto held = etcd::read_shard_map(*ec);
+  REQUIRE(held);
+  CHECK(held->version == grown->version);
+  s0.agent->kill(SIGCONT);
+  std::optional<etcd::ShardMap> final_map;
+  REQUIRE(eventually([&] {
+    auto m = etcd::read_shard_map(*ec);
+    if (!m || m->version < grown->version + 1) return false;
+    final_map = *m;
+    return true;
+  }, scaled(60s)));
+  load.finish();
+  std::printf("an agent rejoining late: %s\n", load.summary().c_str());
+  std::fflush(stdout);
+  CHECK(load.wrong.load() == 0);
+  std::set<std::uint64_t> ids(load.committed.begin(), load.committed.end());
+  CHECK(ids.size() == kBlocks);
+  check_all_readable(E, ids, *final_map, {"127.0.0.1:" + std::to_string(port), s1.address});
+  (void)ec->del(member_key);
+}
