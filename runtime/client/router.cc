@@ -24,6 +24,13 @@ std::size_t prefix_of(const Client::Router::Split& split, const std::vector<std:
   return prefix;
 }
 
+// A key of a moving range that one side missed is asked on the other side,
+// then on the first again: the mover copies a block to the new owner before
+// it removes it from the old, so a block missed at the new owner and then at
+// the old one (removed there meanwhile) is at the new owner by the third
+// ask. A key missed three times in a row is on neither side.
+constexpr int kAskedEnough = 3;
+
 std::shared_ptr<spdlog::logger> logger() {
   static auto l = log::get("runtime");
   return l;
@@ -428,7 +435,7 @@ Result<GetResult> Client::Router::get_view(const View& v, NamespaceId ns, std::s
                                            std::span<const std::span<std::byte>> buffers) {
   GetResult out;
   bool via_from = false;
-  std::size_t switched_at = SIZE_MAX;
+  int asked = 0;  // passes that ended at out.loaded's key
   for (;;) {
     auto r = get_pass(v, ns, keys.subspan(out.loaded), buffers.subspan(out.loaded), via_from);
     if (!r) {
@@ -442,8 +449,8 @@ Result<GetResult> Client::Router::get_view(const View& v, NamespaceId ns, std::s
     // A miss at a key of a moving range may be on the other side of the move.
     const auto& range = v.map->range_of(etcd::key_point(keys[out.loaded]));
     if (!range.from || r->stopped.code() != StatusCode::kNotFound) return out;
-    if (r->loaded == 0 && switched_at == out.loaded) return out;  // on neither side
-    switched_at = out.loaded;
+    asked = r->loaded == 0 ? asked + 1 : 1;
+    if (asked == kAskedEnough) return out;  // on neither side
     via_from = !via_from;
   }
 }
@@ -495,7 +502,7 @@ Result<std::size_t> Client::Router::lookup_view(const View& v, NamespaceId ns, s
                                                 bool* refused) {
   std::size_t found = 0;
   bool via_from = false;
-  std::size_t switched_at = SIZE_MAX;
+  int asked = 0;
   for (;;) {
     auto r = lookup_pass(v, ns, keys.subspan(found), via_from);
     if (!r) {
@@ -507,8 +514,8 @@ Result<std::size_t> Client::Router::lookup_view(const View& v, NamespaceId ns, s
     if (found == keys.size()) return found;
     const auto& range = v.map->range_of(etcd::key_point(keys[found]));
     if (!range.from) return found;
-    if (*r == 0 && switched_at == found) return found;
-    switched_at = found;
+    asked = *r == 0 ? asked + 1 : 1;
+    if (asked == kAskedEnough) return found;
     via_from = !via_from;
   }
 }
@@ -765,7 +772,7 @@ Result<std::size_t> Client::Router::mapped_get_pass(const View& v, NamespaceId n
 Status Client::Router::mapped_get_view(const View& v, NamespaceId ns, std::span<const Key128> keys, MappedGet& out,
                                        RoutedMappedGet& routed) {
   bool via_from = false;
-  std::size_t switched_at = SIZE_MAX;
+  int asked = 0;
   for (;;) {
     const std::size_t base = out.found;
     auto r = mapped_get_pass(v, ns, keys, base, via_from, out, routed);
@@ -774,8 +781,8 @@ Status Client::Router::mapped_get_view(const View& v, NamespaceId ns, std::span<
     // A miss at a key of a moving range may be on the other side of the move.
     const auto& range = v.map->range_of(etcd::key_point(keys[out.found]));
     if (!range.from || out.stopped.code() != StatusCode::kNotFound) return Status();
-    if (*r == 0 && switched_at == out.found) return Status();
-    switched_at = out.found;
+    asked = *r == 0 ? asked + 1 : 1;
+    if (asked == kAskedEnough) return Status();
     via_from = !via_from;
   }
 }
