@@ -11,7 +11,8 @@
 // Moving ranges (a shard being added, coordinator/README.md "Adding a
 // shard"): writes go to the new owner; a read that misses there at a key of
 // a moving range asks the shard it moves from, and the other way round,
-// until the prefix ends at a key neither has. remove() asks both. The
+// until the prefix ends at a key missed three times in a row (new, old,
+// new: the mover copies before it removes). remove() asks both. The
 // router follows the map in etcd (a watch): a new version applies to the
 // next call, and a shard it names for the first time is connected then.
 //
