@@ -1428,6 +1428,7 @@ AgentView view_of(const Agent& a) {
     v.largest_free = a.space->stats().largest_free;
     v.draining = a.retiring;
   }
+  v.recovering = a.alive && a.recovering;
   return v;
 }
 

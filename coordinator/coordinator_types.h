@@ -274,6 +274,7 @@ struct AgentView {
   std::uint64_t largest_free = 0;      // the largest slot placeable now
   bool draining = false;               // pooltool drain: no new placements, blocks moving off
   bool drained = false;                // draining and nothing of it is needed any more
+  bool recovering = false;             // rejoined, its scan of slot headers not finished yet
 };
 
 struct Stats {

@@ -304,6 +304,7 @@ int main(int argc, char** argv) {
     moves.base.core = core;
     moves.base.settle = std::chrono::duration_cast<std::chrono::milliseconds>(options->core.write_lease_ttl) +
                         std::chrono::milliseconds(500);
+    moves.base.rejoin_wait = std::chrono::duration_cast<std::chrono::milliseconds>(options->core.agent_timeout);
     moves.follow(initial_map);
     Moves* mv = &moves;
     auto w = etcd::Watch::start(

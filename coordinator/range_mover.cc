@@ -4,6 +4,8 @@
 #include <optional>
 #include <unordered_map>
 
+#include <nlohmann/json.hpp>
+
 #include "kvpool/client.h"
 #include "runtime/common/logging.h"
 #include "runtime/etcd/etcd_client.h"
@@ -19,6 +21,39 @@ std::shared_ptr<spdlog::logger> logger() {
 
 constexpr std::uint32_t kListLimit = 1024;
 constexpr std::size_t kCopyBatch = 64;
+
+struct Member {
+  std::string name;
+  std::uint64_t incarnation = 0;
+};
+
+// The agents of `shard` that are members in etcd: /kvpool/agents/NAME, put by
+// each agent under a lease of its own ({"name", "incarnation": "0x...",
+// "shard", ...}; coordinator/README.md, "Membership in etcd"). A key there
+// means a live agent (a dead one's lease runs out). Records of other shards
+// or of another form are skipped.
+Result<std::vector<Member>> shard_members(const etcd::Client& ec, std::uint32_t shard) {
+  auto r = ec.get_prefix(kAgentsPrefix);
+  if (!r) return tl::unexpected(r.error());
+  std::vector<Member> out;
+  for (const auto& kv : r->kvs) {
+    auto j = nlohmann::json::parse(kv.value, nullptr, false);
+    if (!j.is_object()) continue;
+    auto sh = j.find("shard");
+    auto inc = j.find("incarnation");
+    if (sh == j.end() || !sh->is_number_unsigned() || sh->get<std::uint64_t>() != shard) continue;
+    if (inc == j.end() || !inc->is_string()) continue;
+    Member m;
+    m.name = j.value("name", kv.key);
+    try {
+      m.incarnation = std::stoull(inc->get<std::string>(), nullptr, 16);
+    } catch (const std::exception&) {
+      continue;
+    }
+    out.push_back(std::move(m));
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -46,6 +81,7 @@ void RangeMover::run() {
   const auto& r = options_.range;
   const std::string what = "moving keys [" + std::to_string(r.start) + ", " + std::to_string(r.end) + ") from shard " +
                            std::to_string(options_.shard) + " to shard " + std::to_string(r.shard);
+  const auto started = Clock::now();
   logger()->info("{}: waiting {} ms for the writes granted before the map changed", what, options_.settle.count());
   if (!sleep_for(options_.settle)) return;
 
@@ -64,6 +100,10 @@ void RangeMover::run() {
       if (!sleep_for(std::chrono::seconds(1))) return nullptr;
     }
   };
+  auto eps = etcd::parse_endpoints(options_.etcd_endpoints);
+  if (!eps) return;
+  auto ec = etcd::Client::create({*eps, std::chrono::milliseconds(3000)});
+  if (!ec) return;
   auto src = connect(options_.shard);
   if (!src) return;
   auto dst = connect(r.shard);
@@ -71,6 +111,7 @@ void RangeMover::run() {
 
   std::unordered_map<NamespaceId, bool> registered;  // on both sides
   std::uint64_t copied = 0, gone = 0, failed = 0;
+  std::string waiting_for;  // what the end of the move waits for, as last logged
   const auto t0 = Clock::now();
   for (;;) {
     {
@@ -78,7 +119,35 @@ void RangeMover::run() {
       if (stopping_) return;
     }
     auto listing = options_.core->list_keys(r.start, r.end, 0, kListLimit);
-    if (listing.keys.empty()) break;
+    if (listing.keys.empty()) {
+      // Nothing of the range in the index. After a failover the index is
+      // rebuilt as the agents rejoin: end only once every agent of this
+      // shard that is a member in etcd has rejoined (its incarnation alive
+      // here), none is still sending its scan, and a live agent without
+      // membership has had the agent timeout to rejoin.
+      auto members = shard_members(**ec, options_.shard);
+      const auto agents = options_.core->agents();
+      std::size_t recovering = 0;
+      for (const auto& a : agents) recovering += a.recovering ? 1 : 0;
+      std::string absent;
+      for (const auto& m : members ? *members : std::vector<Member>{}) {
+        bool here = false;
+        for (const auto& a : agents) here |= a.incarnation == m.incarnation && a.alive && !a.recovering;
+        if (!here) absent += (absent.empty() ? "" : ", ") + m.name;
+      }
+      if (members && absent.empty() && recovering == 0 && Clock::now() - started >= options_.rejoin_wait) break;
+      const std::string why = !members ? "reading the agents' membership in etcd: " + members.error().to_string()
+                                       : std::to_string(recovering) + " recovering; not rejoined yet: " +
+                                             (absent.empty() ? std::string("none") : absent);
+      if (why != waiting_for) {
+        logger()->info("{}: nothing of the range indexed here; before ending the move, waiting for the agents ({}; "
+                       "the agent timeout is {} ms)",
+                       what, why, options_.rejoin_wait.count());
+        waiting_for = why;
+      }
+      if (!sleep_for(std::chrono::milliseconds(100))) return;
+      continue;
+    }
     std::map<NamespaceId, std::vector<Key128>> by_ns;
     for (const auto& [ns, key] : listing.keys) by_ns[ns].push_back(key);
     std::uint64_t progress = 0;
@@ -168,10 +237,6 @@ void RangeMover::run() {
   }
 
   // Nothing of the range is left here: the move is over.
-  auto eps = etcd::parse_endpoints(options_.etcd_endpoints);
-  if (!eps) return;
-  auto ec = etcd::Client::create({*eps, std::chrono::milliseconds(3000)});
-  if (!ec) return;
   for (;;) {
     auto cur = (*ec)->get(etcd::kShardMapKey);
     if (cur && !cur->kvs.empty()) {

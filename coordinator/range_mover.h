@@ -14,7 +14,13 @@
 //      with the range no longer moving (compare-and-swap on the map key).
 // A new leader of this shard (failover mid-move) sees the moving range in
 // the map and starts again; copies are idempotent (the new owner answers
-// "exists").
+// "exists"). Its index is rebuilt from the agents' slot headers as they
+// rejoin, so an empty range proves nothing at first: the move ends only
+// once every agent of this shard that is a member in etcd
+// (/kvpool/agents/NAME, kept alive by the agent's own lease) has rejoined
+// with that incarnation, no agent is still sending its scan
+// (AgentView::recovering), and `rejoin_wait` (the agent timeout) has passed
+// since the mover began, for agents without membership.
 //
 // Thread-safety: start/stop from one thread; the work runs on its own.
 
@@ -32,11 +38,15 @@
 
 namespace kvpool::coordinator {
 
+// Where agents put their membership records (runtime/etcd's membership).
+inline constexpr const char* kAgentsPrefix = "/kvpool/agents/";
+
 struct RangeMoverOptions {
   std::string etcd_endpoints;  // HOST:PORT,...
   std::uint32_t shard = 0;     // this (the old) shard
   etcd::ShardRange range;      // moving from `shard` to range.shard
   std::chrono::milliseconds settle{0};  // the write lease plus a margin
+  std::chrono::milliseconds rejoin_wait{0};  // the agent timeout: how long a live agent may take to rejoin
   std::string secret_file;
   CoordinatorCore* core = nullptr;
 };

@@ -32,9 +32,9 @@ namespace kvpool {
 struct ClientOptions {
   // host:port, or etcd://HOST:PORT[,HOST:PORT...][/SHARD]: the coordinator
   // shard's leader, looked up in etcd on every (re)dial. Without /SHARD the
-  // shard map in etcd (/kvpool/shardmap) decides: with several shards the
-  // client connects to every shard's leader and sends each key of a batch
-  // to its shard (one call per shard, in parallel).
+  // shard map in etcd (/kvpool/shardmap) decides: the client connects to
+  // every shard's leader and sends each key of a batch to its shard (one
+  // call per shard, in parallel), and follows the map as shards are added.
   std::string coordinator = "127.0.0.1:7400";
   std::string client_id;                       // default: host:pid
   // Deadline of each coordinator call and of each batch's data movement.
@@ -209,8 +209,8 @@ class Client {
 
   struct Impl;  // opaque
   // Several coordinator shards (coordinator/README.md, "Sharding"): one
-  // Client per shard, each key routed by the shard map in etcd. Set only
-  // for an etcd:// coordinator without /SHARD whose map has several shards.
+  // Client per shard, each key routed by the shard map in etcd. Set for an
+  // etcd:// coordinator without /SHARD (one shard or several).
   struct Router;  // opaque
 
  private:

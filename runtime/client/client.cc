@@ -1062,30 +1062,27 @@ Client::Client(std::unique_ptr<Router> router) : router_(std::move(router)) {}
 Client::~Client() = default;
 
 Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
-  ClientOptions one = options;
   if (etcd::is_etcd_address(options.coordinator)) {
     auto e = etcd::parse_etcd_address(options.coordinator);
     if (!e) return tl::unexpected(e.error());
     if (!e->has_shard) {
-      // No /SHARD: the shard map decides (none, or one shard: as before).
+      // No /SHARD: routed by the shard map, even with one shard (or none),
+      // so that the client follows the map when shards are added.
       const std::string endpoints = options.coordinator.substr(7, options.coordinator.find('/', 7) - 7);
       auto ec = etcd::Client::create({e->endpoints, std::min(options.timeout, std::chrono::milliseconds(2000))});
       if (!ec) return tl::unexpected(ec.error());
       std::int64_t revision = 0;
       auto map = etcd::read_shard_map(**ec, &revision);
       if (!map) return tl::unexpected(map.error());
-      if (!map->single()) {
-        auto router = Router::connect(options, endpoints, std::move(*map), revision);
-        if (!router) return tl::unexpected(router.error());
-        return std::unique_ptr<Client>(new Client(std::move(*router)));
-      }
-      if (map->ranges[0].shard != 0) one.coordinator = "etcd://" + endpoints + "/" + std::to_string(map->ranges[0].shard);
+      auto router = Router::connect(options, endpoints, std::move(*ec), std::move(*map), revision);
+      if (!router) return tl::unexpected(router.error());
+      return std::unique_ptr<Client>(new Client(std::move(*router)));
     }
   } else if (auto hp = parse_host_port(options.coordinator); !hp) {
     return tl::unexpected(hp.error());
   }
   auto impl = std::make_unique<Impl>();
-  impl->options = one;
+  impl->options = options;
   if (impl->options.client_id.empty()) impl->options.client_id = default_client_id();
   auto t = transport::Transport::create({.tls = options.tls});
   if (!t) return tl::unexpected(t.error());
@@ -1220,6 +1217,7 @@ struct MappedPutState {
   // Keeps each written-to agent's region mapped until the put is finished.
   std::vector<std::shared_ptr<AgentConn>> conns;  // per key; null unless kWritten
   bool done = false;
+  std::unique_ptr<RoutedMappedPut> routed;  // through the shard router: the shards' puts
 };
 
 struct MappedGetState {
@@ -1227,6 +1225,7 @@ struct MappedGetState {
   std::uint64_t block_bytes = 0;
   std::vector<std::shared_ptr<AgentConn>> conns;  // keeps the regions mapped until finish
   bool done = false;
+  std::unique_ptr<RoutedMappedGet> routed;  // through the shard router: the shards' gets
 };
 
 MappedPut::MappedPut() = default;
@@ -1238,16 +1237,17 @@ MappedGet::MappedGet(MappedGet&&) noexcept = default;
 MappedGet& MappedGet::operator=(MappedGet&&) noexcept = default;
 MappedGet::~MappedGet() = default;
 
-namespace {
-Status mapped_unsharded() {
-  return Status(StatusCode::kUnimplemented,
-                "the zero-copy mapped API works over one coordinator shard only: with several shards use put()/get(), "
-                "or a client per shard (etcd://HOST:PORT/SHARD)");
-}
-}  // namespace
-
 Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key128> keys) {
-  if (router_) return tl::unexpected(mapped_unsharded());
+  if (router_) {
+    MappedPut out;
+    auto routed = std::make_unique<RoutedMappedPut>();
+    if (Status s = router_->begin_mapped_put(ns, keys, out, *routed); !s.ok()) return tl::unexpected(s);
+    out.state = std::make_unique<MappedPutState>();
+    out.state->ns = ns;
+    out.state->keys.assign(keys.begin(), keys.end());
+    out.state->routed = std::move(routed);
+    return out;
+  }
   auto bb = impl_->block_bytes(ns);
   if (!bb) return tl::unexpected(bb.error());
   MappedPut out;
@@ -1299,11 +1299,17 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
 }
 
 Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std::uint64_t> checksums) {
-  if (router_) return tl::unexpected(mapped_unsharded());
   if (!put.state || put.state->done) {
     return make_error(StatusCode::kFailedPrecondition, "finish_mapped_put: the put is already finished");
   }
   auto& st = *put.state;
+  if (st.routed || router_) {
+    if (!st.routed || !router_) {
+      return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: the put was begun by another client");
+    }
+    st.done = true;
+    return router_->finish_mapped_put(*st.routed, put, checksums);
+  }
   if (checksums.size() != st.keys.size()) {
     return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: one checksum per key is needed");
   }
@@ -1372,9 +1378,15 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
 }
 
 void Client::abort_mapped_put(MappedPut& put) {
-  if (router_) return;
   if (!put.state || put.state->done) return;
   auto& st = *put.state;
+  if (st.routed || router_) {
+    if (st.routed && router_) {
+      st.done = true;
+      router_->abort_mapped_put(*st.routed);
+    }
+    return;
+  }
   st.done = true;
   rpc::LeaseBatch abort;
   for (std::size_t i = 0; i < st.keys.size(); ++i) {
@@ -1390,7 +1402,14 @@ void Client::abort_mapped_put(MappedPut& put) {
 }
 
 Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key128> keys) {
-  if (router_) return tl::unexpected(mapped_unsharded());
+  if (router_) {
+    MappedGet out;
+    auto routed = std::make_unique<RoutedMappedGet>();
+    if (Status s = router_->begin_mapped_get(ns, keys, out, *routed); !s.ok()) return tl::unexpected(s);
+    out.state = std::make_unique<MappedGetState>();
+    out.state->routed = std::move(routed);
+    return out;
+  }
   auto bb = impl_->block_bytes(ns);
   if (!bb) return tl::unexpected(bb.error());
   MappedGet out;
@@ -1446,9 +1465,15 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
 }
 
 void Client::finish_mapped_get(MappedGet& get, std::size_t loaded) {
-  if (router_) return;
   if (!get.state || get.state->done) return;
   auto& st = *get.state;
+  if (st.routed || router_) {
+    if (st.routed && router_) {
+      st.done = true;
+      router_->finish_mapped_get(*st.routed, loaded);
+    }
+    return;
+  }
   st.done = true;
   impl_->bytes_got += std::min(loaded, get.found) * st.block_bytes;
   if (st.lease != 0) {

@@ -11,7 +11,8 @@
 // Moving ranges (a shard being added, coordinator/README.md "Adding a
 // shard"): writes go to the new owner; a read that misses there at a key of
 // a moving range asks the shard it moves from, and the other way round,
-// until the prefix ends at a key neither has. remove() asks both. The
+// until the prefix ends at a key missed three times in a row (new, old,
+// new: the mover copies before it removes). remove() asks both. The
 // router follows the map in etcd (a watch): a new version applies to the
 // next call, and a shard it names for the first time is connected then.
 //
@@ -40,12 +41,35 @@
 
 namespace kvpool {
 
+// The shards' parts of a mapped put or get through the router: each part's
+// client, the caller's indices of its keys (ascending), and what that
+// shard's client handed out.
+struct RoutedMappedPut {
+  struct Part {
+    std::shared_ptr<Client> client;
+    std::vector<std::size_t> index;
+    MappedPut sub;
+  };
+  std::vector<Part> parts;
+};
+struct RoutedMappedGet {
+  struct Part {
+    std::shared_ptr<Client> client;
+    std::vector<std::size_t> index;
+    MappedGet sub;
+    std::size_t end = 0;  // the caller's keys [.., end) its pass handed out
+  };
+  std::vector<Part> parts;
+};
+
 struct Client::Router {
   ClientOptions options;
   std::string endpoints;  // etcd's, HOST:PORT,...
   std::unique_ptr<detail::TaskPool> fanout;  // one shard's part of a call
   std::unique_ptr<detail::TaskPool> work;    // put_async/get_async
   std::unique_ptr<etcd::Watch> watch;        // follows the shard map
+  std::mutex etcd_mu;
+  std::unique_ptr<etcd::Client> etcd;        // reads the map on a refusal; guarded by etcd_mu
 
   // One shard's client; null while it cannot be reached (tried again after
   // a second).
@@ -79,11 +103,15 @@ struct Client::Router {
   // Connects to every shard of `map` (each through etcd://E/N) and follows
   // the map from `revision` on.
   static Result<std::unique_ptr<Router>> connect(const ClientOptions& options, const std::string& endpoints,
-                                                 etcd::ShardMap map, std::int64_t revision);
+                                                 std::unique_ptr<etcd::Client> etcd, etcd::ShardMap map,
+                                                 std::int64_t revision);
   ~Router();
 
   View view();
   void set_map(etcd::ShardMap next);
+  // Reads the map from etcd: true when it is newer than `seen` (and now in
+  // force), i.e. refused keys are worth sending again.
+  bool refresh(std::int64_t seen);
   // via_from: keys of a moving range go to the shard they move from.
   Split split(const View& v, std::span<const Key128> keys, bool via_from) const;
   // Runs fn(p) for every part p with keys, in parallel; returns when all ran.
@@ -91,6 +119,26 @@ struct Client::Router {
   Result<GetResult> get_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
                              std::span<const std::span<std::byte>> buffers, bool via_from);
   Result<std::size_t> lookup_pass(const View& v, NamespaceId ns, std::span<const Key128> keys, bool via_from);
+  // get/lookup over one view: passes until the prefix ends on both sides of
+  // a moving range.
+  Result<GetResult> get_view(const View& v, NamespaceId ns, std::span<const Key128> keys,
+                             std::span<const std::span<std::byte>> buffers);
+  // *refused: the prefix ended at a shard's kFailedPrecondition.
+  Result<std::size_t> lookup_view(const View& v, NamespaceId ns, std::span<const Key128> keys, bool* refused);
+  // Puts keys[i] for i in `which` over `v`: outcomes and errors of those
+  // keys set; whole[i] when the key's shard failed the call as a whole.
+  void put_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
+                std::span<const std::span<const std::byte>> blocks, const std::vector<std::size_t>& which,
+                PutResult& out, std::vector<bool>& whole);
+  void mapped_put_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
+                       const std::vector<std::size_t>& which, MappedPut& out, std::vector<bool>& whole,
+                       RoutedMappedPut& routed);
+  // One pass of a mapped get from keys[base] on; appends its parts to
+  // routed and its slots to out. Returns how many keys it found.
+  Result<std::size_t> mapped_get_pass(const View& v, NamespaceId ns, std::span<const Key128> keys, std::size_t base,
+                                      bool via_from, MappedGet& out, RoutedMappedGet& routed);
+  Status mapped_get_view(const View& v, NamespaceId ns, std::span<const Key128> keys, MappedGet& out,
+                         RoutedMappedGet& routed);
 
   Result<NamespaceId> register_namespace(const NamespaceDescriptor& descriptor);
   Result<std::uint64_t> block_bytes(NamespaceId ns);
@@ -102,6 +150,12 @@ struct Client::Router {
   Result<std::size_t> lookup(NamespaceId ns, std::span<const Key128> keys);
   Result<std::vector<Status>> remove(NamespaceId ns, std::span<const Key128> keys);
   Result<std::vector<bool>> wait_for(NamespaceId ns, std::span<const Key128> keys, std::chrono::milliseconds timeout);
+  Status begin_mapped_put(NamespaceId ns, std::span<const Key128> keys, MappedPut& out, RoutedMappedPut& routed);
+  Result<PutResult> finish_mapped_put(RoutedMappedPut& routed, const MappedPut& put,
+                                      std::span<const std::uint64_t> checksums);
+  void abort_mapped_put(RoutedMappedPut& routed);
+  Status begin_mapped_get(NamespaceId ns, std::span<const Key128> keys, MappedGet& out, RoutedMappedGet& routed);
+  void finish_mapped_get(RoutedMappedGet& routed, std::size_t loaded);
   ClientStats stats();
 };
 

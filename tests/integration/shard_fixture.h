@@ -46,6 +46,30 @@ struct Shard {
   std::string address;  // the leader's HOST:PORT
 };
 
+// A kvpool-coordinator of `shard`: it writes `port_file` once it leads.
+// A short write lease: moving a range waits one out before copying.
+inline std::vector<std::string> shard_coordinator_argv(const std::string& endpoints, std::uint32_t shard,
+                                                       const std::string& port_file) {
+  return {bin_dir() + "/kvpool-coordinator", "--etcd", endpoints, "--shard", std::to_string(shard), "--listen",
+          "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn", "--agent-timeout", "2s",
+          "--heartbeat-interval", "200ms", "--write-lease", "2s", "--write-quarantine", "1s"};
+}
+
+// A standby of `shard` (started after its leader): it campaigns and writes
+// `port_file` when it takes over.
+struct Standby {
+  std::unique_ptr<Subprocess> coordinator;
+  std::string port_file;
+};
+inline Standby start_standby(const std::string& endpoints, std::uint32_t shard) {
+  Standby s;
+  s.port_file = temp_path("standby-port");
+  auto c = Subprocess::spawn(shard_coordinator_argv(endpoints, shard, s.port_file));
+  REQUIRE(c);
+  s.coordinator = std::make_unique<Subprocess>(std::move(*c));
+  return s;
+}
+
 // The leader of `shard` (it leads once its port file appears), and with a
 // non-empty `agent_pool` an agent of that size assigned to it, waited for.
 // A short write lease: moving a range waits one out before copying.
@@ -53,10 +77,7 @@ inline Shard start_shard(const std::string& endpoints, std::uint32_t shard, cons
   using namespace std::chrono_literals;
   Shard s;
   const std::string port_file = temp_path("shard-port");
-  auto c = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", endpoints, "--shard", std::to_string(shard),
-                              "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn",
-                              "--agent-timeout", "2s", "--heartbeat-interval", "200ms", "--write-lease", "2s",
-                              "--write-quarantine", "1s"});
+  auto c = Subprocess::spawn(shard_coordinator_argv(endpoints, shard, port_file));
   REQUIRE(c);
   s.coordinator = std::make_unique<Subprocess>(std::move(*c));
   const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(15s)));

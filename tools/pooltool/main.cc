@@ -137,9 +137,6 @@ int cmd_shards_add(const Globals& g, std::uint32_t shard, bool wait, const std::
     std::printf("shard map version %lld: keys [%llu, %llu) move from shard %u to shard %u\n",
                 static_cast<long long>(next->version), static_cast<unsigned long long>(moved.start),
                 static_cast<unsigned long long>(moved.end), *moved.from, shard);
-    if (map.single()) {
-      std::printf("note: workers that connected to a one-shard pool do not follow the map: reconnect them\n");
-    }
     std::fflush(stdout);
   }
   bool done = false;
