@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "runtime/etcd/membership.h"
 #include "tests/integration/shard_fixture.h"
@@ -186,5 +187,24 @@ TEST_CASE("an agent killed with SIGKILL leaves every coordinator shard within it
   std::fflush(stdout);
   CHECK(stop_ms < scaled(1500ms).count());
   CHECK(member_names(*etcd->client) == std::set<std::string>{"m0-keep"});
+  CHECK(stats(*tools[0]).agents_alive == 1);
+
+  // Frozen past its TTL, an agent leaves too; thawed, it grants a new lease,
+  // puts its record again (same incarnation) and rejoins its shard.
+  const std::uint64_t inc = incarnation_of(*tools[0], "m0-keep");
+  REQUIRE(inc != 0);
+  REQUIRE(freeze(keep[0]->pid()));
+  REQUIRE(eventually([&] { return stats(*tools[0]).agents_alive == 0; }, bound + 5s));
+  CHECK(member_names(*etcd->client).empty());
+  keep[0]->kill(SIGCONT);
+  REQUIRE(eventually([&] { return member_names(*etcd->client) == std::set<std::string>{"m0-keep"}; }, scaled(10s)));
+  REQUIRE(eventually([&] { return stats(*tools[0]).agents_alive == 1; }, scaled(10s)));
+  CHECK(incarnation_of(*tools[0], "m0-keep") == inc);
+  auto back = etcd::list_members(*etcd->client);
+  REQUIRE(back);
+  REQUIRE(back->size() == 1);
+  CHECK((*back)[0].incarnation == inc);
+  // The record it put again names the incarnation in force: nothing drops.
+  std::this_thread::sleep_for(scaled(1s));
   CHECK(stats(*tools[0]).agents_alive == 1);
 }
