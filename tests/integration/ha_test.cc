@@ -337,9 +337,10 @@ TEST_CASE("leases of a deposed leader: a commit under its epoch is refused by th
   // before the lease's own deadline would stop the client sending it. (The
   // new leader holds back space no valid header covers for as long, plus
   // the quarantine: the last put below waits that out.)
-  auto a = start_coordinator(etcd->endpoints(), "15s");
+  const std::string write_lease = std::to_string(static_cast<long long>(15 * time_scale())) + "s";
+  auto a = start_coordinator(etcd->endpoints(), write_lease);
   REQUIRE(leading(a, scaled(15s)));
-  auto b = start_coordinator(etcd->endpoints(), "15s");
+  auto b = start_coordinator(etcd->endpoints(), write_lease);
   auto old_conn = raw_client(a.address, rpc::Role::kTool);
   REQUIRE(old_conn);
   REQUIRE(eventually([&] { return stats(*old_conn).agents_alive == 1; }, scaled(10s)));
