@@ -103,10 +103,21 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
     me.shard = addr->shard;
     me.address = a->record_.control_address;
     me.region_bytes = a->region_->size();
+    // etcd still starting is waited out, like a leader not yet elected.
+    const Deadline member_by = Deadline::after(options.connect_timeout);
     auto m = etcd::MembershipLease::start(
         {addr->endpoints, std::min<std::chrono::milliseconds>(options.connect_timeout, std::chrono::seconds(3))}, me,
         std::max<std::int64_t>(1, options.membership_ttl.count()));
-    if (!m) return tl::unexpected(m.error());
+    while (!m && (m.error().code() == StatusCode::kUnavailable || m.error().code() == StatusCode::kDeadlineExceeded) &&
+           !member_by.expired()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      m = etcd::MembershipLease::start(
+          {addr->endpoints, std::min<std::chrono::milliseconds>(options.connect_timeout, std::chrono::seconds(3))}, me,
+          std::max<std::int64_t>(1, options.membership_ttl.count()));
+    }
+    if (!m) {
+      return make_error(m.error().code(), "etcd membership (" + etcd::member_key(me.name) + "): " + m.error().message());
+    }
     a->membership_ = std::move(*m);
     logger()->info("agent '{}' is a member in etcd ({}, lease {}, TTL {} s)", me.name, etcd::member_key(me.name),
                    a->membership_->lease(), a->membership_->ttl());

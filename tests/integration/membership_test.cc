@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <sys/wait.h>
 
 #include <atomic>
 #include <cstdio>
@@ -133,6 +134,21 @@ TEST_CASE("an agent killed with SIGKILL leaves every coordinator shard within it
     CHECK(m.lease != 0);
     CHECK(m.region_bytes == 16u << 20);
     CHECK(m.incarnation == incarnation_of(*tools[m.shard], m.name));
+  }
+  // A name held by a live agent of another shard is refused at start (the
+  // two would replace each other's record), and the record stays.
+  {
+    auto twin = start_member(etcd->endpoints, 1, "m0-keep");
+    auto status = twin->wait(Deadline::after(scaled(20s)));
+    REQUIRE(status);
+    CHECK(WIFEXITED(*status));
+    CHECK(WEXITSTATUS(*status) == 1);
+    auto held = etcd::list_members(*etcd->client);
+    REQUIRE(held);
+    for (const auto& m : *held) {
+      if (m.name == "m0-keep") CHECK(m.shard == 0u);
+    }
+    CHECK(stats(*tools[1]).agents_alive == 2);
   }
   // pooltool status shows them.
   auto st = run_pooltool({"--coordinator", "etcd://" + etcd->endpoints, "status", "--json"});
