@@ -11,6 +11,7 @@
 #include "runtime/common/process_util.h"
 #include "runtime/common/tenants.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/membership.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 
@@ -89,6 +90,38 @@ Result<std::unique_ptr<Agent>> Agent::start(const AgentOptions& options) {
   if (!opened) return tl::unexpected(opened.error());
   std::unique_ptr<Agent> a = std::move(*opened);
   if (Status s = a->transport_->start_progress_thread(options.progress); !s.ok()) return tl::unexpected(s);
+  if (etcd::is_etcd_address(options.coordinator)) {
+    // A member in etcd before the first registration: a coordinator that
+    // sees the key go (this process dead) drops the agent at once.
+    auto addr = etcd::parse_etcd_address(options.coordinator);
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    etcd::MemberInfo me;
+    me.name = a->record_.control_address;
+    me.host = host;
+    me.incarnation = a->incarnation_;
+    me.shard = addr->shard;
+    me.address = a->record_.control_address;
+    me.region_bytes = a->region_->size();
+    // etcd still starting is waited out, like a leader not yet elected.
+    const Deadline member_by = Deadline::after(options.connect_timeout);
+    auto m = etcd::MembershipLease::start(
+        {addr->endpoints, std::min<std::chrono::milliseconds>(options.connect_timeout, std::chrono::seconds(3))}, me,
+        std::max<std::int64_t>(1, options.membership_ttl.count()));
+    while (!m && (m.error().code() == StatusCode::kUnavailable || m.error().code() == StatusCode::kDeadlineExceeded) &&
+           !member_by.expired()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      m = etcd::MembershipLease::start(
+          {addr->endpoints, std::min<std::chrono::milliseconds>(options.connect_timeout, std::chrono::seconds(3))}, me,
+          std::max<std::int64_t>(1, options.membership_ttl.count()));
+    }
+    if (!m) {
+      return make_error(m.error().code(), "etcd membership (" + etcd::member_key(me.name) + "): " + m.error().message());
+    }
+    a->membership_ = std::move(*m);
+    logger()->info("agent '{}' is a member in etcd ({}, lease {}, TTL {} s)", me.name, etcd::member_key(me.name),
+                   a->membership_->lease(), a->membership_->ttl());
+  }
   // Behind etcd an election may be in progress (no leader published yet):
   // look again until the connect timeout.
   const Deadline joined_by = Deadline::after(options.connect_timeout);
@@ -151,6 +184,8 @@ void Agent::open_tenant_regions(const std::vector<rpc::IsolatedRegionWire>& isol
     }
   }
 }
+
+std::int64_t Agent::membership_lease() const { return membership_ ? membership_->lease() : 0; }
 
 const Agent* Agent::tenant_region(std::string_view tenant) const {
   std::lock_guard lock(tenants_mu_);
@@ -291,6 +326,10 @@ void Agent::init_metrics() {
               rejoins_.load());
     c.gauge("kvpool_agent_leader_epoch", "Highest coordinator leader epoch seen (etcd; 0: none)", {},
             leader_epoch_.load());
+    c.counter("kvpool_agent_stale_push_refusals_total",
+              "Pushes (invalidations, removals, drain copies) refused because their leader epoch was older than the "
+              "highest this agent registered with",
+              {}, stale_push_refusals_.load());
     c.counter("kvpool_agent_stale_leader_refusals_total",
               "Registrations refused because the coordinator's leader epoch was older than one seen", {},
               stale_leader_refusals_.load());
@@ -329,6 +368,9 @@ void Agent::stop() {
   if (stopping_.exchange(true)) return;
   if (registry_) registry_->remove_collector(collector_id_);
   if (heartbeat_.joinable()) heartbeat_.join();
+  // After the heartbeats (no rejoin once the coordinators drop this agent):
+  // the key goes now, not a TTL later.
+  if (membership_) membership_->stop(/*revoke=*/true);
   {
     std::lock_guard lock(drain_mu_);
     drain_queue_.clear();
@@ -428,6 +470,7 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
       return;
     }
     if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
+    if (!push_epoch_ok("drain copy", msg.epoch)) return;
     {
       std::lock_guard lock(drain_mu_);
       drain_queue_.push_back(std::move(msg));
@@ -445,6 +488,7 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
     return;
   }
   if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
+  if (!push_epoch_ok(type == rpc::kPushRemoved ? "removed" : "invalidate", msg.epoch)) return;
   if (type == rpc::kPushRemoved) {
     {
       // Bounded by the region: one entry per slot at most.
@@ -465,6 +509,7 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
   rpc::InvalidateMessage done;
   done.agent = id();
   done.incarnation = incarnation_;
+  done.epoch = msg.epoch;
   for (const auto& slot : msg.slots) {
     // Every header the slot covers, not only its first: a slot handed back
     // after a restart (space no valid header covered) may hold a late put's
@@ -497,6 +542,16 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
                    [](Result<std::string> r) {
                      if (!r) logger()->warn("invalidate ack: {}", r.error().to_string());
                    });
+}
+
+bool Agent::push_epoch_ok(const char* what, std::uint64_t epoch) {
+  const std::uint64_t seen = leader_epoch_.load();
+  if (epoch >= seen) return true;
+  ++stale_push_refusals_;
+  logger()->warn("{} push stamped with leader epoch {}, older than epoch {} this agent registered with: refused (a "
+                 "deposed leader)",
+                 what, epoch, seen);
+  return false;
 }
 
 Result<pool::ScanResult> Agent::scan() const {

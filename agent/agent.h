@@ -72,6 +72,9 @@
 namespace kvpool::rpc {
 class Client;
 }
+namespace kvpool::etcd {
+class MembershipLease;
+}
 
 namespace kvpool::agent {
 
@@ -97,6 +100,11 @@ struct AgentOptions {
   // heartbeats, owner reads). Shared with the process's /metrics endpoint
   // and, with --standalone, with the embedded coordinator. Null: a private one.
   std::shared_ptr<metrics::Registry> metrics;
+  // Membership in etcd (runtime/etcd/membership.h), with an etcd://
+  // coordinator only: the lease TTL of /kvpool/agents/NAME. A kill -9 is
+  // seen by every coordinator shard about this long after (etcd raises a
+  // short TTL to its minimum); a clean stop revokes the lease at once.
+  std::chrono::seconds membership_ttl{3};
 };
 
 class Agent {
@@ -128,6 +136,9 @@ class Agent {
   // refused because the coordinator's epoch was lower (a deposed leader).
   std::uint64_t leader_epoch() const { return leader_epoch_.load(); }
   std::uint64_t stale_leader_refusals() const { return stale_leader_refusals_.load(); }
+  // Pushes (kPushInvalidate, kPushRemoved, kPushDrainCopy) refused because
+  // they were stamped with a leader epoch below leader_epoch().
+  std::uint64_t stale_push_refusals() const { return stale_push_refusals_.load(); }
   // Empty for the shared region (what start() returns); an isolated
   // tenant's name for that tenant's region.
   const std::string& tenant() const { return tenant_; }
@@ -135,6 +146,8 @@ class Agent {
   // incarnation, region and scan), null when it has none. Valid until
   // stop(). Thread-safe.
   const Agent* tenant_region(std::string_view tenant) const;
+  // The etcd lease of this agent's membership record (0: none, without etcd).
+  std::int64_t membership_lease() const;
   std::vector<std::string> tenant_names() const;
 
  private:
@@ -167,6 +180,9 @@ class Agent {
   // worker); the shared region's agent stops its progress thread.
   std::shared_ptr<transport::Transport> transport_;
   std::optional<pool::PoolRegion> region_;
+  // The shared region's agent behind etcd: /kvpool/agents/NAME under a
+  // lease of its own; revoked in stop(), after the heartbeats stopped.
+  std::unique_ptr<etcd::MembershipLease> membership_;
   pool::RegionLayout layout_;
   mutable std::mutex rpc_mu_;
   std::shared_ptr<rpc::Client> rpc_;  // guarded by rpc_mu_; replaced on reconnect
@@ -188,6 +204,9 @@ class Agent {
   std::atomic<std::uint64_t> rejoins_{0};
   std::atomic<std::uint64_t> leader_epoch_{0};  // written by join() only
   std::atomic<std::uint64_t> stale_leader_refusals_{0};
+  std::atomic<std::uint64_t> stale_push_refusals_{0};
+  // False (logged, counted) for a push stamped below leader_epoch_.
+  bool push_epoch_ok(const char* what, std::uint64_t epoch);
   // Removed while read-leased and not yet invalidated: (header offset,
   // generation). In memory only: a new incarnation has a new region.
   mutable std::mutex removed_mu_;

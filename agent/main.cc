@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
               log_level = "info", progress = "event", lock = "try", huge = "try", tls, name, metrics_listen,
               metrics_port_file;
   bool standalone = false;
+  std::int64_t membership_ttl = 3;
   coordinator::CoordinatorFlags flags;
   app.add_flag("--standalone", standalone, "Also run the coordinator in this process, on --listen");
   app.add_option("--coordinator", coordinator_addr, "HOST:PORT of the coordinator, or etcd://HOST:PORT[,HOST:PORT...][/SHARD] to find the shard's "
@@ -55,6 +56,12 @@ int main(int argc, char** argv) {
                  "HOST:PORT to serve Prometheus metrics on (GET /metrics; with --standalone also the "
                  "coordinator's); port 0 lets the OS pick (see --metrics-port-file); off when not given");
   app.add_option("--metrics-port-file", metrics_port_file, "Write the bound metrics port here once listening");
+  app.add_option("--membership-ttl", membership_ttl,
+                 "With an etcd:// coordinator: seconds of the etcd lease of this agent's membership key "
+                 "(/kvpool/agents/NAME); every coordinator shard drops a killed agent about this long after "
+                 "(etcd raises it to its minimum); a clean stop revokes it at once")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{600}))
+      ->capture_default_str();
   flags.add_to(app);
   CLI11_PARSE(app, argc, argv);
 
@@ -76,6 +83,7 @@ int main(int argc, char** argv) {
   ao.tls = tls;
   ao.name = name;
   ao.secret_file = flags.secret_file;
+  ao.membership_ttl = std::chrono::seconds(membership_ttl);
   auto registry = std::make_shared<metrics::Registry>();
   ao.metrics = registry;
 

@@ -1445,6 +1445,32 @@ std::vector<AgentView> CoordinatorCore::agents() const {
   return out;
 }
 
+std::size_t CoordinatorCore::expire_agents(std::string_view name, std::uint64_t keep, const char* why,
+                                          Clock::time_point now) {
+  std::lock_guard lock(mu_);
+  State& s = *s_;
+  s.sweep(now);
+  // The shared region decides: a tenant region of the same process goes
+  // with it (its own incarnation differs from the one in etcd).
+  bool shared_goes = false;
+  for (const auto& ap : s.agents) {
+    if (ap->alive && ap->reg.control_address == name) shared_goes = keep == 0 || ap->reg.incarnation != keep;
+  }
+  if (!shared_goes && keep != 0) return 0;
+  std::size_t n = 0;
+  for (auto& ap : s.agents) {
+    if (!ap->alive) continue;
+    const std::string& c = ap->reg.control_address;
+    const bool same = c == name;
+    const bool tenant = c.size() > name.size() && c.compare(0, name.size(), name) == 0 && c[name.size()] == '/';
+    if (!same && !tenant) continue;
+    if (same && keep != 0 && ap->reg.incarnation == keep) continue;
+    s.declare_dead(*ap, why);
+    ++n;
+  }
+  return n;
+}
+
 std::uint64_t CoordinatorCore::membership_epoch() const {
   std::lock_guard lock(mu_);
   return s_->epoch;

@@ -161,6 +161,14 @@ class CoordinatorCore {
   // agent must register (again).
   Status heartbeat(AgentId agent, std::uint64_t incarnation, Clock::time_point now);
 
+  // Agent membership in etcd (runtime/etcd/membership.h): declares dead at
+  // once, like a heartbeat timeout, the live agent whose control_address is
+  // `name` together with its isolated tenant regions ("name/TENANT"), unless
+  // its incarnation is `keep` (0: keep none; the key naming a new
+  // incarnation keeps that one). Reported by the next tick() like any
+  // death. The number of records declared dead.
+  std::size_t expire_agents(std::string_view name, std::uint64_t keep, const char* why, Clock::time_point now);
+
   // Every agent ever registered (dead ones with alive == false and zero
   // usage), as of the last call that swept for timeouts.
   std::vector<AgentView> agents() const;

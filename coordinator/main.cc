@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "runtime/common/json_config.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/membership.h"
 #include "runtime/etcd/shard_map.h"
 #include "runtime/metrics/http_server.h"
 
@@ -149,6 +151,35 @@ void apply_map_event(coordinator::CoordinatorCore& core, std::uint32_t shard, co
   moves.follow(*map);
 }
 
+// Agent membership in etcd (runtime/etcd/membership.h): a key under
+// /kvpool/agents/ that goes (the agent's lease expired after a kill -9, or
+// was revoked on a clean exit) or that names a new incarnation drops that
+// agent at once, like a heartbeat timeout: its blocks leave lookups,
+// placements avoid it, and the next tick tells the workers.
+void apply_member_event(coordinator::CoordinatorCore& core, std::uint32_t shard, const etcd::WatchEvent& ev) {
+  auto log = log::get("coordinator");
+  const std::string prefix = etcd::kAgentsPrefix;
+  if (ev.kv.key.size() <= prefix.size()) return;
+  const std::string name = ev.kv.key.substr(prefix.size());
+  const auto now = Clock::now();
+  if (ev.type == etcd::WatchEvent::Type::kDelete) {
+    std::size_t n = core.expire_agents(name, 0, "its etcd membership key is gone (lease expired or revoked)", now);
+    if (n > 0) log->warn("shard {}: agent '{}' left etcd: {} record(s) declared dead", shard, name, n);
+    return;
+  }
+  auto m = etcd::decode_member(ev.kv.value);
+  if (!m) {
+    log->error("shard {}: ignoring {}: {}", shard, ev.kv.key, m.error().message());
+    return;
+  }
+  if (m->shard != shard) return;  // another shard's agent
+  std::size_t n = core.expire_agents(name, m->incarnation, "etcd names a new incarnation of it", now);
+  if (n > 0) {
+    log->warn("shard {}: agent '{}' restarted (incarnation {:#x} in etcd): {} old record(s) declared dead", shard,
+              name, m->incarnation, n);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -161,6 +192,7 @@ int main(int argc, char** argv) {
   std::uint32_t shard = 0;
   std::int64_t lease_ttl = 2;
   std::int64_t map_revision = 0;
+  std::int64_t members_revision = 0;
   etcd::ShardMap initial_map;
   app.add_option("--listen", listen, "HOST:PORT to serve on; port 0 lets the OS pick (see --port-file)")
       ->capture_default_str();
@@ -252,6 +284,28 @@ int main(int argc, char** argv) {
       log::get("coordinator")->info("signal {}: stopping before leading", stop_signal);
       return 0;
     }
+    // The members as this leader takes over, and the revision its watch
+    // goes on from (nothing in between is missed).
+    {
+      auto ec = etcd::Client::create({*eps, std::chrono::milliseconds(2000)});
+      std::vector<std::string> malformed;
+      auto members = ec ? etcd::list_members(**ec, &members_revision, &malformed)
+                        : Result<std::vector<etcd::MemberInfo>>(tl::unexpected(ec.error()));
+      if (!members) {
+        log::get("coordinator")->warn("shard {}: reading agent members from etcd: {} (watching from now on)", shard,
+                                      members.error().to_string());
+      } else {
+        std::string names;
+        for (const auto& m : *members) {
+          if (m.shard == shard) names += (names.empty() ? "" : ", ") + m.name;
+        }
+        log::get("coordinator")->info("shard {}: {} agent(s) of this shard are members in etcd{}{}", shard,
+                                      std::count_if(members->begin(), members->end(),
+                                                    [&](const auto& m) { return m.shard == shard; }),
+                                      names.empty() ? "" : ": ", names);
+        for (const auto& k : malformed) log::get("coordinator")->warn("shard {}: malformed member record {}", shard, k);
+      }
+    }
     coordinator::LeaderElection* raw = election.get();
     options->fence = [raw] { return raw->fence(); };
     options->shard = shard;
@@ -295,6 +349,7 @@ int main(int argc, char** argv) {
   // what it serves at once.
   Moves moves;  // before the watch that feeds it: the watch stops first
   std::unique_ptr<etcd::Watch> map_watch;
+  std::unique_ptr<etcd::Watch> member_watch;
   if (election) {
     auto eps = etcd::parse_endpoints(etcd_endpoints);
     coordinator::CoordinatorCore* core = &(*server)->core();
@@ -317,6 +372,17 @@ int main(int argc, char** argv) {
       return quit(1);
     }
     map_watch = std::move(*w);
+    auto mw = etcd::Watch::start(
+        {*eps, std::chrono::milliseconds(2000)}, etcd::kAgentsPrefix, true,
+        members_revision > 0 ? members_revision + 1 : 0,
+        [core, shard](const std::vector<etcd::WatchEvent>& events) {
+          for (const auto& ev : events) apply_member_event(*core, shard, ev);
+        });
+    if (!mw) {
+      std::fprintf(stderr, "kvpool-coordinator: watching agent members: %s\n", mw.error().to_string().c_str());
+      return quit(1);
+    }
+    member_watch = std::move(*mw);
   }
   auto metrics_server = metrics::start_from_flags(metrics_listen, metrics_port_file, registry);
   if (!metrics_server) {
@@ -333,6 +399,7 @@ int main(int argc, char** argv) {
   log::get("coordinator")->info("signal {}: stopping", sig);
   if (*metrics_server) (*metrics_server)->stop();
   if (map_watch) map_watch->stop();
+  if (member_watch) member_watch->stop();
   moves.stop();
   (*server)->stop();
   // After the server: a standby may serve the moment the lease goes.

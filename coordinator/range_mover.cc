@@ -4,11 +4,10 @@
 #include <optional>
 #include <unordered_map>
 
-#include <nlohmann/json.hpp>
-
 #include "kvpool/client.h"
 #include "runtime/common/logging.h"
 #include "runtime/etcd/etcd_client.h"
+#include "runtime/etcd/membership.h"
 
 namespace kvpool::coordinator {
 
@@ -21,39 +20,6 @@ std::shared_ptr<spdlog::logger> logger() {
 
 constexpr std::uint32_t kListLimit = 1024;
 constexpr std::size_t kCopyBatch = 64;
-
-struct Member {
-  std::string name;
-  std::uint64_t incarnation = 0;
-};
-
-// The agents of `shard` that are members in etcd: /kvpool/agents/NAME, put by
-// each agent under a lease of its own ({"name", "incarnation": "0x...",
-// "shard", ...}; coordinator/README.md, "Membership in etcd"). A key there
-// means a live agent (a dead one's lease runs out). Records of other shards
-// or of another form are skipped.
-Result<std::vector<Member>> shard_members(const etcd::Client& ec, std::uint32_t shard) {
-  auto r = ec.get_prefix(kAgentsPrefix);
-  if (!r) return tl::unexpected(r.error());
-  std::vector<Member> out;
-  for (const auto& kv : r->kvs) {
-    auto j = nlohmann::json::parse(kv.value, nullptr, false);
-    if (!j.is_object()) continue;
-    auto sh = j.find("shard");
-    auto inc = j.find("incarnation");
-    if (sh == j.end() || !sh->is_number_unsigned() || sh->get<std::uint64_t>() != shard) continue;
-    if (inc == j.end() || !inc->is_string()) continue;
-    Member m;
-    m.name = j.value("name", kv.key);
-    try {
-      m.incarnation = std::stoull(inc->get<std::string>(), nullptr, 16);
-    } catch (const std::exception&) {
-      continue;
-    }
-    out.push_back(std::move(m));
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -125,12 +91,13 @@ void RangeMover::run() {
       // shard that is a member in etcd has rejoined (its incarnation alive
       // here), none is still sending its scan, and a live agent without
       // membership has had the agent timeout to rejoin.
-      auto members = shard_members(**ec, options_.shard);
+      auto members = etcd::list_members(**ec);
+      if (members) std::erase_if(*members, [&](const etcd::MemberInfo& m) { return m.shard != options_.shard; });
       const auto agents = options_.core->agents();
       std::size_t recovering = 0;
       for (const auto& a : agents) recovering += a.recovering ? 1 : 0;
       std::string absent;
-      for (const auto& m : members ? *members : std::vector<Member>{}) {
+      for (const auto& m : members ? *members : std::vector<etcd::MemberInfo>{}) {
         bool here = false;
         for (const auto& a : agents) here |= a.incarnation == m.incarnation && a.alive && !a.recovering;
         if (!here) absent += (absent.empty() ? "" : ", ") + m.name;

@@ -38,9 +38,6 @@
 
 namespace kvpool::coordinator {
 
-// Where agents put their membership records (runtime/etcd's membership).
-inline constexpr const char* kAgentsPrefix = "/kvpool/agents/";
-
 struct RangeMoverOptions {
   std::string etcd_endpoints;  // HOST:PORT,...
   std::uint32_t shard = 0;     // this (the old) shard

@@ -372,6 +372,7 @@ struct CoordinatorServer::Impl {
                              });
     }
     rpc::LookupReply rep;
+    rep.epoch = options.epoch;
     rep.lease = to_u64(res->read_lease);
     gate->note_lease(tenant, rep.lease);
     rep.locations.reserve(res->locations.size());
@@ -408,6 +409,7 @@ struct CoordinatorServer::Impl {
       rpc::InvalidateMessage msg;
       msg.agent = to_u32(req.agent);
       msg.incarnation = req.incarnation;
+      msg.epoch = options.epoch;
       for (const auto& s : req.slots) msg.slots.push_back({s.header_offset, s.payload_offset, s.length, s.generation});
       if (Status st = server->push(conn, rpc::kPushInvalidate, rpc::encode(msg)); !st.ok()) {
         logger()->debug("invalidate push to agent {}: {}", msg.agent, st.to_string());
@@ -424,6 +426,7 @@ struct CoordinatorServer::Impl {
       rpc::InvalidateMessage& m = by_agent[to_u32(l.agent)];
       m.agent = to_u32(l.agent);
       m.incarnation = l.incarnation;
+      m.epoch = options.epoch;
       m.slots.push_back({l.header_offset, l.payload_offset, l.length, l.generation});
     }
     for (const auto& [agent, m] : by_agent) {
@@ -519,6 +522,23 @@ struct CoordinatorServer::Impl {
                       ")");
   }
   rpc::StatsReply tenant_stats(const std::string& tenant) const;
+
+  // High availability: a commit, abort or release names the epoch of the
+  // leader that issued its leases (AllocateReply/LookupReply::epoch). Any
+  // other epoch is refused, naming both: an older one (the leases died with
+  // a deposed leader; kFailedPrecondition: write again) or a newer one (this
+  // process is the deposed leader; kUnavailable: find the leader in etcd).
+  Status check_epoch(const char* what, std::uint64_t carried) const {
+    if (carried == options.epoch) return Status();
+    const std::string head = std::string(what) + " carries leader epoch " + std::to_string(carried) + " of shard " +
+                             std::to_string(options.shard) + ", but this coordinator's epoch is " +
+                             std::to_string(options.epoch);
+    if (carried < options.epoch) {
+      return Status(StatusCode::kFailedPrecondition,
+                    head + ": its leases were issued by an earlier leader and ended with it (write the blocks again)");
+    }
+    return Status(StatusCode::kUnavailable, head + ": this is a deposed leader; find the leader in etcd");
+  }
 
   void handle(rpc::Request req, rpc::Responder raw_resp);
   // One step of a drain: the core issues moves, which go to the draining
@@ -855,6 +875,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
       if (!res) return resp.fail(res.error());
       send_invalidations(res->invalidations);
       rpc::AllocateReply rep;
+      rep.epoch = options.epoch;
       rep.results.reserve(res->items.size());
       for (const auto& item : res->items) {
         rpc::AllocateResult r;
@@ -887,6 +908,11 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kAbort: {
       rpc::LeaseBatch m;
       if (!parse(m)) return;
+      if (Status s = check_epoch(req.type == rpc::kCommit ? "commit" : "abort", m.epoch); !s.ok()) {
+        logger()->warn("{} of {} leases from {} refused: {}", op_name(req.type), m.leases.size(), req.peer_id,
+                       s.message());
+        return resp.fail(s);
+      }
       std::vector<LeaseId> leases;
       for (auto l : m.leases) leases.push_back(LeaseId{l});
       rpc::StatusBatch rep;
@@ -916,6 +942,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
     case rpc::kRelease: {
       rpc::ReleaseRequest m;
       if (!parse(m)) return;
+      if (Status e = check_epoch("release", m.epoch); !e.ok()) return resp.fail(e);
       Status s = core->release(LeaseId{m.lease}, now);
       return s.ok() ? resp.reply({}) : resp.fail(s);
     }
@@ -1137,6 +1164,7 @@ Result<rpc::DrainReply> CoordinatorServer::Impl::drain_step(const rpc::DrainRequ
     rpc::DrainCopyMessage msg;
     msg.agent = m.agent;
     msg.incarnation = step->moves.front().from.incarnation;
+    msg.epoch = options.epoch;
     std::set<std::uint32_t> targets;
     for (const BlockMove& bm : step->moves) {
       targets.insert(to_u32(bm.to.agent));

@@ -197,7 +197,7 @@ class Conn {
       finish_one();
       return;
     }
-    client_->call_async(rpc::kRelease, rpc::encode(rpc::ReleaseRequest{rep.lease}),
+    client_->call_async(rpc::kRelease, rpc::encode(rpc::ReleaseRequest{rep.lease, rep.epoch}),
                         Deadline::after(std::chrono::seconds(10)), [this](Result<std::string> rr) {
                           if (!rr) {
                             ++release_errors;
@@ -287,7 +287,7 @@ int run_client(const ClientArgs& a) {
                     std::to_string(sizes[sh][i]) + " keys");
       }
       if (rep.lease != 0) {
-        auto rr = (*client)->call(rpc::kRelease, rpc::encode(rpc::ReleaseRequest{rep.lease}),
+        auto rr = (*client)->call(rpc::kRelease, rpc::encode(rpc::ReleaseRequest{rep.lease, rep.epoch}),
                                   Deadline::after(std::chrono::seconds(10)));
         if (!rr) return fail("warm-up release: " + rr.error().to_string());
       }

@@ -484,7 +484,11 @@ Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std:
     for (std::size_t i : retry) again.items.push_back(areq.items[i]);
     rpc::AllocateReply rrep;
     const auto again_after = Clock::now();
-    if (Status s = call(rpc::kAllocate, again, rrep); !s.ok() || rrep.results.size() != retry.size()) break;
+    // Leases of another leader's epoch could not be committed with the rest.
+    if (Status s = call(rpc::kAllocate, again, rrep);
+        !s.ok() || rrep.results.size() != retry.size() || rrep.epoch != arep.epoch) {
+      break;
+    }
     for (std::size_t j = 0; j < retry.size(); ++j) {
       arep.results[retry[j]] = std::move(rrep.results[j]);
       lease_ends[retry[j]] = again_after + std::chrono::milliseconds(arep.results[retry[j]].lease_ms);
@@ -729,6 +733,8 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
     return coalesce(std::move(ops));
   };
   rpc::LeaseBatch commit, abort;
+  // Back to the leader that issued the leases; another refuses them.
+  commit.epoch = abort.epoch = arep.epoch;
   std::vector<std::size_t> commit_index;
   for (auto& g : groups) {
     const std::uint32_t agent_id = g.agent_id;
@@ -1048,7 +1054,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
     }
   }
   if (lrep.lease != 0) {
-    rpc::ReleaseRequest rel{lrep.lease};
+    rpc::ReleaseRequest rel{lrep.lease, lrep.epoch};
     if (auto c = control()) (*c)->call_async(rpc::kRelease, rpc::encode(rel), deadline(), [](Result<std::string>) {});
   }
   result.loaded = ok_upto;
@@ -1213,6 +1219,7 @@ struct MappedPutState {
   std::vector<Key128> keys;
   std::uint64_t block_bytes = 0;
   std::vector<rpc::AllocateResult> results;
+  std::uint64_t epoch = 0;  // of the leader that issued the leases (AllocateReply::epoch)
   std::vector<Clock::time_point> lease_ends;
   // Keeps each written-to agent's region mapped until the put is finished.
   std::vector<std::shared_ptr<AgentConn>> conns;  // per key; null unless kWritten
@@ -1222,6 +1229,7 @@ struct MappedPutState {
 
 struct MappedGetState {
   std::uint64_t lease = 0;
+  std::uint64_t epoch = 0;  // LookupReply::epoch, sent back with the release
   std::uint64_t block_bytes = 0;
   std::vector<std::shared_ptr<AgentConn>> conns;  // keeps the regions mapped until finish
   bool done = false;
@@ -1268,7 +1276,9 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
   rpc::AllocateReply arep;
   if (Status s = impl_->allocate(ns, keys, sizes, arep, st.lease_ends); !s.ok()) return tl::unexpected(s);
   st.results = std::move(arep.results);
+  st.epoch = arep.epoch;
   rpc::LeaseBatch abort;
+  abort.epoch = st.epoch;
   for (std::size_t i = 0; i < keys.size(); ++i) {
     const auto& r = st.results[i];
     switch (r.outcome) {
@@ -1318,6 +1328,7 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
   result.outcomes = put.outcomes;
   result.errors = put.errors;
   rpc::LeaseBatch commit;
+  commit.epoch = st.epoch;
   std::vector<std::size_t> commit_index;
   const auto now = Clock::now();
   // The payloads are complete (the caller waited for its DMA): order them
@@ -1389,6 +1400,7 @@ void Client::abort_mapped_put(MappedPut& put) {
   }
   st.done = true;
   rpc::LeaseBatch abort;
+  abort.epoch = st.epoch;
   for (std::size_t i = 0; i < st.keys.size(); ++i) {
     if (put.outcomes[i] == PutOutcome::kWritten) abort.leases.push_back(st.results[i].lease);
   }
@@ -1424,6 +1436,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
   rpc::LookupReply lrep;
   if (Status s = impl_->call(rpc::kLookup, lreq, lrep); !s.ok()) return tl::unexpected(s);
   st.lease = lrep.lease;
+  st.epoch = lrep.epoch;
   const std::size_t n = std::min(lrep.locations.size(), keys.size());
   out.stopped = n < keys.size() ? Status(StatusCode::kNotFound, "block " + std::to_string(n) + " is not in the pool")
                                 : Status();
@@ -1477,7 +1490,7 @@ void Client::finish_mapped_get(MappedGet& get, std::size_t loaded) {
   st.done = true;
   impl_->bytes_got += std::min(loaded, get.found) * st.block_bytes;
   if (st.lease != 0) {
-    rpc::ReleaseRequest rel{st.lease};
+    rpc::ReleaseRequest rel{st.lease, st.epoch};
     if (auto c = impl_->control()) {
       (*c)->call_async(rpc::kRelease, rpc::encode(rel), impl_->deadline(), [](Result<std::string>) {});
     }

@@ -334,6 +334,7 @@ std::string encode(const AllocateReply& m) {
         break;
     }
   }
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, AllocateReply& m) {
@@ -353,6 +354,7 @@ Status decode(std::string_view p, AllocateReply& m) {
       res.error = get_status(r);
     }
   }
+  m.epoch = r.u64();
   return r.finish("allocate reply");
 }
 
@@ -360,6 +362,7 @@ std::string encode(const LeaseBatch& m) {
   Writer w;
   w.u32(static_cast<std::uint32_t>(m.leases.size()));
   for (auto l : m.leases) w.u64(l);
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, LeaseBatch& m) {
@@ -367,6 +370,7 @@ Status decode(std::string_view p, LeaseBatch& m) {
   std::uint32_t n = get_count(r, 8);
   m.leases.resize(n);
   for (auto& l : m.leases) l = r.u64();
+  m.epoch = r.u64();
   return r.finish("lease batch");
 }
 
@@ -407,6 +411,7 @@ std::string encode(const LookupReply& m) {
   w.u64(m.lease);
   w.u32(static_cast<std::uint32_t>(m.locations.size()));
   for (const auto& l : m.locations) put(w, l);
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, LookupReply& m) {
@@ -415,17 +420,20 @@ Status decode(std::string_view p, LookupReply& m) {
   std::uint32_t n = get_count(r, kLocationBytes);
   m.locations.resize(n);
   for (auto& l : m.locations) l = get_location(r);
+  m.epoch = r.u64();
   return r.finish("lookup reply");
 }
 
 std::string encode(const ReleaseRequest& m) {
   Writer w;
   w.u64(m.lease);
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, ReleaseRequest& m) {
   Reader r(p);
   m.lease = r.u64();
+  m.epoch = r.u64();
   return r.finish("release");
 }
 
@@ -488,6 +496,7 @@ std::string encode(const InvalidateMessage& m) {
     w.u64(s.length);
     w.u64(s.generation);
   }
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, InvalidateMessage& m) {
@@ -502,6 +511,7 @@ Status decode(std::string_view p, InvalidateMessage& m) {
     s.length = r.u64();
     s.generation = r.u64();
   }
+  m.epoch = r.u64();
   return r.finish("invalidate");
 }
 
@@ -741,6 +751,7 @@ std::string encode(const DrainCopyMessage& m) {
     put(w, mv.from);
     put(w, mv.to);
   }
+  w.u64(m.epoch);
   return w.take();
 }
 Status decode(std::string_view p, DrainCopyMessage& m) {
@@ -769,6 +780,7 @@ Status decode(std::string_view p, DrainCopyMessage& m) {
     mv.from = get_location(r);
     mv.to = get_location(r);
   }
+  m.epoch = r.u64();
   return r.finish("drain copy");
 }
 

@@ -181,10 +181,17 @@ struct AllocateResult {
 };
 struct AllocateReply {
   std::vector<AllocateResult> results;
+  // High availability: the epoch of the leader that issued these leases
+  // (coordinator/leader.h; 0 without etcd). Sent back with their commit or
+  // abort (LeaseBatch::epoch); any other leader refuses them.
+  std::uint64_t epoch{};
 };
 
 struct LeaseBatch {  // Commit and Abort requests
   std::vector<std::uint64_t> leases;
+  // The epoch of the allocate reply that issued the leases: a coordinator
+  // whose epoch differs refuses the whole call, naming both epochs.
+  std::uint64_t epoch{};
 };
 struct StatusBatch {  // per-item results of Commit, Abort, Remove
   std::vector<StatusWire> results;
@@ -198,9 +205,11 @@ struct LookupRequest {
 struct LookupReply {
   std::uint64_t lease = 0;               // 0 when none was taken
   std::vector<LocationWire> locations;   // the present leading keys, in order
+  std::uint64_t epoch{};                 // the leader's epoch (0 without etcd): sent back with the release
 };
 struct ReleaseRequest {
   std::uint64_t lease = 0;
+  std::uint64_t epoch{};  // LookupReply::epoch of the lease; another leader refuses it
 };
 struct KeysRequest {  // Remove
   NamespaceId ns = 0;
@@ -225,6 +234,10 @@ struct InvalidateMessage {  // push to the agent, and the agent's ack request
   std::uint32_t agent = 0;
   std::uint64_t incarnation = 0;
   std::vector<SlotWire> slots;
+  // The pushing leader's epoch (0 without etcd): an agent refuses a push
+  // stamped lower than the highest epoch it registered with (a deposed
+  // leader). The acknowledgement echoes it.
+  std::uint64_t epoch{};
 };
 struct AgentDownMessage {
   std::uint32_t agent = 0;
@@ -372,6 +385,7 @@ struct DrainCopyMessage {
   std::uint64_t incarnation = 0;
   std::vector<DrainTarget> targets;
   std::vector<MoveWire> moves;
+  std::uint64_t epoch{};  // as InvalidateMessage::epoch
 };
 struct MoveResultWire {
   std::uint64_t id = 0;

@@ -5,7 +5,9 @@
 
 #include <sys/stat.h>
 
+#include <condition_variable>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "agent/agent.h"
@@ -13,6 +15,8 @@
 #include "kvpool/client.h"
 #include "runtime/common/pattern.h"
 #include "runtime/common/secret.h"
+#include "runtime/rpc/messages.h"
+#include "runtime/rpc/server.h"
 #include "tests/common/test_util.h"
 
 using namespace kvpool;
@@ -143,6 +147,89 @@ TEST_CASE("an agent refuses a coordinator whose leader epoch is older than one i
   CHECK((*agent)->leader_epoch() == 12);
   CHECK(eventually([&] { return (*newer)->core().stats().agents_alive == 1; }, scaled(5s)));
   (*agent)->stop();
+}
+
+TEST_CASE("an agent refuses pushes stamped with a leader epoch older than the one it registered with",
+          "[agent][ha]") {
+  // A coordinator that registers the agent with epoch 10, then pushes as a
+  // deposed leader would (epoch 9) and as the leader (epoch 10).
+  std::mutex mu;
+  std::condition_variable cv;
+  std::uint64_t agent_conn = 0;
+  std::vector<rpc::InvalidateMessage> acks;
+  rpc::ServerOptions so;
+  so.port = 0;
+  so.role = rpc::Role::kCoordinator;
+  so.server_id = "fake-leader";
+  so.create_secret = true;
+  auto server = rpc::Server::start(so, [&](rpc::Request req, rpc::Responder resp) {
+    if (req.type == rpc::kRegisterAgent) {
+      rpc::RegisterAgentReply rep;
+      rep.agent = 1;
+      rep.heartbeat_interval_ms = 200;
+      rep.epoch = 10;
+      {
+        std::lock_guard lock(mu);
+        agent_conn = req.connection_id;
+      }
+      cv.notify_all();
+      return resp.reply(rpc::encode(rep));
+    }
+    if (req.type == rpc::kInvalidateDone) {
+      rpc::InvalidateMessage m;
+      REQUIRE(rpc::decode(req.payload, m).ok());
+      std::lock_guard lock(mu);
+      acks.push_back(m);
+    }
+    resp.reply({});
+  });
+  REQUIRE(server);
+  agent::AgentOptions ao;
+  ao.coordinator = "127.0.0.1:" + std::to_string((*server)->port());
+  ao.pool_size = 8 << 20;
+  ao.tls = "posix,cma,self";
+  auto agent = agent::Agent::start(ao);
+  REQUIRE(agent);
+  CHECK((*agent)->leader_epoch() == 10);
+  std::uint64_t conn = 0;
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return agent_conn != 0; }));
+    conn = agent_conn;
+  }
+  rpc::InvalidateMessage inv;
+  inv.agent = 1;
+  inv.incarnation = (*agent)->incarnation();
+  inv.slots.push_back({0, (*agent)->layout().payload_base, kBlock, 1});
+  inv.epoch = 9;
+  REQUIRE((*server)->push(conn, rpc::kPushInvalidate, rpc::encode(inv)).ok());
+  rpc::DrainCopyMessage copy;
+  copy.agent = 1;
+  copy.incarnation = inv.incarnation;
+  copy.epoch = 3;
+  REQUIRE((*server)->push(conn, rpc::kPushDrainCopy, rpc::encode(copy)).ok());
+  REQUIRE((*server)->push(conn, rpc::kPushRemoved, rpc::encode(inv)).ok());
+  CHECK(eventually([&] { return (*agent)->stale_push_refusals() == 3; }, scaled(5s)));
+  CHECK((*agent)->invalidated_slots() == 0);
+  // The leader's own epoch goes through, and the acknowledgement echoes it.
+  inv.epoch = 10;
+  REQUIRE((*server)->push(conn, rpc::kPushInvalidate, rpc::encode(inv)).ok());
+  CHECK(eventually([&] { return (*agent)->invalidated_slots() == 1; }, scaled(5s)));
+  CHECK(eventually(
+      [&] {
+        std::lock_guard lock(mu);
+        return acks.size() == 1;
+      },
+      scaled(5s)));
+  {
+    std::lock_guard lock(mu);
+    REQUIRE(acks.size() == 1);
+    CHECK(acks[0].epoch == 10);
+    CHECK(acks[0].slots.size() == 1);
+  }
+  CHECK((*agent)->stale_push_refusals() == 3);
+  (*agent)->stop();
+  (*server)->stop();
 }
 
 TEST_CASE("a coordinator without etcd registers agents with epoch 0 and they take it", "[agent][ha]") {

@@ -245,6 +245,19 @@ void messages(const fs::path& root) {
               DrainCopiedRequest{2, 1002,
                                  {MoveResultWire{41, StatusWire{}},
                                   MoveResultWire{42, StatusWire{kvpool::StatusCode::kUnavailable, "peer gone"}}}});
+  // High availability: the leader's epoch on placements, commits and pushes.
+  AllocateReply alloc_reply_epoch = alloc_reply;
+  alloc_reply_epoch.epoch = 42;
+  add_message(c, kMsgAllocateReply, "allocate_reply_epoch", alloc_reply_epoch);
+  add_message(c, kMsgLeaseBatch, "lease_batch_epoch", LeaseBatch{{77, 78}, 42});
+  add_message(c, kMsgLookupReply, "lookup_reply_epoch", LookupReply{88, {LocationWire{1, 1001, 0, 0, 65536, 1}}, 42});
+  add_message(c, kMsgReleaseRequest, "release_epoch", ReleaseRequest{88, 42});
+  add_message(c, kMsgInvalidateMessage, "invalidate_epoch",
+              InvalidateMessage{1, 1001, {SlotWire{0, 0, 65536, 1}}, 42});
+  add_message(c, kMsgDrainCopyMessage, "drain_copy_epoch", DrainCopyMessage{2, 1002, {}, {}, 42});
+  std::string lease_batch_no_epoch = encode(LeaseBatch{{1, 2}, 9});
+  lease_batch_no_epoch.resize(lease_batch_no_epoch.size() - 8);  // an old build's commit: refused as truncated
+  c.add("lease_batch_truncated_epoch", with_prefix(kMsgLeaseBatch, lease_batch_no_epoch));
   std::string bad_drain = encode(DrainRequest{2, DrainMode::kStep, 64});
   bad_drain[4] = 7;  // no such mode
   c.add("bad_drain_mode", with_prefix(kMsgDrainRequest, bad_drain));

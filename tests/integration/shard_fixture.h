@@ -73,7 +73,8 @@ inline Standby start_standby(const std::string& endpoints, std::uint32_t shard) 
 // The leader of `shard` (it leads once its port file appears), and with a
 // non-empty `agent_pool` an agent of that size assigned to it, waited for.
 // A short write lease: moving a range waits one out before copying.
-inline Shard start_shard(const std::string& endpoints, std::uint32_t shard, const std::string& agent_pool = "64MiB") {
+inline Shard start_shard(const std::string& endpoints, std::uint32_t shard, const std::string& agent_pool = "64MiB",
+                         const std::vector<std::string>& agent_args = {}) {
   using namespace std::chrono_literals;
   Shard s;
   const std::string port_file = temp_path("shard-port");
@@ -84,9 +85,11 @@ inline Shard start_shard(const std::string& endpoints, std::uint32_t shard, cons
   REQUIRE(port != 0);
   s.address = "127.0.0.1:" + std::to_string(port);
   if (!agent_pool.empty()) {
-    auto a = Subprocess::spawn({bin_dir() + "/kvpool-agent", "--coordinator",
-                                "etcd://" + endpoints + "/" + std::to_string(shard), "--pool-size", agent_pool,
-                                "--log-level", "warn", "--name", "shard" + std::to_string(shard) + "-a"});
+    std::vector<std::string> argv{bin_dir() + "/kvpool-agent", "--coordinator",
+                                  "etcd://" + endpoints + "/" + std::to_string(shard), "--pool-size", agent_pool,
+                                  "--log-level", "warn", "--name", "shard" + std::to_string(shard) + "-a"};
+    argv.insert(argv.end(), agent_args.begin(), agent_args.end());
+    auto a = Subprocess::spawn(argv);
     REQUIRE(a);
     s.agent = std::make_unique<Subprocess>(std::move(*a));
     auto watcher = raw_client(s.address, rpc::Role::kTool);

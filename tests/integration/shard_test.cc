@@ -19,6 +19,7 @@
 #include "pool/slot_header.h"
 #include "runtime/common/pattern.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/membership.h"
 #include "runtime/etcd/shard_map.h"
 #include "tests/common/etcd_cluster.h"
 #include "tests/integration/pool_fixture.h"
@@ -806,13 +807,12 @@ TEST_CASE("an agent rejoining the new leader late keeps a move from ending until
   if (!pool) return;
   const std::string E = pool->endpoints;
   const etcd::Client* ec = pool->client.get();
-  Shard s0 = start_shard(E, 0, "128MiB");
+  // The agent's membership in etcd outlives the freeze below (TTL 60 s): it
+  // is frozen, not dead, and its record is what keeps the move open.
+  Shard s0 = start_shard(E, 0, "128MiB", {"--membership-ttl", "60"});
   Standby standby = start_standby(E, 0);
   Shard s1 = start_shard(E, 1, "128MiB");
 
-  // The agent of shard 0 is a member in etcd (/kvpool/agents/NAME, as an
-  // agent with membership writes it itself under its own lease): written
-  // here unless the agent has done so already.
   std::uint64_t incarnation = 0;
   {
     auto raw = raw_client(s0.address, rpc::Role::kTool);
@@ -824,17 +824,14 @@ TEST_CASE("an agent rejoining the new leader late keeps a move from ending until
     REQUIRE(rep.agents.size() == 1);
     incarnation = rep.agents[0].incarnation;
   }
-  const std::string member_key = "/kvpool/agents/shard0-a";
-  auto existing = ec->get(member_key);
-  REQUIRE(existing);
-  if (!existing->kvs.empty()) {
-    WARN("the agent published its own membership: this test freezes it past its membership TTL; skipped");
-    return;
-  }
-  char inc[32];
-  std::snprintf(inc, sizeof inc, "0x%llx", static_cast<unsigned long long>(incarnation));
-  REQUIRE(ec->put(member_key, std::string(R"({"name": "shard0-a", "host": "test", "incarnation": ")") + inc +
-                                  R"(", "shard": 0, "address": "", "region_bytes": 0})"));
+  REQUIRE(eventually([&] {
+    auto members = etcd::list_members(*ec);
+    if (!members) return false;
+    for (const auto& m : *members) {
+      if (m.name == "shard0-a" && m.shard == 0 && m.incarnation == incarnation) return true;
+    }
+    return false;
+  }, scaled(10s)));
 
   constexpr std::uint64_t kBlocks = 512;
   Load load;
@@ -874,5 +871,4 @@ TEST_CASE("an agent rejoining the new leader late keeps a move from ending until
   std::set<std::uint64_t> ids(load.committed.begin(), load.committed.end());
   CHECK(ids.size() == kBlocks);
   check_all_readable(E, ids, *final_map, {"127.0.0.1:" + std::to_string(port), s1.address});
-  (void)ec->del(member_key);
 }

@@ -113,3 +113,50 @@ TEST_CASE("the leader epoch and shard survive the register and stats replies", "
   CHECK(st_back.epoch == 42);
   CHECK(st_back.unix_ms == -5);
 }
+
+TEST_CASE("the leader epoch survives placements, commits, releases and pushes", "[rpc][messages][ha]") {
+  AllocateReply alloc;
+  alloc.results.resize(1);
+  alloc.results[0].outcome = AllocateOutcome::kPlaced;
+  alloc.results[0].lease = 77;
+  alloc.epoch = 0x1234567890;
+  refuses_damaged(alloc);
+  AllocateReply alloc_back;
+  REQUIRE(decode(encode(alloc), alloc_back).ok());
+  CHECK(alloc_back.epoch == 0x1234567890);
+  CHECK(alloc_back.results[0].lease == 77);
+
+  LeaseBatch commit{{1, 2, 3}, 42};
+  refuses_damaged(commit);
+  LeaseBatch commit_back;
+  REQUIRE(decode(encode(commit), commit_back).ok());
+  CHECK(commit_back.epoch == 42);
+  CHECK(commit_back.leases.size() == 3);
+  // An old build's commit (no epoch) is refused, not read as epoch 0.
+  std::string old = encode(commit);
+  old.resize(old.size() - 8);
+  CHECK_FALSE(decode(old, commit_back).ok());
+
+  LookupReply lookup{88, {LocationWire{1, 1001, 0, 0, 65536, 1}}, 43};
+  refuses_damaged(lookup);
+  LookupReply lookup_back;
+  REQUIRE(decode(encode(lookup), lookup_back).ok());
+  CHECK(lookup_back.epoch == 43);
+  ReleaseRequest rel{88, 43};
+  refuses_damaged(rel);
+  ReleaseRequest rel_back;
+  REQUIRE(decode(encode(rel), rel_back).ok());
+  CHECK(rel_back.lease == 88);
+  CHECK(rel_back.epoch == 43);
+
+  InvalidateMessage inv{1, 1001, {SlotWire{0, 0, 65536, 1}}, 44};
+  refuses_damaged(inv);
+  InvalidateMessage inv_back;
+  REQUIRE(decode(encode(inv), inv_back).ok());
+  CHECK(inv_back.epoch == 44);
+  DrainCopyMessage copy{2, 1002, {}, {}, 45};
+  refuses_damaged(copy);
+  DrainCopyMessage copy_back;
+  REQUIRE(decode(encode(copy), copy_back).ok());
+  CHECK(copy_back.epoch == 45);
+}

@@ -51,6 +51,11 @@ Result<ClusterView> inspect_cluster(const std::string& coordinator, std::chrono:
   }
   auto client = etcd::Client::create({addr->endpoints, each});
   if (!client) return tl::unexpected(client.error());
+  if (auto members = etcd::list_members(**client)) {
+    view.agents = std::move(*members);
+  } else {
+    view.agents_status = members.error();
+  }
   auto map = etcd::read_shard_map(**client);
   if (!map) {
     view.map_status = map.error();

@@ -12,6 +12,7 @@
 #include "kvpool/status.h"
 #include "runtime/etcd/etcd_client.h"
 #include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/membership.h"
 #include "runtime/etcd/shard_map.h"
 #include "runtime/rpc/messages.h"
 #include "tools/pooltool/doctor.h"
@@ -41,6 +42,10 @@ struct ClusterView {
   Status map_status;                         // ok, or why the shard map cannot be read
   etcd::ShardMap map;
   std::vector<ShardView> shards;
+  // Agents that are members in etcd (/kvpool/agents/, each under its own
+  // lease: runtime/etcd/membership.h), by name.
+  Status agents_status;  // ok, or why they cannot be read
+  std::vector<etcd::MemberInfo> agents;
 };
 
 // Inspects the pool behind `coordinator` (an etcd:// address): asks every

@@ -213,7 +213,20 @@ json cluster_json(const ClusterView& v) {
   }
   std::size_t healthy = 0;
   for (const auto& m : v.members) healthy += m.health.ok();
+  json agents = json::array();
+  for (const auto& a : v.agents) {
+    char inc[24];
+    std::snprintf(inc, sizeof inc, "%#llx", static_cast<unsigned long long>(a.incarnation));
+    agents.push_back({{"name", a.name},
+                      {"shard", a.shard},
+                      {"host", a.host},
+                      {"incarnation", inc},
+                      {"address", a.address},
+                      {"region_bytes", a.region_bytes},
+                      {"lease", a.lease}});
+  }
   return {{"endpoints", members},
+          {"agents", v.agents_status.ok() ? agents : json{{"error", v.agents_status.message()}}},
           {"healthy", healthy},
           {"raft_leader", v.raft_leader ? json(member_hex(*v.raft_leader)) : json(nullptr)},
           {"shard_map", v.map_status.ok() ? json{{"version", v.map.version}, {"shards", v.map.shards().size()}}
@@ -272,6 +285,20 @@ std::string cluster_text(const ClusterView& v) {
                  m.raft_leader ? "leader" : (m.status ? "follower" : "-")});
   }
   out += "\n" + members.render();
+  // Agent membership in etcd: what every shard leader watches.
+  Table agents({"AGENT (ETCD MEMBER)", "SHARD", "HOST", "INCARNATION", "REGION"});
+  for (const auto& a : v.agents) {
+    char inc[24];
+    std::snprintf(inc, sizeof inc, "%#llx", static_cast<unsigned long long>(a.incarnation));
+    agents.add({a.name, std::to_string(a.shard), a.host, inc, human_bytes(a.region_bytes)});
+  }
+  if (!v.agents_status.ok()) {
+    out += "\netcd agent members: " + v.agents_status.message() + "\n";
+  } else if (v.agents.empty()) {
+    out += "\nno agent is a member in etcd (/kvpool/agents/)\n";
+  } else {
+    out += "\n" + agents.render();
+  }
   return out;
 }
 
