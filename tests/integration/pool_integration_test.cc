@@ -471,10 +471,11 @@ TEST_CASE("a block whose bytes change after its commit is detected by get and ne
 TEST_CASE("blocks put over tcp piece by piece read back whole, and a change inside a middle piece is caught",
           "[integration]") {
   // Over tcp a put checksums each block in 256 KiB pieces, each just before
-  // it is sent. Blocks of 700 KiB: two whole pieces and a short one.
+  // it is sent. Blocks of 700 KiB: two whole pieces and a short one; 24 of
+  // them, more than the put hashes while its allocate is out.
   constexpr std::uint64_t kOdd = 700 << 10;
-  constexpr int kN = 5;
-  auto pool = start_standalone("32MiB");
+  constexpr int kN = 24;
+  auto pool = start_standalone("64MiB");
   REQUIRE(pool);
   auto writer = connect(pool->coordinator, "tcp");
   auto ns = writer->register_namespace(test_namespace(kOdd, "pieces"));
@@ -509,8 +510,8 @@ TEST_CASE("blocks put over tcp piece by piece read back whole, and a change insi
     CHECK(wrong(kN) == 0);
     CHECK(reader->stats().verify_failures == 0);
   }
-  // 8 bytes changed at 300 KiB into block 2 (its second piece), one-sided
-  // into the agent's region: the tcp reader gets blocks 0-1 only.
+  // 8 bytes changed at 300 KiB into block 20 (its second piece), one-sided
+  // into the agent's region: the tcp reader gets blocks 0-19 only.
   auto raw = raw_client(pool->coordinator);
   auto list_reply = raw->call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
   REQUIRE(list_reply);
@@ -529,15 +530,15 @@ TEST_CASE("blocks put over tcp piece by piece read back whole, and a change insi
   REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{*ns, false, keys}, where).ok());
   REQUIRE(where.locations.size() == kN);
   std::uint64_t garbage = 0x0123456789abcdefull;
-  transport::RmaOp scribble{&garbage, where.locations[2].payload_offset + (300 << 10), sizeof(garbage)};
+  transport::RmaOp scribble{&garbage, where.locations[20].payload_offset + (300 << 10), sizeof(garbage)};
   REQUIRE((*peer)->put(*region, std::span(&scribble, 1), Deadline::after(scaled(5s))).ok());
   auto reader = connect(pool->coordinator, "tcp");
   REQUIRE(reader->register_namespace(test_namespace(kOdd, "pieces")));
   auto got = reader->get(*ns, keys, outs);
   REQUIRE(got);
-  CHECK(got->loaded == 2);
+  CHECK(got->loaded == 20);
   CHECK(got->stopped.code() == StatusCode::kDataLoss);
-  CHECK(wrong(2) == 0);
+  CHECK(wrong(20) == 0);
   CHECK(reader->stats().verify_failures == 1);
 }
 
