@@ -4,10 +4,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -335,26 +337,27 @@ void* Peer::post_rma(bool is_put, const RemoteRegion& remote, const RmaOp& op,
 
 Status Peer::put_each(const RemoteRegion& remote, std::span<const RmaOp> ops,
                       const std::function<bool(std::size_t)>& ready, Deadline deadline,
-                      const BatchOptions& options) {
+                      const BatchOptions& options, std::size_t window) {
   const char* what = "batch put";
   if (Status h = health(); !h.ok()) return h;
   if (Status v = check_ops(what, remote, ops); !v.ok()) return v;
-  ucs_status_ptr_t last = nullptr;  // the op posted last, until it has left our memory
-  // Progresses the worker until `last` has left (for UCX: its request is
-  // complete locally; completion at the target is the flush's) and ready(j).
+  window = std::max<std::size_t>(window, 1);
+  std::deque<ucs_status_ptr_t> out;  // ops posted that may not have left our memory yet
+  // Progresses the worker until fewer than `window` posted ops have not
+  // left (for UCX: their requests are complete locally; completion at the
+  // target is the flush's) and ready(j).
   auto wait_for = [&](std::size_t j) -> Status {
     bool is_ready = false;
     while (true) {
-      if (last != nullptr) {
-        const ucs_status_t st = ucp_request_check_status(last);
-        if (st != UCS_INPROGRESS) {
-          ucp_request_free(last);
-          last = nullptr;
-          if (st != UCS_OK) return to_status(st, what);
-        }
+      while (!out.empty()) {
+        const ucs_status_t st = ucp_request_check_status(out.front());
+        if (st == UCS_INPROGRESS) break;
+        ucp_request_free(out.front());
+        out.pop_front();
+        if (st != UCS_OK) return to_status(st, what);
       }
       if (!is_ready) is_ready = !ready || ready(j);
-      if (is_ready && last == nullptr) return Status();
+      if (is_ready && out.size() < window) return Status();
       if (state_->dead.load(std::memory_order_acquire)) return health();
       if (deadline.expired()) {
         return Status(StatusCode::kDeadlineExceeded, std::string(what) + ": deadline passed before completion");
@@ -380,10 +383,10 @@ Status Peer::put_each(const RemoteRegion& remote, std::span<const RmaOp> ops,
       s = to_status(UCS_PTR_STATUS(req), what);
       break;
     }
-    last = req;  // nullptr: done at once
+    if (req != nullptr) out.push_back(req);  // nullptr: done at once
   }
-  // Released now, freed by UCX on completion; the flush waits for it.
-  if (last != nullptr) ucp_request_free(last);
+  // Released now, freed by UCX on completion; the flush waits for them.
+  for (ucs_status_ptr_t req : out) ucp_request_free(req);
   // Even after a failure, earlier ops may be in flight: flush them.
   Status f = flush(deadline, what, options.yield_when_idle);
   if (!s.ok()) return s;

@@ -312,6 +312,16 @@ TEST_CASE("put_each posts its ops in order, each once ready, and posts nothing a
   CHECK(kvpool::pattern_mismatches(p->region.data() + 8192, 0, payload.size(), 31) == 0);
   REQUIRE(asked.size() == 3 * kOps);
   for (std::size_t k = 0; k < asked.size(); ++k) CHECK(asked[k] == k / 3);
+  // A wider window (for real RMA) asks and posts in the same order.
+  kvpool::fill_pattern(payload.data(), 0, payload.size(), 33);
+  asked.clear();
+  std::fill(refusals.begin(), refusals.end(), 0);
+  REQUIRE(p->peer->put_each(p->remote, ops, ready, Deadline::after(scaled(std::chrono::seconds(10))),
+                            {.local = &*local}, 4)
+              .ok());
+  CHECK(kvpool::pattern_mismatches(p->region.data() + 8192, 0, payload.size(), 33) == 0);
+  REQUIRE(asked.size() == 3 * kOps);
+  for (std::size_t k = 0; k < asked.size(); ++k) CHECK(asked[k] == k / 3);
 
   // An op that never gets ready: the call ends at its deadline, and neither
   // it nor any op after it is posted (their bytes never land).
