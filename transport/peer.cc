@@ -319,8 +319,7 @@ Status Peer::check_ops(const char* what, const RemoteRegion& remote, std::span<c
   return Status();
 }
 
-void* Peer::post_rma(bool is_put, const RemoteRegion& remote, const RmaOp& op,
-                                const BatchOptions& options) {
+void* Peer::post_rma(bool is_put, const RemoteRegion& remote, const RmaOp& op, const BatchOptions& options) {
   ucp_request_param_t p{};
   const MemoryRegion* local = options.local;
   if (local != nullptr && local->valid()) {

@@ -752,8 +752,8 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       for (std::size_t i : idx) {
         const auto& loc = arep.results[i].location;
         if (loc.length != blocks[i].size()) {
-          s = Status(StatusCode::kInternal, "put: a placement of " + std::to_string(loc.length) + " bytes for a block of " +
-                                                std::to_string(blocks[i].size()));
+          s = Status(StatusCode::kInternal, "put: a placement of " + std::to_string(loc.length) +
+                                                " bytes for a block of " + std::to_string(blocks[i].size()));
           break;
         }
         for (std::size_t at = 0; at < loc.length; at += kPutPieceBytes) {
