@@ -133,6 +133,18 @@ std::uint64_t payload_checksum(std::span<const std::byte> payload) {
   return XXH3_64bits(payload.data(), payload.size());
 }
 
+static_assert(sizeof(XXH3_state_t) <= 640 && alignof(XXH3_state_t) <= 64, "PayloadHasher's state is too small");
+
+PayloadHasher::PayloadHasher() { XXH3_64bits_reset(reinterpret_cast<XXH3_state_t*>(state_)); }
+
+void PayloadHasher::update(std::span<const std::byte> piece) {
+  XXH3_64bits_update(reinterpret_cast<XXH3_state_t*>(state_), piece.data(), piece.size());
+}
+
+std::uint64_t PayloadHasher::digest() const {
+  return XXH3_64bits_digest(reinterpret_cast<const XXH3_state_t*>(state_));
+}
+
 namespace {
 
 // Pieces that fit the L1 data cache: each is hashed right after the copy

@@ -111,6 +111,22 @@ Result<SlotHeader> decode(std::span<const std::byte, kSlotHeaderBytes> in);
 // XXH3-64 (seed 0) of the payload bytes, the value stored in payload_checksum.
 std::uint64_t payload_checksum(std::span<const std::byte> payload);
 
+// payload_checksum computed piece by piece, the pieces fed in order (for a
+// payload that is hashed while parts of it move, each part while it is in
+// cache). Not copyable: the state is large (XXH3's, ~600 bytes).
+class PayloadHasher {
+ public:
+  PayloadHasher();
+  PayloadHasher(const PayloadHasher&) = delete;
+  PayloadHasher& operator=(const PayloadHasher&) = delete;
+  void update(std::span<const std::byte> piece);
+  // payload_checksum of the pieces fed so far, in order.
+  std::uint64_t digest() const;
+
+ private:
+  alignas(64) std::byte state_[640];
+};
+
 // Copies n bytes from src to dst (not overlapping) and returns
 // payload_checksum of the copy, hashing it piece by piece while each piece
 // is still in cache: one pass over memory where copy-then-hash makes two.

@@ -4,10 +4,12 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
@@ -303,38 +305,104 @@ Status Peer::flush(Deadline deadline, const char* what, bool yield_when_idle) {
   return result;
 }
 
+Status Peer::check_ops(const char* what, const RemoteRegion& remote, std::span<const RmaOp> ops) {
+  if (remote.rkey_ == nullptr) return Status(StatusCode::kInvalidArgument, std::string(what) + ": no remote region");
+  for (const RmaOp& op : ops) {
+    if (op.local == nullptr || op.length == 0 || op.remote_offset > remote.length_ ||
+        op.length > remote.length_ - op.remote_offset) {
+      return Status(StatusCode::kInvalidArgument, std::string(what) + ": op of " + std::to_string(op.length) +
+                                                      " bytes at offset " + std::to_string(op.remote_offset) +
+                                                      " does not fit the remote region of " +
+                                                      std::to_string(remote.length_) + " bytes");
+    }
+  }
+  return Status();
+}
+
+void* Peer::post_rma(bool is_put, const RemoteRegion& remote, const RmaOp& op, const BatchOptions& options) {
+  ucp_request_param_t p{};
+  const MemoryRegion* local = options.local;
+  if (local != nullptr && local->valid()) {
+    auto* lp = static_cast<std::byte*>(op.local);
+    // Only an op inside the registered region may name its handle.
+    if (lp >= local->data() && lp + op.length <= local->data() + local->size()) {
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+      p.memh = local->handle();
+    }
+  }
+  return is_put ? ucp_put_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset, remote.rkey_, &p)
+                : ucp_get_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset, remote.rkey_, &p);
+}
+
+Status Peer::put_each(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                      const std::function<bool(std::size_t)>& ready, Deadline deadline,
+                      const BatchOptions& options, std::size_t window) {
+  const char* what = "batch put";
+  if (Status h = health(); !h.ok()) return h;
+  if (Status v = check_ops(what, remote, ops); !v.ok()) return v;
+  window = std::max<std::size_t>(window, 1);
+  std::deque<ucs_status_ptr_t> out;  // ops posted that may not have left our memory yet
+  // Progresses the worker until fewer than `window` posted ops have not
+  // left (for UCX: their requests are complete locally; completion at the
+  // target is the flush's) and ready(j).
+  auto wait_for = [&](std::size_t j) -> Status {
+    bool is_ready = false;
+    while (true) {
+      while (!out.empty()) {
+        const ucs_status_t st = ucp_request_check_status(out.front());
+        if (st == UCS_INPROGRESS) break;
+        ucp_request_free(out.front());
+        out.pop_front();
+        if (st != UCS_OK) return to_status(st, what);
+      }
+      if (!is_ready) is_ready = !ready || ready(j);
+      if (is_ready && out.size() < window) return Status();
+      if (state_->dead.load(std::memory_order_acquire)) return health();
+      if (deadline.expired()) {
+        return Status(StatusCode::kDeadlineExceeded, std::string(what) + ": deadline passed before completion");
+      }
+      if (owner_->progress() == 0 && options.yield_when_idle) sched_yield();
+    }
+  };
+  Status s;
+  for (std::size_t j = 0; j < ops.size(); ++j) {
+    s = wait_for(j);
+    if (!s.ok()) break;
+    // Fencing (DESIGN.md): nothing is posted after the deadline.
+    if (deadline.expired()) {
+      s = Status(StatusCode::kDeadlineExceeded, std::string(what) + ": deadline passed before every op was posted");
+      break;
+    }
+    if (state_->dead.load(std::memory_order_acquire)) {
+      s = health();
+      break;
+    }
+    ucs_status_ptr_t req = post_rma(true, remote, ops[j], options);
+    if (UCS_PTR_IS_ERR(req)) {
+      s = to_status(UCS_PTR_STATUS(req), what);
+      break;
+    }
+    if (req != nullptr) out.push_back(req);  // nullptr: done at once
+  }
+  // Released now, freed by UCX on completion; the flush waits for them.
+  for (ucs_status_ptr_t req : out) ucp_request_free(req);
+  // Even after a failure, earlier ops may be in flight: flush them.
+  Status f = flush(deadline, what, options.yield_when_idle);
+  if (!s.ok()) return s;
+  if (!f.ok() && state_->dead.load()) return health();
+  return f;
+}
+
 Status Peer::rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, std::span<const RmaOp> then,
                  Deadline deadline, const BatchOptions& options) {
   const char* what = is_put ? "batch put" : "batch get";
   if (Status h = health(); !h.ok()) return h;
-  if (remote.rkey_ == nullptr) return Status(StatusCode::kInvalidArgument, std::string(what) + ": no remote region");
   for (auto list : {ops, then}) {
-    for (const RmaOp& op : list) {
-      if (op.local == nullptr || op.length == 0 || op.remote_offset > remote.length_ ||
-          op.length > remote.length_ - op.remote_offset) {
-        return Status(StatusCode::kInvalidArgument, std::string(what) + ": op of " + std::to_string(op.length) +
-                                                        " bytes at offset " + std::to_string(op.remote_offset) +
-                                                        " does not fit the remote region of " +
-                                                        std::to_string(remote.length_) + " bytes");
-      }
-    }
+    if (Status v = check_ops(what, remote, list); !v.ok()) return v;
   }
-  ucp_request_param_t p{};
-  if (options.local != nullptr && options.local->valid()) {
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
-    p.memh = options.local->handle();
-  }
-  const auto* lbegin = options.local != nullptr ? options.local->data() : nullptr;
-  const auto* lend = lbegin != nullptr ? lbegin + options.local->size() : nullptr;
   auto post = [&](std::span<const RmaOp> list) -> Status {
     for (const RmaOp& op : list) {
-      ucp_request_param_t opp = p;
-      auto* lp = static_cast<std::byte*>(op.local);
-      if (lbegin != nullptr && (lp < lbegin || lp + op.length > lend)) opp.op_attr_mask = 0;
-      ucs_status_ptr_t req = is_put ? ucp_put_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
-                                                  remote.rkey_, &opp)
-                                    : ucp_get_nbx(ep_, op.local, op.length, remote.base_ + op.remote_offset,
-                                                  remote.rkey_, &opp);
+      ucs_status_ptr_t req = post_rma(is_put, remote, op, options);
       if (UCS_PTR_IS_ERR(req)) return to_status(UCS_PTR_STATUS(req), what);
       // Released now, freed by UCX on completion; the flush waits for it.
       if (req != nullptr) ucp_request_free(req);

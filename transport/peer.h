@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -140,6 +141,20 @@ class Peer {
   // them), so a slot header put in `then` is never valid before its payload.
   Status put_ordered(const RemoteRegion& remote, std::span<const RmaOp> first, std::span<const RmaOp> then,
                      Deadline deadline, const BatchOptions& options = {});
+  // Puts ops[0], ops[1], ... in order; ops[j] is posted only once ops[j -
+  // window] has left this process's memory (its bytes handed to the network
+  // or copied out: with window 1, every op before it) and ready(j) has
+  // returned true. Window 1 suits software-emulated RMA (tcp), where an op
+  // leaves once UCX has copied it out; on RDMA an op leaves only when the
+  // target has it, so a wider window keeps the link busy. ready is called on this
+  // thread, again and again while it returns false, the worker progressing
+  // in between (so ops[j - 1] keeps moving while, say, another thread
+  // checksums ops[j]'s bytes, which the transport then reads from cache).
+  // No op is posted once `deadline` has passed. Returns once every op is
+  // complete at the target (a flush), as put().
+  Status put_each(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                  const std::function<bool(std::size_t)>& ready, Deadline deadline,
+                  const BatchOptions& options = {}, std::size_t window = 1);
   // Reads every op's bytes from the remote region into local memory.
   Status get(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
              const BatchOptions& options = {});
@@ -184,6 +199,9 @@ class Peer {
   Status rma(bool is_put, const RemoteRegion& remote, std::span<const RmaOp> ops, std::span<const RmaOp> then,
              Deadline deadline, const BatchOptions& options);
   Status flush(Deadline deadline, const char* what, bool yield_when_idle = false);
+  static Status check_ops(const char* what, const RemoteRegion& remote, std::span<const RmaOp> ops);
+  // Posts one put or get; the UCX request (or nullptr: done, or an error).
+  void* post_rma(bool is_put, const RemoteRegion& remote, const RmaOp& op, const BatchOptions& options);
   void forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts);
 
   Transport* owner_;

@@ -157,6 +157,30 @@ TEST_CASE("copy_payload_checksum and stream_payload_checksum copy the bytes and 
   }
 }
 
+TEST_CASE("a PayloadHasher fed a payload in pieces returns its payload checksum", "[pool][slot_header]") {
+  // A put over tcp hashes each block piece by piece, each piece just before
+  // it is sent: any cut must give the one-shot checksum, and a changed byte
+  // in any piece a different one.
+  auto src = random_bytes(std::size_t{2} << 20, 7);
+  const std::span<const std::byte> all(src);
+  for (std::size_t piece : {std::size_t{1000}, std::size_t{32768}, std::size_t{256} << 10, std::size_t{700000},
+                            src.size()}) {
+    INFO("piece = " << piece);
+    kvpool::pool::PayloadHasher h;
+    for (std::size_t at = 0; at < src.size(); at += piece) h.update(all.subspan(at, std::min(piece, src.size() - at)));
+    CHECK(h.digest() == payload_checksum(all));
+    auto changed = src;
+    changed[src.size() / 2 + 1] ^= std::byte{1};
+    kvpool::pool::PayloadHasher c;
+    for (std::size_t at = 0; at < changed.size(); at += piece) {
+      c.update(std::span<const std::byte>(changed).subspan(at, std::min(piece, changed.size() - at)));
+    }
+    CHECK(c.digest() != payload_checksum(all));
+  }
+  kvpool::pool::PayloadHasher empty;
+  CHECK(empty.digest() == XXH3_64bits(nullptr, 0));
+}
+
 TEST_CASE("a payload shorter or longer than its header says fails verification", "[pool][slot_header]") {
   auto payload = random_bytes(5000, 5);
   const SlotHeader h = sample_header(payload);

@@ -285,3 +285,64 @@ TEST_CASE("an ordered put lands both lists and an owner read fills two local reg
   CHECK(p->peer->read_by_owner(p->remote, std::span(&bad, 1), locals, Deadline::after(std::chrono::seconds(5)))
             .code() == StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("put_each posts its ops in order, each once ready, and posts nothing after its deadline", "[transport]") {
+  auto p = make_pair("tcp", ErrorMode::kPeer, true);
+  constexpr std::size_t kPiece = 256 << 10, kOps = 8;
+  std::vector<std::byte> payload(kPiece * kOps - 1000);  // the last op is shorter
+  kvpool::fill_pattern(payload.data(), 0, payload.size(), 31);
+  std::vector<RmaOp> ops;
+  for (std::size_t at = 0; at < payload.size(); at += kPiece) {
+    ops.push_back({payload.data() + at, 8192 + at, std::min(kPiece, payload.size() - at)});
+  }
+  REQUIRE(ops.size() == kOps);
+  auto local = p->client->register_memory(payload.data(), payload.size());
+  REQUIRE(local);
+  // ready(j) says "not yet" twice per op (the worker progresses meanwhile),
+  // and is never asked about op j + 1 before op j is posted.
+  std::vector<std::size_t> asked;
+  std::vector<int> refusals(kOps, 0);
+  auto ready = [&](std::size_t j) {
+    asked.push_back(j);
+    return ++refusals[j] > 2;
+  };
+  REQUIRE(p->peer->put_each(p->remote, ops, ready, Deadline::after(scaled(std::chrono::seconds(10))),
+                            {.local = &*local, .yield_when_idle = true})
+              .ok());
+  CHECK(kvpool::pattern_mismatches(p->region.data() + 8192, 0, payload.size(), 31) == 0);
+  REQUIRE(asked.size() == 3 * kOps);
+  for (std::size_t k = 0; k < asked.size(); ++k) CHECK(asked[k] == k / 3);
+  // A wider window (for real RMA) asks and posts in the same order.
+  kvpool::fill_pattern(payload.data(), 0, payload.size(), 33);
+  asked.clear();
+  std::fill(refusals.begin(), refusals.end(), 0);
+  REQUIRE(p->peer->put_each(p->remote, ops, ready, Deadline::after(scaled(std::chrono::seconds(10))),
+                            {.local = &*local}, 4)
+              .ok());
+  CHECK(kvpool::pattern_mismatches(p->region.data() + 8192, 0, payload.size(), 33) == 0);
+  REQUIRE(asked.size() == 3 * kOps);
+  for (std::size_t k = 0; k < asked.size(); ++k) CHECK(asked[k] == k / 3);
+
+  // An op that never gets ready: the call ends at its deadline, and neither
+  // it nor any op after it is posted (their bytes never land).
+  std::memset(p->region.data(), 0, p->region.size());
+  kvpool::fill_pattern(payload.data(), 0, payload.size(), 32);
+  auto t0 = Clock::now();
+  auto st = p->peer->put_each(
+      p->remote, ops, [](std::size_t j) { return j < 3; }, Deadline::after(std::chrono::milliseconds(300)),
+      {.local = &*local});
+  CHECK(st.code() == StatusCode::kDeadlineExceeded);
+  CHECK(Clock::now() - t0 < scaled(std::chrono::seconds(3)));
+  // A later put's flush completes the ops that were posted (0-2).
+  std::uint64_t word = 7;
+  RmaOp tail{&word, 0, sizeof(word)};
+  REQUIRE(p->peer->put(p->remote, std::span(&tail, 1), Deadline::after(scaled(std::chrono::seconds(10)))).ok());
+  CHECK(kvpool::pattern_mismatches(p->region.data() + 8192, 0, 3 * kPiece, 32) == 0);
+  std::vector<std::byte> zeros(payload.size() - 3 * kPiece);
+  CHECK(std::memcmp(p->region.data() + 8192 + 3 * kPiece, zeros.data(), zeros.size()) == 0);
+
+  // An op outside the remote region is refused before anything moves.
+  RmaOp outside{payload.data(), p->region.size() - 100, 4096};
+  CHECK(p->peer->put_each(p->remote, std::span(&outside, 1), {}, Deadline::after(std::chrono::seconds(5)))
+            .code() == StatusCode::kInvalidArgument);
+}
