@@ -61,7 +61,11 @@ namespace kvpool::rpc {
 inline constexpr std::uint32_t kFrameMagic = 0x4350564B;
 // 2: the authentication handshake (the challenge frame, the hello reply's
 // auth field).
-inline constexpr std::uint16_t kProtocolVersion = 2;
+// 3: isolated tenant regions (agent records and the registration reply),
+// the owner-read rkey, leader epochs on placements, commits, releases and
+// pushes. A build of version 2 is refused at the first frame, naming both
+// versions, instead of failing later on a field it does not know.
+inline constexpr std::uint16_t kProtocolVersion = 3;
 inline constexpr std::size_t kHeaderSize = 24;
 // The largest payload a frame may carry unless configured otherwise.
 inline constexpr std::size_t kDefaultMaxFrame = std::size_t{16} << 20;
