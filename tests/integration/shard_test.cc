@@ -520,87 +520,9 @@ TEST_CASE("a third shard added under load: every committed block stays readable 
   shards.push_back(start_shard(E, 2));
 
   constexpr std::uint64_t kTotal = 640;
-  constexpr int kBatch = 16;
-  std::mutex mu;
-  std::vector<std::uint64_t> committed;  // ids whose put returned written or exists
-  std::atomic<bool> stop{false};
-  std::atomic<std::uint64_t> next{0};
-  std::atomic<std::uint64_t> limit{192};  // the writer writes blocks [0, limit)
-  std::atomic<std::uint64_t> put_failures{0}, reads{0}, misses{0}, wrong{0};
-  auto writer = connect("etcd://" + E);
-  auto reader = connect("etcd://" + E);
-  auto wns = writer->register_namespace(test_namespace(kBlock, "grow"));
-  auto rns = reader->register_namespace(test_namespace(kBlock, "grow"));
-  REQUIRE(wns);
-  REQUIRE(rns);
-
-  std::thread w([&] {
-    std::vector<std::byte> data(kBatch * kBlock);
-    while (!stop.load() && next.load() < kTotal) {
-      const std::uint64_t first = next.load();
-      if (first >= limit.load()) {
-        std::this_thread::sleep_for(5ms);
-        continue;
-      }
-      std::vector<Key128> keys;
-      std::vector<std::span<const std::byte>> spans;
-      for (int j = 0; j < kBatch; ++j) {
-        keys.push_back(key_of(first + j));
-        fill_pattern(data.data() + j * kBlock, 0, kBlock, keys.back().lo);
-        spans.emplace_back(data.data() + j * kBlock, kBlock);
-      }
-      auto r = writer->put(*wns, keys, spans);
-      bool all = r.has_value();
-      {
-        std::lock_guard lock(mu);
-        for (int j = 0; r && j < kBatch; ++j) {
-          if (r->outcomes[j] == PutOutcome::kWritten || r->outcomes[j] == PutOutcome::kExists) {
-            committed.push_back(first + j);
-          } else {
-            all = false;
-          }
-        }
-      }
-      if (all) {
-        next = first + kBatch;
-      } else {
-        ++put_failures;  // tried again (the keys written already come back as exists)
-        std::this_thread::sleep_for(20ms);
-      }
-      std::this_thread::sleep_for(5ms);
-    }
-  });
-  std::thread rd([&] {
-    std::mt19937_64 rng(7);
-    std::vector<std::byte> out(kBlock);
-    while (!stop.load()) {
-      std::uint64_t id = 0;
-      {
-        std::lock_guard lock(mu);
-        if (committed.empty()) {
-          id = UINT64_MAX;
-        } else {
-          id = committed[rng() % committed.size()];
-        }
-      }
-      if (id == UINT64_MAX) {
-        std::this_thread::sleep_for(5ms);
-        continue;
-      }
-      const Key128 k = key_of(id);
-      std::span<std::byte> dst(out);
-      std::fill(out.begin(), out.end(), std::byte{0});
-      auto g = reader->get(*rns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
-      ++reads;
-      if (!g || g->loaded != 1) {
-        ++misses;
-        continue;
-      }
-      if (pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0) ++wrong;
-    }
-  });
-
-  REQUIRE(eventually([&] { return next.load() >= 192; }, scaled(30s)));
+  Load load;
+  load.start(E, kTotal, 192);  // the writer writes blocks [0, limit)
+  REQUIRE(eventually([&] { return load.next.load() >= 192; }, scaled(30s)));
   // The operator adds shard 2: the upper half of the largest range moves to
   // it (version 2, moving), then shard 0 (its old owner) copies the blocks
   // over and publishes version 3 with the range no longer moving.
@@ -613,8 +535,8 @@ TEST_CASE("a third shard added under load: every committed block stays readable 
   REQUIRE(moved.from.has_value());
   pool->put_map(etcd::encode_shard_map(*grown));
   const auto t0 = Clock::now();
-  const std::uint64_t written_before = next.load();
-  limit = 448;  // written while the range moves
+  const std::uint64_t written_before = load.next.load();
+  load.limit = 448;  // written while the range moves
   std::optional<etcd::ShardMap> final_map;
   REQUIRE(eventually([&] {
     auto m = etcd::read_shard_map(*ec);
@@ -623,57 +545,32 @@ TEST_CASE("a third shard added under load: every committed block stays readable 
     return true;
   }, scaled(60s)));
   const double move_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  const std::uint64_t written_during = next.load() - written_before;
+  const std::uint64_t written_during = load.next.load() - written_before;
   CHECK(written_during > 0);
-  limit = kTotal;  // and after
+  load.limit = kTotal;  // and after
   for (const auto& r : final_map->ranges) CHECK_FALSE(r.from.has_value());
-  REQUIRE(eventually([&] { return next.load() >= kTotal; }, scaled(60s)));
-  stop = true;
-  w.join();
-  rd.join();
-  std::printf("shard added under load: move done in %.1f s, %llu blocks written meanwhile; %llu reads of committed "
-              "blocks throughout, %llu missed, %llu wrong; %llu put batches retried\n",
-              move_s, static_cast<unsigned long long>(written_during), static_cast<unsigned long long>(reads.load()), static_cast<unsigned long long>(misses.load()),
-              static_cast<unsigned long long>(wrong.load()), static_cast<unsigned long long>(put_failures.load()));
+  REQUIRE(eventually([&] { return load.next.load() >= kTotal; }, scaled(60s)));
+  load.finish();
+  std::printf("shard added under load: move done in %.1f s, %llu blocks written meanwhile; %s\n", move_s,
+              static_cast<unsigned long long>(written_during), load.summary().c_str());
   std::fflush(stdout);
-  CHECK(reads.load() > 50);
-  CHECK(misses.load() == 0);
-  CHECK(wrong.load() == 0);
+  CHECK(load.reads.load() > 50);
+  CHECK(load.misses.load() == 0);
+  CHECK(load.errors.load() == 0);
+  CHECK(load.wrong.load() == 0);
 
   // Every committed block reads back, through a client that knows only the
-  // final map, and lies in exactly one shard: the one the map names.
-  auto fresh = connect("etcd://" + E);
-  auto fns = fresh->register_namespace(test_namespace(kBlock, "grow"));
-  REQUIRE(fns);
-  std::set<std::uint64_t> ids(committed.begin(), committed.end());
-  std::uint64_t missing = 0, bad = 0, in_moved = 0;
-  std::vector<std::byte> out(kBlock);
-  std::size_t per_shard[3] = {0, 0, 0};
-  for (std::uint64_t id : ids) {
-    const Key128 k = key_of(id);
-    ++per_shard[final_map->shard_of(k)];
-    const std::uint32_t p = etcd::key_point(k);
-    if (p >= moved.start && p < moved.end) ++in_moved;
-    std::span<std::byte> dst(out);
-    auto g = fresh->get(*fns, std::span<const Key128>(&k, 1), std::span<const std::span<std::byte>>(&dst, 1));
-    REQUIRE(g);
-    if (g->loaded != 1) {
-      ++missing;
-      continue;
-    }
-    bad += pattern_mismatches(out.data(), 0, kBlock, k.lo) != 0;
-  }
+  // final map, and lies in exactly one shard: the one the map names, and
+  // some of them in the range that moved.
+  std::set<std::uint64_t> ids(load.committed.begin(), load.committed.end());
   CHECK(ids.size() == kTotal);
-  CHECK(missing == 0);
-  CHECK(bad == 0);
-  CHECK(in_moved > 0);
-  for (std::uint32_t sh = 0; sh < 3; ++sh) {
-    auto raw = raw_client(shards[sh].address, rpc::Role::kTool);
-    REQUIRE(raw);
-    INFO("shard " << sh);
-    CHECK(stats(*raw).blocks == per_shard[sh]);
+  std::uint64_t in_moved = 0;
+  for (std::uint64_t id : ids) {
+    const std::uint32_t p = etcd::key_point(key_of(id));
+    if (p >= moved.start && p < moved.end) ++in_moved;
   }
-  CHECK(per_shard[2] == in_moved);
+  CHECK(in_moved > 0);
+  check_all_readable(E, ids, *final_map, {shards[0].address, shards[1].address, shards[2].address});
 }
 
 TEST_CASE("one shard to two under load: a worker connected under one shard follows the map, no block missed",
