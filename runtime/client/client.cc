@@ -958,9 +958,11 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       });
     };
     auto fail_at = [&](std::size_t first_index, const Status& s) {
-      if (c.owner_reads) {
-        // The agent may still put into the header scratch (a cut link that
-        // returns): keep it as long as the transport.
+      {
+        // Bytes may still arrive after a failure: an owner read's agent may
+        // put into the header scratch when a cut link returns, and a UCX get
+        // whose flush ran out (a frozen agent) completes on a later progress.
+        // Keep the scratch as long as the transport.
         std::lock_guard lock(mu);
         if (parked_scratch.empty() || parked_scratch.back() != headers_owner) parked_scratch.push_back(headers_owner);
       }
@@ -998,11 +1000,31 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       }
       for (const auto& op : coalesce(std::move(header_ops))) ops.push_back(op);
       if (!c.owner_reads) {
-        Status s = c.peer->get(c.region, ops, deadline(),
-                               {.local = registered(bufs[idx.front()].data(), *bb), .yield_when_idle = true});
+        // UCX emulates get over TCP by asking the agent, which answers when
+        // it runs: a get that ran out on a frozen agent is answered later,
+        // into this buffer, and closing our endpoint does not stop it (the
+        // reply comes over the agent's). So the payloads land in a bounce
+        // buffer kept as long as the transport on failure, never in the
+        // caller's memory after we returned. Real RDMA reads write directly.
+        std::shared_ptr<std::vector<std::byte>> bounce;
+        if (c.peer->rma_transports().find("emulated") != std::string::npos) {
+          bounce = std::make_shared<std::vector<std::byte>>(idx.size() * *bb);
+          for (std::size_t j = 0; j < idx.size(); ++j) ops[j].local = bounce->data() + j * *bb;
+        }
+        const transport::MemoryRegion* local = bounce ? nullptr : registered(bufs[idx.front()].data(), *bb);
+        Status s = c.peer->get(c.region, ops, deadline(), {.local = local, .yield_when_idle = true});
         if (!s.ok()) {
+          if (bounce) {
+            std::lock_guard lock(mu);
+            parked_scratch.push_back(std::move(bounce));
+          }
           fail_at(idx.front(), s);
           break;
+        }
+        if (bounce) {
+          for (std::size_t j = 0; j < idx.size(); ++j) {
+            std::memcpy(bufs[idx[j]].data(), bounce->data() + j * *bb, lrep.locations[idx[j]].length);
+          }
         }
         verify_later(std::move(idx));
         continue;

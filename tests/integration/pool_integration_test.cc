@@ -379,6 +379,107 @@ TEST_CASE("a killed agent's blocks leave lookups within the heartbeat timeout an
   }
 }
 
+TEST_CASE("a get that runs out on a frozen agent writes nothing into the caller's memory after it returned",
+          "[integration][tcp]") {
+  // Over TCP after a reconnection (the agent was reported down and came
+  // back) reads go through UCX get, which TCP emulates: the agent answers
+  // each get when its progress thread runs. A get whose deadline passes on
+  // a frozen agent must not leave gets queued that write into the caller's
+  // buffers (and the client's header scratch) once the agent thaws.
+  const auto agent_timeout = scaled(2000ms);
+  auto pool = start_standalone("32MiB", {"--agent-timeout", std::to_string(agent_timeout.count()) + "ms",
+                                         "--heartbeat-interval", "200ms", "--placement", "spread"});
+  REQUIRE(pool);
+  auto second = start_agent(pool->coordinator, "48MiB");  // told apart by its size
+  REQUIRE(second);
+  auto watcher = raw_client(pool->coordinator, rpc::Role::kTool);
+  REQUIRE(watcher);
+  REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 2; }, scaled(10s)));
+  ClientOptions o;
+  o.coordinator = pool->coordinator;
+  o.tls = "tcp";
+  o.timeout = scaled(700ms);
+  auto c = Client::connect(o);
+  REQUIRE(c);
+  auto ns = (*c)->register_namespace(test_namespace(kBlock, "late-get"));
+  REQUIRE(ns);
+  Blocks b(*ns, 16);
+  REQUIRE((*c)->put(*ns, b.keys, b.spans)->written == 16);
+
+  // The keys on the second agent.
+  auto list_reply = watcher->call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
+  REQUIRE(list_reply);
+  rpc::ListAgentsReply list;
+  REQUIRE(rpc::decode(*list_reply, list).ok());
+  std::uint32_t second_id = 0;
+  for (const auto& a : list.agents) {
+    if (a.region_bytes == (48ull << 20)) second_id = a.agent;
+  }
+  REQUIRE(second_id != 0);
+  auto locate = [&] {
+    rpc::LookupReply where;
+    REQUIRE(raw_call(*watcher, rpc::kLookup, rpc::LookupRequest{*ns, false, b.keys}, where).ok());
+    return where;
+  };
+  std::vector<std::size_t> on_second;
+  const auto where = locate();
+  REQUIRE(where.locations.size() == 16);
+  for (std::size_t i = 0; i < 16; ++i) {
+    if (where.locations[i].agent == second_id) on_second.push_back(i);
+  }
+  REQUIRE(on_second.size() >= 2);
+
+  // Reported down and back: this client now reads it with UCX get.
+  REQUIRE(freeze(second->pid()));
+  CHECK(eventually([&] { return stats(*watcher).agents_alive == 1; }, agent_timeout * 3));
+  second->kill(SIGCONT);
+  REQUIRE(eventually([&] { return stats(*watcher).agents_alive == 2 && locate().locations.size() == 16; },
+                     scaled(10s)));
+  std::vector<Key128> keys;
+  std::vector<std::span<std::byte>> outs;
+  for (std::size_t i : on_second) {
+    keys.push_back(b.keys[i]);
+    outs.push_back(b.out_spans[i]);
+  }
+  auto ok = (*c)->get(*ns, keys, outs);
+  REQUIRE(ok);
+  REQUIRE(ok->loaded == keys.size());
+
+  // Frozen for less than the agent timeout: the get runs out, the agent
+  // stays a member.
+  REQUIRE(freeze(second->pid()));
+  auto failed = (*c)->get(*ns, keys, outs);
+  const bool ran_out = !failed || failed->loaded < keys.size();
+  CHECK(ran_out);
+  for (auto& o2 : outs) std::memset(o2.data(), 0x5a, o2.size());
+  second->kill(SIGCONT);
+  // Progress on the client's worker: reads of the other agent's keys.
+  const auto settle = Clock::now() + scaled(1000ms);
+  while (Clock::now() < settle) {
+    std::vector<Key128> others;
+    std::vector<std::span<std::byte>> spare;
+    std::vector<std::byte> scratch(kBlock);
+    for (std::size_t i = 0; i < 16 && others.empty(); ++i) {
+      if (where.locations[i].agent != second_id) {
+        others.push_back(b.keys[i]);
+        spare.emplace_back(scratch.data(), kBlock);
+      }
+    }
+    (void)(*c)->get(*ns, others, spare);
+    std::this_thread::sleep_for(20ms);
+  }
+  std::size_t touched = 0;
+  for (auto& o2 : outs) {
+    for (std::byte x : o2) touched += x != std::byte{0x5a};
+  }
+  CHECK(touched == 0);
+  // And the agent reads again.
+  CHECK(eventually([&] {
+    auto again = (*c)->get(*ns, keys, outs);
+    return again && again->loaded == keys.size();
+  }, scaled(10s)));
+}
+
 TEST_CASE("malformed frames get the connection closed while another client keeps working", "[integration]") {
   auto pool = start_standalone("16MiB");
   REQUIRE(pool);

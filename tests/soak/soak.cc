@@ -241,6 +241,15 @@ int main(int argc, char** argv) {
     threads.emplace_back([&, w] { worker(w, address, stop, totals, seed + 1 + w); });
   }
 
+  // A fault the soak cannot recover from ends the run with a message, the
+  // workers stopped first (returning past joinable threads would abort).
+  auto give_up = [&](const std::string& why) {
+    stop = true;
+    for (auto& t : threads) t.join();
+    std::fprintf(stderr, "kvpool-soak: %s; giving up\n", why.c_str());
+    return 2;
+  };
+
   // Chaos: one fault every 2-5 s.
   std::mt19937 rng(seed);
   std::map<std::string, int> faults;
@@ -258,15 +267,14 @@ int main(int argc, char** argv) {
       cl.agents[i]->kill(SIGKILL);
       (void)cl.agents[i]->wait(Deadline::after(5s));
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 1500));
-      if (!cl.start_agent(i)) return 2;
+      if (!cl.start_agent(i)) return give_up("agent " + std::to_string(i) + " did not restart");
       ++faults["agent killed and restarted"];
     } else if (what == 1) {  // the coordinator killed and started again on its port
       cl.coordinator->kill(SIGKILL);
       (void)cl.coordinator->wait(Deadline::after(5s));
       std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 1000));
       if (!cl.start_coordinator()) {
-        std::fprintf(stderr, "kvpool-soak: the coordinator did not restart on port %u\n", cl.port);
-        return 2;
+        return give_up("the coordinator did not restart on port " + std::to_string(cl.port));
       }
       ++faults["coordinator killed and restarted"];
     } else {  // an agent frozen past the heartbeat timeout, or not
