@@ -116,8 +116,10 @@ void RangeMover::run() {
 
   // Clients of this shard (read, remove) and of the new owner (put), found
   // through etcd like any worker's.
-  auto connect = [&](std::uint32_t shard, const std::string& secret_file,
-                     const std::string& as) -> std::unique_ptr<Client> {
+  // Retries (logged) until connected or stopping (null) unless `why` is
+  // given: then one attempt, its error in `why`.
+  auto connect = [&](std::uint32_t shard, const std::string& secret_file, const std::string& as,
+                     std::string* why = nullptr) -> std::unique_ptr<Client> {
     for (;;) {
       ClientOptions o;
       o.coordinator = "etcd://" + options_.etcd_endpoints + "/" + std::to_string(shard);
@@ -127,6 +129,10 @@ void RangeMover::run() {
       o.timeout = std::chrono::seconds(10);
       auto c = Client::connect(o);
       if (c) return std::move(*c);
+      if (why != nullptr) {
+        *why = "connecting to shard " + std::to_string(shard) + " as the tenant: " + c.error().to_string();
+        return nullptr;
+      }
       logger()->warn("{}: connecting to shard {}: {}; trying again", what, shard, c.error().to_string());
       if (!sleep_for(std::chrono::seconds(1))) return nullptr;
     }
@@ -147,7 +153,8 @@ void RangeMover::run() {
   std::map<std::string, std::string> unusable;  // tenant -> why, as last logged
   // The clients that may copy namespace `ns`: the cluster secret's, or for
   // a namespace in an isolated tenant's regions that tenant's (null, logged,
-  // when no credential for it can be had: the move waits).
+  // when no credential for it can be had or either shard refuses it: that
+  // namespace waits, tried again next round; the others move on).
   auto pair_for = [&](NamespaceId ns) -> ClientPair* {
     auto owner = options_.core->namespace_tenant(ns);
     const std::string t = owner ? *owner : std::string();
@@ -165,12 +172,13 @@ void RangeMover::run() {
       } else {
         ClientPair p;
         p.credential = std::move(*cred);
-        p.src = connect(options_.shard, p.credential->path(), t);
-        if (!p.src) return nullptr;  // stopping
-        p.dst = connect(r.shard, p.credential->path(), t);
-        if (!p.dst) return nullptr;
-        logger()->info("{}: copying the namespaces of isolated tenant '{}' with its credential", what, t);
-        return &(pairs[t] = std::move(p));
+        p.src = connect(options_.shard, p.credential->path(), t, &why);
+        if (p.src) p.dst = connect(r.shard, p.credential->path(), t, &why);
+        if (p.dst) {
+          logger()->info("{}: copying the namespaces of isolated tenant '{}' with its credential", what, t);
+          unusable.erase(t);
+          return &(pairs[t] = std::move(p));
+        }
       }
     }
     if (unusable[t] != why) {
