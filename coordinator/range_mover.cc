@@ -151,6 +151,7 @@ void RangeMover::run() {
     if (!cluster.dst) return;
   }
   std::map<std::string, std::string> unusable;  // tenant -> why, as last logged
+  std::map<std::string, std::unique_ptr<CredentialFile>> credentials;  // written, its clients not connected yet
   // The clients that may copy namespace `ns`: the cluster secret's, or for
   // a namespace in an isolated tenant's regions that tenant's (null, logged,
   // when no credential for it can be had or either shard refuses it: that
@@ -166,12 +167,16 @@ void RangeMover::run() {
             std::string(options_.tenants ? "does not name tenant '" + t + "'" : "is not given") +
             ", so its blocks cannot be read here (the cluster secret is refused on an isolated tenant's namespaces)";
     } else {
-      auto cred = CredentialFile::write(*tenant);
-      if (!cred) {
-        why = cred.error().to_string();
-      } else {
+      auto& pending = credentials[t];  // kept across rounds until its clients connect
+      if (!pending) {
+        auto cred = CredentialFile::write(*tenant);
+        if (cred) pending = std::move(*cred);
+        else why = cred.error().to_string();
+      }
+      if (pending) {
         ClientPair p;
-        p.credential = std::move(*cred);
+        p.credential = std::move(pending);
+        credentials.erase(t);
         p.src = connect(options_.shard, p.credential->path(), t, &why);
         if (p.src) p.dst = connect(r.shard, p.credential->path(), t, &why);
         if (p.dst) {
@@ -179,6 +184,8 @@ void RangeMover::run() {
           unusable.erase(t);
           return &(pairs[t] = std::move(p));
         }
+        p.src.reset();
+        credentials[t] = std::move(p.credential);
       }
     }
     if (unusable[t] != why) {

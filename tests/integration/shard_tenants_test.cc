@@ -7,12 +7,14 @@
 
 #include <catch2/catch.hpp>
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "runtime/common/pattern.h"
 #include "runtime/common/secret.h"
@@ -238,4 +240,103 @@ TEST_CASE("adding a shard moves an isolated tenant's blocks into its isolated re
   INFO(s.to_string());
   CHECK(s.code() == StatusCode::kPermissionDenied);
   CHECK(read_right(*shared, tns, 1, kTenantBlocks) == 0);
+}
+
+TEST_CASE("a new shard without the isolated tenant: the shared blocks move, the tenant's wait until its "
+          "coordinator has the tenants file",
+          "[integration][shard][tenants][isolated]") {
+  const std::string cluster = use_test_secret();
+  const std::string own = make_secret_file();
+  const std::string dir = own.substr(0, own.rfind('/'));
+  const std::string acme = dir + "/acme";
+  const std::string tenants = dir + "/tenants";
+  REQUIRE(create_tenant_secret_file(acme, "acme").ok());
+  {
+    std::ofstream f(tenants);
+    f << "tenant acme " << load_secret(acme).value().key() << " namespaces=acme/* isolated=8MiB\n";
+  }
+  REQUIRE(::chmod(tenants.c_str(), 0600) == 0);
+
+  auto pool = start_sharded_etcd(R"({"version": 1, "shards": 1})");
+  if (!pool) return;
+  const std::string E = pool->endpoints;
+  Shard s0 = start_shard(E, 0, "64MiB", {}, {"--tenants", tenants});
+  Shard s1 = start_shard(E, 1, "64MiB");  // no --tenants: it knows no tenant
+  auto admin0 = raw_with(s0.address, cluster, rpc::Role::kTool);
+  REQUIRE(admin0);
+  REQUIRE(eventually([&] { return live_regions(*admin0, "acme").size() == 1; }, scaled(15s)));
+
+  constexpr std::size_t kTenantBlocks = 32, kSharedBlocks = 32;
+  auto tenant = connect_with("etcd://" + E, acme);
+  auto shared = connect_with("etcd://" + E, cluster);
+  const NamespaceId tns = tenant->register_namespace(test_namespace(kBlock, "acme/model")).value();
+  const NamespaceId sns = shared->register_namespace(test_namespace(kBlock, "shared/model")).value();
+  put_blocks(*tenant, tns, 1, kTenantBlocks);
+  put_blocks(*shared, sns, 2, kSharedBlocks);
+
+  auto map = etcd::read_shard_map(*pool->client);
+  REQUIRE(map);
+  auto grown = etcd::add_shard(*map, 1);
+  REQUIRE(grown);
+  std::size_t tenant_moved = 0, shared_moved = 0;
+  for (std::size_t i = 0; i < kTenantBlocks; ++i) tenant_moved += grown->shard_of(key_of(1, i)) == 1;
+  for (std::size_t i = 0; i < kSharedBlocks; ++i) shared_moved += grown->shard_of(key_of(2, i)) == 1;
+  REQUIRE(tenant_moved > 0);
+  REQUIRE(shared_moved > 0);
+  pool->put_map(etcd::encode_shard_map(*grown));
+
+  // The shared blocks of the range move; the tenant's cannot (shard 1
+  // refuses the tenant's credential), so they stay at shard 0 and the range
+  // keeps moving.
+  auto admin1 = raw_with(s1.address, cluster, rpc::Role::kTool);
+  REQUIRE(admin1);
+  REQUIRE(eventually([&] { return stats(*admin1).blocks == shared_moved; }, scaled(30s)));
+  std::this_thread::sleep_for(scaled(3s));  // a few more rounds of the mover
+  auto held = etcd::read_shard_map(*pool->client);
+  REQUIRE(held);
+  CHECK(held->version == grown->version);
+  CHECK(stats(*admin0).blocks == kTenantBlocks + kSharedBlocks - shared_moved);
+  CHECK(stats(*admin1).blocks == shared_moved);
+
+  // Shard 1's coordinator restarted with the tenants file: its agent rejoins
+  // and lends acme a region; the mover, trying each round, moves the
+  // tenant's blocks there and ends the move.
+  admin1.reset();
+  s1.coordinator->kill(SIGTERM);
+  REQUIRE(s1.coordinator->wait(Deadline::after(scaled(15s))));
+  const std::string port_file = temp_path("shard1-port");
+  auto c = Subprocess::spawn(shard_coordinator_argv(E, 1, port_file, {"--tenants", tenants}));
+  REQUIRE(c);
+  s1.coordinator = std::make_unique<Subprocess>(std::move(*c));
+  const std::uint16_t port = read_port_file(port_file, Deadline::after(scaled(30s)));
+  REQUIRE(port != 0);
+  s1.address = "127.0.0.1:" + std::to_string(port);
+  admin1 = raw_with(s1.address, cluster, rpc::Role::kTool);
+  REQUIRE(admin1);
+  const bool ended = eventually([&] {
+    auto m = etcd::read_shard_map(*pool->client);
+    return m && m->version == grown->version + 1;
+  }, scaled(60s));
+  INFO("the move did not end within 60 s of shard 1 getting the tenants file");
+  REQUIRE(ended);
+  auto fresh = connect_with("etcd://" + E, acme);
+  REQUIRE(fresh->register_namespace(test_namespace(kBlock, "acme/model")).value() == tns);
+  CHECK(read_right(*fresh, tns, 1, kTenantBlocks) == kTenantBlocks);
+  CHECK(read_right(*shared, sns, 2, kSharedBlocks) == kSharedBlocks);
+  const auto regions = live_regions(*admin1, "acme");
+  REQUIRE(regions.size() == 1);
+  auto raw_tenant1 = raw_with(s1.address, acme);
+  REQUIRE(raw_tenant1);
+  std::vector<Key128> moved_keys;
+  for (std::size_t i = 0; i < kTenantBlocks; ++i) {
+    if (grown->shard_of(key_of(1, i)) == 1) moved_keys.push_back(key_of(1, i));
+  }
+  rpc::LookupReply locs;
+  REQUIRE(raw_call(*raw_tenant1, rpc::kLookup, rpc::LookupRequest{tns, false, moved_keys}, locs).ok());
+  CHECK(locs.locations.size() == tenant_moved);
+  for (const auto& l : locs.locations) {
+    CHECK(l.agent == regions[0].agent);
+    CHECK(l.payload_offset + l.length <= regions[0].region_bytes);
+  }
+  CHECK(stats(*admin0).blocks == kTenantBlocks - tenant_moved + kSharedBlocks - shared_moved);
 }
