@@ -356,6 +356,16 @@ int main(int argc, char** argv) {
     moves.base.etcd_endpoints = etcd_endpoints;
     moves.base.shard = shard;
     moves.base.secret_file = flags.secret_file;
+    // Isolated tenants' blocks are copied with their own credential
+    // (range_mover.h); the server read this file at start already.
+    if (!options->tenants_file.empty()) {
+      auto table = TenantTable::load(options->tenants_file);
+      if (!table) {
+        std::fprintf(stderr, "kvpool-coordinator: %s\n", table.error().to_string().c_str());
+        return quit(1);
+      }
+      moves.base.tenants = std::make_shared<const TenantTable>(std::move(*table));
+    }
     moves.base.core = core;
     moves.base.settle = std::chrono::duration_cast<std::chrono::milliseconds>(options->core.write_lease_ttl) +
                         std::chrono::milliseconds(500);

@@ -1,11 +1,19 @@
 #include "coordinator/range_mover.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <unordered_map>
 
 #include "kvpool/client.h"
 #include "runtime/common/logging.h"
+#include "runtime/common/secret.h"
 #include "runtime/etcd/etcd_client.h"
 #include "runtime/etcd/membership.h"
 
@@ -20,6 +28,61 @@ std::shared_ptr<spdlog::logger> logger() {
 
 constexpr std::uint32_t kListLimit = 1024;
 constexpr std::size_t kCopyBatch = 64;
+
+// A tenant credential (`kvpool-tenant NAME KEY`, runtime/common/secret.h)
+// in a private file: a new mkdtemp directory (mode 0700) under the temporary
+// directory holding one file of mode 0600, both removed when this goes.
+class CredentialFile {
+ public:
+  static Result<std::unique_ptr<CredentialFile>> write(const Tenant& tenant) {
+    std::error_code ec;
+    auto base = std::filesystem::temp_directory_path(ec);
+    if (ec) base = "/tmp";
+    std::string tmpl = (base / "kvpool-mover-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      return tl::unexpected(Status(StatusCode::kInternal, "creating a private directory like " + tmpl +
+                                                              " for tenant '" + tenant.name +
+                                                              "''s credential: " + std::strerror(errno)));
+    }
+    auto f = std::unique_ptr<CredentialFile>(new CredentialFile(tmpl, tmpl + "/credential"));
+    const int fd = ::open(f->path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      return tl::unexpected(Status(StatusCode::kInternal, "creating " + f->path_ + ": " + std::strerror(errno)));
+    }
+    std::string line = std::string(kTenantCredentialTag) + " " + tenant.name + " " + tenant.key + "\n";
+    std::size_t at = 0;
+    while (at < line.size()) {
+      const ssize_t n = ::write(fd, line.data() + at, line.size() - at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      at += static_cast<std::size_t>(n);
+    }
+    std::fill(line.begin(), line.end(), '\0');
+    const bool ok = at == line.size() && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok) return tl::unexpected(Status(StatusCode::kInternal, "writing " + f->path_ + ": " + std::strerror(errno)));
+    return f;
+  }
+  ~CredentialFile() {
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  CredentialFile(const CredentialFile&) = delete;
+  CredentialFile& operator=(const CredentialFile&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  CredentialFile(std::string dir, std::string path) : dir_(std::move(dir)), path_(std::move(path)) {}
+  std::string dir_, path_;
+};
+
+// The clients one credential copies with: `src` of this shard (read,
+// remove), `dst` of the new owner (put). `credential` outlives them.
+struct ClientPair {
+  std::unique_ptr<CredentialFile> credential;  // null: the cluster secret
+  std::unique_ptr<Client> src, dst;
+  std::unordered_map<NamespaceId, bool> registered;  // on both sides
+};
 
 }  // namespace
 
@@ -53,15 +116,23 @@ void RangeMover::run() {
 
   // Clients of this shard (read, remove) and of the new owner (put), found
   // through etcd like any worker's.
-  auto connect = [&](std::uint32_t shard) -> std::unique_ptr<Client> {
+  // Retries (logged) until connected or stopping (null) unless `why` is
+  // given: then one attempt, its error in `why`.
+  auto connect = [&](std::uint32_t shard, const std::string& secret_file, const std::string& as,
+                     std::string* why = nullptr) -> std::unique_ptr<Client> {
     for (;;) {
       ClientOptions o;
       o.coordinator = "etcd://" + options_.etcd_endpoints + "/" + std::to_string(shard);
-      o.client_id = "range-mover-" + std::to_string(options_.shard) + "-" + std::to_string(shard);
-      o.secret_file = options_.secret_file;
+      o.client_id = "range-mover-" + std::to_string(options_.shard) + "-" + std::to_string(shard) +
+                    (as.empty() ? std::string() : "-" + as);
+      o.secret_file = secret_file;
       o.timeout = std::chrono::seconds(10);
       auto c = Client::connect(o);
       if (c) return std::move(*c);
+      if (why != nullptr) {
+        *why = "connecting to shard " + std::to_string(shard) + " as the tenant: " + c.error().to_string();
+        return nullptr;
+      }
       logger()->warn("{}: connecting to shard {}: {}; trying again", what, shard, c.error().to_string());
       if (!sleep_for(std::chrono::seconds(1))) return nullptr;
     }
@@ -70,12 +141,60 @@ void RangeMover::run() {
   if (!eps) return;
   auto ec = etcd::Client::create({*eps, std::chrono::milliseconds(3000)});
   if (!ec) return;
-  auto src = connect(options_.shard);
-  if (!src) return;
-  auto dst = connect(r.shard);
-  if (!dst) return;
+  // By credential: "" the cluster secret, else an isolated tenant's name.
+  std::map<std::string, ClientPair> pairs;
+  {
+    ClientPair& cluster = pairs[""];
+    cluster.src = connect(options_.shard, options_.secret_file, "");
+    if (!cluster.src) return;
+    cluster.dst = connect(r.shard, options_.secret_file, "");
+    if (!cluster.dst) return;
+  }
+  std::map<std::string, std::string> unusable;  // tenant -> why, as last logged
+  std::map<std::string, std::unique_ptr<CredentialFile>> credentials;  // written, its clients not connected yet
+  // The clients that may copy namespace `ns`: the cluster secret's, or for
+  // a namespace in an isolated tenant's regions that tenant's (null, logged,
+  // when no credential for it can be had or either shard refuses it: that
+  // namespace waits, tried again next round; the others move on).
+  auto pair_for = [&](NamespaceId ns) -> ClientPair* {
+    auto owner = options_.core->namespace_tenant(ns);
+    const std::string t = owner ? *owner : std::string();
+    if (auto it = pairs.find(t); it != pairs.end()) return &it->second;
+    std::string why;
+    const Tenant* tenant = options_.tenants ? options_.tenants->find(t) : nullptr;
+    if (tenant == nullptr) {
+      why = "this coordinator's --tenants file " +
+            std::string(options_.tenants ? "does not name tenant '" + t + "'" : "is not given") +
+            ", so its blocks cannot be read here (the cluster secret is refused on an isolated tenant's namespaces)";
+    } else {
+      auto& pending = credentials[t];  // kept across rounds until its clients connect
+      if (!pending) {
+        auto cred = CredentialFile::write(*tenant);
+        if (cred) pending = std::move(*cred);
+        else why = cred.error().to_string();
+      }
+      if (pending) {
+        ClientPair p;
+        p.credential = std::move(pending);
+        credentials.erase(t);
+        p.src = connect(options_.shard, p.credential->path(), t, &why);
+        if (p.src) p.dst = connect(r.shard, p.credential->path(), t, &why);
+        if (p.dst) {
+          logger()->info("{}: copying the namespaces of isolated tenant '{}' with its credential", what, t);
+          unusable.erase(t);
+          return &(pairs[t] = std::move(p));
+        }
+        p.src.reset();
+        credentials[t] = std::move(p.credential);
+      }
+    }
+    if (unusable[t] != why) {
+      logger()->warn("{}: namespace {:#x} lies in the isolated regions of tenant '{}': {}; waiting", what, ns, t, why);
+      unusable[t] = why;
+    }
+    return nullptr;
+  };
 
-  std::unordered_map<NamespaceId, bool> registered;  // on both sides
   std::uint64_t copied = 0, gone = 0, failed = 0;
   std::string waiting_for;  // what the end of the move waits for, as last logged
   const auto t0 = Clock::now();
@@ -119,7 +238,14 @@ void RangeMover::run() {
     for (const auto& [ns, key] : listing.keys) by_ns[ns].push_back(key);
     std::uint64_t progress = 0;
     for (auto& [ns, keys] : by_ns) {
-      if (!registered.contains(ns)) {
+      ClientPair* cp = pair_for(ns);
+      if (cp == nullptr) {
+        ++failed;
+        continue;
+      }
+      Client* src = cp->src.get();
+      Client* dst = cp->dst.get();
+      if (!cp->registered.contains(ns)) {
         std::optional<NamespaceDescriptor> desc;
         for (const auto& v : options_.core->namespaces()) {
           if (v.id == ns && v.block_bytes != 0) desc = v.descriptor;
@@ -136,7 +262,7 @@ void RangeMover::run() {
           logger()->warn("{}: registering namespace {:#x}: {}", what, ns, b.error().to_string());
           continue;
         }
-        registered[ns] = true;
+        cp->registered[ns] = true;
       }
       auto bb = src->block_bytes(ns);
       if (!bb) continue;

@@ -22,6 +22,18 @@
 // (AgentView::recovering), and `rejoin_wait` (the agent timeout) has passed
 // since the mover began, for agents without membership.
 //
+// Isolated tenants (runtime/common/tenants.h): the cluster secret is refused
+// on an isolated tenant's namespace, so the blocks of a namespace whose
+// blocks lie in tenant T's isolated regions (CoordinatorCore::
+// namespace_tenant) are copied with a client pair authenticated as T: a
+// tenant credential `kvpool-tenant T KEY` built from the tenants file
+// (`tenants`), written to a private file (a mkdtemp directory of mode 0700
+// holding a 0600 file) that lives while the mover runs, since a client
+// reads its secret file again on every reconnect. The new owner's
+// coordinator must read the same tenants file: it then places them in T's
+// regions there. Without `tenants` (or without T in it), such blocks cannot
+// be copied and the move waits (logged).
+//
 // Thread-safety: start/stop from one thread; the work runs on its own.
 
 #include <atomic>
@@ -34,6 +46,7 @@
 #include <thread>
 
 #include "coordinator/coordinator_core.h"
+#include "runtime/common/tenants.h"
 #include "runtime/etcd/shard_map.h"
 
 namespace kvpool::coordinator {
@@ -45,6 +58,7 @@ struct RangeMoverOptions {
   std::chrono::milliseconds settle{0};  // the write lease plus a margin
   std::chrono::milliseconds rejoin_wait{0};  // the agent timeout: how long a live agent may take to rejoin
   std::string secret_file;
+  std::shared_ptr<const TenantTable> tenants;  // this coordinator's --tenants; null without
   CoordinatorCore* core = nullptr;
 };
 
