@@ -5,7 +5,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,18 @@ struct ShardedEtcd {
   std::string endpoints;
   std::unique_ptr<etcd::Client> client;
   void put_map(const std::string& value) const { REQUIRE(client->put(etcd::kShardMapKey, value)); }
+  // The map once its version reaches `version` (a move has ended when the
+  // mover publishes the next one); nullopt when the timeout passes first.
+  std::optional<etcd::ShardMap> wait_for_map(std::uint64_t version, std::chrono::milliseconds timeout) const {
+    std::optional<etcd::ShardMap> out;
+    eventually([&] {
+      auto m = etcd::read_shard_map(*client);
+      if (!m || m->version < version) return false;
+      out = *m;
+      return true;
+    }, timeout);
+    return out;
+  }
 };
 inline std::unique_ptr<ShardedEtcd> start_sharded_etcd(const std::string& map) {
   if (!etcd_available()) {

@@ -177,13 +177,8 @@ TEST_CASE("adding a shard moves an isolated tenant's blocks into its isolated re
   REQUIRE(tenant_moved.size() < kTenantBlocks);
   pool->put_map(etcd::encode_shard_map(*grown));
   const auto t0 = Clock::now();
-  std::optional<etcd::ShardMap> final_map;
-  const bool ended = eventually([&] {
-    auto m = etcd::read_shard_map(*pool->client);
-    if (!m || m->version < grown->version + 1) return false;
-    final_map = *m;
-    return true;
-  }, scaled(60s));
+  const auto final_map = pool->wait_for_map(grown->version + 1, scaled(60s));
+  const bool ended = final_map.has_value();
   const double move_s = std::chrono::duration<double>(Clock::now() - t0).count();
   INFO("the move did not end within 60 s: the map stayed at version " << grown->version << ", the range moving");
   REQUIRE(ended);

@@ -537,13 +537,8 @@ TEST_CASE("a third shard added under load: every committed block stays readable 
   const auto t0 = Clock::now();
   const std::uint64_t written_before = load.next.load();
   load.limit = 448;  // written while the range moves
-  std::optional<etcd::ShardMap> final_map;
-  REQUIRE(eventually([&] {
-    auto m = etcd::read_shard_map(*ec);
-    if (!m || m->version < grown->version + 1) return false;
-    final_map = *m;
-    return true;
-  }, scaled(60s)));
+  const auto final_map = pool->wait_for_map(grown->version + 1, scaled(60s));
+  REQUIRE(final_map);
   const double move_s = std::chrono::duration<double>(Clock::now() - t0).count();
   const std::uint64_t written_during = load.next.load() - written_before;
   CHECK(written_during > 0);
@@ -670,13 +665,8 @@ TEST_CASE("the moving shard's leader killed mid-move: the standby finishes the m
   REQUIRE(port != 0);
   const double takeover_s = std::chrono::duration<double>(Clock::now() - t_kill).count();
   const std::string new0 = "127.0.0.1:" + std::to_string(port);
-  std::optional<etcd::ShardMap> final_map;
-  REQUIRE(eventually([&] {
-    auto m = etcd::read_shard_map(*ec);
-    if (!m || m->version < grown->version + 1) return false;
-    final_map = *m;
-    return true;
-  }, scaled(60s)));
+  const auto final_map = pool->wait_for_map(grown->version + 1, scaled(60s));
+  REQUIRE(final_map);
   const double move_s = std::chrono::duration<double>(Clock::now() - t_kill).count();
   for (const auto& r : final_map->ranges) CHECK_FALSE(r.from.has_value());
   // Writes go on after the failover, to both shards.
@@ -754,13 +744,8 @@ TEST_CASE("an agent rejoining the new leader late keeps a move from ending until
   REQUIRE(held);
   CHECK(held->version == grown->version);
   s0.agent->kill(SIGCONT);
-  std::optional<etcd::ShardMap> final_map;
-  REQUIRE(eventually([&] {
-    auto m = etcd::read_shard_map(*ec);
-    if (!m || m->version < grown->version + 1) return false;
-    final_map = *m;
-    return true;
-  }, scaled(60s)));
+  const auto final_map = pool->wait_for_map(grown->version + 1, scaled(60s));
+  REQUIRE(final_map);
   load.finish();
   std::printf("an agent rejoining late: %s\n", load.summary().c_str());
   std::fflush(stdout);
