@@ -27,7 +27,7 @@ struct ShardedEtcd {
   void put_map(const std::string& value) const { REQUIRE(client->put(etcd::kShardMapKey, value)); }
   // The map once its version reaches `version` (a move has ended when the
   // mover publishes the next one); nullopt when the timeout passes first.
-  std::optional<etcd::ShardMap> wait_for_map(std::uint64_t version, std::chrono::milliseconds timeout) const {
+  std::optional<etcd::ShardMap> wait_for_map(std::int64_t version, std::chrono::milliseconds timeout) const {
     std::optional<etcd::ShardMap> out;
     eventually([&] {
       auto m = etcd::read_shard_map(*client);

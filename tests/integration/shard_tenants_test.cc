@@ -109,23 +109,36 @@ std::size_t read_right(Client& c, NamespaceId ns, std::uint64_t tag, std::size_t
   return right;
 }
 
+// The cluster secret (KVPOOL_SECRET_FILE, inherited by every process the
+// test starts), tenant acme's credential, and a tenants file naming acme
+// isolated (8 MiB regions) for the coordinators.
+struct TenantFiles {
+  std::string cluster, acme, tenants;
+};
+TenantFiles acme_files() {
+  TenantFiles f;
+  f.cluster = use_test_secret();
+  const std::string own = make_secret_file();  // its directory holds the tenant's files
+  const std::string dir = own.substr(0, own.rfind('/'));
+  f.acme = dir + "/acme";
+  f.tenants = dir + "/tenants";
+  REQUIRE(create_tenant_secret_file(f.acme, "acme").ok());
+  {
+    std::ofstream out(f.tenants);
+    out << "tenant acme " << load_secret(f.acme).value().key() << " namespaces=acme/* isolated=8MiB\n";
+  }
+  REQUIRE(::chmod(f.tenants.c_str(), 0600) == 0);
+  return f;
+}
+
 }  // namespace
 
 TEST_CASE("adding a shard moves an isolated tenant's blocks into its isolated region on the new shard",
           "[integration][shard][tenants][isolated]") {
-  // The cluster secret (KVPOOL_SECRET_FILE, inherited by every process the
-  // test starts), a tenant credential and a tenants file both coordinators read.
-  const std::string cluster = use_test_secret();
-  const std::string own = make_secret_file();  // its directory holds the tenant's files
-  const std::string dir = own.substr(0, own.rfind('/'));
-  const std::string acme = dir + "/acme";
-  const std::string tenants = dir + "/tenants";
-  REQUIRE(create_tenant_secret_file(acme, "acme").ok());
-  {
-    std::ofstream f(tenants);
-    f << "tenant acme " << load_secret(acme).value().key() << " namespaces=acme/* isolated=8MiB\n";
-  }
-  REQUIRE(::chmod(tenants.c_str(), 0600) == 0);
+  const TenantFiles files = acme_files();
+  const std::string& cluster = files.cluster;
+  const std::string& acme = files.acme;
+  const std::string& tenants = files.tenants;
 
   auto pool = start_sharded_etcd(R"({"version": 1, "shards": 1})");
   if (!pool) return;
@@ -240,17 +253,10 @@ TEST_CASE("adding a shard moves an isolated tenant's blocks into its isolated re
 TEST_CASE("a new shard without the isolated tenant: the shared blocks move, the tenant's wait until its "
           "coordinator has the tenants file",
           "[integration][shard][tenants][isolated]") {
-  const std::string cluster = use_test_secret();
-  const std::string own = make_secret_file();
-  const std::string dir = own.substr(0, own.rfind('/'));
-  const std::string acme = dir + "/acme";
-  const std::string tenants = dir + "/tenants";
-  REQUIRE(create_tenant_secret_file(acme, "acme").ok());
-  {
-    std::ofstream f(tenants);
-    f << "tenant acme " << load_secret(acme).value().key() << " namespaces=acme/* isolated=8MiB\n";
-  }
-  REQUIRE(::chmod(tenants.c_str(), 0600) == 0);
+  const TenantFiles files = acme_files();
+  const std::string& cluster = files.cluster;
+  const std::string& acme = files.acme;
+  const std::string& tenants = files.tenants;
 
   auto pool = start_sharded_etcd(R"({"version": 1, "shards": 1})");
   if (!pool) return;
