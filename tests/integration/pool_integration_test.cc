@@ -92,6 +92,36 @@ std::unique_ptr<Client> connect(const std::string& coordinator, const std::strin
   return std::move(*c);
 }
 
+// One-sided writes into the pool's only agent region, behind the pool's
+// back, the way a stray writer or a torn late put would change a block.
+struct ScribblingPeer {
+  std::unique_ptr<transport::Transport> ucx;  // outlives peer and region
+  std::unique_ptr<transport::Peer> peer;
+  transport::RemoteRegion region;
+
+  explicit ScribblingPeer(rpc::Client& raw) {
+    auto list_reply = raw.call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
+    REQUIRE(list_reply);
+    rpc::ListAgentsReply list;
+    REQUIRE(rpc::decode(*list_reply, list).ok());
+    REQUIRE(list.agents.size() == 1);
+    const rpc::AgentRecord& agent = list.agents.front();
+    auto t = transport::Transport::create({.tls = "posix,self"});
+    REQUIRE(t);
+    ucx = std::move(*t);
+    auto p = ucx->connect(agent.worker_address, transport::ErrorMode::kNone);
+    REQUIRE(p);
+    peer = std::move(*p);
+    auto r = peer->import_region(
+        {agent.worker_address, agent.packed_rkey, agent.region_base, agent.region_bytes, agent.host_id});
+    REQUIRE(r);
+    region = std::move(*r);
+  }
+  void put(const transport::RmaOp& op) {
+    REQUIRE(peer->put(region, std::span(&op, 1), Deadline::after(scaled(5s))).ok());
+  }
+};
+
 }  // namespace
 
 TEST_CASE("blocks put by one process are read back by another over shared memory and over tcp",
@@ -525,19 +555,7 @@ TEST_CASE("a block whose bytes change after its commit is detected by get and ne
   auto pool = start_standalone("32MiB");
   REQUIRE(pool);
   auto raw = raw_client(pool->coordinator);
-  auto list_reply = raw->call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
-  REQUIRE(list_reply);
-  rpc::ListAgentsReply list;
-  REQUIRE(rpc::decode(*list_reply, list).ok());
-  REQUIRE(list.agents.size() == 1);
-  const rpc::AgentRecord& agent = list.agents.front();
-  auto t = transport::Transport::create({.tls = "posix,self"});
-  REQUIRE(t);
-  auto peer = (*t)->connect(agent.worker_address, transport::ErrorMode::kNone);
-  REQUIRE(peer);
-  auto region = (*peer)->import_region(
-      {agent.worker_address, agent.packed_rkey, agent.region_base, agent.region_bytes, agent.host_id});
-  REQUIRE(region);
+  ScribblingPeer scribbler(*raw);
   std::uint32_t round = 0;
   for (std::string tls : {"posix,cma,self", "tcp"}) {
     for (bool header : {false, true}) {
@@ -557,7 +575,7 @@ TEST_CASE("a block whose bytes change after its commit is detected by get and ne
       transport::RmaOp scribble{&garbage,
                                 header ? where.locations[3].header_offset + 40 : where.locations[3].payload_offset + 1000,
                                 sizeof(garbage)};
-      REQUIRE((*peer)->put(*region, std::span(&scribble, 1), Deadline::after(scaled(5s))).ok());
+      scribbler.put(scribble);
       auto got = c->get(*ns, b.keys, b.out_spans);
       REQUIRE(got);
       CHECK(got->loaded == 3);  // blocks 0-2 only: the prefix stops at the bad block
@@ -614,25 +632,13 @@ TEST_CASE("blocks put over tcp piece by piece read back whole, and a change insi
   // 8 bytes changed at 300 KiB into block 20 (its second piece), one-sided
   // into the agent's region: the tcp reader gets blocks 0-19 only.
   auto raw = raw_client(pool->coordinator);
-  auto list_reply = raw->call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
-  REQUIRE(list_reply);
-  rpc::ListAgentsReply list;
-  REQUIRE(rpc::decode(*list_reply, list).ok());
-  REQUIRE(list.agents.size() == 1);
-  const rpc::AgentRecord& agent = list.agents.front();
-  auto t = transport::Transport::create({.tls = "posix,self"});
-  REQUIRE(t);
-  auto peer = (*t)->connect(agent.worker_address, transport::ErrorMode::kNone);
-  REQUIRE(peer);
-  auto region = (*peer)->import_region(
-      {agent.worker_address, agent.packed_rkey, agent.region_base, agent.region_bytes, agent.host_id});
-  REQUIRE(region);
+  ScribblingPeer scribbler(*raw);
   rpc::LookupReply where;
   REQUIRE(raw_call(*raw, rpc::kLookup, rpc::LookupRequest{*ns, false, keys}, where).ok());
   REQUIRE(where.locations.size() == kN);
   std::uint64_t garbage = 0x0123456789abcdefull;
   transport::RmaOp scribble{&garbage, where.locations[20].payload_offset + (300 << 10), sizeof(garbage)};
-  REQUIRE((*peer)->put(*region, std::span(&scribble, 1), Deadline::after(scaled(5s))).ok());
+  scribbler.put(scribble);
   auto reader = connect(pool->coordinator, "tcp");
   REQUIRE(reader->register_namespace(test_namespace(kOdd, "pieces")));
   auto got = reader->get(*ns, keys, outs);
