@@ -85,19 +85,6 @@ void check_transport(Client& c) {
   }
 }
 
-std::unique_ptr<rpc::Client> raw_with(const std::string& coordinator, const std::string& secret_file) {
-  auto hp = parse_host_port(coordinator);
-  if (!hp) return nullptr;
-  rpc::ClientOptions o;
-  o.host = hp->first;
-  o.port = hp->second;
-  o.role = rpc::Role::kWorker;
-  o.client_id = "isolated-test";
-  o.secret_file = secret_file;
-  auto c = rpc::Client::connect(o, Deadline::after(scaled(10s)));
-  return c ? std::move(*c) : nullptr;
-}
-
 std::vector<rpc::AgentRecord> list_agents(rpc::Client& c) {
   rpc::ListAgentsReply rep;
   auto reply = c.call(rpc::kListAgents, std::string(), Deadline::after(scaled(10s)));

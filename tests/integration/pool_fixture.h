@@ -68,7 +68,10 @@ inline std::unique_ptr<Subprocess> start_agent(const std::string& coordinator, c
   return std::make_unique<Subprocess>(std::move(*p));
 }
 
-inline std::unique_ptr<rpc::Client> raw_client(const std::string& coordinator, rpc::Role role = rpc::Role::kWorker) {
+// A control connection speaking raw messages; `secret_file` empty: the
+// environment's secret (KVPOOL_SECRET_FILE or the default path).
+inline std::unique_ptr<rpc::Client> raw_client(const std::string& coordinator, rpc::Role role = rpc::Role::kWorker,
+                                               const std::string& secret_file = "") {
   auto hp = parse_host_port(coordinator);
   if (!hp) return nullptr;
   rpc::ClientOptions o;
@@ -76,8 +79,15 @@ inline std::unique_ptr<rpc::Client> raw_client(const std::string& coordinator, r
   o.port = hp->second;
   o.role = role;
   o.client_id = "raw-test-client";
+  o.secret_file = secret_file;
   auto c = rpc::Client::connect(o, Deadline::after(scaled(std::chrono::seconds(10))));
   return c ? std::move(*c) : nullptr;
+}
+// The same, authenticated with `secret_file` (a tenant's credential or a
+// cluster secret).
+inline std::unique_ptr<rpc::Client> raw_with(const std::string& coordinator, const std::string& secret_file,
+                                             rpc::Role role = rpc::Role::kWorker) {
+  return raw_client(coordinator, role, secret_file);
 }
 
 template <typename Req, typename Rep>

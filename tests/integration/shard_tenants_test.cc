@@ -42,20 +42,6 @@ std::unique_ptr<Client> connect_with(const std::string& coordinator, const std::
   return std::move(*c);
 }
 
-std::unique_ptr<rpc::Client> raw_with(const std::string& address, const std::string& secret_file,
-                                      rpc::Role role = rpc::Role::kWorker) {
-  auto hp = parse_host_port(address);
-  if (!hp) return nullptr;
-  rpc::ClientOptions o;
-  o.host = hp->first;
-  o.port = hp->second;
-  o.role = role;
-  o.client_id = "shard-tenants-test";
-  o.secret_file = secret_file;
-  auto c = rpc::Client::connect(o, Deadline::after(scaled(10s)));
-  return c ? std::move(*c) : nullptr;
-}
-
 std::vector<rpc::AgentStatsRecord> agent_stats(rpc::Client& c) {
   rpc::AgentStatsReply rep;
   auto reply = c.call(rpc::kAgentStats, std::string(), Deadline::after(scaled(10s)));

@@ -52,19 +52,6 @@ Result<std::unique_ptr<Client>> connect_with(const std::string& coordinator, con
   return Client::connect(options);
 }
 
-std::unique_ptr<rpc::Client> raw_with(const std::string& coordinator, const std::string& secret_file) {
-  auto hp = parse_host_port(coordinator);
-  if (!hp) return nullptr;
-  rpc::ClientOptions o;
-  o.host = hp->first;
-  o.port = hp->second;
-  o.role = rpc::Role::kWorker;
-  o.client_id = "tenant-test";
-  o.secret_file = secret_file;
-  auto c = rpc::Client::connect(o, Deadline::after(scaled(10s)));
-  return c ? std::move(*c) : nullptr;
-}
-
 Status call_status(rpc::Client& c, std::uint16_t type, const std::string& payload) {
   auto r = c.call(type, payload, Deadline::after(scaled(10s)));
   return r ? Status() : r.error();
