@@ -192,8 +192,8 @@ tls_of() {
 # only UCX_TLS changes per transport.
 # UCX_TLS is set per transport below (kvbench: --transports; perftest: per call).
 unset UCX_TLS
-export UCX_TCP_TX_SEG_SIZE=${UCX_TCP_TX_SEG_SIZE:-256k}
-export UCX_TCP_RX_SEG_SIZE=${UCX_TCP_RX_SEG_SIZE:-256k}
+export UCX_TCP_TX_SEG_SIZE=${UCX_TCP_TX_SEG_SIZE:-520k}
+export UCX_TCP_RX_SEG_SIZE=${UCX_TCP_RX_SEG_SIZE:-520k}
 export UCX_ALLOC_PRIO=${UCX_ALLOC_PRIO:-md:posix,md:sysv,huge,thp,md:*,mmap,heap}
 # The TCP variables are unused under UCX_TLS=posix,self: keep UCX quiet about it.
 export UCX_WARN_UNUSED_ENV_VARS=${UCX_WARN_UNUSED_ENV_VARS:-n}

@@ -22,6 +22,12 @@ namespace kvpool::transport {
 // Active message ids of the owner-read protocol.
 inline constexpr unsigned kAmReadRequest = 0x4b31;
 inline constexpr unsigned kAmReadReply = 0x4b32;
+inline constexpr unsigned kAmReadData = 0x4b33;  // a piece of a streamed owner read
+inline constexpr std::uint32_t kReadFlagPeerErrors = 1u;  // the reader's endpoint has peer error handling
+inline constexpr std::uint32_t kReadFlagStream = 2u;      // send the bytes as kAmReadData messages
+// The header of a kAmReadData message: u64 request id, u32 op index within
+// the request, u64 offset into the op; the piece's bytes are the data.
+inline constexpr std::size_t kReadDataHeaderBytes = 20;
 inline constexpr std::uint32_t kReadRequestMagic = 0x524f564bu;  // "KVOR"
 // An owner-read request is small and sent eagerly; refuse anything bigger
 // rather than size an allocation by a peer's claim.
@@ -31,8 +37,9 @@ inline constexpr std::size_t kMaxReadRkeys = kMaxOwnerReadRegions;
 
 // Wire format, little-endian:
 //   request: u32 magic, u64 request id, u32 reader address length, the
-//            reader's worker address, u32 flags (bit 0: the reader's endpoint
-//            has peer error handling), u32 rkey count (1..kMaxReadRkeys),
+//            reader's worker address, u32 flags (kReadFlag*), u32 rkey count
+//            (1..kMaxReadRkeys; 0 for a streamed read, which writes nothing
+//            one-sided),
 //            each as u32 length + bytes (the reader's registered regions),
 //            u32 op count, count x (u64 source address in the owner, u64
 //            destination address in the reader, u64 length, u32 index of
@@ -41,6 +48,9 @@ inline constexpr std::size_t kMaxReadRkeys = kMaxOwnerReadRegions;
 //            owner published it (the reader's capability for that region:
 //            an owner read reaches no more than an RMA get would)
 //   reply:   u64 request id, i32 ucs_status_t
+// A streamed read's bytes come before its reply, over the endpoint the
+// request came in on, as kAmReadData messages of at most kStreamPieceBytes;
+// `dst` and `rkey` of its ops are 0 (the reader keeps the destinations).
 struct ReadOp {
   std::uint64_t src = 0;
   std::uint64_t dst = 0;
@@ -51,6 +61,7 @@ struct ReadRequest {
   std::uint64_t id = 0;
   std::string reader_address;  // the owner connects back to put and reply
   bool reader_peer_errors = false;  // the back endpoint must match the reader's mode
+  bool stream = false;              // kReadFlagStream
   std::vector<std::string> rkeys;
   std::vector<ReadOp> ops;
   std::string source_rkey;  // the owner region's packed rkey (not empty)
@@ -63,6 +74,20 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length);
 struct PendingRead {
   std::atomic<bool> done{false};
   std::atomic<int> status{UCS_OK};
+  // Streamed reads only. The pieces' destinations: op j of this request is
+  // the caller's op first_op + j, of lengths[j] bytes; sink (or, when
+  // empty, a copy to locals[j]) places each piece under mu, and forgotten
+  // (set under mu) drops the pieces that come after the caller stopped
+  // waiting, so none is written once OwnerRead::wait returned.
+  bool stream = false;
+  std::mutex mu;
+  bool forgotten = false;  // guarded by mu
+  ReadSink sink;
+  std::size_t first_op = 0;
+  std::vector<void*> locals;
+  std::vector<std::uint64_t> lengths;
+  std::uint64_t expected = 0;           // the bytes of every op
+  std::atomic<std::uint64_t> received{0};
 };
 
 struct Transport::Impl {
@@ -116,6 +141,10 @@ struct Transport::Impl {
   void close_readers();
 
   void handle_read_request(std::vector<std::byte> bytes);
+  // Serves a streamed read (kReadFlagStream) over `ep`, the endpoint its
+  // request came in on: the pieces, then the reply. Called inside the
+  // progress call that delivered the request.
+  void stream_read(ucp_ep_h ep, const ReadRequest& req);
   void send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status);
 };
 

@@ -515,6 +515,65 @@ Result<OwnerRead> Peer::start_read_by_owner(const RemoteRegion& remote, std::spa
   return read;
 }
 
+Result<OwnerRead> Peer::start_stream_by_owner(const RemoteRegion& remote, std::span<const RmaOp> ops, ReadSink sink) {
+  if (Status h = health(); !h.ok()) return tl::unexpected(h);
+  OwnerRead read;
+  read.peer_ = this;
+  if (ops.empty()) return read;
+  for (const RmaOp& op : ops) {
+    if (op.length == 0 || op.remote_offset > remote.length_ || op.length > remote.length_ - op.remote_offset ||
+        (op.local == nullptr && !sink)) {
+      return make_error(StatusCode::kInvalidArgument,
+                        "owner read: op of " + std::to_string(op.length) + " bytes falls outside the remote region");
+    }
+  }
+  Transport::Impl& impl = *owner_->impl_;
+  auto shared_sink = std::make_shared<ReadSink>(std::move(sink));
+  for (std::size_t first = 0; first < ops.size(); first += kMaxReadOps) {
+    const auto part = ops.subspan(first, std::min(kMaxReadOps, ops.size() - first));
+    ReadRequest req;
+    req.reader_address = impl.address;
+    req.reader_peer_errors = mode_ == ErrorMode::kPeer;
+    req.stream = true;
+    auto pending = std::make_shared<PendingRead>();
+    pending->stream = true;
+    if (*shared_sink) pending->sink = [shared_sink](std::size_t op, std::uint64_t offset, std::span<const std::byte> b) {
+      (*shared_sink)(op, offset, b);
+    };
+    pending->first_op = first;
+    for (const RmaOp& op : part) {
+      req.ops.push_back({remote.base_ + op.remote_offset, 0, op.length, 0});
+      pending->locals.push_back(op.local);
+      pending->lengths.push_back(op.length);
+      pending->expected += op.length;
+    }
+    req.source_rkey = remote.packed_rkey_;
+    req.id = impl.next_read_id.fetch_add(1);
+    auto* buf = new std::string(encode_read_request(req));
+    if (buf->size() > kMaxReadRequestBytes) {
+      delete buf;
+      return make_error(StatusCode::kInvalidArgument, "owner read request too large");
+    }
+    {
+      std::lock_guard lock(impl.reads_mu);
+      impl.reads.emplace(req.id, pending);
+    }
+    read.parts_.emplace_back(req.id, pending);
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    // REPLY: the owner answers over the endpoint UCX paired with ours.
+    p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+    p.cb.send = on_send_done;
+    p.user_data = buf;
+    ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
+    if (!UCS_PTR_IS_PTR(sreq)) {
+      delete buf;
+      if (UCS_PTR_IS_ERR(sreq)) return tl::unexpected(to_status(UCS_PTR_STATUS(sreq), "sending an owner read request"));
+    }
+  }
+  return read;
+}
+
 OwnerRead::OwnerRead(OwnerRead&& other) noexcept : peer_(other.peer_), parts_(std::move(other.parts_)) {
   other.parts_.clear();
 }
@@ -539,14 +598,27 @@ void OwnerRead::forget() {
 
 void Peer::forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts) {
   Transport::Impl& impl = *owner_->impl_;
-  std::lock_guard lock(impl.reads_mu);
-  for (const auto& [id, pending] : parts) impl.reads.erase(id);
+  {
+    std::lock_guard lock(impl.reads_mu);
+    for (const auto& [id, pending] : parts) impl.reads.erase(id);
+  }
+  // A piece being placed right now finishes first; none is placed after.
+  for (const auto& [id, pending] : parts) {
+    if (!pending->stream) continue;
+    std::lock_guard lock(pending->mu);
+    pending->forgotten = true;
+  }
 }
 
 Status OwnerRead::wait(Deadline deadline, bool yield_when_idle) {
   Status result;
+  // A stream is complete when its reply came and so did all its bytes.
+  auto complete = [](const PendingRead& p) {
+    return p.done.load(std::memory_order_acquire) &&
+           (!p.stream || p.status.load() != UCS_OK || p.received.load(std::memory_order_acquire) == p.expected);
+  };
   for (const auto& [id, pending] : parts_) {
-    while (result.ok() && !pending->done.load(std::memory_order_acquire)) {
+    while (result.ok() && !complete(*pending)) {
       if (peer_->state_->dead.load(std::memory_order_acquire)) {
         result = peer_->health();
       } else if (deadline.expired()) {

@@ -3,6 +3,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -39,9 +40,66 @@ ucs_status_t on_read_request(void* arg, const void* /*header*/, size_t /*header_
     logger()->warn("owner read request of {} bytes dropped (limit {}, eager only)", length, kMaxReadRequestBytes);
     return UCS_OK;
   }
+  auto req = decode_read_request(data, length);
+  if (req && req->stream) {
+    // Served here, inside the progress call: the reply endpoint UCX lends
+    // for this message is valid only until we return.
+    const bool has_reply_ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && param->reply_ep != nullptr;
+    if (!has_reply_ep) {
+      logger()->warn("streamed owner read request {} came without a reply endpoint: dropped", req->id);
+      impl->owner_read_errors.fetch_add(1, std::memory_order_relaxed);
+      return UCS_OK;
+    }
+    impl->stream_read(param->reply_ep, *req);
+    return UCS_OK;
+  }
   std::vector<std::byte> copy(length);
   std::memcpy(copy.data(), data, length);
   impl->post([impl, bytes = std::move(copy)]() mutable { impl->handle_read_request(std::move(bytes)); });
+  return UCS_OK;
+}
+
+// A piece of a streamed owner read, on the reader: placed by the read's sink
+// unless the reader stopped waiting for it.
+ucs_status_t on_read_data(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                          const ucp_am_recv_param_t* param) {
+  auto* impl = static_cast<Transport::Impl*>(arg);
+  if (header_length != kReadDataHeaderBytes) {
+    logger()->warn("owner read data with a {}-byte header dropped", header_length);
+    return UCS_OK;
+  }
+  Reader r(std::string_view(static_cast<const char*>(header), header_length));
+  const std::uint64_t id = r.u64();
+  const std::uint32_t op = r.u32();
+  const std::uint64_t offset = r.u64();
+  std::shared_ptr<PendingRead> pending;
+  {
+    std::lock_guard lock(impl->reads_mu);
+    auto it = impl->reads.find(id);
+    if (it == impl->reads.end()) return UCS_OK;  // the reader gave up (deadline)
+    pending = it->second;
+  }
+  std::lock_guard lock(pending->mu);
+  if (pending->forgotten || pending->status.load() != UCS_OK) return UCS_OK;
+  auto fail = [&](const char* why) {
+    logger()->warn("owner read {}: {} ({} bytes at offset {} of op {}): the read fails", id, why, length, offset,
+                   op);
+    pending->status.store(UCS_ERR_MESSAGE_TRUNCATED);
+    pending->done.store(true, std::memory_order_release);
+    return UCS_OK;
+  };
+  if (!pending->stream) return fail("data for a read that asked for puts");
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0) return fail("data sent by rendezvous, not eagerly");
+  if (op >= pending->lengths.size() || offset > pending->lengths[op] || length > pending->lengths[op] - offset) {
+    return fail("data outside the op");
+  }
+  const std::span<const std::byte> bytes(static_cast<const std::byte*>(data), length);
+  if (pending->sink) {
+    pending->sink(pending->first_op + op, offset, bytes);
+  } else {
+    std::memcpy(static_cast<std::byte*>(pending->locals[op]) + offset, bytes.data(), length);
+  }
+  pending->received.fetch_add(length, std::memory_order_release);
   return UCS_OK;
 }
 
@@ -66,8 +124,10 @@ ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_le
     std::lock_guard lock(impl->reads_mu);
     auto it = impl->reads.find(id);
     if (it == impl->reads.end()) return UCS_OK;  // the reader gave up (deadline)
-    pending = std::move(it->second);
-    impl->reads.erase(it);
+    pending = it->second;
+    // A stream's pieces may still be on their way (another lane): its
+    // entry goes when the reader stops waiting.
+    if (!pending->stream) impl->reads.erase(it);
   }
   pending->status.store(static_cast<std::int32_t>(status));
   pending->done.store(true, std::memory_order_release);
@@ -97,6 +157,17 @@ void on_owner_read_flushed(void* request, ucs_status_t status, void* user_data) 
   ucp_request_free(request);
 }
 
+// A piece of a streamed read on its way: UCX 1.13 reads an active message's
+// header until the send completes (no flag makes it copy the header).
+struct PieceHeader {
+  std::array<std::byte, kReadDataHeaderBytes> bytes;
+};
+
+void on_piece_sent(void* request, ucs_status_t /*status*/, void* user_data) {
+  delete static_cast<PieceHeader*>(user_data);
+  ucp_request_free(request);
+}
+
 void on_reply_sent(void* request, ucs_status_t /*status*/, void* user_data) {
   delete static_cast<std::string*>(user_data);
   ucp_request_free(request);
@@ -109,7 +180,7 @@ std::string encode_read_request(const ReadRequest& req) {
   w.u32(kReadRequestMagic);
   w.u64(req.id);
   w.bytes(req.reader_address);
-  w.u32(req.reader_peer_errors ? 1u : 0u);
+  w.u32((req.reader_peer_errors ? kReadFlagPeerErrors : 0u) | (req.stream ? kReadFlagStream : 0u));
   w.u32(static_cast<std::uint32_t>(req.rkeys.size()));
   for (const std::string& rkey : req.rkeys) w.bytes(rkey);
   w.u32(static_cast<std::uint32_t>(req.ops.size()));
@@ -132,10 +203,12 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
   if (r.u32() != kReadRequestMagic) return bad("bad magic");
   req.id = r.u64();
   req.reader_address = r.bytes();
-  req.reader_peer_errors = (r.u32() & 1u) != 0;
+  const std::uint32_t flags = r.u32();
+  req.reader_peer_errors = (flags & kReadFlagPeerErrors) != 0;
+  req.stream = (flags & kReadFlagStream) != 0;
   const std::uint32_t rkey_count = r.u32();
   if (!r.ok() || req.reader_address.empty()) return bad("truncated header");
-  if (rkey_count == 0 || rkey_count > kMaxReadRkeys) return bad("bad rkey count");
+  if ((req.stream ? rkey_count != 0 : rkey_count == 0) || rkey_count > kMaxReadRkeys) return bad("bad rkey count");
   req.rkeys.resize(rkey_count);
   for (std::string& rkey : req.rkeys) {
     rkey = r.bytes();
@@ -149,7 +222,7 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
     op.dst = r.u64();
     op.length = r.u64();
     op.rkey = r.u32();
-    if (op.rkey >= rkey_count) return bad("op names an rkey that is not there");
+    if (op.rkey >= rkey_count && !req.stream) return bad("op names an rkey that is not there");
   }
   req.source_rkey = r.bytes();
   if (!r.ok() || req.source_rkey.empty()) return bad("no source rkey");
@@ -321,6 +394,59 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
   }
 }
 
+void Transport::Impl::stream_read(ucp_ep_h ep, const ReadRequest& req) {
+  for (const ReadOp& op : req.ops) {
+    if (!in_served_range(op.src, op.length, req.source_rkey)) {
+      logger()->warn("owner read request {}: {} bytes at {:#x} outside the served region its rkey names", req.id,
+                     op.length, op.src);
+      owner_read_errors.fetch_add(1, std::memory_order_relaxed);
+      send_read_reply(ep, req.id, UCS_ERR_INVALID_ADDR);
+      return;
+    }
+  }
+  ucs_status_t st = UCS_OK;
+  std::uint64_t moved = 0;
+  for (std::size_t j = 0; j < req.ops.size() && st == UCS_OK; ++j) {
+    const ReadOp& op = req.ops[j];
+    for (std::uint64_t offset = 0; offset < op.length && st == UCS_OK;) {
+      const std::uint64_t n = std::min<std::uint64_t>(kStreamPieceBytes, op.length - offset);
+      Writer w;
+      w.u64(req.id);
+      w.u32(static_cast<std::uint32_t>(j));
+      w.u64(offset);
+      const std::string encoded = w.take();
+      auto* header = new PieceHeader;
+      std::memcpy(header->bytes.data(), encoded.data(), kReadDataHeaderBytes);
+      ucp_request_param_t p{};
+      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+      // Eager: a rendezvous piece would be a get the reader's handler must
+      // start, which over TCP UCX emulates through us again.
+      p.flags = UCP_AM_SEND_FLAG_EAGER;
+      p.cb.send = on_piece_sent;
+      p.user_data = header;
+      // The bytes go from the served region itself: it outlives the send.
+      ucs_status_ptr_t sp = ucp_am_send_nbx(ep, kAmReadData, header->bytes.data(), kReadDataHeaderBytes,
+                                            reinterpret_cast<const void*>(op.src + offset), n, &p);
+      if (!UCS_PTR_IS_PTR(sp)) {
+        delete header;
+        if (UCS_PTR_IS_ERR(sp)) st = UCS_PTR_STATUS(sp);
+      }
+      offset += n;
+      moved += n;
+    }
+  }
+  if (st != UCS_OK) {
+    logger()->warn("owner read request {}: sending its bytes: {}", req.id, ucs_status_string(st));
+    owner_read_errors.fetch_add(1, std::memory_order_relaxed);
+  } else {
+    owner_reads.fetch_add(1, std::memory_order_relaxed);
+    owner_read_bytes.fetch_add(moved, std::memory_order_relaxed);
+  }
+  // After the pieces on the same endpoint, so it arrives after them (the
+  // reader also counts the bytes).
+  send_read_reply(ep, req.id, st);
+}
+
 void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status) {
   Writer w;
   w.u64(id);
@@ -378,9 +504,14 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
       // posix first: only memory the posix md allocated is reachable one-sided
       // by the posix transport (UCX's default allocates through sysv).
       {"UCX_ALLOC_PRIO", "md:posix,md:sysv,huge,thp,md:*,mmap,heap"},
-      // Large TCP segments: 1 MiB puts go from ~0.8 to 3.3-4.3 GB/s (DESIGN.md).
-      {"UCX_TCP_TX_SEG_SIZE", "256k"},
-      {"UCX_TCP_RX_SEG_SIZE", "256k"},
+      // Large TCP segments: 1 MiB puts go from ~0.8 to 3.3-4.3 GB/s (DESIGN.md),
+      // and a streamed owner read's 512 KiB pieces (kStreamPieceBytes) and
+      // their headers fit one segment each, so the reader's worker hands each
+      // over from its receive buffer (a larger one would be reassembled into
+      // another buffer first). Both ends must agree: a peer's receive
+      // segment must hold our send segment.
+      {"UCX_TCP_TX_SEG_SIZE", "520k"},
+      {"UCX_TCP_RX_SEG_SIZE", "520k"},
       // Non-blocking connect: by default UCX 1.13 connects inside
       // ucp_ep_create, which blocks a caller for the kernel's whole SYN
       // timeout (~2 min) when the peer is cut off (tests/netns).
@@ -433,6 +564,10 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   am.cb = on_read_reply;
   st = ucp_worker_set_am_recv_handler(impl.worker, &am);
   if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read reply handler"));
+  am.id = kAmReadData;
+  am.cb = on_read_data;
+  st = ucp_worker_set_am_recv_handler(impl.worker, &am);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read data handler"));
   if (options.serve_owner_reads) {
     am.id = kAmReadRequest;
     am.cb = on_read_request;

@@ -5,10 +5,12 @@
 // connects to it, and moves --total bytes per operation in blocks of
 // --block, --batch blocks per batch, spread over the whole region.
 // Operations: put, get, owner-read (the owner puts into our registered
-// buffer: over TCP, UCX get is 5-60x slower than put), put-fenced (put, a
+// buffer: over TCP, UCX get is 5-60x slower than put), owner-stream (the
+// owner sends the bytes as messages we copy out: over TCP one copy fewer
+// than UCX's emulated put), put-fenced (put, a
 // fence, then a 64-byte put per block: the runtime's ordered write of
-// payloads then slot headers), get+hdr and owner-read+hdr (payloads and a
-// 64-byte read per block in one batch: the runtime's reads). With --verify every byte is checked (get and
+// payloads then slot headers), get+hdr, owner-read+hdr and owner-stream+hdr
+// (payloads and a 64-byte read per block in one batch: the runtime's reads). With --verify every byte is checked (get and
 // owner-read against what the owner or we wrote; puts by the owner itself),
 // outside the timed sections. --memcpy adds the single-threaded memcpy
 // baseline over a region of the same size: the memory-bandwidth limit for
@@ -100,6 +102,12 @@ class Session {
 
  private:
   Status batch(const std::string& op, std::span<const RmaOp> ops);
+  // An owner-streamed read of `ops`, each piece copied to its op's memory.
+  Status stream(std::span<const RmaOp> ops, Deadline deadline) {
+    auto read = peer_->start_stream_by_owner(remote_, ops);
+    if (!read) return read.error();
+    return read->wait(deadline);
+  }
   Status check_on_owner(std::uint64_t seed, std::uint64_t off, std::uint64_t len, std::uint64_t& wrong);
 
   std::unique_ptr<Subprocess> owner_;
@@ -195,7 +203,7 @@ Status Session::batch(const std::string& op, std::span<const RmaOp> ops) {
     return peer_->put_ordered(remote_, ops, header_ops_, deadline, {.local = &local_});
   }
   if (op == "get") return peer_->get(remote_, ops, deadline, {.local = &local_});
-  if (op == "get+hdr" || op == "owner-read+hdr") {
+  if (op == "get+hdr" || op == "owner-read+hdr" || op == "owner-stream+hdr") {
     // The runtime's read: payloads and a 64-byte slot header per block in
     // one batch (here each block's own first 64 bytes, into a scratch area).
     header_ops_.assign(ops.begin(), ops.end());
@@ -203,10 +211,12 @@ Status Session::batch(const std::string& op, std::span<const RmaOp> ops) {
       header_ops_.push_back({headers_.data() + j * kHeaderBytes, ops[j].remote_offset, kHeaderBytes});
     }
     if (op == "get+hdr") return peer_->get(remote_, header_ops_, deadline, {.local = &local_});
+    if (op == "owner-stream+hdr") return stream(header_ops_, deadline);
     const MemoryRegion* locals[] = {&local_, &headers_region_};
     return peer_->read_by_owner(remote_, header_ops_, locals, deadline);
   }
   if (op == "owner-read") return peer_->read_by_owner(remote_, ops, local_, deadline);
+  if (op == "owner-stream") return stream(ops, deadline);
   std::byte* base = *remote_.mapped();
   for (const RmaOp& r : ops) {
     if (op == "memcpy") std::memcpy(base + r.remote_offset, r.local, r.length);
@@ -341,9 +351,9 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--ops", o.ops,
-                 "raw ops: put, get, owner-read; the runtime's transfers without its control round trips and "
-                 "checksums: put-fenced (payloads, a fence, then a 64-byte put per block), get+hdr and "
-                 "owner-read+hdr (payloads and a 64-byte read per block in one batch)")
+                 "raw ops: put, get, owner-read, owner-stream; the runtime's transfers without its control round "
+                 "trips and checksums: put-fenced (payloads, a fence, then a 64-byte put per block), get+hdr, "
+                 "owner-read+hdr and owner-stream+hdr (payloads and a 64-byte read per block in one batch)")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--e2e-ops", o.e2e_ops,
@@ -408,8 +418,10 @@ int main(int argc, char** argv) {
   }
   for (const auto& op : o.ops) {
     if (op != "put" && op != "put-fenced" && op != "get" && op != "owner-read" && op != "get+hdr" &&
-        op != "owner-read+hdr") {
-      std::fprintf(stderr, "kvbench: unknown op '%s' (put, get, owner-read, put-fenced, get+hdr, owner-read+hdr)\n",
+        op != "owner-read+hdr" && op != "owner-stream" && op != "owner-stream+hdr") {
+      std::fprintf(stderr,
+                   "kvbench: unknown op '%s' (put, get, owner-read, owner-stream, put-fenced, get+hdr, "
+                   "owner-read+hdr, owner-stream+hdr)\n",
                    op.c_str());
       return 2;
     }
