@@ -7,7 +7,7 @@
 #     loopback (127.0.0.1, a free port picked here), one message of SIZE per
 #     iteration; -n is --total/SIZE, capped so that one run takes about 2 s
 #     (a short probe run of the same test measures the rate first);
-#   - kvbench --json (ops put, get, owner-read; --memcpy with the shm session:
+#   - kvbench --json (ops put, get, owner-read, owner-stream; --memcpy with the shm session:
 #     single-threaded memcpy to and from the same mapped region, spread the
 #     same way as kvbench's blocks).
 # and prints one row per kvbench row with its peer and target:
@@ -17,6 +17,7 @@
 #                                              its shm figures are cache-resident)
 #   tcp put             / ucx_perftest put_bw  >= 0.9
 #   tcp owner-read      / ucx_perftest put_bw  >= 0.8 (the owner puts to us)
+#   tcp owner-stream    / ucx_perftest put_bw  info (the owner sends us messages)
 #   tcp get             / ucx_perftest ucp_get info
 #   get (any transport) / ucp_get -O BATCH     info (perftest's ucp_get keeps one
 #                                              get in flight; kvbench keeps --batch)
@@ -28,12 +29,12 @@
 # same size and batch, one after the other), printed as ratios:
 #   e2e-put / raw put                           >= 0.85 at >= 1 MiB, >= 0.6 at >= 64 KiB
 #   e2e-get / raw read path the runtime takes   the same targets
-#            (get over shared memory; owner-read where UCX emulates RMA: tcp)
-#   e2e-get / raw get over tcp                  info
+#            (get over shared memory; owner-stream where UCX emulates RMA: tcp)
+#   e2e-get / raw owner-read and get over tcp   info
 # and a serial model of an e2e batch: control round trips (e2e-lookup p50 per
 # call: allocate + commit for put, lookup for get) + XXH3 checksum of the
 # batch in one thread + the raw transfer the runtime makes, slot headers
-# included (put-fenced: payloads, fence, headers; get+hdr or owner-read+hdr:
+# included (put-fenced: payloads, fence, headers; get+hdr or owner-stream+hdr:
 # payloads and headers in one batch), next to the measured p50. The model
 # is serial on purpose; the runtime overlaps: a put hashes while its allocate
 # is out, and over shared memory (the agent's region mapped into the worker)
@@ -192,8 +193,8 @@ tls_of() {
 # only UCX_TLS changes per transport.
 # UCX_TLS is set per transport below (kvbench: --transports; perftest: per call).
 unset UCX_TLS
-export UCX_TCP_TX_SEG_SIZE=${UCX_TCP_TX_SEG_SIZE:-520k}
-export UCX_TCP_RX_SEG_SIZE=${UCX_TCP_RX_SEG_SIZE:-520k}
+export UCX_TCP_TX_SEG_SIZE=${UCX_TCP_TX_SEG_SIZE:-256k}
+export UCX_TCP_RX_SEG_SIZE=${UCX_TCP_RX_SEG_SIZE:-256k}
 export UCX_ALLOC_PRIO=${UCX_ALLOC_PRIO:-md:posix,md:sysv,huge,thp,md:*,mmap,heap}
 # The TCP variables are unused under UCX_TLS=posix,self: keep UCX quiet about it.
 export UCX_WARN_UNUSED_ENV_VARS=${UCX_WARN_UNUSED_ENV_VARS:-n}
@@ -355,10 +356,11 @@ done
 # kvbench run, so their ratios come from the same minute of this machine.
 for size in "${e2e_sizes_b[@]}"; do
   for t in "${transports[@]}"; do
-    # put-fenced, get+hdr, owner-read+hdr: the runtime's own transfers (slot
-    # headers included) for the model; owner-read: its read path over tcp.
+    # put-fenced, get+hdr, owner-stream+hdr: the runtime's own transfers
+    # (slot headers included) for the model; owner-stream: its read path over
+    # tcp, owner-read and get the ones it does not take there.
     ops=put,put-fenced,get,get+hdr
-    [ "$t" = shm ] || ops=put,put-fenced,get,owner-read,owner-read+hdr
+    [ "$t" = shm ] || ops=put,put-fenced,get,owner-read,owner-stream,owner-stream+hdr
     log "kvbench --mode raw,e2e $t $size batch $E2E_BATCH"
     out="$work/e2e.$t.$size.json"
     "$KVBENCH" --mode raw,e2e --transports "$t" --block "$size" --batch "$E2E_BATCH" --region "$e2e_region_b" \
@@ -468,6 +470,8 @@ for r in kv:
             add(r, "perftest ucp_put_bw", perf(t, "ucp_put_bw", size), 0.9)
         elif op == "owner-read":
             add(r, "perftest ucp_put_bw", perf(t, "ucp_put_bw", size), 0.8)
+        elif op == "owner-stream":
+            add(r, "perftest ucp_put_bw", perf(t, "ucp_put_bw", size), None)
         else:
             add(r, "perftest ucp_get", perf(t, "ucp_get", size), None)
             add(r, f"perftest ucp_get -O{r['batch']}", perf(t, f"ucp_get-O{r['batch']}", size), None)
@@ -483,7 +487,7 @@ for r in kv:
             add(r, "perftest ucp_put_bw", perf(t, "ucp_put_bw", size), None)
 
 order = {t: i for i, t in enumerate(transports)}
-opord = {"put": 0, "get": 1, "owner-read": 2}
+opord = {"put": 0, "get": 1, "owner-read": 2, "owner-stream": 3}
 rows.sort(key=lambda x: (order.get(x["transport"], 99), x["block_bytes"], opord.get(x["op"], 9)))  # stable
 peers.sort(key=lambda p: (p["block_bytes"], order.get(p["transport"], 98) if p["transport"] != "memcpy" else -1, p["test"]))
 
@@ -529,9 +533,11 @@ for r in e2e_raw:
     if r["op"] == "e2e-put":
         pairs = [("put", e2e_target(size))]
     else:
-        # The runtime reads with UCX get, or asks the agent to put where UCX
-        # emulates RMA in software (tcp): compare with the path it takes.
-        pairs = [("owner-read", e2e_target(size)), ("get", None)] if emulated else [("get", e2e_target(size))]
+        # The runtime reads with UCX get, or asks the agent to send the bytes
+        # where UCX emulates RMA in software (tcp): compare with the path it
+        # takes, and show the others beside it.
+        pairs = ([("owner-stream", e2e_target(size)), ("owner-read", None), ("get", None)] if emulated
+                 else [("get", e2e_target(size))])
     for raw_op, target in pairs:
         raw = find(t, "raw", raw_op, size)
         raw_gbps = raw["gbps"] if raw and raw.get("ok") else None
@@ -570,12 +576,12 @@ else:
     def g(x, w=8, p=2):
         return f"{x:{w}.{p}f}" if x is not None else f"{'-':>{w}}"
     print()
-    print(f"{'transport':<9} {'ucx lanes':<15} {'op':<10} {'block':>7} {'kvbench':>8}  {'peer':<20} {'peer':>8} "
+    print(f"{'transport':<9} {'ucx lanes':<15} {'op':<12} {'block':>7} {'kvbench':>8}  {'peer':<20} {'peer':>8} "
           f"{'ratio':>6} {'target':>6}  verdict")
-    print(f"{'':<9} {'':<15} {'':<10} {'':>7} {'GB/s':>8}  {'':<20} {'GB/s':>8} {'':>6} {'':>6}")
+    print(f"{'':<9} {'':<15} {'':<12} {'':>7} {'GB/s':>8}  {'':<20} {'GB/s':>8} {'':>6} {'':>6}")
     for x in rows:
         tgt = f">={x['target']:.1f}" if x["target"] is not None else "-"
-        print(f"{x['transport']:<9} {x['lanes']:<15} {x['op']:<10} {fmt_size(x['block_bytes']):>7} "
+        print(f"{x['transport']:<9} {x['lanes']:<15} {x['op']:<12} {fmt_size(x['block_bytes']):>7} "
               f"{g(x['kvbench_gbps'])}  {x['peer']:<20} {g(x['peer_gbps'])} {g(x['ratio'], 6)} {tgt:>6}  "
               f"{x['verdict']}{'  ' + x['error'] if x['error'] else ''}")
     print()
@@ -591,13 +597,13 @@ else:
         print("end to end (libkvpool Client through a standalone kvpool-agent) vs raw transport, same kvbench run, "
               "same block and batch:")
         print(f"{'transport':<9} {'client lanes':<15} {'op':<8} {'block':>7} {'batch':>5} {'e2e':>8} {'p50 us':>8} "
-              f"{'p99 us':>8}  {'raw op':<10} {'raw':>8} {'p50 us':>8} {'ratio':>6} {'target':>6}  verdict")
-        print(f"{'':<9} {'':<15} {'':<8} {'':>7} {'':>5} {'GB/s':>8} {'':>8} {'':>8}  {'':<10} {'GB/s':>8}")
+              f"{'p99 us':>8}  {'raw op':<12} {'raw':>8} {'p50 us':>8} {'ratio':>6} {'target':>6}  verdict")
+        print(f"{'':<9} {'':<15} {'':<8} {'':>7} {'':>5} {'GB/s':>8} {'':>8} {'':>8}  {'':<12} {'GB/s':>8}")
         for x in e2e_rows:
             tgt = f">={x['target']:.2f}" if x["target"] is not None else "-"
             print(f"{x['transport']:<9} {x['lanes']:<15} {x['op']:<8} {fmt_size(x['block_bytes']):>7} "
                   f"{x['batch']:>5} {g(x['e2e_gbps'])} {g(x['e2e_p50_us'], 8, 0)} {g(x['e2e_p99_us'], 8, 0)}  "
-                  f"{x['raw_op']:<10} {g(x['raw_gbps'])} {g(x['raw_p50_us'], 8, 0)} {g(x['ratio'], 6)} {tgt:>6}  "
+                  f"{x['raw_op']:<12} {g(x['raw_gbps'])} {g(x['raw_p50_us'], 8, 0)} {g(x['ratio'], 6)} {tgt:>6}  "
                   f"{x['verdict']}{'  ' + x['error'] if x['error'] else ''}")
         if e2e_model:
             print()

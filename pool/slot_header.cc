@@ -16,6 +16,7 @@
 #include <xxh_x86dispatch.h>  // XXH3_64bits, XXH3_64bits_update: the dispatched ones
 
 #include "runtime/common/logging.h"
+#include "runtime/common/stream_copy.h"
 
 namespace kvpool::pool {
 namespace {
@@ -165,36 +166,11 @@ std::uint64_t copy_and_hash(std::byte* dst, const std::byte* src, std::size_t n,
   return XXH3_64bits_digest(&state);
 }
 
-// Non-temporal copy with no fence: the callers fence once at the end, not
-// once per piece (an sfence waits for the write-combining buffers).
-void stream_copy_unfenced(std::byte* dst, const std::byte* src, std::size_t n) {
-  std::size_t head = (16 - reinterpret_cast<std::uintptr_t>(dst) % 16) % 16;
-  head = std::min(head, n);
-  std::memcpy(dst, src, head);
-  std::size_t at = head;
-  for (; at + 64 <= n; at += 64) {
-    const auto* s = reinterpret_cast<const __m128i*>(src + at);
-    auto* d = reinterpret_cast<__m128i*>(dst + at);
-    const __m128i a = _mm_loadu_si128(s), b = _mm_loadu_si128(s + 1), c = _mm_loadu_si128(s + 2),
-                  e = _mm_loadu_si128(s + 3);
-    _mm_stream_si128(d, a);
-    _mm_stream_si128(d + 1, b);
-    _mm_stream_si128(d + 2, c);
-    _mm_stream_si128(d + 3, e);
-  }
-  std::memcpy(dst + at, src + at, n - at);
-}
-
 }  // namespace
 
 std::uint64_t copy_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n) {
   return copy_and_hash(
       dst, src, n, [](std::byte* d, const std::byte* s, std::size_t len) { std::memcpy(d, s, len); }, true);
-}
-
-void stream_copy(std::byte* dst, const std::byte* src, std::size_t n) {
-  stream_copy_unfenced(dst, src, n);
-  _mm_sfence();
 }
 
 std::uint64_t stream_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n) {

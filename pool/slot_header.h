@@ -138,8 +138,6 @@ std::uint64_t copy_payload_checksum(std::byte* dst, const std::byte* src, std::s
 // source, in cache from the copy's loads. Ordered before later stores
 // (sfence). Returns payload_checksum of src.
 std::uint64_t stream_payload_checksum(std::byte* dst, const std::byte* src, std::size_t n);
-// memcpy with those non-temporal stores, ordered before later stores too.
-void stream_copy(std::byte* dst, const std::byte* src, std::size_t n);
 
 // kDataLoss when payload is not exactly header.payload_length bytes or its
 // checksum differs from header.payload_checksum (a torn or overwritten block).

@@ -61,10 +61,10 @@ struct ReadRequest {
   std::uint64_t id = 0;
   std::string reader_address;  // the owner connects back to put and reply
   bool reader_peer_errors = false;  // the back endpoint must match the reader's mode
-  bool stream = false;              // kReadFlagStream
   std::vector<std::string> rkeys;
   std::vector<ReadOp> ops;
   std::string source_rkey;  // the owner region's packed rkey (not empty)
+  bool stream = false;      // kReadFlagStream: no rkeys; ops' dst and rkey unused
 };
 std::string encode_read_request(const ReadRequest& req);
 // kInvalidArgument with the reason for a malformed request.

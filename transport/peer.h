@@ -102,12 +102,13 @@ struct PendingRead;
 // one endpoint (TCP), but a sink must not depend on it for correctness.
 using ReadSink = std::function<void(std::size_t op, std::uint64_t offset, std::span<const std::byte> bytes)>;
 
-// Size of the pieces of a streamed owner read: within one TCP segment of
-// ours (UCX_TCP_TX_SEG_SIZE, 520 KiB), so each is one message that the
-// reader's worker hands over from its receive buffer, still in cache (the
-// L2 of a core holds it). Over loopback on two cores, 512 KiB pieces moved
-// 2 MiB blocks at 4.2 GB/s, 256 KiB at 3.1 (bench/kvbench owner-stream).
-inline constexpr std::size_t kStreamPieceBytes = 512 << 10;
+// Size of the pieces of a streamed owner read: with their headers within
+// one TCP segment (UCX_TCP_TX_SEG_SIZE, 256 KiB, transport.cc), so each is
+// one message that the reader's worker hands over from its receive buffer,
+// still in cache (a larger one is reassembled into another buffer first).
+// 512 KiB pieces in 520 KiB segments moved no faster end to end, and the
+// larger receive segments made raw puts swing between 2.5 and 4.8 GB/s.
+inline constexpr std::size_t kStreamPieceBytes = (256 << 10) - 256;
 
 // An owner read in flight (Peer::start_read_by_owner). Move-only; wait()
 // once. Destroying it without waiting forgets the request: a reply that
@@ -189,7 +190,9 @@ class Peer {
                                         std::span<const MemoryRegion* const> locals);
   // Asks the owner to send every op's bytes as messages over this endpoint
   // (no RMA, no registered memory), which `sink` places as they arrive; by
-  // default each piece is copied to its op's local memory. Over TCP this
+  // default each piece is copied to its op's local memory (with
+  // non-temporal stores from 4 KiB up: a read's destination is seldom read
+  // again soon, runtime/common/stream_copy.h). Over TCP this
   // moves each byte once less than an owner read (UCX's emulated put copies
   // it in and out of its buffers), and the sink sees each piece while it is
   // in cache (a checksum costs little there). Pieces that arrive after

@@ -11,6 +11,7 @@
 
 #include "runtime/common/codec.h"
 #include "runtime/common/logging.h"
+#include "runtime/common/stream_copy.h"
 #include "transport/internal.h"
 
 namespace kvpool::transport {
@@ -59,6 +60,11 @@ ucs_status_t on_read_request(void* arg, const void* /*header*/, size_t /*header_
   return UCS_OK;
 }
 
+// Pieces of at least this many bytes are copied with non-temporal stores
+// when no sink places them (a read's destination is seldom read again soon);
+// smaller ones (slot headers) with memcpy.
+constexpr std::size_t kStreamCopyBytes = 4096;
+
 // A piece of a streamed owner read, on the reader: placed by the read's sink
 // unless the reader stopped waiting for it.
 ucs_status_t on_read_data(void* arg, const void* header, size_t header_length, void* data, size_t length,
@@ -96,6 +102,8 @@ ucs_status_t on_read_data(void* arg, const void* header, size_t header_length, v
   const std::span<const std::byte> bytes(static_cast<const std::byte*>(data), length);
   if (pending->sink) {
     pending->sink(pending->first_op + op, offset, bytes);
+  } else if (length >= kStreamCopyBytes) {
+    stream_copy(static_cast<std::byte*>(pending->locals[op]) + offset, bytes.data(), length);
   } else {
     std::memcpy(static_cast<std::byte*>(pending->locals[op]) + offset, bytes.data(), length);
   }
@@ -504,14 +512,10 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
       // posix first: only memory the posix md allocated is reachable one-sided
       // by the posix transport (UCX's default allocates through sysv).
       {"UCX_ALLOC_PRIO", "md:posix,md:sysv,huge,thp,md:*,mmap,heap"},
-      // Large TCP segments: 1 MiB puts go from ~0.8 to 3.3-4.3 GB/s (DESIGN.md),
-      // and a streamed owner read's 512 KiB pieces (kStreamPieceBytes) and
-      // their headers fit one segment each, so the reader's worker hands each
-      // over from its receive buffer (a larger one would be reassembled into
-      // another buffer first). Both ends must agree: a peer's receive
-      // segment must hold our send segment.
-      {"UCX_TCP_TX_SEG_SIZE", "520k"},
-      {"UCX_TCP_RX_SEG_SIZE", "520k"},
+      // Large TCP segments: 1 MiB puts go from ~0.8 to 3.3-4.3 GB/s (DESIGN.md);
+      // a streamed read's pieces (kStreamPieceBytes) fit one.
+      {"UCX_TCP_TX_SEG_SIZE", "256k"},
+      {"UCX_TCP_RX_SEG_SIZE", "256k"},
       // Non-blocking connect: by default UCX 1.13 connects inside
       // ucp_ep_create, which blocks a caller for the kernel's whole SYN
       // timeout (~2 min) when the peer is cut off (tests/netns).

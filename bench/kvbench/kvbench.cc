@@ -66,7 +66,7 @@ struct Options {
   std::uint64_t total = 2ull << 30;
   std::vector<std::string> transports = {"shm", "tcp"};
   std::vector<std::string> modes = {"raw"};
-  std::vector<std::string> ops = {"put", "get", "owner-read"};
+  std::vector<std::string> ops = {"put", "get", "owner-read", "owner-stream"};
   std::vector<std::string> e2e_ops = {"e2e-put", "e2e-get"};
   std::string agent_tls = std::string(kDefaultTls);
   bool verify = false;

@@ -18,8 +18,10 @@
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
+#include "runtime/common/stream_copy.h"
 #include "runtime/client/router.h"
 #include "runtime/client/ordered_hasher.h"
+#include "runtime/client/streamed_chunk.h"
 #include "runtime/client/task_pool.h"
 #include "runtime/etcd/leader_address.h"
 #include "runtime/etcd/shard_map.h"
@@ -85,36 +87,6 @@ std::vector<transport::RmaOp> coalesce(std::vector<transport::RmaOp> ops) {
   }
   return out;
 }
-
-// A chunk of a get that its agent streams (Peer::start_stream_by_owner):
-// ops are the blocks' payloads, one per block, then their slot headers.
-// Each piece is copied to its destination and, when it continues its
-// payload in order, hashed while it is still in cache.
-class StreamedChunk {
- public:
-  StreamedChunk(std::vector<transport::RmaOp> all_ops, std::size_t blocks)
-      : ops(std::move(all_ops)), hashers_(blocks), hashed_(blocks, 0) {}
-  const std::vector<transport::RmaOp> ops;
-
-  // The transport's sink: one piece at a time per chunk.
-  void place(std::size_t op, std::uint64_t offset, std::span<const std::byte> bytes) {
-    std::memcpy(static_cast<std::byte*>(ops[op].local) + offset, bytes.data(), bytes.size());
-    if (op < hashed_.size() && hashed_[op] == offset) {
-      hashers_[op].update(bytes);
-      hashed_[op] += bytes.size();
-    }
-  }
-  // Block j's payload checksum, when all of it was hashed in order (else
-  // the caller hashes the buffer). Once the read is complete.
-  std::optional<std::uint64_t> digest(std::size_t j) const {
-    if (hashed_[j] != ops[j].length) return std::nullopt;
-    return hashers_[j].digest();
-  }
-
- private:
-  std::vector<pool::PayloadHasher> hashers_;
-  std::vector<std::uint64_t> hashed_;
-};
 
 // Bytes moved per chunk of a get before its verification is handed off:
 // small enough that the verifier reads a chunk while it is still in cache.
@@ -565,7 +537,7 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
     }
     touched[j] = 1;
     if (hashed[i]) {
-      pool::stream_copy(base + loc.payload_offset, blocks[i].data(), loc.length);
+      stream_copy(base + loc.payload_offset, blocks[i].data(), loc.length);
     } else {
       checksums[i] = pool::stream_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length);
     }
@@ -970,7 +942,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
     struct InFlight {
       std::vector<std::size_t> idx;
       transport::OwnerRead read;
-      std::shared_ptr<StreamedChunk> chunk;
+      std::shared_ptr<detail::StreamedChunk> chunk;
     };
     std::deque<InFlight> in_flight;
     bool failed = false;
@@ -1045,7 +1017,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       // buffer and hashed while it is in cache, so verification makes no
       // second pass over memory (on two busy cores that pass cost a tenth
       // of the read's speed).
-      auto chunk = std::make_shared<StreamedChunk>(std::move(ops), idx.size());
+      auto chunk = std::make_shared<detail::StreamedChunk>(std::move(ops), idx.size());
       auto read = c.peer->start_stream_by_owner(
           c.region, chunk->ops,
           [chunk](std::size_t op, std::uint64_t offset, std::span<const std::byte> bytes) {

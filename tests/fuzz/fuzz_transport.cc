@@ -28,7 +28,7 @@ using namespace kvpool::transport;
 
 bool same(const ReadRequest& a, const ReadRequest& b) {
   if (a.id != b.id || a.reader_address != b.reader_address || a.reader_peer_errors != b.reader_peer_errors ||
-      a.rkeys != b.rkeys || a.ops.size() != b.ops.size() || a.source_rkey != b.source_rkey) {
+      a.rkeys != b.rkeys || a.ops.size() != b.ops.size() || a.source_rkey != b.source_rkey || a.stream != b.stream) {
     return false;
   }
   for (std::size_t i = 0; i < a.ops.size(); ++i) {
@@ -46,10 +46,14 @@ void check_read_request(const std::uint8_t* data, std::size_t size) {
     return;
   }
   KVPOOL_FUZZ_CHECK(!req->reader_address.empty());
-  KVPOOL_FUZZ_CHECK(!req->rkeys.empty() && req->rkeys.size() <= kMaxReadRkeys);
+  // A streamed read names no reader rkeys (the owner writes nothing
+  // one-sided); any other names 1 to 8, and every op one of them.
+  KVPOOL_FUZZ_CHECK(req->stream ? req->rkeys.empty() : !req->rkeys.empty() && req->rkeys.size() <= kMaxReadRkeys);
   for (const std::string& rkey : req->rkeys) KVPOOL_FUZZ_CHECK(!rkey.empty());
   KVPOOL_FUZZ_CHECK(req->ops.size() <= kMaxReadOps);
-  for (const ReadOp& op : req->ops) KVPOOL_FUZZ_CHECK(op.rkey < req->rkeys.size());
+  if (!req->stream) {
+    for (const ReadOp& op : req->ops) KVPOOL_FUZZ_CHECK(op.rkey < req->rkeys.size());
+  }
 
   const std::string q = encode_read_request(*req);
   auto back = decode_read_request(q.data(), q.size());
@@ -57,7 +61,9 @@ void check_read_request(const std::uint8_t* data, std::size_t size) {
   // magic, id, address length, address, then the flags word.
   const std::size_t flags_at = 4 + 8 + 4 + req->reader_address.size();
   KVPOOL_FUZZ_CHECK(q.size() == size);
-  if (load_le(data + flags_at, 4) <= 1) KVPOOL_FUZZ_CHECK(q == as_chars(data, size));
+  if (load_le(data + flags_at, 4) <= (kReadFlagPeerErrors | kReadFlagStream)) {
+    KVPOOL_FUZZ_CHECK(q == as_chars(data, size));
+  }
 }
 
 void check_region_info(std::string_view p) {

@@ -386,6 +386,11 @@ void transports(const fs::path& root) {
   nine.rkeys.assign(9, "k");
   c.add("bad_read_nine_rkeys", with_prefix(kTransportReadRequest, encode_read_request(nine)));
   c.add("bad_read_truncated", with_prefix(kTransportReadRequest, wire.substr(0, wire.size() - 5)));
+  ReadRequest stream = one;
+  stream.stream = true;
+  stream.rkeys.clear();
+  stream.ops = {{0x1000, 0, 1 << 20, 0}, {0x200000, 0, 64, 0}};
+  c.add("read_stream", with_prefix(kTransportReadRequest, encode_read_request(stream)));
   std::string flags = wire;
   flags[16 + one.reader_address.size()] = '\x06';  // unknown flag bits
   c.add("read_other_flags", with_prefix(kTransportReadRequest, flags));

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <vector>
@@ -85,6 +87,27 @@ TEST_CASE("owner read requests round trip and malformed ones are refused", "[tra
     std::string bad = wire;
     bad[0] ^= 1;
     CHECK_FALSE(decode_read_request(bad.data(), bad.size()));
+  }
+  SECTION("a streamed read names no reader rkeys, any other at least one") {
+    ReadRequest stream = req;
+    stream.stream = true;
+    stream.rkeys.clear();
+    stream.ops = {{0x1000, 0, 1 << 20, 0}, {0x3000, 0, 64, 0}};
+    std::string w = encode_read_request(stream);
+    auto s2 = decode_read_request(w.data(), w.size());
+    REQUIRE(s2);
+    CHECK(s2->stream);
+    CHECK(s2->rkeys.empty());
+    CHECK(s2->ops.size() == 2);
+    CHECK(s2->ops[0].length == 1 << 20);
+    stream.rkeys = req.rkeys;  // a stream with rkeys
+    w = encode_read_request(stream);
+    CHECK_FALSE(decode_read_request(w.data(), w.size()));
+    ReadRequest puts = req;  // puts without rkeys
+    puts.rkeys.clear();
+    puts.ops.clear();
+    w = encode_read_request(puts);
+    CHECK_FALSE(decode_read_request(w.data(), w.size()));
   }
 }
 
@@ -345,4 +368,164 @@ TEST_CASE("put_each posts its ops in order, each once ready, and posts nothing a
   RmaOp outside{payload.data(), p->region.size() - 100, 4096};
   CHECK(p->peer->put_each(p->remote, std::span(&outside, 1), {}, Deadline::after(std::chrono::seconds(5)))
             .code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("a streamed owner read places every op's bytes in order and the owner refuses what it does not serve",
+          "[transport][stream]") {
+  auto p = make_pair("tcp", ErrorMode::kPeer, true);
+  kvpool::fill_pattern(p->region.data(), 0, p->region.size(), 41);
+  // Unregistered memory: the sink copies, nothing is written one-sided.
+  const std::uint64_t big = 2 * kStreamPieceBytes + 16;  // the pattern helpers work in 8-byte words
+  std::vector<std::byte> a(big), b(64), c(1 << 20);
+  RmaOp ops[] = {{a.data(), 4096, big}, {b.data(), 0, 64}, {c.data(), 5 << 20, c.size()}};
+  auto t10 = Deadline::after(scaled(std::chrono::seconds(10)));
+  auto read = p->peer->start_stream_by_owner(p->remote, ops);
+  REQUIRE(read);
+  REQUIRE(read->wait(t10).ok());
+  CHECK(kvpool::pattern_mismatches(a.data(), 4096, big, 41) == 0);
+  CHECK(kvpool::pattern_mismatches(b.data(), 0, 64, 41) == 0);
+  CHECK(kvpool::pattern_mismatches(c.data(), 5 << 20, c.size(), 41) == 0);
+
+  // A sink sees each op's pieces in order of offset, none over the piece size.
+  struct Seen {
+    std::size_t op;
+    std::uint64_t offset, length;
+  };
+  std::vector<Seen> seen;
+  auto sunk = p->peer->start_stream_by_owner(p->remote, ops, [&](std::size_t op, std::uint64_t offset,
+                                                                 std::span<const std::byte> bytes) {
+    seen.push_back({op, offset, bytes.size()});
+  });
+  REQUIRE(sunk);
+  REQUIRE(sunk->wait(t10).ok());
+  std::vector<std::uint64_t> next(3, 0);
+  for (const Seen& x : seen) {
+    REQUIRE(x.op < 3);
+    CHECK(x.offset == next[x.op]);
+    CHECK(x.length <= kStreamPieceBytes);
+    next[x.op] += x.length;
+  }
+  CHECK(next == std::vector<std::uint64_t>{big, 64, c.size()});
+  auto pieces = [](std::uint64_t n) { return (n + kStreamPieceBytes - 1) / kStreamPieceBytes; };
+  CHECK(seen.size() == 3 + 1 + pieces(c.size()));  // two whole pieces and one of 16 bytes; one; c's
+
+  // More ops than one request carries: two requests, ops numbered as given.
+  std::vector<std::byte> small(1500 * 64);
+  std::vector<RmaOp> many;
+  for (std::size_t j = 0; j < 1500; ++j) many.push_back({small.data() + j * 64, 64 * (1500 - j), 64});
+  auto split = p->peer->start_stream_by_owner(p->remote, many);
+  REQUIRE(split);
+  REQUIRE(split->wait(t10).ok());
+  std::size_t wrong = 0;
+  for (std::size_t j = 0; j < 1500; ++j) wrong += kvpool::pattern_mismatches(small.data() + j * 64, 64 * (1500 - j), 64, 41);
+  CHECK(wrong == 0);
+
+  // Outside the served region (a lying descriptor): refused, nothing written.
+  auto info = p->owner->describe(p->region);
+  REQUIRE(info);
+  info->length *= 4;
+  auto lying = p->peer->import_region(*info);
+  REQUIRE(lying);
+  std::fill(c.begin(), c.end(), std::byte{0x5a});
+  RmaOp outside{c.data(), p->region.size() * 2, c.size()};
+  auto refused = p->peer->start_stream_by_owner(*lying, std::span(&outside, 1));
+  REQUIRE(refused);
+  CHECK(refused->wait(t10).code() == StatusCode::kInvalidArgument);
+  CHECK(std::all_of(c.begin(), c.end(), [](std::byte x) { return x == std::byte{0x5a}; }));
+  // An op of no bytes, or past the end of the region we hold, never leaves.
+  RmaOp empty{c.data(), 0, 0};
+  CHECK(p->peer->start_stream_by_owner(p->remote, std::span(&empty, 1)).error().code() ==
+        StatusCode::kInvalidArgument);
+  RmaOp past{c.data(), p->region.size() - 10, 64};
+  CHECK(p->peer->start_stream_by_owner(p->remote, std::span(&past, 1)).error().code() ==
+        StatusCode::kInvalidArgument);
+  // The owner still serves.
+  auto again = p->peer->start_stream_by_owner(p->remote, ops);
+  REQUIRE(again);
+  CHECK(again->wait(t10).ok());
+  CHECK(p->owner->owner_read_stats().errors == 1);
+}
+
+TEST_CASE("a streamed read must present the rkey of the served region it reads", "[transport][stream][tenants]") {
+  // As for owner reads above; over shared memory and TCP, where regions'
+  // packed rkeys differ (over TCP alone they are the same bytes).
+  auto p = make_pair("posix,tcp", ErrorMode::kNone, true);
+  auto second = p->owner->allocate(1 << 20);
+  REQUIRE(second);
+  REQUIRE(p->owner->serve(*second).ok());
+  auto first_info = p->owner->describe(p->region);
+  auto second_info = p->owner->describe(*second);
+  REQUIRE(first_info);
+  REQUIRE(second_info);
+  REQUIRE(first_info->packed_rkey != second_info->packed_rkey);
+  kvpool::fill_pattern(second->data(), 0, 1 << 20, 6);
+  std::vector<std::byte> buf(1 << 20);
+  RmaOp all{buf.data(), 0, 1 << 20};
+  auto t10 = Deadline::after(scaled(std::chrono::seconds(10)));
+  transport::RegionInfo forged = *second_info;
+  forged.packed_rkey = first_info->packed_rkey;  // the second region's address, the first's rkey
+  auto wrong = p->peer->import_region(forged);
+  REQUIRE(wrong);
+  auto refused = p->peer->start_stream_by_owner(*wrong, std::span(&all, 1));
+  REQUIRE(refused);
+  CHECK(refused->wait(t10).code() == StatusCode::kInvalidArgument);
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, 1 << 20, 6) != 0);
+  auto right = p->peer->import_region(*second_info);
+  REQUIRE(right);
+  auto r = p->peer->start_stream_by_owner(*right, std::span(&all, 1));
+  REQUIRE(r);
+  REQUIRE(r->wait(t10).ok());
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, 1 << 20, 6) == 0);
+  p->owner->stop_serving(*second);
+}
+
+TEST_CASE("a streamed read that runs out writes nothing after it returned, and a new Peer is served as the first",
+          "[transport][stream]") {
+  // No progress thread on the owner: the request waits, the read runs out.
+  auto p = make_pair("tcp", ErrorMode::kPeer, false);
+  kvpool::fill_pattern(p->region.data(), 0, 4 << 20, 51);
+  std::vector<std::byte> buf(4 << 20);
+  RmaOp op{buf.data(), 0, buf.size()};
+  std::atomic<std::size_t> late{0};
+  std::atomic<bool> returned{false};
+  auto read = p->peer->start_stream_by_owner(
+      p->remote, std::span(&op, 1), [&](std::size_t, std::uint64_t offset, std::span<const std::byte> bytes) {
+        if (returned.load()) ++late;
+        std::memcpy(buf.data() + offset, bytes.data(), bytes.size());
+      });
+  REQUIRE(read);
+  auto t0 = Clock::now();
+  CHECK(read->wait(Deadline::after(std::chrono::milliseconds(300))).code() == StatusCode::kDeadlineExceeded);
+  CHECK(Clock::now() - t0 < scaled(std::chrono::seconds(2)));
+  returned = true;
+  std::memset(buf.data(), 0x5a, buf.size());
+  // The owner wakes and sends everything; we progress while it arrives.
+  REQUIRE(p->owner->start_progress_thread(ProgressMode::kEvent).ok());
+  const auto settle = Clock::now() + scaled(std::chrono::milliseconds(700));
+  while (Clock::now() < settle) p->client->progress();
+  CHECK(late == 0);
+  CHECK(std::all_of(buf.begin(), buf.end(), [](std::byte x) { return x == std::byte{0x5a}; }));
+  auto t10 = Deadline::after(scaled(std::chrono::seconds(10)));
+  auto next = p->peer->start_stream_by_owner(p->remote, std::span(&op, 1));
+  REQUIRE(next);
+  REQUIRE(next->wait(t10).ok());
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, buf.size(), 51) == 0);
+
+  // The client closes its endpoint and connects again (what it does after
+  // an agent was reported down): the owner answers the new one.
+  auto info = p->owner->describe(p->region);
+  REQUIRE(info);
+  p->remote = RemoteRegion();
+  p->peer.reset();
+  auto peer = p->client->connect(info->worker_address, ErrorMode::kPeer);
+  REQUIRE(peer);
+  p->peer = std::move(*peer);
+  auto remote = p->peer->import_region(*info);
+  REQUIRE(remote);
+  p->remote = std::move(*remote);
+  std::memset(buf.data(), 0, buf.size());
+  auto after = p->peer->start_stream_by_owner(p->remote, std::span(&op, 1));
+  REQUIRE(after);
+  REQUIRE(after->wait(t10).ok());
+  CHECK(kvpool::pattern_mismatches(buf.data(), 0, buf.size(), 51) == 0);
 }
