@@ -110,11 +110,12 @@ using ReadSink = std::function<void(std::size_t op, std::uint64_t offset, std::s
 // larger receive segments made raw puts swing between 2.5 and 4.8 GB/s.
 inline constexpr std::size_t kStreamPieceBytes = (256 << 10) - 256;
 
-// An owner read in flight (Peer::start_read_by_owner). Move-only; wait()
-// once. Destroying it without waiting forgets the request: a reply that
-// comes later finds no one waiting, but the owner may still write into the
-// local memory, so a caller that gives up keeps that memory alive as for a
-// failed read_by_owner.
+// An owner read in flight (Peer::start_read_by_owner or
+// start_stream_by_owner). Move-only; wait() once. Destroying it without
+// waiting forgets the request: a reply that comes later finds no one
+// waiting. After a put-based read the owner may still write into the local
+// memory, so a caller that gives up keeps that memory alive as for a
+// failed read_by_owner; a stream's late pieces are dropped instead.
 class OwnerRead {
  public:
   OwnerRead() = default;
