@@ -489,27 +489,8 @@ Result<OwnerRead> Peer::start_read_by_owner(const RemoteRegion& remote, std::spa
     }
     // The agent serves a read only from the region whose rkey it names.
     req.source_rkey = remote.packed_rkey_;
-    req.id = impl.next_read_id.fetch_add(1);
-    auto* buf = new std::string(encode_read_request(req));
-    if (buf->size() > kMaxReadRequestBytes) {
-      delete buf;
-      return make_error(StatusCode::kInvalidArgument, "owner read request too large");
-    }
-    auto pending = std::make_shared<PendingRead>();
-    {
-      std::lock_guard lock(impl.reads_mu);
-      impl.reads.emplace(req.id, pending);
-    }
-    read.parts_.emplace_back(req.id, pending);
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_AM_SEND_FLAG_EAGER;
-    p.cb.send = on_send_done;
-    p.user_data = buf;
-    ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
-    if (!UCS_PTR_IS_PTR(sreq)) {
-      delete buf;
-      if (UCS_PTR_IS_ERR(sreq)) return tl::unexpected(to_status(UCS_PTR_STATUS(sreq), "sending an owner read request"));
+    if (Status st = send_read_request(req, std::make_shared<PendingRead>(), read); !st.ok()) {
+      return tl::unexpected(st);
     }
   }
   return read;
@@ -548,30 +529,37 @@ Result<OwnerRead> Peer::start_stream_by_owner(const RemoteRegion& remote, std::s
       pending->expected += op.length;
     }
     req.source_rkey = remote.packed_rkey_;
-    req.id = impl.next_read_id.fetch_add(1);
-    auto* buf = new std::string(encode_read_request(req));
-    if (buf->size() > kMaxReadRequestBytes) {
-      delete buf;
-      return make_error(StatusCode::kInvalidArgument, "owner read request too large");
-    }
-    {
-      std::lock_guard lock(impl.reads_mu);
-      impl.reads.emplace(req.id, pending);
-    }
-    read.parts_.emplace_back(req.id, pending);
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-    // REPLY: the owner answers over the endpoint UCX paired with ours.
-    p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
-    p.cb.send = on_send_done;
-    p.user_data = buf;
-    ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
-    if (!UCS_PTR_IS_PTR(sreq)) {
-      delete buf;
-      if (UCS_PTR_IS_ERR(sreq)) return tl::unexpected(to_status(UCS_PTR_STATUS(sreq), "sending an owner read request"));
-    }
+    if (Status st = send_read_request(req, std::move(pending), read); !st.ok()) return tl::unexpected(st);
   }
   return read;
+}
+
+Status Peer::send_read_request(ReadRequest& req, std::shared_ptr<PendingRead> pending, OwnerRead& read) {
+  Transport::Impl& impl = *owner_->impl_;
+  req.id = impl.next_read_id.fetch_add(1);
+  auto* buf = new std::string(encode_read_request(req));
+  if (buf->size() > kMaxReadRequestBytes) {
+    delete buf;
+    return Status(StatusCode::kInvalidArgument, "owner read request too large");
+  }
+  {
+    std::lock_guard lock(impl.reads_mu);
+    impl.reads.emplace(req.id, pending);
+  }
+  read.parts_.emplace_back(req.id, std::move(pending));
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  // A stream is answered over the endpoint UCX paired with ours (REPLY); a
+  // put-based read over one the owner opens back to us.
+  p.flags = UCP_AM_SEND_FLAG_EAGER | (req.stream ? UCP_AM_SEND_FLAG_REPLY : 0);
+  p.cb.send = on_send_done;
+  p.user_data = buf;
+  ucs_status_ptr_t sreq = ucp_am_send_nbx(ep_, kAmReadRequest, nullptr, 0, buf->data(), buf->size(), &p);
+  if (!UCS_PTR_IS_PTR(sreq)) {
+    delete buf;
+    if (UCS_PTR_IS_ERR(sreq)) return to_status(UCS_PTR_STATUS(sreq), "sending an owner read request");
+  }
+  return Status();
 }
 
 OwnerRead::OwnerRead(OwnerRead&& other) noexcept : peer_(other.peer_), parts_(std::move(other.parts_)) {

@@ -94,6 +94,7 @@ struct BatchOptions {
 
 class Peer;
 struct PendingRead;
+struct ReadRequest;
 
 // Places the bytes of a streamed owner read as they arrive: `bytes` are
 // those of op `op`, starting `offset` bytes into it. Called on whichever
@@ -234,6 +235,9 @@ class Peer {
   // Posts one put or get; the UCX request (or nullptr: done, or an error).
   void* post_rma(bool is_put, const RemoteRegion& remote, const RmaOp& op, const BatchOptions& options);
   void forget_reads(std::span<const std::pair<std::uint64_t, std::shared_ptr<PendingRead>>> parts);
+  // Gives `req` an id, registers `pending` under it, adds both to `read` and
+  // sends the request.
+  Status send_read_request(ReadRequest& req, std::shared_ptr<PendingRead> pending, OwnerRead& read);
 
   Transport* owner_;
   ErrorMode mode_;
