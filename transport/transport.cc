@@ -137,7 +137,9 @@ ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_le
     // entry goes when the reader stops waiting.
     if (!pending->stream) impl->reads.erase(it);
   }
-  pending->status.store(static_cast<std::int32_t>(status));
+  // A stream that already failed on a bad piece keeps that error.
+  int ok = UCS_OK;
+  pending->status.compare_exchange_strong(ok, static_cast<std::int32_t>(status));
   pending->done.store(true, std::memory_order_release);
   return UCS_OK;
 }
