@@ -140,7 +140,8 @@ struct Transport::Impl {
   bool reader_open(ucp_ep_h ep);
   void close_readers();
 
-  void handle_read_request(std::vector<std::byte> bytes);
+  // Serves a put-based read (outside any progress call: it may connect).
+  void handle_read_request(ReadRequest req);
   // Serves a streamed read (kReadFlagStream) over `ep`, the endpoint its
   // request came in on: the pieces, then the reply. Called inside the
   // progress call that delivered the request.

@@ -509,7 +509,6 @@ Result<OwnerRead> Peer::start_stream_by_owner(const RemoteRegion& remote, std::s
     }
   }
   Transport::Impl& impl = *owner_->impl_;
-  auto shared_sink = std::make_shared<ReadSink>(std::move(sink));
   for (std::size_t first = 0; first < ops.size(); first += kMaxReadOps) {
     const auto part = ops.subspan(first, std::min(kMaxReadOps, ops.size() - first));
     ReadRequest req;
@@ -518,9 +517,7 @@ Result<OwnerRead> Peer::start_stream_by_owner(const RemoteRegion& remote, std::s
     req.stream = true;
     auto pending = std::make_shared<PendingRead>();
     pending->stream = true;
-    if (*shared_sink) pending->sink = [shared_sink](std::size_t op, std::uint64_t offset, std::span<const std::byte> b) {
-      (*shared_sink)(op, offset, b);
-    };
+    pending->sink = sink;
     pending->first_op = first;
     for (const RmaOp& op : part) {
       req.ops.push_back({remote.base_ + op.remote_offset, 0, op.length, 0});

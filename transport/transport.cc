@@ -42,7 +42,12 @@ ucs_status_t on_read_request(void* arg, const void* /*header*/, size_t /*header_
     return UCS_OK;
   }
   auto req = decode_read_request(data, length);
-  if (req && req->stream) {
+  if (!req) {
+    // Without a decoded reader address there is no one to answer.
+    logger()->warn("{}", req.error().message());
+    return UCS_OK;
+  }
+  if (req->stream) {
     // Served here, inside the progress call: the reply endpoint UCX lends
     // for this message is valid only until we return.
     const bool has_reply_ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && param->reply_ep != nullptr;
@@ -54,9 +59,9 @@ ucs_status_t on_read_request(void* arg, const void* /*header*/, size_t /*header_
     impl->stream_read(param->reply_ep, *req);
     return UCS_OK;
   }
-  std::vector<std::byte> copy(length);
-  std::memcpy(copy.data(), data, length);
-  impl->post([impl, bytes = std::move(copy)]() mutable { impl->handle_read_request(std::move(bytes)); });
+  // A put-based read connects back to the reader first: not inside a
+  // progress call.
+  impl->post([impl, r = std::move(*req)]() mutable { impl->handle_read_request(std::move(r)); });
   return UCS_OK;
 }
 
@@ -342,38 +347,32 @@ void Transport::Impl::close_readers() {
   }
 }
 
-void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
-  auto req = decode_read_request(bytes.data(), bytes.size());
-  if (!req) {
-    // Without a decoded reader address there is no one to answer.
-    logger()->warn("{}", req.error().message());
-    return;
-  }
-  ucp_ep_h ep = reader_endpoint(req->reader_address, req->reader_peer_errors);
+void Transport::Impl::handle_read_request(ReadRequest req) {
+  ucp_ep_h ep = reader_endpoint(req.reader_address, req.reader_peer_errors);
   if (ep == nullptr) return;
-  for (const ReadOp& op : req->ops) {
-    if (!in_served_range(op.src, op.length, req->source_rkey)) {
-      logger()->warn("owner read request {}: {} bytes at {:#x} outside the served region its rkey names", req->id,
+  for (const ReadOp& op : req.ops) {
+    if (!in_served_range(op.src, op.length, req.source_rkey)) {
+      logger()->warn("owner read request {}: {} bytes at {:#x} outside the served region its rkey names", req.id,
                      op.length,
                      op.src);
       owner_read_errors.fetch_add(1, std::memory_order_relaxed);
-      send_read_reply(ep, req->id, UCS_ERR_INVALID_ADDR);
+      send_read_reply(ep, req.id, UCS_ERR_INVALID_ADDR);
       return;
     }
   }
-  auto* job = new OwnerReadJob{this, ep, {}, req->id};
+  auto* job = new OwnerReadJob{this, ep, {}, req.id};
   ucs_status_t st = UCS_OK;
-  for (const std::string& packed : req->rkeys) {
+  for (const std::string& packed : req.rkeys) {
     ucp_rkey_h rkey = nullptr;
     st = ucp_ep_rkey_unpack(ep, packed.data(), &rkey);
     if (st != UCS_OK) {
-      logger()->warn("owner read request {}: unpacking the reader's rkey: {}", req->id, ucs_status_string(st));
+      logger()->warn("owner read request {}: unpacking the reader's rkey: {}", req.id, ucs_status_string(st));
       break;
     }
     job->rkeys.push_back(rkey);
   }
   ucp_request_param_t param{};
-  for (const ReadOp& op : req->ops) {
+  for (const ReadOp& op : req.ops) {
     if (st != UCS_OK) break;
     ucs_status_ptr_t sp =
         ucp_put_nbx(ep, reinterpret_cast<void*>(op.src), op.length, op.dst, job->rkeys[op.rkey], &param);
@@ -389,7 +388,7 @@ void Transport::Impl::handle_read_request(std::vector<std::byte> bytes) {
     return;
   }
   std::uint64_t moved = 0;
-  for (const ReadOp& op : req->ops) moved += op.length;
+  for (const ReadOp& op : req.ops) moved += op.length;
   owner_reads.fetch_add(1, std::memory_order_relaxed);
   owner_read_bytes.fetch_add(moved, std::memory_order_relaxed);
   ucp_request_param_t fparam{};

@@ -866,10 +866,10 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
     }
     by_agent[loc.agent].push_back(i);
   }
-  // Transfers go in chunks; each chunk's verification (header fields and the
-  // payload's XXH3) runs on the verifier thread while the next chunk moves:
-  // on one core, copy-then-hash reaches only 0.6-0.8 of a plain copy.
-  // At least four chunks per batch, so small batches overlap too.
+  // Transfers go in chunks, so a chunk is verified (header fields and the
+  // payload's XXH3) while the next one moves: a streamed chunk hashed as it
+  // arrived, a UCX get's on the verifier thread. At least four chunks per
+  // batch, so small batches overlap too.
   const std::size_t chunk_blocks =
       std::max<std::size_t>(1, std::min<std::size_t>(kVerifyChunkBytes / *bb, (n + 3) / 4));
   struct Verdict {
@@ -949,8 +949,8 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
     auto verify = [&](std::vector<std::size_t> idx, std::vector<std::optional<std::uint64_t>> digests) {
       auto promise = std::make_shared<std::promise<Verdict>>();
       verdicts.push_back(promise->get_future());
-      if (std::all_of(digests.begin(), digests.end(), [](const auto& d) { return d.has_value(); }) &&
-          digests.size() == idx.size()) {
+      if (digests.size() == idx.size() &&
+          std::all_of(digests.begin(), digests.end(), [](const auto& d) { return d.has_value(); })) {
         // Only header fields and digests left to compare: no reason to
         // hand it over.
         promise->set_value(verify_chunk(idx, digests));

@@ -85,20 +85,6 @@ void check_transport(Client& c) {
   }
 }
 
-std::vector<rpc::AgentRecord> list_agents(rpc::Client& c) {
-  rpc::ListAgentsReply rep;
-  auto reply = c.call(rpc::kListAgents, std::string(), Deadline::after(scaled(10s)));
-  if (reply) (void)rpc::decode(*reply, rep);
-  return rep.agents;
-}
-
-std::vector<rpc::AgentStatsRecord> agent_stats(rpc::Client& c) {
-  rpc::AgentStatsReply rep;
-  auto reply = c.call(rpc::kAgentStats, std::string(), Deadline::after(scaled(10s)));
-  if (reply) (void)rpc::decode(*reply, rep);
-  return rep.agents;
-}
-
 // Live regions by tenant ("" for the shared pool), from the operator's view.
 std::map<std::string, std::vector<rpc::AgentStatsRecord>> live_regions(rpc::Client& admin) {
   std::map<std::string, std::vector<rpc::AgentStatsRecord>> out;

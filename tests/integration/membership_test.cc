@@ -58,15 +58,8 @@ std::unique_ptr<Subprocess> start_member(const std::string& endpoints, std::uint
   return std::make_unique<Subprocess>(std::move(*a));
 }
 
-rpc::ListAgentsReply list_agents(rpc::Client& c) {
-  rpc::ListAgentsReply rep;
-  auto reply = c.call(rpc::kListAgents, std::string(), Deadline::after(scaled(5s)));
-  if (reply) (void)rpc::decode(*reply, rep);
-  return rep;
-}
-
 std::uint64_t incarnation_of(rpc::Client& c, const std::string& name) {
-  for (const auto& a : list_agents(c).agents) {
+  for (const auto& a : list_agents(c)) {
     if (a.control_address == name && a.alive) return a.incarnation;
   }
   return 0;

@@ -104,6 +104,22 @@ inline rpc::StatsReply stats(rpc::Client& c) {
   return s;
 }
 
+// The coordinator's agent list and per-agent stats as `c` may see them
+// (empty on an error).
+inline std::vector<rpc::AgentRecord> list_agents(rpc::Client& c) {
+  rpc::ListAgentsReply rep;
+  auto reply = c.call(rpc::kListAgents, std::string(), Deadline::after(scaled(std::chrono::seconds(10))));
+  if (reply) (void)rpc::decode(*reply, rep);
+  return rep.agents;
+}
+
+inline std::vector<rpc::AgentStatsRecord> agent_stats(rpc::Client& c) {
+  rpc::AgentStatsReply rep;
+  auto reply = c.call(rpc::kAgentStats, std::string(), Deadline::after(scaled(std::chrono::seconds(10))));
+  if (reply) (void)rpc::decode(*reply, rep);
+  return rep.agents;
+}
+
 // Polls `pred` until it holds or `timeout` passes; returns whether it held.
 template <typename Pred>
 bool eventually(Pred pred, std::chrono::milliseconds timeout) {

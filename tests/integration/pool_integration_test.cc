@@ -412,10 +412,12 @@ TEST_CASE("a killed agent's blocks leave lookups within the heartbeat timeout an
 TEST_CASE("a get that runs out on a frozen agent writes nothing into the caller's memory after it returned",
           "[integration][tcp]") {
   // Over TCP after a reconnection (the agent was reported down and came
-  // back) reads go through UCX get, which TCP emulates: the agent answers
-  // each get when its progress thread runs. A get whose deadline passes on
-  // a frozen agent must not leave gets queued that write into the caller's
-  // buffers (and the client's header scratch) once the agent thaws.
+  // back) the agent streams each read's bytes, and answers a request when
+  // its progress thread runs. A get whose deadline passes on a frozen agent
+  // must not leave bytes on their way that land in the caller's buffers
+  // (or the client's header scratch) once the agent thaws. (Until the
+  // stream, such reads went through UCX get, which TCP emulates the same
+  // way.)
   const auto agent_timeout = scaled(2000ms);
   auto pool = start_standalone("32MiB", {"--agent-timeout", std::to_string(agent_timeout.count()) + "ms",
                                          "--heartbeat-interval", "200ms", "--placement", "spread"});
@@ -459,7 +461,7 @@ TEST_CASE("a get that runs out on a frozen agent writes nothing into the caller'
   }
   REQUIRE(on_second.size() >= 2);
 
-  // Reported down and back: this client now reads it with UCX get.
+  // Reported down and back: this client reconnects to it.
   REQUIRE(freeze(second->pid()));
   CHECK(eventually([&] { return stats(*watcher).agents_alive == 1; }, agent_timeout * 3));
   second->kill(SIGCONT);

@@ -42,20 +42,6 @@ std::unique_ptr<Client> connect_with(const std::string& coordinator, const std::
   return std::move(*c);
 }
 
-std::vector<rpc::AgentStatsRecord> agent_stats(rpc::Client& c) {
-  rpc::AgentStatsReply rep;
-  auto reply = c.call(rpc::kAgentStats, std::string(), Deadline::after(scaled(10s)));
-  if (reply) (void)rpc::decode(*reply, rep);
-  return rep.agents;
-}
-
-std::vector<rpc::AgentRecord> list_agents(rpc::Client& c) {
-  rpc::ListAgentsReply rep;
-  auto reply = c.call(rpc::kListAgents, std::string(), Deadline::after(scaled(10s)));
-  if (reply) (void)rpc::decode(*reply, rep);
-  return rep.agents;
-}
-
 // Live regions of `tenant` ("" for the shared pool), as the operator sees them.
 std::vector<rpc::AgentStatsRecord> live_regions(rpc::Client& admin, const std::string& tenant) {
   std::vector<rpc::AgentStatsRecord> out;
@@ -115,6 +101,26 @@ TenantFiles acme_files() {
   }
   REQUIRE(::chmod(f.tenants.c_str(), 0600) == 0);
   return f;
+}
+
+// Checks that `keys` of namespace `ns` lie in acme's one isolated region at
+// the coordinator `address` (`admin` is an operator's connection to it), as
+// the tenant looks them up; returns that region.
+rpc::AgentStatsRecord expect_in_acme_region(rpc::Client& admin, const std::string& address,
+                                            const std::string& acme, NamespaceId ns,
+                                            const std::vector<Key128>& keys) {
+  const auto regions = live_regions(admin, "acme");
+  REQUIRE(regions.size() == 1);
+  auto raw_tenant = raw_with(address, acme);
+  REQUIRE(raw_tenant);
+  rpc::LookupReply locs;
+  REQUIRE(raw_call(*raw_tenant, rpc::kLookup, rpc::LookupRequest{ns, false, keys}, locs).ok());
+  CHECK(locs.locations.size() == keys.size());
+  for (const auto& l : locs.locations) {
+    CHECK(l.agent == regions[0].agent);
+    CHECK(l.payload_offset + l.length <= regions[0].region_bytes);
+  }
+  return regions[0];
 }
 
 }  // namespace
@@ -198,26 +204,16 @@ TEST_CASE("adding a shard moves an isolated tenant's blocks into its isolated re
   // The moved ones lie in acme's isolated region of shard 1's agent, inside
   // the region, as the tenant sees it (lookup, ListAgents) and as the
   // operator does (the region's size).
-  const auto acme_regions = live_regions(*admin1, "acme");
-  REQUIRE(acme_regions.size() == 1);
-  const std::uint32_t region = acme_regions[0].agent;
-  const std::uint64_t region_bytes = acme_regions[0].region_bytes;
-  CHECK(region_bytes == (8u << 20));
+  std::vector<Key128> moved_keys;
+  for (std::size_t i : tenant_moved) moved_keys.push_back(key_of(1, i));
+  const auto region = expect_in_acme_region(*admin1, s1.address, acme, tns, moved_keys);
+  CHECK(region.region_bytes == (8u << 20));
   auto raw_tenant1 = raw_with(s1.address, acme);
   REQUIRE(raw_tenant1);
   auto agents = list_agents(*raw_tenant1);
   REQUIRE(agents.size() == 1);
   CHECK(agents[0].tenant == "acme");
-  CHECK(agents[0].agent == region);
-  std::vector<Key128> moved_keys;
-  for (std::size_t i : tenant_moved) moved_keys.push_back(key_of(1, i));
-  rpc::LookupReply locs;
-  REQUIRE(raw_call(*raw_tenant1, rpc::kLookup, rpc::LookupRequest{tns, false, moved_keys}, locs).ok());
-  CHECK(locs.locations.size() == moved_keys.size());
-  for (const auto& l : locs.locations) {
-    CHECK(l.agent == region);
-    CHECK(l.payload_offset + l.length <= region_bytes);
-  }
+  CHECK(agents[0].agent == region.agent);
   // Shard 1 holds exactly the moved tenant blocks plus the shared ones of
   // its range; shard 0 the rest: nothing is left behind or doubled.
   std::size_t shared_moved = 0;
@@ -300,30 +296,19 @@ TEST_CASE("a new shard without the isolated tenant: the shared blocks move, the 
   s1.address = "127.0.0.1:" + std::to_string(port);
   admin1 = raw_with(s1.address, cluster, rpc::Role::kTool);
   REQUIRE(admin1);
-  const bool ended = eventually([&] {
-    auto m = etcd::read_shard_map(*pool->client);
-    return m && m->version == grown->version + 1;
-  }, scaled(60s));
+  const auto final_map = pool->wait_for_map(grown->version + 1, scaled(60s));
   INFO("the move did not end within 60 s of shard 1 getting the tenants file");
-  REQUIRE(ended);
+  REQUIRE(final_map.has_value());
+  CHECK(final_map->version == grown->version + 1);
   auto fresh = connect_with("etcd://" + E, acme);
   REQUIRE(fresh->register_namespace(test_namespace(kBlock, "acme/model")).value() == tns);
   CHECK(read_right(*fresh, tns, 1, kTenantBlocks) == kTenantBlocks);
   CHECK(read_right(*shared, sns, 2, kSharedBlocks) == kSharedBlocks);
-  const auto regions = live_regions(*admin1, "acme");
-  REQUIRE(regions.size() == 1);
-  auto raw_tenant1 = raw_with(s1.address, acme);
-  REQUIRE(raw_tenant1);
   std::vector<Key128> moved_keys;
   for (std::size_t i = 0; i < kTenantBlocks; ++i) {
     if (grown->shard_of(key_of(1, i)) == 1) moved_keys.push_back(key_of(1, i));
   }
-  rpc::LookupReply locs;
-  REQUIRE(raw_call(*raw_tenant1, rpc::kLookup, rpc::LookupRequest{tns, false, moved_keys}, locs).ok());
-  CHECK(locs.locations.size() == tenant_moved);
-  for (const auto& l : locs.locations) {
-    CHECK(l.agent == regions[0].agent);
-    CHECK(l.payload_offset + l.length <= regions[0].region_bytes);
-  }
+  CHECK(moved_keys.size() == tenant_moved);
+  expect_in_acme_region(*admin1, s1.address, acme, tns, moved_keys);
   CHECK(stats(*admin0).blocks == kTenantBlocks - tenant_moved + kSharedBlocks - shared_moved);
 }
