@@ -227,6 +227,11 @@ struct CoordinatorCore::State {
   IndexTable by_key;   // (namespace, key) -> entry, for kWriting and kCommitted
   IndexTable by_slot;  // (agent, slot start granule) -> entry, every entry in use
 
+  // Namespaces added by each client id and each tenant, for
+  // max_namespaces_per_client and _per_tenant (since this coordinator started).
+  std::unordered_map<std::string, std::uint32_t> namespaces_by_client;
+  std::unordered_map<std::string, std::uint32_t> namespaces_by_tenant;
+
   std::unordered_map<std::uint64_t, WriteLease> write_leases;
   // Open write leases per writer (client id), for max_write_leases_per_client.
   std::unordered_map<std::string, std::uint32_t> client_index;
@@ -1088,7 +1093,8 @@ Result<std::unique_ptr<CoordinatorCore>> CoordinatorCore::create(const Coordinat
 
 // ---- namespaces ----
 
-Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescriptor& desc, std::string_view tenant) {
+Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescriptor& desc, std::string_view tenant,
+                                                        const NamespaceRegistrant& by) {
   auto bytes = block_bytes_of(desc);
   if (!bytes) return tl::unexpected(bytes.error());
   const NamespaceId id = namespace_id(desc);
@@ -1117,6 +1123,22 @@ Result<NamespaceId> CoordinatorCore::register_namespace(const NamespaceDescripto
                                                           std::to_string(s.config.max_namespaces) +
                                                           " (coordinator config max_namespaces)");
   }
+  std::uint32_t* by_client = by.client.empty() ? nullptr : &s.namespaces_by_client[by.client];
+  std::uint32_t* by_tenant = by.tenant.empty() ? nullptr : &s.namespaces_by_tenant[by.tenant];
+  if (by_tenant != nullptr && s.config.max_namespaces_per_tenant != 0 &&
+      *by_tenant >= s.config.max_namespaces_per_tenant) {
+    return make_error(StatusCode::kResourceExhausted,
+                      "tenant '" + by.tenant + "' has registered " + std::to_string(*by_tenant) +
+                          " namespaces, its limit (coordinator flag --max-namespaces-per-tenant)");
+  }
+  if (by_client != nullptr && s.config.max_namespaces_per_client != 0 &&
+      *by_client >= s.config.max_namespaces_per_client) {
+    return make_error(StatusCode::kResourceExhausted,
+                      "client '" + by.client + "' has registered " + std::to_string(*by_client) +
+                          " namespaces, its limit (coordinator flag --max-namespaces-per-client)");
+  }
+  if (by_client != nullptr) ++*by_client;
+  if (by_tenant != nullptr) ++*by_tenant;
   s.ns_index.emplace(id, static_cast<std::uint32_t>(s.namespaces.size()));
   Namespace& fresh = s.namespaces.emplace_back();
   fresh.id = id;

@@ -94,7 +94,12 @@ class CoordinatorCore {
   // the shared regions. Placement and drains never leave those regions.
   // Registering again with another tenant moves new placements there;
   // blocks already placed stay until evicted.
-  Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc, std::string_view tenant = {});
+  //
+  // `by` counts a new namespace against its client's and its tenant's limits
+  // (CoordinatorConfig::max_namespaces_per_client, _per_tenant):
+  // kResourceExhausted naming the limit when one is reached.
+  Result<NamespaceId> register_namespace(const NamespaceDescriptor& desc, std::string_view tenant = {},
+                                         const NamespaceRegistrant& by = {});
   // The tenant register_namespace (or the recovered region) gave the
   // namespace. kNotFound: unknown namespace.
   Result<std::string> namespace_tenant(NamespaceId id) const;

@@ -85,11 +85,25 @@ struct CoordinatorConfig {
   // id). Over either, the call or key fails with kResourceExhausted.
   std::uint32_t max_namespaces = 65536;
   std::uint64_t max_write_leases_per_client = 1u << 20;
+  // Namespaces one client (by client id) and one tenant may add, so that
+  // neither takes every slot of max_namespaces and locks everyone else out.
+  // Registering a namespace the coordinator already knows adds nothing.
+  // Over either, register_namespace fails with kResourceExhausted. 0: no limit.
+  std::uint32_t max_namespaces_per_client = 1024;
+  std::uint32_t max_namespaces_per_tenant = 4096;
   // The first generation issued; 0 takes the wall clock in microseconds, so a
   // restarted coordinator keeps issuing higher generations.
   Generation first_generation = 0;
   // The first lease id issued; 0 takes a random one.
   std::uint64_t first_lease_id = 0;
+};
+
+// Who registers a namespace, for the per-client and per-tenant limits:
+// the client id of its connection, and the tenant its credential names
+// (empty: the cluster secret).
+struct NamespaceRegistrant {
+  std::string client;
+  std::string tenant;
 };
 
 // What an agent tells the coordinator when it joins.

@@ -101,7 +101,7 @@ struct OpMetrics {
   metrics::Counter* requests = nullptr;
   metrics::Histogram* latency = nullptr;
   // Error replies by status code, indexed by StatusCode.
-  std::array<metrics::Counter*, static_cast<std::size_t>(StatusCode::kInternal) + 1> errors{};
+  std::array<metrics::Counter*, static_cast<std::size_t>(kLastStatusCode) + 1> errors{};
 };
 
 }  // namespace
@@ -765,7 +765,7 @@ void CoordinatorServer::Impl::handle(rpc::Request req, rpc::Responder raw_resp) 
                                  : "it belongs to isolated tenant '" + owner + "'")));
         }
       }
-      auto id = core->register_namespace(m.descriptor, owner);
+      auto id = core->register_namespace(m.descriptor, owner, {req.peer_id, req.tenant});
       if (!id) return resp.fail(id.error());
       auto bytes = block_bytes_of(m.descriptor);
       resp.reply(rpc::encode(rpc::RegisterNamespaceReply{*id, bytes ? *bytes : 0}));

@@ -24,6 +24,8 @@ struct CoordinatorFlags {
   std::uint32_t max_namespaces = CoordinatorConfig{}.max_namespaces;
   std::size_t max_connections = CoordinatorServerOptions{}.max_connections;
   std::uint64_t max_write_leases_per_client = CoordinatorConfig{}.max_write_leases_per_client;
+  std::uint32_t max_namespaces_per_client = CoordinatorConfig{}.max_namespaces_per_client;
+  std::uint32_t max_namespaces_per_tenant = CoordinatorConfig{}.max_namespaces_per_tenant;
   std::string secret_file;
   bool control_tls = false;
   std::string tenants_file;
@@ -66,6 +68,12 @@ struct CoordinatorFlags {
     app.add_option("--max-namespaces", max_namespaces, "Namespaces the coordinator accepts")
         ->check(CLI::Range(1u, 1u << 30))
         ->capture_default_str();
+    app.add_option("--max-namespaces-per-client", max_namespaces_per_client,
+                   "Namespaces one client (client id) may add; 0: no limit other than --max-namespaces")
+        ->capture_default_str();
+    app.add_option("--max-namespaces-per-tenant", max_namespaces_per_tenant,
+                   "Namespaces one tenant's clients may add together; 0: no limit other than --max-namespaces")
+        ->capture_default_str();
     app.add_option("--max-write-leases-per-client", max_write_leases_per_client,
                    "Write leases one client may hold open at once (blocks allocated and not yet committed)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40))
@@ -102,6 +110,8 @@ struct CoordinatorFlags {
     o.core.max_namespaces = max_namespaces;
     o.max_connections = max_connections;
     o.core.max_write_leases_per_client = max_write_leases_per_client;
+    o.core.max_namespaces_per_client = max_namespaces_per_client;
+    o.core.max_namespaces_per_tenant = max_namespaces_per_tenant;
     o.secret_file = secret_file;
     o.control_tls = control_tls;
     o.tenants_file = tenants_file;

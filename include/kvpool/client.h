@@ -89,8 +89,11 @@ struct ClientStats {
 // Zero-copy access to pool slots of agents whose region is mapped into this
 // process (a same-host agent over shared memory): what the GPU path
 // (include/kvpool/gpu.h) uses to DMA straight between GPU memory and the
-// slots, with no staging copy. Every begin_mapped_* must be ended by its
-// finish_mapped_* / abort_mapped_put (the leases otherwise run out).
+// slots, with no staging copy. Every begin_mapped_* is ended by its
+// finish_mapped_* / abort_mapped_put, or by destroying the MappedPut /
+// MappedGet, which aborts the put (or releases the get's read lease) through
+// the client that began it: destroy both before that client, and drop a
+// MappedPut only once no copy into its slots is still running.
 struct MappedSlot {
   std::byte* payload = nullptr;  // the block's block_bytes payload bytes in the agent's region
   std::byte* region = nullptr;   // start of the mapped region holding it (register it with CUDA once)
@@ -112,8 +115,13 @@ struct MappedPut {
   std::unique_ptr<MappedPutState> state;
   MappedPut();
   MappedPut(MappedPut&&) noexcept;
-  MappedPut& operator=(MappedPut&&) noexcept;
-  ~MappedPut();
+  MappedPut& operator=(MappedPut&&) noexcept;  // aborts the put it held, if unfinished
+  MappedPut(const MappedPut&) = delete;
+  MappedPut& operator=(const MappedPut&) = delete;
+  ~MappedPut();  // aborts an unfinished put
+
+ private:
+  void end() noexcept;
 };
 
 struct MappedGetState;  // opaque: the read lease
@@ -131,8 +139,13 @@ struct MappedGet {
   std::unique_ptr<MappedGetState> state;
   MappedGet();
   MappedGet(MappedGet&&) noexcept;
-  MappedGet& operator=(MappedGet&&) noexcept;
-  ~MappedGet();
+  MappedGet& operator=(MappedGet&&) noexcept;  // finishes the get it held, if unfinished
+  MappedGet(const MappedGet&) = delete;
+  MappedGet& operator=(const MappedGet&) = delete;
+  ~MappedGet();  // finish_mapped_get(*this, 0) if unfinished
+
+ private:
+  void end() noexcept;
 };
 
 class Client {

@@ -121,8 +121,9 @@ struct Client::Impl {
 
   // The coordinator connection, redialled with backoff when it breaks
   // (control()).
-  std::mutex control_mu;              // one dial at a time
+  std::mutex control_mu;              // held for moments only, never across a dial
   std::shared_ptr<rpc::Client> rpc;   // guarded by control_mu
+  bool dialling = false;              // guarded by control_mu: one dial at a time
   Clock::time_point next_dial{};      // guarded by control_mu
   std::chrono::milliseconds backoff{0};  // guarded by control_mu
   Status dial_error;                  // guarded by control_mu
@@ -133,6 +134,10 @@ struct Client::Impl {
   std::map<std::uintptr_t, std::unique_ptr<transport::MemoryRegion>> buffers;  // by start; guarded by mu
   std::unordered_map<std::uint32_t, std::shared_ptr<AgentConn>> agents;       // guarded by mu
   std::uint64_t agents_epoch = 0;                                             // guarded by mu
+  // Agent incarnations the coordinator reported down, newest last, so a
+  // connection made while the report came in (agent()) is not kept.
+  std::deque<std::pair<std::uint32_t, std::uint64_t>> reported_down;        // guarded by mu
+  static constexpr std::size_t kReportedDownKept = 1024;
   std::mutex refresh_mu;  // one agent-list refresh at a time
 
   std::atomic<std::uint64_t> bytes_put{0};
@@ -167,24 +172,28 @@ struct Client::Impl {
   // namespaces again (a restarted coordinator knows none) and refreshes the
   // agent table before it is used. Calls that fail while the coordinator is
   // away surface kUnavailable; nothing is retried behind the caller's back.
+  // The dial runs outside control_mu: calls made meanwhile, a get's lease
+  // release among them, fail at once with kUnavailable instead of waiting
+  // out a dial that may take the whole timeout.
   Result<std::shared_ptr<rpc::Client>> control() {
-    std::lock_guard lock(control_mu);
-    if (rpc != nullptr && rpc->connected()) return rpc;
-    const auto now = Clock::now();
-    if (now < next_dial) {
-      return make_error(StatusCode::kUnavailable,
-                        "coordinator " + options.coordinator + " unreachable (" + dial_error.to_string() +
-                            "); next try in " +
-                            std::to_string(
-                                std::chrono::duration_cast<std::chrono::milliseconds>(next_dial - now).count()) +
-                            " ms");
+    {
+      std::lock_guard lock(control_mu);
+      if (rpc != nullptr && rpc->connected()) return rpc;
+      if (dialling) {
+        return make_error(StatusCode::kUnavailable,
+                          "coordinator " + options.coordinator + " unreachable: another call is reconnecting");
+      }
+      if (Status wait = backing_off(); !wait.ok()) return tl::unexpected(wait);
+      dialling = true;
     }
     auto dialled = dial();
+    std::lock_guard lock(control_mu);
+    dialling = false;
     if (!dialled) {
       // Behind etcd a new leader is up within about a lease TTL: look again soon.
       const std::chrono::milliseconds most(etcd::is_etcd_address(options.coordinator) ? 500 : 2000);
       backoff = std::clamp(backoff * 2, std::chrono::milliseconds(50), most);
-      next_dial = now + backoff;
+      next_dial = Clock::now() + backoff;
       dial_error = dialled.error();
       return tl::unexpected(dialled.error());
     }
@@ -192,6 +201,20 @@ struct Client::Impl {
     backoff = std::chrono::milliseconds(0);
     rpc = std::move(*dialled);
     return rpc;
+  }
+
+  // kUnavailable while the backoff after a failed dial lasts. Under control_mu.
+  Status backing_off() const {
+    const auto now = Clock::now();
+    if (now < next_dial) {
+      return Status(StatusCode::kUnavailable,
+                    "coordinator " + options.coordinator + " unreachable (" + dial_error.to_string() +
+                            "); next try in " +
+                            std::to_string(
+                                std::chrono::duration_cast<std::chrono::milliseconds>(next_dial - now).count()) +
+                            " ms");
+    }
+    return Status();
   }
 
   Result<std::shared_ptr<rpc::Client>> dial() {
@@ -301,6 +324,15 @@ struct Client::Impl {
       logger()->debug("connected to agent {} incarnation {} over {}", id, incarnation,
                       conn->peer->rma_transports());
       std::lock_guard lock(mu);
+      // An AgentDown push that came while we connected found no entry to
+      // drop: keeping this connection would keep a dead agent's endpoint
+      // and mapped segment until the next redial.
+      if (std::find(reported_down.begin(), reported_down.end(), std::pair{id, incarnation}) != reported_down.end()) {
+        conn->peer->mark_dead("the coordinator reports agent " + std::to_string(id) + " down");
+        return make_error(StatusCode::kUnavailable, "agent " + std::to_string(id) + " incarnation " +
+                                                        std::to_string(incarnation) +
+                                                        " was reported down while this client connected to it");
+      }
       auto [it, inserted] = agents.insert_or_assign(id, conn);
       if (transports_seen.find(conn->peer->rma_transports()) == std::string::npos) {
         transports_seen += (transports_seen.empty() ? "" : ", ") + conn->peer->rma_transports();
@@ -325,6 +357,8 @@ struct Client::Impl {
     rpc::AgentDownMessage down;
     if (!rpc::decode(payload, down).ok()) return;
     std::lock_guard lock(mu);
+    reported_down.emplace_back(down.agent, down.incarnation);
+    if (reported_down.size() > kReportedDownKept) reported_down.pop_front();
     auto it = agents.find(down.agent);
     if (it != agents.end() && it->second->record.incarnation == down.incarnation) {
       // Shared-memory endpoints cannot see a dead peer: fail its operations
@@ -501,11 +535,23 @@ Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std:
   return Status();
 }
 
-// Where a mapped block's slot lies: inside the region, or a coordinator bug
-// that must not turn into a stray write or read.
-static bool slot_inside(const rpc::LocationWire& loc, std::uint64_t region_bytes) {
-  return loc.length <= region_bytes && loc.payload_offset <= region_bytes - loc.length &&
-         loc.header_offset <= region_bytes - pool::kSlotHeaderBytes;
+// Where a block's slot lies, as the coordinator placed it: its header and
+// `length` payload bytes inside the region, and `length` what the caller
+// expects, or a coordinator bug (or a lying coordinator) that must not turn
+// into a stray write or read of the mapped region. The one check of every
+// mapped site: written without sums, so no offset can wrap
+// (`off + len > size` does; `len > size || off > size - len` does not).
+static Status check_slot(const rpc::LocationWire& loc, std::uint64_t region_bytes, std::uint64_t length,
+                         std::size_t block) {
+  if (loc.length == length && length <= region_bytes && loc.payload_offset <= region_bytes - length &&
+      region_bytes >= pool::kSlotHeaderBytes && loc.header_offset <= region_bytes - pool::kSlotHeaderBytes) {
+    return Status();
+  }
+  return Status(StatusCode::kDataLoss,
+                "block " + std::to_string(block) + ": location outside the region (payload at " +
+                    std::to_string(loc.payload_offset) + ", " + std::to_string(loc.length) + " bytes where " +
+                    std::to_string(length) + " were expected, header at " + std::to_string(loc.header_offset) +
+                    ", region of " + std::to_string(region_bytes) + " bytes)");
 }
 
 void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
@@ -520,8 +566,8 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
   run_split(idx.size(), [&](std::size_t j) {
     const std::size_t i = idx[j];
     const auto& loc = arep.results[i].location;
-    if (!slot_inside(loc, region_bytes) || loc.length != blocks[i].size()) {
-      status[j] = Status(StatusCode::kInternal, "put: the placement lies outside the agent's region");
+    if (Status c = check_slot(loc, region_bytes, blocks[i].size(), i); !c.ok()) {
+      status[j] = c;
       return;
     }
     // Fencing (DESIGN.md, "Data flows"): no write after the lease's end. A
@@ -583,8 +629,9 @@ std::vector<Status> Client::Impl::get_mapped(NamespaceId ns, std::span<const Key
   run_split(idx.size(), [&](std::size_t j) {
     const std::size_t i = idx[j];
     const auto& loc = lrep.locations[i];
-    if (!slot_inside(loc, region_bytes)) {
-      status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": location outside the region");
+    // get() has checked loc.length against the namespace's block size.
+    if (Status c = check_slot(loc, region_bytes, loc.length, i); !c.ok()) {
+      status[j] = c;
       return;
     }
     if (Status h = conn.peer->health(); !h.ok()) {
@@ -1208,6 +1255,9 @@ std::future<Result<GetResult>> Client::get_async(NamespaceId ns, std::span<const
 
 
 struct MappedPutState {
+  // The client that began the put: a MappedPut dropped unfinished aborts
+  // through it.
+  Client* client = nullptr;
   NamespaceId ns = 0;
   std::vector<Key128> keys;
   std::uint64_t block_bytes = 0;
@@ -1221,6 +1271,7 @@ struct MappedPutState {
 };
 
 struct MappedGetState {
+  Client* client = nullptr;  // the client that began the get: a dropped MappedGet finishes through it
   std::uint64_t lease = 0;
   std::uint64_t epoch = 0;  // LookupReply::epoch, sent back with the release
   std::uint64_t block_bytes = 0;
@@ -1229,14 +1280,42 @@ struct MappedGetState {
   std::unique_ptr<RoutedMappedGet> routed;  // through the shard router: the shards' gets
 };
 
+// A session dropped unfinished gives its leases back at once (abort, or a
+// release of the read lease), instead of holding the space or blocking
+// eviction until the leases run out.
 MappedPut::MappedPut() = default;
 MappedPut::MappedPut(MappedPut&&) noexcept = default;
-MappedPut& MappedPut::operator=(MappedPut&&) noexcept = default;
-MappedPut::~MappedPut() = default;
+MappedPut& MappedPut::operator=(MappedPut&& other) noexcept {
+  if (this != &other) {
+    end();
+    outcomes = std::move(other.outcomes);
+    errors = std::move(other.errors);
+    slots = std::move(other.slots);
+    state = std::move(other.state);
+  }
+  return *this;
+}
+MappedPut::~MappedPut() { end(); }
+void MappedPut::end() noexcept {
+  if (state && !state->done && state->client != nullptr) state->client->abort_mapped_put(*this);
+}
 MappedGet::MappedGet() = default;
 MappedGet::MappedGet(MappedGet&&) noexcept = default;
-MappedGet& MappedGet::operator=(MappedGet&&) noexcept = default;
-MappedGet::~MappedGet() = default;
+MappedGet& MappedGet::operator=(MappedGet&& other) noexcept {
+  if (this != &other) {
+    end();
+    found = other.found;
+    slots = std::move(other.slots);
+    checksums = std::move(other.checksums);
+    stopped = std::move(other.stopped);
+    state = std::move(other.state);
+  }
+  return *this;
+}
+MappedGet::~MappedGet() { end(); }
+void MappedGet::end() noexcept {
+  if (state && !state->done && state->client != nullptr) state->client->finish_mapped_get(*this, 0);
+}
 
 Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key128> keys) {
   if (router_) {
@@ -1244,6 +1323,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
     auto routed = std::make_unique<RoutedMappedPut>();
     if (Status s = router_->begin_mapped_put(ns, keys, out, *routed); !s.ok()) return tl::unexpected(s);
     out.state = std::make_unique<MappedPutState>();
+    out.state->client = this;
     out.state->ns = ns;
     out.state->keys.assign(keys.begin(), keys.end());
     out.state->routed = std::move(routed);
@@ -1254,6 +1334,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
   MappedPut out;
   out.state = std::make_unique<MappedPutState>();
   auto& st = *out.state;
+  st.client = this;
   st.ns = ns;
   st.keys.assign(keys.begin(), keys.end());
   st.block_bytes = *bb;
@@ -1286,6 +1367,15 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
     else base = tl::unexpected(conn.error());
     if (!base) {
       out.errors[i] = base.error();
+      abort.leases.push_back(r.lease);
+      continue;
+    }
+    // Checked here, where the location comes in: finish_mapped_put writes
+    // the header where this location says, and the caller DMAs block_bytes
+    // into the payload.
+    if (Status c = check_slot(r.location, (*conn)->region.length(), *bb, i); !c.ok()) {
+      logger()->warn("mapped put: {}", c.message());
+      out.errors[i] = c;
       abort.leases.push_back(r.lease);
       continue;
     }
@@ -1412,6 +1502,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
     auto routed = std::make_unique<RoutedMappedGet>();
     if (Status s = router_->begin_mapped_get(ns, keys, out, *routed); !s.ok()) return tl::unexpected(s);
     out.state = std::make_unique<MappedGetState>();
+    out.state->client = this;
     out.state->routed = std::move(routed);
     return out;
   }
@@ -1420,6 +1511,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
   MappedGet out;
   out.state = std::make_unique<MappedGetState>();
   auto& st = *out.state;
+  st.client = this;
   st.block_bytes = *bb;
   if (keys.empty()) return out;
   rpc::LookupRequest lreq;
@@ -1443,9 +1535,10 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
       out.stopped = base.error();
       break;
     }
-    if (loc.length != *bb || loc.header_offset + pool::kSlotHeaderBytes > (*conn)->region.length() ||
-        loc.payload_offset + loc.length > (*conn)->region.length()) {
-      out.stopped = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": location outside the region");
+    if (Status c = check_slot(loc, (*conn)->region.length(), *bb, i); !c.ok()) {
+      out.stopped = c;
+      ++impl_->verify_failures;
+      logger()->warn("mapped get: {}", c.message());
       break;
     }
     std::array<std::byte, pool::kSlotHeaderBytes> bytes;

@@ -13,6 +13,7 @@
 
 #include "runtime/common/logging.h"
 #include "runtime/common/units.h"
+#include "runtime/etcd/gateway_json.h"
 
 namespace kvpool::etcd {
 namespace {
@@ -39,68 +40,6 @@ StatusCode from_grpc(int code) {
     case 14: return StatusCode::kUnavailable;
     default: return StatusCode::kInternal;
   }
-}
-
-// The gateway writes 64-bit integers as strings; accept numbers too.
-std::int64_t int_of(const json& j, const char* name) {
-  auto it = j.find(name);
-  if (it == j.end()) return 0;
-  if (it->is_number_integer()) return it->get<std::int64_t>();
-  if (it->is_string()) {
-    try {
-      return std::stoll(it->get<std::string>());
-    } catch (...) {
-      return 0;
-    }
-  }
-  return 0;
-}
-
-// Member ids use all 64 bits (decimal strings on the wire).
-std::uint64_t uint_of(const json& j, const char* name) {
-  auto it = j.find(name);
-  if (it == j.end()) return 0;
-  if (it->is_number_unsigned()) return it->get<std::uint64_t>();
-  if (it->is_string()) {
-    try {
-      return std::stoull(it->get<std::string>());
-    } catch (...) {
-      return 0;
-    }
-  }
-  return 0;
-}
-
-std::string bytes_of(const json& j, const char* name) {
-  auto it = j.find(name);
-  if (it == j.end() || !it->is_string()) return {};
-  auto d = base64_decode(it->get<std::string>());
-  return d ? *d : std::string();
-}
-
-KeyValue kv_of(const json& j) {
-  KeyValue kv;
-  kv.key = bytes_of(j, "key");
-  kv.value = bytes_of(j, "value");
-  kv.create_revision = int_of(j, "create_revision");
-  kv.mod_revision = int_of(j, "mod_revision");
-  kv.version = int_of(j, "version");
-  kv.lease = int_of(j, "lease");
-  return kv;
-}
-
-RangeResult range_of(const json& j) {
-  RangeResult r;
-  if (auto h = j.find("header"); h != j.end()) r.revision = int_of(*h, "revision");
-  if (auto kvs = j.find("kvs"); kvs != j.end() && kvs->is_array()) {
-    for (const auto& kv : *kvs) r.kvs.push_back(kv_of(kv));
-  }
-  return r;
-}
-
-std::int64_t revision_of(const json& j) {
-  auto h = j.find("header");
-  return h == j.end() ? 0 : int_of(*h, "revision");
 }
 
 json range_request(const std::string& key, bool prefix) {
@@ -329,7 +268,7 @@ Result<RangeResult> Client::get(const std::string& key) const {
   if (!text) return tl::unexpected(text.error());
   auto j = parse(*text, "range");
   if (!j) return tl::unexpected(j.error());
-  return range_of(*j);
+  return gateway::range_result(*j);
 }
 
 Result<RangeResult> Client::get_prefix(const std::string& prefix) const {
@@ -337,7 +276,7 @@ Result<RangeResult> Client::get_prefix(const std::string& prefix) const {
   if (!text) return tl::unexpected(text.error());
   auto j = parse(*text, "range");
   if (!j) return tl::unexpected(j.error());
-  return range_of(*j);
+  return gateway::range_result(*j);
 }
 
 Result<std::int64_t> Client::put(const std::string& key, const std::string& value, std::int64_t lease) const {
@@ -347,7 +286,7 @@ Result<std::int64_t> Client::put(const std::string& key, const std::string& valu
   if (!text) return tl::unexpected(text.error());
   auto j = parse(*text, "put");
   if (!j) return tl::unexpected(j.error());
-  return revision_of(*j);
+  return gateway::header_revision(*j);
 }
 
 Result<std::int64_t> Client::del(const std::string& key, bool prefix) const {
@@ -355,7 +294,7 @@ Result<std::int64_t> Client::del(const std::string& key, bool prefix) const {
   if (!text) return tl::unexpected(text.error());
   auto j = parse(*text, "delete");
   if (!j) return tl::unexpected(j.error());
-  return int_of(*j, "deleted");
+  return gateway::int_field(*j, "deleted");
 }
 
 Result<TxnResult> Client::txn(const std::vector<Compare>& compares, const std::vector<TxnOp>& success,
@@ -370,10 +309,16 @@ Result<TxnResult> Client::txn(const std::vector<Compare>& compares, const std::v
   if (!j) return tl::unexpected(j.error());
   TxnResult r;
   r.succeeded = j->value("succeeded", false);
-  r.revision = revision_of(*j);
+  auto revision = gateway::header_revision(*j);
+  if (!revision) return tl::unexpected(revision.error());
+  r.revision = *revision;
   if (auto rs = j->find("responses"); rs != j->end() && rs->is_array()) {
     for (const auto& resp : *rs) {
-      if (auto rr = resp.find("response_range"); rr != resp.end()) r.ranges.push_back(range_of(*rr));
+      auto rr = resp.find("response_range");
+      if (rr == resp.end()) continue;
+      auto range = gateway::range_result(*rr);
+      if (!range) return tl::unexpected(range.error());
+      r.ranges.push_back(std::move(*range));
     }
   }
   return r;
@@ -387,7 +332,11 @@ Result<Lease> Client::lease_grant(std::int64_t ttl_seconds) const {
   if (auto err = j->find("error"); err != j->end() && err->is_string() && !err->get<std::string>().empty()) {
     return make_error(StatusCode::kUnavailable, "etcd lease grant: " + err->get<std::string>());
   }
-  Lease l{int_of(*j, "ID"), int_of(*j, "TTL")};
+  auto id = gateway::int_field(*j, "ID");
+  if (!id) return tl::unexpected(id.error());
+  auto ttl = gateway::int_field(*j, "TTL");
+  if (!ttl) return tl::unexpected(ttl.error());
+  Lease l{*id, *ttl};
   if (l.id == 0) return make_error(StatusCode::kInternal, "etcd lease grant: no lease id in the answer");
   return l;
 }
@@ -405,7 +354,9 @@ Result<std::int64_t> Client::lease_keepalive(std::int64_t id) const {
   }
   auto res = j->find("result");
   if (res == j->end()) return make_error(StatusCode::kInternal, "etcd lease keepalive: no result");
-  const std::int64_t ttl = int_of(*res, "TTL");
+  auto answered = gateway::int_field(*res, "TTL");
+  if (!answered) return tl::unexpected(answered.error());
+  const std::int64_t ttl = *answered;
   if (ttl <= 0) return make_error(StatusCode::kNotFound, "etcd lease " + std::to_string(id) + " has expired");
   return ttl;
 }
@@ -435,10 +386,16 @@ Result<Client::MemberStatus> Client::member_status(const Endpoint& endpoint) con
     return make_error(StatusCode::kUnavailable, "etcd " + endpoint.to_string() + " status: " + answer->body.substr(0, 200));
   }
   MemberStatus st;
-  if (auto h = j.find("header"); h != j.end() && h->is_object()) st.member_id = uint_of(*h, "member_id");
-  st.leader = uint_of(j, "leader");
-  st.raft_term = uint_of(j, "raftTerm");
-  st.db_size = int_of(j, "dbSize");
+  Status bad;
+  auto take = [&bad](auto result, auto& out) {
+    if (result) out = *result;
+    else if (bad.ok()) bad = result.error();
+  };
+  if (auto h = j.find("header"); h != j.end() && h->is_object()) take(gateway::uint_field(*h, "member_id"), st.member_id);
+  take(gateway::uint_field(j, "leader"), st.leader);
+  take(gateway::uint_field(j, "raftTerm"), st.raft_term);
+  take(gateway::int_field(j, "dbSize"), st.db_size);
+  if (!bad.ok()) return tl::unexpected(Status(bad.code(), "etcd " + endpoint.to_string() + " status: " + bad.message()));
   if (auto v = j.find("version"); v != j.end() && v->is_string()) st.version = v->get<std::string>();
   return st;
 }
@@ -552,7 +509,13 @@ bool Watch::stream_once(const Endpoint& ep) {
           established = true;
           ++connects_;
         }
-        if (const std::int64_t compacted = int_of(res, "compact_revision"); compacted > 0) {
+        auto compact = gateway::int_field(res, "compact_revision");
+        if (!compact) {
+          logger()->warn("etcd watch on {}: {}; reconnecting", ep.to_string(), compact.error().message());
+          reset = true;
+          break;
+        }
+        if (const std::int64_t compacted = *compact; compacted > 0) {
           logger()->warn("etcd watch on {}: revision {} compacted (oldest {}); re-reading", ep.to_string(),
                          next_revision_, compacted);
           next_revision_ = 0;
@@ -565,15 +528,32 @@ bool Watch::stream_once(const Endpoint& ep) {
           break;
         }
         std::vector<WatchEvent> events;
+        std::int64_t next = next_revision_;
+        Status malformed;
         if (auto evs = res.find("events"); evs != res.end() && evs->is_array()) {
           for (const auto& e : *evs) {
             WatchEvent ev;
             ev.type = e.value("type", "PUT") == "DELETE" ? WatchEvent::Type::kDelete : WatchEvent::Type::kPut;
-            if (auto kv = e.find("kv"); kv != e.end()) ev.kv = kv_of(*kv);
-            next_revision_ = std::max(next_revision_, ev.kv.mod_revision + 1);
+            if (auto kv = e.find("kv"); kv != e.end()) {
+              auto decoded = gateway::key_value(*kv);
+              if (!decoded) {
+                malformed = decoded.error();
+                break;
+              }
+              ev.kv = std::move(*decoded);
+            }
+            next = std::max(next, ev.kv.mod_revision + 1);
             events.push_back(std::move(ev));
           }
         }
+        if (!malformed.ok()) {
+          // Nothing of this message is applied: the new watch starts again
+          // from the last revision delivered.
+          logger()->warn("etcd watch on {}: {}; reconnecting", ep.to_string(), malformed.message());
+          reset = true;
+          break;
+        }
+        next_revision_ = next;
         if (!events.empty() && on_events_) on_events_(events);
         if (nl == std::string::npos) break;
       }

@@ -5,9 +5,11 @@
 #include <catch2/catch.hpp>
 
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <fstream>
 
+#include "runtime/common/secret.h"
 #include "runtime/common/pattern.h"
 #include "tests/integration/pool_fixture.h"
 #include "tests/metrics/exposition.h"
@@ -205,4 +207,47 @@ TEST_CASE("the metrics address can come from the JSON config", "[metrics][integr
   REQUIRE(cm != 0);
   CHECK(scrape(cm).has("kvpool_coordinator_uptime_seconds"));
   std::remove(cport_file.c_str());
+}
+
+TEST_CASE("refusals are counted by code, permission_denied too, and a tenant's namespaces are limited",
+          "[metrics][integration][tenants]") {
+  const std::string cluster = make_secret_file();
+  const std::string dir = cluster.substr(0, cluster.rfind('/'));
+  const std::string tenants = dir + "/tenants", acme = dir + "/acme";
+  REQUIRE(create_tenant_secret_file(acme, "acme").ok());
+  {
+    std::ofstream f(tenants);
+    f << "tenant acme " << load_secret(acme).value().key() << " namespaces=acme/*\n";
+  }
+  REQUIRE(::chmod(tenants.c_str(), 0600) == 0);
+  std::string mfile = temp_path("metrics-port");
+  auto pool = start_standalone("64MiB", {"--secret-file", cluster, "--tenants", tenants, "--metrics", "127.0.0.1:0",
+                                         "--metrics-port-file", mfile, "--max-namespaces-per-tenant", "2"});
+  REQUIRE(pool);
+  std::uint16_t port = metrics_port(mfile);
+  REQUIRE(port != 0);
+  auto raw = raw_with(pool->coordinator, acme);
+  REQUIRE(raw);
+  auto reg = [&](const std::string& model) {
+    rpc::RegisterNamespaceReply rep;
+    return raw_call(*raw, rpc::kRegisterNamespace, rpc::RegisterNamespaceRequest{test_namespace(kBlock, model)}, rep);
+  };
+  CHECK(reg("beta/model").code() == StatusCode::kPermissionDenied);  // not among acme's patterns
+  CHECK(reg("acme/one").ok());
+  CHECK(reg("acme/two").ok());
+  CHECK(reg("acme/one").ok());  // known: costs nothing
+  const Status over = reg("acme/three");
+  CHECK(over.code() == StatusCode::kResourceExhausted);
+  CHECK(over.message().find("--max-namespaces-per-tenant") != std::string::npos);
+  // The operator is not locked out by the tenant.
+  auto admin = raw_with(pool->coordinator, cluster);
+  REQUIRE(admin);
+  rpc::RegisterNamespaceReply rep;
+  CHECK(raw_call(*admin, rpc::kRegisterNamespace, rpc::RegisterNamespaceRequest{test_namespace(kBlock, "acme/three")},
+                 rep)
+            .ok());
+  auto e = scrape(port);
+  const std::string errors = "kvpool_coordinator_request_errors_total{op=\"register_namespace\",code=";
+  CHECK(e.value(errors + "\"permission_denied\"}") == 1);
+  CHECK(e.value(errors + "\"resource_exhausted\"}") == 1);
 }

@@ -469,6 +469,61 @@ TEST_CASE("pooltool replay reports hit rates that follow the trace", "[pooltool]
   std::remove(trace.c_str());
 }
 
+TEST_CASE("pooltool replay reaches a coordinator through etcd, quota included", "[pooltool][ha]") {
+  if (!etcd_available()) {
+    WARN("no " << kEtcdBinary << " (Debian's etcd-server): not testing");
+    return;
+  }
+  auto etcd = EtcdCluster::start(1);
+  REQUIRE(etcd);
+  const std::string port_file = temp_path("replay-etcd-port");
+  auto p = Subprocess::spawn({bin_dir() + "/kvpool-coordinator", "--etcd", etcd->endpoints(), "--shard", "0",
+                              "--listen", "127.0.0.1:0", "--port-file", port_file, "--log-level", "warn"});
+  REQUIRE(p);
+  Subprocess coordinator = std::move(*p);
+  REQUIRE(read_port_file(port_file, Deadline::after(scaled(15s))) != 0);
+  const std::string via_etcd = "etcd://" + etcd->endpoints();
+  auto agent = start_agent(via_etcd + "/0", "64MiB");
+  REQUIRE(agent);
+  const std::string trace = temp_path("trace-etcd.jsonl");
+  {
+    std::ofstream f(trace);
+    f << R"({"timestamp": 0, "input_length": 1024, "hash_ids": [1, 2]})" << "\n";
+    f << R"({"timestamp": 5, "input_length": 1500, "hash_ids": [1, 2, 3]})" << "\n";
+    f << R"({"timestamp": 9, "input_length": 512, "hash_ids": [4]})" << "\n";
+    f << R"({"timestamp": 12, "input_length": 1024, "hash_ids": [1, 2]})" << "\n";
+  }
+  // Once an agent is up, as the tight replay above: 2 hits under a 3-block
+  // quota, which goes to the leader etcd names (with or without /SHARD:
+  // the map has one shard).
+  for (const std::string& address : {via_etcd + "/0", via_etcd}) {
+    bool replayed = false;
+    for (auto d = Deadline::after(scaled(15s)); !replayed && !d.expired();) {
+      auto r = pooltool({"--coordinator", address, "--json", "replay", trace, "--workers", "1", "--capacity-blocks",
+                         "3", "--model", "etcd-" + std::to_string(address.size())});
+      INFO(address << ": " << r.out);
+      replayed = r.rc == 0 && r.doc["hit_blocks"] == 2 && r.doc["wrong_bytes"] == 0;
+      if (!replayed) std::this_thread::sleep_for(200ms);
+    }
+    CHECK(replayed);
+  }
+  // A map of two shards: a quota on each would not be one LRU.
+  {
+    auto ec = etcd::Client::create(etcd->client_options());
+    REQUIRE(ec);
+    REQUIRE((*ec)->put("/kvpool/shardmap", R"({"version": 1, "shards": 2})"));
+  }
+  auto two =
+      pooltool({"--coordinator", via_etcd, "--json", "replay", trace, "--workers", "1", "--capacity-blocks", "3"});
+  INFO(two.out);
+  CHECK(two.rc != 0);
+  CHECK(two.doc["error"]["message"].get<std::string>().find("shard map has 2 shards") != std::string::npos);
+  std::remove(trace.c_str());
+  agent->kill(SIGTERM);
+  coordinator.kill(SIGTERM);
+  coordinator.wait(Deadline::after(scaled(10s)));
+}
+
 TEST_CASE("pooltool secret new writes a 0600 secret a pool accepts, and never overwrites one", "[pooltool]") {
   const std::string path = temp_path("secret");
   auto r = pooltool({"--json", "secret", "new", path});

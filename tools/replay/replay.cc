@@ -13,6 +13,9 @@
 #include "kvpool/client.h"
 #include "runtime/common/pattern.h"
 #include "runtime/common/process_util.h"
+#include "runtime/etcd/etcd_client.h"
+#include "runtime/etcd/leader_address.h"
+#include "runtime/etcd/shard_map.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
 
@@ -94,6 +97,30 @@ HitRates simulate_prefix_lru(std::span<const TraceRequest> requests, std::uint64
   return h;
 }
 
+// The coordinator that takes the --capacity-blocks quota: the address
+// itself, or through etcd the shard's leader. With a shard map of several
+// shards each would hold its own quota, which is not one LRU of that
+// capacity: refused, naming the fix.
+static Result<std::string> quota_coordinator(const std::string& coordinator, std::chrono::milliseconds timeout) {
+  if (etcd::is_etcd_address(coordinator)) {
+    auto addr = etcd::parse_etcd_address(coordinator);
+    if (!addr) return tl::unexpected(addr.error());
+    if (!addr->has_shard) {
+      auto ec = etcd::Client::create({addr->endpoints, timeout});
+      if (!ec) return tl::unexpected(ec.error());
+      auto map = etcd::read_shard_map(**ec);
+      if (!map) return tl::unexpected(map.error());
+      if (const std::size_t n = map->shards().size(); n > 1) {
+        return make_error(StatusCode::kInvalidArgument,
+                          "--capacity-blocks: the shard map has " + std::to_string(n) +
+                              " shards, and a quota on each is not one LRU of that capacity; replay against one "
+                              "shard (etcd://HOST:PORT/SHARD) or without --capacity-blocks");
+      }
+    }
+  }
+  return etcd::resolve_coordinator(coordinator, timeout);
+}
+
 Result<Report> run(const Options& options, std::span<const TraceRequest> requests) {
   const std::uint64_t block_bytes = kTokensPerHashId * options.bytes_per_token;
   NamespaceDescriptor desc;
@@ -109,6 +136,11 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
     return make_error(StatusCode::kInvalidArgument, "--bytes-per-token " + std::to_string(options.bytes_per_token) +
                                                         ": " + b.error().message());
   }
+  Result<std::string> quota_target;
+  if (options.capacity_blocks != 0) {
+    quota_target = quota_coordinator(options.coordinator, options.timeout);
+    if (!quota_target) return tl::unexpected(quota_target.error());
+  }
   ClientOptions co;
   co.coordinator = options.coordinator;
   co.timeout = options.timeout;
@@ -119,7 +151,7 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
   auto ns = (*first)->register_namespace(desc);
   if (!ns) return tl::unexpected(ns.error());
   if (options.capacity_blocks != 0) {
-    auto hp = parse_host_port(options.coordinator);
+    auto hp = parse_host_port(*quota_target);
     if (!hp) return tl::unexpected(hp.error());
     rpc::ClientOptions ro;
     ro.host = hp->first;
