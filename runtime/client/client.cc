@@ -134,10 +134,18 @@ struct Client::Impl {
   std::map<std::uintptr_t, std::unique_ptr<transport::MemoryRegion>> buffers;  // by start; guarded by mu
   std::unordered_map<std::uint32_t, std::shared_ptr<AgentConn>> agents;       // guarded by mu
   std::uint64_t agents_epoch = 0;                                             // guarded by mu
-  // Agent incarnations the coordinator reported down, newest last, so a
-  // connection made while the report came in (agent()) is not kept.
-  std::deque<std::pair<std::uint32_t, std::uint64_t>> reported_down;        // guarded by mu
-  static constexpr std::size_t kReportedDownKept = 1024;
+  // AgentDown reports as (number, agent, incarnation), newest last, so that
+  // agent() does not keep a connection whose agent was reported down while
+  // it connected. Only reports newer than the start of a connect count: an
+  // agent cut off and then healed comes back with the same incarnation.
+  struct DownReport {
+    std::uint64_t seq;
+    std::uint32_t agent;
+    std::uint64_t incarnation;
+  };
+  std::deque<DownReport> down_reports;  // guarded by mu
+  std::uint64_t down_seq = 0;           // guarded by mu: the last report's number
+  static constexpr std::size_t kDownReportsKept = 1024;
   std::mutex refresh_mu;  // one agent-list refresh at a time
 
   std::atomic<std::uint64_t> bytes_put{0};
@@ -293,10 +301,12 @@ struct Client::Impl {
 
   // The connection to agent `id` at `incarnation`, made on first use.
   Result<std::shared_ptr<AgentConn>> agent(std::uint32_t id, std::uint64_t incarnation) {
+    std::uint64_t reports_before = 0;
     {
       std::lock_guard lock(mu);
       auto it = agents.find(id);
       if (it != agents.end() && it->second->record.incarnation == incarnation) return it->second;
+      reports_before = down_seq;
     }
     auto c = control();
     if (!c) return tl::unexpected(c.error());
@@ -327,7 +337,9 @@ struct Client::Impl {
       // An AgentDown push that came while we connected found no entry to
       // drop: keeping this connection would keep a dead agent's endpoint
       // and mapped segment until the next redial.
-      if (std::find(reported_down.begin(), reported_down.end(), std::pair{id, incarnation}) != reported_down.end()) {
+      if (std::any_of(down_reports.begin(), down_reports.end(), [&](const DownReport& r) {
+            return r.seq > reports_before && r.agent == id && r.incarnation == incarnation;
+          })) {
         conn->peer->mark_dead("the coordinator reports agent " + std::to_string(id) + " down");
         return make_error(StatusCode::kUnavailable, "agent " + std::to_string(id) + " incarnation " +
                                                         std::to_string(incarnation) +
@@ -357,8 +369,8 @@ struct Client::Impl {
     rpc::AgentDownMessage down;
     if (!rpc::decode(payload, down).ok()) return;
     std::lock_guard lock(mu);
-    reported_down.emplace_back(down.agent, down.incarnation);
-    if (reported_down.size() > kReportedDownKept) reported_down.pop_front();
+    down_reports.push_back({++down_seq, down.agent, down.incarnation});
+    if (down_reports.size() > kDownReportsKept) down_reports.pop_front();
     auto it = agents.find(down.agent);
     if (it != agents.end() && it->second->record.incarnation == down.incarnation) {
       // Shared-memory endpoints cannot see a dead peer: fail its operations
