@@ -91,11 +91,10 @@ class _Batch:
 class Future:
     """An asynchronous put or get (Client.put_async / get_async)."""
 
-    def __init__(self, handle, kind, n, keys, batch):
-        self._handle = handle  # kvpool_future_t*
+    def __init__(self, handle, kind, n, batch):
+        self._handle = handle  # kvpool_future_t* (the C future copied the keys)
         self._kind = kind
         self._n = n
-        self._keys = keys  # the C library copied them; kept for symmetry with the buffers
         self._batch = batch  # held until the operation completes
         self._result = None  # ("ok", value) or ("error", exception), once complete
         self._lock = threading.Lock()  # one thread at a time uses the C future
@@ -398,7 +397,7 @@ class Client:
             except BaseException:
                 batch.release()
                 raise
-            return Future(handle, kind, k.count, k, batch)
+            return Future(handle, kind, k.count, batch)
 
         return self._call(run)
 
