@@ -56,7 +56,7 @@ if [[ $what == *model* ]]; then
     "$G/bin/kvpool-agent" --standalone --listen 127.0.0.1:0 --port-file "$port_file" --pool-size 12GiB \
       --log-level warn > "$OUT/agent.log" 2>&1 &
     agent=$!
-    for _ in $(seq 300); do [[ -s $port_file ]] && break; sleep 0.1; done
+    for _ in $(seq 1200); do [[ -s $port_file ]] && break; sleep 0.1; done  # a 12 GiB region takes a while
     if [[ ! -s $port_file ]]; then
       echo "kvpool-agent did not start:"; tail -5 "$OUT/agent.log"; rc=1
     else
