@@ -11,7 +11,12 @@ The next-token logits of both must agree (bf16 tolerance, equal argmax).
 Beside them, in the same run, the limit: recompute time over (one large
 pinned host->device copy of the same KV + the suffix prefill).
 
-Usage: fetch_vs_recompute.py --lib .gpu/lib/libkvpool_c.so.1 --agent .gpu/bin/kvpool-agent [--tokens 4096,16384,32768]
+It reaches the pool through the kvpool package (python/README.md), as an
+engine would: run it with a Python that has the wheel installed (run_all.sh
+makes a venv with --system-site-packages for torch and installs the wheel
+with pip --no-index --no-deps).
+
+Usage: fetch_vs_recompute.py (--coordinator HOST:PORT | --agent .gpu/bin/kvpool-agent) [--tokens 4096,16384,32768]
 """
 import argparse
 import json
@@ -25,8 +30,8 @@ import torch
 import transformers
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import kvpool_ctypes as kp  # noqa: E402
+import kvpool
+import kvpool.gpu
 
 TPB = 16
 
@@ -74,8 +79,9 @@ def timed(fn, reps):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--lib", required=True)
-    ap.add_argument("--agent", required=True)
+    pool = ap.add_mutually_exclusive_group(required=True)
+    pool.add_argument("--coordinator", help="a running pool (e.g. kvpool-agent --standalone)")
+    pool.add_argument("--agent", help="kvpool-agent binary: start a standalone pool of --pool-size")
     ap.add_argument("--tokens", default="4096,16384,32768")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--pool-size", default="12GiB")
@@ -83,11 +89,11 @@ def main():
     args = ap.parse_args()
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"device {torch.cuda.get_device_name(0)}", flush=True)
-    lib = kp.load(args.lib)
-    agent, coord = start_agent(args.agent, args.pool_size)
+    print(f"kvpool {kvpool.__version__} from {kvpool.library_path()}", flush=True)
+    agent, coord = start_agent(args.agent, args.pool_size) if args.agent else (None, args.coordinator)
     results = []
     try:
-        client = kp.Client(lib, coord)
+        client = kvpool.Client(coord, timeout_s=60)
         cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                           num_key_value_heads=8, vocab_size=128256, max_position_embeddings=65536,
                           rope_theta=500000.0, attn_implementation="sdpa")
@@ -98,7 +104,7 @@ def main():
         model.eval()
         L, H, D = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
         kv_bytes_per_token = 2 * L * H * D * 2
-        stream = torch.cuda.current_stream().cuda_stream
+        stream = torch.cuda.current_stream()
         print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B params, bf16, sdpa", flush=True)
         for n_tok in [int(x) for x in args.tokens.split(",")]:
             g = torch.Generator().manual_seed(n_tok)
@@ -108,14 +114,17 @@ def main():
                 rec_ms, rec = timed(lambda: forward(model, ids, DynamicCache()), args.reps)
                 rec_logits = rec.logits[0, -1].float()
                 cache = rec.past_key_values
-                layout = kp.hf_layout(L, H, D, max_seq=n_tok)
-                ns = client.register_namespace("random-llama-3-8b-shapes", layout)
-                keys, nkeys = client.prefix_keys(ns, ids[0].tolist(), TPB)
+                layout = kvpool.gpu.KvLayout("hf-contiguous", num_layers=L, num_kv_heads=H, head_dim=D,
+                                             max_seq=n_tok, tokens_per_block=TPB)
+                ns = client.register_namespace(**layout.namespace("random-llama-3-8b-shapes"))
+                keys = kvpool.prefix_keys(ids[0].tolist(), ns, TPB)
+                nkeys = len(keys)
                 nload = nkeys - 1  # the last block is prefilled
                 kv = [layer_kv(cache, i) for i in range(L)]
                 assert kv[0][0].shape == (1, H, n_tok, D) and kv[0][0].is_contiguous(), kv[0][0].shape
-                saver = kp.Mover(client, ns, layout, [k.data_ptr() for k, _ in kv], [v.data_ptr() for _, v in kv])
-                sres = saver.save(keys, list(range(nload)), stream)
+                saver = kvpool.gpu.KvMover(client, ns, layout, [k for k, _ in kv], [v for _, v in kv])
+                with saver.save(keys[:nload], range(nload), stream) as t:
+                    sres = t.wait()
                 assert sres.done == nload, (sres.done, nload)
                 saver.close()
                 del rec, cache, kv
@@ -126,16 +135,16 @@ def main():
                 stats, fetch_ms, fetch_logits = {}, {}, None
                 # Checksums verified on the GPU (the default), on the CPU, or not at all.
                 for verify, gpu_sums in (("gpu", True), ("cpu", False), ("none", True)):
-                    loader = kp.Mover(client, ns, layout, [t.data_ptr() for t in dst_k],
-                                      [t.data_ptr() for t in dst_v], verify_loads=verify != "none",
-                                      gpu_checksums=gpu_sums)
+                    loader = kvpool.gpu.KvMover(client, ns, layout, dst_k, dst_v, verify_loads=verify != "none",
+                                                gpu_checksums=gpu_sums)
                     fts = []
                     for rep in range(args.reps + 1):  # the first is a warm-up
                         for t in dst_k + dst_v:
                             t.fill_(float("nan"))  # poison: anything not loaded shows
                         torch.cuda.synchronize()
                         t0 = time.perf_counter()
-                        r = loader.load(keys, list(range(nload)), stream)
+                        with loader.load(keys[:nload], range(nload), stream) as t:
+                            r = t.wait()
                         assert r.done == nload, (r.done, nload, r.stopped)
                         c = DynamicCache()
                         for i in range(L):
@@ -166,7 +175,7 @@ def main():
                     return forward(model, ids[:, pre:], c)
 
                 suffix_ms, _ = timed(suffix, args.reps)
-                client.remove(ns, keys, nkeys)
+                client.remove(ns, keys)
                 del dst_k, dst_v
                 torch.cuda.empty_cache()
             diff = (fetch_logits - rec_logits).abs().max().item()
@@ -177,13 +186,14 @@ def main():
             row = dict(tokens=n_tok, kv_gib=kvb / 2**30, recompute_ms=rec_ms, fetch_ms=fetch_ms["gpu"],
                        speedup=ratio, fetch_cpu_sums_ms=fetch_ms["cpu"], fetch_noverify_ms=fetch_ms["none"], copy_ms=copy_ms, copy_gbs=kvb / copy_ms / 1e6, suffix_ms=suffix_ms,
                        limit_speedup=limit, of_limit=ratio / limit, argmax_equal=same, max_abs_diff=diff,
-                       rel_l2=rel, load=stats, saved_path=sres.path.decode())
+                       rel_l2=rel, load=stats, saved_path=sres.path)
             results.append(row)
             print(json.dumps(row), flush=True)
         client.close()
     finally:
-        agent.terminate()
-        agent.wait()
+        if agent is not None:
+            agent.terminate()
+            agent.wait()
     print("\n== fetch vs recompute, Llama-3-8B shapes (random bf16 weights), transformers sdpa ==")
     print("fetch: same-host pool, checksums verified on the GPU; 'cpu sums': verified by 8 CPU threads; "
           "'no verify': header checks only. limit = recompute / (pinned copy of the KV + suffix prefill)")

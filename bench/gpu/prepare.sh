@@ -2,7 +2,8 @@
 # Collects what the device lacks into one folder to carry (DESIGN.md, "The
 # machines we build on"): our binaries and libkvpool_c.so (stripped), the
 # non-system shared libraries they load (Debian's UCX and its modules, spdlog,
-# fmt, OpenSSL, numa, verbs), and the bench/gpu scripts.
+# fmt, OpenSSL, numa, verbs), the bench/gpu scripts, and the kvpool wheel
+# (scripts/build_wheel.sh) that run_all.sh installs into a venv.
 #   bench/gpu/prepare.sh BUILD_DIR DEST     (e.g. build /work/main/.gpu)
 # Then on the device: bash .gpu/scripts/run_all.sh (carry=[".gpu"]).
 set -euo pipefail
@@ -15,7 +16,8 @@ for b in gpu_test gpu_layout_test gpu_bench kvpool-agent; do
   strip -o "$D/bin/$b" "$B/bin/$b"
 done
 strip -o "$D/lib/libkvpool_c.so.1" "$B/lib/libkvpool_c.so.1"
-cp "$SRC"/run_all.sh "$SRC"/fetch_vs_recompute.py "$SRC"/kvpool_ctypes.py "$D/scripts/"
+cp "$SRC"/run_all.sh "$SRC"/fetch_vs_recompute.py "$D/scripts/"
+"$SRC"/../../scripts/build_wheel.sh "$B" "$D/dist"
 ucxdir=/usr/lib/x86_64-linux-gnu/ucx
 cp "$ucxdir"/*.so* "$D/lib/ucx/"
 # Every library the binaries, libkvpool_c and UCX's modules load, but glibc's

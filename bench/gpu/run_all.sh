@@ -3,7 +3,11 @@
 # the GPU tests (bit-exact round trips), the copy limit, gather/scatter
 # bandwidth, the pool round trip over shared memory and TCP, and fetch versus
 # recompute with transformers' Llama code. Expects what bench/gpu/prepare.sh
-# put in .gpu/ (our binaries, libkvpool_c.so and Debian's UCX runtime).
+# put in .gpu/ (our binaries, Debian's UCX runtime for them, and the kvpool
+# wheel in .gpu/dist/, from scripts/build_wheel.sh). The Python side uses the
+# package as an engine would: a venv over the machine's Python (with
+# --system-site-packages, for torch) with the wheel installed by
+# pip install --no-index --no-deps.
 #   bench/gpu/run_all.sh [tests,bench,model]   (default: all three)
 # Full logs go to $OUT (or /tmp/gpu-out); short tables are printed last.
 set -u
@@ -34,9 +38,35 @@ if [[ $what == *bench* ]]; then
 fi
 if [[ $what == *model* ]]; then
   echo "== fetch vs recompute =="
-  timeout 230 python3 "$HERE/fetch_vs_recompute.py" --lib "$G/lib/libkvpool_c.so.1" \
-    --agent "$G/bin/kvpool-agent" --json "$OUT/fetch_vs_recompute.json" > "$OUT/fetch.log" 2>&1; t=$?
-  echo "fetch_vs_recompute exit $t"; [[ $t == 0 ]] || rc=1
+  wheels=("$G"/dist/kvpool-*.whl)
+  venv=$OUT/venv
+  if [[ ! -f ${wheels[0]} ]]; then
+    echo "no kvpool wheel in $G/dist: scripts/build_wheel.sh BUILD_DIR $G/dist"; rc=1
+  # No pip in the venv where the machine lacks ensurepip (python3-venv): the
+  # system's pip is reachable through --system-site-packages.
+  elif ! { python3 -m venv --system-site-packages "$venv" 2>/dev/null ||
+           python3 -m venv --system-site-packages --without-pip "$venv"; } ||
+       ! "$venv/bin/python" -m pip install -q --no-index --no-deps "${wheels[0]}" > "$OUT/pip.log" 2>&1; then
+    echo "installing ${wheels[0]} into $venv failed:"; tail -5 "$OUT/pip.log"; rc=1
+  else
+    # The agent runs on .gpu's Debian UCX (LD_LIBRARY_PATH, UCX_MODULE_DIR);
+    # the venv's Python must not see those: the wheel bundles its own UCX and
+    # points UCX_MODULE_DIR at it only when the variable is unset.
+    port_file=$OUT/agent.port; rm -f "$port_file"
+    "$G/bin/kvpool-agent" --standalone --listen 127.0.0.1:0 --port-file "$port_file" --pool-size 12GiB \
+      --log-level warn > "$OUT/agent.log" 2>&1 &
+    agent=$!
+    for _ in $(seq 1200); do [[ -s $port_file ]] && break; sleep 0.1; done  # a 12 GiB region takes a while
+    if [[ ! -s $port_file ]]; then
+      echo "kvpool-agent did not start:"; tail -5 "$OUT/agent.log"; rc=1
+    else
+      (cd "$OUT" && timeout 230 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR "$venv/bin/python" \
+        "$HERE/fetch_vs_recompute.py" --coordinator "127.0.0.1:$(cat "$port_file")" \
+        --json "$OUT/fetch_vs_recompute.json") > "$OUT/fetch.log" 2>&1; t=$?
+      echo "fetch_vs_recompute exit $t"; [[ $t == 0 ]] || rc=1
+    fi
+    kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null
+  fi
 fi
 [[ -f $OUT/gpu_bench.log ]] && cat "$OUT/gpu_bench.log"
 [[ -f $OUT/fetch.log ]] && tail -12 "$OUT/fetch.log"

@@ -136,6 +136,20 @@ kvpool_status_t kvpool_prefix_keys(uint64_t namespace_id, const uint32_t* tokens
                                    uint32_t tokens_per_block, kvpool_key_t* keys_out, size_t capacity,
                                    size_t* num_keys_out);
 
+/* kvpool keys for an engine's own block keys (its block hashes, ids or
+ * names), the same on every process and machine. Engine key i is the byte
+ * string data[offsets[i] .. offsets[i + 1]): a type byte, then the key's
+ * bytes: 'b' and raw bytes, 's' and UTF-8 text, or 'i' and an integer in
+ * signed decimal ASCII without leading zeros ("-12", "0"), so b"12", "12"
+ * and 12 are three different keys. keys_out[i] is XXH3-128 of that string,
+ * seeded with namespace_id, so namespaces never share a key. offsets has
+ * num_keys + 1 entries and never decreases. KVPOOL_INVALID_ARGUMENT, and
+ * nothing written, for a NULL array (num_keys > 0), decreasing offsets, an
+ * empty string, an unknown type byte or a malformed integer. Thread-safe.
+ * Added after ABI version 1's first release. */
+kvpool_status_t kvpool_engine_keys(uint64_t namespace_id, const void* data, const size_t* offsets, size_t num_keys,
+                                   kvpool_key_t* keys_out);
+
 /* -------------------------------------------------------------- client -- */
 
 typedef struct kvpool_client kvpool_client_t;

@@ -1,23 +1,13 @@
 """kvpool's exceptions: one class per runtime status code.
 
-Every error raised by the runtime is a :class:`Error` carrying ``code`` (the
-runtime's stable lower-case code name, e.g. ``"not_found"``, the same names as
-the C API's ``kvpool_status_name`` and ``--json`` output) and ``message``.
-Catch a subclass to act on one code. Some subclasses also derive from the
-matching built-in exception, so ordinary Python code catches them too:
-``InvalidArgument`` is a ``ValueError``, ``DeadlineExceeded`` a
-``TimeoutError``, ``Unavailable`` a ``ConnectionError``, ``NotFound`` a
-``LookupError``, ``Unimplemented`` a ``NotImplementedError``,
-``PermissionDenied`` (no shared cluster secret) a ``PermissionError``.
-
-What to do next, by code (DESIGN.md): ``Unavailable`` retry the call;
-``ResourceExhausted`` the pool is full (evict or back off);
-``FailedPrecondition`` don't retry until some state changes.
+Documented with the rest of the API in ``kvpool``'s docstring ("Errors").
+Every class is a ``RuntimeError`` (engines such as UCM catch only that), and
+some also derive from the matching built-in exception.
 """
 
 
-class Error(Exception):
-    """Base of every kvpool error."""
+class Error(RuntimeError):
+    """Base of every kvpool error: a RuntimeError with ``code`` and ``message``."""
 
     code = "unknown"
 

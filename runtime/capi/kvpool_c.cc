@@ -1,6 +1,7 @@
 // The C API (include/kvpool/kvpool.h) over kvpool::Client. Every entry point
 // records its status in the calling thread's last error and catches every
-// C++ exception: nothing C++ crosses the boundary.
+// C++ exception: nothing C++ crosses the boundary. The GPU calls are in
+// kvpool_c_gpu.cc, what both share in capi_internal.h.
 
 #include "kvpool/kvpool.h"
 
@@ -20,14 +21,20 @@
 #include <vector>
 
 #include "kvpool/client.h"
-#include "kvpool/gpu.h"
 #include "kvpool/status.h"
 #include "kvpool/types.h"
+#include "runtime/capi/capi_internal.h"
 #include "runtime/common/logging.h"
 
-struct kvpool_client {
-  std::unique_ptr<kvpool::Client> client;
-};
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+namespace kvpool::capi {
+thread_local kvpool_status_t t_last_code = KVPOOL_OK;
+thread_local std::string t_last_message;
+}  // namespace kvpool::capi
+
+using namespace kvpool::capi;
 
 // Owns what the C++ async calls only borrow (keys and the span arrays), so the
 // caller's arrays may go away once *_async returns.
@@ -80,67 +87,6 @@ constexpr std::size_t kV1PutResultSize = sizeof(kvpool_put_result_t);
 constexpr std::size_t kV1GetResultSize = sizeof(kvpool_get_result_t);
 constexpr std::size_t kV1ClientStatsSize = sizeof(kvpool_client_stats_t);
 
-thread_local kvpool_status_t t_last_code = KVPOOL_OK;
-thread_local std::string t_last_message;
-
-kvpool_status_t record(kvpool_status_t code, std::string_view message) noexcept {
-  t_last_code = code;
-  try {
-    t_last_message.assign(message);
-  } catch (...) {
-    t_last_message.clear();  // out of memory for the message: the code still tells
-  }
-  return code;
-}
-
-kvpool_status_t to_c(StatusCode code) { return static_cast<kvpool_status_t>(static_cast<int>(code)); }
-
-kvpool_status_t record(const kvpool::Status& s) noexcept { return record(to_c(s.code()), s.message()); }
-kvpool_status_t ok() noexcept { return record(KVPOOL_OK, {}); }
-kvpool_status_t invalid(std::string_view message) noexcept { return record(KVPOOL_INVALID_ARGUMENT, message); }
-
-kvpool_status_t internal(const char* what, const char* detail) noexcept {
-  try {
-    return record(KVPOOL_INTERNAL, std::string(what) + ": " + detail);
-  } catch (...) {
-    return record(KVPOOL_INTERNAL, detail);  // no memory for the longer message
-  }
-}
-
-// Runs `body`, turning any C++ exception into KVPOOL_INTERNAL.
-template <typename Body>
-kvpool_status_t guarded(const char* what, Body&& body) noexcept {
-  try {
-    return body();
-  } catch (const std::bad_alloc&) {
-    return internal(what, "out of memory");
-  } catch (const std::exception& e) {
-    return internal(what, e.what());
-  } catch (...) {
-    return internal(what, "unknown exception");
-  }
-}
-
-// Copies a caller's versioned struct into `out` (which holds the defaults):
-// only the bytes the caller's struct_size covers, so fields appended later
-// keep their defaults for an older caller.
-template <typename T>
-bool load_struct(const T* in, std::size_t min_size, T& out) {
-  if (in == nullptr || in->struct_size < min_size) return false;
-  std::memcpy(static_cast<void*>(&out), in, std::min(in->struct_size, sizeof(T)));
-  out.struct_size = sizeof(T);
-  return true;
-}
-
-// Writes `value` back into the caller's struct, no further than its
-// struct_size.
-template <typename T>
-void store_struct(T* dst, T value) {
-  value.struct_size = dst->struct_size;
-  std::memcpy(static_cast<void*>(dst), &value, std::min(dst->struct_size, sizeof(T)));
-}
-
-std::string str_or_empty(const char* s) { return s == nullptr ? std::string() : std::string(s); }
 
 bool to_descriptor(const kvpool_namespace_desc_t* in, kvpool::NamespaceDescriptor& d) {
   kvpool_namespace_desc_t c;
@@ -159,10 +105,23 @@ bool to_descriptor(const kvpool_namespace_desc_t* in, kvpool::NamespaceDescripto
   return true;
 }
 
-std::vector<kvpool::Key128> to_keys(const kvpool_key_t* keys, std::size_t n) {
-  std::vector<kvpool::Key128> out(n);
-  for (std::size_t i = 0; i < n; ++i) out[i] = kvpool::Key128{keys[i].lo, keys[i].hi};
-  return out;
+
+// Why data[begin, end) is not an engine key's byte string (kvpool_engine_keys),
+// or "" when it is one.
+std::string engine_key_error(const unsigned char* data, std::size_t begin, std::size_t end) {
+  if (end < begin) return "offsets decrease";
+  if (end == begin) return "empty (no type byte)";
+  const unsigned char type = data[begin];
+  if (type == 'b' || type == 's') return {};
+  if (type != 'i') return "unknown type byte " + std::to_string(type) + " (not 'b', 's' or 'i')";
+  std::size_t p = begin + 1;
+  if (p < end && data[p] == '-') ++p;
+  if (p == end) return "an integer without digits";
+  if (data[p] == '0' && (end - p > 1 || data[p - 1] == '-')) return "an integer with a leading zero or -0";
+  for (; p < end; ++p) {
+    if (data[p] < '0' || data[p] > '9') return "an integer with a non-digit";
+  }
+  return {};
 }
 
 // Checks a batch's arguments against the namespace's block size: `exact` for
@@ -317,6 +276,26 @@ kvpool_status_t kvpool_prefix_keys(uint64_t namespace_id, const uint32_t* tokens
     auto keys = kvpool::prefix_keys(namespace_id, std::span<const std::uint32_t>(tokens, num_tokens),
                                     tokens_per_block);
     for (std::size_t i = 0; i < keys.size(); ++i) keys_out[i] = kvpool_key_t{keys[i].lo, keys[i].hi};
+    return ok();
+  });
+}
+
+kvpool_status_t kvpool_engine_keys(uint64_t namespace_id, const void* data, const size_t* offsets, size_t num_keys,
+                                   kvpool_key_t* keys_out) {
+  return guarded("kvpool_engine_keys", [&] {
+    if (num_keys == 0) return ok();
+    if (data == nullptr || offsets == nullptr || keys_out == nullptr) return invalid("data, offsets or keys_out is NULL");
+    const auto* bytes = static_cast<const unsigned char*>(data);
+    // Every key is checked before any is written: a refused batch leaves keys_out as it was.
+    for (std::size_t i = 0; i < num_keys; ++i) {
+      if (auto why = engine_key_error(bytes, offsets[i], offsets[i + 1]); !why.empty()) {
+        return invalid("engine key " + std::to_string(i) + ": " + why);
+      }
+    }
+    for (std::size_t i = 0; i < num_keys; ++i) {
+      XXH128_hash_t h = XXH3_128bits_withSeed(bytes + offsets[i], offsets[i + 1] - offsets[i], namespace_id);
+      keys_out[i] = kvpool_key_t{h.low64, h.high64};
+    }
     return ok();
   });
 }
@@ -609,195 +588,3 @@ kvpool_status_t kvpool_client_get_stats(kvpool_client_t* client, kvpool_client_s
 
 }  // extern "C"
 
-// ------------------------------------------------------------------- gpu --
-
-struct kvpool_gpu_mover {
-  std::unique_ptr<kvpool::gpu::KvMover> mover;
-};
-struct kvpool_gpu_transfer {
-  std::unique_ptr<kvpool::gpu::Transfer> transfer;
-};
-
-namespace {
-
-kvpool_status_t to_layout(const kvpool_gpu_layout_t* in, kvpool::gpu::KvLayout& out) {
-  if (in == nullptr || in->struct_size < sizeof(kvpool_gpu_layout_t)) return invalid("kvpool_gpu_layout_t: bad struct_size");
-  if (in->kind > KVPOOL_GPU_HF_CONTIGUOUS) return invalid("kvpool_gpu_layout_t: unknown kind");
-  out.kind = static_cast<kvpool::gpu::KvLayoutKind>(in->kind);
-  out.dtype = in->dtype == nullptr ? "bf16" : in->dtype;
-  out.num_layers = in->num_layers;
-  out.num_kv_heads = in->num_kv_heads;
-  out.head_dim = in->head_dim;
-  out.tokens_per_block = in->tokens_per_block;
-  out.num_pages = in->num_pages;
-  out.batch = in->batch;
-  out.max_seq = in->max_seq;
-  return KVPOOL_OK;
-}
-
-kvpool_status_t to_gpu_options(const kvpool_gpu_options_t* in, kvpool::gpu::GpuOptions& out) {
-  if (in == nullptr) return KVPOOL_OK;
-  if (in->struct_size < sizeof(kvpool_gpu_options_t)) return invalid("kvpool_gpu_options_t: bad struct_size");
-  if (in->path > 2 || in->mover > 2) return invalid("kvpool_gpu_options_t: unknown path or mover");
-  out.path = static_cast<kvpool::gpu::Path>(in->path);
-  out.mover = static_cast<kvpool::gpu::Mover>(in->mover);
-  if (in->chunk_bytes != 0) out.chunk_bytes = in->chunk_bytes;
-  out.verify_loads = in->verify_loads != 0;
-  if (in->hash_threads != 0) out.hash_threads = in->hash_threads;
-  out.device = in->device;
-  out.gpu_checksums = in->gpu_checksums != 0;
-  out.staged_stream_order = in->staged_stream_order != 0;
-  return KVPOOL_OK;
-}
-
-kvpool_status_t gpu_transfer(bool save, kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
-                             size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out) {
-  if (mover == nullptr || transfer_out == nullptr) return invalid("mover or transfer_out is NULL");
-  if (num_keys > 0 && (keys == nullptr || pages == nullptr)) return invalid("keys or pages is NULL");
-  auto k = to_keys(keys, num_keys);
-  std::span<const std::uint64_t> p(pages, num_keys);
-  auto s = static_cast<CUstream_st*>(stream);
-  auto t = save ? mover->mover->save(k, p, s) : mover->mover->load(k, p, s);
-  if (!t) return record(t.error());
-  *transfer_out = new kvpool_gpu_transfer{std::move(*t)};
-  return ok();
-}
-
-}  // namespace
-
-void kvpool_gpu_layout_init(kvpool_gpu_layout_t* layout) {
-  if (layout == nullptr) return;
-  std::memset(layout, 0, sizeof(*layout));
-  layout->struct_size = sizeof(*layout);
-  layout->tokens_per_block = 16;
-  layout->batch = 1;
-}
-
-kvpool_status_t kvpool_gpu_layout_block_bytes(const kvpool_gpu_layout_t* layout, uint64_t* bytes_out) {
-  return guarded("kvpool_gpu_layout_block_bytes", [&] {
-    if (bytes_out == nullptr) return invalid("bytes_out is NULL");
-    kvpool::gpu::KvLayout l;
-    if (auto s = to_layout(layout, l); s != KVPOOL_OK) return s;
-    auto b = kvpool::gpu::block_bytes(l);
-    if (!b) return record(b.error());
-    *bytes_out = *b;
-    return ok();
-  });
-}
-
-const char* kvpool_gpu_layout_name(kvpool_gpu_layout_kind_t kind) {
-  switch (kind) {
-    case KVPOOL_GPU_VLLM_PAGED: return "vllm-paged";
-    case KVPOOL_GPU_VLLM_PAGED_SPLIT: return "vllm-paged-split";
-    case KVPOOL_GPU_HF_CONTIGUOUS: return "hf-contiguous";
-  }
-  return "unknown";
-}
-
-void kvpool_gpu_options_init(kvpool_gpu_options_t* options) {
-  if (options == nullptr) return;
-  std::memset(options, 0, sizeof(*options));
-  options->struct_size = sizeof(*options);
-  options->verify_loads = 1;
-  options->gpu_checksums = 1;
-  options->device = -1;
-}
-
-kvpool_status_t kvpool_gpu_mover_create(kvpool_client_t* client, uint64_t namespace_id,
-                                        const kvpool_gpu_layout_t* layout, void* const* k, void* const* v,
-                                        const kvpool_gpu_options_t* options, kvpool_gpu_mover_t** mover_out) {
-  return guarded("kvpool_gpu_mover_create", [&] {
-    if (client == nullptr || mover_out == nullptr) return invalid("client or mover_out is NULL");
-    kvpool::gpu::KvLayout l;
-    if (auto s = to_layout(layout, l); s != KVPOOL_OK) return s;
-    kvpool::gpu::GpuOptions o;
-    if (auto s = to_gpu_options(options, o); s != KVPOOL_OK) return s;
-    if (k == nullptr) return invalid("k is NULL");
-    kvpool::gpu::KvTensors t;
-    t.k.assign(k, k + l.num_layers);
-    if (v != nullptr) t.v.assign(v, v + l.num_layers);
-    auto m = kvpool::gpu::KvMover::create(*client->client, namespace_id, l, t, o);
-    if (!m) return record(m.error());
-    *mover_out = new kvpool_gpu_mover{std::move(*m)};
-    return ok();
-  });
-}
-
-void kvpool_gpu_mover_destroy(kvpool_gpu_mover_t* mover) {
-  (void)guarded("kvpool_gpu_mover_destroy", [&] {
-    delete mover;
-    return ok();
-  });
-}
-
-kvpool_status_t kvpool_gpu_mover_set_options(kvpool_gpu_mover_t* mover, const kvpool_gpu_options_t* options) {
-  return guarded("kvpool_gpu_mover_set_options", [&] {
-    if (mover == nullptr || options == nullptr) return invalid("mover or options is NULL");
-    kvpool::gpu::GpuOptions o;
-    if (auto s = to_gpu_options(options, o); s != KVPOOL_OK) return s;
-    mover->mover->set_options(o);
-    return ok();
-  });
-}
-
-kvpool_status_t kvpool_gpu_save(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
-                                size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out) {
-  return guarded("kvpool_gpu_save", [&] { return gpu_transfer(true, mover, keys, pages, num_keys, stream, transfer_out); });
-}
-
-kvpool_status_t kvpool_gpu_load(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
-                                size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out) {
-  return guarded("kvpool_gpu_load",
-                 [&] { return gpu_transfer(false, mover, keys, pages, num_keys, stream, transfer_out); });
-}
-
-void* kvpool_gpu_transfer_event(kvpool_gpu_transfer_t* transfer) {
-  return transfer == nullptr ? nullptr : static_cast<void*>(transfer->transfer->event());
-}
-
-void kvpool_gpu_transfer_result_init(kvpool_gpu_transfer_result_t* result) {
-  if (result == nullptr) return;
-  std::memset(result, 0, sizeof(*result));
-  result->struct_size = sizeof(*result);
-}
-
-kvpool_status_t kvpool_gpu_transfer_wait(kvpool_gpu_transfer_t* transfer, kvpool_gpu_transfer_result_t* result) {
-  return guarded("kvpool_gpu_transfer_wait", [&] {
-    if (transfer == nullptr) return invalid("transfer is NULL");
-    if (result != nullptr && result->struct_size < sizeof(kvpool_gpu_transfer_result_t)) {
-      return invalid("kvpool_gpu_transfer_result_t: bad struct_size");
-    }
-    auto r = transfer->transfer->wait();
-    if (!r) return record(r.error());
-    if (result != nullptr) {
-      result->done = r->done;
-      result->failed = r->put.failed;
-      result->stopped = to_c(r->get.stopped.code());
-      std::snprintf(result->path, sizeof(result->path), "%s", r->stats.path.c_str());
-      result->bytes = r->stats.bytes;
-      result->control_ms = r->stats.control_ms;
-      result->enqueue_ms = r->stats.enqueue_ms;
-      result->copy_done_ms = r->stats.copy_done_ms;
-      result->hash_ms = r->stats.hash_ms;
-      result->hash_done_ms = r->stats.hash_done_ms;
-      result->commit_ms = r->stats.commit_ms;
-      result->total_ms = r->stats.total_ms;
-    }
-    return ok();
-  });
-}
-
-void kvpool_gpu_transfer_destroy(kvpool_gpu_transfer_t* transfer) {
-  (void)guarded("kvpool_gpu_transfer_destroy", [&] {
-    delete transfer;
-    return ok();
-  });
-}
-
-int kvpool_gpu_available(void) {
-  try {
-    return kvpool::gpu::gpu_available() ? 1 : 0;
-  } catch (...) {
-    return 0;
-  }
-}

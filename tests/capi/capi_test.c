@@ -267,6 +267,56 @@ static void test_keys_match_the_cpp_vectors(void) {
   CHECK(strcmp(kvpool_last_error_message(), "") == 0);
 }
 
+/* Engine keys are stored under these values: pinned. With namespace id 0
+ * (seed 0) a key is plain XXH3-128 of its type byte and bytes, values from
+ * Debian's xxhsum 0.8.1 (`printf 'sabc' | xxhsum -H2`, printed big-endian);
+ * the seeded one is pinned from this implementation (the Python tests pin
+ * the same values). */
+static void test_engine_keys_match_pinned_vectors(void) {
+  static const char data[] = "sabc" "b\x00\x01\x02" "i-12" "ssglang-page-0#1";
+  const size_t offsets[] = {0, 4, 8, 12, 28};
+  kvpool_key_t keys[4];
+  REQUIRE_OK(kvpool_engine_keys(0, data, offsets, 3, keys));
+  CHECK(keys[0].hi == 0xeea9e19f08f2632eull && keys[0].lo == 0xe39c97239db4c3faull);
+  CHECK(keys[1].hi == 0x1856a007f8c62d9eull && keys[1].lo == 0x38f03eb6b9db6d17ull);
+  CHECK(keys[2].hi == 0xf9ce3bc4681916d7ull && keys[2].lo == 0xd81f4c568a18e2d7ull);
+  /* The Python form of this key is the bytes 48c440f4002d31d4 99fc44b5f289d811:
+   * lo little-endian, then hi little-endian. */
+  REQUIRE_OK(kvpool_engine_keys(0x0123456789abcdefull, data, offsets + 3, 1, keys + 3));
+  CHECK(keys[3].lo == 0xd4312d00f440c448ull && keys[3].hi == 0x11d889f2b544fc99ull);
+  /* The seed separates namespaces. */
+  kvpool_key_t other;
+  REQUIRE_OK(kvpool_engine_keys(1, data, offsets, 1, &other));
+  CHECK(other.lo != keys[0].lo || other.hi != keys[0].hi);
+  CHECK(kvpool_engine_keys(0, NULL, NULL, 0, NULL) == KVPOOL_OK);
+
+  /* Malformed strings are refused, naming the key, and nothing is written. */
+  static const char bad[] = "sok" "x12" "i012" "i-0" "i1a" "i-" "";
+  struct {
+    size_t begin, end;
+    const char* why;
+  } cases[] = {{3, 6, "unknown type byte"}, {6, 10, "leading zero"}, {10, 13, "leading zero"},
+               {13, 16, "non-digit"},       {16, 18, "without digits"}, {18, 18, "empty"}};
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
+    const size_t off[] = {cases[i].begin, cases[i].end};
+    kvpool_key_t out = {7, 7};
+    CHECK(kvpool_engine_keys(0, bad, off, 1, &out) == KVPOOL_INVALID_ARGUMENT);
+    CHECK(strstr(kvpool_last_error_message(), "engine key 0") != NULL);
+    CHECK(strstr(kvpool_last_error_message(), cases[i].why) != NULL);
+    CHECK(out.lo == 7 && out.hi == 7);
+  }
+  /* The first key fine, the second bad: nothing written, the second named. */
+  const size_t mixed[] = {0, 3, 6};
+  kvpool_key_t out[2] = {{7, 7}, {7, 7}};
+  CHECK(kvpool_engine_keys(0, bad, mixed, 2, out) == KVPOOL_INVALID_ARGUMENT);
+  CHECK(strstr(kvpool_last_error_message(), "engine key 1") != NULL);
+  CHECK(out[0].lo == 7 && out[0].hi == 7);
+  const size_t decreasing[] = {0, 3, 2};
+  CHECK(kvpool_engine_keys(0, bad, decreasing, 2, out) == KVPOOL_INVALID_ARGUMENT);
+  CHECK(strstr(kvpool_last_error_message(), "decrease") != NULL);
+  CHECK(kvpool_engine_keys(0, NULL, mixed, 1, out) == KVPOOL_INVALID_ARGUMENT);
+}
+
 static void test_names_and_versions(void) {
   CHECK(strcmp(kvpool_status_name(KVPOOL_OK), "ok") == 0);
   CHECK(strcmp(kvpool_status_name(KVPOOL_NOT_FOUND), "not_found") == 0);
@@ -569,6 +619,7 @@ static void test_wait_for_wakes_when_a_writer_commits(void) {
 
 int main(void) {
   test_keys_match_the_cpp_vectors();
+  test_engine_keys_match_pinned_vectors();
   test_names_and_versions();
   if (start_pool() != 0) {
     fprintf(stderr, "FAILED: could not start kvpool-agent --standalone\n");

@@ -15,7 +15,11 @@ import time
 
 import pytest
 
-import kvpool
+try:
+    import kvpool
+except ImportError as e:  # a clearer cause than a bare "No module named kvpool"
+    raise ImportError(f"{e}: build the kvpool_python target (cmake --build build --target kvpool_python) and put "
+                      "build/python on PYTHONPATH") from e
 
 TIME_SCALE = max(1.0, float(os.environ.get("KVPOOL_TEST_TIME_SCALE", "1")))
 BLOCK = 64 << 10  # the smallest block size a namespace may have

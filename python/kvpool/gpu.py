@@ -1,0 +1,259 @@
+"""kvpool.gpu: KV blocks between an engine's KV cache in GPU memory and the
+pool (the C API's kvpool_gpu_*; semantics in include/kvpool/gpu.h).
+
+No torch import: tensors are anything with ``data_ptr()`` (or plain ints,
+device pointers), streams anything with ``cuda_stream`` (torch.cuda.Stream)
+or an int handle (a cudaStream_t), None for the legacy default stream.
+Documented with the rest of the API in kvpool's docstring ("GPU").
+"""
+
+import ctypes as C
+import weakref
+
+from . import _capi
+from ._buffers import Keys
+from ._capi import check, lib
+from .errors import InvalidArgument
+
+LAYOUT_KINDS = {"vllm-paged": 0, "vllm-paged-split": 1, "hf-contiguous": 2}
+PATHS = {"auto": 0, "mapped": 1, "staged": 2}
+MOVERS = {"copy_engine": 0, "kernel": 1, "per_page": 2}
+
+
+def gpu_available():
+    """Whether a CUDA device is usable and this kvpool was built with CUDA."""
+    return bool(lib.kvpool_gpu_available())
+
+
+def _choice(table, value, what):
+    if value not in table:
+        raise InvalidArgument(f"{what}: {value!r} is not one of {', '.join(table)}")
+    return table[value]
+
+
+class KvLayout:
+    """An engine's KV cache layout in GPU memory (include/kvpool/gpu.h,
+    KvLayout): kind "vllm-paged" (per layer one tensor [2, num_pages,
+    tokens_per_block, kv_heads, head_dim]), "vllm-paged-split" (per layer K
+    and V [num_pages, tokens_per_block, kv_heads, head_dim]) or
+    "hf-contiguous" (per layer K and V [batch, kv_heads, max_seq, head_dim])."""
+
+    def __init__(self, kind, *, num_layers, num_kv_heads, head_dim, dtype="bf16", tokens_per_block=16, num_pages=0,
+                 batch=1, max_seq=0):
+        self.kind = kind
+        c = _capi.GpuLayout()
+        lib.kvpool_gpu_layout_init(C.byref(c))
+        c.kind = _choice(LAYOUT_KINDS, kind, "kind")
+        self._dtype = _capi.encode(dtype, "dtype")  # kept alive: c.dtype points into it
+        c.dtype = self._dtype
+        c.num_layers = _capi.uint(num_layers, 32, "num_layers")
+        c.num_kv_heads = _capi.uint(num_kv_heads, 32, "num_kv_heads")
+        c.head_dim = _capi.uint(head_dim, 32, "head_dim")
+        c.tokens_per_block = _capi.uint(tokens_per_block, 32, "tokens_per_block")
+        c.num_pages = _capi.uint(num_pages, 64, "num_pages")
+        c.batch = _capi.uint(batch, 32, "batch")
+        c.max_seq = _capi.uint(max_seq, 64, "max_seq")
+        self._c = c
+        out = C.c_uint64()
+        check(lib.kvpool_gpu_layout_block_bytes(C.byref(c), C.byref(out)))  # validates the layout
+        self.block_bytes = out.value
+        self.dtype = dtype
+        self.num_layers = num_layers
+
+    def namespace(self, model_id, tp_rank=0, tp_size=1):
+        """The keyword arguments of Client.register_namespace for this layout:
+        the layout is part of the namespace, so two layouts never share blocks."""
+        c = self._c
+        return dict(model_id=model_id, dtype=self.dtype, num_layers=c.num_layers, num_kv_heads=c.num_kv_heads,
+                    head_dim=c.head_dim, tokens_per_block=c.tokens_per_block, layout=self.kind, tp_rank=tp_rank,
+                    tp_size=tp_size, block_bytes=self.block_bytes)
+
+
+def _pointer(t, what):
+    if hasattr(t, "data_ptr"):
+        return _capi.uint(t.data_ptr(), 64, what)
+    return _capi.uint(t, 64, what)
+
+
+def _stream(stream):
+    if stream is None:
+        return None
+    handle = getattr(stream, "cuda_stream", stream)
+    return _capi.uint(handle, 64, "stream") or None
+
+
+def _options(path, mover, chunk_bytes, verify_loads, hash_threads, device, gpu_checksums, staged_stream_order):
+    o = _capi.GpuOptions()
+    lib.kvpool_gpu_options_init(C.byref(o))
+    o.path = _choice(PATHS, path, "path")
+    o.mover = _choice(MOVERS, mover, "mover")
+    o.chunk_bytes = _capi.uint(chunk_bytes, 64, "chunk_bytes")
+    o.verify_loads = int(bool(verify_loads))
+    o.hash_threads = _capi.uint(hash_threads, 32, "hash_threads")
+    if not -1 <= int(device) < 1 << 31:
+        raise InvalidArgument(f"device: {device} (-1: the current one)")
+    o.device = int(device)
+    o.gpu_checksums = int(bool(gpu_checksums))
+    o.staged_stream_order = int(bool(staged_stream_order))
+    return o
+
+
+class TransferResult:
+    """A transfer's outcome: ``done`` (save: keys now in the pool; load:
+    leading blocks loaded and verified), ``failed`` (save), ``stopped`` (load:
+    why it stopped early, a code name; "ok" when all loaded), ``path``
+    ("mapped" or "staged"), ``bytes``, and where the time went in ms since the
+    call (``control_ms``, ``enqueue_ms``, ``copy_done_ms``, ``hash_ms``,
+    ``hash_done_ms``, ``commit_ms``, ``total_ms``)."""
+
+    _TIMES = ("control_ms", "enqueue_ms", "copy_done_ms", "hash_ms", "hash_done_ms", "commit_ms", "total_ms")
+
+    def __init__(self, c):
+        self.done = c.done
+        self.failed = c.failed
+        self.stopped = _capi.code_name(c.stopped)
+        self.path = c.path.decode()
+        self.bytes = c.bytes
+        for f in self._TIMES:
+            setattr(self, f, getattr(c, f))
+
+    def __repr__(self):
+        return (f"TransferResult(done={self.done}, failed={self.failed}, stopped={self.stopped!r}, "
+                f"path={self.path!r}, bytes={self.bytes}, total_ms={self.total_ms:.3f})")
+
+
+class Transfer:
+    """A save or load in flight. ``event`` is the cudaEvent_t (an int) recorded
+    on the caller's stream after the transfer's copies, or None (the staged
+    path: gpu.h); ``wait()`` blocks (GIL released) until the outcome is known
+    and returns a TransferResult (again on later calls). A context manager;
+    ``close()`` waits and releases it."""
+
+    def __init__(self, handle, mover):
+        self._handle = handle
+        self._mover = mover  # a transfer is destroyed before its mover
+        mover._transfers.add(self)
+        self._result = None
+        self.event = lib.kvpool_gpu_transfer_event(handle) or None
+
+    def wait(self):
+        if self._result is None:
+            if not self._handle:
+                raise InvalidArgument("the transfer is closed")
+            r = _capi.GpuTransferResult()
+            lib.kvpool_gpu_transfer_result_init(C.byref(r))
+            check(lib.kvpool_gpu_transfer_wait(self._handle, C.byref(r)))
+            self._result = TransferResult(r)
+        return self._result
+
+    def close(self):
+        handle, self._handle = self._handle, None
+        if handle:
+            lib.kvpool_gpu_transfer_destroy(handle)  # waits for the transfer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self.close()
+
+
+class KvMover:
+    """Moves KV pages between GPU tensors and the pool: ``save(keys, pages,
+    stream)`` puts pages[i] under keys[i], ``load(keys, pages, stream)`` loads
+    the longest present prefix of keys into pages[i]; both return a Transfer.
+
+    k: per layer the combined tensor (vllm-paged; v None) or the K tensors,
+    v: the V tensors; tensors (data_ptr()) or device pointers. The client must
+    have registered namespace_id with this layout's block size
+    (``client.register_namespace(**layout.namespace(model_id))``) and stay
+    open while the mover lives. Options as in gpu.h's GpuOptions: path
+    "auto" | "mapped" | "staged", mover "copy_engine" | "kernel" |
+    "per_page", chunk_bytes (0: 64 MiB), verify_loads, hash_threads (0: 8),
+    device (-1: current), gpu_checksums, staged_stream_order.
+    FailedPrecondition when no GPU is usable, Unimplemented in a kvpool built
+    without CUDA."""
+
+    def __init__(self, client, namespace_id, layout, k, v=None, *, path="auto", mover="copy_engine", chunk_bytes=0,
+                 verify_loads=True, hash_threads=0, device=-1, gpu_checksums=True, staged_stream_order=False):
+        self._handle = None
+        self._transfers = weakref.WeakSet()  # closed before the mover
+        if not isinstance(layout, KvLayout):
+            raise TypeError(f"layout: expected a kvpool.gpu.KvLayout, got {type(layout).__name__}")
+        n = layout.num_layers
+        k = list(k)
+        v = None if v is None else list(v)
+        if len(k) != n or (v is not None and len(v) != n):
+            raise InvalidArgument(f"{len(k)} K and {0 if v is None else len(v)} V tensors for {n} layers")
+        if v is None and layout.kind != "vllm-paged":
+            raise InvalidArgument(f"layout {layout.kind} needs V tensors")
+        k_ptrs = (C.c_void_p * max(n, 1))(*[_pointer(t, f"k[{i}]") for i, t in enumerate(k)])
+        v_ptrs = None if v is None else (C.c_void_p * max(n, 1))(*[_pointer(t, f"v[{i}]") for i, t in enumerate(v)])
+        o = _options(path, mover, chunk_bytes, verify_loads, hash_threads, device, gpu_checksums, staged_stream_order)
+        self._client = client  # the C mover uses the client: keep it referenced
+        self._layout = layout
+        self._tensors = (k, v)  # keep the engine's tensors referenced while the mover may write them
+        handle = C.c_void_p()
+        check(lib.kvpool_gpu_mover_create(client._c_handle, _capi.uint(namespace_id, 64, "namespace_id"),
+                                          C.byref(layout._c), k_ptrs, v_ptrs, C.byref(o), C.byref(handle)))
+        self._handle = handle
+        client._dependents.add(self)  # closed before the client
+
+    def set_options(self, **options):
+        """Replaces the options (between transfers); keywords as in the constructor."""
+        defaults = dict(path="auto", mover="copy_engine", chunk_bytes=0, verify_loads=True, hash_threads=0, device=-1,
+                        gpu_checksums=True, staged_stream_order=False)
+        unknown = set(options) - set(defaults)
+        if unknown:
+            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+        defaults.update(options)
+        o = _options(**defaults)
+        check(lib.kvpool_gpu_mover_set_options(self._live(), C.byref(o)))
+
+    def _live(self):
+        if not self._handle:
+            raise InvalidArgument("the mover is closed")
+        return self._handle
+
+    def _run(self, fn, keys, pages, stream):
+        k = Keys(keys)
+        pages = [_capi.uint(p, 64, f"pages[{i}]") for i, p in enumerate(pages)]
+        if len(pages) != k.count:
+            raise InvalidArgument(f"{k.count} keys and {len(pages)} pages")
+        pg = (C.c_uint64 * max(k.count, 1))(*pages)
+        t = C.c_void_p()
+        check(fn(self._live(), k.array, pg, k.count, _stream(stream), C.byref(t)))
+        return Transfer(t, self)
+
+    def save(self, keys, pages, stream=None):
+        return self._run(lib.kvpool_gpu_save, keys, pages, stream)
+
+    def load(self, keys, pages, stream=None):
+        return self._run(lib.kvpool_gpu_load, keys, pages, stream)
+
+    def close(self):
+        """Waits for its transfers, then releases the mover (Client.close()
+        closes its movers first)."""
+        for t in list(self._transfers):
+            t.close()
+        handle, self._handle = self._handle, None
+        if handle:
+            lib.kvpool_gpu_mover_destroy(handle)
+        self._tensors = None  # the engine's memory may go now
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self.close()
+
+
+__all__ = ["KvLayout", "KvMover", "Transfer", "TransferResult", "gpu_available"]
