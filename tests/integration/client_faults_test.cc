@@ -50,6 +50,26 @@ struct Blocks {
   }
 };
 
+// A standalone pool, a ProxyCoordinator in front of it, and a client of the
+// proxy with namespace `model` registered.
+struct Proxied {
+  std::unique_ptr<PoolProcess> pool;
+  std::unique_ptr<ProxyCoordinator> proxy;
+  std::unique_ptr<Client> client;
+  NamespaceId ns = 0;
+  explicit Proxied(const std::string& model, std::chrono::milliseconds timeout = 10s) {
+    use_test_secret();
+    pool = start_standalone("64MiB");
+    REQUIRE(pool);
+    proxy = ProxyCoordinator::start(pool->coordinator);
+    REQUIRE(proxy);
+    client = connect(proxy->address(), timeout);
+    auto registered = client->register_namespace(test_namespace(kBlock, model));
+    REQUIRE(registered);
+    ns = *registered;
+  }
+};
+
 std::uint64_t region_bytes(const std::string& coordinator) {
   auto raw = raw_client(coordinator);
   REQUIRE(raw);
@@ -62,15 +82,9 @@ std::uint64_t region_bytes(const std::string& coordinator) {
 
 TEST_CASE("a placement outside the agent's region is refused, never handed out as a mapped slot",
           "[integration][client]") {
-  use_test_secret();
-  auto pool = start_standalone("64MiB");
-  REQUIRE(pool);
+  Proxied p("faults-put");
+  auto& [pool, proxy, client, ns] = p;
   const std::uint64_t region = region_bytes(pool->coordinator);
-  auto proxy = ProxyCoordinator::start(pool->coordinator);
-  REQUIRE(proxy);
-  auto client = connect(proxy->address());
-  auto ns = client->register_namespace(test_namespace(kBlock, "faults-put"));
-  REQUIRE(ns);
   auto keys = keys_for(4, 1);
   proxy->set_rewrite([region](std::uint16_t type, std::string& reply) {
     if (type != rpc::kAllocate) return;
@@ -83,7 +97,7 @@ TEST_CASE("a placement outside the agent's region is refused, never handed out a
     rep.results[2].location.payload_offset = region - kBlock / 2;   // (so only the length is wrong)
     reply = rpc::encode(rep);
   });
-  auto mp = client->begin_mapped_put(*ns, keys);
+  auto mp = client->begin_mapped_put(ns, keys);
   proxy->set_rewrite(nullptr);
   REQUIRE(mp);
   for (std::size_t i = 0; i < 3; ++i) {
@@ -102,23 +116,17 @@ TEST_CASE("a placement outside the agent's region is refused, never handed out a
   CHECK(put->written == 1);
   // The refused keys' leases were given back: they are free to be written.
   Blocks b(3);
-  auto again = client->put(*ns, std::span<const Key128>(keys).subspan(0, 3), b.in);
+  auto again = client->put(ns, std::span<const Key128>(keys).subspan(0, 3), b.in);
   REQUIRE(again);
   CHECK(again->written == 3);
 }
 
 TEST_CASE("a location whose end wraps past 2^64 is refused by both mapped read paths", "[integration][client]") {
-  use_test_secret();
-  auto pool = start_standalone("64MiB");
-  REQUIRE(pool);
-  auto proxy = ProxyCoordinator::start(pool->coordinator);
-  REQUIRE(proxy);
-  auto client = connect(proxy->address());
-  auto ns = client->register_namespace(test_namespace(kBlock, "faults-get"));
-  REQUIRE(ns);
+  Proxied p("faults-get");
+  auto& [pool, proxy, client, ns] = p;
   auto keys = keys_for(2, 2);
   Blocks b(2);
-  auto put = client->put(*ns, keys, b.in);
+  auto put = client->put(ns, keys, b.in);
   REQUIRE(put);
   REQUIRE(put->written == 2);
   // payload_offset + length wraps to kBlock / 2: inside the region by the
@@ -132,20 +140,20 @@ TEST_CASE("a location whose end wraps past 2^64 is refused by both mapped read p
     reply = rpc::encode(rep);
   });
   const auto failures = client->stats().verify_failures;
-  auto mg = client->begin_mapped_get(*ns, keys);
+  auto mg = client->begin_mapped_get(ns, keys);
   REQUIRE(mg);
   CHECK(mg->found == 0);
   CHECK(mg->slots.empty());
   CHECK(mg->stopped.code() == StatusCode::kDataLoss);
   client->finish_mapped_get(*mg, 0);
   CHECK(client->stats().verify_failures == failures + 1);
-  auto got = client->get(*ns, keys, b.out);
+  auto got = client->get(ns, keys, b.out);
   REQUIRE(got);
   CHECK(got->loaded == 0);
   CHECK(got->stopped.code() == StatusCode::kDataLoss);
   // Told the truth again, both read it.
   proxy->set_rewrite(nullptr);
-  got = client->get(*ns, keys, b.out);
+  got = client->get(ns, keys, b.out);
   REQUIRE(got);
   CHECK(got->loaded == 2);
   CHECK(std::equal(b.in[1].begin(), b.in[1].end(), b.out[1].begin()));
@@ -158,20 +166,21 @@ TEST_CASE("a MappedPut or MappedGet dropped unfinished gives its leases back at 
   auto client = connect(pool->coordinator);
   auto raw = raw_client(pool->coordinator);
   REQUIRE(raw);
-  auto ns = client->register_namespace(test_namespace(kBlock, "faults-drop"));
-  REQUIRE(ns);
+  auto registered = client->register_namespace(test_namespace(kBlock, "faults-drop"));
+  REQUIRE(registered);
+  const NamespaceId ns = *registered;
   auto keys = keys_for(3, 3);
 
   SECTION("a dropped put is aborted") {
     {
-      auto mp = client->begin_mapped_put(*ns, keys);
+      auto mp = client->begin_mapped_put(ns, keys);
       REQUIRE(mp);
       REQUIRE(mp->outcomes[0] == PutOutcome::kWritten);
       CHECK(stats(*raw).write_leases == keys.size());
     }
     CHECK(stats(*raw).write_leases == 0);
     // Not "pending" behind a leaked lease: the keys are placed again.
-    auto again = client->begin_mapped_put(*ns, keys);
+    auto again = client->begin_mapped_put(ns, keys);
     REQUIRE(again);
     for (auto o : again->outcomes) CHECK(o == PutOutcome::kWritten);
     // Assigning over an unfinished put aborts it too.
@@ -180,11 +189,11 @@ TEST_CASE("a MappedPut or MappedGet dropped unfinished gives its leases back at 
   }
   SECTION("a dropped get releases its read lease") {
     Blocks b(keys.size());
-    auto put = client->put(*ns, keys, b.in);
+    auto put = client->put(ns, keys, b.in);
     REQUIRE(put);
     REQUIRE(put->written == keys.size());
     {
-      auto mg = client->begin_mapped_get(*ns, keys);
+      auto mg = client->begin_mapped_get(ns, keys);
       REQUIRE(mg);
       REQUIRE(mg->found == keys.size());
       CHECK(stats(*raw).read_leases == 1);
@@ -196,19 +205,13 @@ TEST_CASE("a MappedPut or MappedGet dropped unfinished gives its leases back at 
 }
 
 TEST_CASE("an agent reported down while the client connects to it is not kept", "[integration][client]") {
-  use_test_secret();
-  auto pool = start_standalone("64MiB");
-  REQUIRE(pool);
+  Proxied p("faults-down");
+  auto& [pool, proxy, client, ns] = p;
   auto raw = raw_client(pool->coordinator);
   REQUIRE(raw);
   auto agents = list_agents(*raw);
   REQUIRE(agents.size() == 1);
   const rpc::AgentRecord agent = agents[0];
-  auto proxy = ProxyCoordinator::start(pool->coordinator);
-  REQUIRE(proxy);
-  auto client = connect(proxy->address());
-  auto ns = client->register_namespace(test_namespace(kBlock, "faults-down"));
-  REQUIRE(ns);
   // The coordinator's AgentDown lands after the client looked the agent up
   // (alive) and before it has its connection in the table: the race of
   // agent()'s check-then-act, made certain by pushing it in front of the
@@ -221,36 +224,30 @@ TEST_CASE("an agent reported down while the client connects to it is not kept", 
   });
   auto keys = keys_for(2, 4);
   Blocks b(keys.size());
-  auto put = client->put(*ns, keys, b.in);
+  auto put = client->put(ns, keys, b.in);
   REQUIRE(put);
   CHECK(put->written == 0);
   for (const auto& e : put->errors) CHECK(e.code() == StatusCode::kUnavailable);
-  auto mp = client->begin_mapped_put(*ns, keys);
+  auto mp = client->begin_mapped_put(ns, keys);
   REQUIRE(mp);
   for (auto o : mp->outcomes) CHECK(o == PutOutcome::kFailed);
   mp = MappedPut();
   // Back (an agent cut off and healed keeps its incarnation): only reports
   // made while a connect ran count, so the agent is reached again.
   proxy->set_before_reply(nullptr);
-  put = client->put(*ns, keys, b.in);
+  put = client->put(ns, keys, b.in);
   REQUIRE(put);
   CHECK(put->written == keys.size());
 }
 
 TEST_CASE("a call made while another call redials the coordinator fails at once instead of waiting for the dial",
           "[integration][client]") {
-  use_test_secret();
-  auto pool = start_standalone("64MiB");
-  REQUIRE(pool);
-  auto proxy = ProxyCoordinator::start(pool->coordinator);
-  REQUIRE(proxy);
-  const std::uint16_t port = proxy->port();
   const auto timeout = scaled(4s);
-  auto client = connect(proxy->address(), timeout);
-  auto ns = client->register_namespace(test_namespace(kBlock, "faults-dial"));
-  REQUIRE(ns);
+  Proxied p("faults-dial", timeout);
+  auto& [pool, proxy, client, ns] = p;
+  const std::uint16_t port = proxy->port();
   auto keys = keys_for(1, 5);
-  REQUIRE(client->lookup(*ns, keys));
+  REQUIRE(client->lookup(ns, keys));
   // The connection breaks; the coordinator that answers the redial takes
   // the hello but holds the namespace re-registration: a dial that lasts
   // the client's whole timeout.
@@ -260,14 +257,14 @@ TEST_CASE("a call made while another call redials the coordinator fails at once 
   slow->set_hold(true);
   std::thread dialler([&] {
     for (auto d = Deadline::after(scaled(10s)); slow->held() == 0 && !d.expired();) {
-      (void)client->lookup(*ns, keys);
+      (void)client->lookup(ns, keys);
       std::this_thread::sleep_for(10ms);
     }
   });
   const bool dialling = eventually([&] { return slow->held() > 0; }, scaled(10s));
   CHECK(dialling);
   const auto t0 = Clock::now();
-  auto looked = client->lookup(*ns, keys);
+  auto looked = client->lookup(ns, keys);
   const auto took = Clock::now() - t0;
   dialler.join();
   REQUIRE(!looked);
