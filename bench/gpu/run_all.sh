@@ -60,6 +60,10 @@ if [[ $what == *model* ]]; then
     if [[ ! -s $port_file ]]; then
       echo "kvpool-agent did not start:"; tail -5 "$OUT/agent.log"; rc=1
     else
+      echo "== the wheel in $venv (package_check.py) =="
+      (cd "$OUT" && timeout 120 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR "$venv/bin/python" \
+        "$HERE/package_check.py" --coordinator "127.0.0.1:$(cat "$port_file")") 2>&1 | tee "$OUT/package.log"
+      t=${PIPESTATUS[0]}; echo "package_check exit $t"; [[ $t == 0 ]] || rc=1
       (cd "$OUT" && timeout 230 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR "$venv/bin/python" \
         "$HERE/fetch_vs_recompute.py" --coordinator "127.0.0.1:$(cat "$port_file")" \
         --json "$OUT/fetch_vs_recompute.json") > "$OUT/fetch.log" 2>&1; t=$?
