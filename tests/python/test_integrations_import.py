@@ -1,5 +1,6 @@
 """The adapters import no engine, and engine keys are the same in every process."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,11 +14,11 @@ ENGINES = ("sglang", "vllm", "lmcache", "ucm", "torch")
 CHECK = """
 import sys
 import kvpool.integrations
-from kvpool.integrations import lmcache_connector, sglang_hicache, ucm_store, vllm_offload
+from kvpool.integrations import lmcache_connector, sglang_hicache, ucm_store, vllm
 from kvpool.integrations.sglang_hicache import *
 from kvpool.integrations.lmcache_connector import *
 from kvpool.integrations.ucm_store import *
-from kvpool.integrations.vllm_offload import *
+from kvpool.integrations.vllm import *
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {engines!r})
 print(",".join(loaded))
 print(kvpool.engine_keys(42, [b"block", "block", 7])[0].hex())
@@ -33,12 +34,12 @@ def test_importing_the_adapters_imports_no_engine():
 
 
 @pytest.mark.parametrize("module,name", [("sglang_hicache", "HiCacheKvpool"), ("lmcache_connector", "KvpoolConnector"),
-                                         ("ucm_store", "UcmKvpoolStore")])
+                                         ("ucm_store", "UcmKvpoolStore"), ("vllm", "KvpoolConnector")])
 def test_the_engine_facing_class_needs_the_engine(module, name):
     """Asking for the engine-facing name imports the engine (to register the
     class with its base); without the engine that is an ImportError, which
     the engines' loaders report as such."""
-    mod = __import__(f"kvpool.integrations.{module}", fromlist=[name])
+    mod = importlib.import_module(f"kvpool.integrations.{module}")  # as the engines load them
     if any(e in sys.modules for e in ENGINES):
         pytest.skip("an engine (or a fake of one) is loaded in this process")
     with pytest.raises(ImportError):

@@ -3,8 +3,9 @@ interfaces, each loaded by the engine from its module path:
 
 - ``kvpool.integrations.sglang_hicache``: SGLang HiCache L3 storage
   (``HiCacheKvpool``; zero-copy ``batch_get_v1`` / ``batch_set_v1``).
-- ``kvpool.integrations.vllm_offload``: vLLM v1 offloading manager
-  (``KvpoolOffloadingManager``; lookup, prepare/complete load and store).
+- ``kvpool.integrations.vllm``: vLLM KV connector (``KvpoolConnector``, a
+  KVConnectorBase_V1 named in ``--kv-transfer-config``; pages between
+  vLLM's GPU KV tensors and the pool through kvpool.gpu.KvMover).
 - ``kvpool.integrations.lmcache_connector``: LMCache remote connector
   (``KvpoolConnector``; exists, get, put and the batched forms).
 - ``kvpool.integrations.ucm_store``: Huawei UCM store (``UcmKvpoolStore``;
