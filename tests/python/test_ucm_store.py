@@ -5,10 +5,13 @@ it from a config dict; the worker dumps rows of tensors per block and waits
 on the task; the scheduler asks lookup_on_prefix (index of the last hit);
 the worker loads the hit blocks and waits, or polls with check."""
 
-import abc
+import copy
 import gc
 import hashlib
 import importlib
+import json
+import pathlib
+import re
 import sys
 import time
 import types
@@ -19,36 +22,58 @@ import pytest
 
 import kvpool
 from conftest import scaled
+from engines import abc_stub
+from engines import ucm_manifest as M
 from kvpool.integrations.ucm_store import KvpoolUcmStore
+
+README = pathlib.Path(__file__).resolve().parents[2] / "python" / "README.md"
 
 TENSOR = 32 << 10  # bytes of one tensor of a row
 COLUMNS = 4  # tensors per block row (e.g. K and V of two layers): 128 KiB blocks
 
 
+SPARSE = {"on": False}
+
+
 @pytest.fixture
-def fake_ucm(monkeypatch):
-    mod = types.ModuleType("ucm.store.ucmstore_v1")
+def fake_ucm():
+    """ucm.store.ucmstore_v1 with UcmKVStoreBaseV1 built from engines/ucm_manifest.py."""
+    base = abc_stub.build_abc(M.BASE_CLASS, M.METHODS,
+                              {"__init__": lambda self, config: setattr(self, "config", config)})
+    SPARSE["on"] = False
+    abc_stub.install_modules({M.BASE_MODULE: {"UcmKVStoreBaseV1": base},
+                              "ucm.sparse.state": {"has_ucm_sparse": lambda: SPARSE["on"]}})
+    yield importlib.import_module(M.BASE_MODULE)
+    abc_stub.uninstall({"ucm"})
 
-    class UcmKVStoreBaseV1(abc.ABC):
-        @abc.abstractmethod
-        def lookup(self, block_ids):
-            ...
 
-    mod.UcmKVStoreBaseV1 = UcmKVStoreBaseV1
-    for name in ["ucm", "ucm.store"]:
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    return mod
+def readme_ucm_config():
+    """kv_connector_extra_config of python/README.md's UCM command."""
+    block = README.read_text().split("<!-- ucm-command -->", 1)[1].split("```", 2)[1]
+    m = re.search(r"--kv-transfer-config '([^']*)'", block)
+    assert m, "python/README.md's UCM command has no --kv-transfer-config '...'"
+    return json.loads(m.group(1))["kv_connector_extra_config"]
+
+
+def create_like_ucm(pool, role, extra=None, **role_keys):
+    """UCMDirectConnector._create_store then UcmConnectorFactoryV1.create_connector."""
+    connector = readme_ucm_config()["ucm_connectors"][0]
+    config = copy.deepcopy(connector["ucm_connector_config"])
+    config.update(kvpool_coordinator=pool.coordinator, kvpool_secret_file=None, **(extra or {}))
+    config.setdefault("share_buffer_enable", False)
+    config["unique_id"] = "engine-0"
+    config.update(role_keys)
+    config["posix_gc_enable"] = role == "scheduler"
+    module = importlib.import_module(connector["ucm_connector_module_path"])
+    cls = getattr(module, connector["ucm_connector_name"])
+    assert issubclass(cls, sys.modules[M.BASE_MODULE].UcmKVStoreBaseV1)
+    return cls(config)
 
 
 @pytest.fixture
 def store(pool, fake_ucm, request):
-    # UcmConnectorFactoryV1.create_connector, step by step.
-    module = importlib.import_module("kvpool.integrations.ucm_store")
-    cls = getattr(module, "UcmKvpoolStore")
-    assert issubclass(cls, fake_ucm.UcmKVStoreBaseV1)
-    s = cls({"kvpool_coordinator": pool.coordinator, "shard_size": COLUMNS * TENSOR, "model": request.node.name,
-             "kvpool_staging_blocks": 4})
+    s = create_like_ucm(pool, "worker", {"model": request.node.name, "kvpool_staging_blocks": 4}, device_id=-1,
+                        shard_size=COLUMNS * TENSOR, block_size=COLUMNS * TENSOR)
     yield s
     s.close()
 
@@ -129,8 +154,10 @@ def test_error_paths(store):
         def data_ptr(self):
             return 1 << 40
 
-    with pytest.raises(kvpool.InvalidArgument):
-        store.load(ids[:1], [0], [[CudaTensor()] * COLUMNS])
+    task = store.load(ids[:1], [0], [[CudaTensor()] * COLUMNS])  # device memory: a failed task
+    assert store.check(task)
+    with pytest.raises(RuntimeError, match="device pointers are not supported yet"):
+        store.wait(task)
 
     class StridedTensor:  # a CPU tensor view with gaps: its bytes are not [ptr, ptr + size)
         device = types.SimpleNamespace(type="cpu")
@@ -145,14 +172,13 @@ def test_error_paths(store):
         store.dump(ids[:1], [0], [[StridedTensor()] * COLUMNS])
     with pytest.raises(kvpool.InvalidArgument):
         store.dump(ids[:1], [0], [[np.zeros((TENSOR, 2), np.uint8)[:, 0]] * COLUMNS])  # numpy, strided
-    with pytest.raises(NotImplementedError):
-        store.cc_store()
+    assert store.cc_store() == 0  # no native Store*
     with pytest.raises(kvpool.InvalidArgument):
         KvpoolUcmStore({"kvpool_coordinator": store.client.coordinator})  # no block size
 
 
 def test_load_returns_a_task_at_once_and_check_polls_it(private_pool, fake_ucm, request):
-    s = KvpoolUcmStore({"kvpool_coordinator": private_pool.coordinator, "shard_size": COLUMNS * TENSOR,
+    s = KvpoolUcmStore({"kvpool_coordinator": private_pool.coordinator, "block_size": COLUMNS * TENSOR,
                         "model": request.node.name})
     ids = block_ids(2, b"async")
     src = rows(2, seed=6)
@@ -185,3 +211,71 @@ def test_load_returns_a_task_at_once_and_check_polls_it(private_pool, fake_ucm, 
     gc.collect()
     assert ref() is None
     s.close()
+
+
+def test_scheduler_and_worker_derive_one_namespace_and_the_worker_call_sequence(pool, fake_ucm, request):
+    """ucm_connector.py's UCMDirectConnector: the scheduler's store (block_size
+    from the model config) answers lookup_on_prefix for what the worker's
+    store (shard_size and block_size from its KV tensors) dumped with
+    dump_data and loads with load_data, shard index 0, rows of addresses."""
+    size = COLUMNS * TENSOR
+    extra = {"model": request.node.name}
+    worker = create_like_ucm(pool, "worker", extra, device_id=-1, tensor_size_list=[TENSOR] * COLUMNS,
+                             shard_size=size, block_size=size, local_rank_size=1)
+    scheduler = create_like_ucm(pool, "scheduler", extra, block_size=size)
+    assert worker.namespace == scheduler.namespace
+    ids = block_ids(3, b"seq")
+    src = rows(3, seed=11)
+    addrs = np.array([[t.__array_interface__["data"][0] for t in row] for row in src], dtype=np.uint64)
+    worker.wait(worker.dump_data(ids, [0] * 3, addrs, 0))  # wait_for_save
+    assert scheduler.lookup_on_prefix(ids) + 1 == 3  # get_num_new_matched_tokens
+    dst = rows(3)
+    daddrs = np.array([[t.__array_interface__["data"][0] for t in row] for row in dst], dtype=np.uint64)
+    worker.wait(worker.load_data(ids, [0] * 3, daddrs))  # start_load_kv
+    assert_rows_equal(dst, src)
+    worker.close()
+    scheduler.close()
+
+
+def test_a_worker_whose_shards_differ_from_the_block_is_refused_naming_the_key(pool, fake_ucm, request):
+    with pytest.raises(RuntimeError, match="kvpool_block_bytes"):
+        create_like_ucm(pool, "worker", {"model": request.node.name}, device_id=-1, shard_size=TENSOR,
+                        block_size=COLUMNS * TENSOR)
+    s = create_like_ucm(pool, "worker", {"model": request.node.name, "kvpool_block_bytes": TENSOR * 2}, device_id=-1,
+                        shard_size=TENSOR * 2, block_size=COLUMNS * TENSOR)
+    assert s.block_bytes == TENSOR * 2
+    s.close()
+
+
+def test_device_pointers_fail_the_task_with_a_runtime_error(pool, fake_ucm, request):
+    """Under vLLM UCM's worker store has device_id >= 0 and passes device
+    pointers (and an event to dump_data): a failed task, never a host memmove."""
+    s = create_like_ucm(pool, "worker", {"model": request.node.name}, device_id=0, shard_size=COLUMNS * TENSOR,
+                        block_size=COLUMNS * TENSOR)
+    ids = block_ids(2, b"dev")
+    fake_device_ptrs = np.full((2, COLUMNS), 1 << 44, dtype=np.uint64)  # never dereferenced
+    for task in (s.load_data(ids, [0, 0], fake_device_ptrs), s.dump_data(ids, [0, 0], fake_device_ptrs, 1234)):
+        assert s.check(task)
+        with pytest.raises(RuntimeError, match="device pointers are not supported yet"):
+            s.wait(task)
+    assert s.lookup_on_prefix(ids) == -1  # nothing was written
+    s.close()
+
+
+def test_sparse_mode_is_refused(pool, fake_ucm, request):
+    SPARSE["on"] = True
+    with pytest.raises(RuntimeError, match="sparse"):
+        create_like_ucm(pool, "scheduler", {"model": request.node.name}, block_size=COLUMNS * TENSOR)
+    SPARSE["on"] = False
+    s = create_like_ucm(pool, "scheduler", {"model": request.node.name}, block_size=COLUMNS * TENSOR)
+    SPARSE["on"] = True  # sparse mode started after the store was made
+    with pytest.raises(RuntimeError, match="sparse"):
+        s.cc_store()
+    SPARSE["on"] = False
+    s.close()
+
+
+def test_a_missing_abstract_method_fails_at_construction(pool, fake_ucm, request, monkeypatch):
+    monkeypatch.delattr(KvpoolUcmStore, "cc_store")
+    with pytest.raises(TypeError, match="abstract"):
+        create_like_ucm(pool, "scheduler", {"model": request.node.name}, block_size=COLUMNS * TENSOR)

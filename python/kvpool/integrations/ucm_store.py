@@ -1,8 +1,11 @@
 """kvpool as a Huawei UCM (unified-cache-management) KV store.
 
-Follows ``UcmKVStoreBaseV1`` in ModelEngine-Group/unified-cache-management
-ucm/store/ucmstore_v1.py at commit c10fa52482f49bb28a21ef955f3ce31d8470a131
-and the methods its pipeline store has in ucm/store/pipeline/connector.py at
+Pinned: ModelEngine-Group/unified-cache-management main at
+cdd4406794808e1f387e11a5f8893dc738247e61 (after v0.5.0rc1; every file
+below read there, tests/python/engines/ucm_manifest.py lists them; the
+test tests/python/test_ucm_store.py follows ucm_connector.py's
+``UCMDirectConnector``). Follows ``UcmKVStoreBaseV1`` in
+ucm/store/ucmstore_v1.py and the methods its pipeline store has in ucm/store/pipeline/connector.py at
 commit 6d07bc8b1bef8363a6c3a238e13661868bff25d3 (``lookup_on_prefix``,
 ``load_data``, ``dump_data``; a later version adds ``dump_data(...,
 prerequisite_handle=0)``, accepted and ignored here): ``lookup(block_ids) -> List[bool]``,
@@ -18,11 +21,24 @@ pipeline store's ``LookupOnPrefix``; UCM's connectors count
 ``lookup_on_prefix(ids) + 1`` hit blocks).
 
 Storage: one kvpool block per (block id, shard index) holding that shard's
-row of tensors back to back; the kvpool block size is
-``config["kvpool_block_bytes"]``, else ``config["shard_size"]``, else
-``config["block_size"]`` (bytes), and a row's tensors are equal parts of
-it. Tensors are host memory (torch CPU tensors, numpy arrays, buffers;
-GPU tensors are refused). Rows are gathered into / scattered from a
+row of tensors back to back, and a row's tensors are equal parts of it. One
+block size for scheduler and worker: ``config["kvpool_block_bytes"]``, else
+``config["block_size"]``, which UCM's connector
+(ucm/integration/vllm/ucm_connector.py at cdd4406794808e1f387e11a5f8893dc738247e61,
+``UCMDirectConnector._create_store``) sets in both roles: the scheduler from
+the model config, the worker from its KV tensors. A worker whose
+``shard_size`` differs (layer-wise dumps, pipeline stages) is refused at
+construction naming ``kvpool_block_bytes``: set it to the worker's shard
+size in the UCM config both roles share. Ranks: UCM's block ids already
+carry the TP rank (``RequestHasher`` seeds them with it) and MLA ranks share
+rank 0's ids, so the namespace does not repeat it. Tensors are host memory (torch CPU tensors, numpy arrays, buffers).
+Device memory is not supported yet (the GPU mover's pointer-list call is
+to come): under vLLM UCM builds the worker's store with ``device_id >= 0``
+and passes device pointers plus an event handle to ``load_data`` /
+``dump_data``; this store then returns a failed task whose ``wait`` raises
+RuntimeError ("device pointers are not supported yet"), as does ``load`` /
+``dump`` with GPU tensors, so UCM logs it and recomputes; nothing is
+memmove'd on the host. Rows are gathered into / scattered from a
 registered staging buffer (one copy each way: a row's tensors are separate
 allocations and a kvpool block is one contiguous object). ``lookup`` and
 ``lookup_on_prefix`` look at shard ``config.get("kvpool_lookup_shard", 0)``.
@@ -33,8 +49,13 @@ Tasks run on two worker threads; kvpool calls release the GIL. A
 Keys: the engine key ``block_id + shard_index`` (8 bytes, little-endian)
 mapped with ``kvpool.engine_keys`` (XXH3-128 seeded with the namespace id);
 the namespace is ``config["model"]`` (or "ucm") with layout "ucm-shard-v1"
-and the block size. ``cc_store`` raises NotImplementedError: there is no
-UCM C++ store object behind this one.
+and the block size. ``cc_store()`` answers 0 (no native UCM ``Store*`` behind this
+store); its only caller is UCM's sparse mode (ucm/sparse/gsa/gsa.py hands it
+to native prefetch code), which is refused: at construction when
+``ucm.sparse.state.has_ucm_sparse()`` is true, and by ``cc_store()`` itself
+(RuntimeError) if sparse mode started later. Every failure this store
+surfaces is a RuntimeError (kvpool errors are), which UCM's connector
+catches around each store call.
 
 UCM loads stores by module path (ucm/store/factory_v1.py at commit
 2b8c655512bf53c0ecce4e33fc9f0667c49eef5f: import, ``getattr``, ``assert
@@ -45,9 +66,9 @@ issubclass(cls, UcmKVStoreBaseV1)``, ``cls(config)``)::
     store = UcmConnectorFactoryV1.create_connector(
         "UcmKvpoolStore", {"kvpool_coordinator": "10.0.0.1:7400", "shard_size": ...})
 
-``UcmKvpoolStore`` is made on first access (module ``__getattr__``), when
-UCM's ``UcmKVStoreBaseV1`` gets it as a virtual subclass; importing this
-module imports no engine. ``KvpoolUcmStore`` is the same class.
+``UcmKvpoolStore`` is made on first access (module ``__getattr__``):
+``KvpoolUcmStore`` with UCM's ``UcmKVStoreBaseV1`` as a second base;
+importing this module imports no engine.
 """
 
 from __future__ import annotations
@@ -90,10 +111,20 @@ class KvpoolUcmStore:
 
     def __init__(self, config: Dict[str, object], *, client=None):
         self.config = config
-        block = config.get("kvpool_block_bytes") or config.get("shard_size") or config.get("block_size")
+        if _ucm_sparse_active():
+            raise kvpool.FailedPrecondition(
+                "kvpool's UCM store does not support UCM's sparse mode (it needs a native UCM Store* from "
+                "cc_store()): remove ucm_sparse_config from the UCM config")
+        block = config.get("kvpool_block_bytes") or config.get("block_size")
         if not block:
-            raise kvpool.InvalidArgument("config needs kvpool_block_bytes, shard_size or block_size (bytes)")
+            raise kvpool.InvalidArgument("config needs kvpool_block_bytes or block_size (bytes)")
         self.block_bytes = int(block)
+        shard = config.get("shard_size")
+        if shard and int(shard) != self.block_bytes:
+            raise kvpool.InvalidArgument(
+                f"this worker's shards are {int(shard)} bytes but the block size both roles derive is "
+                f"{self.block_bytes}: set \"kvpool_block_bytes\": {int(shard)} in ucm_connector_config")
+        self.device_id = int(config.get("device_id", -1) if config.get("device_id") is not None else -1)
         self.client = connect(config.get("kvpool_coordinator"), config.get("kvpool_secret_file"),
                               config.get("kvpool_timeout_s", 10.0), client)
         self._owns_client = client is None
@@ -106,12 +137,18 @@ class KvpoolUcmStore:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvpool-ucm")
 
     def cc_store(self) -> int:
-        raise NotImplementedError("kvpool has no UCM C++ Store object; use this Python store")
+        """0: no native UCM Store* (UCM's sparse mode, its only user, is refused)."""
+        if _ucm_sparse_active():
+            raise kvpool.FailedPrecondition("kvpool's UCM store has no native Store* for UCM's sparse mode: "
+                                            "remove ucm_sparse_config from the UCM config")
+        return 0
 
     # -- keys and lookups ----------------------------------------------------
 
     def _keys(self, block_ids, shard_index):
-        ids = [bytes(b) + int(s).to_bytes(8, "little") for b, s in zip(block_ids, shard_index, strict=True)]
+        if len(block_ids) != len(shard_index):
+            raise kvpool.InvalidArgument(f"{len(block_ids)} block ids but {len(shard_index)} shard indexes")
+        ids = [bytes(b) + int(s).to_bytes(8, "little") for b, s in zip(block_ids, shard_index)]
         return kvpool.engine_keys(self.namespace, ids)
 
     def _lookup_keys(self, block_ids):
@@ -144,25 +181,39 @@ class KvpoolUcmStore:
     # -- transfers -------------------------------------------------------------
 
     def load(self, block_ids: List[bytes], shard_index: List[int], dst_tensor: List[List["torch.Tensor"]]):
+        if _on_device(dst_tensor):
+            return _failed_task("load", len(block_ids), _device_error())
         rows = [[address_and_size(t) for t in row] for row in dst_tensor]
         return self._submit("load", block_ids, shard_index, rows, keepalive=dst_tensor)
 
     def dump(self, block_ids: List[bytes], shard_index: List[int], src_tensor: List[List["torch.Tensor"]]):
+        if _on_device(src_tensor):
+            return _failed_task("dump", len(block_ids), _device_error())
         rows = [[address_and_size(t) for t in row] for row in src_tensor]
         return self._submit("dump", block_ids, shard_index, rows, keepalive=src_tensor)
 
     def load_data(self, block_ids: List[bytes], shard_index: List[int], dst_addr):
+        if self.device_id >= 0:  # UCM's worker under vLLM: device pointers
+            return _failed_task("load", len(block_ids), _device_error())
         return self._submit("load", block_ids, shard_index, self._address_rows(dst_addr))
 
     def dump_data(self, block_ids: List[bytes], shard_index: List[int], src_addr, prerequisite_handle: int = 0):
+        if self.device_id >= 0 or prerequisite_handle:  # device pointers, or an event on a device stream
+            return _failed_task("dump", len(block_ids), _device_error())
         return self._submit("dump", block_ids, shard_index, self._address_rows(src_addr))
 
     # The v0 names of the same calls.
     fetch_data = load_data
 
     def wait(self, task: KvpoolTask) -> None:
-        """Blocks until the task is done; raises its kvpool.Error if it failed."""
-        task.future.result()
+        """Blocks until the task is done; raises its error (a RuntimeError)
+        if it failed."""
+        try:
+            task.future.result()
+        except RuntimeError:
+            raise
+        except Exception as e:  # anything else a task hit: UCM catches RuntimeError only
+            raise kvpool.Internal(f"UCM {task.kind} task failed: {e!r}") from e
 
     def check(self, task: KvpoolTask) -> bool:
         """Whether the task is done (a failed task is done; wait raises)."""
@@ -225,6 +276,35 @@ class KvpoolUcmStore:
                     raise err
 
 
+def _device_error():
+    return kvpool.Unimplemented("kvpool's UCM store: device pointers are not supported yet (the GPU mover's "
+                                "pointer-list call is to come); this task moved nothing")
+
+
+def _failed_task(kind, count, error):
+    future = concurrent.futures.Future()
+    future.set_exception(error)
+    return KvpoolTask(future, kind, count)
+
+
+def _on_device(rows):
+    for row in rows:
+        for t in row:
+            device = getattr(t, "device", None)
+            if device is not None and getattr(device, "type", "cpu") != "cpu":
+                return True
+    return False
+
+
+def _ucm_sparse_active():
+    """ucm.sparse.state.has_ucm_sparse() when UCM is loaded (its sparse mode on)."""
+    try:
+        from ucm.sparse.state import has_ucm_sparse
+    except ImportError:
+        return False
+    return bool(has_ucm_sparse())
+
+
 def _scatter(block, row):
     base = block.__array_interface__["data"][0]
     offset = 0
@@ -242,15 +322,13 @@ def _gather(block, row):
 
 
 def __getattr__(name):
-    # UCM's store factory expects a UcmKVStoreBaseV1: register ours as a
-    # virtual subclass when UCM asks for the class.
-    # Registering is idempotent and lasts as long as the engine's module.
+    # UCM's store factory asserts issubclass(cls, UcmKVStoreBaseV1): the class
+    # is made when UCM asks for it, as a real subclass of UCM's ABC, so that
+    # UCM's own abstract methods are checked at construction.
     if name != "UcmKvpoolStore":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from ucm.store.ucmstore_v1 import UcmKVStoreBaseV1
-    if not issubclass(KvpoolUcmStore, UcmKVStoreBaseV1):
-        UcmKVStoreBaseV1.register(KvpoolUcmStore)
-    return KvpoolUcmStore
+    return type("UcmKvpoolStore", (KvpoolUcmStore, UcmKVStoreBaseV1), {"__module__": __name__})
 
 
 __all__ = ["KvpoolUcmStore", "KvpoolTask"]
