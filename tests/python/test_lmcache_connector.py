@@ -145,8 +145,7 @@ def test_a_gap_stops_contains_and_gets(pool, client, fake_lmcache, request):
     asyncio.run(c.batched_put(keys, chunks(5, 2)))
     assert c.remove_sync(keys[2])
     assert asyncio.run(c.batched_async_contains("l", keys)) == 2
-    assert c.batched_contains(keys) == [True, True, False, False, False]
-    assert c.batched_contains(keys, stop_after_first_not_exits=False) == [True, True, False, True, True]
+    assert c.batched_contains(keys) == 2  # an int, as RemoteBackend.batched_contains returns it
     assert len(asyncio.run(c.batched_get_non_blocking("l", keys))) == 2
     assert asyncio.run(c.get(keys[2])) is None
     asyncio.run(c.close())
@@ -211,3 +210,24 @@ def test_the_block_size_follows_lmcaches_chunk_shape(pool, fake_lmcache, request
     asyncio.run(c.close())
     assert lmc.block_bytes_for(None) is None
     assert lmc.block_bytes_for(types.SimpleNamespace(kv_shape=(1, 2, 16, 1, 8), kv_dtype=Dtype())) == 64 << 10
+
+
+def test_scheduler_and_worker_derive_one_block_size(pool, request):
+    """LMCache's scheduler gets a SafeLocalCPUBackend (no metadata) and the
+    ConnectorContext's metadata; the worker a LocalCPUBackend with metadata.
+    Both derive the same block, hence the same namespace; a role with
+    neither fails instead of picking a size of its own."""
+    class Dtype:
+        itemsize = 2
+
+    meta = types.SimpleNamespace(kv_shape=(2, 2, 16, 8, 128), kv_dtype=Dtype())
+    config = Config({"kvpool_coordinator": pool.coordinator, "kvpool_model": request.node.name})
+    worker_backend = FakeLocalCPUBackend()
+    worker_backend.metadata = meta
+    worker = lmc.KvpoolRemoteConnector(None, worker_backend, config)
+    scheduler = lmc.KvpoolRemoteConnector(None, object(), config, metadata=meta)
+    assert worker.namespace == scheduler.namespace and worker.block_bytes == scheduler.block_bytes
+    with pytest.raises(RuntimeError, match="kvpool_block_bytes"):
+        lmc.KvpoolRemoteConnector(None, object(), config)
+    for c in (worker, scheduler):
+        asyncio.run(c.close())

@@ -1,11 +1,24 @@
 """kvpool as an LMCache remote connector.
 
+Status: loaded through the ``external://`` route, which LMCache marks for
+deprecation; an adapter for its remote storage plugin framework
+(``remote_storage_plugins``, lmcache/v1/storage_backend/connector/__init__.py
+at 0109660ce57fe9c046eb7953dfb56fb1e3c6d9fd: ``ConnectorManager`` imports
+``remote_storage_plugin.<name>.module_path``, instantiates ``class_name``
+with no arguments, requires a ``ConnectorAdapter`` whose ``can_parse``
+accepts ``plugin://<name>`` and calls ``create_connector(ConnectorContext)``,
+whose ``metadata`` both roles get) is still to be written on top of this
+class (its ``metadata=`` argument is for it).
+
 Follows ``RemoteConnector`` in LMCache/LMCache
 lmcache/v1/storage_backend/connector/base_connector.py at commit
 01712fbd51d033060d6a8851c06de0ebf351f74e (main; release not checked): async
 ``exists``, ``get`` (a ``MemoryObj`` or None), ``put``, ``list``, ``close``;
 ``exists_sync``; the batched forms ``batched_get``, ``batched_put``,
-``batched_async_contains`` (count of leading hits), ``batched_contains``,
+``batched_async_contains`` (count of leading hits), ``batched_contains``
+(an int, the count of leading hits, which ``RemoteBackend.batched_contains``
+in lmcache/v1/storage_backend/remote_backend.py at commit
+009eca101c71ae583489ed4bc616c589f2edcdf7 returns as its own ``-> int``),
 ``batched_get_non_blocking``, each with its ``support_*`` flag; and
 ``remove_sync``. The connector is loaded by
 lmcache/v1/storage_backend/connector/external_adapter.py from
@@ -27,9 +40,10 @@ Configuration, from ``config.extra_config`` (else the environment):
 ``kvpool_coordinator`` ($KVPOOL_COORDINATOR), ``kvpool_secret_file``
 ($KVPOOL_SECRET_FILE), ``kvpool_block_bytes`` (the kvpool block: at least
 one chunk's bytes plus 256, 64 KiB..256 MiB; default: the full chunk that
-``local_cpu_backend.metadata``'s ``kv_shape`` and ``kv_dtype`` imply, as
-``RemoteConnector.init_chunk_meta`` computes it, plus the header; else
-4 MiB), ``kvpool_model`` (default ``config.extra_config["model"]`` or
+LMCache's metadata (``kv_shape``, ``kv_dtype``; passed as ``metadata`` or
+found on ``local_cpu_backend.metadata``) implies, as
+``RemoteConnector.init_chunk_meta`` computes it, plus the header; with
+neither, construction fails: no role falls back to a size of its own), ``kvpool_model`` (default ``config.extra_config["model"]`` or
 "lmcache").
 
 Each LMCache chunk is one kvpool block: a 256-byte header (magic, payload
@@ -64,7 +78,6 @@ if TYPE_CHECKING:
 
 HEADER_BYTES = 256
 _MAGIC = b"KVPLMC01"
-DEFAULT_BLOCK_BYTES = 4 << 20
 STAGING_SLOTS = 8
 
 
@@ -141,15 +154,23 @@ class KvpoolRemoteConnector:
     """LMCache ``RemoteConnector`` over kvpool (see the module docstring)."""
 
     def __init__(self, loop: Optional[asyncio.AbstractEventLoop] = None, local_cpu_backend=None, config=None, *,
-                 client=None):
+                 metadata=None, client=None):
         extra = setting(config, "extra_config") or {}
         self.loop = loop
         self.local_cpu_backend = local_cpu_backend
         self.client = connect(extra.get("kvpool_coordinator"), extra.get("kvpool_secret_file"),
                               extra.get("kvpool_timeout_s", 10.0), client)
         self._owns_client = client is None
-        block = int(extra.get("kvpool_block_bytes") or os.environ.get("KVPOOL_LMCACHE_BLOCK_BYTES") or
-                    block_bytes_for(getattr(local_cpu_backend, "metadata", None)) or DEFAULT_BLOCK_BYTES)
+        # One rule in every role: the scheduler's local_cpu_backend is LMCache's
+        # SafeLocalCPUBackend (no metadata), so a default there would give it
+        # another block size, hence another namespace, than the workers.
+        block = (extra.get("kvpool_block_bytes") or os.environ.get("KVPOOL_LMCACHE_BLOCK_BYTES") or
+                 block_bytes_for(metadata) or block_bytes_for(getattr(local_cpu_backend, "metadata", None)))
+        if not block:
+            raise kvpool.InvalidArgument(
+                "kvpool: no block size: LMCache passed no metadata with kv_shape/kv_dtype here (the scheduler "
+                "role of the external:// route); set extra_config kvpool_block_bytes in every role")
+        block = int(block)
         model = extra.get("kvpool_model") or extra.get("model") or "lmcache"
         self.namespace = self.client.register_namespace(model_id=str(model), dtype="bytes", num_layers=0,
                                                         num_kv_heads=0, head_dim=0, tokens_per_block=0,
@@ -177,13 +198,12 @@ class KvpoolRemoteConnector:
     def support_batched_contains(self) -> bool:
         return True
 
-    def batched_contains(self, keys: List["CacheEngineKey"], stop_after_first_not_exits: bool = True) -> List[bool]:
+    def batched_contains(self, keys: List["CacheEngineKey"], stop_after_first_not_exits: bool = True) -> int:
+        """How many leading keys are in the pool: RemoteBackend.batched_contains
+        (remote_backend.py) returns this value as its own int."""
         if not keys:
-            return []
-        if stop_after_first_not_exits:
-            hit = self.client.lookup(self.namespace, self._keys(keys))
-            return [i < hit for i in range(len(keys))]
-        return [self.client.lookup(self.namespace, k) == 1 for k in self._keys(keys)]
+            return 0
+        return self.client.lookup(self.namespace, self._keys(keys))
 
     def support_batched_async_contains(self) -> bool:
         return True
