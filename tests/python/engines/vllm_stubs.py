@@ -11,6 +11,8 @@ import sys
 import types
 
 from . import vllm_manifest as M
+from .abc_stub import install_modules
+from .abc_stub import uninstall as uninstall_modules
 
 _DEFAULTS = {  # what vLLM's non-abstract methods return (base.py)
     "get_finished": (None, None), "get_block_ids_with_load_errors": set(), "request_finished": (False, None),
@@ -57,12 +59,6 @@ class KVConnectorRole(enum.Enum):
     WORKER = 1
 
 
-def _module(name, **attrs):
-    m = types.ModuleType(name)
-    m.__dict__.update(attrs)
-    return m
-
-
 def install(pp_rank=0, tp_rank=0, dcp_rank=0):
     """Puts the stub vLLM into sys.modules; returns the base module."""
     body = {n: _method(n, *spec) for n, spec in M.METHODS.items()}
@@ -76,23 +72,15 @@ def install(pp_rank=0, tp_rank=0, dcp_rank=0):
         data: dict = dataclasses.field(default_factory=dict)
 
     group = lambda rank: types.SimpleNamespace(rank_in_group=rank)  # noqa: E731
-    mods = {
-        "vllm": _module("vllm"),
-        "vllm.distributed": _module("vllm.distributed"),
-        "vllm.distributed.kv_transfer": _module("vllm.distributed.kv_transfer"),
-        "vllm.distributed.kv_transfer.kv_connector": _module("vllm.distributed.kv_transfer.kv_connector"),
-        "vllm.distributed.kv_transfer.kv_connector.v1": _module("vllm.distributed.kv_transfer.kv_connector.v1"),
-        M.BASE_MODULE: _module(M.BASE_MODULE, KVConnectorBase_V1=base_cls, KVConnectorMetadata=KVConnectorMetadata,
-                               KVConnectorRole=KVConnectorRole),
-        "vllm.distributed.kv_transfer.kv_connector.v1.metrics": _module(
-            "vllm.distributed.kv_transfer.kv_connector.v1.metrics", KVConnectorStats=KVConnectorStats),
-        "vllm.distributed.parallel_state": _module(
-            "vllm.distributed.parallel_state", get_tensor_model_parallel_rank=lambda: tp_rank,
-            get_pp_group=lambda: group(pp_rank), get_dcp_group=lambda: group(dcp_rank)),
-        "vllm.distributed.utils": _module("vllm.distributed.utils", get_pp_indices=_pp_indices),
-    }
-    for name, mod in mods.items():
-        sys.modules[name] = mod
+    mods = install_modules({
+        M.BASE_MODULE: dict(KVConnectorBase_V1=base_cls, KVConnectorMetadata=KVConnectorMetadata,
+                            KVConnectorRole=KVConnectorRole),
+        "vllm.distributed.kv_transfer.kv_connector.v1.metrics": dict(KVConnectorStats=KVConnectorStats),
+        "vllm.distributed.parallel_state": dict(get_tensor_model_parallel_rank=lambda: tp_rank,
+                                                get_pp_group=lambda: group(pp_rank),
+                                                get_dcp_group=lambda: group(dcp_rank)),
+        "vllm.distributed.utils": dict(get_pp_indices=_pp_indices),
+    })
     return mods[M.BASE_MODULE]
 
 
@@ -103,8 +91,7 @@ def _pp_indices(num_layers, rank, size):  # vLLM's even split, remainder to the 
 
 
 def uninstall():
-    for name in [n for n in sys.modules if n == "vllm" or n.startswith("vllm.")]:
-        del sys.modules[name]
+    uninstall_modules(["vllm"])
     sys.modules.pop("kvpool.integrations.vllm", None)
     for n in [n for n in sys.modules if n.startswith("kvpool.integrations.vllm.")]:
         del sys.modules[n]
