@@ -513,8 +513,10 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
   for (const auto& slot : msg.slots) {
     // Every header the slot covers, not only its first: a slot handed back
     // after a restart (space no valid header covered) may hold a late put's
-    // header at any granule.
-    const std::uint64_t headers = std::max<std::uint64_t>(1, slot.length / pool::kGranule);
+    // header at any granule, and a block's slice table lies in the headers
+    // of its granules 2..g.
+    const std::uint64_t headers =
+        std::max<std::uint64_t>(1, slot.length / pool::kGranule + (slot.length % pool::kGranule != 0));
     if (slot.header_offset % pool::kSlotHeaderBytes != 0 || slot.header_offset > layout_.header_table_bytes ||
         headers > (layout_.header_table_bytes - slot.header_offset) / pool::kSlotHeaderBytes) {
       logger()->warn("invalidate: headers at {} ({} of them) outside the header table", slot.header_offset, headers);
@@ -604,6 +606,7 @@ std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& 
 
   // Headers of the copies: the same block under the move's generation.
   std::vector<std::array<std::byte, pool::kSlotHeaderBytes>> headers(msg.moves.size());
+  std::vector<std::uint32_t> headers_slices(msg.moves.size(), 1);
   std::map<std::uint32_t, std::vector<std::size_t>> by_target;
   for (std::size_t i = 0; i < msg.moves.size(); ++i) {
     const rpc::MoveWire& m = msg.moves[i];
@@ -625,14 +628,23 @@ std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& 
       fail(i, Status(StatusCode::kFailedPrecondition, "the slot holds another block than the move names"));
       continue;
     }
-    if (Status s = pool::verify_payload(
-            *header, std::span<const std::byte>(region_->data() + f.payload_offset, f.length));
+    // The slice table travels with the block (the copy's readers verify
+    // layers by it): checked here with the payload, copied with it below.
+    const std::uint64_t table = pool::table_bytes(header->slices);
+    if (table > layout_.header_table_bytes - f.header_offset - pool::kSlotHeaderBytes) {
+      fail(i, Status(StatusCode::kInvalidArgument, "move's slice table outside the header table"));
+      continue;
+    }
+    if (Status s = pool::verify_block(
+            *header, std::span<const std::byte>(region_->data() + f.payload_offset, f.length),
+            std::span<const std::byte>(region_->data() + f.header_offset + pool::kSlotHeaderBytes, table));
         !s.ok()) {
       fail(i, s);
       continue;
     }
     pool::SlotHeader copy = *header;
     copy.generation = m.to.generation;
+    headers_slices[i] = header->slices;
     pool::encode(copy, std::span<std::byte, pool::kSlotHeaderBytes>(headers[i]));
     by_target[m.to.agent].push_back(i);
   }
@@ -675,6 +687,10 @@ std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& 
     for (std::size_t i : moves) {
       const rpc::MoveWire& m = msg.moves[i];
       payloads.push_back({region_->data() + m.from.payload_offset, m.to.payload_offset, m.from.length});
+      if (const std::uint64_t table = pool::table_bytes(headers_slices[i]); table > 0) {
+        payloads.push_back({region_->data() + m.from.header_offset + pool::kSlotHeaderBytes,
+                            m.to.header_offset + pool::kSlotHeaderBytes, table});
+      }
       heads.push_back({headers[i].data(), m.to.header_offset, pool::kSlotHeaderBytes});
     }
     // Payloads complete at the target before any header is put (put()

@@ -112,6 +112,10 @@ struct MappedPut {
   std::vector<PutOutcome> outcomes;
   std::vector<Status> errors;
   std::vector<MappedSlot> slots;  // filled for kWritten keys
+  // Layer slices of each block (the slot header's, DESIGN.md "Keys"): the
+  // namespace's layers when its block divides into them and the slice
+  // table fits, else 1. finish_mapped_put takes `slices` checksums per key.
+  std::uint32_t slices = 1;
   std::unique_ptr<MappedPutState> state;
   MappedPut();
   MappedPut(MappedPut&&) noexcept;
@@ -128,11 +132,15 @@ struct MappedGetState;  // opaque: the read lease
 struct MappedGet {
   // Leading keys whose slot is mapped here and whose header verified
   // (namespace, key, length, generation, header checksum): slots[0..found).
-  // The payloads are not verified yet: a caller checks each payload's XXH3-64
-  // against checksums[i] (pool::payload_checksum) before trusting its bytes.
+  // The payloads are not verified yet: a caller checks each slice's XXH3-64
+  // against checksums[i * slices + s] (slice s is the block_bytes / slices
+  // bytes at payload + s * block_bytes / slices) before trusting its bytes.
+  // The table of a block is verified against its header here, so a layer
+  // can be checked as soon as its own bytes have arrived.
   std::size_t found = 0;
   std::vector<MappedSlot> slots;
-  std::vector<std::uint64_t> checksums;
+  std::uint32_t slices = 1;
+  std::vector<std::uint64_t> checksums;  // slices per found block
   // Why found < keys: kNotFound (a miss), kUnimplemented (the next block's
   // agent is not mapped here: get() it), kDataLoss, kUnavailable.
   Status stopped;
@@ -202,10 +210,10 @@ class Client {
   // Zero-copy put (see MappedSlot): allocates like put() and hands out the
   // payload location of every placed key. The caller fills the payloads
   // within the write lease (the client's timeout), then calls
-  // finish_mapped_put with each filled payload's XXH3-64
-  // (checksums[i] for every kWritten key; others ignored): it writes the
-  // headers (after the payloads, so a valid header means a complete payload)
-  // and commits. Keys whose lease ran out fail with kDeadlineExceeded and are
+  // finish_mapped_put with the XXH3-64 of each filled payload's slices
+  // (checksums[i * put.slices + s] for every kWritten key i; others
+  // ignored): it writes each slice table and then the headers (after the
+  // payloads, so a valid header means a complete payload) and commits. Keys whose lease ran out fail with kDeadlineExceeded and are
   // left to the coordinator's quarantine. abort_mapped_put gives the space
   // back when the payloads could not be written.
   Result<MappedPut> begin_mapped_put(NamespaceId ns, std::span<const Key128> keys);

@@ -19,6 +19,10 @@ struct kvpool_gpu_mover {
 };
 struct kvpool_gpu_transfer {
   std::unique_ptr<kvpool::gpu::Transfer> transfer;
+  kvpool::gpu::LayerTransfer* layers = nullptr;  // the same object, when layer-wise
+};
+struct kvpool_gpu_layer_save {
+  std::unique_ptr<kvpool::gpu::LayerSave> save;
 };
 
 namespace {
@@ -164,13 +168,9 @@ void kvpool_gpu_transfer_result_init(kvpool_gpu_transfer_result_t* result) {
   result->struct_size = sizeof(*result);
 }
 
-kvpool_status_t kvpool_gpu_transfer_wait(kvpool_gpu_transfer_t* transfer, kvpool_gpu_transfer_result_t* result) {
-  return guarded("kvpool_gpu_transfer_wait", [&] {
-    if (transfer == nullptr) return invalid("transfer is NULL");
-    if (result != nullptr && result->struct_size < sizeof(kvpool_gpu_transfer_result_t)) {
-      return invalid("kvpool_gpu_transfer_result_t: bad struct_size");
-    }
-    auto r = transfer->transfer->wait();
+namespace {
+
+kvpool_status_t fill_result(const kvpool::Result<kvpool::gpu::TransferResult>& r, kvpool_gpu_transfer_result_t* result) {
     if (!r) return record(r.error());
     if (result != nullptr) {
       result->done = r->done;
@@ -186,6 +186,90 @@ kvpool_status_t kvpool_gpu_transfer_wait(kvpool_gpu_transfer_t* transfer, kvpool
       result->commit_ms = r->stats.commit_ms;
       result->total_ms = r->stats.total_ms;
     }
+    return ok();
+}
+
+}  // namespace
+
+kvpool_status_t kvpool_gpu_transfer_wait(kvpool_gpu_transfer_t* transfer, kvpool_gpu_transfer_result_t* result) {
+  return guarded("kvpool_gpu_transfer_wait", [&] {
+    if (transfer == nullptr) return invalid("transfer is NULL");
+    if (result != nullptr && result->struct_size < sizeof(kvpool_gpu_transfer_result_t)) {
+      return invalid("kvpool_gpu_transfer_result_t: bad struct_size");
+    }
+    return fill_result(transfer->transfer->wait(), result);
+  });
+}
+
+kvpool_status_t kvpool_gpu_load_layers(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
+                                       size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out,
+                                       size_t* found_out) {
+  return guarded("kvpool_gpu_load_layers", [&] {
+    if (mover == nullptr || transfer_out == nullptr) return invalid("mover or transfer_out is NULL");
+    if (num_keys > 0 && (keys == nullptr || pages == nullptr)) return invalid("keys or pages is NULL");
+    auto t = mover->mover->load_layers(to_keys(keys, num_keys), std::span<const std::uint64_t>(pages, num_keys),
+                                       static_cast<CUstream_st*>(stream));
+    if (!t) return record(t.error());
+    if (found_out != nullptr) *found_out = (*t)->found();
+    auto* raw = t->get();
+    *transfer_out = new kvpool_gpu_transfer{std::move(*t), raw};
+    return ok();
+  });
+}
+
+uint32_t kvpool_gpu_transfer_layers(kvpool_gpu_transfer_t* transfer) {
+  return transfer == nullptr || transfer->layers == nullptr ? 0 : transfer->layers->layers();
+}
+
+void* kvpool_gpu_transfer_layer_event(kvpool_gpu_transfer_t* transfer, uint32_t layer) {
+  if (transfer == nullptr || transfer->layers == nullptr) return nullptr;
+  return static_cast<void*>(transfer->layers->layer_event(layer));
+}
+
+kvpool_status_t kvpool_gpu_transfer_wait_layer(kvpool_gpu_transfer_t* transfer, uint32_t layer, void* stream) {
+  return guarded("kvpool_gpu_transfer_wait_layer", [&] {
+    if (transfer == nullptr || transfer->layers == nullptr) return invalid("not a layer-wise transfer");
+    if (layer >= transfer->layers->layers()) {
+      return invalid("layer " + std::to_string(layer) + " out of range (" +
+                     std::to_string(transfer->layers->layers()) + " layers)");
+    }
+    return record(transfer->layers->wait_layer(layer, static_cast<CUstream_st*>(stream)));
+  });
+}
+
+kvpool_status_t kvpool_gpu_begin_save_layers(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys,
+                                             const uint64_t* pages, size_t num_keys,
+                                             kvpool_gpu_layer_save_t** save_out) {
+  return guarded("kvpool_gpu_begin_save_layers", [&] {
+    if (mover == nullptr || save_out == nullptr) return invalid("mover or save_out is NULL");
+    if (num_keys > 0 && (keys == nullptr || pages == nullptr)) return invalid("keys or pages is NULL");
+    auto s = mover->mover->begin_save_layers(to_keys(keys, num_keys), std::span<const std::uint64_t>(pages, num_keys));
+    if (!s) return record(s.error());
+    *save_out = new kvpool_gpu_layer_save{std::move(*s)};
+    return ok();
+  });
+}
+
+kvpool_status_t kvpool_gpu_save_layer(kvpool_gpu_layer_save_t* save, uint32_t layer, void* stream) {
+  return guarded("kvpool_gpu_save_layer", [&] {
+    if (save == nullptr) return invalid("save is NULL");
+    return record(save->save->save_layer(layer, static_cast<CUstream_st*>(stream)));
+  });
+}
+
+kvpool_status_t kvpool_gpu_save_finish(kvpool_gpu_layer_save_t* save, kvpool_gpu_transfer_result_t* result) {
+  return guarded("kvpool_gpu_save_finish", [&] {
+    if (save == nullptr) return invalid("save is NULL");
+    if (result != nullptr && result->struct_size < sizeof(kvpool_gpu_transfer_result_t)) {
+      return invalid("kvpool_gpu_transfer_result_t: bad struct_size");
+    }
+    return fill_result(save->save->finish(), result);
+  });
+}
+
+void kvpool_gpu_save_destroy(kvpool_gpu_layer_save_t* save) {
+  (void)guarded("kvpool_gpu_save_destroy", [&] {
+    delete save;
     return ok();
   });
 }

@@ -104,6 +104,29 @@ constexpr std::size_t kPutHashLead = 1;
 // Over real RMA: pieces on the wire at once, and the verifier's lead.
 constexpr std::size_t kRdmaPutWindow = 16;
 
+// The slice tables of a put's blocks (pool/slot_header.h, "Layer slices"):
+// every block of a namespace has the same slices, so one stride.
+struct SliceTables {
+  std::uint32_t slices = 1;
+  std::vector<std::uint64_t> entries;  // slices per block, in key order; empty for one slice
+  SliceTables(std::uint32_t n, std::size_t blocks) : slices(n), entries(n > 1 ? n * blocks : 0) {}
+  std::uint64_t* of(std::size_t block) { return slices > 1 ? entries.data() + block * slices : nullptr; }
+};
+
+// Writes a block's slice table (when it has one) and then its header into a
+// mapped region: the table before the header that vouches for it.
+void write_header_mapped(std::byte* region, std::uint64_t header_offset, const pool::SlotHeader& h,
+                         const std::uint64_t* table) {
+  if (h.slices > 1) {
+    pool::encode_table(std::span<const std::uint64_t>(table, h.slices),
+                       std::span<std::byte>(region + header_offset + pool::kSlotHeaderBytes, pool::table_bytes(h.slices)));
+    std::atomic_thread_fence(std::memory_order_release);  // x86: keeps the compiler from sinking the table
+  }
+  std::array<std::byte, pool::kSlotHeaderBytes> bytes;
+  pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(bytes));
+  std::memcpy(region + header_offset, bytes.data(), bytes.size());
+}
+
 std::string default_client_id() {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
@@ -392,6 +415,13 @@ struct Client::Impl {
     return addr >= begin && addr + n <= begin + r.size() ? it->second.get() : nullptr;
   }
 
+  // The layer slices of this namespace's blocks (pool::slices_for).
+  std::uint32_t slices(NamespaceId ns, std::uint64_t block_bytes) const {
+    std::lock_guard lock(mu);
+    auto it = descriptors.find(ns);
+    return it == descriptors.end() ? 1 : pool::slices_for(block_bytes, it->second.num_layers);
+  }
+
   Result<std::uint64_t> block_bytes(NamespaceId ns) const {
     std::lock_guard lock(mu);
     auto it = namespaces.find(ns);
@@ -425,7 +455,7 @@ struct Client::Impl {
   void put_mapped(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<const std::byte>> blocks,
                   const rpc::AllocateReply& arep, const std::vector<Clock::time_point>& lease_ends, AgentConn& conn,
                   std::byte* base, const std::vector<std::size_t>& idx, std::vector<std::uint64_t>& checksums,
-                  const std::vector<char>& hashed, PutResult& result, rpc::LeaseBatch& commit,
+                  SliceTables& tables, const std::vector<char>& hashed, PutResult& result, rpc::LeaseBatch& commit,
                   std::vector<std::size_t>& commit_index, rpc::LeaseBatch& abort);
   // get() for the blocks `idx` of an agent whose region is mapped here at
   // `base`: each block's header is checked, then its payload copied and
@@ -554,9 +584,11 @@ Status Client::Impl::allocate(NamespaceId ns, std::span<const Key128> keys, std:
 // mapped site: written without sums, so no offset can wrap
 // (`off + len > size` does; `len > size || off > size - len` does not).
 static Status check_slot(const rpc::LocationWire& loc, std::uint64_t region_bytes, std::uint64_t length,
-                         std::size_t block) {
+                         std::size_t block, std::uint32_t slices = 1) {
+  // The header and the slice table after it.
+  const std::uint64_t head = pool::kSlotHeaderBytes + pool::table_bytes(slices);
   if (loc.length == length && length <= region_bytes && loc.payload_offset <= region_bytes - length &&
-      region_bytes >= pool::kSlotHeaderBytes && loc.header_offset <= region_bytes - pool::kSlotHeaderBytes) {
+      region_bytes >= head && loc.header_offset <= region_bytes - head) {
     return Status();
   }
   return Status(StatusCode::kDataLoss,
@@ -570,7 +602,8 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
                               std::span<const std::span<const std::byte>> blocks, const rpc::AllocateReply& arep,
                               const std::vector<Clock::time_point>& lease_ends, AgentConn& conn, std::byte* base,
                               const std::vector<std::size_t>& idx, std::vector<std::uint64_t>& checksums,
-                              const std::vector<char>& hashed, PutResult& result, rpc::LeaseBatch& commit,
+                              SliceTables& tables, const std::vector<char>& hashed, PutResult& result,
+                              rpc::LeaseBatch& commit,
                               std::vector<std::size_t>& commit_index, rpc::LeaseBatch& abort) {
   const std::uint64_t region_bytes = conn.region.length();
   std::vector<Status> status(idx.size());
@@ -578,7 +611,7 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
   run_split(idx.size(), [&](std::size_t j) {
     const std::size_t i = idx[j];
     const auto& loc = arep.results[i].location;
-    if (Status c = check_slot(loc, region_bytes, blocks[i].size(), i); !c.ok()) {
+    if (Status c = check_slot(loc, region_bytes, blocks[i].size(), i, tables.slices); !c.ok()) {
       status[j] = c;
       return;
     }
@@ -597,7 +630,8 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
     if (hashed[i]) {
       stream_copy(base + loc.payload_offset, blocks[i].data(), loc.length);
     } else {
-      checksums[i] = pool::stream_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length);
+      checksums[i] = pool::stream_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length,
+                                                   tables.slices, tables.of(i));
     }
   });
   // Every payload byte is stored before any header that vouches for it
@@ -624,9 +658,8 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
     h.payload_length = loc.length;
     h.generation = loc.generation;
     h.payload_checksum = checksums[i];
-    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
-    pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(bytes));
-    std::memcpy(base + loc.header_offset, bytes.data(), bytes.size());
+    h.slices = tables.slices;
+    write_header_mapped(base, loc.header_offset, h, tables.of(i));
     commit.leases.push_back(arep.results[i].lease);
     commit_index.push_back(i);
   }
@@ -658,7 +691,7 @@ std::vector<Status> Client::Impl::get_mapped(NamespaceId ns, std::span<const Key
     } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
                h->generation != loc.generation) {
       status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
-    } else if (pool::copy_payload_checksum(bufs[i].data(), base + loc.payload_offset, loc.length) !=
+    } else if (pool::copy_payload_checksum(bufs[i].data(), base + loc.payload_offset, loc.length, h->slices) !=
                h->payload_checksum) {
       // The bytes checked are the caller's copy, not the slot's: what is
       // returned is what was verified.
@@ -696,13 +729,14 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
   // coordinator and our io thread have the other core); the rest are hashed
   // below, while or as they are written.
   std::vector<std::uint64_t> checksums(keys.size());
+  SliceTables tables(slices(ns, *bb), keys.size());
   std::vector<char> hashed(keys.size(), 0);
   {
     std::vector<std::uint64_t> sizes;
     for (const auto& b : blocks) sizes.push_back(b.size());
     auto hash_ahead = [&](const std::atomic<bool>& arrived) {
       for (std::size_t i = 0; i < keys.size() && !arrived.load(std::memory_order_acquire); ++i) {
-        checksums[i] = pool::payload_checksum(blocks[i]);
+        checksums[i] = pool::block_checksum(blocks[i], tables.slices, tables.of(i));
         hashed[i] = 1;
       }
     };
@@ -714,7 +748,10 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
   // checksums, which the headers carry, are computed on the verifier thread
   // while the payloads move: one thread hashes at about the speed another
   // copies, so in series they would halve a put.
-  std::vector<std::byte> headers(pool::kSlotHeaderBytes * keys.size());
+  // Each block's header and then its slice table, put in one operation
+  // (pool/slot_header.h: a scan checks the table against the header).
+  const std::size_t head_bytes = pool::kSlotHeaderBytes + pool::table_bytes(tables.slices);
+  std::vector<std::byte> headers(head_bytes * keys.size());
   std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
   for (std::size_t i = 0; i < keys.size(); ++i) {
     const auto& r = arep.results[i];
@@ -763,9 +800,14 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       h.payload_length = blocks[i].size();
       h.generation = loc.generation;
       h.payload_checksum = checksums[i];
-      std::byte* at = headers.data() + i * pool::kSlotHeaderBytes;
+      h.slices = tables.slices;
+      std::byte* at = headers.data() + i * head_bytes;
       pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(at, pool::kSlotHeaderBytes));
-      ops.push_back({at, loc.header_offset, pool::kSlotHeaderBytes});
+      if (tables.slices > 1) {
+        pool::encode_table(std::span<const std::uint64_t>(tables.of(i), tables.slices),
+                           std::span<std::byte>(at + pool::kSlotHeaderBytes, head_bytes - pool::kSlotHeaderBytes));
+      }
+      ops.push_back({at, loc.header_offset, head_bytes});
     }
     return coalesce(std::move(ops));
   };
@@ -778,8 +820,8 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
     auto& idx = *g.idx;
     auto& conn = g.conn;
     if (g.mapped != nullptr) {
-      put_mapped(ns, keys, blocks, arep, lease_ends, **conn, g.mapped, idx, checksums, hashed, result, commit,
-                 commit_index, abort);
+      put_mapped(ns, keys, blocks, arep, lease_ends, **conn, g.mapped, idx, checksums, tables, hashed, result,
+                 commit, commit_index, abort);
       continue;
     }
     Status s = conn ? Status() : conn.error();
@@ -823,7 +865,8 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
         const bool emulated = (*conn)->peer->rma_transports().find("emulated") != std::string::npos;
         const std::size_t window = emulated ? 1 : kRdmaPutWindow;
         auto hasher = std::make_shared<detail::OrderedHasher>(std::move(pieces), blocks, checksums, hashed,
-                                                              emulated ? kPutHashLead : kRdmaPutWindow);
+                                                              emulated ? kPutHashLead : kRdmaPutWindow,
+                                                              tables.slices, tables.of(0));
         verifier->submit([hasher] { hasher->run_helper(); });
         // put_each returns once the payloads are complete at the agent;
         // only then do the headers go.
@@ -1076,7 +1119,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       // buffer and hashed while it is in cache, so verification makes no
       // second pass over memory (on two busy cores that pass cost a tenth
       // of the read's speed).
-      auto chunk = std::make_shared<detail::StreamedChunk>(std::move(ops), idx.size());
+      auto chunk = std::make_shared<detail::StreamedChunk>(std::move(ops), idx.size(), slices(ns, *bb));
       auto read = c.peer->start_stream_by_owner(
           c.region, chunk->ops,
           [chunk](std::size_t op, std::uint64_t offset, std::span<const std::byte> bytes) {
@@ -1273,6 +1316,7 @@ struct MappedPutState {
   NamespaceId ns = 0;
   std::vector<Key128> keys;
   std::uint64_t block_bytes = 0;
+  std::uint32_t slices = 1;
   std::vector<rpc::AllocateResult> results;
   std::uint64_t epoch = 0;  // of the leader that issued the leases (AllocateReply::epoch)
   std::vector<Clock::time_point> lease_ends;
@@ -1303,6 +1347,7 @@ MappedPut& MappedPut::operator=(MappedPut&& other) noexcept {
     outcomes = std::move(other.outcomes);
     errors = std::move(other.errors);
     slots = std::move(other.slots);
+    slices = other.slices;
     state = std::move(other.state);
   }
   return *this;
@@ -1318,6 +1363,7 @@ MappedGet& MappedGet::operator=(MappedGet&& other) noexcept {
     end();
     found = other.found;
     slots = std::move(other.slots);
+    slices = other.slices;
     checksums = std::move(other.checksums);
     stopped = std::move(other.stopped);
     state = std::move(other.state);
@@ -1350,6 +1396,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
   st.ns = ns;
   st.keys.assign(keys.begin(), keys.end());
   st.block_bytes = *bb;
+  st.slices = out.slices = impl_->slices(ns, *bb);
   out.outcomes.assign(keys.size(), PutOutcome::kFailed);
   out.errors.assign(keys.size(), Status());
   out.slots.assign(keys.size(), MappedSlot{});
@@ -1385,7 +1432,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
     // Checked here, where the location comes in: finish_mapped_put writes
     // the header where this location says, and the caller DMAs block_bytes
     // into the payload.
-    if (Status c = check_slot(r.location, (*conn)->region.length(), *bb, i); !c.ok()) {
+    if (Status c = check_slot(r.location, (*conn)->region.length(), *bb, i, st.slices); !c.ok()) {
       logger()->warn("mapped put: {}", c.message());
       out.errors[i] = c;
       abort.leases.push_back(r.lease);
@@ -1415,8 +1462,9 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
     st.done = true;
     return router_->finish_mapped_put(*st.routed, put, checksums);
   }
-  if (checksums.size() != st.keys.size()) {
-    return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: one checksum per key is needed");
+  if (checksums.size() != st.keys.size() * st.slices) {
+    return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: " + std::to_string(st.slices) +
+                                                        " checksums per key are needed (one per slice)");
   }
   st.done = true;
   PutResult result;
@@ -1447,11 +1495,10 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
     h.key = st.keys[i];
     h.payload_length = st.block_bytes;
     h.generation = loc.generation;
-    h.payload_checksum = checksums[i];
-    std::byte* at = put.slots[i].region + loc.header_offset;
-    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
-    pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(bytes));
-    std::memcpy(at, bytes.data(), bytes.size());
+    const auto table = checksums.subspan(i * st.slices, st.slices);
+    h.payload_checksum = pool::table_checksum(table);
+    h.slices = st.slices;
+    write_header_mapped(put.slots[i].region, loc.header_offset, h, table.data());
     commit.leases.push_back(st.results[i].lease);
     commit_index.push_back(i);
   }
@@ -1525,6 +1572,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
   auto& st = *out.state;
   st.client = this;
   st.block_bytes = *bb;
+  out.slices = impl_->slices(ns, *bb);
   if (keys.empty()) return out;
   rpc::LookupRequest lreq;
   lreq.ns = ns;
@@ -1547,7 +1595,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
       out.stopped = base.error();
       break;
     }
-    if (Status c = check_slot(loc, (*conn)->region.length(), *bb, i); !c.ok()) {
+    if (Status c = check_slot(loc, (*conn)->region.length(), *bb, i, out.slices); !c.ok()) {
       out.stopped = c;
       ++impl_->verify_failures;
       logger()->warn("mapped get: {}", c.message());
@@ -1556,19 +1604,35 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
     std::array<std::byte, pool::kSlotHeaderBytes> bytes;
     std::memcpy(bytes.data(), *base + loc.header_offset, bytes.size());
     auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(bytes));
+    // The checksums handed out: each slice's, from the table the header
+    // vouches for (read once, into our memory, then checked).
+    Status bad;
+    std::vector<std::uint64_t> table;
     if (!h) {
-      out.stopped = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
+      bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
     } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
                h->generation != loc.generation) {
-      out.stopped = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+      bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+    } else if (h->slices != out.slices) {
+      bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + std::to_string(h->slices) +
+                                              " slices where the namespace's blocks have " + std::to_string(out.slices));
+    } else if (h->slices > 1) {
+      const std::byte* at = *base + loc.header_offset + pool::kSlotHeaderBytes;
+      table = pool::decode_table(std::vector<std::byte>(at, at + pool::table_bytes(h->slices)));
+      if (pool::table_checksum(table) != h->payload_checksum) {
+        bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": slice table mismatch");
+      }
+    } else {
+      table.push_back(h->payload_checksum);
     }
-    if (!out.stopped.ok() && out.stopped.code() == StatusCode::kDataLoss) {
+    if (!bad.ok()) {
+      out.stopped = bad;
       ++impl_->verify_failures;
-      logger()->warn("mapped get: {}", out.stopped.message());
+      logger()->warn("mapped get: {}", bad.message());
       break;
     }
     out.slots.push_back(MappedSlot{*base + loc.payload_offset, *base, (*conn)->region.length(), loc.incarnation});
-    out.checksums.push_back(h->payload_checksum);
+    out.checksums.insert(out.checksums.end(), table.begin(), table.end());
     st.conns.push_back(*conn);
     out.found = i + 1;
   }

@@ -2,6 +2,7 @@
 // OrderedHasher: the payload checksums of a put's blocks, computed piece by
 // piece in the order the pieces are posted (transport::Peer::put_each).
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -33,13 +34,19 @@ class OrderedHasher {
     std::size_t offset = 0;
     std::size_t length = 0;
   };
+  // checksums[b] gets block b's pool::block_checksum in `slices` slices;
+  // with more than one slice, tables[b * slices + s] gets slice s's (the
+  // table the slot header vouches for).
   OrderedHasher(std::vector<Piece> order, std::span<const std::span<const std::byte>> blocks,
-                std::vector<std::uint64_t>& checksums, const std::vector<char>& hashed, std::size_t lead)
+                std::vector<std::uint64_t>& checksums, const std::vector<char>& hashed, std::size_t lead,
+                std::uint32_t slices = 1, std::uint64_t* tables = nullptr)
       : order_(std::move(order)),
         blocks_(blocks),
         checksums_(checksums),
         hashed_(hashed),
         lead_(lead),
+        slices_(slices),
+        tables_(tables),
         states_(blocks.size()),
         done_(std::make_unique<std::atomic<char>[]>(order_.size())) {}
   // The helper's part (on the verifier thread): returns when every piece is
@@ -101,14 +108,16 @@ class OrderedHasher {
     const Piece& p = order_[k];
     if (!hashed_[p.block]) {  // else hashed while the allocate was out
       const auto& block = blocks_[p.block];
+      std::uint64_t* table = slices_ > 1 ? tables_ + p.block * slices_ : nullptr;
       if (p.offset == 0 && p.length == block.size()) {
-        checksums_[p.block] = pool::payload_checksum(block);
+        checksums_[p.block] = pool::block_checksum(block, slices_, table);
       } else {
         auto& state = states_[p.block];
-        if (p.offset == 0) state = std::make_unique<pool::PayloadHasher>();
+        if (p.offset == 0) state = std::make_unique<pool::PayloadHasher>(block.size(), slices_);
         state->update(block.subspan(p.offset, p.length));
         if (p.offset + p.length == block.size()) {
           checksums_[p.block] = state->digest();
+          if (table != nullptr) std::copy(state->table().begin(), state->table().end(), table);
           state.reset();
         }
       }
@@ -120,6 +129,8 @@ class OrderedHasher {
   std::vector<std::uint64_t>& checksums_;
   const std::vector<char>& hashed_;
   const std::size_t lead_;
+  const std::uint32_t slices_;
+  std::uint64_t* const tables_;
   std::vector<std::unique_ptr<pool::PayloadHasher>> states_;  // per block, while its pieces go
   std::unique_ptr<std::atomic<char>[]> done_;
   std::atomic<std::size_t> next_{0};    // the next piece to claim

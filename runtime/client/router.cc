@@ -651,7 +651,10 @@ void Client::Router::mapped_put_pass(const View& v, NamespaceId ns, std::span<co
       out.errors[i] = r ? r->errors[j] : r.error();
       out.slots[i] = r ? r->slots[j] : MappedSlot{};
     }
-    if (r) routed.parts.push_back({v.clients[p], s.index[p], std::move(*r)});
+    if (r) {
+      out.slices = r->slices;  // the namespace's, the same on every shard
+      routed.parts.push_back({v.clients[p], s.index[p], std::move(*r)});
+    }
   }
 }
 
@@ -677,9 +680,11 @@ Status Client::Router::begin_mapped_put(NamespaceId ns, std::span<const Key128> 
 
 Result<PutResult> Client::Router::finish_mapped_put(RoutedMappedPut& routed, const MappedPut& put,
                                                     std::span<const std::uint64_t> checksums) {
-  if (checksums.size() != put.outcomes.size()) {
+  const std::uint32_t slices = put.slices;
+  if (checksums.size() != put.outcomes.size() * slices) {
     abort_mapped_put(routed);
-    return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: one checksum per key is needed");
+    return make_error(StatusCode::kInvalidArgument, "finish_mapped_put: " + std::to_string(slices) +
+                                                        " checksums per key are needed (one per slice)");
   }
   PutResult out;
   out.outcomes = put.outcomes;
@@ -694,8 +699,11 @@ Result<PutResult> Client::Router::finish_mapped_put(RoutedMappedPut& routed, con
   each(s, [&](std::size_t p) {
     auto& part = routed.parts[p];
     std::vector<std::uint64_t> sums;
-    sums.reserve(part.index.size());
-    for (std::size_t i : part.index) sums.push_back(checksums[i]);
+    sums.reserve(part.index.size() * slices);
+    for (std::size_t i : part.index) {
+      const auto table = checksums.subspan(i * slices, slices);
+      sums.insert(sums.end(), table.begin(), table.end());
+    }
     results[p] = part.client->finish_mapped_put(part.sub, sums);
   });
   for (std::size_t p = 0; p < routed.parts.size(); ++p) {
@@ -751,8 +759,11 @@ Result<std::size_t> Client::Router::mapped_get_pass(const View& v, NamespaceId n
   if (at) stopped = *parts[*at] ? (*parts[*at])->stopped : parts[*at]->error();
   for (std::size_t i = 0; i < found; ++i) {
     const auto [p, j] = at_part[i];
-    out.slots.push_back((*parts[p])->slots[j]);
-    out.checksums.push_back((*parts[p])->checksums[j]);
+    const MappedGet& part = **parts[p];
+    out.slices = part.slices;  // the namespace's, the same on every shard
+    out.slots.push_back(part.slots[j]);
+    out.checksums.insert(out.checksums.end(), part.checksums.begin() + j * part.slices,
+                         part.checksums.begin() + (j + 1) * part.slices);
   }
   // Every part that handed out slots is kept, to be finished (its read
   // lease released) by finish_mapped_get.

@@ -22,8 +22,12 @@ namespace kvpool::detail {
 // is still in cache: verification then makes no second pass over memory.
 class StreamedChunk {
  public:
-  StreamedChunk(std::vector<transport::RmaOp> all_ops, std::size_t blocks)
-      : ops(std::move(all_ops)), hashers_(blocks), hashed_(blocks, 0) {}
+  // The blocks are hashed as block_checksum in `slices` slices (the
+  // namespace's, pool::slices_for).
+  StreamedChunk(std::vector<transport::RmaOp> all_ops, std::size_t blocks, std::uint32_t slices)
+      : ops(std::move(all_ops)), hashers_(blocks), hashed_(blocks, 0) {
+    for (std::size_t j = 0; j < blocks; ++j) hashers_[j].reset(ops[j].length, slices);
+  }
   const std::vector<transport::RmaOp> ops;
 
   // The transport's sink (transport::ReadSink): one piece at a time.
@@ -41,7 +45,7 @@ class StreamedChunk {
       hashed_[op] += bytes.size();
     }
   }
-  // pool::payload_checksum of block j's payload as it arrived, when every
+  // pool::block_checksum of block j's payload as it arrived, when every
   // byte was hashed in order; otherwise none, and the caller hashes its
   // buffer. Call once the read is complete.
   std::optional<std::uint64_t> digest(std::size_t j) const {

@@ -147,8 +147,33 @@ Status Engine::enqueue(bool save, std::span<const std::uint64_t> pages, std::spa
   return Status();
 }
 
-Status Engine::enqueue_hash(std::span<const std::uint64_t> pages, std::uint64_t* out, cudaStream_t stream) {
+Status Engine::enqueue_units(bool save, std::span<const std::uint64_t> pages, std::span<const std::uint64_t> blocks,
+                             std::uint32_t first_unit, std::uint32_t end_unit, cudaStream_t stream) {
+  if (pages.size() != blocks.size()) return Status(StatusCode::kInvalidArgument, "pages and blocks differ in number");
+  if (first_unit >= end_unit || end_unit > plan_.units) return Status(StatusCode::kInvalidArgument, "bad unit range");
+  KVPOOL_CUDA(cudaSetDevice(device_), "cudaSetDevice");
+  for (std::size_t first = 0; first < pages.size(); first += kMaxLaunchBlocks) {
+    const std::size_t n = std::min<std::size_t>(kMaxLaunchBlocks, pages.size() - first);
+    auto lb = std::make_unique<LaunchBlocks>();
+    lb->n = static_cast<std::uint32_t>(n);
+    for (std::size_t j = 0; j < n; ++j) {
+      if (pages[first + j] >= plan_.pages) return Status(StatusCode::kInvalidArgument, "page out of range");
+      lb->page[j] = pages[first + j];
+      lb->block[j] = blocks[first + j];
+    }
+    KVPOOL_CUDA(launch_move(save, move_plan(plan_), bases_, *lb, sms_, stream, first_unit, end_unit),
+                "layer gather/scatter kernel");
+  }
+  return Status();
+}
+
+Status Engine::enqueue_hash(std::span<const std::uint64_t> pages, std::uint32_t slices, std::uint64_t* out,
+                            cudaStream_t stream, std::uint32_t slice_begin, std::uint32_t slice_end) {
   if (!can_hash()) return Status(StatusCode::kUnimplemented, "gpu checksums need runs of a multiple of 64 bytes");
+  if (slices == 0 || plan_.units % slices != 0) {
+    return Status(StatusCode::kInvalidArgument, std::to_string(slices) + " slices do not divide the block's " +
+                                                    std::to_string(plan_.units) + " runs");
+  }
   KVPOOL_CUDA(cudaSetDevice(device_), "cudaSetDevice");
   for (std::size_t first = 0; first < pages.size(); first += kMaxHashBlocks) {
     const std::size_t n = std::min<std::size_t>(kMaxHashBlocks, pages.size() - first);
@@ -158,7 +183,8 @@ Status Engine::enqueue_hash(std::span<const std::uint64_t> pages, std::uint64_t*
       if (pages[first + j] >= plan_.pages) return Status(StatusCode::kInvalidArgument, "page out of range");
       hp->page[j] = pages[first + j];
     }
-    KVPOOL_CUDA(launch_hash(move_plan(plan_), bases_, *hp, out + first, stream), "checksum kernel");
+    KVPOOL_CUDA(launch_hash(move_plan(plan_), slices, slice_begin, slice_end, bases_, *hp, out + first * slices, stream),
+                "checksum kernel");
   }
   return Status();
 }

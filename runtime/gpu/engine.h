@@ -44,10 +44,21 @@ class Engine {
                  Mover mover, cudaStream_t stream, std::vector<cudaEvent_t>& chunk_events);
 
   // Whether the GPU can checksum this layout's blocks (runs of 64-byte
-  // multiples), and the enqueue of those checksums: out[i] = XXH3-64 of
-  // page pages[i]'s block, out device-accessible (mapped pinned memory).
+  // multiples), and the enqueue of those checksums: out[i * slices + s] =
+  // XXH3-64 of slice s of page pages[i]'s block (the slot header's slice
+  // table; slices must divide the block's runs), out device-accessible
+  // (mapped pinned memory).
   bool can_hash() const { return plan_.run_bytes % 64 == 0; }
-  Status enqueue_hash(std::span<const std::uint64_t> pages, std::uint64_t* out, cudaStream_t stream);
+  // Only slices [slice_begin, slice_end) when given (one layer's).
+  Status enqueue_hash(std::span<const std::uint64_t> pages, std::uint32_t slices, std::uint64_t* out,
+                      cudaStream_t stream, std::uint32_t slice_begin = 0, std::uint32_t slice_end = 0xffffffffu);
+
+  // The runs [first_unit, end_unit) of each page's block (one layer is
+  // 2 x segs runs) to (save) or from (load) device-accessible memory where
+  // run u of block i lies at blocks[i] + u * run_bytes: a kernel on
+  // `stream`, no staging.
+  Status enqueue_units(bool save, std::span<const std::uint64_t> pages, std::span<const std::uint64_t> blocks,
+                       std::uint32_t first_unit, std::uint32_t end_unit, cudaStream_t stream);
 
   // Device <-> device-staging gather/scatter for the staged path: pages to
   // (from) `count` consecutive blocks at device address dev.

@@ -37,15 +37,20 @@ struct HashPages {
   std::uint64_t page[kMaxHashBlocks];
 };
 
-// XXH3-64 of each page's block (what pool::payload_checksum gives for the
-// assembled block), read through the layout, into out[i] (device-accessible,
-// e.g. mapped pinned host memory). Needs plan.run_bytes % 64 == 0.
-cudaError_t launch_hash(const MovePlan& plan, const std::uint64_t* bases, const HashPages& pages, std::uint64_t* out,
-                        cudaStream_t stream);
+// XXH3-64 of each of the `slices` equal slices of each page's block (the
+// slot header's slice table; for one slice what pool::payload_checksum
+// gives for the assembled block), read through the layout, into
+// out[i * slices + s] (device-accessible, e.g. mapped pinned host memory),
+// for the slices s in [s_begin, s_end) only. Needs plan.run_bytes % 64 == 0
+// and plan.units % slices == 0.
+cudaError_t launch_hash(const MovePlan& plan, std::uint32_t slices, std::uint32_t s_begin, std::uint32_t s_end,
+                        const std::uint64_t* bases, const HashPages& pages, std::uint64_t* out, cudaStream_t stream);
 
-// gather: pages -> blocks; else scatter: blocks -> pages. `bases` is a device
-// array of the 2 x num_layers tensor addresses. `sms` sizes the grid.
+// gather: pages -> blocks; else scatter: blocks -> pages, the runs (units)
+// [u_begin, u_end) of each block only (one layer: 2 x segs units), unit u
+// of block b at blocks.block[b] + u * run_bytes. `bases` is a device array
+// of the 2 x num_layers tensor addresses. `sms` sizes the grid.
 cudaError_t launch_move(bool gather, const MovePlan& plan, const std::uint64_t* bases, const LaunchBlocks& blocks,
-                        int sms, cudaStream_t stream);
+                        int sms, cudaStream_t stream, std::uint32_t u_begin = 0, std::uint32_t u_end = 0xffffffffu);
 
 }  // namespace kvpool::gpu

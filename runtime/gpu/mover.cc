@@ -14,219 +14,23 @@
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
 #include "runtime/gpu/engine.h"
+#include "runtime/gpu/mover_internal.h"
+#include "runtime/gpu/mover_support.h"
 
 namespace kvpool::gpu {
 namespace {
 
-std::shared_ptr<spdlog::logger> logger() {
-  static auto l = log::get("gpu");
-  return l;
-}
+using detail::CudaRegions;
+using detail::HashPool;
+using detail::logger;
+using detail::ms_since;
+using detail::SteadyClock;
+using detail::StreamGate;
+using detail::SumBuffer;
+using detail::TransferImpl;
 
-using SteadyClock = std::chrono::steady_clock;
-double ms_since(SteadyClock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(SteadyClock::now() - t0).count();
-}
 
-// Hashes blocks on a few threads: one thread hashes at about 15 GB/s, a
-// third of the link, so checksums of GiBs need several.
-class HashPool {
- public:
-  explicit HashPool(unsigned threads) {
-    for (unsigned i = 0; i < std::max(1u, threads); ++i) threads_.emplace_back([this] { loop(); });
-  }
-  ~HashPool() {
-    {
-      std::lock_guard lock(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-  // Runs fn(i) for every i in [0, n) and returns when all are done, with the
-  // summed thread time in ms.
-  double run(std::size_t n, const std::function<void(std::size_t)>& fn) {
-    if (n == 0) return 0;
-    std::atomic<std::size_t> next{0};
-    std::atomic<std::size_t> left{n};
-    std::atomic<std::int64_t> busy_ns{0};
-    std::mutex done_mu;
-    std::condition_variable done_cv;
-    auto worker = [&] {
-      auto t0 = SteadyClock::now();
-      std::size_t did = 0;
-      for (std::size_t i; (i = next.fetch_add(1)) < n;) {
-        fn(i);
-        ++did;
-      }
-      busy_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(SteadyClock::now() - t0).count();
-      if (did > 0 && left.fetch_sub(did) == did) {
-        std::lock_guard l(done_mu);
-        done_cv.notify_all();
-      }
-    };
-    const std::size_t helpers = std::min(n, threads_.size());
-    {
-      std::lock_guard lock(mu_);
-      for (std::size_t i = 0; i < helpers; ++i) q_.push_back(worker);
-    }
-    cv_.notify_all();
-    std::unique_lock l(done_mu);
-    done_cv.wait(l, [&] { return left.load() == 0; });
-    l.unlock();
-    // Helpers that found nothing left may still be inside worker(): wait
-    // until every queued copy has started and returned.
-    std::unique_lock lock(mu_);
-    idle_cv_.wait(lock, [&] { return q_.empty() && running_ == 0; });
-    return busy_ns.load() / 1e6;
-  }
-
- private:
-  void loop() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        std::unique_lock lock(mu_);
-        cv_.wait(lock, [&] { return stop_ || !q_.empty(); });
-        if (q_.empty()) return;
-        fn = std::move(q_.front());
-        q_.pop_front();
-        ++running_;
-      }
-      fn();
-      {
-        std::lock_guard lock(mu_);
-        --running_;
-      }
-      idle_cv_.notify_all();
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::condition_variable idle_cv_;
-  std::deque<std::function<void()>> q_;  // guarded by mu_
-  std::size_t running_ = 0;              // guarded by mu_
-  bool stop_ = false;                    // guarded by mu_
-  std::vector<std::thread> threads_;
-};
-
-// Pool regions registered with CUDA, shared by every mover of the process
-// and counted: cudaHostRegister is per address range and process, so one
-// mover's teardown must not unregister a region another still copies into.
-// Keyed by address and the agent's incarnation: a restarted agent's new
-// region may be mapped where the old one was.
-class CudaRegions {
- public:
-  static CudaRegions& instance() {
-    static CudaRegions r;
-    return r;
-  }
-  Result<std::byte*> acquire(const MappedSlot& slot) {
-    std::lock_guard lock(mu_);
-    auto it = regions_.find(slot.region);
-    if (it != regions_.end() && it->second.incarnation != slot.incarnation) {
-      // The old incarnation's mapping is gone: its registration is stale.
-      cudaHostUnregister(slot.region);
-      (void)cudaGetLastError();
-      regions_.erase(it);
-      it = regions_.end();
-    }
-    if (it == regions_.end()) {
-      cudaError_t err = cudaHostRegister(slot.region, slot.region_bytes, cudaHostRegisterPortable | cudaHostRegisterMapped);
-      if (err != cudaSuccess && err != cudaErrorHostMemoryAlreadyRegistered) {
-        return tl::unexpected(cuda_status(err, "cudaHostRegister of the pool region"));
-      }
-      (void)cudaGetLastError();
-      void* dev = nullptr;
-      if (Status s = cuda_status(cudaHostGetDevicePointer(&dev, slot.region, 0), "cudaHostGetDevicePointer");
-          !s.ok()) {
-        return tl::unexpected(s);
-      }
-      logger()->info("registered pool region {} ({} bytes) with CUDA", static_cast<void*>(slot.region),
-                     slot.region_bytes);
-      it = regions_.emplace(slot.region, Entry{static_cast<std::byte*>(dev), slot.incarnation, 0}).first;
-    }
-    ++it->second.users;
-    return it->second.dev;
-  }
-  void release(std::byte* region, std::uint64_t incarnation) {
-    std::lock_guard lock(mu_);
-    auto it = regions_.find(region);
-    if (it == regions_.end() || it->second.incarnation != incarnation) return;
-    if (--it->second.users == 0) {
-      cudaHostUnregister(region);
-      (void)cudaGetLastError();
-      regions_.erase(it);
-    }
-  }
-
- private:
-  struct Entry {
-    std::byte* dev = nullptr;
-    std::uint64_t incarnation = 0;
-    std::size_t users = 0;
-  };
-  std::mutex mu_;
-  std::map<std::byte*, Entry> regions_;  // guarded by mu_
-};
-
-// The staged path's hold on the caller's stream: a host function queued
-// there blocks until the worker opens the gate, so what the caller queues
-// after save()/load() (and event(), recorded after the host function) runs
-// after the transfer. Shared with the host function, which may run after
-// the transfer object is gone.
-struct StreamGate {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool open = false;
-  void release() {
-    {
-      std::lock_guard lock(mu);
-      open = true;
-    }
-    cv.notify_all();
-  }
-  static void CUDART_CB hold(void* arg) {
-    auto* ref = static_cast<std::shared_ptr<StreamGate>*>(arg);
-    {
-      std::unique_lock lock((*ref)->mu);
-      (*ref)->cv.wait(lock, [&] { return (*ref)->open; });
-    }
-    delete ref;
-  }
-};
-
-class TransferImpl : public Transfer {
- public:
-  ~TransferImpl() override {
-    (void)wait();
-    if (gate != nullptr) gate->release();
-    for (auto e : events) cudaEventDestroy(e);
-    for (auto e : aux_events) cudaEventDestroy(e);
-    if (done_event != nullptr) cudaEventDestroy(done_event);
-  }
-  CUevent_st* event() const override { return done_event; }
-  Result<TransferResult> wait() override {
-    std::lock_guard lock(mu);
-    if (worker.joinable()) worker.join();
-    return result;
-  }
-  std::mutex mu;
-  std::thread worker;  // computes `result`
-  Result<TransferResult> result = tl::unexpected(Status(StatusCode::kInternal, "transfer not run"));
-  std::vector<cudaEvent_t> events;  // per chunk
-  std::vector<cudaEvent_t> aux_events;
-  cudaEvent_t done_event = nullptr;
-  std::shared_ptr<StreamGate> gate;  // staged path
-};
-
-// Checksums the GPU writes straight into host memory (mapped pinned).
-struct SumBuffer {
-  std::uint64_t* p = nullptr;
-  std::size_t cap = 0;
-};
-
-class KvMoverImpl : public KvMover {
+class KvMoverImpl : public KvMover, public detail::MoverCore {
  public:
   KvMoverImpl(Client& client, NamespaceId ns, KvLayout layout, GpuOptions options, std::unique_ptr<Engine> engine)
       : client_(client),
@@ -249,6 +53,14 @@ class KvMoverImpl : public KvMover {
     for (auto* d : dev_staging_) cudaFree(d);
     for (auto& b : sum_buffers_) cudaFreeHost(b.p);
     if (hash_stream_ != nullptr) cudaStreamDestroy(hash_stream_);
+    for (auto& pair : layer_streams_) {
+      for (cudaStream_t ls : pair) {
+        if (ls != nullptr) {
+          cudaStreamSynchronize(ls);
+          cudaStreamDestroy(ls);
+        }
+      }
+    }
     for (auto& [base, held] : regions_) CudaRegions::instance().release(base, held.incarnation);
   }
 
@@ -313,7 +125,74 @@ class KvMoverImpl : public KvMover {
     return Status();
   }
 
-  Result<SumBuffer> take_sums(std::size_t n) {
+  Result<std::unique_ptr<LayerTransfer>> load_layers(std::span<const Key128> keys,
+                                                     std::span<const std::uint64_t> pages,
+                                                     CUstream_st* stream) override {
+    if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
+    GpuOptions o = current_options();
+    const auto t0 = SteadyClock::now();
+    if (o.path != Path::kStaged) {
+      auto mg = client_.begin_mapped_get(ns_, keys);
+      if (!mg) return tl::unexpected(mg.error());
+      if (!(mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto)) {
+        return detail::start_layer_load(*this, std::move(*mg), keys.size(), pages, stream, o);
+      }
+      client_.finish_mapped_get(*mg, 0);
+    }
+    // Staged (gpu.h): whole blocks, every layer's event after all of them.
+    auto found = client_.lookup(ns_, keys);
+    if (!found) return tl::unexpected(found.error());
+    o.staged_stream_order = true;
+    auto t = start_staged(false, keys, pages, stream, o, t0);
+    if (!t) return tl::unexpected(t.error());
+    return detail::whole_as_layers(std::move(*t), layout_.num_layers, *found);
+  }
+
+  Result<std::unique_ptr<LayerSave>> begin_save_layers(std::span<const Key128> keys,
+                                                       std::span<const std::uint64_t> pages) override {
+    if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
+    GpuOptions o = current_options();
+    if (o.path != Path::kStaged) {
+      auto mp = client_.begin_mapped_put(ns_, keys);
+      if (!mp) return tl::unexpected(mp.error());
+      bool unmapped = false;
+      for (std::size_t i = 0; i < keys.size(); ++i) {
+        unmapped |= mp->outcomes[i] == PutOutcome::kFailed && mp->errors[i].code() == StatusCode::kUnimplemented;
+      }
+      if (!(unmapped && o.path == Path::kAuto)) return detail::start_layer_save(*this, std::move(*mp), pages, o);
+      client_.abort_mapped_put(*mp);
+    }
+    // Staged: every layer whole, once the last one is saved.
+    return detail::whole_save_as_layers(
+        [this, k = std::vector<Key128>(keys.begin(), keys.end()),
+         p = std::vector<std::uint64_t>(pages.begin(), pages.end())](cudaStream_t stream) {
+          return start_staged(true, k, p, stream, current_options(), SteadyClock::now());
+        },
+        layout_.num_layers);
+  }
+
+  // MoverCore, for the layer-wise transfers.
+  Client& client() override { return client_; }
+  NamespaceId ns() const override { return ns_; }
+  Engine& engine() override { return *engine_; }
+  Status layer_streams(bool save, cudaStream_t& copy, cudaStream_t& work) override {
+    std::lock_guard lock(mu_);
+    cudaStream_t* pair = layer_streams_[save ? 1 : 0];
+    if (pair[0] == nullptr) {
+      if (Status s = cuda_status(cudaSetDevice(engine_->device()), "cudaSetDevice"); !s.ok()) return s;
+      for (int i = 0; i < 2; ++i) {
+        if (Status s = cuda_status(cudaStreamCreateWithFlags(&pair[i], cudaStreamNonBlocking), "cudaStreamCreate");
+            !s.ok()) {
+          return s;
+        }
+      }
+    }
+    copy = pair[0];
+    work = pair[1];
+    return Status();
+  }
+
+  Result<SumBuffer> take_sums(std::size_t n) override {
     std::lock_guard lock(mu_);
     for (auto it = sum_buffers_.begin(); it != sum_buffers_.end(); ++it) {
       if (it->cap >= n) {
@@ -332,7 +211,7 @@ class KvMoverImpl : public KvMover {
     b.p = static_cast<std::uint64_t*>(p);
     return b;
   }
-  void give_sums(SumBuffer b) {
+  void give_sums(SumBuffer b) override {
     if (b.p == nullptr) return;
     std::lock_guard lock(mu_);
     sum_buffers_.push_back(b);
@@ -357,7 +236,7 @@ class KvMoverImpl : public KvMover {
 
   // The device address of a slot, its region registered with CUDA on first
   // use (process-wide, shared by movers: pinning GiBs takes a while).
-  Result<std::byte*> device_view(const MappedSlot& slot) {
+  Result<std::byte*> device_view(const MappedSlot& slot) override {
     std::lock_guard lock(mu_);
     auto it = regions_.find(slot.region);
     if (it == regions_.end() || it->second.incarnation != slot.incarnation) {
@@ -395,11 +274,13 @@ class KvMoverImpl : public KvMover {
     }
     // Checksums on the GPU, from the pages themselves, on the mover's hash
     // stream while the copies run; the caller's stream waits for both.
-    const bool gpu_hash = o.gpu_checksums && engine_->can_hash() && !idx.empty();
+    // One checksum per layer slice (the slot header's table, mp.slices).
+    const std::uint32_t slices = mp.slices;
+    const bool gpu_hash = o.gpu_checksums && engine_->can_hash() && engine_->plan().units % slices == 0 && !idx.empty();
     SumBuffer sums;
     cudaEvent_t hashed = nullptr;
     if (s.ok() && gpu_hash) {
-      auto sb = take_sums(idx.size());
+      auto sb = take_sums(idx.size() * slices);
       auto hs = hash_stream();
       cudaEvent_t start = nullptr;
       if (!sb) s = sb.error();
@@ -409,7 +290,7 @@ class KvMoverImpl : public KvMover {
       if (s.ok()) s = new_event(t->aux_events, hashed);
       if (s.ok()) s = cuda_status(cudaEventRecord(start, stream), "cudaEventRecord");
       if (s.ok()) s = cuda_status(cudaStreamWaitEvent(*hs, start, 0), "cudaStreamWaitEvent");
-      if (s.ok()) s = engine_->enqueue_hash(wpages, sums.p, *hs);
+      if (s.ok()) s = engine_->enqueue_hash(wpages, slices, sums.p, *hs);
       if (s.ok()) s = cuda_status(cudaEventRecord(hashed, *hs), "cudaEventRecord");
     }
     if (s.ok()) s = engine_->enqueue(true, wpages, blocks, o.mover, stream, t->events);
@@ -428,17 +309,19 @@ class KvMoverImpl : public KvMover {
     const std::uint32_t per_chunk = engine_->chunk_blocks(o.mover);
     const std::uint64_t bb = engine_->plan().block_bytes;
     t->worker = std::thread([this, tp = t.get(), mp = std::move(mp), idx = std::move(idx), per_chunk, bb, t0,
-                             control_ms, enqueue_ms, gpu_hash, gpu_sums = sums]() mutable {
+                             control_ms, enqueue_ms, gpu_hash, slices, gpu_sums = sums]() mutable {
       TransferResult r;
       r.stats.path = "mapped";
       r.stats.control_ms = control_ms;
       r.stats.enqueue_ms = enqueue_ms;
-      std::vector<std::uint64_t> sums(mp.outcomes.size(), 0);
+      std::vector<std::uint64_t> sums(mp.outcomes.size() * slices, 0);
       Status s;
       if (gpu_hash) {
         s = cuda_status(cudaEventSynchronize(tp->done_event), "copy to the pool");
         r.stats.copy_done_ms = ms_since(t0);
-        for (std::size_t j = 0; j < idx.size(); ++j) sums[idx[j]] = gpu_sums.p[j];
+        for (std::size_t j = 0; j < idx.size(); ++j) {
+          std::copy_n(gpu_sums.p + j * slices, slices, sums.begin() + idx[j] * slices);
+        }
         give_sums(gpu_sums);
       }
       const std::size_t cpu_chunks = gpu_hash ? 0 : tp->events.size();
@@ -450,7 +333,8 @@ class KvMoverImpl : public KvMover {
         const std::size_t n = std::min<std::size_t>(per_chunk, idx.size() - first);
         r.stats.hash_ms += hashers_.run(n, [&](std::size_t j) {
           const std::size_t i = idx[first + j];
-          sums[i] = pool::payload_checksum(std::span<const std::byte>(mp.slots[i].payload, bb));
+          (void)pool::block_checksum(std::span<const std::byte>(mp.slots[i].payload, bb), slices,
+                                     sums.data() + i * slices);
         });
       }
       if (tp->events.empty() && !gpu_hash) r.stats.copy_done_ms = ms_since(t0);
@@ -492,13 +376,15 @@ class KvMoverImpl : public KvMover {
     if (s.ok()) s = engine_->enqueue(false, pages.subspan(0, mg.found), blocks, o.mover, stream, t->events);
     // Verified on the GPU: the checksum of each block as it landed in the
     // pages, after the last copy (on the caller's stream).
-    const bool gpu_hash = o.verify_loads && o.gpu_checksums && engine_->can_hash() && mg.found > 0;
+    const std::uint32_t slices = mg.slices;
+    const bool gpu_hash = o.verify_loads && o.gpu_checksums && engine_->can_hash() &&
+                          engine_->plan().units % slices == 0 && mg.found > 0;
     SumBuffer sums;
     if (s.ok() && gpu_hash) {
-      auto sb = take_sums(mg.found);
+      auto sb = take_sums(mg.found * slices);
       if (!sb) s = sb.error();
       else sums = *sb;
-      if (s.ok()) s = engine_->enqueue_hash(pages.subspan(0, mg.found), sums.p, stream);
+      if (s.ok()) s = engine_->enqueue_hash(pages.subspan(0, mg.found), slices, sums.p, stream);
     }
     if (s.ok()) s = cuda_status(cudaEventCreateWithFlags(&t->done_event, cudaEventDisableTiming), "cudaEventCreate");
     if (s.ok()) s = cuda_status(cudaEventRecord(t->done_event, stream), "cudaEventRecord");
@@ -512,7 +398,7 @@ class KvMoverImpl : public KvMover {
     const std::uint64_t bb = engine_->plan().block_bytes;
     const bool verify = o.verify_loads;
     t->worker = std::thread([this, tp = t.get(), mg = std::move(mg), bb, t0, control_ms, enqueue_ms, verify,
-                             nkeys = keys.size(), gpu_hash, gpu_sums = sums]() mutable {
+                             nkeys = keys.size(), gpu_hash, slices, gpu_sums = sums]() mutable {
       TransferResult r;
       r.stats.path = "mapped";
       r.stats.control_ms = control_ms;
@@ -522,9 +408,9 @@ class KvMoverImpl : public KvMover {
       std::size_t good = mg.found;
       if (gpu_hash) {
         if (cudaEventSynchronize(tp->done_event) == cudaSuccess) {
-          for (std::size_t i = 0; i < mg.found; ++i) {
+          for (std::size_t i = 0; i < mg.found * slices; ++i) {
             if (gpu_sums.p[i] != mg.checksums[i]) {
-              good = i;
+              good = i / slices;
               break;
             }
           }
@@ -533,7 +419,9 @@ class KvMoverImpl : public KvMover {
       } else if (verify) {
         std::vector<char> bad(mg.found, 0);
         r.stats.hash_ms = hashers_.run(mg.found, [&](std::size_t i) {
-          bad[i] = pool::payload_checksum(std::span<const std::byte>(mg.slots[i].payload, bb)) != mg.checksums[i];
+          std::vector<std::uint64_t> table(slices);
+          (void)pool::block_checksum(std::span<const std::byte>(mg.slots[i].payload, bb), slices, table.data());
+          bad[i] = !std::equal(table.begin(), table.end(), mg.checksums.begin() + i * slices);
         });
         for (std::size_t i = 0; i < mg.found; ++i) {
           if (bad[i]) {
@@ -793,6 +681,8 @@ class KvMoverImpl : public KvMover {
   std::uint64_t staged_per_ = 1;  // blocks per staging chunk, fixed when the buffers are made
   std::vector<SumBuffer> sum_buffers_;  // free ones; guarded by mu_
   cudaStream_t hash_stream_ = nullptr;  // save checksums beside the copies; guarded by mu_ (creation)
+  // Layer-wise loads' and saves' (copy, work) stream pairs; guarded by mu_ (creation).
+  cudaStream_t layer_streams_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};
 };
 
 }  // namespace

@@ -112,19 +112,22 @@ KVPOOL_HD std::uint64_t scramble(std::uint64_t acc, std::uint64_t key) {
   return acc * 0x9E3779B1ULL;
 }
 
-// Lane i's accumulator after the whole block of page. bases: the 2 x
-// layers tensor addresses; load16(addr, lo, hi) reads 16 bytes.
+// Lane i's accumulator after runs [u_begin, u_end) of page's block (the
+// whole block by default; one layer slice is 2 * segs runs). bases: the
+// 2 x layers tensor addresses; load16(addr, lo, hi) reads 16 bytes. The
+// range's bytes must be > 240 (XXH3's long input).
 template <typename Load16>
 KVPOOL_HD std::uint64_t lane(const LaneKeys& k, const BlockMap& m, const std::uint64_t* bases, std::uint64_t page,
-                             int i, Load16 load16) {
+                             int i, Load16 load16, std::uint32_t u_begin = 0, std::uint32_t u_end = 0xffffffffu) {
+  if (u_end > m.units) u_end = m.units;
   std::uint64_t acc = k.init;
-  const std::uint64_t total = static_cast<std::uint64_t>(m.units) * m.run_bytes / 64;  // stripes
+  const std::uint64_t total = static_cast<std::uint64_t>(u_end - u_begin) * m.run_bytes / 64;  // stripes
   const std::uint64_t pair = static_cast<std::uint64_t>(i / 2) * 16;
   const bool odd = (i & 1) != 0;
   const std::uint64_t page_off = (page / m.pages_per_row) * m.row_stride + (page % m.pages_per_row) * m.page_stride;
   const std::uint64_t run_stripes = m.run_bytes / 64;
   std::uint64_t g = 0;
-  for (std::uint32_t u = 0; u < m.units; ++u) {
+  for (std::uint32_t u = u_begin; u < u_end; ++u) {
     const std::uint64_t base = bases[u / m.segs] + page_off + static_cast<std::uint64_t>(u % m.segs) * m.seg_stride;
     std::uint64_t j = 0;
     // Whole XXH3 blocks (16 stripes) inside this run, but never the block

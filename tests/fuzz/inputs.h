@@ -126,7 +126,7 @@ inline SlotRegion build_slot_region(const std::uint8_t* data, std::size_t size) 
     if ((mode & kSlotForceMagic) && h[0] != 0) {
       store_le(h + 0, pool::kSlotMagic, 4);
       store_le(h + 4, pool::kSlotFormatVersion, 2);
-      store_le(h + 6, 0, 2);
+      store_le(h + 6, 1, 2);  // one slice: no table to fix up
     }
     if (mode & kSlotFixPayload) {
       const std::uint64_t length = load_le(h + 32, 8);

@@ -51,6 +51,23 @@ int main(void) {
   CHECK(kvpool_gpu_transfer_wait(NULL, NULL) == KVPOOL_INVALID_ARGUMENT);
   kvpool_gpu_transfer_destroy(NULL);
   kvpool_gpu_mover_destroy(NULL);
+  /* Layer by layer: the same argument errors, and no layers for no transfer. */
+  {
+    kvpool_gpu_transfer_t* t = NULL;
+    kvpool_gpu_layer_save_t* save = NULL;
+    size_t found = 7;
+    kvpool_key_t key = {1, 2};
+    uint64_t page = 0;
+    CHECK(kvpool_gpu_load_layers(NULL, &key, &page, 1, NULL, &t, &found) == KVPOOL_INVALID_ARGUMENT && t == NULL);
+    CHECK(found == 7);
+    CHECK(kvpool_gpu_transfer_layers(NULL) == 0);
+    CHECK(kvpool_gpu_transfer_layer_event(NULL, 0) == NULL);
+    CHECK(kvpool_gpu_transfer_wait_layer(NULL, 0, NULL) == KVPOOL_INVALID_ARGUMENT);
+    CHECK(kvpool_gpu_begin_save_layers(NULL, &key, &page, 1, &save) == KVPOOL_INVALID_ARGUMENT && save == NULL);
+    CHECK(kvpool_gpu_save_layer(NULL, 0, NULL) == KVPOOL_INVALID_ARGUMENT);
+    CHECK(kvpool_gpu_save_finish(NULL, NULL) == KVPOOL_INVALID_ARGUMENT);
+    kvpool_gpu_save_destroy(NULL);
+  }
   printf("kvpool_gpu_available: %d\n", kvpool_gpu_available());
   printf("capi_gpu_test: %s\n", g_failures == 0 ? "ok" : "FAILED");
   return g_failures == 0 ? 0 : 1;

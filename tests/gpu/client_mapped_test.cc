@@ -45,14 +45,17 @@ TEST_CASE("mapped slots are written in place and read back by every reader", "[g
   auto keys = keys_for(5, 1);
   auto mp = client->begin_mapped_put(*ns, keys);
   REQUIRE(mp);
-  std::vector<std::uint64_t> sums(keys.size());
+  // test_namespace's four layers: four slice checksums per block.
+  REQUIRE(mp->slices == 4);
+  std::vector<std::uint64_t> sums;
   for (std::size_t i = 0; i < keys.size(); ++i) {
     REQUIRE(mp->outcomes[i] == PutOutcome::kWritten);
     REQUIRE(mp->slots[i].payload != nullptr);
     CHECK(mp->slots[i].payload >= mp->slots[i].region);
     CHECK(mp->slots[i].payload + kBlock <= mp->slots[i].region + mp->slots[i].region_bytes);
     fill(mp->slots[i].payload, kBlock, i);
-    sums[i] = pool::payload_checksum(std::span<const std::byte>(mp->slots[i].payload, kBlock));
+    const auto table = slice_sums(mp->slots[i].payload, kBlock, mp->slices);
+    sums.insert(sums.end(), table.begin(), table.end());
   }
   CHECK(client->lookup(*ns, keys).value() == 0);  // not visible before the commit
   auto put = client->finish_mapped_put(*mp, sums);
@@ -77,9 +80,11 @@ TEST_CASE("mapped slots are written in place and read back by every reader", "[g
     REQUIRE(mg);
     CHECK(mg->found == keys.size());
     CHECK(mg->stopped.ok());
+    REQUIRE(mg->slices == 4);
+    CHECK(mg->checksums == sums);  // each block's slice table, as written
     for (std::size_t i = 0; i < mg->found; ++i) {
-      CHECK(mg->checksums[i] == sums[i]);
-      CHECK(pool::payload_checksum(std::span<const std::byte>(mg->slots[i].payload, kBlock)) == sums[i]);
+      const auto table = slice_sums(mg->slots[i].payload, kBlock, mg->slices);
+      CHECK(std::equal(table.begin(), table.end(), sums.begin() + i * 4));
     }
     client->finish_mapped_get(*mg, mg->found);
     CHECK(client->stats().bytes_got == keys.size() * kBlock);
@@ -88,7 +93,7 @@ TEST_CASE("mapped slots are written in place and read back by every reader", "[g
     auto again = client->begin_mapped_put(*ns, keys);
     REQUIRE(again);
     for (auto o : again->outcomes) CHECK(o == PutOutcome::kExists);
-    auto r = client->finish_mapped_put(*again, std::vector<std::uint64_t>(keys.size()));
+    auto r = client->finish_mapped_put(*again, std::vector<std::uint64_t>(keys.size() * again->slices));
     REQUIRE(r);
     CHECK(r->deduplicated == keys.size());
   }
@@ -117,9 +122,10 @@ TEST_CASE("a wrong checksum from a mapped writer is caught by readers", "[gpu][m
   std::vector<std::uint64_t> sums;
   for (std::size_t i = 0; i < keys.size(); ++i) {
     fill(mp->slots[i].payload, kBlock, i);
-    sums.push_back(pool::payload_checksum(std::span<const std::byte>(mp->slots[i].payload, kBlock)));
+    const auto table = slice_sums(mp->slots[i].payload, kBlock, mp->slices);
+    sums.insert(sums.end(), table.begin(), table.end());
   }
-  sums[1] ^= 1;  // as if the payload had been torn after hashing
+  sums[1 * mp->slices + 2] ^= 1;  // as if slice 2 of block 1 had been torn after hashing
   REQUIRE(client->finish_mapped_put(*mp, sums));
   std::vector<std::vector<std::byte>> bufs(keys.size(), std::vector<std::byte>(kBlock));
   std::vector<std::span<std::byte>> spans(bufs.begin(), bufs.end());
@@ -174,4 +180,43 @@ TEST_CASE("an agent not mapped into the worker says so", "[gpu][mapped]") {
   CHECK(mg->found == 0);
   CHECK(mg->stopped.code() == StatusCode::kUnimplemented);
   client->finish_mapped_get(*mg, 0);
+}
+
+TEST_CASE("a mapped get hands out each block's slice table and refuses one damaged in the pool", "[gpu][mapped]") {
+  use_test_secret();
+  auto pool = start_standalone("64MiB");
+  REQUIRE(pool);
+  auto client = connect(pool->coordinator);
+  auto ns = client->register_namespace(test_namespace(kBlock, "mapped-table"));
+  REQUIRE(ns);
+  auto keys = keys_for(3, 5);
+  // Written by put(), whose mapped path writes each table before its header.
+  std::vector<std::vector<std::byte>> blocks(keys.size(), std::vector<std::byte>(kBlock));
+  for (std::size_t i = 0; i < keys.size(); ++i) fill(blocks[i].data(), kBlock, 10 + i);
+  std::vector<std::span<const std::byte>> spans(blocks.begin(), blocks.end());
+  REQUIRE(client->put(*ns, keys, spans).value().written == keys.size());
+
+  auto mg = client->begin_mapped_get(*ns, keys);
+  REQUIRE(mg);
+  REQUIRE(mg->found == keys.size());
+  REQUIRE(mg->slices == 4);
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const auto table = slice_sums(blocks[i].data(), kBlock, 4);
+    CHECK(std::equal(table.begin(), table.end(), mg->checksums.begin() + i * 4));
+  }
+  // Block 1's table lies right after its header (pool/slot_header.h).
+  auto layout = pool::RegionLayout::create(mg->slots[1].region_bytes);
+  REQUIRE(layout);
+  const std::uint64_t payload_offset = mg->slots[1].payload - mg->slots[1].region - layout->payload_base;
+  std::byte* entry = mg->slots[1].region + layout->table_offset(payload_offset) + 2 * 8;  // slice 2's
+  client->finish_mapped_get(*mg, mg->found);
+  *entry ^= std::byte{1};
+
+  auto again = client->begin_mapped_get(*ns, keys);
+  REQUIRE(again);
+  CHECK(again->found == 1);
+  CHECK(again->stopped.code() == StatusCode::kDataLoss);
+  CHECK_THAT(again->stopped.message(), Catch::Contains("slice table"));
+  client->finish_mapped_get(*again, again->found);
+  CHECK(client->stats().verify_failures >= 1);
 }

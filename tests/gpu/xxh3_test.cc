@@ -7,6 +7,7 @@
 #include <cstring>
 #include <random>
 
+#include "pool/slot_header.h"
 #include "runtime/gpu/plan.h"
 #include "runtime/gpu/xxh3_layout.h"
 
@@ -15,7 +16,11 @@ using namespace kvpool::gpu;
 
 namespace {
 
-std::uint64_t layout_hash(const KvLayout& l, std::uint64_t page, std::uint64_t* gathered_hash) {
+// The XXH3 of each of `slices` slices of page's block, walking the layout
+// (slice s of the result), and in *gathered the slot header's table for the
+// assembled block (pool::block_checksum's).
+std::vector<std::uint64_t> layout_hash(const KvLayout& l, std::uint64_t page, std::uint32_t slices,
+                                       std::vector<std::uint64_t>* gathered) {
   auto plan = make_plan(l);
   REQUIRE(plan);
   const bool combined = l.kind == KvLayoutKind::kVllmPaged;
@@ -37,18 +42,27 @@ std::uint64_t layout_hash(const KvLayout& l, std::uint64_t page, std::uint64_t* 
     std::memcpy(block.data() + u * plan->run_bytes,
                 reinterpret_cast<const void*>((*bases)[u / plan->segs] + plan->run_offset(page, u)), plan->run_bytes);
   }
-  *gathered_hash = XXH3_64bits(block.data(), block.size());
+  gathered->assign(slices, 0);
+  (void)pool::block_checksum(block, slices, gathered->data());
   const auto keys = xxh3::make_keys();
   xxh3::BlockMap m{plan->run_bytes,     plan->segs,       plan->units,      plan->seg_stride,
                    plan->pages_per_row, plan->row_stride, plan->page_stride};
-  std::uint64_t acc[8];
-  for (int i = 0; i < 8; ++i) {
-    acc[i] = xxh3::lane(xxh3::lane_keys(keys, i), m, bases->data(), page, i, [](std::uint64_t a, std::uint64_t& lo, std::uint64_t& hi) {
-      std::memcpy(&lo, reinterpret_cast<const void*>(a), 8);
-      std::memcpy(&hi, reinterpret_cast<const void*>(a + 8), 8);
-    });
+  const std::uint32_t per = plan->units / slices;
+  std::vector<std::uint64_t> out;
+  for (std::uint32_t s = 0; s < slices; ++s) {
+    std::uint64_t acc[8];
+    for (int i = 0; i < 8; ++i) {
+      acc[i] = xxh3::lane(
+          xxh3::lane_keys(keys, i), m, bases->data(), page, i,
+          [](std::uint64_t a, std::uint64_t& lo, std::uint64_t& hi) {
+            std::memcpy(&lo, reinterpret_cast<const void*>(a), 8);
+            std::memcpy(&hi, reinterpret_cast<const void*>(a + 8), 8);
+          },
+          s * per, (s + 1) * per);
+    }
+    out.push_back(xxh3::merge(keys, acc, static_cast<std::uint64_t>(per) * plan->run_bytes));
   }
-  return xxh3::merge(keys, acc, plan->block_bytes);
+  return out;
 }
 
 }  // namespace
@@ -75,10 +89,14 @@ TEST_CASE("the layout-walking XXH3 equals libxxhash over the assembled block", "
     l.batch = 2;
     l.max_seq = 3 * c.tpb;
     for (std::uint64_t page : {0, 1, 4}) {
-      std::uint64_t want = 0;
-      std::uint64_t got = layout_hash(l, page, &want);
-      INFO(layout_name(c.kind) << " layers " << c.layers << " page " << page);
-      CHECK(got == want);
+      // The whole block, and (format version 2) each layer slice: the
+      // kernel hashes 2 x segs runs per layer.
+      for (std::uint32_t slices : {1u, c.layers}) {
+        std::vector<std::uint64_t> want;
+        auto got = layout_hash(l, page, slices, &want);
+        INFO(layout_name(c.kind) << " layers " << c.layers << " page " << page << " slices " << slices);
+        CHECK(got == want);
+      }
     }
   }
 }

@@ -109,8 +109,10 @@ TEST_CASE("a placement outside the agent's region is refused, never handed out a
   }
   REQUIRE(mp->outcomes[3] == PutOutcome::kWritten);
   std::memset(mp->slots[3].payload, 0x5a, kBlock);
-  std::vector<std::uint64_t> sums(4, 0);
-  sums[3] = pool::payload_checksum(std::span<const std::byte>(mp->slots[3].payload, kBlock));
+  REQUIRE(mp->slices == 4);  // test_namespace's four layers
+  std::vector<std::uint64_t> sums(4 * mp->slices, 0);
+  const auto table = slice_sums(mp->slots[3].payload, kBlock, mp->slices);
+  std::copy(table.begin(), table.end(), sums.begin() + 3 * mp->slices);
   auto put = client->finish_mapped_put(*mp, sums);
   REQUIRE(put);
   CHECK(put->written == 1);

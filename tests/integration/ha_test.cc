@@ -374,7 +374,7 @@ TEST_CASE("leases of a deposed leader: a commit under its epoch is refused by th
   REQUIRE(mp);
   REQUIRE(mp->outcomes[0] == PutOutcome::kWritten);
   fill_pattern(mp->slots[0].payload, 0, kBlock, mk.lo);
-  const std::uint64_t checksum = pool::payload_checksum(std::span<const std::byte>(mp->slots[0].payload, kBlock));
+  const auto checksums = slice_sums(mp->slots[0].payload, kBlock, mp->slices);
 
   auto idle = connect_via_etcd(etcd->endpoints());
   auto idle_ns = idle->register_namespace(desc);
@@ -416,7 +416,7 @@ TEST_CASE("leases of a deposed leader: a commit under its epoch is refused by th
   // the frozen A time out and it looks the leader up again), and the commit
   // of the mapped put begun under A is refused there.
   REQUIRE(eventually([&] { return mover->lookup(*ns, std::span<const Key128>(&mk, 1)).has_value(); }, scaled(20s)));
-  auto finished = mover->finish_mapped_put(*mp, std::span<const std::uint64_t>(&checksum, 1));
+  auto finished = mover->finish_mapped_put(*mp, checksums);
   REQUIRE(finished);
   CHECK(finished->failed == 1);
   INFO(finished->errors[0].to_string());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kvpool/client.h"
+#include "pool/slot_header.h"
 #include "runtime/common/process_util.h"
 #include "runtime/common/subprocess.h"
 #include "runtime/rpc/client.h"
@@ -19,17 +20,29 @@
 
 namespace kvpool::testing {
 
+// Four layers: blocks of two granules or more carry a slice table (format
+// version 2), so every integration test runs the layer-slice verifiers
+// (puts, gets, mapped paths, drain copies, restart scans); 64 KiB blocks
+// have one slice.
 inline NamespaceDescriptor test_namespace(std::uint64_t block_bytes = 256 << 10, const std::string& model = "test") {
   NamespaceDescriptor d;
   d.model_id = model;
   d.dtype = "bf16";
-  d.num_layers = 1;
+  d.num_layers = 4;
   d.num_kv_heads = 1;
   d.head_dim = 1;
   d.tokens_per_block = 16;
   d.layout = "test";
   d.block_bytes = block_bytes;
   return d;
+}
+
+// The checksums finish_mapped_put takes for one filled slot: one per layer
+// slice (MappedPut::slices), as the GPU path computes them.
+inline std::vector<std::uint64_t> slice_sums(const std::byte* payload, std::uint64_t bytes, std::uint32_t slices) {
+  std::vector<std::uint64_t> table(slices);
+  (void)pool::block_checksum(std::span<const std::byte>(payload, bytes), slices, table.data());
+  return table;
 }
 
 inline std::string temp_path(const std::string& name) {

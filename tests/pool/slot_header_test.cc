@@ -94,7 +94,7 @@ TEST_CASE("a slot header is laid out little-endian at its documented offsets", "
   CHECK(std::memcmp(bytes.data(), "KVPS", 4) == 0);
   CHECK(std::to_integer<int>(bytes[4]) == kSlotFormatVersion);
   CHECK(std::to_integer<int>(bytes[5]) == 0);
-  CHECK(std::to_integer<int>(bytes[6]) == 0);  // flags
+  CHECK(std::to_integer<int>(bytes[6]) == 1);  // slices: one, no table
   CHECK(std::to_integer<int>(bytes[7]) == 0);
   CHECK(std::to_integer<int>(bytes[8]) == 0xef);  // lowest byte of the namespace id first
   CHECK(load_u64(bytes, 8) == h.namespace_id);
@@ -144,12 +144,12 @@ TEST_CASE("copy_payload_checksum and stream_payload_checksum copy the bytes and 
     INFO("n = " << n);
     auto src = random_bytes(n, n);
     std::vector<std::byte> dst(n);
-    CHECK(kvpool::pool::copy_payload_checksum(dst.data(), src.data(), n) == payload_checksum(src));
+    CHECK(kvpool::pool::copy_payload_checksum(dst.data(), src.data(), n, 1) == payload_checksum(src));
     CHECK(dst == src);
     // Streaming stores, to a destination aligned and not aligned to 16 bytes.
     for (std::size_t offset : {std::size_t{0}, std::size_t{3}}) {
       std::vector<std::byte> out(n + offset);
-      CHECK(kvpool::pool::stream_payload_checksum(out.data() + offset, src.data(), n) == payload_checksum(src));
+      CHECK(kvpool::pool::stream_payload_checksum(out.data() + offset, src.data(), n, 1) == payload_checksum(src));
       CHECK(std::equal(src.begin(), src.end(), out.begin() + offset));
     }
     // The plain XXH3-64 (seed 0) a reader in any language computes.

@@ -180,6 +180,22 @@ TEST_CASE("pooltool drain moves an agent's blocks while they are read, and the p
   for (std::size_t i = 0; i < blocks.keys.size(); ++i) readable += blocks.read_ok(**fresh, i, buf, &why) ? 1 : 0;
   INFO(why);
   CHECK(readable == blocks.keys.size());
+  // The copies carry their slice tables (test_namespace's four layers): a
+  // mapped get checks each moved block's table against its header, as the
+  // GPU path's layer-by-layer verification will.
+  {
+    auto mg = (*fresh)->begin_mapped_get(blocks.ns, blocks.keys);
+    REQUIRE(mg);
+    INFO(mg->stopped.to_string());
+    CHECK(mg->slices == 4);
+    CHECK(mg->found == blocks.keys.size());
+    CHECK(mg->checksums.size() == mg->found * 4);
+    for (std::size_t i = 0; i < mg->found; ++i) {
+      const auto table = slice_sums(mg->slots[i].payload, kBlock, 4);
+      CHECK(std::equal(table.begin(), table.end(), mg->checksums.begin() + i * 4));
+    }
+    (*fresh)->finish_mapped_get(*mg, mg->found);
+  }
   // The client that read during the drain too (it had endpoints to the dead agent).
   readable = 0;
   for (std::size_t i = 0; i < blocks.keys.size(); ++i) readable += blocks.read_ok(**client, i, buf) ? 1 : 0;

@@ -15,7 +15,7 @@ TEST_CASE("a streamed chunk places every piece and checksums payloads that arriv
   std::vector<std::byte> source(2 * kBlock + 64);
   kvpool::fill_pattern(source.data(), 0, source.size(), 7);
   std::vector<std::byte> a(kBlock), b(kBlock), header(64);
-  StreamedChunk chunk({{a.data(), 0, kBlock}, {b.data(), kBlock, kBlock}, {header.data(), 2 * kBlock, 64}}, 2);
+  StreamedChunk chunk({{a.data(), 0, kBlock}, {b.data(), kBlock, kBlock}, {header.data(), 2 * kBlock, 64}}, 2, 1);
   auto piece = [&](std::size_t op, std::uint64_t src, std::uint64_t offset, std::size_t n) {
     chunk.place(op, offset, std::span<const std::byte>(source.data() + src + offset, n));
   };
@@ -42,7 +42,7 @@ TEST_CASE("a streamed chunk's digest tells a changed piece from the block it was
   kvpool::fill_pattern(source.data(), 0, kBlock, 9);
   const std::uint64_t put_as = kvpool::pool::payload_checksum(source);
   source[40000] ^= std::byte{1};  // torn while it was sent
-  StreamedChunk chunk({{out.data(), 0, kBlock}}, 1);
+  StreamedChunk chunk({{out.data(), 0, kBlock}}, 1, 1);
   chunk.place(0, 0, std::span<const std::byte>(source.data(), 32 << 10));
   chunk.place(0, 32 << 10, std::span<const std::byte>(source.data() + (32 << 10), 32 << 10));
   REQUIRE(chunk.digest(0).has_value());

@@ -96,7 +96,9 @@ NamespaceDescriptor soak_namespace() {
   NamespaceDescriptor d;
   d.model_id = "soak";
   d.dtype = "bf16";
-  d.num_layers = 1;
+  // Layers, so blocks of two granules or more carry a slice table (slot
+  // format version 2) through every fault.
+  d.num_layers = 4;
   d.num_kv_heads = 1;
   d.head_dim = 1;
   d.tokens_per_block = 16;

@@ -1,0 +1,129 @@
+#pragma once
+// Internal to the GPU path (mover.cc, layers.cc): the transfer object both
+// kinds of transfer share, and what a layer-wise transfer needs of its
+// mover (MoverCore). Not part of the public API.
+
+#include <chrono>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <span>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "kvpool/gpu.h"
+#include "runtime/common/logging.h"
+#include "runtime/gpu/engine.h"
+
+namespace kvpool::gpu::detail {
+
+inline std::shared_ptr<spdlog::logger> logger() {
+  static auto l = log::get("gpu");
+  return l;
+}
+
+using SteadyClock = std::chrono::steady_clock;
+inline double ms_since(SteadyClock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(SteadyClock::now() - t0).count();
+}
+
+// The staged path's hold on the caller's stream: a host function queued
+// there blocks until the worker opens the gate, so what the caller queues
+// after save()/load() (and event(), recorded after the host function) runs
+// after the transfer. Shared with the host function, which may run after
+// the transfer object is gone.
+struct StreamGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = false;
+  void release() {
+    {
+      std::lock_guard lock(mu);
+      open = true;
+    }
+    cv.notify_all();
+  }
+  static void CUDART_CB hold(void* arg) {
+    auto* ref = static_cast<std::shared_ptr<StreamGate>*>(arg);
+    {
+      std::unique_lock lock((*ref)->mu);
+      (*ref)->cv.wait(lock, [&] { return (*ref)->open; });
+    }
+    delete ref;
+  }
+};
+
+class TransferImpl : public Transfer {
+ public:
+  ~TransferImpl() override {
+    (void)wait();
+    if (gate != nullptr) gate->release();
+    for (auto e : events) cudaEventDestroy(e);
+    for (auto e : aux_events) cudaEventDestroy(e);
+    if (done_event != nullptr) cudaEventDestroy(done_event);
+  }
+  CUevent_st* event() const override { return done_event; }
+  Result<TransferResult> wait() override {
+    std::lock_guard lock(mu);
+    if (worker.joinable()) worker.join();
+    return result;
+  }
+  std::mutex mu;
+  std::thread worker;  // computes `result`
+  Result<TransferResult> result = tl::unexpected(Status(StatusCode::kInternal, "transfer not run"));
+  std::vector<cudaEvent_t> events;  // per chunk
+  std::vector<cudaEvent_t> aux_events;
+  cudaEvent_t done_event = nullptr;
+  std::shared_ptr<StreamGate> gate;  // staged path
+};
+
+// Checksums the GPU writes straight into host memory (mapped pinned).
+struct SumBuffer {
+  std::uint64_t* p = nullptr;
+  std::size_t cap = 0;
+};
+
+
+// What the layer-wise transfers (layers.cc) use of the mover that starts
+// them. Calls are thread-safe; the mover outlives its transfers.
+class MoverCore {
+ public:
+  virtual ~MoverCore() = default;
+  virtual Client& client() = 0;
+  virtual NamespaceId ns() const = 0;
+  virtual Engine& engine() = 0;
+  // The slot's payload as the device addresses it, its region registered
+  // with CUDA on first use.
+  virtual Result<std::byte*> device_view(const MappedSlot& slot) = 0;
+  virtual Result<SumBuffer> take_sums(std::size_t n) = 0;
+  virtual void give_sums(SumBuffer b) = 0;
+  // The mover's layer-wise streams (non-blocking, made on first use), a
+  // pair for loads and another for saves, so a step's save never queues
+  // behind its loads: the copy engines' and the kernels' (scatter/gather and
+  // checksums), so layer l+1's copy runs while layer l is scattered and
+  // hashed.
+  virtual Status layer_streams(bool save, cudaStream_t& copy, cudaStream_t& work) = 0;
+};
+
+// Layer-wise transfers on the mapped path (layers.cc). load: mg from
+// begin_mapped_get, pages[i] for its found blocks; the copies start after
+// the work queued on `stream`. save: mp from begin_mapped_put, every key
+// kWritten or settled (none placed on an agent not mapped here).
+Result<std::unique_ptr<LayerTransfer>> start_layer_load(MoverCore& m, MappedGet mg, std::size_t nkeys,
+                                                        std::span<const std::uint64_t> pages, cudaStream_t stream,
+                                                        const GpuOptions& o);
+Result<std::unique_ptr<LayerSave>> start_layer_save(MoverCore& m, MappedPut mp, std::span<const std::uint64_t> pages,
+                                                    const GpuOptions& o);
+
+// The staged fallbacks: a whole-block transfer seen as layers (every
+// layer_event() is its event(), which must be non-null: start it with
+// staged_stream_order), and a save that moves every layer whole once the
+// last one is saved, through `save` (the mover's save()).
+std::unique_ptr<LayerTransfer> whole_as_layers(std::unique_ptr<Transfer> t, std::uint32_t layers, std::size_t found);
+using SaveWhole = std::function<Result<std::unique_ptr<Transfer>>(cudaStream_t)>;
+std::unique_ptr<LayerSave> whole_save_as_layers(SaveWhole save, std::uint32_t layers);
+
+}  // namespace kvpool::gpu::detail
