@@ -148,6 +148,9 @@ def test_a_gap_stops_contains_and_gets(pool, client, fake_lmcache, request):
     assert c.batched_contains(keys) == 2  # an int, as RemoteBackend.batched_contains returns it
     assert len(asyncio.run(c.batched_get_non_blocking("l", keys))) == 2
     assert asyncio.run(c.get(keys[2])) is None
+    # batched_get answers per key (RemoteBackend.batched_get_blocking): the keys after the gap are read.
+    each = asyncio.run(c.batched_get(keys))
+    assert len(each) == 5 and each[2] is None and all(o is not None for o in each[:2] + each[3:])
     asyncio.run(c.close())
 
 
@@ -210,6 +213,15 @@ def test_the_block_size_follows_lmcaches_chunk_shape(pool, fake_lmcache, request
     asyncio.run(c.close())
     assert lmc.block_bytes_for(None) is None
     assert lmc.block_bytes_for(types.SimpleNamespace(kv_shape=(1, 2, 16, 1, 8), kv_dtype=Dtype())) == 64 << 10
+
+
+@pytest.mark.parametrize("setting", [dict(kvpool_block_bytes="lots"), dict(kvpool_block_bytes=-1),
+                                     dict(kvpool_timeout_s="soon"), dict(kvpool_timeout_s=True)])
+def test_a_bad_setting_is_an_error_naming_it(pool, request, setting):
+    config = Config(dict({"kvpool_coordinator": pool.coordinator, "kvpool_block_bytes": 1 << 20,
+                          "kvpool_model": request.node.name}, **setting))
+    with pytest.raises(kvpool.InvalidArgument, match=next(iter(setting))):
+        lmc.KvpoolRemoteConnector(None, FakeLocalCPUBackend(), config)
 
 
 def test_scheduler_and_worker_derive_one_block_size(pool, request):
