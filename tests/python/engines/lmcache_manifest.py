@@ -20,6 +20,9 @@ FILES = {
     # settings from remote_storage_plugin.<plugin_name>.<key> over the bare key.
     "lmcache/v1/storage_backend/connector/hf3fs_adapter.py": "5ad85869d4403c87b68e0322c4783f214b434e6b",
     "lmcache/v1/storage_backend/connector/fs_adapter.py": "0e65d2fc0ec3975c78c3ce33a48e81505f315a21",
+    # The external:// route: "due for deprecation in release v0.5.0. Please use the Remote Storage Plugin
+    # Framework instead."; issubclass(cls, RemoteConnector), cls(loop=, local_cpu_backend=, config=).
+    "lmcache/v1/storage_backend/connector/external_adapter.py": "0c4184dab7b7ff92a1b1aae12124ef357848f4c8",
     # remote_storage_plugins: Optional[list[str]] (env: comma list); extra_config: dict (env: JSON);
     # LMCACHE_CONFIG_FILE names the YAML file; env LMCACHE_<KEY>.
     "lmcache/v1/config.py": "000620e37eb7e8e54bd6f0aa0809b7dbef8a11e8",
