@@ -1,14 +1,14 @@
 """kvpool as an LMCache remote connector.
 
-Status: loaded through the ``external://`` route, which LMCache marks for
-deprecation; an adapter for its remote storage plugin framework
-(``remote_storage_plugins``, lmcache/v1/storage_backend/connector/__init__.py
-at 0109660ce57fe9c046eb7953dfb56fb1e3c6d9fd: ``ConnectorManager`` imports
-``remote_storage_plugin.<name>.module_path``, instantiates ``class_name``
-with no arguments, requires a ``ConnectorAdapter`` whose ``can_parse``
-accepts ``plugin://<name>`` and calls ``create_connector(ConnectorContext)``,
-whose ``metadata`` both roles get) is still to be written on top of this
-class (its ``metadata=`` argument is for it).
+Status: two routes load this connector. Recommended: LMCache's remote
+storage plugin framework (``remote_storage_plugins``), through
+``kvpool.integrations.lmcache_plugin.KvpoolConnectorAdapter``, which builds
+this class with the ``ConnectorContext``'s loop, local CPU backend, config
+(the plugin's settings) and ``metadata`` (both roles get it, so both derive
+one block size). Older: the ``external://`` ``remote_url`` below, which
+LMCache's external_adapter.py (at the commit below) logs as "due for
+deprecation in release v0.5.0" (and LMCache logs ``remote_url`` itself as
+deprecated); its scheduler role passes no metadata.
 
 Follows ``RemoteConnector`` in LMCache/LMCache
 lmcache/v1/storage_backend/connector/base_connector.py at commit
