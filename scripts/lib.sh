@@ -11,7 +11,7 @@ KVPOOL_PACKAGES=(
   libspdlog-dev libcli11-dev libxxhash-dev libssl-dev
   util-linux procps iptables
   etcd-server etcd-client
-  python3-numpy python3-pytest patchelf
+  python3-numpy python3-pytest python3-yaml patchelf
   clang-14 libclang-rt-14-dev
 )
 

@@ -119,8 +119,8 @@ returning a ``Transfer`` (``event``, ``wait()`` -> ``TransferResult``,
 ints. ``gpu_available()``. Semantics: include/kvpool/gpu.h.
 
 Engine adapters live in ``kvpool.integrations`` (SGLang HiCache storage,
-vLLM offloading manager, LMCache remote connector, UCM store); none imports
-its engine until the engine loads it.
+vLLM offloading manager, LMCache remote storage plugin and remote
+connector, UCM store); none imports its engine until the engine loads it.
 """
 
 from . import errors, gpu

@@ -14,9 +14,10 @@ ENGINES = ("sglang", "vllm", "lmcache", "ucm", "torch")
 CHECK = """
 import sys
 import kvpool.integrations
-from kvpool.integrations import lmcache_connector, sglang_hicache, ucm_store, vllm
+from kvpool.integrations import lmcache_connector, lmcache_plugin, sglang_hicache, ucm_store, vllm
 from kvpool.integrations.sglang_hicache import *
 from kvpool.integrations.lmcache_connector import *
+from kvpool.integrations.lmcache_plugin import *
 from kvpool.integrations.ucm_store import *
 from kvpool.integrations.vllm import *
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in {engines!r})
@@ -34,6 +35,7 @@ def test_importing_the_adapters_imports_no_engine():
 
 
 @pytest.mark.parametrize("module,name", [("sglang_hicache", "HiCacheKvpool"), ("lmcache_connector", "KvpoolConnector"),
+                                         ("lmcache_plugin", "KvpoolConnectorAdapter"),
                                          ("ucm_store", "UcmKvpoolStore"), ("vllm", "KvpoolConnector")])
 def test_the_engine_facing_class_needs_the_engine(module, name):
     """Asking for the engine-facing name imports the engine (to register the

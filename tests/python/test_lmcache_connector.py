@@ -6,11 +6,8 @@ config=)); batched_put of chunks; batched_async_contains (leading hits) and
 exists; batched_get_non_blocking / get / batched_get allocating from the
 local CPU backend; close."""
 
-import abc
 import asyncio
 import importlib
-import math
-import sys
 import types
 import urllib.parse
 
@@ -18,53 +15,9 @@ import numpy as np
 import pytest
 
 import kvpool
+from engines import lmcache_stubs as S
+from engines.lmcache_stubs import KV_2LTD, FakeLocalCPUBackend, FakeMemoryObj, Key
 from kvpool.integrations import lmcache_connector as lmc
-
-DTYPE_BYTES = {"torch.bfloat16": 2, "torch.float16": 2, "torch.uint8": 1}
-KV_2LTD = 1  # an LMCache MemoryFormat value
-
-
-class FakeMemoryObj:
-    """The MemoryObj surface connectors use."""
-
-    def __init__(self, shape, dtype, fmt):
-        self.shape, self.dtype, self.fmt = tuple(shape), dtype, fmt
-        self.array = np.zeros(math.prod(shape) * DTYPE_BYTES[str(dtype)], dtype=np.uint8)
-
-    @property
-    def byte_array(self):
-        return memoryview(self.array)
-
-    def get_shape(self):
-        return self.shape
-
-    def get_dtype(self):
-        return self.dtype
-
-    def get_memory_format(self):
-        return self.fmt
-
-
-class FakeLocalCPUBackend:
-    def __init__(self, capacity=100):
-        self.allocated = 0
-        self.capacity = capacity
-
-    def allocate(self, shape, dtype, fmt):
-        if self.allocated >= self.capacity:
-            return None
-        self.allocated += 1
-        return FakeMemoryObj(shape, dtype, fmt)
-
-
-class Key:
-    """LMCache's CacheEngineKey as connectors see it."""
-
-    def __init__(self, chunk_hash, model="test-model"):
-        self.chunk_hash, self.model = chunk_hash, model
-
-    def to_string(self):
-        return f"vllm@{self.model}@1@0@{self.chunk_hash:x}"
 
 
 class Config:
@@ -73,19 +26,11 @@ class Config:
 
 
 @pytest.fixture
-def fake_lmcache(monkeypatch):
-    mod = types.ModuleType("lmcache.v1.storage_backend.connector.base_connector")
-
-    class RemoteConnector(metaclass=abc.ABCMeta):
-        @abc.abstractmethod
-        async def exists(self, key):
-            ...
-
-    mod.RemoteConnector = RemoteConnector
-    for name in ["lmcache", "lmcache.v1", "lmcache.v1.storage_backend", "lmcache.v1.storage_backend.connector"]:
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, mod.__name__, mod)
-    return mod
+def fake_lmcache():
+    """LMCache's base_connector module, RemoteConnector built from engines/lmcache_manifest.py."""
+    S.install()
+    yield importlib.import_module(S.M.BASE_MODULE)
+    S.uninstall()
 
 
 def load_like_the_external_adapter(fake_lmcache, url, loop, backend, config):
@@ -148,6 +93,9 @@ def test_a_gap_stops_contains_and_gets(pool, client, fake_lmcache, request):
     assert c.batched_contains(keys) == 2  # an int, as RemoteBackend.batched_contains returns it
     assert len(asyncio.run(c.batched_get_non_blocking("l", keys))) == 2
     assert asyncio.run(c.get(keys[2])) is None
+    # batched_get answers per key (RemoteBackend.batched_get_blocking): the keys after the gap are read.
+    each = asyncio.run(c.batched_get(keys))
+    assert len(each) == 5 and each[2] is None and all(o is not None for o in each[:2] + each[3:])
     asyncio.run(c.close())
 
 
@@ -210,6 +158,15 @@ def test_the_block_size_follows_lmcaches_chunk_shape(pool, fake_lmcache, request
     asyncio.run(c.close())
     assert lmc.block_bytes_for(None) is None
     assert lmc.block_bytes_for(types.SimpleNamespace(kv_shape=(1, 2, 16, 1, 8), kv_dtype=Dtype())) == 64 << 10
+
+
+@pytest.mark.parametrize("setting", [dict(kvpool_block_bytes="lots"), dict(kvpool_block_bytes=-1),
+                                     dict(kvpool_timeout_s="soon"), dict(kvpool_timeout_s=True)])
+def test_a_bad_setting_is_an_error_naming_it(pool, request, setting):
+    config = Config(dict({"kvpool_coordinator": pool.coordinator, "kvpool_block_bytes": 1 << 20,
+                          "kvpool_model": request.node.name}, **setting))
+    with pytest.raises(kvpool.InvalidArgument, match=next(iter(setting))):
+        lmc.KvpoolRemoteConnector(None, FakeLocalCPUBackend(), config)
 
 
 def test_scheduler_and_worker_derive_one_block_size(pool, request):

@@ -6,8 +6,12 @@ interfaces, each loaded by the engine from its module path:
 - ``kvpool.integrations.vllm``: vLLM KV connector (``KvpoolConnector``, a
   KVConnectorBase_V1 named in ``--kv-transfer-config``; pages between
   vLLM's GPU KV tensors and the pool through kvpool.gpu.KvMover).
+- ``kvpool.integrations.lmcache_plugin``: LMCache remote storage plugin
+  (``KvpoolConnectorAdapter``, named in LMCache's ``remote_storage_plugins``
+  config; the recommended LMCache route), which builds
 - ``kvpool.integrations.lmcache_connector``: LMCache remote connector
-  (``KvpoolConnector``; exists, get, put and the batched forms).
+  (``KvpoolConnector``; exists, get, put and the batched forms; also loaded
+  alone through LMCache's deprecated ``external://`` remote_url).
 - ``kvpool.integrations.ucm_store``: Huawei UCM store (``UcmKvpoolStore``;
   lookup, lookup_on_prefix, load/dump tasks, wait, check).
 

@@ -1,14 +1,14 @@
 """kvpool as an LMCache remote connector.
 
-Status: loaded through the ``external://`` route, which LMCache marks for
-deprecation; an adapter for its remote storage plugin framework
-(``remote_storage_plugins``, lmcache/v1/storage_backend/connector/__init__.py
-at 0109660ce57fe9c046eb7953dfb56fb1e3c6d9fd: ``ConnectorManager`` imports
-``remote_storage_plugin.<name>.module_path``, instantiates ``class_name``
-with no arguments, requires a ``ConnectorAdapter`` whose ``can_parse``
-accepts ``plugin://<name>`` and calls ``create_connector(ConnectorContext)``,
-whose ``metadata`` both roles get) is still to be written on top of this
-class (its ``metadata=`` argument is for it).
+Status: two routes load this connector. Recommended: LMCache's remote
+storage plugin framework (``remote_storage_plugins``), through
+``kvpool.integrations.lmcache_plugin.KvpoolConnectorAdapter``, which builds
+this class with the ``ConnectorContext``'s loop, local CPU backend, config
+(the plugin's settings) and ``metadata`` (both roles get it, so both derive
+one block size). Older: the ``external://`` ``remote_url`` below, which
+LMCache's external_adapter.py (at the commit below) logs as "due for
+deprecation in release v0.5.0" (and LMCache logs ``remote_url`` itself as
+deprecated); its scheduler role passes no metadata.
 
 Follows ``RemoteConnector`` in LMCache/LMCache
 lmcache/v1/storage_backend/connector/base_connector.py at commit
@@ -19,8 +19,10 @@ lmcache/v1/storage_backend/connector/base_connector.py at commit
 (an int, the count of leading hits, which ``RemoteBackend.batched_contains``
 in lmcache/v1/storage_backend/remote_backend.py at commit
 009eca101c71ae583489ed4bc616c589f2edcdf7 returns as its own ``-> int``),
-``batched_get_non_blocking``, each with its ``support_*`` flag; and
-``remove_sync``. The connector is loaded by
+``batched_get_non_blocking`` (the leading hits), each with its
+``support_*`` flag; and ``remove_sync``. ``batched_get`` answers per key (a
+MemoryObj or None for each, as ``RemoteBackend.batched_get_blocking`` takes
+it): the keys after a missing one are still read. The connector is loaded by
 lmcache/v1/storage_backend/connector/external_adapter.py from
 ``remote_url: "external://host:0/kvpool.integrations.lmcache_connector/?connector_name=KvpoolConnector"``
 (external_adapter.py read at commit 0c4184dab7b7ff92a1b1aae12124ef357848f4c8),
@@ -43,8 +45,11 @@ one chunk's bytes plus 256, 64 KiB..256 MiB; default: the full chunk that
 LMCache's metadata (``kv_shape``, ``kv_dtype``; passed as ``metadata`` or
 found on ``local_cpu_backend.metadata``) implies, as
 ``RemoteConnector.init_chunk_meta`` computes it, plus the header; with
-neither, construction fails: no role falls back to a size of its own), ``kvpool_model`` (default ``config.extra_config["model"]`` or
-"lmcache").
+neither, construction fails: no role falls back to a size of its own),
+``kvpool_timeout_s`` (every pool call, default 10), ``kvpool_model``
+(default ``config.extra_config["model"]`` or "lmcache"). A block size or
+timeout that is not a positive number is refused naming its key
+(``kvpool.InvalidArgument``, a RuntimeError) before the pool is contacted.
 
 Each LMCache chunk is one kvpool block: a 256-byte header (magic, payload
 length, shape, dtype name, memory format) then the chunk's bytes, then
@@ -115,6 +120,17 @@ def decode_header(block):
     return length, meta["shape"], meta["dtype"], meta["fmt"]
 
 
+def _number(value, kind, key):
+    """value as a positive int or float, else InvalidArgument naming key."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or isinstance(value, bool) or number <= 0:
+        raise kvpool.InvalidArgument(f"kvpool: extra_config {key}={value!r} is not a positive number")
+    return number
+
+
 def _fmt_value(fmt):
     value = getattr(fmt, "value", fmt)
     return int(value) if isinstance(value, (int, np.integer)) else value
@@ -158,9 +174,6 @@ class KvpoolRemoteConnector:
         extra = setting(config, "extra_config") or {}
         self.loop = loop
         self.local_cpu_backend = local_cpu_backend
-        self.client = connect(extra.get("kvpool_coordinator"), extra.get("kvpool_secret_file"),
-                              extra.get("kvpool_timeout_s", 10.0), client)
-        self._owns_client = client is None
         # One rule in every role: the scheduler's local_cpu_backend is LMCache's
         # SafeLocalCPUBackend (no metadata), so a default there would give it
         # another block size, hence another namespace, than the workers.
@@ -168,9 +181,12 @@ class KvpoolRemoteConnector:
                  block_bytes_for(metadata) or block_bytes_for(getattr(local_cpu_backend, "metadata", None)))
         if not block:
             raise kvpool.InvalidArgument(
-                "kvpool: no block size: LMCache passed no metadata with kv_shape/kv_dtype here (the scheduler "
-                "role of the external:// route); set extra_config kvpool_block_bytes in every role")
-        block = int(block)
+                "kvpool: no block size: LMCache passed no metadata with kv_shape/kv_dtype to this role (the "
+                "scheduler of the external:// route gets none); set extra_config kvpool_block_bytes in every role")
+        block = _number(block, int, "kvpool_block_bytes")
+        timeout = _number(extra.get("kvpool_timeout_s", 10.0), float, "kvpool_timeout_s")
+        self.client = connect(extra.get("kvpool_coordinator"), extra.get("kvpool_secret_file"), timeout, client)
+        self._owns_client = client is None
         model = extra.get("kvpool_model") or extra.get("model") or "lmcache"
         self.namespace = self.client.register_namespace(model_id=str(model), dtype="bytes", num_layers=0,
                                                         num_kv_heads=0, head_dim=0, tokens_per_block=0,
@@ -219,6 +235,11 @@ class KvpoolRemoteConnector:
 
     def _get_sync(self, keys) -> List["MemoryObj"]:
         """MemoryObjs for the longest present prefix of keys."""
+        return self._get_prefix(keys)[0]
+
+    def _get_prefix(self, keys):
+        """(MemoryObjs for the longest present prefix of keys, whether it
+        stopped because LMCache's allocator is full)."""
         out = []
         kv_keys = self._keys(keys)
         for start in range(0, len(kv_keys), STAGING_SLOTS):
@@ -228,11 +249,25 @@ class KvpoolRemoteConnector:
                 for s in slots[:loaded]:
                     obj = self._to_memory_obj(self.staging.view(s))
                     if obj is None:
-                        return out
+                        return out, True
                     out.append(obj)
             if loaded < len(batch):
                 break
-        return out
+        return out, False
+
+    def _get_each(self, keys) -> List[Optional["MemoryObj"]]:
+        """One MemoryObj or None per key (batched_get's contract): the keys
+        after a missing one are still read; once LMCache's allocator is
+        full, the rest are None."""
+        keys = list(keys)
+        out = []
+        while len(out) < len(keys):
+            got, full = self._get_prefix(keys[len(out):])
+            out += got
+            if full or len(out) == len(keys):
+                break
+            out.append(None)  # keys[len(out)] is not in the pool
+        return out + [None] * (len(keys) - len(out))
 
     def _to_memory_obj(self, block):
         length, shape, dtype, fmt = decode_header(block)
@@ -252,8 +287,7 @@ class KvpoolRemoteConnector:
         return True
 
     async def batched_get(self, keys: List["CacheEngineKey"]) -> List[Optional["MemoryObj"]]:
-        objs = await self._run(self._get_sync, list(keys))
-        return objs + [None] * (len(keys) - len(objs))
+        return await self._run(self._get_each, list(keys))
 
     def support_batched_get_non_blocking(self) -> bool:
         return True
