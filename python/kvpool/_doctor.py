@@ -148,6 +148,7 @@ class Doctor:
         self.namespace = None  # the scratch namespace, once registered
         self.transports = ""  # UCX transports the round trip used
         self.stuck = False  # a step is still running in the C library
+        self.setup_error = None  # why the client could not start UCX as configured
 
     def step(self, fn, calls=1):
         """fn() bounded by `calls` client timeouts plus a margin."""
@@ -209,16 +210,16 @@ class Doctor:
             return Check("secret", SKIP, f"{secret_where}: not verified: {why}", **sdata)
 
         try:
-            self.client = self.step(lambda: kvpool.Client(address, a.secret_file or None, timeout_s=self.timeout,
-                                                          client_id="kvpool-doctor"))
+            self.client = self.start(address)
         except kvpool.PermissionDenied as e:
             return (Check("coordinator", OK, f"{where}: reachable; it answered the handshake", **cdata),
                     Check("secret", FAIL, f"{secret_where}: authentication refused: the coordinator does not share "
                           "this secret; copy the coordinator's secret file here (mode 0600), or point --secret-file "
                           f"or ${ENV_SECRET_FILE} at a copy of it", **sdata, error=str(e)))
         except (kvpool.FailedPrecondition, kvpool.Internal) as e:
-            # The C client reads the secret file before it dials, and these
-            # are its refusals of the file (runtime/common/secret.h).
+            # start() ruled out UCX: the C client reads the secret file next,
+            # before it dials, and these are its refusals of the file
+            # (runtime/common/secret.h).
             secret_check = Check("secret", FAIL, f"{secret_where}: unusable: {e.message}", **sdata, error=str(e))
             if etcd:
                 return Check("coordinator", SKIP, f"{where}: not tried: no usable secret", **cdata), secret_check
@@ -246,6 +247,33 @@ class Doctor:
         return (Check("coordinator", OK, f"{where}: reachable", **cdata),
                 Check("secret", OK, f"{secret_where}: accepted by the coordinator", **sdata))
 
+    def start(self, address):
+        """A client (None when only UCX could not start: self.setup_error),
+        or the exception that tells what is wrong."""
+
+        def connect(tls):
+            return self.step(lambda: kvpool.Client(address, self.args.secret_file or None, timeout_s=self.timeout,
+                                                   client_id="kvpool-doctor", tls=tls))
+
+        try:
+            return connect("")
+        except (kvpool.FailedPrecondition, kvpool.Internal) as e:
+            first = e
+        # The client starts UCX before it reads the secret file, and both
+        # fail with these codes: again with UCX's in-process transport only
+        # ("self", which needs no device), which settles which one it was.
+        # The control connection is TCP either way.
+        try:
+            retry = connect("self")
+        except (kvpool.FailedPrecondition, kvpool.Internal):
+            raise  # not UCX's configuration: the secret file
+        except BaseException:
+            self.setup_error = first
+            raise
+        self.setup_error = first
+        self.step(retry.close)
+        return None
+
     def probe(self, address):
         try:
             return self.step(lambda: tcp_probe(address, self.timeout))
@@ -253,6 +281,8 @@ class Doctor:
             return f"TCP connect: {e} (name resolution?)"
 
     def roundtrip(self):
+        if self.setup_error is not None:
+            return Check("roundtrip", SKIP, "the client cannot start UCX as configured (see ucx)")
         if self.client is None:
             return Check("roundtrip", SKIP, "no connection to the pool")
         if self.args.no_write:
@@ -316,6 +346,9 @@ class Doctor:
         if settings:
             library += f"; {settings}"
         data = dict(ucx_version=version, ucx_library=path, transports=self.transports or None)
+        if self.setup_error is not None:
+            return Check("ucx", FAIL, f"the client cannot start UCX: {self.setup_error.message}; {library}", **data,
+                         error=str(self.setup_error))
         if self.transports:
             return Check("ucx", OK, f"transports used: {self.transports}; {library}", **data)
         why = "no block moved (the round trip did not run)" if self.client is None or self.args.no_write else \
@@ -417,28 +450,45 @@ def run(args):
     if not args.timeout > 0:
         print("kvpool doctor: --timeout must be positive", file=sys.stderr)
         return 2
-    kvpool.set_log_level(args.log_level)
-    d = Doctor(args)
-    checks = []
+    try:
+        kvpool.set_log_level(args.log_level)
+    except kvpool.InvalidArgument as e:
+        print(f"kvpool doctor: --log-level: {e.message}", file=sys.stderr)
+        return 2
+    # UCX prints its warnings to stdout: while the checks run, file
+    # descriptor 1 is stderr, so stdout carries the report only (and --json
+    # stays parseable).
+    sys.stdout.flush()
+    report_fd = os.dup(1)
+    os.dup2(2, 1)
+    out = os.fdopen(report_fd, "w")
+    try:
+        d = Doctor(args)
+        checks = []
 
-    def report(*cs):
-        for c in cs:
-            checks.append(c)
-            if not args.json:
-                print(c.line(), flush=True)
+        def report(*cs):
+            for c in cs:
+                checks.append(c)
+                if not args.json:
+                    print(c.line(), file=out, flush=True)
 
-    report(d.package(), d.python())
-    report(*d.connection())
-    report(d.roundtrip(), d.ucx(), d.gpu(), d.torch())
-    d.close()
-    failed = [c.name for c in checks if c.status == FAIL]
+        report(d.package(), d.python())
+        report(*d.connection())
+        report(d.roundtrip(), d.ucx(), d.gpu(), d.torch())
+        d.close()
+        failed = [c.name for c in checks if c.status == FAIL]
+        if args.json:
+            print(json.dumps({"ok": not failed, "failed": failed, "checks": [c.as_dict() for c in checks]},
+                             indent=2), file=out)
+    finally:
+        out.flush()
+        sys.stdout.flush()
+        os.dup2(report_fd, 1)
+        out.close()
     status = 1 if failed else 0
-    if args.json:
-        print(json.dumps({"ok": not failed, "failed": failed, "checks": [c.as_dict() for c in checks]}, indent=2))
     if d.stuck:
         # A step's thread is still inside the C library: leave without
         # waiting for it (interpreter shutdown would join the client's work).
-        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     return status

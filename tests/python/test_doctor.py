@@ -122,6 +122,19 @@ def test_a_wrong_secret_fails_naming_the_secret(secured_pool, tmp_path):
     assert "authentication refused" not in detail
 
 
+def test_a_ucx_that_cannot_start_fails_ucx_not_the_secret(secured_pool, secret):
+    # The client starts UCX before it reads the secret, and both fail with
+    # the same codes; UCX also prints to stdout, which --json must survive.
+    env = dict(os.environ, UCX_TLS="no-such-transport")
+    p, _ = doctor("--coordinator", secured_pool.coordinator, "--secret-file", str(secret), "--json", env=env)
+    assert p.returncode == 1, p.stdout + p.stderr
+    report = json.loads(p.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["failed"] == ["ucx"], p.stdout
+    assert checks["coordinator"]["status"] == "ok" and checks["secret"]["status"] == "ok"
+    assert "UCX_TLS=no-such-transport" in checks["ucx"]["detail"] and checks["roundtrip"]["status"] == "skip"
+
+
 def test_nothing_listening_fails_unreachable_quickly(secret):
     address = f"127.0.0.1:{free_port()}"
     p, took = doctor("--coordinator", address, "--secret-file", str(secret), "--timeout", str(scaled(60)))
