@@ -11,13 +11,14 @@ file and the fix.
 import argparse
 import sys
 
+from . import _doctor
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m kvpool", description="kvpool's command line")
     commands = p.add_subparsers(dest="command", metavar="COMMAND")
-    from . import _doctor
     doctor = commands.add_parser("doctor", help="check this install: the library, the pool, the secret, a round trip, "
-                                 "the GPU path", description=_doctor.__doc__.split("\n\n")[0])
+                                 "the GPU path", description=_doctor.DESCRIPTION)
     _doctor.add_arguments(doctor)
     args = p.parse_args(argv)
     if args.command == "doctor":

@@ -34,6 +34,9 @@ import kvpool.gpu
 from . import _capi
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
+DESCRIPTION = ("Checks this kvpool install from inside an engine's venv: the package and its libkvpool_c.so, the "
+               "coordinator, the cluster secret, a round trip of one block, UCX, the GPU path, torch. One line per "
+               "check (ok, FAIL or skip and the reason); exit status 0 only when no check failed.")
 
 # As the engine adapters resolve them (kvpool/integrations/_common.py, not
 # imported here: it needs numpy).
@@ -495,6 +498,6 @@ def run(args):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m kvpool doctor", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m kvpool doctor", description=DESCRIPTION)
     add_arguments(p)
     return run(p.parse_args(argv))
