@@ -83,6 +83,7 @@ int; one or a sequence) to kvpool keys (XXH3-128 seeded with the namespace
 id over a type byte and the key's bytes: deterministic everywhere);
 ``set_log_level("warn")`` sets the runtime's stderr level (trace, debug,
 info, warn, error, off); ``library_path()``; ``__version__`` (the library's).
+``python -m kvpool doctor`` checks an install against a pool (python/README.md).
 
 Errors. Sizes and namespaces are checked before anything moves. Every error
 the package raises is a ``kvpool.Error``, and every ``kvpool.Error`` is a

@@ -5,8 +5,9 @@ Builds the wheel (scripts/build_wheel.sh), starts a real kvpool-agent
 --standalone from the build's bin/ on a port the OS picks, with a secret file
 of its own, then for each pyenv interpreter 3.10, 3.12 and 3.13: creates a
 fresh venv (no numpy, nothing but pip), installs the wheel with pip
---no-index --no-deps, and runs CHECK in it from a directory outside the
-source tree: a host put/get round trip through bytearray and memoryview,
+--no-index --no-deps, and runs `python -m kvpool doctor` (exit 0: no
+check failed) and CHECK in it from a directory outside the source tree:
+CHECK is a host put/get round trip through bytearray and memoryview,
 errors that are RuntimeErrors, and every native library loaded from the
 venv (none from the system's UCX). Exits 77 (ctest's skip) when an
 interpreter is missing and none failed.
@@ -165,6 +166,8 @@ def main():
                 steps = [[python, "-m", "venv", str(venv)],
                          [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                           str(wheel)],
+                         [str(venv / "bin" / "python"), "-m", "kvpool", "doctor", "--coordinator", coordinator,
+                          "--secret-file", str(secret)],
                          [str(venv / "bin" / "python"), str(check)]]
                 for step in steps:
                     r = subprocess.run(step, cwd=work, env=env, capture_output=True, text=True, timeout=240)
