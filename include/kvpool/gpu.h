@@ -177,6 +177,58 @@ class Transfer {
   virtual Result<TransferResult> wait() = 0;
 };
 
+// Layer by layer. A pool block is layer-major (runtime/gpu/plan.h), so
+// layer l's share of every block is one contiguous slice, and a block whose
+// namespace has L layers carries a checksum per slice (slot format version
+// 2, pool/slot_header.h) when L divides it and it spans two granules or more.
+//
+// A layer-wise load copies on the mover's own stream, layer after layer;
+// layer_event(l) is recorded once layer l's slices of every found block are
+// in their pages and have been checksummed on the GPU, and the model's stream
+// waits for it before layer l (cudaStreamWaitEvent: no host
+// synchronisation), so layer l's copy overlaps the compute of layers < l.
+// A CUDA event cannot refuse to fire, so a layer whose slice fails its
+// checksum is still in the pages when the model runs: wait(), in the same
+// step, reports done = the leading blocks whose every layer verified, and
+// the engine discards what it computed from the others (it recomputes
+// them): the output equals a recompute either way. Blocks whose namespace
+// has one slice are checked whole, after the last layer.
+//
+// Only the mapped path loads layer by layer. On the staged path (blocks on
+// agents not mapped here) the blocks come whole over UCX first: every
+// layer_event() is the one event recorded after the whole transfer (as with
+// GpuOptions::staged_stream_order), so nothing overlaps.
+class LayerTransfer : public Transfer {
+ public:
+  virtual std::uint32_t layers() const = 0;
+  // Owned by the transfer; l < layers().
+  virtual CUevent_st* layer_event(std::uint32_t layer) const = 0;
+  // Leading keys found in the pool, known when load_layers returns: their
+  // pages are being filled; the caller computes the rest.
+  virtual std::size_t found() const = 0;
+};
+
+// A layer-wise save: save_layer(l, stream) once the work queued on `stream`
+// writes layer l's KV into the pages (the model's stream, right after layer
+// l); the mover's stream waits for that point and copies layer l's slices
+// into the pool slots and checksums them, so `stream` itself never waits.
+// finish() commits the blocks once every layer was saved: a block is in the
+// pool whole or not at all.
+class LayerSave {
+ public:
+  // Aborts an unfinished save once its copies ended; destroy before the mover.
+  virtual ~LayerSave() = default;
+  virtual std::uint32_t layers() const = 0;
+  // kInvalidArgument for l >= layers() or a layer saved twice; mapped saves
+  // enqueue here, staged ones (blocks placed on agents not mapped here) move
+  // every layer whole when the last one is saved.
+  virtual Status save_layer(std::uint32_t layer, CUstream_st* stream) = 0;
+  // Waits for the copies and commits: the result as Transfer::wait()'s for
+  // a save. kFailedPrecondition (nothing committed) when a layer was not
+  // saved. A second call returns the first outcome.
+  virtual Result<TransferResult> finish() = 0;
+};
+
 class KvMover {
  public:
   // The client must outlive the mover, and have registered ns (whose block
@@ -193,6 +245,16 @@ class KvMover {
   // Loads the longest present prefix of keys into pages[i].
   virtual Result<std::unique_ptr<Transfer>> load(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
                                                  CUstream_st* stream) = 0;
+  // Layer-wise forms (see LayerTransfer and LayerSave). load_layers orders
+  // its copies after the work already queued on `stream` (the pages are
+  // free from that point); the model's stream then waits on layer_event(l).
+  virtual Result<std::unique_ptr<LayerTransfer>> load_layers(std::span<const Key128> keys,
+                                                             std::span<const std::uint64_t> pages,
+                                                             CUstream_st* stream) = 0;
+  // Allocates the keys' slots now (as save() does); pages[i] stay the
+  // source until finish() returns.
+  virtual Result<std::unique_ptr<LayerSave>> begin_save_layers(std::span<const Key128> keys,
+                                                               std::span<const std::uint64_t> pages) = 0;
   virtual const GpuOptions& options() const = 0;
   virtual void set_options(const GpuOptions& options) = 0;  // between transfers
 };

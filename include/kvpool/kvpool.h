@@ -454,6 +454,42 @@ kvpool_status_t kvpool_gpu_transfer_wait(kvpool_gpu_transfer_t* transfer, kvpool
 /* Waits, then releases the transfer. NULL is a no-op. */
 void kvpool_gpu_transfer_destroy(kvpool_gpu_transfer_t* transfer);
 
+/* Layer by layer (gpu.h, LayerTransfer and LayerSave: the semantics, and
+ * the staged path's fallback to whole blocks).
+ *
+ * kvpool_gpu_load_layers: like kvpool_gpu_load, the copies ordered after the
+ * work queued on `stream`, but run layer after layer on the mover's own
+ * stream; *found_out (may be NULL) gets the leading keys found in the pool.
+ * The transfer is waited on and destroyed like any other; its
+ * kvpool_gpu_transfer_wait reports done = leading blocks whose every layer
+ * verified. */
+kvpool_status_t kvpool_gpu_load_layers(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
+                                       size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out,
+                                       size_t* found_out);
+/* Layers of a layer-wise transfer (0 for a transfer from kvpool_gpu_load or
+ * kvpool_gpu_save), and the cudaEvent_t recorded once layer `layer` is in its
+ * pages and checksummed (NULL past the layers); owned by the transfer. A
+ * model's stream waits on it with cudaStreamWaitEvent before that layer. */
+uint32_t kvpool_gpu_transfer_layers(kvpool_gpu_transfer_t* transfer);
+void* kvpool_gpu_transfer_layer_event(kvpool_gpu_transfer_t* transfer, uint32_t layer);
+
+typedef struct kvpool_gpu_layer_save kvpool_gpu_layer_save_t;
+/* Allocates slots for keys (pages[i] stay the source until finish). */
+kvpool_status_t kvpool_gpu_begin_save_layers(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys,
+                                             const uint64_t* pages, size_t num_keys,
+                                             kvpool_gpu_layer_save_t** save_out);
+/* Saves layer `layer` once the work queued on `stream` so far has written
+ * it (stream is not held). KVPOOL_INVALID_ARGUMENT for a layer out of range
+ * or saved twice. */
+kvpool_status_t kvpool_gpu_save_layer(kvpool_gpu_layer_save_t* save, uint32_t layer, void* stream);
+/* Waits for the copies and commits every block whose layers were all saved;
+ * KVPOOL_FAILED_PRECONDITION (nothing committed) when a layer was not.
+ * result may be NULL. */
+kvpool_status_t kvpool_gpu_save_finish(kvpool_gpu_layer_save_t* save, kvpool_gpu_transfer_result_t* result);
+/* Aborts an unfinished save (after its copies end), then releases it. NULL
+ * is a no-op. */
+void kvpool_gpu_save_destroy(kvpool_gpu_layer_save_t* save);
+
 /* 1 when a CUDA device is usable (and kvpool was built with CUDA), else 0. */
 int kvpool_gpu_available(void);
 
