@@ -472,6 +472,10 @@ kvpool_status_t kvpool_gpu_load_layers(kvpool_gpu_mover_t* mover, const kvpool_k
  * model's stream waits on it with cudaStreamWaitEvent before that layer. */
 uint32_t kvpool_gpu_transfer_layers(kvpool_gpu_transfer_t* transfer);
 void* kvpool_gpu_transfer_layer_event(kvpool_gpu_transfer_t* transfer, uint32_t layer);
+/* Makes `stream` wait for layer `layer` (cudaStreamWaitEvent on its event:
+ * no host synchronisation). KVPOOL_INVALID_ARGUMENT for a layer out of
+ * range or a transfer that is not layer-wise. */
+kvpool_status_t kvpool_gpu_transfer_wait_layer(kvpool_gpu_transfer_t* transfer, uint32_t layer, void* stream);
 
 typedef struct kvpool_gpu_layer_save kvpool_gpu_layer_save_t;
 /* Allocates slots for keys (pages[i] stay the source until finish). */
