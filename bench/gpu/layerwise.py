@@ -234,7 +234,8 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
         t.close()
         if arm == "layerwise":
             checks["found_short"] += int(t.found != nload)
-            load_stats.append({f: getattr(r, f) for f in ("total_ms", "copy_done_ms", "hash_done_ms", "control_ms")})
+            load_stats.append({f: getattr(r, f) for f in ("path", "total_ms", "copy_done_ms", "hash_done_ms",
+                                                          "control_ms")})
         return ms, (r, logits)
 
     def run_arm(arm):
