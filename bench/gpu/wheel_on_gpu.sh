@@ -2,7 +2,8 @@
 # The kvpool wheel as an engine's venv uses it, on the GPU machine (python/
 # README.md): the GPU tests, then a venv over the machine's Python with the
 # wheel installed by pip --no-index --no-deps, bench/gpu/package_check.py in
-# it, and the vLLM connector's GPU test (tests/python/gpu) in it.
+# it, and the GPU tests of tests/python/gpu (the vLLM connector, layer-wise
+# loads and saves) in it.
 # Expects bench/gpu/prepare.sh's .gpu/ (binaries, Debian's UCX, the wheel);
 # run from the repository root:  bash bench/gpu/wheel_on_gpu.sh   (carry .gpu)
 # SKIP_GPU_TEST=1 skips gpu_test. Logs go to $OUT (or /tmp/res).
@@ -38,7 +39,7 @@ echo "== package_check.py (venv) =="
 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR timeout 120 $V/bin/python "$R/bench/gpu/package_check.py" \
   --coordinator "127.0.0.1:$(cat /tmp/agent.port)" 2>&1 | tee "$RES/package.log"
 pkill -f "kvpool-agent --standalone --listen 127.0.0.1:0 --port-file /tmp/agent.port"; wait $A 2>/dev/null
-echo "== vLLM connector GPU test (venv, wheel) =="
-cd "$R/tests/python" && timeout 240 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR PYTHONPATH="$R/tests/python" \
+echo "== vLLM connector and layer-wise GPU tests (venv, wheel) =="
+cd "$R/tests/python" && timeout 300 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR PYTHONPATH="$R/tests/python" \
   KVPOOL_TEST_BIN_DIR=/tmp/agentbin PYTHONDONTWRITEBYTECODE=1 $V/bin/python -m pytest -q -p no:cacheprovider \
-  -rs -W ignore::DeprecationWarning gpu/test_vllm_gpu.py 2>&1 | tee "$RES/vllm_gpu.log" | tail -25
+  -rs -W ignore::DeprecationWarning gpu/test_vllm_gpu.py gpu/test_layerwise_gpu.py 2>&1 | tee "$RES/vllm_gpu.log" | tail -25

@@ -116,8 +116,14 @@ arguments of ``register_namespace``); ``KvMover(client, ns, layout, k,
 v=None, **options)`` over per-layer tensors (``data_ptr()``) or device
 pointers, with ``save(keys, pages, stream=None)`` and ``load(...)``
 returning a ``Transfer`` (``event``, ``wait()`` -> ``TransferResult``,
-``close()``); streams are ``torch.cuda.Stream`` objects or cudaStream_t
-ints. ``gpu_available()``. Semantics: include/kvpool/gpu.h.
+``close()``); layer by layer, ``load_layers(keys, pages, stream=None)`` ->
+``LayerTransfer`` (a Transfer with ``found``, ``layers``,
+``wait_layer(l, stream=None)``: the stream waits for layer l, the host does
+not; ``layer_event(l)``) and ``begin_save_layers(keys, pages)`` ->
+``LayerSave`` (``layers``, ``save_layer(l, stream=None)`` once the stream
+wrote layer l, ``finish()`` -> ``TransferResult``, commits whole blocks
+only, ``close()``); streams are ``torch.cuda.Stream`` objects or
+cudaStream_t ints. ``gpu_available()``. Semantics: include/kvpool/gpu.h.
 
 Engine adapters live in ``kvpool.integrations`` (SGLang HiCache storage,
 vLLM offloading manager, LMCache remote storage plugin and remote

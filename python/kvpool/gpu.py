@@ -136,13 +136,17 @@ class Transfer:
         self._result = None
         self.event = lib.kvpool_gpu_transfer_event(handle) or None
 
+    def _live(self):
+        if not self._handle:
+            raise InvalidArgument("the transfer is closed")
+        return self._handle
+
     def wait(self):
         if self._result is None:
-            if not self._handle:
-                raise InvalidArgument("the transfer is closed")
+            handle = self._live()
             r = _capi.GpuTransferResult()
             lib.kvpool_gpu_transfer_result_init(C.byref(r))
-            check(lib.kvpool_gpu_transfer_wait(self._handle, C.byref(r)))
+            check(lib.kvpool_gpu_transfer_wait(handle, C.byref(r)))
             self._result = TransferResult(r)
         return self._result
 
@@ -162,10 +166,115 @@ class Transfer:
             self.close()
 
 
+def _layer(layer):
+    return _capi.uint(layer, 32, "layer")
+
+
+class LayerTransfer(Transfer):
+    """A layer-wise load in flight (``KvMover.load_layers``; gpu.h,
+    LayerTransfer). ``found``: the leading keys found in the pool (known at
+    once: their pages are being filled, the caller computes the rest).
+    ``layers``: the namespace's layers. ``wait_layer(l, stream=None)`` makes
+    ``stream`` wait until layer l of every found block is in its pages and
+    checksummed (a stream wait, cudaStreamWaitEvent: the host does not
+    block), e.g. from a forward pre-hook of decoder layer l with
+    ``torch.cuda.current_stream()``; ``layer_event(l)`` is that cudaEvent_t
+    as an int, owned by the transfer. A CUDA event cannot refuse to fire: a
+    layer that fails its checksum is still in the pages when the stream
+    passes its wait, so ``wait()``, in the same step, gives ``done`` = the
+    leading blocks whose every layer verified (``stopped`` "data_loss" at a
+    failed one), and the engine discards what it computed from the rest. On
+    the staged path (blocks on agents not mapped here) every layer's wait is
+    the one for the whole transfer: nothing overlaps."""
+
+    def __init__(self, handle, mover, found):
+        super().__init__(handle, mover)
+        self.found = found
+        self.layers = int(lib.kvpool_gpu_transfer_layers(handle))
+
+    def _check_layer(self, layer):
+        layer = _layer(layer)
+        if layer >= self.layers:
+            raise InvalidArgument(f"layer {layer} of a transfer of {self.layers} layers")
+        return layer
+
+    def layer_event(self, layer):
+        """Layer ``layer``'s cudaEvent_t (an int), or None if the transfer has none."""
+        layer = self._check_layer(layer)
+        return lib.kvpool_gpu_transfer_layer_event(self._live(), layer) or None
+
+    def wait_layer(self, layer, stream=None):
+        """Makes ``stream`` (torch.cuda.Stream, a cudaStream_t int, None for
+        the legacy default stream) wait for layer ``layer``; returns at once."""
+        layer = self._check_layer(layer)
+        check(lib.kvpool_gpu_transfer_wait_layer(self._live(), layer, _stream(stream)))
+
+
+class LayerSave:
+    """A layer-wise save (``KvMover.begin_save_layers``; gpu.h, LayerSave):
+    its slots are allocated, and ``save_layer(l, stream=None)`` is called
+    once the work queued on ``stream`` so far writes layer l's KV into the
+    pages (e.g. from a forward hook of decoder layer l, with
+    ``torch.cuda.current_stream()``): the mover's own stream waits for that
+    point and copies layer l's slices into the pool, so ``stream`` never
+    waits. InvalidArgument for a layer out of range or saved twice.
+    ``finish()`` waits for the copies and commits the blocks once every
+    layer was saved, returning a TransferResult (``done``: keys now in the
+    pool; again on later calls); FailedPrecondition, with nothing committed,
+    when a layer was not saved. Blocks are in the pool whole or not at all.
+    The pages stay the source until ``finish()`` returns. ``close()``
+    releases it; before ``finish()`` it aborts the save (nothing committed)
+    once its copies ended. A context manager (exit closes: call ``finish()``
+    inside). ``layers``: the namespace's layers."""
+
+    def __init__(self, handle, mover):
+        self._handle = handle
+        self._mover = mover  # destroyed before its mover
+        mover._transfers.add(self)
+        self._result = None
+        self.layers = mover._layout.num_layers
+
+    def _live(self):
+        if not self._handle:
+            raise InvalidArgument("the layer-wise save is closed")
+        return self._handle
+
+    def save_layer(self, layer, stream=None):
+        check(lib.kvpool_gpu_save_layer(self._live(), _layer(layer), _stream(stream)))
+
+    def finish(self):
+        if self._result is None:
+            handle = self._live()
+            r = _capi.GpuTransferResult()
+            lib.kvpool_gpu_transfer_result_init(C.byref(r))
+            check(lib.kvpool_gpu_save_finish(handle, C.byref(r)))  # a second call gives the first outcome
+            self._result = TransferResult(r)
+        return self._result
+
+    def close(self):
+        handle, self._handle = self._handle, None
+        if handle:
+            lib.kvpool_gpu_save_destroy(handle)  # aborts an unfinished save once its copies ended
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self.close()
+
+
 class KvMover:
     """Moves KV pages between GPU tensors and the pool: ``save(keys, pages,
     stream)`` puts pages[i] under keys[i], ``load(keys, pages, stream)`` loads
     the longest present prefix of keys into pages[i]; both return a Transfer.
+    Layer by layer: ``load_layers(keys, pages, stream)`` -> LayerTransfer
+    (the model's stream waits per layer, so layer l's copy overlaps the
+    compute of the layers before it), ``begin_save_layers(keys, pages)`` ->
+    LayerSave (each layer saved once the model wrote it).
 
     k: per layer the combined tensor (vllm-paged; v None) or the K tensors,
     v: the V tensors; tensors (data_ptr()) or device pointers. The client must
@@ -219,12 +328,16 @@ class KvMover:
             raise InvalidArgument("the mover is closed")
         return self._handle
 
-    def _run(self, fn, keys, pages, stream):
+    @staticmethod
+    def _keys_pages(keys, pages):
         k = Keys(keys)
         pages = [_capi.uint(p, 64, f"pages[{i}]") for i, p in enumerate(pages)]
         if len(pages) != k.count:
             raise InvalidArgument(f"{k.count} keys and {len(pages)} pages")
-        pg = (C.c_uint64 * max(k.count, 1))(*pages)
+        return k, (C.c_uint64 * max(k.count, 1))(*pages)
+
+    def _run(self, fn, keys, pages, stream):
+        k, pg = self._keys_pages(keys, pages)
         t = C.c_void_p()
         check(fn(self._live(), k.array, pg, k.count, _stream(stream), C.byref(t)))
         return Transfer(t, self)
@@ -235,9 +348,32 @@ class KvMover:
     def load(self, keys, pages, stream=None):
         return self._run(lib.kvpool_gpu_load, keys, pages, stream)
 
+    def load_layers(self, keys, pages, stream=None):
+        """Loads the longest present prefix of keys into pages[i] layer by
+        layer, the copies ordered after the work already queued on
+        ``stream`` (the pages are free from that point) and run on the
+        mover's own stream. Returns a LayerTransfer: ``.found`` at once, a
+        stream waits per layer with ``wait_layer(l, stream)``."""
+        k, pg = self._keys_pages(keys, pages)
+        t = C.c_void_p()
+        found = C.c_size_t()
+        check(lib.kvpool_gpu_load_layers(self._live(), k.array, pg, k.count, _stream(stream), C.byref(t),
+                                         C.byref(found)))
+        return LayerTransfer(t, self, found.value)
+
+    def begin_save_layers(self, keys, pages):
+        """Starts a layer-wise save of pages[i] under keys[i] (their slots
+        are allocated now); returns a LayerSave to call ``save_layer(l,
+        stream)`` on for every layer, then ``finish()``."""
+        k, pg = self._keys_pages(keys, pages)
+        s = C.c_void_p()
+        check(lib.kvpool_gpu_begin_save_layers(self._live(), k.array, pg, k.count, C.byref(s)))
+        return LayerSave(s, self)
+
     def close(self):
-        """Waits for its transfers, then releases the mover (Client.close()
-        closes its movers first)."""
+        """Waits for its transfers (a layer-wise save not finished is
+        aborted), then releases the mover (Client.close() closes its movers
+        first)."""
         for t in list(self._transfers):
             t.close()
         handle, self._handle = self._handle, None
@@ -256,4 +392,4 @@ class KvMover:
             self.close()
 
 
-__all__ = ["KvLayout", "KvMover", "Transfer", "TransferResult", "gpu_available"]
+__all__ = ["KvLayout", "KvMover", "LayerSave", "LayerTransfer", "Transfer", "TransferResult", "gpu_available"]

@@ -2,10 +2,12 @@
 comes from, close() against calls in flight, and the GPU module on a
 machine without a GPU (conftest.py's pool)."""
 
+import ctypes as C
 import os
 import pathlib
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -168,3 +170,54 @@ def test_a_mover_without_a_gpu_is_refused_clearly(client):
         kvpool.gpu.KvMover(client, ns, layout, fake[:31])
     with pytest.raises(kvpool.InvalidArgument):
         kvpool.gpu.KvMover(client, ns, layout, fake, path="sideways")
+
+
+def test_the_layer_wise_c_calls_refuse_null_handles():
+    # Without a GPU no mover (so no transfer or save) exists to call them on;
+    # what they do with NULL is what a caller's mistake gets. Needs a
+    # libkvpool_c.so with the layer-wise calls (else the import fails).
+    from kvpool import _capi
+    lib, invalid = _capi.lib, _capi.INVALID_ARGUMENT
+    t, s, found = C.c_void_p(), C.c_void_p(), C.c_size_t(7)
+    assert lib.kvpool_gpu_load_layers(None, None, None, 0, None, C.byref(t), C.byref(found)) == invalid
+    assert not t.value
+    assert lib.kvpool_gpu_transfer_layers(None) == 0
+    assert lib.kvpool_gpu_transfer_layer_event(None, 0) is None
+    assert lib.kvpool_gpu_transfer_wait_layer(None, 0, None) == invalid
+    assert lib.kvpool_gpu_begin_save_layers(None, None, None, 0, C.byref(s)) == invalid
+    assert not s.value
+    assert lib.kvpool_gpu_save_layer(None, 0, None) == invalid
+    assert lib.kvpool_gpu_save_finish(None, None) == invalid
+    lib.kvpool_gpu_save_destroy(None)  # a no-op
+
+
+def test_the_layer_wise_python_calls_check_their_arguments_before_the_library():
+    mover = object.__new__(kvpool.gpu.KvMover)  # a closed mover: no GPU here to make one
+    mover._handle, mover._transfers = None, weakref.WeakSet()
+    keys = kvpool.prefix_keys(range(32), 1, 16)
+    with pytest.raises(kvpool.InvalidArgument, match="2 keys and 1 pages"):
+        mover.load_layers(keys, [0])
+    with pytest.raises(kvpool.InvalidArgument, match="pages"):
+        mover.begin_save_layers(keys, [0, -1])
+    for call in (mover.load_layers, mover.begin_save_layers):
+        with pytest.raises(kvpool.InvalidArgument, match="the mover is closed"):
+            call(keys, [0, 1])
+    transfer = object.__new__(kvpool.gpu.LayerTransfer)
+    transfer._handle, transfer._result, transfer.layers = None, None, 4
+    with pytest.raises(kvpool.InvalidArgument, match="layer 4 of a transfer of 4 layers"):
+        transfer.wait_layer(4)
+    with pytest.raises(kvpool.InvalidArgument, match="layer"):
+        transfer.layer_event(-1)
+    with pytest.raises(TypeError):
+        transfer.wait_layer(1.0)
+    for call in (lambda: transfer.wait_layer(3, 0x1234), lambda: transfer.layer_event(0), transfer.wait):
+        with pytest.raises(kvpool.InvalidArgument, match="the transfer is closed"):
+            call()
+    save = object.__new__(kvpool.gpu.LayerSave)
+    save._handle, save._result, save.layers = None, None, 4
+    for call in (lambda: save.save_layer(0), save.finish):
+        with pytest.raises(kvpool.InvalidArgument, match="the layer-wise save is closed"):
+            call()
+    save.close()  # closing twice is fine
+    with save:
+        pass
