@@ -12,6 +12,7 @@ KVPOOL_PACKAGES=(
   util-linux procps iptables
   etcd-server etcd-client
   python3-numpy python3-pytest python3-yaml patchelf
+  iperf3 redis-server redis-tools
   clang-14 libclang-rt-14-dev
 )
 
