@@ -235,7 +235,7 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
         if arm == "layerwise":
             checks["found_short"] += int(t.found != nload)
             load_stats.append({f: getattr(r, f) for f in ("path", "total_ms", "copy_done_ms", "hash_done_ms",
-                                                          "control_ms")})
+                                                          "control_ms", "enqueue_ms")})
         return ms, (r, logits)
 
     def run_arm(arm):
@@ -264,6 +264,53 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
         for arm in ARMS[rep % len(ARMS):] + ARMS[:rep % len(ARMS)]:
             times[arm].append(run_arm(arm)[0])
     return times, checks, load_stats
+
+
+def flip_byte_after(pid, needle, offset):
+    """Flips the byte `offset` bytes after `needle` (unique bytes of a block)
+    in the agent's shared writable memory (its pool region), through
+    /proc/PID/mem: a stray write. As tests/python/engines/pool_memory.py."""
+    maps = [line.split() for line in open(f"/proc/{pid}/maps")]
+    regions = [tuple(int(x, 16) for x in m[0].split("-")) for m in maps if m[1].startswith("rw") and m[1][3] == "s"]
+    chunk = 64 << 20
+    with open(f"/proc/{pid}/mem", "r+b", buffering=0) as mem:
+        for start, end in regions:
+            for pos in range(start, end, chunk):
+                mem.seek(pos)
+                data = mem.read(min(chunk + len(needle), end - pos))
+                i = data.find(needle)
+                if i >= 0:
+                    mem.seek(pos + i + offset)
+                    b = mem.read(1)
+                    mem.seek(pos + i + offset)
+                    mem.write(bytes([b[0] ^ 1]))
+                    return
+    raise LookupError("the block's bytes are not in the agent's memory")
+
+
+def corrupted_fetch(model, kv, mover, ids, keys, needle, block, layer, agent_pid, stream):
+    """A byte of one layer's slice of one block flipped in the pool: the
+    layer-wise fetch runs the step and reports that block in the same step;
+    the engine recomputes from it (the cache holds the blocks before it) and
+    its logits equal a full recompute's."""
+    nload = len(keys)
+    pre = nload * TPB
+    flip_byte_after(agent_pid, needle, 100)
+    kv.poison(pre)
+    t = mover.load_layers(keys, range(nload), stream)
+    model.transfer = t
+    try:
+        model(ids[:, pre:], kv, pre)  # the step runs on what arrived, the bad layer too
+    finally:
+        model.transfer = None
+    r = t.wait()
+    t.close()
+    good = r.done
+    logits = model(ids[:, good * TPB:], kv, good * TPB).float()  # recompute the failed blocks and the suffix
+    ref = model(ids, kv, 0).float()
+    same, rel = compare(logits, ref)
+    return dict(block=block, layer=layer, reported_done=good, stopped=r.stopped, argmax_equal=same, rel_l2=rel,
+                ok=good == block and r.stopped == "data_loss" and same and rel < 0.05)
 
 
 def save_arms(model, kv, mover, client, ns, ids, keys, reps, stream):
@@ -339,6 +386,10 @@ def run_length(model, client, n_tok, args, stream, fetch, save):
             with mover.save(keys[:nload], range(nload), stream) as t:
                 s = t.wait()
             assert client.lookup(ns, keys[:nload]) == nload, (s, nload)
+            # For the corrupted fetch: block j's first bytes in layer l's slice
+            # (hf-contiguous: head 0's K of its first token), as saved.
+            bad_block, bad_layer = nload // 2, L // 3
+            needle = kv.k[bad_layer][0, 0, bad_block * TPB].contiguous().view(torch.uint8).cpu().numpy().tobytes()
             kv_bytes = nload * TPB * 2 * L * H * D * 2
             times, checks, load_stats = fetch_arms(model, kv, mover, ids, keys[:nload], kv_bytes, args.reps, stream)
             med = {a: statistics.median(times[a]) for a in ARMS}
@@ -354,6 +405,10 @@ def run_length(model, client, n_tok, args, stream, fetch, save):
                 layerwise_load_last=load_stats[-1] if load_stats else None)
             row["ok"] = (checks["argmax_equal"] and checks["max_rel_l2"] < 0.05
                          and checks["loads_verified"] == checks["loads"] and checks["found_short"] == 0)
+            if args.agent_pid:
+                row["corrupted"] = corrupted_fetch(model, kv, mover, ids, keys[:nload], needle, bad_block, bad_layer,
+                                                   args.agent_pid, stream)
+                row["ok"] = row["ok"] and row["corrupted"]["ok"]
             client.remove(ns, keys)
         if save:
             row["save"] = save_arms(model, kv, mover, client, ns, ids, keys, args.reps, stream)
@@ -378,6 +433,8 @@ def main():
     ap.add_argument("--save-tokens", type=int, default=16384, help="0: no save-overhead run")
     ap.add_argument("--pool-size", default="12GiB")
     ap.add_argument("--json", default="")
+    ap.add_argument("--agent-pid", type=int, default=0,
+                    help="the agent's pid (same host): also fetch with one layer slice corrupted in its memory")
     args = ap.parse_args()
     lengths = [int(x) for x in args.tokens.split(",") if x]
     assert all(n % TPB == 0 and n > TPB for n in lengths + ([args.save_tokens] if args.save_tokens else []))
@@ -435,6 +492,12 @@ def main():
                   f"{s['plain_ms']:.1f} ms, ratio {fmt(s['ratio'])} (target <= 1.05); until committed "
                   f"{s['committed_ms']:.1f} ms, {fmt(s['committed_ratio'])} of the plain prefill; "
                   f"every block committed: {s['commits_ok']}")
+    for r in fetched:
+        if "corrupted" in r:
+            c = r["corrupted"]
+            print(f"{r['tokens']} tokens, a byte flipped in layer {c['layer']} of block {c['block']}: the step reported "
+                  f"done={c['reported_done']} ({c['stopped']}); recomputed from there: argmax equal "
+                  f"{c['argmax_equal']}, rel L2 {c['rel_l2']:.4f}")
     ok = all(r["ok"] for r in fetched) and all(r["save"]["commits_ok"] for r in rows if "save" in r)
     met = [r["layerwise_of_limit"]["median"] <= 1.15 for r in fetched]
     print("checks (argmax, rel L2 < 0.05, every load verified, every save committed):", "PASS" if ok else "FAIL")

@@ -85,7 +85,7 @@ if [[ $what == *model* || $what == *layerwise* ]]; then
       if [[ $what == *layerwise* ]]; then
         echo "== layer-wise fetch and save (layerwise.py) =="
         (cd "$OUT" && timeout 400 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR "$venv/bin/python" \
-          "$HERE/layerwise.py" --coordinator "127.0.0.1:$(cat "$port_file")" \
+          "$HERE/layerwise.py" --coordinator "127.0.0.1:$(cat "$port_file")" --agent-pid "$agent" \
           --json "$OUT/layerwise.json") > "$OUT/layerwise.log" 2>&1; t=$?
         echo "layerwise exit $t"; [[ $t == 0 ]] || rc=1
       fi
@@ -95,5 +95,5 @@ if [[ $what == *model* || $what == *layerwise* ]]; then
 fi
 [[ -f $OUT/gpu_bench.log ]] && cat "$OUT/gpu_bench.log"
 [[ -f $OUT/fetch.log ]] && tail -12 "$OUT/fetch.log"
-[[ -f $OUT/layerwise.log ]] && tail -11 "$OUT/layerwise.log"
+[[ -f $OUT/layerwise.log ]] && tail -12 "$OUT/layerwise.log"
 exit $rc

@@ -104,8 +104,10 @@ class LayerLoadImpl : public LayerTransfer {
     return result_;
   }
 
-  Status start(std::size_t nkeys, std::span<const std::uint64_t> pages, cudaStream_t stream, const GpuOptions& o) {
-    t0_ = SteadyClock::now();
+  Status start(std::size_t nkeys, std::span<const std::uint64_t> pages, cudaStream_t stream, const GpuOptions& o,
+               SteadyClock::time_point t0) {
+    t0_ = t0;
+    control_ms_ = ms_since(t0);  // the lookup (begin_mapped_get)
     found_ = mg_.found;
     Engine& e = m_.engine();
     const Plan& plan = e.plan();
@@ -196,6 +198,7 @@ class LayerLoadImpl : public LayerTransfer {
   Result<TransferResult> outcome(std::size_t nkeys) {
     TransferResult r;
     r.stats.path = "mapped";
+    r.stats.control_ms = control_ms_;
     r.stats.enqueue_ms = enqueue_ms_;
     Status s = cuda_status(cudaEventSynchronize(done_), "layer-wise copy from the pool");
     r.stats.copy_done_ms = ms_since(t0_);
@@ -247,6 +250,7 @@ class LayerLoadImpl : public LayerTransfer {
   std::vector<cudaEvent_t> layer_events_;
   cudaEvent_t done_ = nullptr;
   SteadyClock::time_point t0_;
+  double control_ms_ = 0;
   double enqueue_ms_ = 0;
   std::mutex mu_;
   Result<TransferResult> result_ = tl::unexpected(Status(StatusCode::kInternal, "transfer not run"));
@@ -486,9 +490,9 @@ class WholeSaveAsLayers : public LayerSave {
 
 Result<std::unique_ptr<LayerTransfer>> start_layer_load(MoverCore& m, MappedGet mg, std::size_t nkeys,
                                                         std::span<const std::uint64_t> pages, cudaStream_t stream,
-                                                        const GpuOptions& o) {
+                                                        const GpuOptions& o, SteadyClock::time_point t0) {
   auto t = std::make_unique<LayerLoadImpl>(m, std::move(mg));
-  if (Status s = t->start(nkeys, pages, stream, o); !s.ok()) return tl::unexpected(s);
+  if (Status s = t->start(nkeys, pages, stream, o, t0); !s.ok()) return tl::unexpected(s);
   return std::unique_ptr<LayerTransfer>(std::move(t));
 }
 

@@ -135,7 +135,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
       auto mg = client_.begin_mapped_get(ns_, keys);
       if (!mg) return tl::unexpected(mg.error());
       if (!(mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto)) {
-        return detail::start_layer_load(*this, std::move(*mg), keys.size(), pages, stream, o);
+        return detail::start_layer_load(*this, std::move(*mg), keys.size(), pages, stream, o, t0);
       }
       client_.finish_mapped_get(*mg, 0);
     }

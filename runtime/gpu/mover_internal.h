@@ -112,9 +112,10 @@ class MoverCore {
 // begin_mapped_get, pages[i] for its found blocks; the copies start after
 // the work queued on `stream`. save: mp from begin_mapped_put, every key
 // kWritten or settled (none placed on an agent not mapped here).
+// t0: when the caller's call began (the stats count from it).
 Result<std::unique_ptr<LayerTransfer>> start_layer_load(MoverCore& m, MappedGet mg, std::size_t nkeys,
                                                         std::span<const std::uint64_t> pages, cudaStream_t stream,
-                                                        const GpuOptions& o);
+                                                        const GpuOptions& o, SteadyClock::time_point t0);
 Result<std::unique_ptr<LayerSave>> start_layer_save(MoverCore& m, MappedPut mp, std::span<const std::uint64_t> pages,
                                                     const GpuOptions& o);
 

@@ -76,7 +76,7 @@ def test_put_contains_and_get_round_trip(pool, fake_lmcache, request):
     got, single, batched = asyncio.run(run())
     assert len(got) == 10
     for want, have in zip(objs, got):
-        assert have.shape == want.shape and have.dtype == "torch.bfloat16" and have.fmt == KV_2LTD
+        assert have.shape == want.shape and str(have.dtype) == "torch.bfloat16" and have.fmt == KV_2LTD
         np.testing.assert_array_equal(have.array, want.array)
     np.testing.assert_array_equal(single.array, objs[4].array)
     assert batched[2] is None and len(batched) == 3
