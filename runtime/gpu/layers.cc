@@ -142,7 +142,8 @@ class LayerLoadImpl : public LayerTransfer {
     std::byte* staging[2] = {nullptr, nullptr};
     for (auto*& b : staging) {
       if (s.ok() && n > 0) {
-        s = cuda_status(cudaMallocAsync(reinterpret_cast<void**>(&b), n * layer_bytes, copy), "cudaMallocAsync staging");
+        s = cuda_status(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&b), n * layer_bytes, m_.staging_pool(), copy),
+                        "cudaMallocFromPoolAsync staging");
       }
     }
     const auto runs = adjacent_runs(host, plan.block_bytes);
@@ -299,8 +300,9 @@ class LayerSaveImpl : public LayerSave {
     if (Status s = cuda_status(cudaSetDevice(e.device()), "cudaSetDevice"); !s.ok()) return s;
     for (auto*& b : staging_) {
       if (idx_.empty()) break;
-      if (Status s = cuda_status(cudaMallocAsync(reinterpret_cast<void**>(&b), idx_.size() * layer_bytes_, work_),
-                                 "cudaMallocAsync staging");
+      if (Status s = cuda_status(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&b), idx_.size() * layer_bytes_,
+                                                         m_.staging_pool(), work_),
+                                 "cudaMallocFromPoolAsync staging");
           !s.ok()) {
         return s;
       }

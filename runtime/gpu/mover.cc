@@ -61,6 +61,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
         }
       }
     }
+    if (staging_pool_ != nullptr) cudaMemPoolDestroy(staging_pool_);  // every staging buffer was freed into it
     for (auto& [base, held] : regions_) CudaRegions::instance().release(base, held.incarnation);
   }
 
@@ -175,9 +176,27 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   Client& client() override { return client_; }
   NamespaceId ns() const override { return ns_; }
   Engine& engine() override { return *engine_; }
+  cudaMemPool_t staging_pool() override {
+    std::lock_guard lock(mu_);
+    return staging_pool_;
+  }
   Status layer_streams(bool save, cudaStream_t& copy, cudaStream_t& work) override {
     std::lock_guard lock(mu_);
     cudaStream_t* pair = layer_streams_[save ? 1 : 0];
+    if (staging_pool_ == nullptr) {
+      if (Status s = cuda_status(cudaSetDevice(engine_->device()), "cudaSetDevice"); !s.ok()) return s;
+      cudaMemPoolProps props{};
+      props.allocType = cudaMemAllocationTypePinned;
+      props.location.type = cudaMemLocationTypeDevice;
+      props.location.id = engine_->device();
+      if (Status s = cuda_status(cudaMemPoolCreate(&staging_pool_, &props), "cudaMemPoolCreate"); !s.ok()) return s;
+      std::uint64_t keep_all = UINT64_MAX;
+      if (Status s = cuda_status(cudaMemPoolSetAttribute(staging_pool_, cudaMemPoolAttrReleaseThreshold, &keep_all),
+                                 "cudaMemPoolSetAttribute");
+          !s.ok()) {
+        return s;
+      }
+    }
     if (pair[0] == nullptr) {
       if (Status s = cuda_status(cudaSetDevice(engine_->device()), "cudaSetDevice"); !s.ok()) return s;
       for (int i = 0; i < 2; ++i) {
@@ -683,6 +702,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   cudaStream_t hash_stream_ = nullptr;  // save checksums beside the copies; guarded by mu_ (creation)
   // Layer-wise loads' and saves' (copy, work) stream pairs; guarded by mu_ (creation).
   cudaStream_t layer_streams_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};
+  cudaMemPool_t staging_pool_ = nullptr;  // guarded by mu_ (creation)
 };
 
 }  // namespace

@@ -106,6 +106,11 @@ class MoverCore {
   // checksums), so layer l+1's copy runs while layer l is scattered and
   // hashed.
   virtual Status layer_streams(bool save, cudaStream_t& copy, cudaStream_t& work) = 0;
+  // The mover's memory pool for staging buffers (cudaMallocFromPoolAsync):
+  // it keeps freed memory (release threshold: all), where CUDA's default
+  // pool hands it back to the driver at every synchronisation and the next
+  // transfer pays for the allocation again. Made with the streams.
+  virtual cudaMemPool_t staging_pool() = 0;
 };
 
 // Layer-wise transfers on the mapped path (layers.cc). load: mg from
