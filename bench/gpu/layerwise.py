@@ -57,24 +57,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
 
 import kvpool
 import kvpool.gpu
+from fetch_vs_recompute import start_agent  # noqa: E402 (beside this file, in bench/gpu and .gpu/scripts)
 
 TPB = 16
 MODEL_ID = "layerwise-random-llama-3-8b-shapes"
 ARMS = ("recompute", "sequential", "layerwise", "copy", "suffix")
-
-
-def start_agent(binary, pool_size):
-    d = tempfile.mkdtemp()
-    port_file = os.path.join(d, "port")
-    p = subprocess.Popen([binary, "--standalone", "--listen", "127.0.0.1:0", "--port-file", port_file,
-                          "--pool-size", pool_size, "--log-level", "warn"])
-    for _ in range(1200):
-        if os.path.exists(port_file) and open(port_file).read().strip():
-            return p, "127.0.0.1:" + open(port_file).read().strip()
-        if p.poll() is not None:
-            raise RuntimeError("agent exited")
-        time.sleep(0.1)
-    raise RuntimeError("agent did not start")
 
 
 class Model:

@@ -79,10 +79,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     if (o.path != Path::kStaged) {
       auto mp = client_.begin_mapped_put(ns_, keys);
       if (!mp) return tl::unexpected(mp.error());
-      bool unmapped = false;
-      for (std::size_t i = 0; i < keys.size(); ++i) {
-        unmapped |= mp->outcomes[i] == PutOutcome::kFailed && mp->errors[i].code() == StatusCode::kUnimplemented;
-      }
+      const bool unmapped = placed_unmapped(*mp);
       if (!(unmapped && o.path == Path::kAuto)) return save_mapped(std::move(*mp), keys, pages, stream, o, t0);
       client_.abort_mapped_put(*mp);
     }
@@ -110,6 +107,15 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   }
 
  private:
+  // Whether a key of the put was placed on an agent not mapped here (kAuto
+  // then takes the staged path for the whole batch).
+  static bool placed_unmapped(const MappedPut& mp) {
+    for (std::size_t i = 0; i < mp.outcomes.size(); ++i) {
+      if (mp.outcomes[i] == PutOutcome::kFailed && mp.errors[i].code() == StatusCode::kUnimplemented) return true;
+    }
+    return false;
+  }
+
   GpuOptions current_options() {
     std::lock_guard lock(mu_);
     return options_;
@@ -156,10 +162,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     if (o.path != Path::kStaged) {
       auto mp = client_.begin_mapped_put(ns_, keys);
       if (!mp) return tl::unexpected(mp.error());
-      bool unmapped = false;
-      for (std::size_t i = 0; i < keys.size(); ++i) {
-        unmapped |= mp->outcomes[i] == PutOutcome::kFailed && mp->errors[i].code() == StatusCode::kUnimplemented;
-      }
+      const bool unmapped = placed_unmapped(*mp);
       if (!(unmapped && o.path == Path::kAuto)) return detail::start_layer_save(*this, std::move(*mp), pages, o);
       client_.abort_mapped_put(*mp);
     }
