@@ -134,31 +134,38 @@ class KvpoolConnectorImpl:
         self._worker.register_kv_caches(kv_caches)
 
     def handle_preemptions(self, *args, **kwargs):
-        """Nothing to do: a save never outlives the step that started it
-        (wait_for_save), so a preempted request's blocks are never read after
-        vLLM frees them. Takes vLLM's argument of either form (a set of
+        """Nothing to do in practice: no transfer outlives the step that
+        started it (wait_for_save finishes or aborts the saves and waits for
+        the loads; get_block_ids_with_load_errors ends what a step without a
+        forward pass left), so a preempted request's pages are never read or
+        written after vLLM frees them. vLLM calls this before the step's
+        start_load_kv; it ends anything an earlier step left (a call sequence
+        that skipped both). Takes vLLM's argument of either form (a set of
         request ids, or the step's metadata in later releases)."""
-        return None
+        if self._worker is not None:
+            self._worker.end_step()
 
     def start_load_kv(self, forward_context, **kwargs):
         meta = self._connector_metadata if self.has_connector_metadata() else None
         self._worker.start_load_kv(meta)
 
     def wait_for_layer_load(self, layer_name):
-        """Whole-block loads: the first call of a step waits for all of the
-        step's loads, later calls return at once."""
-        self._worker.finish_loads()
+        """vLLM's current stream waits for this layer of the step's loads
+        (a stream wait: the host does not block)."""
+        self._worker.wait_for_layer_load(layer_name)
 
     def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
-        """Nothing per layer: wait_for_save saves whole blocks (all layers)."""
-        return None
+        """The step's saves take this layer from vLLM's current stream (the
+        mover's stream waits for that point; the host does not block)."""
+        self._worker.save_kv_layer(layer_name)
 
     def wait_for_save(self):
-        meta = self._connector_metadata if self.has_connector_metadata() else None
-        self._worker.save(meta)
+        """Waits for the step's loads, then commits the step's saves (or
+        aborts those of requests that read a block that failed to load)."""
+        self._worker.wait_for_save()
 
     def get_finished(self, finished_req_ids):
-        return None, None  # loads are synchronous and saves end with their step
+        return None, None  # loads and saves end with their step
 
     def get_block_ids_with_load_errors(self):
         return self._worker.take_invalid()
@@ -199,7 +206,9 @@ class KvpoolConnectorImpl:
 
     @classmethod
     def requires_piecewise_for_cudagraph(cls, extra_config):
-        return True  # wait_for_layer_load really waits: it must run outside captured graphs
+        # wait_for_layer_load and save_kv_layer enqueue waits on this step's
+        # transfers' events: they must run eagerly, outside captured graphs.
+        return True
 
     @classmethod
     def build_kv_connector_stats(cls, data=None):

@@ -8,11 +8,11 @@ after the workers ran, update_connector_output; once per finished request,
 request_finished.
 
 Loads are synchronous (load_kv_async False): a hit is loaded by the workers
-in the step that schedules the request, before its forward pass, and a block
-that fails to load is reported in that step (sync loading in
-KVConnectorBase_V1.get_block_ids_with_load_errors). Saves run at the end of
-the step that computed a block (wait_for_save), so request_finished never
-holds blocks.
+in the step that schedules the request, layer by layer beside its forward
+pass, and a block that fails to load is reported in that step (sync loading
+in KVConnectorBase_V1.get_block_ids_with_load_errors). Saves run layer by
+layer in the step that computes a block and end in its wait_for_save, so
+request_finished never holds blocks.
 """
 
 import logging
@@ -28,12 +28,17 @@ log = logging.getLogger("kvpool.vllm")
 class KvpoolConnectorMetadata:
     """What crosses from the scheduler to the workers in a step: per request,
     chain keys (16-byte bytes) and the page ids (vLLM block ids) they go to
-    or come from. Nothing else. Picklable; registered as a virtual subclass
+    or come from; and per request that saves, ``reads``: the page ids of its
+    blocks before the saved ones, whose KV the saved blocks were computed
+    over (a worker saves nothing of a request that read a block that failed
+    to load in the step, whichever request loaded it: vLLM's prefix cache
+    shares pages). Nothing else. Picklable; registered as a virtual subclass
     of vLLM's KVConnectorMetadata when vLLM loads the connector."""
 
-    def __init__(self, loads=None, saves=None):
+    def __init__(self, loads=None, saves=None, reads=None):
         self.loads = loads or []  # [(request id, [chain key], [page id])]
         self.saves = saves or []  # [(request id, [chain key], [page id])]
+        self.reads = reads or {}  # request id -> [page id]
 
     def __repr__(self):
         return (f"KvpoolConnectorMetadata(loads={sum(len(p) for _, _, p in self.loads)} blocks, "
@@ -128,8 +133,9 @@ class SchedulerSide:
         self._tracked[request.request_id] = _Tracked(request, block_ids, start + n)
 
     def build_connector_meta(self, scheduler_output):
-        """The step's loads and the blocks this step completes (saved at its
-        end). Reads scheduler_output, never changes it."""
+        """The step's loads, the blocks this step completes (saved during
+        it) and the pages those were computed over. Reads scheduler_output,
+        never changes it."""
         meta = KvpoolConnectorMetadata(loads=self._loads)
         self._loads = []
         progress = {}  # request id -> tokens computed once this step ran
@@ -162,6 +168,7 @@ class SchedulerSide:
                 if len(t.keys) < full:
                     t.keys = self._chain_keys(t.request, full)
                 meta.saves.append((req_id, t.keys[t.saved:full], t.block_ids[t.saved:full]))
+                meta.reads[req_id] = t.block_ids[:t.saved]
                 t.saved = full
         return meta
 
