@@ -234,7 +234,9 @@ class LayerSave {
   virtual std::uint32_t layers() const = 0;
   // kInvalidArgument for l >= layers() or a layer saved twice; mapped saves
   // enqueue here, staged ones (blocks placed on agents not mapped here) move
-  // every layer whole when the last one is saved.
+  // every layer whole in finish(), from the point the last save_layer
+  // marked on its stream. Either way a save destroyed unfinished commits
+  // nothing.
   virtual Status save_layer(std::uint32_t layer, CUstream_st* stream) = 0;
   // Waits for the copies and commits: the result as Transfer::wait()'s for
   // a save. kFailedPrecondition (nothing committed) when a layer was not

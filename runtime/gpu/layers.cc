@@ -459,33 +459,64 @@ class WholeAsLayers : public LayerTransfer {
 class WholeSaveAsLayers : public LayerSave {
  public:
   WholeSaveAsLayers(SaveWhole save, std::uint32_t layers) : save_(std::move(save)), saved_(layers, false) {}
+  ~WholeSaveAsLayers() override {
+    // Unfinished: nothing was put (the puts start in finish()), so nothing
+    // is committed and there is nothing to abort.
+    if (t_) (void)t_->wait();
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    if (ready_ != nullptr) cudaEventDestroy(ready_);
+  }
   std::uint32_t layers() const override { return static_cast<std::uint32_t>(saved_.size()); }
   Status save_layer(std::uint32_t layer, CUstream_st* stream) override {
     std::lock_guard lock(mu_);
+    if (finished_) return Status(StatusCode::kFailedPrecondition, "save_layer: the save is finished");
     if (layer >= saved_.size() || saved_[layer]) {
       return Status(StatusCode::kInvalidArgument, "save_layer: layer " + std::to_string(layer) +
                                                       (layer >= saved_.size() ? " out of range" : " saved twice"));
     }
     saved_[layer] = true;
     if (std::find(saved_.begin(), saved_.end(), false) != saved_.end()) return Status();
-    auto t = save_(stream);  // every layer is written: the whole blocks go
-    if (!t) return t.error();
-    t_ = std::move(*t);
-    return Status();
+    // Every layer is written once `stream` reaches this point: the whole
+    // blocks go from there, in finish(), so a save closed unfinished
+    // commits nothing, as on the mapped path.
+    if (Status s = cuda_status(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate"); !s.ok()) {
+      return s;
+    }
+    return cuda_status(cudaEventRecord(ready_, stream), "cudaEventRecord");
   }
   Result<TransferResult> finish() override {
     std::lock_guard lock(mu_);
-    if (!t_) {
-      return make_error(StatusCode::kFailedPrecondition, "layer-wise save: not every layer was saved");
+    if (finished_) return result_;
+    finished_ = true;
+    if (ready_ == nullptr) {
+      result_ = make_error(StatusCode::kFailedPrecondition, "layer-wise save: not every layer was saved");
+      return result_;
     }
-    return t_->wait();
+    Status s = cuda_status(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    if (s.ok()) s = cuda_status(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
+    if (!s.ok()) {
+      result_ = tl::unexpected(s);
+      return result_;
+    }
+    auto t = save_(stream_);
+    if (!t) {
+      result_ = tl::unexpected(t.error());
+      return result_;
+    }
+    t_ = std::move(*t);
+    result_ = t_->wait();
+    return result_;
   }
 
  private:
   SaveWhole save_;
   std::mutex mu_;
   std::vector<bool> saved_;        // guarded by mu_
-  std::unique_ptr<Transfer> t_;  // guarded by mu_
+  cudaEvent_t ready_ = nullptr;    // recorded once every layer was saved; guarded by mu_
+  cudaStream_t stream_ = nullptr;  // the whole-block save's, waiting for ready_
+  std::unique_ptr<Transfer> t_;    // guarded by mu_
+  bool finished_ = false;          // guarded by mu_
+  Result<TransferResult> result_ = tl::unexpected(Status(StatusCode::kInternal, "save not finished"));
 };
 
 }  // namespace

@@ -126,8 +126,9 @@ Result<std::unique_ptr<LayerSave>> start_layer_save(MoverCore& m, MappedPut mp, 
 
 // The staged fallbacks: a whole-block transfer seen as layers (every
 // layer_event() is its event(), which must be non-null: start it with
-// staged_stream_order), and a save that moves every layer whole once the
-// last one is saved, through `save` (the mover's save()).
+// staged_stream_order), and a save that moves every layer whole in
+// finish(), through `save` (the mover's staged save, ordered after the last
+// save_layer's point on its stream), so an unfinished one puts nothing.
 std::unique_ptr<LayerTransfer> whole_as_layers(std::unique_ptr<Transfer> t, std::uint32_t layers, std::size_t found);
 using SaveWhole = std::function<Result<std::unique_ptr<Transfer>>(cudaStream_t)>;
 std::unique_ptr<LayerSave> whole_save_as_layers(SaveWhole save, std::uint32_t layers);

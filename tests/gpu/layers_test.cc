@@ -199,6 +199,16 @@ TEST_CASE("layer-wise transfers to an agent over TCP fall back to whole blocks",
   REQUIRE(saved);
   CHECK(saved->done == keys.size());
   CHECK(saved->stats.path == "staged");
+  // Every layer saved but never finished: nothing was put.
+  {
+    auto other = keys_for(3, 975);
+    auto dropped = f.mover->begin_save_layers(other, std::vector<std::uint64_t>{20, 21, 22});
+    REQUIRE(dropped);
+    for (std::uint32_t l = 0; l < f.layout.num_layers; ++l) REQUIRE((*dropped)->save_layer(l, model).ok());
+    dropped->reset();
+    CUDA_OK(cudaStreamSynchronize(model));
+    CHECK((*f.p.client)->lookup(f.ns, other).value() == 0);
+  }
   std::vector<std::vector<std::byte>> expect;
   for (auto p : from) expect.push_back(f.t.page_bytes(p));
   f.t.poison();
