@@ -24,11 +24,11 @@ same semantics where a host can show them:
   the stream), InvalidArgument for a layer out of range or saved twice;
   ``finish()`` puts the blocks once every layer was saved, else
   FailedPrecondition with nothing committed; ``close()`` before it aborts.
-  ``layer_save_commits`` picks when the put happens: "finish" (the mapped
-  path: nothing is committed before finish(), so close() aborts) or
-  "last_layer" (the staged path, runtime/gpu/layers.cc WholeSaveAsLayers:
-  the whole blocks are put as soon as the last layer is saved, so a close()
-  after that aborts nothing).
+  ``layer_save_commits`` picks when the put happens: "finish" (KvMover on
+  both paths: nothing is committed before finish(), so close() aborts) or
+  "last_layer" (a mover that puts the whole blocks as soon as the last
+  layer is saved, as the staged path's WholeSaveAsLayers did before it
+  moved its put into finish(): the connector must stay correct with it).
 
 ``open`` holds a mover's layer-wise transfers not closed yet (a test checks
 that none outlives its step); ``calls`` counts the calls made."""

@@ -61,13 +61,15 @@ failed block needs.
   its new KV was computed over bad bytes. Else it saves the held-back layer
   from the current stream (after the whole forward pass) and finish()
   commits its blocks, whole.
-- Why one layer is held back: on the staged path (blocks placed on agents
-  not mapped into this process) a LayerSave puts the whole blocks, which
-  commits them, as soon as its last layer is saved (runtime/gpu/layers.cc,
-  WholeSaveAsLayers), so a close() after that would abort nothing. Saving
-  the last layer once the loads are known keeps the abort real on both
-  paths; on the mapped path it costs that layer's copy running after the
-  forward pass instead of beside its tail.
+- Why one layer is held back: so that a save can be aborted until the
+  step's loads are known, whatever the mover does at a last save_layer.
+  The staged path's LayerSave used to put (and so commit) the whole blocks
+  at its last save_layer; since runtime/gpu/layers.cc's WholeSaveAsLayers
+  puts in finish() instead, neither path commits before finish(), and the
+  hold-back is only a second guard (the CPU test's mover keeps the old
+  behaviour as its "last_layer" mode). It costs the last layer's copy
+  running after the forward pass instead of beside its tail; dropping it is
+  a follow-up.
 - When the forward pass does not save every layer exactly once (a layer
   saved twice, as a model run in micro-batches would; a layer never saved;
   a save_layer that failed), the step's layer-wise saves (or the failed one)
