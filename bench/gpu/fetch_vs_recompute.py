@@ -36,6 +36,16 @@ import kvpool.gpu
 TPB = 16
 
 
+def llama3_8b_config():
+    """Llama-3-8B's shapes (random weights: the seed and the bf16 default are
+    set here too, so every benchmark builds the same model)."""
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=128256, max_position_embeddings=65536,
+                       rope_theta=500000.0, attn_implementation="sdpa")
+
+
 def start_agent(binary, pool_size):
     d = tempfile.mkdtemp()
     port_file = os.path.join(d, "port")
@@ -94,11 +104,7 @@ def main():
     results = []
     try:
         client = kvpool.Client(coord, timeout_s=60)
-        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=65536,
-                          rope_theta=500000.0, attn_implementation="sdpa")
-        torch.manual_seed(0)
-        torch.set_default_dtype(torch.bfloat16)
+        cfg = llama3_8b_config()
         with torch.device("cuda"):
             model = LlamaForCausalLM(cfg)
         model.eval()

@@ -53,11 +53,11 @@ import time
 
 import torch
 import transformers
-from transformers import LlamaConfig, LlamaForCausalLM, StaticCache
+from transformers import LlamaForCausalLM, StaticCache
 
 import kvpool
 import kvpool.gpu
-from fetch_vs_recompute import start_agent  # noqa: E402 (beside this file, in bench/gpu and .gpu/scripts)
+from fetch_vs_recompute import llama3_8b_config, start_agent  # noqa: E402 (beside this file, in bench/gpu and .gpu/scripts)
 
 TPB = 16
 MODEL_ID = "layerwise-random-llama-3-8b-shapes"
@@ -434,11 +434,7 @@ def main():
     rows = []
     try:
         client = kvpool.Client(coord, timeout_s=60)
-        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                          num_key_value_heads=8, vocab_size=128256, max_position_embeddings=65536,
-                          rope_theta=500000.0, attn_implementation="sdpa")
-        torch.manual_seed(0)
-        torch.set_default_dtype(torch.bfloat16)
+        cfg = llama3_8b_config()
         model = Model(cfg)
         torch.cuda.synchronize()  # the weights, initialized on the default stream, before the side stream uses them
         info.update(cache_position_passed=model.cache_position)

@@ -122,38 +122,40 @@ class TransferResult:
                 f"path={self.path!r}, bytes={self.bytes}, total_ms={self.total_ms:.3f})")
 
 
-class Transfer:
-    """A save or load in flight. ``event`` is the cudaEvent_t (an int) recorded
-    on the caller's stream after the transfer's copies, or None (the staged
-    path: gpu.h); ``wait()`` blocks (GIL released) until the outcome is known
-    and returns a TransferResult (again on later calls). A context manager;
-    ``close()`` waits and releases it."""
+class _MoverOwned:
+    """A handle of the C API that belongs to a KvMover (a transfer, a
+    layer-wise save): closed before its mover, released by ``_destroy``
+    (kvpool.h), a context manager. ``_result(fn)`` runs the C call that fills
+    a kvpool_gpu_transfer_result_t once and returns its TransferResult again
+    on later calls."""
+
+    _what = "transfer"
+    _destroy = None  # the C function that releases the handle
 
     def __init__(self, handle, mover):
         self._handle = handle
-        self._mover = mover  # a transfer is destroyed before its mover
+        self._mover = mover  # destroyed before its mover
         mover._transfers.add(self)
-        self._result = None
-        self.event = lib.kvpool_gpu_transfer_event(handle) or None
+        self._outcome = None
 
     def _live(self):
         if not self._handle:
-            raise InvalidArgument("the transfer is closed")
+            raise InvalidArgument(f"the {self._what} is closed")
         return self._handle
 
-    def wait(self):
-        if self._result is None:
+    def _result(self, fn):
+        if self._outcome is None:
             handle = self._live()
             r = _capi.GpuTransferResult()
             lib.kvpool_gpu_transfer_result_init(C.byref(r))
-            check(lib.kvpool_gpu_transfer_wait(handle, C.byref(r)))
-            self._result = TransferResult(r)
-        return self._result
+            check(fn(handle, C.byref(r)))
+            self._outcome = TransferResult(r)
+        return self._outcome
 
     def close(self):
         handle, self._handle = self._handle, None
         if handle:
-            lib.kvpool_gpu_transfer_destroy(handle)  # waits for the transfer
+            type(self)._destroy(handle)
 
     def __enter__(self):
         return self
@@ -164,6 +166,23 @@ class Transfer:
     def __del__(self):
         if getattr(self, "_handle", None):
             self.close()
+
+
+class Transfer(_MoverOwned):
+    """A save or load in flight. ``event`` is the cudaEvent_t (an int) recorded
+    on the caller's stream after the transfer's copies, or None (the staged
+    path: gpu.h); ``wait()`` blocks (GIL released) until the outcome is known
+    and returns a TransferResult (again on later calls). A context manager;
+    ``close()`` waits and releases it."""
+
+    _destroy = staticmethod(lambda h: lib.kvpool_gpu_transfer_destroy(h))  # waits for the transfer
+
+    def __init__(self, handle, mover):
+        super().__init__(handle, mover)
+        self.event = lib.kvpool_gpu_transfer_event(handle) or None
+
+    def wait(self):
+        return self._result(lib.kvpool_gpu_transfer_wait)
 
 
 def _layer(layer):
@@ -210,7 +229,7 @@ class LayerTransfer(Transfer):
         check(lib.kvpool_gpu_transfer_wait_layer(self._live(), layer, _stream(stream)))
 
 
-class LayerSave:
+class LayerSave(_MoverOwned):
     """A layer-wise save (``KvMover.begin_save_layers``; gpu.h, LayerSave):
     its slots are allocated, and ``save_layer(l, stream=None)`` is called
     once the work queued on ``stream`` so far writes layer l's KV into the
@@ -227,44 +246,19 @@ class LayerSave:
     once its copies ended. A context manager (exit closes: call ``finish()``
     inside). ``layers``: the namespace's layers."""
 
-    def __init__(self, handle, mover):
-        self._handle = handle
-        self._mover = mover  # destroyed before its mover
-        mover._transfers.add(self)
-        self._result = None
-        self.layers = mover._layout.num_layers
+    _what = "layer-wise save"
+    # Aborts an unfinished save once its copies ended.
+    _destroy = staticmethod(lambda h: lib.kvpool_gpu_save_destroy(h))
 
-    def _live(self):
-        if not self._handle:
-            raise InvalidArgument("the layer-wise save is closed")
-        return self._handle
+    def __init__(self, handle, mover):
+        super().__init__(handle, mover)
+        self.layers = mover._layout.num_layers
 
     def save_layer(self, layer, stream=None):
         check(lib.kvpool_gpu_save_layer(self._live(), _layer(layer), _stream(stream)))
 
     def finish(self):
-        if self._result is None:
-            handle = self._live()
-            r = _capi.GpuTransferResult()
-            lib.kvpool_gpu_transfer_result_init(C.byref(r))
-            check(lib.kvpool_gpu_save_finish(handle, C.byref(r)))  # a second call gives the first outcome
-            self._result = TransferResult(r)
-        return self._result
-
-    def close(self):
-        handle, self._handle = self._handle, None
-        if handle:
-            lib.kvpool_gpu_save_destroy(handle)  # aborts an unfinished save once its copies ended
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None):
-            self.close()
+        return self._result(lib.kvpool_gpu_save_finish)  # a second call gives the first outcome
 
 
 class KvMover:

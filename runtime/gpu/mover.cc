@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "kvpool/gpu.h"
@@ -91,22 +92,29 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
     GpuOptions o = current_options();
     const auto t0 = SteadyClock::now();
-    if (o.path != Path::kStaged) {
-      auto mg = client_.begin_mapped_get(ns_, keys);
-      if (!mg) return tl::unexpected(mg.error());
-      // kAuto with a block on an agent not mapped here (mixed placement):
-      // the whole batch goes staged, as a mixed save does, so the load
-      // reaches as far as the pool has the prefix and event() means one
-      // thing for the whole transfer.
-      if (!(mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto)) {
-        return load_mapped(std::move(*mg), keys, pages, stream, o, t0);
-      }
-      client_.finish_mapped_get(*mg, 0);
-    }
+    auto mg = mapped_get(keys, o);
+    if (!mg) return tl::unexpected(mg.error());
+    if (*mg) return load_mapped(std::move(**mg), keys, pages, stream, o, t0);
     return start_staged(false, keys, pages, stream, o, t0);
   }
 
  private:
+  // The mapped get a load starts with, or none when the load goes staged:
+  // Path::kStaged, or kAuto with a block on an agent not mapped here (mixed
+  // placement: the whole batch goes staged, as a mixed save does, so the
+  // load reaches as far as the pool has the prefix and event() means one
+  // thing for the whole transfer).
+  Result<std::optional<MappedGet>> mapped_get(std::span<const Key128> keys, const GpuOptions& o) {
+    if (o.path == Path::kStaged) return std::optional<MappedGet>();
+    auto mg = client_.begin_mapped_get(ns_, keys);
+    if (!mg) return tl::unexpected(mg.error());
+    if (mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto) {
+      client_.finish_mapped_get(*mg, 0);
+      return std::optional<MappedGet>();
+    }
+    return std::optional<MappedGet>(std::move(*mg));
+  }
+
   // Whether a key of the put was placed on an agent not mapped here (kAuto
   // then takes the staged path for the whole batch).
   static bool placed_unmapped(const MappedPut& mp) {
@@ -138,14 +146,9 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
     GpuOptions o = current_options();
     const auto t0 = SteadyClock::now();
-    if (o.path != Path::kStaged) {
-      auto mg = client_.begin_mapped_get(ns_, keys);
-      if (!mg) return tl::unexpected(mg.error());
-      if (!(mg->stopped.code() == StatusCode::kUnimplemented && o.path == Path::kAuto)) {
-        return detail::start_layer_load(*this, std::move(*mg), keys.size(), pages, stream, o, t0);
-      }
-      client_.finish_mapped_get(*mg, 0);
-    }
+    auto mg = mapped_get(keys, o);
+    if (!mg) return tl::unexpected(mg.error());
+    if (*mg) return detail::start_layer_load(*this, std::move(**mg), keys.size(), pages, stream, o, t0);
     // Staged (gpu.h): whole blocks, every layer's event after all of them.
     auto found = client_.lookup(ns_, keys);
     if (!found) return tl::unexpected(found.error());

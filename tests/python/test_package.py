@@ -203,7 +203,7 @@ def test_the_layer_wise_python_calls_check_their_arguments_before_the_library():
         with pytest.raises(kvpool.InvalidArgument, match="the mover is closed"):
             call(keys, [0, 1])
     transfer = object.__new__(kvpool.gpu.LayerTransfer)
-    transfer._handle, transfer._result, transfer.layers = None, None, 4
+    transfer._handle, transfer._outcome, transfer.layers = None, None, 4
     with pytest.raises(kvpool.InvalidArgument, match="layer 4 of a transfer of 4 layers"):
         transfer.wait_layer(4)
     with pytest.raises(kvpool.InvalidArgument, match="layer"):
@@ -214,7 +214,7 @@ def test_the_layer_wise_python_calls_check_their_arguments_before_the_library():
         with pytest.raises(kvpool.InvalidArgument, match="the transfer is closed"):
             call()
     save = object.__new__(kvpool.gpu.LayerSave)
-    save._handle, save._result, save.layers = None, None, 4
+    save._handle, save._outcome, save.layers = None, None, 4
     for call in (lambda: save.save_layer(0), save.finish):
         with pytest.raises(kvpool.InvalidArgument, match="the layer-wise save is closed"):
             call()
