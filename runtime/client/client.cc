@@ -584,6 +584,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
   // payload's XXH3) while the next one moves: a streamed chunk hashed as it
   // arrived, a UCX get's on the verifier thread. At least four chunks per
   // batch, so small batches overlap too.
+  const std::uint32_t slices_per_block = slices(ns, *bb);  // the namespace's, for hashing streamed chunks
   const std::size_t chunk_blocks =
       std::max<std::size_t>(1, std::min<std::size_t>(kVerifyChunkBytes / *bb, (n + 3) / 4));
   struct Verdict {
@@ -731,7 +732,7 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
       // buffer and hashed while it is in cache, so verification makes no
       // second pass over memory (on two busy cores that pass cost a tenth
       // of the read's speed).
-      auto chunk = std::make_shared<detail::StreamedChunk>(std::move(ops), idx.size(), slices(ns, *bb));
+      auto chunk = std::make_shared<detail::StreamedChunk>(std::move(ops), idx.size(), slices_per_block);
       auto read = c.peer->start_stream_by_owner(
           c.region, chunk->ops,
           [chunk](std::size_t op, std::uint64_t offset, std::span<const std::byte> bytes) {
