@@ -3,7 +3,7 @@
 # README.md): the GPU tests, then a venv over the machine's Python with the
 # wheel installed by pip --no-index --no-deps, bench/gpu/package_check.py in
 # it, and the GPU tests of tests/python/gpu (the vLLM connector, layer-wise
-# loads and saves) in it.
+# loads and saves, UCM's device-pointer path) in it.
 # Expects bench/gpu/prepare.sh's .gpu/ (binaries, Debian's UCX, the wheel);
 # run from the repository root:  bash bench/gpu/wheel_on_gpu.sh   (carry .gpu)
 # SKIP_GPU_TEST=1 skips gpu_test. Logs go to $OUT (or /tmp/res).
@@ -42,4 +42,4 @@ pkill -f "kvpool-agent --standalone --listen 127.0.0.1:0 --port-file /tmp/agent.
 echo "== vLLM connector and layer-wise GPU tests (venv, wheel) =="
 cd "$R/tests/python" && timeout 300 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR PYTHONPATH="$R/tests/python" \
   KVPOOL_TEST_BIN_DIR=/tmp/agentbin PYTHONDONTWRITEBYTECODE=1 $V/bin/python -m pytest -q -p no:cacheprovider \
-  -rs -W ignore::DeprecationWarning gpu/test_vllm_gpu.py gpu/test_layerwise_gpu.py 2>&1 | tee "$RES/vllm_gpu.log" | tail -25
+  -rs -W ignore::DeprecationWarning gpu/test_vllm_gpu.py gpu/test_layerwise_gpu.py gpu/test_ucm_gpu.py 2>&1 | tee "$RES/vllm_gpu.log" | tail -25

@@ -270,6 +270,32 @@ class KvMover {
   // source until finish() returns.
   virtual Result<std::unique_ptr<LayerSave>> begin_save_layers(std::span<const Key128> keys,
                                                                std::span<const std::uint64_t> pages) = 0;
+
+  // Pointer rows: blocks whose bytes lie at device addresses each call
+  // gives, not in tensors known in advance (what UCM's store interface
+  // passes: per block one address per layer and K/V). A mover made by
+  // create_rows(client, ns, units) moves only these (the calls above are
+  // kInvalidArgument on it, and these on a layout's mover): block i of a
+  // call is the `units` runs at rows[i * units + u], u = 0..units-1, each
+  // block_bytes / units bytes (16-byte aligned), back to back in the pool
+  // block. Same paths, transfers and outcomes as save() and load(), but the
+  // checksums are always computed on the CPU (over the pool's bytes), and:
+  // `after` (may be null) is an event the copies wait for
+  // (cudaStreamWaitEvent), e.g. recorded on the compute stream once it wrote
+  // the KV (UCM's dump prerequisite); `stream` null means the mover's own
+  // non-blocking stream, not the legacy default one, so a caller with no
+  // stream of its own is ordered only by `after` and wait(). The rows are
+  // read during the call only.
+  static Result<std::unique_ptr<KvMover>> create_rows(Client& client, NamespaceId ns, std::uint32_t units,
+                                                      const GpuOptions& options = {});
+  virtual Result<std::unique_ptr<Transfer>> save_rows(std::span<const Key128> keys,
+                                                      std::span<const std::uint64_t> rows, CUstream_st* stream,
+                                                      CUevent_st* after = nullptr) = 0;
+  // Loads the longest present prefix of keys into their rows.
+  virtual Result<std::unique_ptr<Transfer>> load_rows(std::span<const Key128> keys,
+                                                      std::span<const std::uint64_t> rows, CUstream_st* stream,
+                                                      CUevent_st* after = nullptr) = 0;
+
   virtual const GpuOptions& options() const = 0;
   virtual void set_options(const GpuOptions& options) = 0;  // between transfers
 };

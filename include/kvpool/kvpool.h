@@ -425,6 +425,22 @@ kvpool_status_t kvpool_gpu_save(kvpool_gpu_mover_t* mover, const kvpool_key_t* k
 kvpool_status_t kvpool_gpu_load(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
                                 size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out);
 
+/* Pointer rows (gpu.h, KvMover::create_rows: the semantics): a mover for
+ * blocks given per call as rows of `units` device addresses (UCM's
+ * load_data/dump_data), each run block_bytes / units bytes. rows holds
+ * num_rows = num_keys * units addresses (key i's at rows[i * units ..]);
+ * `after` (a cudaEvent_t, may be NULL) is waited for before the copies;
+ * stream NULL: the mover's own stream. Such a mover takes only these two
+ * calls, and a layout's mover not them (KVPOOL_INVALID_ARGUMENT). */
+kvpool_status_t kvpool_gpu_row_mover_create(kvpool_client_t* client, uint64_t namespace_id, uint32_t units,
+                                            const kvpool_gpu_options_t* options, kvpool_gpu_mover_t** mover_out);
+kvpool_status_t kvpool_gpu_save_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                                     size_t num_rows, size_t num_keys, void* stream, void* after,
+                                     kvpool_gpu_transfer_t** transfer_out);
+kvpool_status_t kvpool_gpu_load_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                                     size_t num_rows, size_t num_keys, void* stream, void* after,
+                                     kvpool_gpu_transfer_t** transfer_out);
+
 /* The cudaEvent_t recorded on the caller's stream after the transfer's
  * copies (NULL on the staged path: gpu.h); owned by the transfer. */
 void* kvpool_gpu_transfer_event(kvpool_gpu_transfer_t* transfer);

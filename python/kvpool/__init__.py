@@ -122,7 +122,11 @@ returning a ``Transfer`` (``event``, ``wait()`` -> ``TransferResult``,
 not; ``layer_event(l)``) and ``begin_save_layers(keys, pages)`` ->
 ``LayerSave`` (``layers``, ``save_layer(l, stream=None)`` once the stream
 wrote layer l, ``finish()`` -> ``TransferResult``, commits whole blocks
-only, ``close()``); streams are ``torch.cuda.Stream`` objects or
+only, ``close()``); ``RowMover(client, ns, units, **options)`` for blocks
+given per call as rows of ``units`` device addresses (UCM's lists), with
+``save_rows(keys, rows, stream=None, after=None)`` and ``load_rows(...)``
+returning a ``Transfer`` (``after``: an event the copies wait for; stream
+None: the mover's own); streams are ``torch.cuda.Stream`` objects or
 cudaStream_t ints. ``gpu_available()``. Semantics: include/kvpool/gpu.h.
 
 Engine adapters live in ``kvpool.integrations`` (SGLang HiCache storage,

@@ -180,6 +180,9 @@ _SIGNATURES = {
     "kvpool_gpu_save_finish": (Status, [P, _ptr(GpuTransferResult)]),
     "kvpool_gpu_save_destroy": (None, [P]),
     "kvpool_gpu_available": (C.c_int, []),
+    "kvpool_gpu_row_mover_create": (Status, [P, C.c_uint64, C.c_uint32, _ptr(GpuOptions), _ptr(P)]),
+    "kvpool_gpu_save_rows": (Status, [P, P, _ptr(C.c_uint64), C.c_size_t, C.c_size_t, P, P, _ptr(P)]),
+    "kvpool_gpu_load_rows": (Status, [P, P, _ptr(C.c_uint64), C.c_size_t, C.c_size_t, P, P, _ptr(P)]),
 }
 
 

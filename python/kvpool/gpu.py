@@ -261,7 +261,57 @@ class LayerSave(_MoverOwned):
         return self._result(lib.kvpool_gpu_save_finish)  # a second call gives the first outcome
 
 
-class KvMover:
+class _Mover:
+    """What both movers share: the C handle, options, closing (transfers
+    first; Client.close() closes its movers first), a context manager."""
+
+    _DEFAULTS = dict(path="auto", mover="copy_engine", chunk_bytes=0, verify_loads=True, hash_threads=0, device=-1,
+                     gpu_checksums=True, staged_stream_order=False)
+
+    def _open(self, client, create):
+        self._handle = None
+        self._transfers = weakref.WeakSet()  # closed before the mover
+        self._client = client  # the C mover uses the client: keep it referenced
+        handle = C.c_void_p()
+        check(create(C.byref(handle)))
+        self._handle = handle
+        client._dependents.add(self)  # closed before the client
+
+    def set_options(self, **options):
+        """Replaces the options (between transfers); keywords as in the constructor."""
+        unknown = set(options) - set(self._DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
+        o = _options(**{**self._DEFAULTS, **options})
+        check(lib.kvpool_gpu_mover_set_options(self._live(), C.byref(o)))
+
+    def _live(self):
+        if not self._handle:
+            raise InvalidArgument("the mover is closed")
+        return self._handle
+
+    def close(self):
+        """Waits for its transfers (a layer-wise save not finished is
+        aborted), then releases the mover."""
+        for t in list(self._transfers):
+            t.close()
+        handle, self._handle = self._handle, None
+        if handle:
+            lib.kvpool_gpu_mover_destroy(handle)
+        self._tensors = None  # the engine's memory may go now
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self.close()
+
+
+class KvMover(_Mover):
     """Moves KV pages between GPU tensors and the pool: ``save(keys, pages,
     stream)`` puts pages[i] under keys[i], ``load(keys, pages, stream)`` loads
     the longest present prefix of keys into pages[i]; both return a Transfer.
@@ -284,7 +334,6 @@ class KvMover:
     def __init__(self, client, namespace_id, layout, k, v=None, *, path="auto", mover="copy_engine", chunk_bytes=0,
                  verify_loads=True, hash_threads=0, device=-1, gpu_checksums=True, staged_stream_order=False):
         self._handle = None
-        self._transfers = weakref.WeakSet()  # closed before the mover
         if not isinstance(layout, KvLayout):
             raise TypeError(f"layout: expected a kvpool.gpu.KvLayout, got {type(layout).__name__}")
         n = layout.num_layers
@@ -297,30 +346,11 @@ class KvMover:
         k_ptrs = (C.c_void_p * max(n, 1))(*[_pointer(t, f"k[{i}]") for i, t in enumerate(k)])
         v_ptrs = None if v is None else (C.c_void_p * max(n, 1))(*[_pointer(t, f"v[{i}]") for i, t in enumerate(v)])
         o = _options(path, mover, chunk_bytes, verify_loads, hash_threads, device, gpu_checksums, staged_stream_order)
-        self._client = client  # the C mover uses the client: keep it referenced
         self._layout = layout
         self._tensors = (k, v)  # keep the engine's tensors referenced while the mover may write them
-        handle = C.c_void_p()
-        check(lib.kvpool_gpu_mover_create(client._c_handle, _capi.uint(namespace_id, 64, "namespace_id"),
-                                          C.byref(layout._c), k_ptrs, v_ptrs, C.byref(o), C.byref(handle)))
-        self._handle = handle
-        client._dependents.add(self)  # closed before the client
-
-    def set_options(self, **options):
-        """Replaces the options (between transfers); keywords as in the constructor."""
-        defaults = dict(path="auto", mover="copy_engine", chunk_bytes=0, verify_loads=True, hash_threads=0, device=-1,
-                        gpu_checksums=True, staged_stream_order=False)
-        unknown = set(options) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown options: {', '.join(sorted(unknown))}")
-        defaults.update(options)
-        o = _options(**defaults)
-        check(lib.kvpool_gpu_mover_set_options(self._live(), C.byref(o)))
-
-    def _live(self):
-        if not self._handle:
-            raise InvalidArgument("the mover is closed")
-        return self._handle
+        ns = _capi.uint(namespace_id, 64, "namespace_id")
+        self._open(client, lambda out: lib.kvpool_gpu_mover_create(client._c_handle, ns, C.byref(layout._c), k_ptrs,
+                                                                   v_ptrs, C.byref(o), out))
 
     @staticmethod
     def _keys_pages(keys, pages):
@@ -364,26 +394,58 @@ class KvMover:
         check(lib.kvpool_gpu_begin_save_layers(self._live(), k.array, pg, k.count, C.byref(s)))
         return LayerSave(s, self)
 
-    def close(self):
-        """Waits for its transfers (a layer-wise save not finished is
-        aborted), then releases the mover (Client.close() closes its movers
-        first)."""
-        for t in list(self._transfers):
-            t.close()
-        handle, self._handle = self._handle, None
-        if handle:
-            lib.kvpool_gpu_mover_destroy(handle)
-        self._tensors = None  # the engine's memory may go now
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None):
-            self.close()
 
 
-__all__ = ["KvLayout", "KvMover", "LayerSave", "LayerTransfer", "Transfer", "TransferResult", "gpu_available"]
+class RowMover(_Mover):
+    """Moves blocks given as rows of device pointers (gpu.h,
+    KvMover::create_rows; what UCM's store interface passes): block i of a
+    call is the ``units`` runs at ``rows[i][0..units)``, each block_bytes /
+    units bytes (16-byte aligned), back to back in the pool block.
+    ``save_rows(keys, rows, stream=None, after=None)`` and
+    ``load_rows(keys, rows, stream=None, after=None)`` return a Transfer
+    (load: the longest present prefix; a block failing its checksum ends
+    it, ``stopped`` "data_loss"). ``after``: a cudaEvent_t (an int, or
+    anything with ``cuda_event``, e.g. torch.cuda.Event) the copies wait
+    for; ``stream`` None: the mover's own stream (not the legacy default
+    one), so a caller with no stream is ordered by ``after`` and
+    ``wait()`` alone. rows: a sequence of rows (or a 2-D array) of device
+    addresses; read during the call only. Checksums are the CPU's. Options
+    as for KvMover."""
+
+    def __init__(self, client, namespace_id, units, *, path="auto", mover="copy_engine", chunk_bytes=0,
+                 verify_loads=True, hash_threads=0, device=-1, gpu_checksums=True, staged_stream_order=False):
+        self._handle = None
+        self.units = _capi.uint(units, 32, "units")
+        o = _options(path, mover, chunk_bytes, verify_loads, hash_threads, device, gpu_checksums, staged_stream_order)
+        ns = _capi.uint(namespace_id, 64, "namespace_id")
+        self._open(client, lambda out: lib.kvpool_gpu_row_mover_create(client._c_handle, ns, self.units, C.byref(o),
+                                                                       out))
+
+    def _rows(self, keys, rows):
+        k = Keys(keys)
+        flat = []
+        for i, row in enumerate(rows):
+            row = [int(a) for a in row]
+            if len(row) != self.units:
+                raise InvalidArgument(f"rows[{i}]: {len(row)} addresses, the mover's blocks have {self.units} runs")
+            flat.extend(row)
+        if len(flat) != k.count * self.units:
+            raise InvalidArgument(f"{k.count} keys and {len(flat) // max(self.units, 1)} rows")
+        return k, (C.c_uint64 * max(len(flat), 1))(*[_capi.uint(a, 64, "address") for a in flat]), len(flat)
+
+    def _run(self, fn, keys, rows, stream, after):
+        k, table, n = self._rows(keys, rows)
+        event = None if after is None else (_capi.uint(getattr(after, "cuda_event", after), 64, "after") or None)
+        t = C.c_void_p()
+        check(fn(self._live(), k.array, table, n, k.count, _stream(stream), event, C.byref(t)))
+        return Transfer(t, self)
+
+    def save_rows(self, keys, rows, stream=None, after=None):
+        return self._run(lib.kvpool_gpu_save_rows, keys, rows, stream, after)
+
+    def load_rows(self, keys, rows, stream=None, after=None):
+        return self._run(lib.kvpool_gpu_load_rows, keys, rows, stream, after)
+
+
+__all__ = ["KvLayout", "KvMover", "LayerSave", "LayerTransfer", "RowMover", "Transfer", "TransferResult",
+           "gpu_available"]

@@ -147,6 +147,50 @@ kvpool_status_t kvpool_gpu_mover_set_options(kvpool_gpu_mover_t* mover, const kv
   });
 }
 
+kvpool_status_t kvpool_gpu_row_mover_create(kvpool_client_t* client, uint64_t namespace_id, uint32_t units,
+                                            const kvpool_gpu_options_t* options, kvpool_gpu_mover_t** mover_out) {
+  return guarded("kvpool_gpu_row_mover_create", [&] {
+    if (client == nullptr || mover_out == nullptr) return invalid("client or mover_out is NULL");
+    kvpool::gpu::GpuOptions o;
+    if (auto s = to_gpu_options(options, o); s != KVPOOL_OK) return s;
+    auto m = kvpool::gpu::KvMover::create_rows(*client->client, namespace_id, units, o);
+    if (!m) return record(m.error());
+    *mover_out = new kvpool_gpu_mover{std::move(*m)};
+    return ok();
+  });
+}
+
+namespace {
+kvpool_status_t rows_transfer(bool save, kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                              size_t num_rows, size_t num_keys, void* stream, void* after,
+                              kvpool_gpu_transfer_t** transfer_out) {
+  if (mover == nullptr || transfer_out == nullptr) return invalid("mover or transfer_out is NULL");
+  if (num_keys > 0 && (keys == nullptr || rows == nullptr)) return invalid("keys or rows is NULL");
+  auto k = to_keys(keys, num_keys);
+  std::span<const std::uint64_t> r(rows, num_rows);
+  auto s = static_cast<CUstream_st*>(stream);
+  auto e = static_cast<CUevent_st*>(after);
+  auto t = save ? mover->mover->save_rows(k, r, s, e) : mover->mover->load_rows(k, r, s, e);
+  if (!t) return record(t.error());
+  *transfer_out = new kvpool_gpu_transfer{std::move(*t)};
+  return ok();
+}
+}  // namespace
+
+kvpool_status_t kvpool_gpu_save_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                                     size_t num_rows, size_t num_keys, void* stream, void* after,
+                                     kvpool_gpu_transfer_t** transfer_out) {
+  return guarded("kvpool_gpu_save_rows",
+                 [&] { return rows_transfer(true, mover, keys, rows, num_rows, num_keys, stream, after, transfer_out); });
+}
+
+kvpool_status_t kvpool_gpu_load_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                                     size_t num_rows, size_t num_keys, void* stream, void* after,
+                                     kvpool_gpu_transfer_t** transfer_out) {
+  return guarded("kvpool_gpu_load_rows",
+                 [&] { return rows_transfer(false, mover, keys, rows, num_rows, num_keys, stream, after, transfer_out); });
+}
+
 kvpool_status_t kvpool_gpu_save(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
                                 size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out) {
   return guarded("kvpool_gpu_save", [&] { return gpu_transfer(true, mover, keys, pages, num_keys, stream, transfer_out); });

@@ -13,15 +13,33 @@ Status cuda_status(cudaError_t err, const char* what) {
                                            cudaGetErrorString(err) + ")");
 }
 
+bool gpu_available(std::string* why) {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess || n == 0) {
+    if (why != nullptr) {
+      *why = err != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err) : "no CUDA device";
+    }
+    return false;
+  }
+  return true;
+}
+
 namespace {
 MovePlan move_plan(const Plan& p) {
-  return MovePlan{p.run_bytes, p.segs, p.units, p.seg_stride, p.pages_per_row, p.row_stride, p.page_stride};
+  return MovePlan{p.run_bytes,  p.segs,       p.units,       p.seg_stride,
+                  p.pages_per_row, p.row_stride, p.page_stride, p.table ? 1u : 0u};
 }
 }  // namespace
 
 #define KVPOOL_CUDA(call, what)                                 \
   do {                                                          \
     if (Status st_ = cuda_status((call), what); !st_.ok()) return st_; \
+  } while (0)
+// The same in a function returning Result<T>.
+#define KVPOOL_CUDA_R(call, what)                                                    \
+  do {                                                                               \
+    if (Status st_ = cuda_status((call), what); !st_.ok()) return tl::unexpected(st_); \
   } while (0)
 
 Result<std::unique_ptr<Engine>> Engine::create(const KvLayout& layout, const KvTensors& tensors,
@@ -33,37 +51,41 @@ Result<std::unique_ptr<Engine>> Engine::create(const KvLayout& layout, const KvT
   std::unique_ptr<Engine> e(new Engine());
   e->plan_ = *plan;
   e->host_bases_ = *bases;
-  if (device < 0) {
-    if (Status s = cuda_status(cudaGetDevice(&device), "cudaGetDevice"); !s.ok()) return tl::unexpected(s);
-  }
-  e->device_ = device;
-  auto fail = [](Status s) { return tl::unexpected(s); };
-  if (Status s = cuda_status(cudaSetDevice(device), "cudaSetDevice"); !s.ok()) return fail(s);
-  if (Status s = cuda_status(cudaDeviceGetAttribute(&e->sms_, cudaDevAttrMultiProcessorCount, device),
-                             "cudaDeviceGetAttribute");
-      !s.ok()) {
-    return fail(s);
-  }
-  e->chunk_bytes_ = std::max<std::uint64_t>(chunk_bytes, e->plan_.block_bytes);
-  if (Status s = cuda_status(cudaMalloc(reinterpret_cast<void**>(&e->bases_), bases->size() * 8), "cudaMalloc");
-      !s.ok()) {
-    return fail(s);
-  }
-  if (Status s = cuda_status(cudaMemcpy(e->bases_, bases->data(), bases->size() * 8, cudaMemcpyHostToDevice),
-                             "cudaMemcpy");
-      !s.ok()) {
-    return fail(s);
-  }
-  e->staging_bytes_ = e->chunk_bytes_ / e->plan_.block_bytes * e->plan_.block_bytes;
-  if (Status s = cuda_status(cudaMalloc(reinterpret_cast<void**>(&e->staging_), e->staging_bytes_), "cudaMalloc staging");
-      !s.ok()) {
-    return fail(s);
-  }
-  if (Status s = cuda_status(cudaEventCreateWithFlags(&e->staging_free_, cudaEventDisableTiming), "cudaEventCreate");
-      !s.ok()) {
-    return fail(s);
-  }
+  if (Status s = e->init(chunk_bytes, device); !s.ok()) return tl::unexpected(s);
+  KVPOOL_CUDA_R(cudaMalloc(reinterpret_cast<void**>(&e->bases_), bases->size() * 8), "cudaMalloc");
+  KVPOOL_CUDA_R(cudaMemcpy(e->bases_, bases->data(), bases->size() * 8, cudaMemcpyHostToDevice), "cudaMemcpy");
   return e;
+}
+
+Result<std::unique_ptr<Engine>> Engine::create_rows(std::uint64_t block_bytes, std::uint32_t units,
+                                                    std::uint64_t chunk_bytes, int device) {
+  if (units == 0 || block_bytes == 0 || block_bytes % units != 0 || (block_bytes / units) % 16 != 0) {
+    return make_error(StatusCode::kInvalidArgument,
+                      "gpu rows: " + std::to_string(units) + " runs per block of " + std::to_string(block_bytes) +
+                          " bytes: the runs must be equal and a multiple of 16 bytes");
+  }
+  std::unique_ptr<Engine> e(new Engine());
+  Plan& p = e->plan_;
+  p.table = true;
+  p.run_bytes = block_bytes / units;
+  p.units = units;
+  p.block_bytes = block_bytes;
+  p.pages = UINT64_MAX;  // row addresses: no range to check
+  p.page_stride = p.run_bytes;
+  if (Status s = e->init(chunk_bytes, device); !s.ok()) return tl::unexpected(s);
+  return e;
+}
+
+Status Engine::init(std::uint64_t chunk_bytes, int device) {
+  if (device < 0) KVPOOL_CUDA(cudaGetDevice(&device), "cudaGetDevice");
+  device_ = device;
+  KVPOOL_CUDA(cudaSetDevice(device), "cudaSetDevice");
+  KVPOOL_CUDA(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  chunk_bytes_ = std::max<std::uint64_t>(chunk_bytes, plan_.block_bytes);
+  staging_bytes_ = chunk_bytes_ / plan_.block_bytes * plan_.block_bytes;
+  KVPOOL_CUDA(cudaMalloc(reinterpret_cast<void**>(&staging_), staging_bytes_), "cudaMalloc staging");
+  KVPOOL_CUDA(cudaEventCreateWithFlags(&staging_free_, cudaEventDisableTiming), "cudaEventCreate");
+  return Status();
 }
 
 Engine::~Engine() {
@@ -128,7 +150,9 @@ Status Engine::enqueue(bool save, std::span<const std::uint64_t> pages, std::spa
       case Mover::kPerPage:
         for (std::size_t j = 0; j < n; ++j) {
           for (std::uint32_t u = 0; u < plan_.units; ++u) {
-            auto* gpu = reinterpret_cast<std::byte*>(host_bases_[u / plan_.segs] + plan_.run_offset(lb.page[j], u));
+            auto* gpu = reinterpret_cast<std::byte*>(
+                plan_.table ? reinterpret_cast<const std::uint64_t*>(lb.page[j])[u]
+                            : host_bases_[u / plan_.segs] + plan_.run_offset(lb.page[j], u));
             std::byte* host = host_blocks[first + j] + static_cast<std::uint64_t>(u) * plan_.run_bytes;
             KVPOOL_CUDA(cudaMemcpyAsync(save ? static_cast<void*>(host) : gpu, save ? static_cast<void*>(gpu) : host,
                                         plan_.run_bytes, save ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice,

@@ -25,6 +25,14 @@ class Engine {
   // for Mover::kCopyEngine of max(chunk_bytes, one block).
   static Result<std::unique_ptr<Engine>> create(const KvLayout& layout, const KvTensors& tensors,
                                                 std::uint64_t chunk_bytes, int device);
+  // An engine for pointer rows (KvMover::create_rows): blocks of
+  // block_bytes made of `units` runs of block_bytes / units bytes each, at
+  // addresses each call gives. Its "pages" are addresses of rows of `units`
+  // run addresses in mapped pinned host memory (the kernels read them from
+  // there; the per-page mover on the host), so no page is out of range, and
+  // checksums are the CPU's (can_hash() is false).
+  static Result<std::unique_ptr<Engine>> create_rows(std::uint64_t block_bytes, std::uint32_t units,
+                                                     std::uint64_t chunk_bytes, int device);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
@@ -48,7 +56,7 @@ class Engine {
   // XXH3-64 of slice s of page pages[i]'s block (the slot header's slice
   // table; slices must divide the block's runs), out device-accessible
   // (mapped pinned memory).
-  bool can_hash() const { return plan_.run_bytes % 64 == 0; }
+  bool can_hash() const { return !plan_.table && plan_.run_bytes % 64 == 0; }
   // Only slices [slice_begin, slice_end) when given (one layer's).
   Status enqueue_hash(std::span<const std::uint64_t> pages, std::uint32_t slices, std::uint64_t* out,
                       cudaStream_t stream, std::uint32_t slice_begin = 0, std::uint32_t slice_end = 0xffffffffu);
@@ -66,6 +74,9 @@ class Engine {
 
  private:
   Engine() = default;
+  // What create and create_rows share once plan_ is set: the device, the
+  // staging chunk and its event.
+  Status init(std::uint64_t chunk_bytes, int device);
   Plan plan_;
   int device_ = 0;
   int sms_ = 132;

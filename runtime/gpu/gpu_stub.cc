@@ -13,4 +13,8 @@ Result<std::unique_ptr<KvMover>> KvMover::create(Client&, NamespaceId, const KvL
   return make_error(StatusCode::kUnimplemented, "gpu: kvpool was built without CUDA (no nvcc at configure time)");
 }
 
+Result<std::unique_ptr<KvMover>> KvMover::create_rows(Client&, NamespaceId, std::uint32_t, const GpuOptions&) {
+  return make_error(StatusCode::kUnimplemented, "gpu: kvpool was built without CUDA (no nvcc at configure time)");
+}
+
 }  // namespace kvpool::gpu

@@ -15,6 +15,7 @@ struct KernelPlan {
   std::uint64_t row_stride;
   std::uint64_t page_stride;
   std::uint64_t run_bytes;
+  std::uint32_t table;
 };
 
 constexpr int kThreads = 256;
@@ -33,9 +34,14 @@ __global__ void __launch_bounds__(kThreads) move_kernel(KernelPlan p, std::uint3
     const std::uint32_t b = static_cast<std::uint32_t>(run / u_count);
     const std::uint32_t u = u_begin + static_cast<std::uint32_t>(run % u_count);
     const std::uint64_t page = t.page[b];
-    const std::uint64_t off = (page / p.pages_per_row) * p.row_stride + (page % p.pages_per_row) * p.page_stride +
-                              static_cast<std::uint64_t>(u % p.segs) * p.seg_stride;
-    uint4* gpu = reinterpret_cast<uint4*>(bases[u / p.segs] + off);
+    std::uint64_t addr;
+    if (p.table) {
+      addr = reinterpret_cast<const std::uint64_t*>(page)[u];
+    } else {
+      addr = bases[u / p.segs] + (page / p.pages_per_row) * p.row_stride + (page % p.pages_per_row) * p.page_stride +
+             static_cast<std::uint64_t>(u % p.segs) * p.seg_stride;
+    }
+    uint4* gpu = reinterpret_cast<uint4*>(addr);
     uint4* blk = reinterpret_cast<uint4*>(t.block[b] + static_cast<std::uint64_t>(u) * p.run_bytes);
     const uint4* src = kGather ? gpu : blk;
     uint4* dst = kGather ? blk : gpu;
@@ -103,8 +109,8 @@ cudaError_t launch_move(bool gather, const MovePlan& plan, const std::uint64_t* 
   if (u_end > plan.units) u_end = plan.units;
   if (blocks.n == 0 || u_begin >= u_end) return cudaSuccess;
   const std::uint32_t count = u_end - u_begin;
-  KernelPlan p{plan.run_bytes / 16, plan.segs,      plan.units,       plan.seg_stride,
-               plan.pages_per_row, plan.row_stride, plan.page_stride, plan.run_bytes};
+  KernelPlan p{plan.run_bytes / 16,  plan.segs,       plan.units,       plan.seg_stride,
+               plan.pages_per_row, plan.row_stride, plan.page_stride, plan.run_bytes, plan.table};
   const std::uint64_t runs = static_cast<std::uint64_t>(blocks.n) * count;
   const unsigned grid = static_cast<unsigned>(std::min<std::uint64_t>(runs, static_cast<std::uint64_t>(sms) * 8));
   if (gather) {

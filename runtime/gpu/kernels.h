@@ -22,6 +22,10 @@ struct MovePlan {
   std::uint64_t pages_per_row;
   std::uint64_t row_stride;
   std::uint64_t page_stride;
+  // Pointer rows (Engine::create_rows): a block's "page" is the address of
+  // its row of `units` run addresses (mapped pinned host memory, which the
+  // device reads directly), not arithmetic on tensor bases.
+  std::uint32_t table = 0;
 };
 
 struct LaunchBlocks {
@@ -49,7 +53,8 @@ cudaError_t launch_hash(const MovePlan& plan, std::uint32_t slices, std::uint32_
 // gather: pages -> blocks; else scatter: blocks -> pages, the runs (units)
 // [u_begin, u_end) of each block only (one layer: 2 x segs units), unit u
 // of block b at blocks.block[b] + u * run_bytes. `bases` is a device array
-// of the 2 x num_layers tensor addresses. `sms` sizes the grid.
+// of the 2 x num_layers tensor addresses (unused for plan.table). `sms`
+// sizes the grid.
 cudaError_t launch_move(bool gather, const MovePlan& plan, const std::uint64_t* bases, const LaunchBlocks& blocks,
                         int sms, cudaStream_t stream, std::uint32_t u_begin = 0, std::uint32_t u_end = 0xffffffffu);
 

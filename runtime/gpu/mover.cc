@@ -33,10 +33,13 @@ using detail::TransferImpl;
 
 class KvMoverImpl : public KvMover, public detail::MoverCore {
  public:
-  KvMoverImpl(Client& client, NamespaceId ns, KvLayout layout, GpuOptions options, std::unique_ptr<Engine> engine)
+  // units: 0 for a layout's mover, else the runs per block of a rows mover.
+  KvMoverImpl(Client& client, NamespaceId ns, KvLayout layout, GpuOptions options, std::unique_ptr<Engine> engine,
+              std::uint32_t units = 0)
       : client_(client),
         ns_(ns),
         layout_(std::move(layout)),
+        units_(units),
         options_(options),
         engine_(std::move(engine)),
         hashers_(options.hash_threads) {}
@@ -75,6 +78,47 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   Result<std::unique_ptr<Transfer>> save(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
                                          CUstream_st* stream) override {
     if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
+    return do_save(keys, pages, stream);
+  }
+
+  Result<std::unique_ptr<Transfer>> load(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
+                                         CUstream_st* stream) override {
+    if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
+    return do_load(keys, pages, stream);
+  }
+
+  Result<std::unique_ptr<Transfer>> save_rows(std::span<const Key128> keys, std::span<const std::uint64_t> rows,
+                                              CUstream_st* stream, CUevent_st* after) override {
+    return rows_call(true, keys, rows, stream, after);
+  }
+
+  Result<std::unique_ptr<Transfer>> load_rows(std::span<const Key128> keys, std::span<const std::uint64_t> rows,
+                                              CUstream_st* stream, CUevent_st* after) override {
+    return rows_call(false, keys, rows, stream, after);
+  }
+
+ private:
+  // The rows become the row addresses of a table the kernels read
+  // (Engine::create_rows), which goes back to the mover once the transfer
+  // ended (rows.cc).
+  Result<std::unique_ptr<Transfer>> rows_call(bool save, std::span<const Key128> keys,
+                                              std::span<const std::uint64_t> rows, cudaStream_t stream,
+                                              cudaEvent_t after) {
+    if (units_ == 0) {
+      return make_error(StatusCode::kInvalidArgument, "gpu: save_rows and load_rows need a mover from create_rows");
+    }
+    auto c = detail::prepare_rows(*this, save, keys.size(), rows, units_, stream, after);
+    if (!c) return tl::unexpected(c.error());
+    auto t = save ? do_save(keys, c->pages, c->stream) : do_load(keys, c->pages, c->stream);
+    if (!t) {
+      give_sums(c->table);  // a failed start left nothing running that reads it
+      return tl::unexpected(t.error());
+    }
+    return detail::with_rows(*this, std::move(*t), c->table);
+  }
+
+  Result<std::unique_ptr<Transfer>> do_save(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
+                                            cudaStream_t stream) {
     GpuOptions o = current_options();
     const auto t0 = SteadyClock::now();
     if (o.path != Path::kStaged) {
@@ -87,9 +131,8 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     return start_staged(true, keys, pages, stream, o, t0);
   }
 
-  Result<std::unique_ptr<Transfer>> load(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
-                                         CUstream_st* stream) override {
-    if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
+  Result<std::unique_ptr<Transfer>> do_load(std::span<const Key128> keys, std::span<const std::uint64_t> pages,
+                                            cudaStream_t stream) {
     GpuOptions o = current_options();
     const auto t0 = SteadyClock::now();
     auto mg = mapped_get(keys, o);
@@ -98,7 +141,6 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     return start_staged(false, keys, pages, stream, o, t0);
   }
 
- private:
   // The mapped get a load starts with, or none when the load goes staged:
   // Path::kStaged, or kAuto with a block on an agent not mapped here (mixed
   // placement: the whole batch goes staged, as a mixed save does, so the
@@ -130,6 +172,9 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   }
 
   Status check_args(std::span<const Key128> keys, std::span<const std::uint64_t> pages) const {
+    if (units_ != 0) {
+      return Status(StatusCode::kInvalidArgument, "gpu: a mover from create_rows moves rows (save_rows, load_rows)");
+    }
     if (keys.size() != pages.size()) return Status(StatusCode::kInvalidArgument, "keys and pages differ in number");
     for (auto p : pages) {
       if (p >= engine_->plan().pages) {
@@ -689,6 +734,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   Client& client_;
   NamespaceId ns_;
   KvLayout layout_;
+  const std::uint32_t units_;  // rows mover: runs per block; 0: a layout's mover
   std::mutex mu_;
   GpuOptions options_;                              // guarded by mu_
   struct HeldRegion {
@@ -713,18 +759,6 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
 
 }  // namespace
 
-bool gpu_available(std::string* why) {
-  int n = 0;
-  cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess || n == 0) {
-    if (why != nullptr) {
-      *why = err != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err) : "no CUDA device";
-    }
-    return false;
-  }
-  return true;
-}
-
 Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns, const KvLayout& layout,
                                                  const KvTensors& tensors, const GpuOptions& options) {
   auto bb = block_bytes(layout);
@@ -741,6 +775,17 @@ Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns,
   if (!engine) return tl::unexpected(engine.error());
   return std::unique_ptr<KvMover>(
       new KvMoverImpl(client, ns, layout, options, std::move(*engine)));
+}
+
+Result<std::unique_ptr<KvMover>> KvMover::create_rows(Client& client, NamespaceId ns, std::uint32_t units,
+                                                      const GpuOptions& options) {
+  auto nsb = client.block_bytes(ns);
+  if (!nsb) return tl::unexpected(nsb.error());
+  std::string why;
+  if (!gpu_available(&why)) return make_error(StatusCode::kFailedPrecondition, "gpu: " + why);
+  auto engine = Engine::create_rows(*nsb, units, options.chunk_bytes, options.device);
+  if (!engine) return tl::unexpected(engine.error());
+  return std::unique_ptr<KvMover>(new KvMoverImpl(client, ns, KvLayout{}, options, std::move(*engine), units));
 }
 
 }  // namespace kvpool::gpu

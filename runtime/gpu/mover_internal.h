@@ -133,4 +133,20 @@ std::unique_ptr<LayerTransfer> whole_as_layers(std::unique_ptr<Transfer> t, std:
 using SaveWhole = std::function<Result<std::unique_ptr<Transfer>>(cudaStream_t)>;
 std::unique_ptr<LayerSave> whole_save_as_layers(SaveWhole save, std::uint32_t layers);
 
+// Pointer rows (KvMover::save_rows / load_rows; rows.cc). prepare_rows
+// checks the rows (units per key, nonzero, 16-byte aligned), copies them
+// into a mapped pinned table the engine's kernels read, and gives the
+// "pages" of Engine::create_rows (row addresses), the stream to run on
+// (`stream`, or the mover's own when null), made to wait for `after`.
+// with_rows wraps the transfer so the table goes back to the mover only
+// once the transfer ended.
+struct RowsCall {
+  std::vector<std::uint64_t> pages;
+  cudaStream_t stream = nullptr;
+  SumBuffer table;
+};
+Result<RowsCall> prepare_rows(MoverCore& m, bool save, std::size_t nkeys, std::span<const std::uint64_t> rows,
+                              std::uint32_t units, cudaStream_t stream, cudaEvent_t after);
+std::unique_ptr<Transfer> with_rows(MoverCore& m, std::unique_ptr<Transfer> t, SumBuffer table);
+
 }  // namespace kvpool::gpu::detail

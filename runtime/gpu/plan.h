@@ -26,7 +26,11 @@ struct Plan {
   std::uint64_t block_bytes = 0;
   std::uint64_t pages = 0;
   std::uint64_t tensor_bytes = 0;  // bytes each of K/V tensor spans (vLLM combined: the half)
+  // Pointer rows (Engine::create_rows): no tensors; a "page" is the address
+  // of a row of `units` run addresses, which replaces the arithmetic below.
+  bool table = false;
 
+  // Not for table plans.
   std::uint64_t run_offset(std::uint64_t page, std::uint32_t unit) const {
     return (page / pages_per_row) * row_stride + (page % pages_per_row) * page_stride + (unit % segs) * seg_stride;
   }

@@ -68,6 +68,16 @@ int main(void) {
     CHECK(kvpool_gpu_save_finish(NULL, NULL) == KVPOOL_INVALID_ARGUMENT);
     kvpool_gpu_save_destroy(NULL);
   }
+  /* Pointer rows: the same argument errors. */
+  {
+    kvpool_gpu_mover_t* rows_mover = NULL;
+    kvpool_gpu_transfer_t* t = NULL;
+    kvpool_key_t key = {1, 2};
+    uint64_t row[2] = {4096, 8192};
+    CHECK(kvpool_gpu_row_mover_create(NULL, 1, 2, NULL, &rows_mover) == KVPOOL_INVALID_ARGUMENT && rows_mover == NULL);
+    CHECK(kvpool_gpu_save_rows(NULL, &key, row, 2, 1, NULL, NULL, &t) == KVPOOL_INVALID_ARGUMENT && t == NULL);
+    CHECK(kvpool_gpu_load_rows(NULL, &key, row, 2, 1, NULL, NULL, &t) == KVPOOL_INVALID_ARGUMENT && t == NULL);
+  }
   printf("kvpool_gpu_available: %d\n", kvpool_gpu_available());
   printf("capi_gpu_test: %s\n", g_failures == 0 ? "ok" : "FAILED");
   return g_failures == 0 ? 0 : 1;

@@ -149,15 +149,30 @@ def test_error_paths(store):
         store.dump(ids, [0], rows(2, seed=4))
 
     class CudaTensor:
-        device = types.SimpleNamespace(type="cuda")
+        device = types.SimpleNamespace(type="cuda", index=0)
+
+        def __init__(self, size=TENSOR):
+            self.size = size
 
         def data_ptr(self):
             return 1 << 40
 
-    task = store.load(ids[:1], [0], [[CudaTensor()] * COLUMNS])  # device memory: a failed task
-    assert store.check(task)
-    with pytest.raises(RuntimeError, match="device pointers are not supported yet"):
+        def numel(self):
+            return self.size
+
+        def element_size(self):
+            return 1
+
+    # Device tensors of unequal sizes: the GPU path moves equal parts only.
+    task = store.load(ids[:1], [0], [[CudaTensor(TENSOR // 2), CudaTensor(TENSOR * 3 // 2)] +
+                                     [CudaTensor()] * (COLUMNS - 2)])
+    with pytest.raises(kvpool.InvalidArgument, match="equal parts"):
         store.wait(task)
+    if not kvpool.gpu.gpu_available():  # device memory with no GPU here: a failed task, nothing touched
+        task = store.load(ids[:1], [0], [[CudaTensor()] * COLUMNS])
+        assert store.check(task)
+        with pytest.raises(RuntimeError, match="gpu"):
+            store.wait(task)
 
     class StridedTensor:  # a CPU tensor view with gaps: its bytes are not [ptr, ptr + size)
         device = types.SimpleNamespace(type="cpu")
@@ -247,18 +262,35 @@ def test_a_worker_whose_shards_differ_from_the_block_is_refused_naming_the_key(p
     s.close()
 
 
-def test_device_pointers_fail_the_task_with_a_runtime_error(pool, fake_ucm, request):
+def test_device_pointers_without_a_gpu_fail_the_task_with_a_runtime_error(pool, fake_ucm, request):
     """Under vLLM UCM's worker store has device_id >= 0 and passes device
-    pointers (and an event to dump_data): a failed task, never a host memmove."""
+    pointers (and an event to dump_data): they go to the GPU path
+    (tests/python/gpu/test_ucm_gpu.py); with no usable GPU the task fails
+    with a RuntimeError saying why (UCM recomputes), never a host memmove."""
+    if kvpool.gpu.gpu_available():
+        pytest.skip("a GPU is usable here: tests/python/gpu/test_ucm_gpu.py covers device pointers")
     s = create_like_ucm(pool, "worker", {"model": request.node.name}, device_id=0, shard_size=COLUMNS * TENSOR,
                         block_size=COLUMNS * TENSOR)
     ids = block_ids(2, b"dev")
     fake_device_ptrs = np.full((2, COLUMNS), 1 << 44, dtype=np.uint64)  # never dereferenced
     for task in (s.load_data(ids, [0, 0], fake_device_ptrs), s.dump_data(ids, [0, 0], fake_device_ptrs, 1234)):
         assert s.check(task)
-        with pytest.raises(RuntimeError, match="device pointers are not supported yet"):
+        with pytest.raises(RuntimeError, match="gpu: "):
             s.wait(task)
     assert s.lookup_on_prefix(ids) == -1  # nothing was written
+    s.close()
+
+
+def test_device_rows_of_unequal_tensors_are_refused(pool, fake_ucm, request):
+    """UCM's worker config lists each row's tensor sizes (tensor_size_list);
+    the GPU path moves equal parts only, so unequal ones fail the task with a
+    RuntimeError naming the key (no GPU needed: refused before any copy)."""
+    s = create_like_ucm(pool, "worker", {"model": request.node.name}, device_id=0, shard_size=COLUMNS * TENSOR,
+                        block_size=COLUMNS * TENSOR, tensor_size_list=[TENSOR // 2, TENSOR * 3 // 2] +
+                        [TENSOR] * (COLUMNS - 2))
+    task = s.load_data(block_ids(1, b"uneq"), [0], np.full((1, COLUMNS), 1 << 44, dtype=np.uint64))
+    with pytest.raises(RuntimeError, match="tensor_size_list"):
+        s.wait(task)
     s.close()
 
 

@@ -31,16 +31,31 @@ the model config, the worker from its KV tensors. A worker whose
 construction naming ``kvpool_block_bytes``: set it to the worker's shard
 size in the UCM config both roles share. Ranks: UCM's block ids already
 carry the TP rank (``RequestHasher`` seeds them with it) and MLA ranks share
-rank 0's ids, so the namespace does not repeat it. Tensors are host memory (torch CPU tensors, numpy arrays, buffers).
-Device memory is not supported yet (the GPU mover's pointer-list call is
-to come): under vLLM UCM builds the worker's store with ``device_id >= 0``
-and passes device pointers plus an event handle to ``load_data`` /
-``dump_data``; this store then returns a failed task whose ``wait`` raises
-RuntimeError ("device pointers are not supported yet"), as does ``load`` /
-``dump`` with GPU tensors, so UCM logs it and recomputes; nothing is
-memmove'd on the host. Rows are gathered into / scattered from a
-registered staging buffer (one copy each way: a row's tensors are separate
-allocations and a kvpool block is one contiguous object). ``lookup`` and
+rank 0's ids, so the namespace does not repeat it.
+
+Device memory (UCM under vLLM: ``UCMDirectConnector`` builds the worker's
+store with ``device_id`` = its local rank and passes, per block, the
+device addresses of its K and V in every layer, ``extract_block_addrs``,
+plus a CUDA event handle to ``dump_data``): moved by the GPU path,
+``kvpool.gpu.RowMover`` (one per row width, on device ``device_id``),
+never memmove'd on the host. ``dump_data`` makes the copies wait for the
+event (UCM records it on the compute stream after the forward pass wrote
+the KV; 0 when UCM synchronised instead) and returns at once; ``wait``
+returns once the blocks are committed. ``load_data`` starts the copies;
+``wait`` returns once the blocks are in device memory and verified, or
+raises RuntimeError (DataLoss for a block that failed its checksum,
+NotFound for one not in the pool), which UCMDirectConnector.start_load_kv
+turns into invalid block ids, so vLLM recomputes them. ``load`` / ``dump``
+with CUDA tensors take the same path (their ``data_ptr()``). Same host as
+an agent: DMA between the pool and the GPU; other hosts: through pinned
+staging buffers (gpu.h; ``kvpool_gpu_path``: "auto", "mapped" or "staged"
+forces one). Without a usable GPU (or in a kvpool built
+without CUDA) the task fails with that error and UCM recomputes.
+
+Host memory (torch CPU tensors, numpy arrays, buffers; ``device_id`` < 0):
+rows are gathered into / scattered from a registered staging buffer (one
+copy each way: a row's tensors are separate allocations and a kvpool
+block is one contiguous object). ``lookup`` and
 ``lookup_on_prefix`` look at shard ``config.get("kvpool_lookup_shard", 0)``.
 Tasks run on two worker threads; kvpool calls release the GIL. A
 ``load``/``dump`` task holds the caller's tensors until it is done;
@@ -135,6 +150,7 @@ class KvpoolUcmStore:
         self.lookup_shard = int(config.get("kvpool_lookup_shard", 0))
         self.staging = Staging(self.client, int(config.get("kvpool_staging_blocks", 16)), self.block_bytes)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvpool-ucm")
+        self._row_movers = {}  # row width -> kvpool.gpu.RowMover (device memory)
 
     def cc_store(self) -> int:
         """0: no native UCM Store* (UCM's sparse mode, its only user, is refused)."""
@@ -182,24 +198,30 @@ class KvpoolUcmStore:
 
     def load(self, block_ids: List[bytes], shard_index: List[int], dst_tensor: List[List["torch.Tensor"]]):
         if _on_device(dst_tensor):
-            return _failed_task("load", len(block_ids), _device_error())
+            return self._device("load", block_ids, shard_index, lambda: _tensor_rows(dst_tensor, self.block_bytes),
+                                keepalive=dst_tensor, device=_tensor_device(dst_tensor))
         rows = [[address_and_size(t) for t in row] for row in dst_tensor]
         return self._submit("load", block_ids, shard_index, rows, keepalive=dst_tensor)
 
     def dump(self, block_ids: List[bytes], shard_index: List[int], src_tensor: List[List["torch.Tensor"]]):
         if _on_device(src_tensor):
-            return _failed_task("dump", len(block_ids), _device_error())
+            return self._device("dump", block_ids, shard_index, lambda: _tensor_rows(src_tensor, self.block_bytes),
+                                keepalive=src_tensor, device=_tensor_device(src_tensor))
         rows = [[address_and_size(t) for t in row] for row in src_tensor]
         return self._submit("dump", block_ids, shard_index, rows, keepalive=src_tensor)
 
     def load_data(self, block_ids: List[bytes], shard_index: List[int], dst_addr):
         if self.device_id >= 0:  # UCM's worker under vLLM: device pointers
-            return _failed_task("load", len(block_ids), _device_error())
+            return self._device("load", block_ids, shard_index, lambda: _pointer_rows(dst_addr))
         return self._submit("load", block_ids, shard_index, self._address_rows(dst_addr))
 
     def dump_data(self, block_ids: List[bytes], shard_index: List[int], src_addr, prerequisite_handle: int = 0):
-        if self.device_id >= 0 or prerequisite_handle:  # device pointers, or an event on a device stream
-            return _failed_task("dump", len(block_ids), _device_error())
+        if self.device_id >= 0:
+            return self._device("dump", block_ids, shard_index, lambda: _pointer_rows(src_addr),
+                                after=prerequisite_handle)
+        if prerequisite_handle:  # an event on a device stream, but host addresses
+            return _failed_task("dump", len(block_ids), kvpool.InvalidArgument(
+                "kvpool's UCM store: an event handle with host addresses (device_id < 0)"))
         return self._submit("dump", block_ids, shard_index, self._address_rows(src_addr))
 
     # The v0 names of the same calls.
@@ -225,9 +247,47 @@ class KvpoolUcmStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+        for mover in self._row_movers.values():
+            mover.close()
         self.staging.close()
         if self._owns_client:
             self.client.close()
+
+    # -- device memory ----------------------------------------------------------
+
+    def _row_mover(self, units, device):
+        mover = self._row_movers.get((units, device))
+        if mover is None:
+            from kvpool import gpu
+            sizes = self.config.get("tensor_size_list")
+            if sizes and len(set(int(x) for x in sizes)) > 1:
+                raise kvpool.InvalidArgument(f"tensor_size_list {list(sizes)}: kvpool's GPU path moves rows of "
+                                             f"equal parts only")
+            if self.block_bytes % units:
+                raise kvpool.InvalidArgument(f"rows of {units} addresses do not split {self.block_bytes}-byte blocks")
+            mover = gpu.RowMover(self.client, self.namespace, units, device=device,
+                                 path=str(self.config.get("kvpool_gpu_path", "auto")))
+            self._row_movers[(units, device)] = mover
+        return mover
+
+    def _device(self, kind, block_ids, shard_index, make_rows, after=0, keepalive=None, device=None):
+        """Starts the GPU path's transfer of the rows make_rows() gives now
+        (a dump's copies wait for ``after``); the task waits for its
+        outcome. Any kvpool error, a bad row included, fails the task."""
+        n = len(block_ids)
+        try:
+            rows = make_rows()
+            if len(rows) != n:
+                raise kvpool.InvalidArgument(f"{n} blocks but {len(rows)} rows of addresses")
+            keys = self._keys(block_ids, shard_index)
+            mover = self._row_mover(len(rows[0]) if rows else 1, self.device_id if device is None else device)
+            if kind == "load":
+                transfer = mover.load_rows(keys, rows)
+            else:
+                transfer = mover.save_rows(keys, rows, after=after or None)
+        except RuntimeError as e:  # kvpool's errors; UCM logs them and recomputes
+            return _failed_task(kind, n, e)
+        return KvpoolTask(self._executor.submit(_finish_device, kind, transfer, n), kind, n, keepalive)
 
     # -- helpers -------------------------------------------------------------
 
@@ -276,9 +336,49 @@ class KvpoolUcmStore:
                     raise err
 
 
-def _device_error():
-    return kvpool.Unimplemented("kvpool's UCM store: device pointers are not supported yet (the GPU mover's "
-                                "pointer-list call is to come); this task moved nothing")
+def _finish_device(kind, transfer, n):
+    """A device task's outcome: every block moved, or a RuntimeError."""
+    try:
+        r = transfer.wait()
+    finally:
+        transfer.close()
+    if r.done == n:
+        return
+    if kind == "dump":
+        raise kvpool.Internal(f"UCM dump: {n - r.done} of {n} blocks were not saved")
+    if r.stopped == "data_loss":
+        raise kvpool.DataLoss(f"UCM load: block {r.done} of {n} failed its checksum (blocks before it were loaded)")
+    raise kvpool.NotFound(f"UCM load: block {r.done} of {n} is not in the pool ({r.stopped}; blocks before it "
+                          f"were loaded)")
+
+
+def _pointer_rows(addrs):
+    rows = np.asarray(addrs, dtype=np.uint64)
+    if rows.ndim != 2:
+        raise kvpool.InvalidArgument("addresses: one row of device addresses per block")
+    return rows.tolist()
+
+
+def _tensor_rows(rows, block_bytes):
+    """Device addresses of rows of CUDA tensors, each block_bytes / len(row)
+    bytes (the GPU path's runs are equal)."""
+    out = []
+    for i, row in enumerate(rows):
+        sizes = [t.numel() * t.element_size() for t in row]
+        if not sizes or any(size * len(sizes) != block_bytes for size in sizes):
+            raise kvpool.InvalidArgument(f"block {i}: its row's tensors are {sizes} bytes; the GPU path needs "
+                                         f"equal parts of the {block_bytes}-byte block")
+        out.append([t.data_ptr() for t in row])
+    return out
+
+
+def _tensor_device(rows):
+    for row in rows:
+        for t in row:
+            index = getattr(getattr(t, "device", None), "index", None)
+            if index is not None:
+                return int(index)
+    return -1
 
 
 def _failed_task(kind, count, error):
