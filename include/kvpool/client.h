@@ -84,10 +84,6 @@ struct ClientStats {
   std::uint64_t bytes_put = 0;
   std::uint64_t bytes_got = 0;
   std::uint64_t verify_failures = 0;
-  // Bytes of same-host agents' regions this process mapped for its copies,
-  // 2 MiB at a time on first use (MADV_POPULATE_WRITE: a copy through pages
-  // mapped by its own faults reads far slower on some hosts).
-  std::uint64_t mapped_bytes_populated = 0;
 };
 
 // Zero-copy access to pool slots of agents whose region is mapped into this

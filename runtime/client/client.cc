@@ -227,9 +227,6 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
       status[j] = c;
       return;
     }
-    // Before the lease check: populating may take a while.
-    mapped_bytes_populated += conn.touch(loc.header_offset, pool::kSlotHeaderBytes) +
-                              conn.touch(loc.payload_offset, loc.length);
     // Fencing (DESIGN.md, "Data flows"): no write after the lease's end. A
     // copy ends within the call, so nothing of ours lands later.
     if (Clock::now() >= lease_ends[i]) {
@@ -298,8 +295,6 @@ std::vector<Status> Client::Impl::get_mapped(NamespaceId ns, std::span<const Key
       status[j] = h;
       return;
     }
-    mapped_bytes_populated += conn.touch(loc.header_offset, pool::kSlotHeaderBytes) +
-                              conn.touch(loc.payload_offset, loc.length);
     std::array<std::byte, pool::kSlotHeaderBytes> bytes;
     std::memcpy(bytes.data(), base + loc.header_offset, bytes.size());
     auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(bytes));
@@ -934,7 +929,6 @@ ClientStats Client::stats() const {
   s.bytes_put = impl_->bytes_put;
   s.bytes_got = impl_->bytes_got;
   s.verify_failures = impl_->verify_failures;
-  s.mapped_bytes_populated = impl_->mapped_bytes_populated;
   return s;
 }
 

@@ -54,36 +54,6 @@ struct AgentConn {
   // dropping the agent stops it quickly.
   std::atomic<bool> stop_prefault{false};
   std::thread prefaulter;
-  // Maps each 2 MiB chunk of a mapped region into this process's page
-  // tables the first time a copy uses it (MADV_POPULATE_WRITE), before the
-  // copy, instead of letting the copy fault page by page. Measured on the
-  // development VM (a PVM guest; bench/first_read_probe.py): in a fresh
-  // process the first read of a GiB through pages mapped by read faults took
-  // 0.535 s, through pages populated for writing 0.012 s. Unlike
-  // prefault_mapped_regions, only the chunks used get page tables.
-  static constexpr std::uint64_t kTouchChunk = 2ull << 20;
-  std::unique_ptr<std::atomic<std::uint64_t>[]> populated;  // a bit per chunk; null: not mapped
-  void init_touch() {
-    if (!region.mapped()) return;
-    const std::uint64_t chunks = (region.length() + kTouchChunk - 1) / kTouchChunk;
-    populated = std::make_unique<std::atomic<std::uint64_t>[]>((chunks + 63) / 64);
-  }
-  // [offset, offset + length) must lie in the region (check_slot). Returns
-  // the bytes it populated.
-  std::uint64_t touch(std::uint64_t offset, std::uint64_t length) {
-    std::uint64_t done = 0;
-    if (populated == nullptr || length == 0) return done;
-    for (std::uint64_t c = offset / kTouchChunk; c <= (offset + length - 1) / kTouchChunk; ++c) {
-      auto& word = populated[c / 64];
-      const std::uint64_t bit = 1ull << (c % 64);
-      if ((word.load(std::memory_order_relaxed) & bit) != 0) continue;
-      const std::uint64_t begin = c * kTouchChunk;
-      // A failure leaves the copy to fault its pages in, as before.
-      const std::uint64_t n = std::min(kTouchChunk, region.length() - begin);
-      if (region.prefault(begin, n).ok() && (word.fetch_or(bit) & bit) == 0) done += n;
-    }
-    return done;
-  }
   void start_prefault() {
     if (!region.mapped()) return;
     prefaulter = std::thread([this] {
@@ -172,7 +142,6 @@ struct Client::Impl {
   std::atomic<std::uint64_t> bytes_put{0};
   std::atomic<std::uint64_t> bytes_got{0};
   std::atomic<std::uint64_t> verify_failures{0};
-  std::atomic<std::uint64_t> mapped_bytes_populated{0};  // AgentConn::touch
   std::string transports_seen;  // guarded by mu
   // Header scratch of UCX gets that failed (deadline, dead peer): a get
   // may still complete into it when a cut link returns, so it lives as long
@@ -352,7 +321,6 @@ struct Client::Impl {
       // Over TCP UCX emulates get in software (DESIGN.md: 5-60x slower than
       // put): ask the agent to send the bytes instead.
       conn->owner_reads = conn->peer->rma_transports().find("emulated") != std::string::npos;
-      conn->init_touch();
       if (options.prefault_mapped_regions) conn->start_prefault();
       logger()->debug("connected to agent {} incarnation {} over {}", id, incarnation,
                       conn->peer->rma_transports());

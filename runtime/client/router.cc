@@ -838,7 +838,6 @@ ClientStats Client::Router::stats() {
     out.bytes_put += s.bytes_put;
     out.bytes_got += s.bytes_got;
     out.verify_failures += s.verify_failures;
-    out.mapped_bytes_populated += s.mapped_bytes_populated;
     if (!s.transports.empty() && out.transports.find(s.transports) == std::string::npos) {
       out.transports += (out.transports.empty() ? "" : ",") + s.transports;
     }

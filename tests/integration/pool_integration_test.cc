@@ -195,36 +195,6 @@ TEST_CASE("a client that prefaults mapped regions in the background moves the sa
   c->reset();  // stops the prefault thread while it may still run
 }
 
-TEST_CASE("a client maps the 2 MiB chunks of a mapped region its copies use, once each", "[integration]") {
-  // AgentConn::touch: a fresh reader populates the chunks holding the
-  // blocks before copying out of them (a copy through pages mapped by read
-  // faults is slow on some hosts), and never the same chunk twice.
-  auto pool = start_standalone("64MiB");
-  REQUIRE(pool);
-  auto writer = connect(pool->coordinator, "posix,cma,self");
-  auto ns = writer->register_namespace(test_namespace());
-  REQUIRE(ns);
-  Blocks b(*ns, 8);
-  REQUIRE(writer->put(*ns, b.keys, b.spans)->written == 8);
-  const std::uint64_t wrote = writer->stats().mapped_bytes_populated;
-  CHECK(wrote >= 8 * b.spans[0].size());
-  CHECK(wrote <= 64ull << 20);
-  auto reader = connect(pool->coordinator, "posix,cma,self");
-  REQUIRE(reader->register_namespace(test_namespace()));
-  CHECK(reader->stats().mapped_bytes_populated == 0);
-  REQUIRE(reader->get(*ns, b.keys, b.out_spans)->loaded == 8);
-  CHECK(b.wrong(8) == 0);
-  const std::uint64_t first = reader->stats().mapped_bytes_populated;
-  CHECK(first >= 8 * b.spans[0].size());
-  REQUIRE(reader->get(*ns, b.keys, b.out_spans)->loaded == 8);
-  CHECK(reader->stats().mapped_bytes_populated == first);
-  // Over TCP nothing is mapped, so nothing is populated.
-  auto tcp = connect(pool->coordinator, "tcp");
-  REQUIRE(tcp->register_namespace(test_namespace()));
-  REQUIRE(tcp->get(*ns, b.keys, b.out_spans)->loaded == 8);
-  CHECK(tcp->stats().mapped_bytes_populated == 0);
-}
-
 TEST_CASE("a second put of the same blocks writes nothing and a lookup sees the prefix", "[integration]") {
   auto pool = start_standalone("64MiB");
   REQUIRE(pool);
