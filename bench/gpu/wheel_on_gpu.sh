@@ -38,6 +38,9 @@ A=$!; for _ in $(seq 300); do [[ -s /tmp/agent.port ]] && break; sleep 0.1; done
 echo "== package_check.py (venv) =="
 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR timeout 120 $V/bin/python "$R/bench/gpu/package_check.py" \
   --coordinator "127.0.0.1:$(cat /tmp/agent.port)" 2>&1 | tee "$RES/package.log"
+echo "== python -m kvpool doctor --require-gpu (venv) =="
+(cd /tmp && env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR timeout 60 $V/bin/python -m kvpool doctor \
+  --coordinator "127.0.0.1:$(cat /tmp/agent.port)" --require-gpu 2>&1 | tee "$RES/doctor.log")
 pkill -f "kvpool-agent --standalone --listen 127.0.0.1:0 --port-file /tmp/agent.port"; wait $A 2>/dev/null
 echo "== vLLM connector and layer-wise GPU tests (venv, wheel) =="
 cd "$R/tests/python" && timeout 300 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR PYTHONPATH="$R/tests/python" \

@@ -1,7 +1,7 @@
 #pragma once
-// Internal to libkvpool's single-cluster client (client.cc, mapped.cc):
-// Client::Impl and what both files use of it. Not a public header; include
-// it from those two files only.
+// Internal to libkvpool's single-cluster client (client.cc, get.cc, mapped.cc):
+// Client::Impl and what those files use of it. Not a public header; include
+// it from those files only.
 
 #include "kvpool/client.h"
 #include <unistd.h>
@@ -94,6 +94,26 @@ inline void write_header_mapped(std::byte* region, std::uint64_t header_offset, 
   std::memcpy(region + header_offset, bytes.data(), bytes.size());
 }
 
+// Merges ops that are adjacent both locally and remotely (the headers of
+// neighbouring slots sit next to each other in the header table): over TCP
+// every op is a software-emulated RMA message, so 64 headers of 64 bytes
+// cost far more as 64 ops than as one.
+inline std::vector<transport::RmaOp> coalesce(std::vector<transport::RmaOp> ops) {
+  std::vector<transport::RmaOp> out;
+  for (const auto& op : ops) {
+    if (!out.empty()) {
+      auto& last = out.back();
+      if (static_cast<std::byte*>(last.local) + last.length == op.local &&
+          last.remote_offset + last.length == op.remote_offset) {
+        last.length += op.length;
+        continue;
+      }
+    }
+    out.push_back(op);
+  }
+  return out;
+}
+
 // Where a block's slot lies, as the coordinator placed it, checked before
 // any mapped write or read of it (client.cc has the rules).
 Status check_slot(const rpc::LocationWire& loc, std::uint64_t region_bytes, std::uint64_t length, std::size_t block,
@@ -101,7 +121,7 @@ Status check_slot(const rpc::LocationWire& loc, std::uint64_t region_bytes, std:
 
 }  // namespace client_internal
 
-using namespace client_internal;  // NOLINT: this internal header's two includers
+using namespace client_internal;  // NOLINT: this internal header's includers (client.cc, get.cc, mapped.cc)
 
 struct Client::Impl {
   // Destruction order: the work queue first (no call in flight), then agent
