@@ -16,7 +16,8 @@ for b in gpu_test gpu_layout_test gpu_bench kvpool-agent; do
   strip -o "$D/bin/$b" "$B/bin/$b"
 done
 strip -o "$D/lib/libkvpool_c.so.1" "$B/lib/libkvpool_c.so.1"
-cp "$SRC"/run_all.sh "$SRC"/fetch_vs_recompute.py "$SRC"/layerwise.py "$SRC"/package_check.py "$D/scripts/"
+cp "$SRC"/run_all.sh "$SRC"/fetch_vs_recompute.py "$SRC"/layerwise.py "$SRC"/ucm_rows.py "$SRC"/package_check.py \
+  "$D/scripts/"
 "$SRC"/../../scripts/build_wheel.sh "$B" "$D/dist"
 ucxdir=/usr/lib/x86_64-linux-gnu/ucx
 cp "$ucxdir"/*.so* "$D/lib/ucx/"

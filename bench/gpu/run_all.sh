@@ -2,14 +2,15 @@
 # Everything the GPU issue measures, in one device call (bench/gpu/README.md):
 # the GPU tests (bit-exact round trips), the copy limit, gather/scatter
 # bandwidth, the pool round trip over shared memory and TCP, fetch versus
-# recompute with transformers' Llama code, and the layer-wise fetch and save
-# against their limits (layerwise.py). Expects what bench/gpu/prepare.sh
+# recompute with transformers' Llama code, the layer-wise fetch and save
+# against their limits (layerwise.py), and UCM's device-pointer path against
+# the layout mover and a pinned cudaMemcpy (ucm_rows.py, only when asked). Expects what bench/gpu/prepare.sh
 # put in .gpu/ (our binaries, Debian's UCX runtime for them, and the kvpool
 # wheel in .gpu/dist/, from scripts/build_wheel.sh). The Python side uses the
 # package as an engine would: a venv over the machine's Python (with
 # --system-site-packages, for torch) with the wheel installed by
 # pip install --no-index --no-deps.
-#   bench/gpu/run_all.sh [tests,bench,model,layerwise]   (default: all four)
+#   bench/gpu/run_all.sh [tests,bench,model,layerwise,rows]   (default: the first four)
 # Full logs go to $OUT (or /tmp/gpu-out); short tables are printed last.
 set -u
 what=${1:-tests,bench,model,layerwise}
@@ -46,7 +47,7 @@ if [[ $what == *bench* ]]; then
   timeout 200 "$G/bin/gpu_bench" --json "$OUT/gpu_bench.json" > "$OUT/gpu_bench.log" 2>&1; t=$?
   echo "gpu_bench exit $t"; [[ $t == 0 ]] || rc=1
 fi
-if [[ $what == *model* || $what == *layerwise* ]]; then
+if [[ $what == *model* || $what == *layerwise* || $what == *rows* ]]; then
   echo "== the kvpool wheel in a venv, a standalone agent =="
   wheels=("$G"/dist/kvpool-*.whl)
   venv=$OUT/venv
@@ -89,6 +90,12 @@ if [[ $what == *model* || $what == *layerwise* ]]; then
           --json "$OUT/layerwise.json") > "$OUT/layerwise.log" 2>&1; t=$?
         echo "layerwise exit $t"; [[ $t == 0 ]] || rc=1
       fi
+      if [[ $what == *rows* ]]; then
+        echo "== UCM's device-pointer path against the layout mover and cudaMemcpy (ucm_rows.py) =="
+        (cd "$OUT" && timeout 200 env -u LD_LIBRARY_PATH -u UCX_MODULE_DIR "$venv/bin/python" \
+          "$HERE/ucm_rows.py" --coordinator "127.0.0.1:$(cat "$port_file")") > "$OUT/rows.log" 2>&1; t=$?
+        echo "ucm_rows exit $t"; [[ $t == 0 ]] || rc=1
+      fi
     fi
     kill "$agent" 2>/dev/null; wait "$agent" 2>/dev/null
   fi
@@ -96,4 +103,5 @@ fi
 [[ -f $OUT/gpu_bench.log ]] && cat "$OUT/gpu_bench.log"
 [[ -f $OUT/fetch.log ]] && tail -12 "$OUT/fetch.log"
 [[ -f $OUT/layerwise.log ]] && tail -12 "$OUT/layerwise.log"
+[[ -f $OUT/rows.log ]] && tail -12 "$OUT/rows.log"
 exit $rc

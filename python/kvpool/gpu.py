@@ -408,8 +408,9 @@ class RowMover(_Mover):
     anything with ``cuda_event``, e.g. torch.cuda.Event) the copies wait
     for; ``stream`` None: the mover's own stream (not the legacy default
     one), so a caller with no stream is ordered by ``after`` and
-    ``wait()`` alone. rows: a sequence of rows (or a 2-D array) of device
-    addresses; read during the call only. Checksums are the CPU's. Options
+    ``wait()`` alone. rows: a sequence of rows of device addresses, or a
+    C-contiguous 2-D uint64 array (read in place); read during the call
+    only. Checksums are the CPU's. Options
     as for KvMover."""
 
     def __init__(self, client, namespace_id, units, *, path="auto", mover="copy_engine", chunk_bytes=0,
@@ -422,7 +423,18 @@ class RowMover(_Mover):
                                                                        out))
 
     def _rows(self, keys, rows):
+        """(keys, a uint64 table of the rows, its length, what keeps it alive)."""
         k = Keys(keys)
+        ai = getattr(rows, "__array_interface__", None)
+        if ai is not None and ai.get("typestr") == "<u8" and len(ai["shape"]) == 2 and ai.get("strides") is None:
+            # A C-contiguous 2-D uint64 array (UCM's extract_block_addrs):
+            # read in place, no per-address conversion.
+            count, width = ai["shape"]
+            if width != self.units:
+                raise InvalidArgument(f"rows of {width} addresses, the mover's blocks have {self.units} runs")
+            if count != k.count:
+                raise InvalidArgument(f"{k.count} keys and {count} rows")
+            return k, C.cast(C.c_void_p(ai["data"][0]), C.POINTER(C.c_uint64)), count * width, rows
         flat = []
         for i, row in enumerate(rows):
             row = [int(a) for a in row]
@@ -431,10 +443,11 @@ class RowMover(_Mover):
             flat.extend(row)
         if len(flat) != k.count * self.units:
             raise InvalidArgument(f"{k.count} keys and {len(flat) // max(self.units, 1)} rows")
-        return k, (C.c_uint64 * max(len(flat), 1))(*[_capi.uint(a, 64, "address") for a in flat]), len(flat)
+        table = (C.c_uint64 * max(len(flat), 1))(*[_capi.uint(a, 64, "address") for a in flat])
+        return k, table, len(flat), table
 
     def _run(self, fn, keys, rows, stream, after):
-        k, table, n = self._rows(keys, rows)
+        k, table, n, _keep = self._rows(keys, rows)
         event = None if after is None else (_capi.uint(getattr(after, "cuda_event", after), 64, "after") or None)
         t = C.c_void_p()
         check(fn(self._live(), k.array, table, n, k.count, _stream(stream), event, C.byref(t)))

@@ -311,3 +311,27 @@ def test_a_missing_abstract_method_fails_at_construction(pool, fake_ucm, request
     monkeypatch.delattr(KvpoolUcmStore, "cc_store")
     with pytest.raises(TypeError, match="abstract"):
         create_like_ucm(pool, "scheduler", {"model": request.node.name}, block_size=COLUMNS * TENSOR)
+
+
+def test_row_tables_read_arrays_in_place_and_convert_lists_alike():
+    """kvpool.gpu.RowMover._rows (no GPU needed: the table a call passes to C):
+    UCM's (blocks, units) uint64 array is read in place, a list of rows is
+    converted, both give the same addresses; a wrong width or count is
+    refused."""
+    import ctypes
+    mover = object.__new__(kvpool.gpu.RowMover)
+    mover.units = 4
+    keys = [i + 1 for i in range(3)]
+    arr = (np.arange(12, dtype=np.uint64) + 1) << np.uint64(12)
+    arr = arr.reshape(3, 4)
+    _, table, n, keep = mover._rows(keys, arr)
+    assert n == 12 and keep is arr
+    assert ctypes.cast(table, ctypes.c_void_p).value == arr.__array_interface__["data"][0]
+    _, table2, n2, _ = mover._rows(keys, arr.tolist())
+    assert n2 == 12 and list(table2) == arr.reshape(-1).tolist() == [table[i] for i in range(12)]
+    with pytest.raises(kvpool.InvalidArgument):
+        mover._rows(keys, arr[:, :3].copy())
+    with pytest.raises(kvpool.InvalidArgument):
+        mover._rows(keys[:2], arr)
+    with pytest.raises(kvpool.InvalidArgument):
+        mover._rows(keys, [[1, 2, 3]] * 3)

@@ -280,7 +280,7 @@ class KvpoolUcmStore:
             if len(rows) != n:
                 raise kvpool.InvalidArgument(f"{n} blocks but {len(rows)} rows of addresses")
             keys = self._keys(block_ids, shard_index)
-            mover = self._row_mover(len(rows[0]) if rows else 1, self.device_id if device is None else device)
+            mover = self._row_mover(len(rows[0]) if len(rows) else 1, self.device_id if device is None else device)
             if kind == "load":
                 transfer = mover.load_rows(keys, rows)
             else:
@@ -353,10 +353,10 @@ def _finish_device(kind, transfer, n):
 
 
 def _pointer_rows(addrs):
-    rows = np.asarray(addrs, dtype=np.uint64)
+    rows = np.ascontiguousarray(addrs, dtype=np.uint64)  # RowMover reads it in place
     if rows.ndim != 2:
         raise kvpool.InvalidArgument("addresses: one row of device addresses per block")
-    return rows.tolist()
+    return rows
 
 
 def _tensor_rows(rows, block_bytes):
