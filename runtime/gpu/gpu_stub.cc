@@ -1,20 +1,37 @@
-// kvpool built without CUDA: the GPU path says so.
+// kvpool built without CUDA: the GPU path says so, after the same argument
+// checks as the CUDA build (so a caller's mistake reads the same in both).
 #include "kvpool/gpu.h"
 
 namespace kvpool::gpu {
+namespace {
+Status unimplemented() {
+  return Status(StatusCode::kUnimplemented, "gpu: kvpool was built without CUDA (no nvcc at configure time)");
+}
+}  // namespace
 
 bool gpu_available(std::string* why) {
   if (why != nullptr) *why = "kvpool was built without CUDA";
   return false;
 }
 
-Result<std::unique_ptr<KvMover>> KvMover::create(Client&, NamespaceId, const KvLayout&, const KvTensors&,
-                                                 const GpuOptions&) {
-  return make_error(StatusCode::kUnimplemented, "gpu: kvpool was built without CUDA (no nvcc at configure time)");
+Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns, const KvLayout& layout,
+                                                 const KvTensors&, const GpuOptions&) {
+  auto bb = block_bytes(layout);
+  if (!bb) return tl::unexpected(bb.error());
+  auto nsb = client.block_bytes(ns);
+  if (!nsb) return tl::unexpected(nsb.error());
+  if (*nsb != *bb) {
+    return make_error(StatusCode::kInvalidArgument, "gpu: the namespace's blocks are " + std::to_string(*nsb) +
+                                                        " bytes, the layout's " + std::to_string(*bb));
+  }
+  return tl::unexpected(unimplemented());
 }
 
-Result<std::unique_ptr<KvMover>> KvMover::create_rows(Client&, NamespaceId, std::uint32_t, const GpuOptions&) {
-  return make_error(StatusCode::kUnimplemented, "gpu: kvpool was built without CUDA (no nvcc at configure time)");
+Result<std::unique_ptr<KvMover>> KvMover::create_rows(Client& client, NamespaceId ns, std::uint32_t,
+                                                      const GpuOptions&) {
+  auto nsb = client.block_bytes(ns);
+  if (!nsb) return tl::unexpected(nsb.error());
+  return tl::unexpected(unimplemented());
 }
 
 }  // namespace kvpool::gpu
