@@ -150,7 +150,7 @@ class KvpoolUcmStore:
         self.lookup_shard = int(config.get("kvpool_lookup_shard", 0))
         self.staging = Staging(self.client, int(config.get("kvpool_staging_blocks", 16)), self.block_bytes)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvpool-ucm")
-        self._row_movers = {}  # row width -> kvpool.gpu.RowMover (device memory)
+        self._row_movers = {}  # (row width, device) -> kvpool.gpu.RowMover (device memory)
 
     def cc_store(self) -> int:
         """0: no native UCM Store* (UCM's sparse mode, its only user, is refused)."""
