@@ -122,7 +122,22 @@ class TransferResult:
                 f"path={self.path!r}, bytes={self.bytes}, total_ms={self.total_ms:.3f})")
 
 
-class _MoverOwned:
+class _Handle:
+    """A C handle released by ``close()`` (which the subclass defines): a
+    context manager, closed when collected."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self.close()
+
+
+class _MoverOwned(_Handle):
     """A handle of the C API that belongs to a KvMover (a transfer, a
     layer-wise save): closed before its mover, released by ``_destroy``
     (kvpool.h), a context manager. ``_result(fn)`` runs the C call that fills
@@ -156,16 +171,6 @@ class _MoverOwned:
         handle, self._handle = self._handle, None
         if handle:
             type(self)._destroy(handle)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None):
-            self.close()
 
 
 class Transfer(_MoverOwned):
@@ -261,7 +266,7 @@ class LayerSave(_MoverOwned):
         return self._result(lib.kvpool_gpu_save_finish)  # a second call gives the first outcome
 
 
-class _Mover:
+class _Mover(_Handle):
     """What both movers share: the C handle, options, closing (transfers
     first; Client.close() closes its movers first), a context manager."""
 
@@ -299,16 +304,6 @@ class _Mover:
         if handle:
             lib.kvpool_gpu_mover_destroy(handle)
         self._tensors = None  # the engine's memory may go now
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        if getattr(self, "_handle", None):
-            self.close()
 
 
 class KvMover(_Mover):

@@ -1,6 +1,7 @@
 // kvpool built without CUDA: the GPU path says so, after the same argument
 // checks as the CUDA build (so a caller's mistake reads the same in both).
 #include "kvpool/gpu.h"
+#include "runtime/gpu/plan.h"
 
 namespace kvpool::gpu {
 namespace {
@@ -16,14 +17,9 @@ bool gpu_available(std::string* why) {
 
 Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns, const KvLayout& layout,
                                                  const KvTensors&, const GpuOptions&) {
-  auto bb = block_bytes(layout);
-  if (!bb) return tl::unexpected(bb.error());
   auto nsb = client.block_bytes(ns);
   if (!nsb) return tl::unexpected(nsb.error());
-  if (*nsb != *bb) {
-    return make_error(StatusCode::kInvalidArgument, "gpu: the namespace's blocks are " + std::to_string(*nsb) +
-                                                        " bytes, the layout's " + std::to_string(*bb));
-  }
+  if (Status s = check_block_bytes(*nsb, layout); !s.ok()) return tl::unexpected(s);
   return tl::unexpected(unimplemented());
 }
 

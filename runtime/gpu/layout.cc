@@ -58,6 +58,16 @@ Result<Plan> make_plan(const KvLayout& l) {
   return p;
 }
 
+Status check_block_bytes(std::uint64_t ns_block_bytes, const KvLayout& layout) {
+  auto bb = block_bytes(layout);
+  if (!bb) return bb.error();
+  if (ns_block_bytes != *bb) {
+    return Status(StatusCode::kInvalidArgument, "gpu: the namespace's blocks are " + std::to_string(ns_block_bytes) +
+                                                    " bytes, the layout's " + std::to_string(*bb));
+  }
+  return Status();
+}
+
 Status validate(const KvLayout& layout) {
   auto p = make_plan(layout);
   return p ? Status() : p.error();

@@ -761,14 +761,9 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
 
 Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns, const KvLayout& layout,
                                                  const KvTensors& tensors, const GpuOptions& options) {
-  auto bb = block_bytes(layout);
-  if (!bb) return tl::unexpected(bb.error());
   auto nsb = client.block_bytes(ns);
   if (!nsb) return tl::unexpected(nsb.error());
-  if (*nsb != *bb) {
-    return make_error(StatusCode::kInvalidArgument, "gpu: the namespace's blocks are " + std::to_string(*nsb) +
-                                                        " bytes, the layout's " + std::to_string(*bb));
-  }
+  if (Status s = check_block_bytes(*nsb, layout); !s.ok()) return tl::unexpected(s);
   std::string why;
   if (!gpu_available(&why)) return make_error(StatusCode::kFailedPrecondition, "gpu: " + why);
   auto engine = Engine::create(layout, tensors, options.chunk_bytes, options.device);

@@ -38,6 +38,10 @@ struct Plan {
 
 Result<Plan> make_plan(const KvLayout& layout);
 
+// kInvalidArgument unless a namespace of ns_block_bytes holds this layout's
+// blocks (KvMover::create's check, in the CUDA build and the stub alike).
+Status check_block_bytes(std::uint64_t ns_block_bytes, const KvLayout& layout);
+
 // The 2 x num_layers tensor base addresses (K0, V0, K1, V1, ...).
 Result<std::vector<std::uint64_t>> tensor_bases(const KvLayout& layout, const Plan& plan, const KvTensors& tensors);
 
