@@ -242,6 +242,15 @@ class LayerSave {
   // a save. kFailedPrecondition (nothing committed) when a layer was not
   // saved. A second call returns the first outcome.
   virtual Result<TransferResult> finish() = 0;
+  // A save from KvMover::begin_save_layer_rows takes each layer's addresses
+  // here instead of save_layer (which is kInvalidArgument on it): rows holds
+  // units / layers addresses per key (read during the call only), and the
+  // copies wait for `after` (may be null; e.g. an event recorded once the
+  // model wrote the layer). kInvalidArgument on a layout's save.
+  virtual Status save_layer_rows(std::uint32_t layer, std::span<const std::uint64_t> rows, CUevent_st* after) {
+    (void)layer, (void)rows, (void)after;
+    return Status(StatusCode::kInvalidArgument, "save_layer_rows: only a save from begin_save_layer_rows takes rows");
+  }
 };
 
 class KvMover {
@@ -285,9 +294,12 @@ class KvMover {
   // the KV (UCM's dump prerequisite); `stream` null means the mover's own
   // non-blocking stream, not the legacy default one, so a caller with no
   // stream of its own is ordered only by `after` and wait(). The rows are
-  // read during the call only.
+  // read during the call only. `layers`: a block's runs are that many equal
+  // groups, layer-major (layer l is runs [l * units / layers, (l + 1) *
+  // units / layers)), what the layer-wise row calls below move one at a
+  // time; kInvalidArgument unless it divides units.
   static Result<std::unique_ptr<KvMover>> create_rows(Client& client, NamespaceId ns, std::uint32_t units,
-                                                      const GpuOptions& options = {});
+                                                      const GpuOptions& options = {}, std::uint32_t layers = 1);
   virtual Result<std::unique_ptr<Transfer>> save_rows(std::span<const Key128> keys,
                                                       std::span<const std::uint64_t> rows, CUstream_st* stream,
                                                       CUevent_st* after = nullptr) = 0;
@@ -295,6 +307,23 @@ class KvMover {
   virtual Result<std::unique_ptr<Transfer>> load_rows(std::span<const Key128> keys,
                                                       std::span<const std::uint64_t> rows, CUstream_st* stream,
                                                       CUevent_st* after = nullptr) = 0;
+
+  // Pointer rows layer by layer (UCM's layer-wise connector: one load and
+  // one dump per layer, each given that layer's addresses only; rows holds
+  // units / layers addresses per key). load_layer_rows moves layer `layer`
+  // of the longest present prefix of keys: done = leading blocks whose
+  // layer arrived and verified, against that layer's slice checksum (slot
+  // format 2; the whole block's when its namespace gives it one slice).
+  // Mapped path only: a block on an agent not mapped here stops the load
+  // there with kUnimplemented in get.stopped (load_rows moves whole blocks
+  // from any agent). begin_save_layer_rows allocates the keys' slots; then
+  // LayerSave::save_layer_rows once per layer, and finish() commits the
+  // blocks once every layer is in (whole or not at all; on the staged path
+  // every layer moves in finish(), as for begin_save_layers).
+  virtual Result<std::unique_ptr<Transfer>> load_layer_rows(std::span<const Key128> keys, std::uint32_t layer,
+                                                            std::span<const std::uint64_t> rows, CUstream_st* stream,
+                                                            CUevent_st* after = nullptr) = 0;
+  virtual Result<std::unique_ptr<LayerSave>> begin_save_layer_rows(std::span<const Key128> keys) = 0;
 
   virtual const GpuOptions& options() const = 0;
   virtual void set_options(const GpuOptions& options) = 0;  // between transfers

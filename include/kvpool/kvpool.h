@@ -440,6 +440,20 @@ kvpool_status_t kvpool_gpu_save_rows(kvpool_gpu_mover_t* mover, const kvpool_key
 kvpool_status_t kvpool_gpu_load_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
                                      size_t num_rows, size_t num_keys, void* stream, void* after,
                                      kvpool_gpu_transfer_t** transfer_out);
+/* A rows mover whose blocks are `layers` equal groups of units / layers
+ * runs, layer-major (kvpool_gpu_row_mover_create is this with layers 1),
+ * for the layer-wise row calls: kvpool_gpu_load_layer_rows moves layer
+ * `layer` of each block into num_keys * units / layers addresses;
+ * kvpool_gpu_begin_save_layer_rows starts a save (a kvpool_gpu_layer_save_t)
+ * whose layers are given by kvpool_gpu_save_layer_rows, each with its
+ * addresses and an event its copies wait for, and committed by
+ * kvpool_gpu_save_finish (gpu.h, KvMover::load_layer_rows: the semantics). */
+kvpool_status_t kvpool_gpu_layer_row_mover_create(kvpool_client_t* client, uint64_t namespace_id, uint32_t units,
+                                                  uint32_t layers, const kvpool_gpu_options_t* options,
+                                                  kvpool_gpu_mover_t** mover_out);
+kvpool_status_t kvpool_gpu_load_layer_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                                           size_t num_rows, size_t num_keys, uint32_t layer, void* stream, void* after,
+                                           kvpool_gpu_transfer_t** transfer_out);
 
 /* The cudaEvent_t recorded on the caller's stream after the transfer's
  * copies (NULL on the staged path: gpu.h); owned by the transfer. */
@@ -506,6 +520,13 @@ kvpool_status_t kvpool_gpu_begin_save_layers(kvpool_gpu_mover_t* mover, const kv
  * it (stream is not held). KVPOOL_INVALID_ARGUMENT for a layer out of range
  * or saved twice. */
 kvpool_status_t kvpool_gpu_save_layer(kvpool_gpu_layer_save_t* save, uint32_t layer, void* stream);
+/* Rows forms (kvpool_gpu_layer_row_mover_create): a save of keys whose
+ * layers come with their addresses (num_keys * units / layers of them) and
+ * a cudaEvent_t `after` (may be NULL) the layer's copies wait for. */
+kvpool_status_t kvpool_gpu_begin_save_layer_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, size_t num_keys,
+                                                 kvpool_gpu_layer_save_t** save_out);
+kvpool_status_t kvpool_gpu_save_layer_rows(kvpool_gpu_layer_save_t* save, uint32_t layer, const uint64_t* rows,
+                                           size_t num_rows, void* after);
 /* Waits for the copies and commits the blocks once every layer was saved
  * (whole or not at all); KVPOOL_FAILED_PRECONDITION (nothing committed) when
  * a layer was not. A second call returns the first outcome; save_layer after

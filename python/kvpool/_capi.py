@@ -183,6 +183,11 @@ _SIGNATURES = {
     "kvpool_gpu_row_mover_create": (Status, [P, C.c_uint64, C.c_uint32, _ptr(GpuOptions), _ptr(P)]),
     "kvpool_gpu_save_rows": (Status, [P, P, _ptr(C.c_uint64), C.c_size_t, C.c_size_t, P, P, _ptr(P)]),
     "kvpool_gpu_load_rows": (Status, [P, P, _ptr(C.c_uint64), C.c_size_t, C.c_size_t, P, P, _ptr(P)]),
+    "kvpool_gpu_layer_row_mover_create": (Status, [P, C.c_uint64, C.c_uint32, C.c_uint32, _ptr(GpuOptions), _ptr(P)]),
+    "kvpool_gpu_load_layer_rows": (Status, [P, P, _ptr(C.c_uint64), C.c_size_t, C.c_size_t, C.c_uint32, P, P,
+                                            _ptr(P)]),
+    "kvpool_gpu_begin_save_layer_rows": (Status, [P, P, C.c_size_t, _ptr(P)]),
+    "kvpool_gpu_save_layer_rows": (Status, [P, C.c_uint32, _ptr(C.c_uint64), C.c_size_t, P]),
 }
 
 

@@ -190,6 +190,11 @@ class Transfer(_MoverOwned):
         return self._result(lib.kvpool_gpu_transfer_wait)
 
 
+def _event(after):
+    """A cudaEvent_t from an int, or anything with ``cuda_event`` (e.g. torch.cuda.Event); None for none."""
+    return None if after is None else (_capi.uint(getattr(after, "cuda_event", after), 64, "after") or None)
+
+
 def _layer(layer):
     return _capi.uint(layer, 32, "layer")
 
@@ -257,13 +262,28 @@ class LayerSave(_MoverOwned):
 
     def __init__(self, handle, mover):
         super().__init__(handle, mover)
-        self.layers = mover._layout.num_layers
+        self.layers = mover.layers
 
     def save_layer(self, layer, stream=None):
         check(lib.kvpool_gpu_save_layer(self._live(), _layer(layer), _stream(stream)))
 
     def finish(self):
         return self._result(lib.kvpool_gpu_save_finish)  # a second call gives the first outcome
+
+
+class RowLayerSave(LayerSave):
+    """A layer-wise save of pointer rows (``RowMover.begin_save_layer_rows``;
+    gpu.h, LayerSave::save_layer_rows): ``save_layer_rows(l, rows,
+    after=None)`` gives layer l's addresses (units / layers per key, as
+    ``RowMover`` takes rows) and an event its copies wait for; ``finish()``
+    and ``close()`` as for LayerSave. ``save_layer`` is InvalidArgument on
+    it."""
+
+    _what = "layer-wise save of rows"
+
+    def save_layer_rows(self, layer, rows, after=None):
+        k, table, n, _keep = self._mover._rows(self._count, rows, self._mover.units // self.layers)
+        check(lib.kvpool_gpu_save_layer_rows(self._live(), _layer(layer), table, n, _event(after)))
 
 
 class _Mover(_Handle):
@@ -342,6 +362,7 @@ class KvMover(_Mover):
         v_ptrs = None if v is None else (C.c_void_p * max(n, 1))(*[_pointer(t, f"v[{i}]") for i, t in enumerate(v)])
         o = _options(path, mover, chunk_bytes, verify_loads, hash_threads, device, gpu_checksums, staged_stream_order)
         self._layout = layout
+        self.layers = layout.num_layers
         self._tensors = (k, v)  # keep the engine's tensors referenced while the mover may write them
         ns = _capi.uint(namespace_id, 64, "namespace_id")
         self._open(client, lambda out: lib.kvpool_gpu_mover_create(client._c_handle, ns, C.byref(layout._c), k_ptrs,
@@ -406,46 +427,58 @@ class RowMover(_Mover):
     ``wait()`` alone. rows: a sequence of rows of device addresses, or a
     C-contiguous 2-D uint64 array (read in place); read during the call
     only. Checksums are the CPU's. Options
-    as for KvMover."""
+    as for KvMover.
 
-    def __init__(self, client, namespace_id, units, *, path="auto", mover="copy_engine", chunk_bytes=0,
+    Layer by layer (UCM's layer-wise connector; gpu.h, KvMover::load_layer_rows):
+    with ``layers`` L, a block's runs are L equal groups, layer-major, and a
+    layer's rows hold units / L addresses per key.
+    ``load_layer_rows(keys, layer, rows, stream=None, after=None)`` moves
+    that layer of the longest present prefix (verified against its slice
+    checksum; only from an agent mapped here, else ``stopped``
+    "unimplemented"); ``begin_save_layer_rows(keys)`` returns a
+    RowLayerSave, which commits once every layer was saved."""
+
+    def __init__(self, client, namespace_id, units, *, layers=1, path="auto", mover="copy_engine", chunk_bytes=0,
                  verify_loads=True, hash_threads=0, device=-1, gpu_checksums=True, staged_stream_order=False):
         self._handle = None
         self.units = _capi.uint(units, 32, "units")
+        self.layers = _capi.uint(layers, 32, "layers")
         o = _options(path, mover, chunk_bytes, verify_loads, hash_threads, device, gpu_checksums, staged_stream_order)
         ns = _capi.uint(namespace_id, 64, "namespace_id")
-        self._open(client, lambda out: lib.kvpool_gpu_row_mover_create(client._c_handle, ns, self.units, C.byref(o),
-                                                                       out))
+        self._open(client, lambda out: lib.kvpool_gpu_layer_row_mover_create(client._c_handle, ns, self.units,
+                                                                             self.layers, C.byref(o), out))
 
-    def _rows(self, keys, rows):
-        """(keys, a uint64 table of the rows, its length, what keeps it alive)."""
-        k = Keys(keys)
+    def _rows(self, keys, rows, width=None):
+        """(keys, a uint64 table of the rows, its length, what keeps it
+        alive); rows of ``width`` addresses (the mover's units by default).
+        keys may be a count (the rows of a save whose keys were given)."""
+        width = self.units if width is None else width
+        k = _Count(keys) if isinstance(keys, int) else Keys(keys)
         ai = getattr(rows, "__array_interface__", None)
         if ai is not None and ai.get("typestr") == "<u8" and len(ai["shape"]) == 2 and ai.get("strides") is None:
             # A C-contiguous 2-D uint64 array (UCM's extract_block_addrs):
             # read in place, no per-address conversion.
-            count, width = ai["shape"]
-            if width != self.units:
-                raise InvalidArgument(f"rows of {width} addresses, the mover's blocks have {self.units} runs")
+            count, got = ai["shape"]
+            if got != width:
+                raise InvalidArgument(f"rows of {got} addresses, the mover's rows here have {width}")
             if count != k.count:
                 raise InvalidArgument(f"{k.count} keys and {count} rows")
             return k, C.cast(C.c_void_p(ai["data"][0]), C.POINTER(C.c_uint64)), count * width, rows
         flat = []
         for i, row in enumerate(rows):
             row = [int(a) for a in row]
-            if len(row) != self.units:
-                raise InvalidArgument(f"rows[{i}]: {len(row)} addresses, the mover's blocks have {self.units} runs")
+            if len(row) != width:
+                raise InvalidArgument(f"rows[{i}]: {len(row)} addresses, the mover's rows here have {width}")
             flat.extend(row)
-        if len(flat) != k.count * self.units:
-            raise InvalidArgument(f"{k.count} keys and {len(flat) // max(self.units, 1)} rows")
+        if len(flat) != k.count * width:
+            raise InvalidArgument(f"{k.count} keys and {len(flat) // max(width, 1)} rows")
         table = (C.c_uint64 * max(len(flat), 1))(*[_capi.uint(a, 64, "address") for a in flat])
         return k, table, len(flat), table
 
     def _run(self, fn, keys, rows, stream, after):
         k, table, n, _keep = self._rows(keys, rows)
-        event = None if after is None else (_capi.uint(getattr(after, "cuda_event", after), 64, "after") or None)
         t = C.c_void_p()
-        check(fn(self._live(), k.array, table, n, k.count, _stream(stream), event, C.byref(t)))
+        check(fn(self._live(), k.array, table, n, k.count, _stream(stream), _event(after), C.byref(t)))
         return Transfer(t, self)
 
     def save_rows(self, keys, rows, stream=None, after=None):
@@ -454,6 +487,28 @@ class RowMover(_Mover):
     def load_rows(self, keys, rows, stream=None, after=None):
         return self._run(lib.kvpool_gpu_load_rows, keys, rows, stream, after)
 
+    def load_layer_rows(self, keys, layer, rows, stream=None, after=None):
+        k, table, n, _keep = self._rows(keys, rows, self.units // self.layers)
+        t = C.c_void_p()
+        check(lib.kvpool_gpu_load_layer_rows(self._live(), k.array, table, n, k.count, _layer(layer), _stream(stream),
+                                             _event(after), C.byref(t)))
+        return Transfer(t, self)
 
-__all__ = ["KvLayout", "KvMover", "LayerSave", "LayerTransfer", "RowMover", "Transfer", "TransferResult",
-           "gpu_available"]
+    def begin_save_layer_rows(self, keys):
+        k = Keys(keys)
+        s = C.c_void_p()
+        check(lib.kvpool_gpu_begin_save_layer_rows(self._live(), k.array, k.count, C.byref(s)))
+        save = RowLayerSave(s, self)
+        save._count = k.count
+        return save
+
+
+class _Count:
+    """The key count of rows given without their keys."""
+
+    def __init__(self, count):
+        self.count = count
+
+
+__all__ = ["KvLayout", "KvMover", "LayerSave", "LayerTransfer", "RowLayerSave", "RowMover", "Transfer",
+           "TransferResult", "gpu_available"]

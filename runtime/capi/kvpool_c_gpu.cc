@@ -149,11 +149,17 @@ kvpool_status_t kvpool_gpu_mover_set_options(kvpool_gpu_mover_t* mover, const kv
 
 kvpool_status_t kvpool_gpu_row_mover_create(kvpool_client_t* client, uint64_t namespace_id, uint32_t units,
                                             const kvpool_gpu_options_t* options, kvpool_gpu_mover_t** mover_out) {
-  return guarded("kvpool_gpu_row_mover_create", [&] {
+  return kvpool_gpu_layer_row_mover_create(client, namespace_id, units, 1, options, mover_out);
+}
+
+kvpool_status_t kvpool_gpu_layer_row_mover_create(kvpool_client_t* client, uint64_t namespace_id, uint32_t units,
+                                                  uint32_t layers, const kvpool_gpu_options_t* options,
+                                                  kvpool_gpu_mover_t** mover_out) {
+  return guarded("kvpool_gpu_layer_row_mover_create", [&] {
     if (client == nullptr || mover_out == nullptr) return invalid("client or mover_out is NULL");
     kvpool::gpu::GpuOptions o;
     if (auto s = to_gpu_options(options, o); s != KVPOOL_OK) return s;
-    auto m = kvpool::gpu::KvMover::create_rows(*client->client, namespace_id, units, o);
+    auto m = kvpool::gpu::KvMover::create_rows(*client->client, namespace_id, units, o, layers);
     if (!m) return record(m.error());
     *mover_out = new kvpool_gpu_mover{std::move(*m)};
     return ok();
@@ -291,6 +297,42 @@ kvpool_status_t kvpool_gpu_begin_save_layers(kvpool_gpu_mover_t* mover, const kv
     if (!s) return record(s.error());
     *save_out = new kvpool_gpu_layer_save{std::move(*s)};
     return ok();
+  });
+}
+
+kvpool_status_t kvpool_gpu_load_layer_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* rows,
+                                           size_t num_rows, size_t num_keys, uint32_t layer, void* stream, void* after,
+                                           kvpool_gpu_transfer_t** transfer_out) {
+  return guarded("kvpool_gpu_load_layer_rows", [&] {
+    if (mover == nullptr || transfer_out == nullptr) return invalid("mover or transfer_out is NULL");
+    if (num_keys > 0 && (keys == nullptr || rows == nullptr)) return invalid("keys or rows is NULL");
+    auto t = mover->mover->load_layer_rows(to_keys(keys, num_keys), layer, std::span<const std::uint64_t>(rows, num_rows),
+                                           static_cast<CUstream_st*>(stream), static_cast<CUevent_st*>(after));
+    if (!t) return record(t.error());
+    *transfer_out = new kvpool_gpu_transfer{std::move(*t)};
+    return ok();
+  });
+}
+
+kvpool_status_t kvpool_gpu_begin_save_layer_rows(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, size_t num_keys,
+                                                 kvpool_gpu_layer_save_t** save_out) {
+  return guarded("kvpool_gpu_begin_save_layer_rows", [&] {
+    if (mover == nullptr || save_out == nullptr) return invalid("mover or save_out is NULL");
+    if (num_keys > 0 && keys == nullptr) return invalid("keys is NULL");
+    auto s = mover->mover->begin_save_layer_rows(to_keys(keys, num_keys));
+    if (!s) return record(s.error());
+    *save_out = new kvpool_gpu_layer_save{std::move(*s)};
+    return ok();
+  });
+}
+
+kvpool_status_t kvpool_gpu_save_layer_rows(kvpool_gpu_layer_save_t* save, uint32_t layer, const uint64_t* rows,
+                                           size_t num_rows, void* after) {
+  return guarded("kvpool_gpu_save_layer_rows", [&] {
+    if (save == nullptr) return invalid("save is NULL");
+    if (num_rows > 0 && rows == nullptr) return invalid("rows is NULL");
+    return record(save->save->save_layer_rows(layer, std::span<const std::uint64_t>(rows, num_rows),
+                                              static_cast<CUevent_st*>(after)));
   });
 }
 

@@ -58,17 +58,22 @@ Result<std::unique_ptr<Engine>> Engine::create(const KvLayout& layout, const KvT
 }
 
 Result<std::unique_ptr<Engine>> Engine::create_rows(std::uint64_t block_bytes, std::uint32_t units,
-                                                    std::uint64_t chunk_bytes, int device) {
+                                                    std::uint32_t layers, std::uint64_t chunk_bytes, int device) {
   if (units == 0 || block_bytes == 0 || block_bytes % units != 0 || (block_bytes / units) % 16 != 0) {
     return make_error(StatusCode::kInvalidArgument,
                       "gpu rows: " + std::to_string(units) + " runs per block of " + std::to_string(block_bytes) +
                           " bytes: the runs must be equal and a multiple of 16 bytes");
+  }
+  if (layers == 0 || units % layers != 0) {
+    return make_error(StatusCode::kInvalidArgument, "gpu rows: " + std::to_string(units) + " runs per block are not " +
+                                                        std::to_string(layers) + " equal layers");
   }
   std::unique_ptr<Engine> e(new Engine());
   Plan& p = e->plan_;
   p.table = true;
   p.run_bytes = block_bytes / units;
   p.units = units;
+  p.layer_units = units / layers;
   p.block_bytes = block_bytes;
   p.pages = UINT64_MAX;  // row addresses: no range to check
   p.page_stride = p.run_bytes;

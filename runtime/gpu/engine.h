@@ -30,9 +30,10 @@ class Engine {
   // addresses each call gives. Its "pages" are addresses of rows of `units`
   // run addresses in mapped pinned host memory (the kernels read them from
   // there; the per-page mover on the host), so no page is out of range, and
-  // checksums are the CPU's (can_hash() is false).
+  // checksums are the CPU's (can_hash() is false). The runs are `layers`
+  // equal groups, layer-major (the layer-wise row calls move one group).
   static Result<std::unique_ptr<Engine>> create_rows(std::uint64_t block_bytes, std::uint32_t units,
-                                                     std::uint64_t chunk_bytes, int device);
+                                                     std::uint32_t layers, std::uint64_t chunk_bytes, int device);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;

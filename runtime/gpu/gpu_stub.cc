@@ -24,7 +24,7 @@ Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns,
 }
 
 Result<std::unique_ptr<KvMover>> KvMover::create_rows(Client& client, NamespaceId ns, std::uint32_t,
-                                                      const GpuOptions&) {
+                                                      const GpuOptions&, std::uint32_t) {
   auto nsb = client.block_bytes(ns);
   if (!nsb) return tl::unexpected(nsb.error());
   return tl::unexpected(unimplemented());

@@ -104,16 +104,20 @@ class LayerLoadImpl : public LayerTransfer {
     return result_;
   }
 
+  // Layers [first, end) only (a rows load of one layer); all by default.
   Status start(std::size_t nkeys, std::span<const std::uint64_t> pages, cudaStream_t stream, const GpuOptions& o,
-               SteadyClock::time_point t0) {
+               SteadyClock::time_point t0, std::uint32_t first, std::uint32_t end) {
     t0_ = t0;
     control_ms_ = ms_since(t0);  // the lookup (begin_mapped_get)
     found_ = mg_.found;
     Engine& e = m_.engine();
     const Plan& plan = e.plan();
-    const std::uint32_t layers = plan.units / (2 * plan.segs);
-    const std::uint32_t per_layer = 2 * plan.segs;  // runs of one layer
+    const std::uint32_t per_layer = plan.layer_units;  // runs of one layer
     const std::uint64_t layer_bytes = per_layer * plan.run_bytes;
+    first_ = first;
+    end_ = std::min(end, plan.units / per_layer);
+    if (first_ >= end_) return Status(StatusCode::kInvalidArgument, "layer " + std::to_string(first) + " out of range");
+    const bool all = first_ == 0 && end_ == plan.units / per_layer;
     const std::size_t n = found_;
     std::vector<std::byte*> host(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -127,8 +131,8 @@ class LayerLoadImpl : public LayerTransfer {
     // Per layer when the blocks carry a slice per layer; else whole blocks,
     // after the last layer (gpu.h).
     slices_ = mg_.slices;
-    per_layer_sums_ = slices_ == layers;
-    gpu_hash_ = o.verify_loads && o.gpu_checksums && e.can_hash() && plan.units % slices_ == 0 && n > 0;
+    per_layer_sums_ = slices_ == plan.units / per_layer;
+    gpu_hash_ = all && o.verify_loads && o.gpu_checksums && e.can_hash() && plan.units % slices_ == 0 && n > 0;
     verify_ = o.verify_loads;
     if (gpu_hash_) {
       auto sb = m_.take_sums(n * slices_);
@@ -147,8 +151,8 @@ class LayerLoadImpl : public LayerTransfer {
       }
     }
     const auto runs = adjacent_runs(host, plan.block_bytes);
-    std::vector<cudaEvent_t> copied(layers, nullptr), scattered(layers, nullptr);
-    for (std::uint32_t l = 0; l < layers && s.ok(); ++l) {
+    std::vector<cudaEvent_t> copied(end_, nullptr), scattered(end_, nullptr);
+    for (std::uint32_t l = first_; l < end_ && s.ok(); ++l) {
       auto c = events_.make(), d = events_.make(), ready = events_.make();
       if (!c || !d || !ready) {
         s = !c ? c.error() : !d ? d.error() : ready.error();
@@ -156,9 +160,9 @@ class LayerLoadImpl : public LayerTransfer {
       }
       copied[l] = *c;
       scattered[l] = *d;
-      std::byte* buf = staging[l % 2];
+      std::byte* buf = staging[(l - first_) % 2];
       // The buffer is free once layer l - 2 has been scattered out of it.
-      if (l >= 2) s = cuda_status(cudaStreamWaitEvent(copy, scattered[l - 2], 0), "cudaStreamWaitEvent");
+      if (l >= first_ + 2) s = cuda_status(cudaStreamWaitEvent(copy, scattered[l - 2], 0), "cudaStreamWaitEvent");
       if (s.ok() && n > 0) s = copy_layer(false, host, runs, buf, plan.block_bytes, layer_bytes, l, copy);
       if (s.ok()) s = cuda_status(cudaEventRecord(copied[l], copy), "cudaEventRecord");
       if (s.ok()) s = cuda_status(cudaStreamWaitEvent(work, copied[l], 0), "cudaStreamWaitEvent");
@@ -212,13 +216,24 @@ class LayerLoadImpl : public LayerTransfer {
         }
       }
     } else if (s.ok() && verify_) {
-      // CPU checksums (gpu_checksums off, or runs not of 64-byte
-      // multiples): of the pool's bytes, which the read lease keeps stable.
+      // CPU checksums (gpu_checksums off, runs not of 64-byte multiples, or
+      // pointer rows): of the pool's bytes, which the read lease keeps
+      // stable. Only the slices moved, when the blocks have one per layer.
       const std::uint64_t bb = m_.engine().plan().block_bytes;
+      const std::uint64_t sb = bb / slices_;
+      const std::uint32_t lo = per_layer_sums_ ? first_ : 0, hi = per_layer_sums_ ? end_ : 0;
       std::vector<std::uint64_t> table(slices_);
       for (std::size_t i = 0; i < found_ && good == found_; ++i) {
-        (void)pool::block_checksum(std::span<const std::byte>(mg_.slots[i].payload, bb), slices_, table.data());
-        if (!std::equal(table.begin(), table.end(), mg_.checksums.begin() + i * slices_)) good = i;
+        const std::byte* p = mg_.slots[i].payload;
+        const std::uint64_t* want = mg_.checksums.data() + i * slices_;
+        if (hi > lo) {
+          for (std::uint32_t l = lo; l < hi && good == found_; ++l) {
+            if (pool::payload_checksum(std::span<const std::byte>(p + l * sb, sb)) != want[l]) good = i;
+          }
+        } else {
+          (void)pool::block_checksum(std::span<const std::byte>(p, bb), slices_, table.data());
+          if (!std::equal(table.begin(), table.end(), want)) good = i;
+        }
       }
     }
     if (gpu_hash_) m_.give_sums(sums_);
@@ -234,7 +249,8 @@ class LayerLoadImpl : public LayerTransfer {
     } else if (good < nkeys) {
       r.get.stopped = mg_.stopped;
     }
-    r.stats.bytes = good * m_.engine().plan().block_bytes;
+    r.stats.bytes = good * m_.engine().plan().block_bytes / m_.engine().plan().units * m_.engine().plan().layer_units *
+                    (end_ - first_);
     return r;
   }
 
@@ -242,6 +258,7 @@ class LayerLoadImpl : public LayerTransfer {
   MappedGet mg_;
   std::vector<std::uint64_t> pages_;
   std::size_t found_ = 0;
+  std::uint32_t first_ = 0, end_ = 0;  // the layers moved
   std::uint32_t slices_ = 1;
   bool per_layer_sums_ = false;
   bool gpu_hash_ = false;
@@ -277,8 +294,8 @@ class LayerSaveImpl : public LayerSave {
     t0_ = SteadyClock::now();
     Engine& e = m_.engine();
     const Plan& plan = e.plan();
-    layers_ = plan.units / (2 * plan.segs);
-    per_layer_ = 2 * plan.segs;
+    layers_ = plan.units / plan.layer_units;
+    per_layer_ = plan.layer_units;
     layer_bytes_ = per_layer_ * plan.run_bytes;
     saved_.assign(layers_, false);
     for (std::size_t i = 0; i < mp_.outcomes.size(); ++i) {
@@ -523,9 +540,10 @@ class WholeSaveAsLayers : public LayerSave {
 
 Result<std::unique_ptr<LayerTransfer>> start_layer_load(MoverCore& m, MappedGet mg, std::size_t nkeys,
                                                         std::span<const std::uint64_t> pages, cudaStream_t stream,
-                                                        const GpuOptions& o, SteadyClock::time_point t0) {
+                                                        const GpuOptions& o, SteadyClock::time_point t0,
+                                                        std::uint32_t first_layer, std::uint32_t end_layer) {
   auto t = std::make_unique<LayerLoadImpl>(m, std::move(mg));
-  if (Status s = t->start(nkeys, pages, stream, o, t0); !s.ok()) return tl::unexpected(s);
+  if (Status s = t->start(nkeys, pages, stream, o, t0, first_layer, end_layer); !s.ok()) return tl::unexpected(s);
   return std::unique_ptr<LayerTransfer>(std::move(t));
 }
 

@@ -54,6 +54,7 @@ Result<Plan> make_plan(const KvLayout& l) {
                                                         " bytes is not a multiple of 16");
   }
   p.units = 2 * l.num_layers * p.segs;
+  p.layer_units = 2 * p.segs;
   p.block_bytes = p.units * p.run_bytes;
   return p;
 }

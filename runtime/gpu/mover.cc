@@ -30,7 +30,6 @@ using detail::StreamGate;
 using detail::SumBuffer;
 using detail::TransferImpl;
 
-
 class KvMoverImpl : public KvMover, public detail::MoverCore {
  public:
   // units: 0 for a layout's mover, else the runs per block of a rows mover.
@@ -95,6 +94,15 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   Result<std::unique_ptr<Transfer>> load_rows(std::span<const Key128> keys, std::span<const std::uint64_t> rows,
                                               CUstream_st* stream, CUevent_st* after) override {
     return rows_call(false, keys, rows, stream, after);
+  }
+
+  Result<std::unique_ptr<Transfer>> load_layer_rows(std::span<const Key128> keys, std::uint32_t layer,
+                                                    std::span<const std::uint64_t> rows, CUstream_st* stream,
+                                                    CUevent_st* after) override {
+    return detail::load_layer_rows(*this, keys, layer, rows, stream, after);
+  }
+  Result<std::unique_ptr<LayerSave>> begin_save_layer_rows(std::span<const Key128> keys) override {
+    return detail::begin_save_layer_rows(*this, keys);
   }
 
  private:
@@ -166,7 +174,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     return false;
   }
 
-  GpuOptions current_options() {
+  GpuOptions current_options() override {
     std::lock_guard lock(mu_);
     return options_;
   }
@@ -206,6 +214,11 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   Result<std::unique_ptr<LayerSave>> begin_save_layers(std::span<const Key128> keys,
                                                        std::span<const std::uint64_t> pages) override {
     if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
+    return layer_save(keys, pages);
+  }
+
+  Result<std::unique_ptr<LayerSave>> layer_save(std::span<const Key128> keys,
+                                                std::span<const std::uint64_t> pages) override {
     GpuOptions o = current_options();
     if (o.path != Path::kStaged) {
       auto mp = client_.begin_mapped_put(ns_, keys);
@@ -220,7 +233,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
          p = std::vector<std::uint64_t>(pages.begin(), pages.end())](cudaStream_t stream) {
           return start_staged(true, k, p, stream, current_options(), SteadyClock::now());
         },
-        layout_.num_layers);
+        engine_->plan().units / engine_->plan().layer_units);
   }
 
   // MoverCore, for the layer-wise transfers.
@@ -773,12 +786,12 @@ Result<std::unique_ptr<KvMover>> KvMover::create(Client& client, NamespaceId ns,
 }
 
 Result<std::unique_ptr<KvMover>> KvMover::create_rows(Client& client, NamespaceId ns, std::uint32_t units,
-                                                      const GpuOptions& options) {
+                                                      const GpuOptions& options, std::uint32_t layers) {
   auto nsb = client.block_bytes(ns);
   if (!nsb) return tl::unexpected(nsb.error());
   std::string why;
   if (!gpu_available(&why)) return make_error(StatusCode::kFailedPrecondition, "gpu: " + why);
-  auto engine = Engine::create_rows(*nsb, units, options.chunk_bytes, options.device);
+  auto engine = Engine::create_rows(*nsb, units, layers, options.chunk_bytes, options.device);
   if (!engine) return tl::unexpected(engine.error());
   return std::unique_ptr<KvMover>(new KvMoverImpl(client, ns, KvLayout{}, options, std::move(*engine), units));
 }

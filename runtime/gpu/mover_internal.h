@@ -111,6 +111,11 @@ class MoverCore {
   // pool hands it back to the driver at every synchronisation and the next
   // transfer pays for the allocation again. Made with the streams.
   virtual cudaMemPool_t staging_pool() = 0;
+  virtual GpuOptions current_options() = 0;
+  // A layer-wise save of pages (begin_save_layers without its argument
+  // checks): mapped, or the staged path's whole-block stand-in.
+  virtual Result<std::unique_ptr<LayerSave>> layer_save(std::span<const Key128> keys,
+                                                        std::span<const std::uint64_t> pages) = 0;
 };
 
 // Layer-wise transfers on the mapped path (layers.cc). load: mg from
@@ -118,9 +123,12 @@ class MoverCore {
 // the work queued on `stream`. save: mp from begin_mapped_put, every key
 // kWritten or settled (none placed on an agent not mapped here).
 // t0: when the caller's call began (the stats count from it).
+// Only layers [first_layer, end_layer) when given (a rows load of one layer).
 Result<std::unique_ptr<LayerTransfer>> start_layer_load(MoverCore& m, MappedGet mg, std::size_t nkeys,
                                                         std::span<const std::uint64_t> pages, cudaStream_t stream,
-                                                        const GpuOptions& o, SteadyClock::time_point t0);
+                                                        const GpuOptions& o, SteadyClock::time_point t0,
+                                                        std::uint32_t first_layer = 0,
+                                                        std::uint32_t end_layer = UINT32_MAX);
 Result<std::unique_ptr<LayerSave>> start_layer_save(MoverCore& m, MappedPut mp, std::span<const std::uint64_t> pages,
                                                     const GpuOptions& o);
 
@@ -148,5 +156,10 @@ struct RowsCall {
 Result<RowsCall> prepare_rows(MoverCore& m, bool save, std::size_t nkeys, std::span<const std::uint64_t> rows,
                               std::uint32_t units, cudaStream_t stream, cudaEvent_t after);
 std::unique_ptr<Transfer> with_rows(MoverCore& m, std::unique_ptr<Transfer> t, SumBuffer table);
+// KvMover::load_layer_rows and begin_save_layer_rows of a rows mover.
+Result<std::unique_ptr<Transfer>> load_layer_rows(MoverCore& m, std::span<const Key128> keys, std::uint32_t layer,
+                                                  std::span<const std::uint64_t> rows, cudaStream_t stream,
+                                                  cudaEvent_t after);
+Result<std::unique_ptr<LayerSave>> begin_save_layer_rows(MoverCore& m, std::span<const Key128> keys);
 
 }  // namespace kvpool::gpu::detail

@@ -23,6 +23,9 @@ struct Plan {
   std::uint64_t row_stride = 0;
   std::uint64_t page_stride = 0;
   std::uint32_t units = 0;  // runs per block: 2 * num_layers * segs
+  // Runs of one layer's slice (2 * segs; a rows plan: units / its layers),
+  // what the layer-wise transfers move at a time.
+  std::uint32_t layer_units = 0;
   std::uint64_t block_bytes = 0;
   std::uint64_t pages = 0;
   std::uint64_t tensor_bytes = 0;  // bytes each of K/V tensor spans (vLLM combined: the half)

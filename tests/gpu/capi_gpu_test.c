@@ -77,6 +77,13 @@ int main(void) {
     CHECK(kvpool_gpu_row_mover_create(NULL, 1, 2, NULL, &rows_mover) == KVPOOL_INVALID_ARGUMENT && rows_mover == NULL);
     CHECK(kvpool_gpu_save_rows(NULL, &key, row, 2, 1, NULL, NULL, &t) == KVPOOL_INVALID_ARGUMENT && t == NULL);
     CHECK(kvpool_gpu_load_rows(NULL, &key, row, 2, 1, NULL, NULL, &t) == KVPOOL_INVALID_ARGUMENT && t == NULL);
+    /* Layer by layer. */
+    kvpool_gpu_layer_save_t* s = NULL;
+    CHECK(kvpool_gpu_layer_row_mover_create(NULL, 1, 4, 2, NULL, &rows_mover) == KVPOOL_INVALID_ARGUMENT &&
+          rows_mover == NULL);
+    CHECK(kvpool_gpu_load_layer_rows(NULL, &key, row, 2, 1, 0, NULL, NULL, &t) == KVPOOL_INVALID_ARGUMENT && t == NULL);
+    CHECK(kvpool_gpu_begin_save_layer_rows(NULL, &key, 1, &s) == KVPOOL_INVALID_ARGUMENT && s == NULL);
+    CHECK(kvpool_gpu_save_layer_rows(NULL, 0, row, 2, NULL) == KVPOOL_INVALID_ARGUMENT);
   }
   printf("kvpool_gpu_available: %d\n", kvpool_gpu_available());
   printf("capi_gpu_test: %s\n", g_failures == 0 ? "ok" : "FAILED");

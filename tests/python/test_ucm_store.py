@@ -47,17 +47,18 @@ def fake_ucm():
     abc_stub.uninstall({"ucm"})
 
 
-def readme_ucm_config():
-    """kv_connector_extra_config of python/README.md's UCM command."""
-    block = README.read_text().split("<!-- ucm-command -->", 1)[1].split("```", 2)[1]
+def readme_ucm_config(marker="<!-- ucm-command -->"):
+    """kv_connector_extra_config of python/README.md's UCM command (the one
+    after `marker`)."""
+    block = README.read_text().split(marker, 1)[1].split("```", 2)[1]
     m = re.search(r"--kv-transfer-config '([^']*)'", block)
     assert m, "python/README.md's UCM command has no --kv-transfer-config '...'"
     return json.loads(m.group(1))["kv_connector_extra_config"]
 
 
-def create_like_ucm(pool, role, extra=None, **role_keys):
+def create_like_ucm(pool, role, extra=None, marker="<!-- ucm-command -->", **role_keys):
     """UCMDirectConnector._create_store then UcmConnectorFactoryV1.create_connector."""
-    connector = readme_ucm_config()["ucm_connectors"][0]
+    connector = readme_ucm_config(marker)["ucm_connectors"][0]
     config = copy.deepcopy(connector["ucm_connector_config"])
     config.update(kvpool_coordinator=pool.coordinator, kvpool_secret_file=None, **(extra or {}))
     config.setdefault("share_buffer_enable", False)
@@ -253,13 +254,81 @@ def test_scheduler_and_worker_derive_one_namespace_and_the_worker_call_sequence(
 
 
 def test_a_worker_whose_shards_differ_from_the_block_is_refused_naming_the_key(pool, fake_ucm, request):
-    with pytest.raises(RuntimeError, match="kvpool_block_bytes"):
+    """UCMLayerWiseConnector's worker: shard_size is one layer's bytes (of 4
+    here), block_size the whole block's (KVCacheLayout.shard_size and
+    block_size with use_layerwise). Without kvpool_layers, or with a wrong
+    one, the message names the value to set; shards that do not divide the
+    block name kvpool_block_bytes (each shard its own block)."""
+    with pytest.raises(RuntimeError, match='"kvpool_layers": 4'):
         create_like_ucm(pool, "worker", {"model": request.node.name}, device_id=-1, shard_size=TENSOR,
+                        block_size=COLUMNS * TENSOR)
+    with pytest.raises(RuntimeError, match='"kvpool_layers": 4 .*not 2'):
+        create_like_ucm(pool, "worker", {"model": request.node.name, "kvpool_layers": 2}, device_id=-1,
+                        shard_size=TENSOR, block_size=COLUMNS * TENSOR)
+    with pytest.raises(RuntimeError, match="kvpool_block_bytes"):
+        create_like_ucm(pool, "worker", {"model": request.node.name}, device_id=-1, shard_size=TENSOR * 3,
                         block_size=COLUMNS * TENSOR)
     s = create_like_ucm(pool, "worker", {"model": request.node.name, "kvpool_block_bytes": TENSOR * 2}, device_id=-1,
                         shard_size=TENSOR * 2, block_size=COLUMNS * TENSOR)
-    assert s.block_bytes == TENSOR * 2
+    assert s.block_bytes == TENSOR * 2 and not s.layerwise
     s.close()
+
+
+def test_the_documented_layer_wise_command_builds_a_layer_wise_worker(pool, fake_ucm, request):
+    """python/README.md's layer-wise command: UCMConnector picks
+    UCMLayerWiseConnector on use_layerwise (ucm_connector.py,
+    UCMConnector.__init__), whose worker gets shard_size = one layer; the
+    documented kvpool_layers makes that a layer-wise store in the
+    scheduler's namespace."""
+    marker = "<!-- ucm-layerwise-command -->"
+    assert readme_ucm_config(marker)["use_layerwise"] is True
+    layers = readme_ucm_config(marker)["ucm_connectors"][0]["ucm_connector_config"]["kvpool_layers"]
+    layer = 2 * 16 * 8 * 128 * 2  # K and V of 16 tokens, 8 heads of 128, bf16
+    extra = {"model": request.node.name}
+    worker = create_like_ucm(pool, "worker", extra, marker, device_id=0, tensor_size_list=[layer // 2] * 2,
+                             shard_size=layer, block_size=layer * layers)
+    scheduler = create_like_ucm(pool, "scheduler", extra, marker, block_size=layer * layers)
+    assert worker.layerwise and worker.layers == layers
+    assert worker.namespace == scheduler.namespace
+    worker.close()
+    scheduler.close()
+
+
+def test_layer_wise_worker_shares_the_scheduler_namespace_and_refuses_what_it_cannot_commit(pool, fake_ucm, request):
+    """UCMLayerWiseConnector (ucm_connector.py at the adapter's commit):
+    the scheduler's store gets only block_size, the worker's shard_size = a
+    layer; with kvpool_layers in the shared config both register one
+    namespace (a checksum per layer slice), and a layer-wise dump stores
+    slices of the whole block (shard 0), so the scheduler's lookup sees it.
+    A dump that starts past layer 0 (a pipeline stage's) fails its task
+    with a message saying why; host memory is refused (device only)."""
+    extra = {"model": request.node.name, "kvpool_layers": COLUMNS}
+    worker = create_like_ucm(pool, "worker", extra, device_id=0, tensor_size_list=[TENSOR // 2] * 2,
+                             shard_size=TENSOR, block_size=COLUMNS * TENSOR)
+    scheduler = create_like_ucm(pool, "scheduler", extra, block_size=COLUMNS * TENSOR)
+    assert worker.layerwise and not scheduler.layerwise
+    assert worker.namespace == scheduler.namespace
+    ids = block_ids(2, b"lw")
+    ptrs = np.full((2, 2), 1 << 44, dtype=np.uint64)  # a layer's K and V per block; never dereferenced
+    task = worker.dump_data(ids, [2, 2], ptrs, 0)  # layer 2 with no layer 0 before it
+    with pytest.raises(RuntimeError, match="pipeline parallelism"):
+        worker.wait(task)
+    task = worker.load_data(ids, [0, 1], ptrs)  # one layer per call
+    with pytest.raises(RuntimeError, match="one layer"):
+        worker.wait(task)
+    task = worker.load_data(ids, [4, 4], ptrs)
+    with pytest.raises(RuntimeError, match="4 layers"):
+        worker.wait(task)
+    if not kvpool.gpu.gpu_available():  # on a GPU, tests/python/gpu/test_ucm_gpu.py moves real layers
+        for task in (worker.dump_data(ids, [0, 0], ptrs, 0), worker.load_data(ids, [0, 0], ptrs)):
+            with pytest.raises(RuntimeError, match="gpu: "):
+                worker.wait(task)
+    assert scheduler.lookup_on_prefix(ids) == -1  # nothing was committed
+    host = create_like_ucm(pool, "worker", extra, device_id=-1, shard_size=TENSOR, block_size=COLUMNS * TENSOR)
+    with pytest.raises(RuntimeError, match="device memory only"):
+        host.dump_data(ids, [0, 0], np.zeros((2, 2), dtype=np.uint64))
+    for s in (worker, scheduler, host):
+        s.close()
 
 
 def test_device_pointers_without_a_gpu_fail_the_task_with_a_runtime_error(pool, fake_ucm, request):

@@ -26,10 +26,33 @@ block size for scheduler and worker: ``config["kvpool_block_bytes"]``, else
 ``config["block_size"]``, which UCM's connector
 (ucm/integration/vllm/ucm_connector.py at cdd4406794808e1f387e11a5f8893dc738247e61,
 ``UCMDirectConnector._create_store``) sets in both roles: the scheduler from
-the model config, the worker from its KV tensors. A worker whose
-``shard_size`` differs (layer-wise dumps, pipeline stages) is refused at
-construction naming ``kvpool_block_bytes``: set it to the worker's shard
-size in the UCM config both roles share. Ranks: UCM's block ids already
+the model config, the worker from its KV tensors. ``kvpool_layers`` (the
+model's layer count, in the ``ucm_connector_config`` both roles share)
+puts it in the namespace: each block then carries a checksum per layer
+slice (slot format 2), and the layer-wise connector can be used.
+
+Layer by layer (``UCMLayerWiseConnector``, ucm_connector.py at the commit
+above: ``save_kv_layer`` dumps and ``_submit_request_load_tasks_for_layer``
+loads one layer per call, ``shard_index`` = the layer, with that layer's
+addresses only; the worker's ``shard_size`` is one layer's bytes and its
+``block_size`` the whole block's): a kvpool block is still the whole UCM
+block, so the scheduler's lookups, the direct connector and the layer-wise
+one share blocks. A step's dumps of layers 0..L-1 go into one layer-wise
+save (``RowMover.begin_save_layer_rows``), committed once every layer is
+in: a block is in the pool whole or not at all. Each layer's task is done
+once its copies are queued (after UCM's event), the last layer's once the
+blocks are committed; UCM's ``wait_for_save`` waits for every task, so its
+pages are free when it returns. A layer's load moves and verifies that
+layer's slice only (``load_layer_rows``), from an agent on this host (the
+layer-wise connector needs one; ``UCMDirectConnector`` loads from any).
+Refused at construction: a worker whose shards divide its block but whose
+``kvpool_layers`` is missing or disagrees (the message names the value to
+set), and shards that do not divide the block (name ``kvpool_block_bytes``:
+set it to the shard size to store each shard as its own block). Pipeline
+parallelism with the layer-wise connector (a stage dumps only its own
+layers, so no block would ever be whole): a dump that starts at a layer
+other than 0 fails with a message saying so. Layer-wise shards move from
+device memory only. Ranks: UCM's block ids already
 carry the TP rank (``RequestHasher`` seeds them with it) and MLA ranks share
 rank 0's ids, so the namespace does not repeat it.
 
@@ -90,6 +113,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import ctypes
+import logging
+import threading
 from typing import TYPE_CHECKING, Dict, List
 
 import numpy as np
@@ -97,6 +122,8 @@ import numpy as np
 import kvpool
 
 from ._common import Staging, address_and_size, connect
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -134,23 +161,22 @@ class KvpoolUcmStore:
         if not block:
             raise kvpool.InvalidArgument("config needs kvpool_block_bytes or block_size (bytes)")
         self.block_bytes = int(block)
-        shard = config.get("shard_size")
-        if shard and int(shard) != self.block_bytes:
-            raise kvpool.InvalidArgument(
-                f"this worker's shards are {int(shard)} bytes but the block size both roles derive is "
-                f"{self.block_bytes}: set \"kvpool_block_bytes\": {int(shard)} in ucm_connector_config")
+        self.layers = int(config.get("kvpool_layers") or 0)
+        self.layerwise = _layerwise(config.get("shard_size"), self.block_bytes, self.layers)
         self.device_id = int(config.get("device_id", -1) if config.get("device_id") is not None else -1)
         self.client = connect(config.get("kvpool_coordinator"), config.get("kvpool_secret_file"),
                               config.get("kvpool_timeout_s", 10.0), client)
         self._owns_client = client is None
         self.namespace = self.client.register_namespace(model_id=str(config.get("model", "ucm")), dtype="bytes",
-                                                        num_layers=0, num_kv_heads=0, head_dim=0,
+                                                        num_layers=self.layers, num_kv_heads=0, head_dim=0,
                                                         tokens_per_block=0, layout="ucm-shard-v1",
                                                         block_bytes=self.block_bytes)
         self.lookup_shard = int(config.get("kvpool_lookup_shard", 0))
         self.staging = Staging(self.client, int(config.get("kvpool_staging_blocks", 16)), self.block_bytes)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="kvpool-ucm")
         self._row_movers = {}  # (row width, device) -> kvpool.gpu.RowMover (device memory)
+        self._pending = None  # the step's layer-wise dump in progress (_PendingDump)
+        self._pending_lock = threading.Lock()
 
     def cc_store(self) -> int:
         """0: no native UCM Store* (UCM's sparse mode, its only user, is refused)."""
@@ -164,6 +190,8 @@ class KvpoolUcmStore:
     def _keys(self, block_ids, shard_index):
         if len(block_ids) != len(shard_index):
             raise kvpool.InvalidArgument(f"{len(block_ids)} block ids but {len(shard_index)} shard indexes")
+        if self.layerwise:  # a layer is a slice of the whole block, stored under shard 0
+            shard_index = [0] * len(block_ids)
         ids = [bytes(b) + int(s).to_bytes(8, "little") for b, s in zip(block_ids, shard_index)]
         return kvpool.engine_keys(self.namespace, ids)
 
@@ -198,14 +226,14 @@ class KvpoolUcmStore:
 
     def load(self, block_ids: List[bytes], shard_index: List[int], dst_tensor: List[List["torch.Tensor"]]):
         if _on_device(dst_tensor):
-            return self._device("load", block_ids, shard_index, lambda: _tensor_rows(dst_tensor, self.block_bytes),
+            return self._device("load", block_ids, shard_index, lambda: _tensor_rows(dst_tensor, self._shard_bytes()),
                                 keepalive=dst_tensor, device=_tensor_device(dst_tensor))
         rows = [[address_and_size(t) for t in row] for row in dst_tensor]
         return self._submit("load", block_ids, shard_index, rows, keepalive=dst_tensor)
 
     def dump(self, block_ids: List[bytes], shard_index: List[int], src_tensor: List[List["torch.Tensor"]]):
         if _on_device(src_tensor):
-            return self._device("dump", block_ids, shard_index, lambda: _tensor_rows(src_tensor, self.block_bytes),
+            return self._device("dump", block_ids, shard_index, lambda: _tensor_rows(src_tensor, self._shard_bytes()),
                                 keepalive=src_tensor, device=_tensor_device(src_tensor))
         rows = [[address_and_size(t) for t in row] for row in src_tensor]
         return self._submit("dump", block_ids, shard_index, rows, keepalive=src_tensor)
@@ -246,6 +274,10 @@ class KvpoolUcmStore:
         return None
 
     def close(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.drop()
         self._executor.shutdown(wait=True)
         for mover in self._row_movers.values():
             mover.close()
@@ -255,39 +287,88 @@ class KvpoolUcmStore:
 
     # -- device memory ----------------------------------------------------------
 
-    def _row_mover(self, units, device):
-        mover = self._row_movers.get((units, device))
+    def _shard_bytes(self):
+        """The bytes one call moves per block: a layer's when layer-wise."""
+        return self.block_bytes // self.layers if self.layerwise else self.block_bytes
+
+    def _row_mover(self, width, device):
+        """The RowMover for rows of ``width`` addresses (a layer's when
+        layer-wise: the mover's blocks are then layers x width runs)."""
+        mover = self._row_movers.get((width, device))
         if mover is None:
             from kvpool import gpu
             sizes = self.config.get("tensor_size_list")
             if sizes and len(set(int(x) for x in sizes)) > 1:
                 raise kvpool.InvalidArgument(f"tensor_size_list {list(sizes)}: kvpool's GPU path moves rows of "
                                              f"equal parts only")
-            if self.block_bytes % units:
-                raise kvpool.InvalidArgument(f"rows of {units} addresses do not split {self.block_bytes}-byte blocks")
-            mover = gpu.RowMover(self.client, self.namespace, units, device=device,
+            layers = self.layers if self.layerwise else 1
+            if self._shard_bytes() % width:
+                raise kvpool.InvalidArgument(f"rows of {width} addresses do not split {self._shard_bytes()}-byte "
+                                             f"{'layers' if self.layerwise else 'blocks'}")
+            mover = gpu.RowMover(self.client, self.namespace, width * layers, layers=layers, device=device,
                                  path=str(self.config.get("kvpool_gpu_path", "auto")))
-            self._row_movers[(units, device)] = mover
+            self._row_movers[(width, device)] = mover
         return mover
 
     def _device(self, kind, block_ids, shard_index, make_rows, after=0, keepalive=None, device=None):
         """Starts the GPU path's transfer of the rows make_rows() gives now
         (a dump's copies wait for ``after``); the task waits for its
-        outcome. Any kvpool error, a bad row included, fails the task."""
+        outcome. Any kvpool error, a bad row included, fails the task.
+        Layer-wise: one layer (the shard index) of every block."""
         n = len(block_ids)
         try:
             rows = make_rows()
             if len(rows) != n:
                 raise kvpool.InvalidArgument(f"{n} blocks but {len(rows)} rows of addresses")
             keys = self._keys(block_ids, shard_index)
-            mover = self._row_mover(len(rows[0]) if len(rows) else 1, self.device_id if device is None else device)
-            if kind == "load":
-                transfer = mover.load_rows(keys, rows)
+            mover = lambda: self._row_mover(len(rows[0]) if len(rows) else 1,  # noqa: E731
+                                            self.device_id if device is None else device)
+            if self.layerwise:
+                layer = _one_layer(shard_index, self.layers)
+                if kind == "dump":
+                    return self._dump_layer(block_ids, keys, layer, rows, mover, after)
+                transfer = mover().load_layer_rows(keys, layer, rows)
+            elif kind == "load":
+                transfer = mover().load_rows(keys, rows)
             else:
-                transfer = mover.save_rows(keys, rows, after=after or None)
+                transfer = mover().save_rows(keys, rows, after=after or None)
         except RuntimeError as e:  # kvpool's errors; UCM logs them and recomputes
             return _failed_task(kind, n, e)
         return KvpoolTask(self._executor.submit(_finish_device, kind, transfer, n), kind, n, keepalive)
+
+    def _dump_layer(self, block_ids, keys, layer, rows, mover, after):
+        """One layer of the step's layer-wise dump: layer 0 starts the save
+        of these blocks, and the dump that brings the last layer in
+        commits it (its task ends with the commit; the others once their
+        copies are queued). mover() gives the RowMover."""
+        n = len(keys)
+        with self._pending_lock:
+            pending = self._pending
+            ids = tuple(bytes(b) for b in block_ids)
+            if layer == 0:
+                if pending is not None:
+                    self._pending = None
+                    pending.drop()  # the last step's dump never got all its layers
+                pending = _PendingDump(ids, mover().begin_save_layer_rows(keys), self.layers)
+                self._pending = pending
+            elif pending is None or pending.ids != ids:
+                raise kvpool.FailedPrecondition(
+                    f"a layer-wise dump of layer {layer} of blocks whose dump did not start at layer 0 (or failed "
+                    f"before): kvpool commits whole blocks, so UCM's layer-wise connector with pipeline parallelism "
+                    f"(a stage dumps only its own layers) is not supported; use UCMDirectConnector or one stage")
+            try:
+                pending.save.save_layer_rows(layer, rows, after=after or None)
+            except RuntimeError:
+                pending.drop()
+                self._pending = None
+                raise
+            pending.saved += 1
+            if pending.saved < self.layers:
+                future = concurrent.futures.Future()
+                future.set_result(None)
+                return KvpoolTask(future, "dump", n)
+            self._pending = None
+        return KvpoolTask(self._executor.submit(pending.commit, n), "dump", n)
 
     # -- helpers -------------------------------------------------------------
 
@@ -299,6 +380,9 @@ class KvpoolUcmStore:
         return [[(int(a), part) for a in row] for row in rows]
 
     def _submit(self, kind, block_ids, shard_index, rows, keepalive=None):
+        if self.layerwise:
+            raise kvpool.InvalidArgument("kvpool's UCM store moves layer-wise shards from device memory only "
+                                         "(device_id >= 0, CUDA tensors)")
         if not (len(block_ids) == len(shard_index) == len(rows)):
             raise kvpool.InvalidArgument(f"{len(block_ids)} blocks, {len(shard_index)} shard indexes, "
                                          f"{len(rows)} rows")
@@ -336,6 +420,62 @@ class KvpoolUcmStore:
                     raise err
 
 
+class _PendingDump:
+    """A step's layer-wise dump: its blocks' ids, the kvpool save, the
+    layers saved so far."""
+
+    def __init__(self, ids, save, layers):
+        self.ids = ids
+        self.save = save
+        self.layers = layers
+        self.saved = 0
+
+    def commit(self, n):
+        try:
+            r = self.save.finish()
+        finally:
+            self.save.close()
+        if r.done != n:
+            raise kvpool.Internal(f"UCM dump: {n - r.done} of {n} blocks were not saved")
+
+    def drop(self):
+        """Aborts the save (nothing of it is committed)."""
+        if self.saved < self.layers:
+            logger.warning("kvpool: a layer-wise dump of %d blocks got %d of %d layers; dropped (nothing committed)",
+                           len(self.ids), self.saved, self.layers)
+        self.save.close()
+
+
+def _layerwise(shard, block_bytes, layers):
+    """Whether a worker's dumps are one layer per call (UCM's layer-wise
+    connector: its shard is a layer of the block); refuses what kvpool
+    cannot store as whole blocks, naming the config key to set."""
+    if not shard or int(shard) == block_bytes:
+        return False
+    shard = int(shard)
+    if block_bytes % shard:
+        raise kvpool.InvalidArgument(
+            f"this worker's shards are {shard} bytes but the block size both roles derive is {block_bytes}: set "
+            f"\"kvpool_block_bytes\": {shard} in ucm_connector_config")
+    if layers != block_bytes // shard:
+        raise kvpool.InvalidArgument(
+            f"this worker dumps {shard}-byte layers of {block_bytes}-byte blocks (UCM's layer-wise connector): set "
+            f"\"kvpool_layers\": {block_bytes // shard} in ucm_connector_config (both roles read it)"
+            + (f", not {layers}" if layers else ""))
+    return True
+
+
+def _one_layer(shard_index, layers):
+    """The layer a layer-wise call moves: its one shard index."""
+    distinct = set(int(s) for s in shard_index)
+    if len(distinct) != 1:
+        raise kvpool.InvalidArgument(f"a layer-wise call moves one layer; shard indexes {sorted(distinct)}")
+    layer = distinct.pop()
+    if not 0 <= layer < layers:
+        raise kvpool.InvalidArgument(f"shard index {layer}: the blocks have {layers} layers")
+    return layer
+
+
 def _finish_device(kind, transfer, n):
     """A device task's outcome: every block moved, or a RuntimeError."""
     try:
@@ -348,6 +488,9 @@ def _finish_device(kind, transfer, n):
         raise kvpool.Internal(f"UCM dump: {n - r.done} of {n} blocks were not saved")
     if r.stopped == "data_loss":
         raise kvpool.DataLoss(f"UCM load: block {r.done} of {n} failed its checksum (blocks before it were loaded)")
+    if r.stopped == "unimplemented":
+        raise kvpool.Unimplemented(f"UCM load: block {r.done} of {n} is on an agent not on this host, and a layer "
+                                   f"loads only from this host's agent (UCMDirectConnector loads from any)")
     raise kvpool.NotFound(f"UCM load: block {r.done} of {n} is not in the pool ({r.stopped}; blocks before it "
                           f"were loaded)")
 

@@ -16,7 +16,11 @@ cdd4406794808e1f387e11a5f8893dc738247e61 (tests/python/engines/ucm_manifest.py):
   ``dump_data(ids, [0] * n, ptrs, handle)``, ``wait``;
 - ``start_load_kv``: ``load_data(ids, [0] * n, ptrs)`` into other vLLM
   block ids, then ``wait``; a RuntimeError there makes UCM report the
-  request's blocks through get_block_ids_with_load_errors (recompute).
+  request's blocks through get_block_ids_with_load_errors (recompute);
+- ``UCMLayerWiseConnector`` (use_layerwise): ``save_kv_layer`` dumps layer l
+  with ``extract_block_addrs(ids, layer_first=True)[l]`` and shard index l,
+  ``wait_for_save`` waits every task; ``start_load_kv`` loads layer 0 and
+  each ``wait_for_layer_load(l)`` waits layer l, then loads layer l + 1.
 
 Bit-exact round trips on the mapped and staged paths, the dump ordered
 after the event (the KV is written after a GPU sleep), and a block
@@ -92,8 +96,19 @@ class KvCaches:
                     shard_size=int(self.tensor_size_lists.sum()), block_size=int(self.tensor_size_lists.sum()),
                     local_rank_size=1)
 
-    def first_bytes(self, block, n=256):
-        return self.kv[0][0, block].contiguous().view(torch.int16).cpu().numpy().tobytes()[:n]
+    def extract_layer_first(self, vllm_block_ids):
+        """extract_block_addrs(..., layer_first=True): (layers, blocks, K/V)."""
+        ids = np.array(vllm_block_ids, np.uint64)
+        return self.tensor_size_lists[:, None, :] * ids[None, :, None] + self.base_ptrs[:, None, :]
+
+    def layerwise_worker_config(self):
+        """_create_store with use_layerwise: a shard is one layer."""
+        return dict(device_id=torch.cuda.current_device(), tensor_size_list=self.tensor_size_lists[0].tolist(),
+                    shard_size=int(self.tensor_size_lists[0].sum()), block_size=int(self.tensor_size_lists.sum()),
+                    local_rank_size=1)
+
+    def first_bytes(self, block, n=256, layer=0):
+        return self.kv[layer][0, block].contiguous().view(torch.int16).cpu().numpy().tobytes()[:n]
 
 
 def same_blocks(a, pa, b, pb):
@@ -172,4 +187,88 @@ def test_load_and_dump_take_cuda_tensors_too(gpu_pool, ucm, request):
     store.wait(store.load(ids, [0] * N, [[layer[kv, b] for layer in dst.kv for kv in (0, 1)] for b in DST]))
     torch.cuda.synchronize()
     assert same_blocks(truth, SRC, dst, DST)
+    store.close()
+
+
+def dump_layers_like_ucm(store, scheduler, truth, src, ids):
+    """UCMLayerWiseConnector.save_kv_layer for each layer as the forward
+    pass writes it (layer 0 after a GPU sleep), then wait_for_save: layer
+    l's addresses (extract_block_addrs(..., layer_first=True)[l], made
+    contiguous), shard index l, the event of that point."""
+    total = src.extract_layer_first(SRC)
+    tasks, events = [], []
+    for layer in range(LAYERS):
+        if layer == 0 and hasattr(torch.cuda, "_sleep"):
+            torch.cuda._sleep(50_000_000)
+        src.kv[layer][:, SRC] = truth.kv[layer][:, SRC]
+        event, handle = event_handle()
+        events.append(event)
+        tasks.append(store.dump_data(ids, [layer] * len(ids), np.ascontiguousarray(total[layer]), handle))
+        if layer < LAYERS - 1:
+            assert scheduler.lookup_on_prefix(ids) == -1  # no block before every layer is in
+    for task in tasks:  # wait_for_save
+        store.wait(task)
+
+
+def load_layers_like_ucm(store, dst, ids):
+    """start_load_kv submits layer 0; each wait_for_layer_load(l) waits for
+    layer l's task, then submits layer l + 1. Returns the layers loaded and
+    the error of the first that failed (UCM then stops loading the request
+    and reports its blocks through get_block_ids_with_load_errors)."""
+    total = dst.extract_layer_first(DST)
+    task = store.load_data(ids, [0] * len(ids), total[0])
+    for layer in range(LAYERS):
+        try:
+            store.wait(task)
+        except RuntimeError as e:
+            return layer, e
+        if layer + 1 < LAYERS:
+            task = store.load_data(ids, [layer + 1] * len(ids), total[layer + 1])
+    return LAYERS, None
+
+
+def test_layer_wise_connector_dumps_and_loads_layer_by_layer(gpu_pool, ucm, request):
+    """UCMLayerWiseConnector (use_layerwise): one dump and one load per layer.
+    The blocks commit once every layer is in, load bit-exact layer by layer
+    into other vLLM blocks, and are the same blocks the scheduler looks up
+    and the direct connector's store (same kvpool_layers) loads whole."""
+    truth, src, dst, whole = KvCaches(9), KvCaches(10), KvCaches(11), KvCaches(12)
+    extra = {"model": request.node.name, "kvpool_layers": LAYERS}
+    store = create_like_ucm(gpu_pool, "worker", extra, **truth.layerwise_worker_config())
+    scheduler = create_like_ucm(gpu_pool, "scheduler", extra, block_size=int(truth.tensor_size_lists.sum()))
+    assert store.layerwise
+    ids = [bytes([0xa0 + i]) * 16 for i in range(N)]
+    torch.cuda.synchronize()
+    dump_layers_like_ucm(store, scheduler, truth, src, ids)
+    assert scheduler.lookup_on_prefix(ids) == N - 1
+    assert load_layers_like_ucm(store, dst, ids) == (LAYERS, None)
+    torch.cuda.synchronize()
+    assert same_blocks(truth, SRC, dst, DST)
+    direct = create_like_ucm(gpu_pool, "worker", extra, **truth.worker_config())
+    assert not direct.layerwise and direct.namespace == store.namespace
+    direct.wait(direct.load_data(ids, [0] * N, whole.extract_block_addrs(DST)))
+    torch.cuda.synchronize()
+    assert same_blocks(truth, SRC, whole, DST)
+    for s in (store, scheduler, direct):
+        s.close()
+
+
+def test_layer_wise_load_fails_the_layer_whose_slice_is_corrupted(gpu_pool, ucm, request):
+    """A byte flipped in layer 2 of one block: layers 0 and 1 load (their
+    slices verify), layer 2's wait raises DataLoss naming the block, which
+    wait_for_layer_load turns into invalid block ids (recompute)."""
+    truth, src, dst = KvCaches(13), KvCaches(14), KvCaches(15)
+    extra = {"model": request.node.name, "kvpool_layers": LAYERS}
+    store = create_like_ucm(gpu_pool, "worker", extra, **truth.layerwise_worker_config())
+    ids = [bytes([0xc0 + i]) * 16 for i in range(N)]
+    torch.cuda.synchronize()
+    dump_layers_like_ucm(store, store, truth, src, ids)
+    bad = 4
+    flip_byte_after(gpu_pool.process.pid, truth.first_bytes(SRC[bad], layer=2))
+    layer, error = load_layers_like_ucm(store, dst, ids)
+    assert layer == 2 and isinstance(error, kvpool.DataLoss), (layer, error)
+    assert f"block {bad} of {N}" in str(error)
+    torch.cuda.synchronize()
+    for lay in (0, 1):
+        assert torch.equal(truth.kv[lay][:, SRC].view(torch.int16), dst.kv[lay][:, DST].view(torch.int16))
     store.close()
