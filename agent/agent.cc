@@ -345,6 +345,13 @@ void Agent::init_metrics() {
               reads.requests);
     c.counter("kvpool_agent_owner_read_bytes_total", "Bytes moved by owner reads", {}, reads.bytes);
     c.counter("kvpool_agent_owner_read_errors_total", "Owner reads refused or failed", {}, reads.errors);
+    auto writes = transport_->owner_write_stats();
+    c.counter("kvpool_agent_streamed_puts_total",
+              "Streamed puts placed (tcp: a client's payloads sent as messages the agent copies into its slots)", {},
+              writes.requests);
+    c.counter("kvpool_agent_streamed_put_bytes_total", "Bytes placed by streamed puts", {}, writes.bytes);
+    c.counter("kvpool_agent_streamed_put_errors_total", "Streamed puts refused (outside a served region, wrong rkey)",
+              {}, writes.errors);
     // Isolated tenants' regions (their own instruments are private): what
     // each lends and holds, labelled with the tenant.
     std::lock_guard lock(tenants_mu_);

@@ -3,6 +3,7 @@
 // read wire format.
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -70,6 +71,39 @@ std::string encode_read_request(const ReadRequest& req);
 // kInvalidArgument with the reason for a malformed request.
 Result<ReadRequest> decode_read_request(const void* data, std::size_t length);
 
+// Streamed puts (Peer::put_streamed, stream_write.cc). Wire format,
+// little-endian: kAmWriteData: header u64 write id, u64 destination address
+// in the owner, u64 rkey tag (XXH3-64 of the packed rkey the owner published
+// for the region: the writer's capability, as for an RMA put); data: the
+// bytes, at most kStreamPieceBytes, sent eagerly. kAmWriteDone: data u64
+// write id, u64 bytes sent in all. kAmWriteReply: data u64 write id, i32
+// ucs_status_t, once every byte is placed (or the write failed). Both
+// writer messages carry a reply endpoint: whichever completes the write (the
+// end, or its last piece if it overtook the end on another lane) answers.
+inline constexpr unsigned kAmWriteData = 0x4b34;
+inline constexpr unsigned kAmWriteDone = 0x4b35;
+inline constexpr unsigned kAmWriteReply = 0x4b36;
+inline constexpr std::size_t kWriteDataHeaderBytes = 24;
+// Writes an owner keeps track of before it forgets stale ones (writers that
+// died mid-write).
+inline constexpr std::size_t kMaxOwnerWrites = 1024;
+inline constexpr std::int32_t kNoReply = 1;  // not a ucs_status_t (those are <= 0)
+std::uint64_t rkey_tag(std::string_view packed_rkey);
+// A streamed put on the owner, by write id.
+struct OwnerWrite {
+  std::uint64_t placed = 0;
+  std::uint64_t expected = 0;  // known once told
+  bool told = false;           // kAmWriteDone came
+  ucs_status_t status = UCS_OK;
+  std::chrono::steady_clock::time_point touched = std::chrono::steady_clock::now();
+};
+ucs_status_t on_write_data(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                           const ucp_am_recv_param_t* param);
+ucs_status_t on_write_done(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                           const ucp_am_recv_param_t* param);
+ucs_status_t on_write_reply(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                            const ucp_am_recv_param_t* param);
+
 // A client's owner read waiting for its reply.
 struct PendingRead {
   std::atomic<bool> done{false};
@@ -105,6 +139,7 @@ struct Transport::Impl {
   struct Served {
     std::uint64_t begin = 0, end = 0;  // [begin, end)
     std::string packed_rkey;          // what describe() publishes for it
+    std::uint64_t tag = 0;            // rkey_tag(packed_rkey)
   };
   std::vector<Served> served;  // guarded by served_mu
   std::mutex work_mu;
@@ -115,11 +150,31 @@ struct Transport::Impl {
   std::atomic<std::uint64_t> owner_reads{0};
   std::atomic<std::uint64_t> owner_read_bytes{0};
   std::atomic<std::uint64_t> owner_read_errors{0};
+  // Streamed puts: in progress by write id, and done (Transport::owner_write_stats()).
+  std::mutex writes_mu;
+  std::unordered_map<std::uint64_t, OwnerWrite> writes;  // guarded by writes_mu
+  std::atomic<std::uint64_t> owner_writes{0};
+  std::atomic<std::uint64_t> owner_write_bytes{0};
+  std::atomic<std::uint64_t> owner_write_errors{0};
+  // The write, made on its first message (forgetting stale ones when there
+  // are many). writes_mu held.
+  std::unordered_map<std::uint64_t, OwnerWrite>::iterator owner_write(std::uint64_t id);
+  // Answers the write over `ep` once it is complete or failed. writes_mu held.
+  void settle_write(std::unordered_map<std::uint64_t, OwnerWrite>::iterator it, ucp_ep_h ep);
+  void send_write_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status);
+  // Copies `length` bytes to `addr` if they lie in the served region whose
+  // rkey tag is `tag` (under served_mu: stop_serving waits for the copy).
+  bool place_if_served(std::uint64_t addr, const void* data, std::uint64_t length, std::uint64_t tag);
 
   // Client side: owner reads waiting for replies, by request id.
   std::mutex reads_mu;
   std::unordered_map<std::uint64_t, std::shared_ptr<PendingRead>> reads;  // guarded by reads_mu
   std::atomic<std::uint64_t> next_read_id{1};
+  // Streamed puts waiting for their reply: kNoReply, then the status. Ids
+  // start at a random point: an owner keys every writer's writes by id.
+  std::mutex put_replies_mu;
+  std::unordered_map<std::uint64_t, std::int32_t> put_replies;  // guarded by put_replies_mu
+  std::atomic<std::uint64_t> next_write_id{0};
 
   std::thread progress_thread;
   std::atomic<bool> stop_progress{false};

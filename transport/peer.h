@@ -172,6 +172,17 @@ class Peer {
   Status put_each(const RemoteRegion& remote, std::span<const RmaOp> ops,
                   const std::function<bool(std::size_t)>& ready, Deadline deadline,
                   const BatchOptions& options = {}, std::size_t window = 1);
+  // put_each's contract (ready(j) before op j is sent, nothing sent after
+  // the deadline, OK once every byte is at the target; on failure bytes may
+  // still be queued: close the endpoint), but the bytes go to the region's
+  // owner as active messages its handler copies into place (stream_write.cc)
+  // instead of one-sided puts. For transports where UCX emulates RMA (tcp):
+  // each byte is copied once at the owner instead of through UCX's put
+  // emulation. The owner checks every piece against the region's rkey, as an
+  // RMA put would be. options.local is not needed (no registration).
+  Status put_streamed(const RemoteRegion& remote, std::span<const RmaOp> ops,
+                      const std::function<bool(std::size_t)>& ready, Deadline deadline,
+                      const BatchOptions& options = {});
   // Reads every op's bytes from the remote region into local memory.
   Status get(const RemoteRegion& remote, std::span<const RmaOp> ops, Deadline deadline,
              const BatchOptions& options = {});

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <random>
 
 #include "runtime/common/codec.h"
 #include "runtime/common/logging.h"
@@ -484,6 +485,11 @@ Transport::OwnerReadStats Transport::owner_read_stats() const {
           impl_->owner_read_errors.load(std::memory_order_relaxed)};
 }
 
+Transport::OwnerReadStats Transport::owner_write_stats() const {
+  return {impl_->owner_writes.load(std::memory_order_relaxed), impl_->owner_write_bytes.load(std::memory_order_relaxed),
+          impl_->owner_write_errors.load(std::memory_order_relaxed)};
+}
+
 Transport::~Transport() {
   stop_progress_thread();
   if (impl_->worker != nullptr) {
@@ -573,12 +579,27 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   am.cb = on_read_data;
   st = ucp_worker_set_am_recv_handler(impl.worker, &am);
   if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read data handler"));
+  am.id = kAmWriteReply;
+  am.cb = on_write_reply;
+  st = ucp_worker_set_am_recv_handler(impl.worker, &am);
+  if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the streamed put reply handler"));
   if (options.serve_owner_reads) {
     am.id = kAmReadRequest;
     am.cb = on_read_request;
     st = ucp_worker_set_am_recv_handler(impl.worker, &am);
     if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read handler"));
+    am.id = kAmWriteData;
+    am.cb = on_write_data;
+    st = ucp_worker_set_am_recv_handler(impl.worker, &am);
+    if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the streamed put handler"));
+    am.id = kAmWriteDone;
+    am.cb = on_write_done;
+    st = ucp_worker_set_am_recv_handler(impl.worker, &am);
+    if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the streamed put end handler"));
   }
+  // Streamed put ids start at a random point (the owner keys writes of
+  // every writer by id).
+  impl.next_write_id.store((static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}());
   logger()->debug("UCX worker up, UCX_TLS={}, address {} bytes", impl.tls, impl.address.size());
   return t;
 }
@@ -652,7 +673,8 @@ Status Transport::serve(const MemoryRegion& region) {
   auto rkey = region.pack_rkey();
   if (!rkey) return rkey.error();
   std::lock_guard lock(impl_->served_mu);
-  impl_->served.push_back({begin, begin + region.size(), std::move(*rkey)});
+  const std::uint64_t tag = rkey_tag(*rkey);
+  impl_->served.push_back({begin, begin + region.size(), std::move(*rkey), tag});
   return Status();
 }
 

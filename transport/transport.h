@@ -51,7 +51,7 @@ struct TransportOptions {
   // UCX_TLS syntax. Empty: the environment's UCX_TLS when set, else kDefaultTls.
   std::string tls;
   // Whether this process lends memory (agent) or only reaches it (worker):
-  // an owner registers the owner-read handler.
+  // an owner registers the owner-read and streamed-put handlers.
   bool serve_owner_reads = false;
 };
 
@@ -114,6 +114,10 @@ class Transport {
     std::uint64_t errors = 0;    // refused (outside the served ranges, bad rkey) or failed to post
   };
   OwnerReadStats owner_read_stats() const;
+  // Streamed puts (Peer::put_streamed) this process placed: requests whose
+  // every byte landed, those bytes, and requests refused (outside the
+  // served ranges, a wrong rkey, not eager). Thread-safe.
+  OwnerReadStats owner_write_stats() const;
 
   // Starts a thread that progresses the worker until stop_progress_thread()
   // or destruction. kFailedPrecondition when one already runs.

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -39,6 +41,18 @@ namespace {
 // beside the send cost about 10 ms of CPU per 128 MiB batch on a host whose
 // two cores both carry socket copies.
 constexpr std::size_t kPutPieceBytes = 256 << 10;
+
+// Whether puts over emulated RMA (tcp) are streamed to the agent
+// (Peer::put_streamed), the default; KVPOOL_TCP_PUTS=rma keeps UCX's put
+// emulation, for benchmarks that compare the two in one build.
+bool streamed_puts() {
+  static const bool on = [] {
+    const char* v = std::getenv("KVPOOL_TCP_PUTS");
+    return v == nullptr || std::string_view(v) != "rma";
+  }();
+  return on;
+}
+
 // How many pieces ahead of the post the verifier thread may hash.
 constexpr std::size_t kPutHashLead = 1;
 // Over real RMA: pieces on the wire at once, and the verifier's lead.
@@ -392,6 +406,11 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
     if (s.ok()) {
       // One op per piece; the verifier thread hashes up to kPutHashLead
       // pieces ahead of the post, this thread any piece it has not reached.
+      // Emulated RMA (tcp): payloads stream to the agent (put_streamed) in
+      // pieces of one message each.
+      const bool emulated = (*conn)->peer->rma_transports().find("emulated") != std::string::npos;
+      const bool streamed = emulated && streamed_puts();
+      const std::size_t piece_bytes = streamed ? transport::kStreamPieceBytes : kPutPieceBytes;
       std::vector<transport::RmaOp> piece_ops;
       std::vector<detail::OrderedHasher::Piece> pieces;
       for (std::size_t i : idx) {
@@ -401,8 +420,8 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
                                                 " bytes for a block of " + std::to_string(blocks[i].size()));
           break;
         }
-        for (std::size_t at = 0; at < loc.length; at += kPutPieceBytes) {
-          const std::size_t len = std::min<std::size_t>(kPutPieceBytes, loc.length - at);
+        for (std::size_t at = 0; at < loc.length; at += piece_bytes) {
+          const std::size_t len = std::min<std::size_t>(piece_bytes, loc.length - at);
           piece_ops.push_back({const_cast<std::byte*>(blocks[i].data()) + at, loc.payload_offset + at, len});
           pieces.push_back({i, at, len});
         }
@@ -413,22 +432,24 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
         // next is posted then, right after its checksum. Real RMA: a piece
         // leaves when the target has it; keep many on the wire, hashed
         // further ahead (not measured: no RDMA NIC here).
-        const bool emulated = (*conn)->peer->rma_transports().find("emulated") != std::string::npos;
         const std::size_t window = emulated ? 1 : kRdmaPutWindow;
         auto hasher = std::make_shared<detail::OrderedHasher>(std::move(pieces), blocks, checksums, hashed,
                                                               emulated ? kPutHashLead : kRdmaPutWindow,
                                                               tables.slices, tables.of(0));
         verifier->submit([hasher] { hasher->run_helper(); });
-        // put_each returns once the payloads are complete at the agent;
-        // only then do the headers go.
+        // put_each and put_streamed return once the payloads are complete
+        // at the agent; only then do the headers go. Emulated RMA (tcp):
+        // the payloads go as messages the agent copies into the slots (one
+        // copy there instead of UCX's put emulation; Peer::put_streamed).
         posted = true;
-        s = (*conn)->peer->put_each(
-            (*conn)->region, piece_ops,
-            [&hasher](std::size_t j) {
-              hasher->posted(j);
-              return hasher->ready(j);
-            },
-            put_deadline, {.local = local, .yield_when_idle = true}, window);
+        auto ready = [&hasher](std::size_t j) {
+          hasher->posted(j);
+          return hasher->ready(j);
+        };
+        s = streamed ? (*conn)->peer->put_streamed((*conn)->region, piece_ops, ready, put_deadline,
+                                                   {.yield_when_idle = true})
+                     : (*conn)->peer->put_each((*conn)->region, piece_ops, ready, put_deadline,
+                                               {.local = local, .yield_when_idle = true}, window);
         hasher->stop();  // returns once the helper has left `blocks` and `checksums`
       }
       if (s.ok()) {

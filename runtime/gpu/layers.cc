@@ -222,19 +222,23 @@ class LayerLoadImpl : public LayerTransfer {
       const std::uint64_t bb = m_.engine().plan().block_bytes;
       const std::uint64_t sb = bb / slices_;
       const std::uint32_t lo = per_layer_sums_ ? first_ : 0, hi = per_layer_sums_ ? end_ : 0;
-      std::vector<std::uint64_t> table(slices_);
-      for (std::size_t i = 0; i < found_ && good == found_; ++i) {
+      std::vector<char> ok(found_, 0);
+      r.stats.hash_ms = m_.hash_each(found_, [&](std::size_t i) {
         const std::byte* p = mg_.slots[i].payload;
         const std::uint64_t* want = mg_.checksums.data() + i * slices_;
+        bool same = true;
         if (hi > lo) {
-          for (std::uint32_t l = lo; l < hi && good == found_; ++l) {
-            if (pool::payload_checksum(std::span<const std::byte>(p + l * sb, sb)) != want[l]) good = i;
+          for (std::uint32_t l = lo; l < hi && same; ++l) {
+            same = pool::payload_checksum(std::span<const std::byte>(p + l * sb, sb)) == want[l];
           }
         } else {
+          std::vector<std::uint64_t> table(slices_);
           (void)pool::block_checksum(std::span<const std::byte>(p, bb), slices_, table.data());
-          if (!std::equal(table.begin(), table.end(), want)) good = i;
+          same = std::equal(table.begin(), table.end(), want);
         }
-      }
+        ok[i] = same;
+      });
+      good = static_cast<std::size_t>(std::find(ok.begin(), ok.end(), 0) - ok.begin());
     }
     if (gpu_hash_) m_.give_sums(sums_);
     r.stats.hash_done_ms = ms_since(t0_);
@@ -406,13 +410,16 @@ class LayerSaveImpl : public LayerSave {
     }
     const std::uint64_t bb = e.plan().block_bytes;
     std::vector<std::uint64_t> sums(mp_.outcomes.size() * slices_, 0);
-    for (std::size_t j = 0; j < idx_.size(); ++j) {
-      if (gpu_hash_) {
+    if (gpu_hash_) {
+      for (std::size_t j = 0; j < idx_.size(); ++j) {
         std::copy_n(sums_.p + j * slices_, slices_, sums.begin() + idx_[j] * slices_);
-      } else {
-        (void)pool::block_checksum(std::span<const std::byte>(host_[j], bb), slices_, sums.data() + idx_[j] * slices_);
       }
+    } else {  // on the mover's hash threads, from the pool's bytes
+      r.stats.hash_ms = m_.hash_each(idx_.size(), [&](std::size_t j) {
+        (void)pool::block_checksum(std::span<const std::byte>(host_[j], bb), slices_, sums.data() + idx_[j] * slices_);
+      });
     }
+    r.stats.hash_done_ms = ms_since(t0_);
     if (gpu_hash_) m_.give_sums(sums_);
     auto put = m_.client().finish_mapped_put(mp_, sums);
     r.stats.total_ms = ms_since(t0_);

@@ -54,7 +54,6 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
       cudaFreeHost(h);
     }
     for (auto* d : dev_staging_) cudaFree(d);
-    for (auto& b : sum_buffers_) cudaFreeHost(b.p);
     if (hash_stream_ != nullptr) cudaStreamDestroy(hash_stream_);
     for (auto& pair : layer_streams_) {
       for (cudaStream_t ls : pair) {
@@ -238,6 +237,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
 
   // MoverCore, for the layer-wise transfers.
   Client& client() override { return client_; }
+  double hash_each(std::size_t n, const std::function<void(std::size_t)>& fn) override { return hashers_.run(n, fn); }
   NamespaceId ns() const override { return ns_; }
   Engine& engine() override { return *engine_; }
   cudaMemPool_t staging_pool() override {
@@ -275,30 +275,8 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     return Status();
   }
 
-  Result<SumBuffer> take_sums(std::size_t n) override {
-    std::lock_guard lock(mu_);
-    for (auto it = sum_buffers_.begin(); it != sum_buffers_.end(); ++it) {
-      if (it->cap >= n) {
-        SumBuffer b = *it;
-        sum_buffers_.erase(it);
-        return b;
-      }
-    }
-    SumBuffer b;
-    b.cap = std::max<std::size_t>(1024, std::bit_ceil(n));
-    void* p = nullptr;
-    if (Status s = cuda_status(cudaHostAlloc(&p, b.cap * 8, cudaHostAllocMapped | cudaHostAllocPortable), "cudaHostAlloc");
-        !s.ok()) {
-      return tl::unexpected(s);
-    }
-    b.p = static_cast<std::uint64_t*>(p);
-    return b;
-  }
-  void give_sums(SumBuffer b) override {
-    if (b.p == nullptr) return;
-    std::lock_guard lock(mu_);
-    sum_buffers_.push_back(b);
-  }
+  Result<SumBuffer> take_sums(std::size_t n) override { return sum_buffers_.take(n); }
+  void give_sums(SumBuffer b) override { sum_buffers_.give(b); }
   Result<cudaStream_t> hash_stream() {
     std::lock_guard lock(mu_);
     if (hash_stream_ == nullptr) {
@@ -763,7 +741,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   std::vector<std::byte*> host_staging_;
   std::vector<std::byte*> dev_staging_;
   std::uint64_t staged_per_ = 1;  // blocks per staging chunk, fixed when the buffers are made
-  std::vector<SumBuffer> sum_buffers_;  // free ones; guarded by mu_
+  detail::SumBuffers sum_buffers_;
   cudaStream_t hash_stream_ = nullptr;  // save checksums beside the copies; guarded by mu_ (creation)
   // Layer-wise loads' and saves' (copy, work) stream pairs; guarded by mu_ (creation).
   cudaStream_t layer_streams_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};

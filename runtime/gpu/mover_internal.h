@@ -112,6 +112,9 @@ class MoverCore {
   // transfer pays for the allocation again. Made with the streams.
   virtual cudaMemPool_t staging_pool() = 0;
   virtual GpuOptions current_options() = 0;
+  // Runs fn(i) for i in [0, n) on the mover's hash threads (CPU checksums
+  // of many blocks); returns their summed time in ms.
+  virtual double hash_each(std::size_t n, const std::function<void(std::size_t)>& fn) = 0;
   // A layer-wise save of pages (begin_save_layers without its argument
   // checks): mapped, or the staged path's whole-block stand-in.
   virtual Result<std::unique_ptr<LayerSave>> layer_save(std::span<const Key128> keys,

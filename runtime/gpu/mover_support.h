@@ -1,9 +1,10 @@
 #pragma once
-// Internal to KvMover (mover.cc): the CPU hashing pool and the process-wide
-// table of pool regions registered with CUDA.
+// Internal to KvMover (mover.cc): the pinned checksum buffers, the CPU hashing
+// pool and the process-wide table of pool regions registered with CUDA.
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -18,6 +19,48 @@
 #include "runtime/gpu/mover_internal.h"
 
 namespace kvpool::gpu::detail {
+
+// Mapped pinned buffers the GPU writes checksums (or reads row tables)
+// into, kept for reuse: cudaHostAlloc costs far more than a transfer's
+// bookkeeping. Thread-safe.
+class SumBuffers {
+ public:
+  ~SumBuffers() {
+    for (auto& b : free_) cudaFreeHost(b.p);
+  }
+  // A free buffer of at least n entries, or a new one.
+  Result<SumBuffer> take(std::size_t n) {
+    {
+      std::lock_guard lock(mu_);
+      for (auto it = free_.begin(); it != free_.end(); ++it) {
+        if (it->cap >= n) {
+          SumBuffer b = *it;
+          free_.erase(it);
+          return b;
+        }
+      }
+    }
+    SumBuffer b;
+    b.cap = std::max<std::size_t>(1024, std::bit_ceil(n));
+    void* p = nullptr;
+    if (Status s = cuda_status(cudaHostAlloc(&p, b.cap * 8, cudaHostAllocMapped | cudaHostAllocPortable),
+                               "cudaHostAlloc");
+        !s.ok()) {
+      return tl::unexpected(s);
+    }
+    b.p = static_cast<std::uint64_t*>(p);
+    return b;
+  }
+  void give(SumBuffer b) {
+    if (b.p == nullptr) return;
+    std::lock_guard lock(mu_);
+    free_.push_back(b);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<SumBuffer> free_;  // guarded by mu_
+};
 
 // Hashes blocks on a few threads: one thread hashes at about 15 GB/s, a
 // third of the link, so checksums of GiBs need several.

@@ -149,6 +149,37 @@ TEST_CASE("standalone /metrics moves with puts, gets, lookups and removes", "[me
   CHECK(aged);
 }
 
+TEST_CASE("puts over tcp reach the agent as streamed puts it places, and read back whole", "[metrics][integration]") {
+  // Over tcp UCX emulates RMA: the client sends put payloads as messages the
+  // agent copies into its slots (transport::Peer::put_streamed); the agent
+  // counts them. Over shared memory puts stay one-sided (none counted).
+  std::string mfile = temp_path("metrics-port");
+  auto pool = start_standalone("64MiB", {"--tls", "tcp", "--metrics", "127.0.0.1:0", "--metrics-port-file", mfile});
+  REQUIRE(pool);
+  std::uint16_t port = metrics_port(mfile);
+  REQUIRE(port != 0);
+  CHECK(scrape(port).value("kvpool_agent_streamed_puts_total") == 0);
+  ClientOptions co;
+  co.coordinator = pool->coordinator;
+  co.tls = "tcp";
+  auto client = Client::connect(co);
+  REQUIRE(client);
+  auto ns = (*client)->register_namespace(test_namespace(kBlock));
+  REQUIRE(ns);
+  Blocks b(*ns, 6);
+  auto put = (*client)->put(*ns, b.keys, b.in);
+  REQUIRE(put);
+  REQUIRE(put->written == 6);
+  auto e = scrape(port);
+  CHECK(e.value("kvpool_agent_streamed_puts_total") >= 1);
+  CHECK(e.value("kvpool_agent_streamed_put_bytes_total") == 6 * kBlock);  // the payloads; headers go one-sided
+  CHECK(e.value("kvpool_agent_streamed_put_errors_total") == 0);
+  auto got = (*client)->get(*ns, b.keys, b.out);
+  REQUIRE(got);
+  CHECK(got->loaded == 6);
+  CHECK(b.back == b.bytes);
+}
+
 TEST_CASE("coordinator and agent each serve their own /metrics, and a dead agent shows there",
           "[metrics][integration]") {
   std::string cport_file = temp_path("coord-port"), cmetrics = temp_path("coord-metrics"),
