@@ -50,8 +50,10 @@ Refused at construction: a worker whose shards divide its block but whose
 set), and shards that do not divide the block (name ``kvpool_block_bytes``:
 set it to the shard size to store each shard as its own block). Pipeline
 parallelism with the layer-wise connector (a stage dumps only its own
-layers, so no block would ever be whole): a dump that starts at a layer
-other than 0 fails with a message saying so. Layer-wise shards move from
+layers, so no block would ever be whole) is not supported: a dump that
+starts at a layer other than 0 fails with a message saying so, and the first
+stage's saves, never complete, are dropped at the next step's layer 0 (a
+warning; nothing committed). Layer-wise shards move from
 device memory only. Ranks: UCM's block ids already
 carry the TP rank (``RequestHasher`` seeds them with it) and MLA ranks share
 rank 0's ids, so the namespace does not repeat it.
