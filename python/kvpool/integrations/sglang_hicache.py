@@ -53,10 +53,12 @@ block in namespace j, whose block size is that object's size (64 KiB..256
 MiB), so K and V objects of different sizes (asymmetric pools) each have
 their own namespace.
 
-Refused at ``register_mem_pool_host``, each naming the flag to change:
-host pool layouts other than ``page_first`` / ``page_first_direct``
-(``--hicache-mem-layout page_first``); split-heads pools
-(``should_split_heads``); pools that have no ``get_page_buffer_meta``.
+Refused at construction: split-heads pools (``should_split_heads``: the
+message says to run prefill and decode with the same --tp-size). Refused at
+``register_mem_pool_host``: host pool layouts other than ``page_first`` /
+``page_first_direct`` (the message names ``--hicache-mem-layout
+page_first``), and pools that have no ``get_page_buffer_meta`` (hybrid or
+grouped pools, which no flag changes).
 Hybrid models (Mamba, SWA, DSA side pools, registered through
 ``register_mem_host_pool_v2`` under a name other than "kv") are refused
 there: kvpool stores the KV pool only and has no ``batch_*_v2``.
