@@ -144,10 +144,11 @@ class LayerLoadImpl : public LayerTransfer {
     if (s.ok()) s = cuda_status(cudaStreamWaitEvent(copy, *start, 0), "cudaStreamWaitEvent");
     if (s.ok()) s = cuda_status(cudaStreamWaitEvent(work, *start, 0), "cudaStreamWaitEvent");
     std::byte* staging[2] = {nullptr, nullptr};
-    for (auto*& b : staging) {
+    for (std::uint32_t k = 0; k < 2 && k < end_ - first_; ++k) {  // one layer needs one
       if (s.ok() && n > 0) {
-        s = cuda_status(cudaMallocFromPoolAsync(reinterpret_cast<void**>(&b), n * layer_bytes, m_.staging_pool(), copy),
-                        "cudaMallocFromPoolAsync staging");
+        s = cuda_status(
+            cudaMallocFromPoolAsync(reinterpret_cast<void**>(&staging[k]), n * layer_bytes, m_.staging_pool(), copy),
+            "cudaMallocFromPoolAsync staging");
       }
     }
     const auto runs = adjacent_runs(host, plan.block_bytes);
