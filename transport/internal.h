@@ -89,6 +89,9 @@ inline constexpr std::size_t kWriteDataHeaderBytes = 24;
 inline constexpr std::size_t kMaxOwnerWrites = 1024;
 inline constexpr std::int32_t kNoReply = 1;  // not a ucs_status_t (those are <= 0)
 std::uint64_t rkey_tag(std::string_view packed_rkey);
+// The reply both protocols end with (u64 request or write id, i32
+// ucs_status_t), sent eagerly as active message am_id over ep.
+void send_status_reply(ucp_ep_h ep, unsigned am_id, std::uint64_t id, ucs_status_t status);
 // A streamed put on the owner, by write id.
 struct OwnerWrite {
   std::uint64_t placed = 0;
@@ -161,7 +164,6 @@ struct Transport::Impl {
   std::unordered_map<std::uint64_t, OwnerWrite>::iterator owner_write(std::uint64_t id);
   // Answers the write over `ep` once it is complete or failed. writes_mu held.
   void settle_write(std::unordered_map<std::uint64_t, OwnerWrite>::iterator it, ucp_ep_h ep);
-  void send_write_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status);
   // Copies `length` bytes to `addr` if they lie in the served region whose
   // rkey tag is `tag` (under served_mu: stop_serving waits for the copy).
   bool place_if_served(std::uint64_t addr, const void* data, std::uint64_t length, std::uint64_t tag);

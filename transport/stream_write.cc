@@ -38,11 +38,6 @@ void on_write_piece_sent(void* /*request*/, ucs_status_t /*status*/, void* user_
   delete static_cast<WriteHeader*>(user_data);
 }
 
-void on_write_reply_sent(void* request, ucs_status_t /*status*/, void* user_data) {
-  delete static_cast<std::string*>(user_data);
-  ucp_request_free(request);
-}
-
 // Pieces a streamed put keeps queued in UCX at once.
 constexpr std::size_t kStreamWindow = 8;
 
@@ -68,22 +63,6 @@ bool Transport::Impl::place_if_served(std::uint64_t addr, const void* data, std:
   return false;
 }
 
-void Transport::Impl::send_write_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status) {
-  Writer w;
-  w.u64(id);
-  w.u32(static_cast<std::uint32_t>(static_cast<std::int32_t>(status)));
-  auto* buf = new std::string(w.take());
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_EAGER;
-  p.cb.send = on_write_reply_sent;
-  p.user_data = buf;
-  ucs_status_ptr_t sp = ucp_am_send_nbx(ep, kAmWriteReply, nullptr, 0, buf->data(), buf->size(), &p);
-  if (!UCS_PTR_IS_PTR(sp)) {
-    delete buf;
-    if (UCS_PTR_IS_ERR(sp)) logger()->warn("streamed put {}: replying: {}", id, ucs_status_string(UCS_PTR_STATUS(sp)));
-  }
-}
 
 // Called with writes_mu held: replies once the write's every byte is placed
 // (or it failed) and the writer said how many to expect; the write is then
@@ -98,7 +77,7 @@ void Transport::Impl::settle_write(std::unordered_map<std::uint64_t, OwnerWrite>
   } else {
     owner_write_errors.fetch_add(1, std::memory_order_relaxed);
   }
-  send_write_reply(ep, it->first, w.status);
+  send_status_reply(ep, kAmWriteReply, it->first, w.status);
   writes.erase(it);
 }
 

@@ -458,6 +458,10 @@ void Transport::Impl::stream_read(ucp_ep_h ep, const ReadRequest& req) {
 }
 
 void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_t status) {
+  send_status_reply(ep, kAmReadReply, id, status);
+}
+
+void send_status_reply(ucp_ep_h ep, unsigned am_id, std::uint64_t id, ucs_status_t status) {
   Writer w;
   w.u64(id);
   w.u32(static_cast<std::uint32_t>(static_cast<std::int32_t>(status)));
@@ -467,11 +471,12 @@ void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_
   param.flags = UCP_AM_SEND_FLAG_EAGER;
   param.cb.send = on_reply_sent;
   param.user_data = buf;
-  ucs_status_ptr_t sp = ucp_am_send_nbx(ep, kAmReadReply, nullptr, 0, buf->data(), buf->size(), &param);
+  ucs_status_ptr_t sp = ucp_am_send_nbx(ep, am_id, nullptr, 0, buf->data(), buf->size(), &param);
   if (sp == nullptr) {
     delete buf;
   } else if (UCS_PTR_IS_ERR(sp)) {
-    logger()->warn("owner read reply {}: {}", id, ucs_status_string(UCS_PTR_STATUS(sp)));
+    logger()->warn("{} reply {}: {}", am_id == kAmReadReply ? "owner read" : "streamed put", id,
+                   ucs_status_string(UCS_PTR_STATUS(sp)));
     delete buf;
   }
 }
@@ -571,31 +576,26 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
                   UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
   am.arg = &impl;
   am.flags = UCP_AM_FLAG_WHOLE_MSG;
-  am.id = kAmReadReply;
-  am.cb = on_read_reply;
-  st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-  if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read reply handler"));
-  am.id = kAmReadData;
-  am.cb = on_read_data;
-  st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-  if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read data handler"));
-  am.id = kAmWriteReply;
-  am.cb = on_write_reply;
-  st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-  if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the streamed put reply handler"));
-  if (options.serve_owner_reads) {
-    am.id = kAmReadRequest;
-    am.cb = on_read_request;
+  struct Handler {
+    unsigned id;
+    ucp_am_recv_callback_t cb;
+    bool owner;  // only where this process serves its regions
+    const char* what;
+  };
+  const Handler handlers[] = {
+      {kAmReadReply, on_read_reply, false, "the owner read reply handler"},
+      {kAmReadData, on_read_data, false, "the owner read data handler"},
+      {kAmWriteReply, on_write_reply, false, "the streamed put reply handler"},
+      {kAmReadRequest, on_read_request, true, "the owner read handler"},
+      {kAmWriteData, on_write_data, true, "the streamed put handler"},
+      {kAmWriteDone, on_write_done, true, "the streamed put end handler"},
+  };
+  for (const Handler& h : handlers) {
+    if (h.owner && !options.serve_owner_reads) continue;
+    am.id = h.id;
+    am.cb = h.cb;
     st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-    if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the owner read handler"));
-    am.id = kAmWriteData;
-    am.cb = on_write_data;
-    st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-    if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the streamed put handler"));
-    am.id = kAmWriteDone;
-    am.cb = on_write_done;
-    st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-    if (st != UCS_OK) return tl::unexpected(to_status(st, "installing the streamed put end handler"));
+    if (st != UCS_OK) return tl::unexpected(to_status(st, std::string("installing ") + h.what));
   }
   // Streamed put ids start at a random point (the owner keys writes of
   // every writer by id).

@@ -2,6 +2,7 @@
 // Shared by the GPU tests (gpu_test.cc, layers_test.cc): random KV in real
 // GPU tensors, a standalone pool on this host, small layouts.
 #include <cuda_runtime_api.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstring>
@@ -114,6 +115,15 @@ inline KvLayout small_layout(KvLayoutKind kind) {
   l.batch = 2;
   l.max_seq = 48 * 16;  // 96 pages in all
   return l;
+}
+
+// A host function for cudaLaunchHostFunc: holds a stream for 50 ms (work
+// queued after it runs late, so a copy that did not wait for it shows).
+inline void CUDART_CB sleep_50ms(void*) { usleep(50000); }
+
+template <typename T>
+StatusCode code_of(const Result<T>& r) {
+  return r ? StatusCode::kOk : r.error().code();
 }
 
 inline std::vector<Key128> keys_for(std::size_t n, std::uint64_t salt) {

@@ -6,8 +6,6 @@
 // and _submit_request_load_tasks_for_layer: extract_block_addrs(...,
 // layer_first=True)[layer], K then V). Real GPU tensors in vLLM's K/V-split
 // layout, a real pool; skips where no GPU is usable.
-#include <unistd.h>
-
 #include "tests/gpu/gpu_fixture.h"
 
 using namespace kvpool;
@@ -15,13 +13,6 @@ using namespace kvpool::gpu;
 using namespace kvpool::testing;
 
 namespace {
-
-void CUDART_CB sleep_50ms(void*) { usleep(50000); }
-
-template <typename T>
-StatusCode code_of(const Result<T>& r) {
-  return r ? StatusCode::kOk : r.error().code();
-}
 
 // Layer l's row of each page: its K and its V.
 std::vector<std::uint64_t> layer_rows(const Tensors& t, const std::vector<std::uint64_t>& pages, std::uint32_t l) {

@@ -24,8 +24,6 @@ std::vector<void*> layer_tensors(const Tensors& t, std::uint32_t l) {
   return {t.owned[2 * l], t.owned[2 * l + 1]};
 }
 
-void CUDART_CB sleep_50ms(void*) { usleep(50000); }
-
 struct Fixture {
   KvLayout layout;
   Tensors t;

@@ -4,8 +4,6 @@
 // extract_block_addrs: per block, layer by layer, K then V, each at
 // base + block_id * tensor_size). Real GPU tensors in vLLM's K/V-split
 // layout, a real pool; skips where no GPU is usable.
-#include <unistd.h>
-
 #include "tests/gpu/gpu_fixture.h"
 
 using namespace kvpool;
@@ -13,13 +11,6 @@ using namespace kvpool::gpu;
 using namespace kvpool::testing;
 
 namespace {
-
-void CUDART_CB sleep_50ms(void*) { usleep(50000); }
-
-template <typename T>
-StatusCode code_of(const Result<T>& r) {
-  return r ? StatusCode::kOk : r.error().code();
-}
 
 // UCM's rows for `pages`: per page, K0, V0, K1, V1, ... of that page.
 std::vector<std::uint64_t> ucm_rows(const Tensors& t, const std::vector<std::uint64_t>& pages) {
