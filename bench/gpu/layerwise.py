@@ -18,7 +18,11 @@ and never move, so one KvMover is made over them:
   copy        the limit's first term: one pinned host->device copy of the
               same KV bytes (one tensor, non_blocking);
   suffix      the limit's second term: the suffix prefill with the cache
-              already full (no load).
+              already full (no load);
+  layerwise_caller  layerwise with KVPOOL_GPU_LAYER_START=caller: the
+              lookup and the copies' enqueueing on this thread before
+              load_layers returns (the baseline of the mover's starter
+              thread, measured in the same run).
 
 Every repetition runs each arm once, in an order rotated per repetition,
 after one warm-up of each; reported are the medians and the median (min,
@@ -61,7 +65,7 @@ from fetch_vs_recompute import llama3_8b_config, start_agent  # noqa: E402 (besi
 
 TPB = 16
 MODEL_ID = "layerwise-random-llama-3-8b-shapes"
-ARMS = ("recompute", "sequential", "layerwise", "copy", "suffix")
+ARMS = ("recompute", "sequential", "layerwise", "copy", "suffix", "layerwise_caller")
 
 
 class Model:
@@ -195,6 +199,7 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
     times = {a: [] for a in ARMS}
     checks = dict(argmax_equal=True, max_rel_l2=0.0, loads=0, loads_verified=0, found_short=0)
     load_stats = []
+    host_call = []
     ref = None
 
     def recompute():
@@ -206,7 +211,9 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
         return t, r, model(suffix_ids, kv, pre)
 
     def layerwise():
+        h0 = time.perf_counter()
         t = mover.load_layers(keys, pages, stream)
+        host_call.append((time.perf_counter() - h0) * 1e3)  # the host time the forward pass waits for
         model.transfer = t  # the decoder layers' pre-hooks: the stream waits for each layer
         try:
             logits = model(suffix_ids, kv, pre)
@@ -215,14 +222,25 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
         r = t.wait()  # the step's outcome: blocks that failed would be recomputed
         return t, r, logits
 
+    def layerwise_caller():
+        # The baseline: the lookup and the copies' enqueueing on this thread
+        # before load_layers returns (as before the mover's starter thread).
+        os.environ["KVPOOL_GPU_LAYER_START"] = "caller"
+        try:
+            return layerwise()
+        finally:
+            del os.environ["KVPOOL_GPU_LAYER_START"]
+
     def fetch(arm):
         kv.poison(pre)  # anything not loaded shows in the logits
-        ms, (t, r, logits) = wall(sequential if arm == "sequential" else layerwise)
+        ms, (t, r, logits) = wall(dict(sequential=sequential, layerwise=layerwise,
+                                       layerwise_caller=layerwise_caller)[arm])
         t.close()
         if arm == "layerwise":
             checks["found_short"] += int(t.found != nload)
             load_stats.append({f: getattr(r, f) for f in ("path", "total_ms", "copy_done_ms", "hash_done_ms",
                                                           "control_ms", "enqueue_ms")})
+            load_stats[-1]["call_ms"] = host_call[-1]
         return ms, (r, logits)
 
     def run_arm(arm):
@@ -381,15 +399,20 @@ def run_length(model, client, n_tok, args, stream, fetch, save):
             times, checks, load_stats = fetch_arms(model, kv, mover, ids, keys[:nload], kv_bytes, args.reps, stream)
             med = {a: statistics.median(times[a]) for a in ARMS}
             per = list(zip(*(times[a] for a in ARMS)))
-            rec, seq, lw, cp, sf = range(5)
+            rec, seq, lw, cp, sf, lwc = range(6)
             row.update(
                 kv_gib=kv_bytes / 2**30, saved_path=s.path, **{f"{a}_ms": med[a] for a in ARMS},
                 layerwise_of_limit=spread([r[lw] / max(r[cp], r[sf]) for r in per]),
+                layerwise_caller_of_limit=spread([r[lwc] / max(r[cp], r[sf]) for r in per]),
                 sequential_of_limit=spread([r[seq] / (r[cp] + r[sf]) for r in per]),
                 speedup=spread([r[rec] / r[lw] for r in per]),
                 sequential_speedup=spread([r[rec] / r[seq] for r in per]),
                 copy_gbs=kv_bytes / med["copy"] / 1e6, checks=checks, times=times,
-                layerwise_load_last=load_stats[-1] if load_stats else None)
+                layerwise_load_last=load_stats[-1] if load_stats else None,
+                # Where the layer-wise fetch's time goes on the host (medians over its loads):
+                # load_layers' call, its lookup (control) and enqueue, and the copies' end, from the call.
+                layerwise_host_ms={f: statistics.median(x[f] for x in load_stats)
+                                   for f in ("call_ms", "control_ms", "enqueue_ms", "copy_done_ms", "total_ms")})
             row["ok"] = (checks["argmax_equal"] and checks["max_rel_l2"] < 0.05
                          and checks["loads_verified"] == checks["loads"] and checks["found_short"] == 0)
             if args.agent_pid:
@@ -468,6 +491,13 @@ def main():
               f"{r['layerwise_ms']:>8.1f}ms {r['copy_ms']:>6.1f}ms {r['suffix_ms']:>6.1f}ms | "
               f"{fmt(r['layerwise_of_limit']):>18} {fmt(r['sequential_of_limit']):>18} {fmt(r['speedup']):>20} | "
               f"{str(c['argmax_equal']):>6} {c['max_rel_l2']:>6.4f} {c['loads_verified']:>4}/{c['loads']:<3}")
+    for r in fetched:
+        h = r["layerwise_host_ms"]
+        print(f"{r['tokens']} tokens, layer-wise load on the host (median ms): load_layers call {h['call_ms']:.2f} "
+              f"(lookup {h['control_ms']:.2f}, enqueued at {h['enqueue_ms']:.2f}); last layer copied at "
+              f"{h['copy_done_ms']:.2f}, verified at {h['total_ms']:.2f}; started on the caller's thread "
+              f"(KVPOOL_GPU_LAYER_START=caller): {r['layerwise_caller_ms']:.1f} ms, "
+              f"{fmt(r['layerwise_caller_of_limit'])} of the limit")
     for r in rows:
         if "save" in r:
             s = r["save"]

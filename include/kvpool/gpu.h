@@ -210,14 +210,17 @@ class Transfer {
 class LayerTransfer : public Transfer {
  public:
   virtual std::uint32_t layers() const = 0;
-  // Owned by the transfer; l < layers().
+  // Owned by the transfer; l < layers(). Blocks until the load has started
+  // (see load_layers).
   virtual CUevent_st* layer_event(std::uint32_t layer) const = 0;
-  // Makes `stream` wait for layer_event(layer) (cudaStreamWaitEvent), for
-  // callers without a CUDA runtime of their own. kInvalidArgument past the
+  // Makes `stream` wait until layer `layer` is in, for callers without a
+  // CUDA runtime of their own; never blocks the host, even before the load
+  // has started (the stream waits on a counter in device memory the mover
+  // raises after the layer: cuStreamWaitValue32). kInvalidArgument past the
   // layers.
   virtual Status wait_layer(std::uint32_t layer, CUstream_st* stream) const = 0;
-  // Leading keys found in the pool, known when load_layers returns: their
-  // pages are being filled; the caller computes the rest.
+  // Leading keys found in the pool (blocks until the lookup answered):
+  // their pages are being filled; the caller computes the rest.
   virtual std::size_t found() const = 0;
 };
 
@@ -271,7 +274,14 @@ class KvMover {
                                                  CUstream_st* stream) = 0;
   // Layer-wise forms (see LayerTransfer and LayerSave). load_layers orders
   // its copies after the work already queued on `stream` (the pages are
-  // free from that point); the model's stream then waits on layer_event(l).
+  // free from that point) and returns before the lookup: the mover's own
+  // thread looks the keys up and queues the copies (loads in call order),
+  // while the caller queues its forward pass, whose launches are what a
+  // short suffix prefill waits for; the model's stream then waits per layer
+  // with wait_layer(l). A lookup or start that fails lets every wait pass
+  // and is wait()'s error. Where the driver has no stream memory operations,
+  // or with KVPOOL_GPU_LAYER_START=caller (for comparison), it starts on the
+  // caller's thread and returns the lookup's errors itself.
   virtual Result<std::unique_ptr<LayerTransfer>> load_layers(std::span<const Key128> keys,
                                                              std::span<const std::uint64_t> pages,
                                                              CUstream_st* stream) = 0;

@@ -489,26 +489,34 @@ void kvpool_gpu_transfer_destroy(kvpool_gpu_transfer_t* transfer);
  *
  * kvpool_gpu_load_layers: like kvpool_gpu_load, the copies ordered after the
  * work queued on `stream`, but run layer after layer on the mover's own
- * stream; *found_out (may be NULL) gets the leading keys found in the pool.
- * The transfer is waited on and destroyed like any other; its
+ * stream. It returns before the lookup (gpu.h, KvMover::load_layers) unless
+ * found_out is non-NULL: then it waits for the lookup and *found_out gets
+ * the leading keys found in the pool. A lookup that fails is the transfer's
+ * error. The transfer is waited on and destroyed like any other; its
  * kvpool_gpu_transfer_wait reports done = leading blocks whose every layer
  * verified. */
 kvpool_status_t kvpool_gpu_load_layers(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,
                                        size_t num_keys, void* stream, kvpool_gpu_transfer_t** transfer_out,
                                        size_t* found_out);
+/* The leading keys a layer-wise load found in the pool, once its lookup
+ * answered (blocks until then); 0 for NULL, a failed lookup or a transfer
+ * that is not layer-wise. */
+size_t kvpool_gpu_transfer_found(kvpool_gpu_transfer_t* transfer);
 /* Layers of a layer-wise transfer (0 for a transfer from kvpool_gpu_load or
  * kvpool_gpu_save), and the cudaEvent_t recorded once layer `layer` is in its
- * pages and checksummed (NULL past the layers); owned by the transfer. A
- * model's stream waits on it with cudaStreamWaitEvent before that layer.
+ * pages and checksummed (NULL past the layers; blocks until the load has
+ * started); owned by the transfer. A model's stream waits on it with
+ * cudaStreamWaitEvent before that layer.
  * kvpool_gpu_transfer_event of a layer-wise transfer is recorded after its
  * last layer; a failed layer checksum shows as done < found and stopped
  * KVPOOL_DATA_LOSS in its result. */
 uint32_t kvpool_gpu_transfer_layers(kvpool_gpu_transfer_t* transfer);
 void* kvpool_gpu_transfer_layer_event(kvpool_gpu_transfer_t* transfer, uint32_t layer);
-/* Makes `stream` wait for that event (cudaStreamWaitEvent; no host
- * synchronisation): for callers without the CUDA runtime of their own, e.g.
- * a forward-pre-hook in Python. KVPOOL_INVALID_ARGUMENT for a layer out of
- * range or a transfer that is not layer-wise. */
+/* Makes `stream` wait until layer `layer` is in (no host synchronisation,
+ * and no wait for the lookup: gpu.h, LayerTransfer::wait_layer): for
+ * callers without the CUDA runtime of their own, e.g. a forward-pre-hook in
+ * Python. KVPOOL_INVALID_ARGUMENT for a layer out of range or a transfer
+ * that is not layer-wise. */
 kvpool_status_t kvpool_gpu_transfer_wait_layer(kvpool_gpu_transfer_t* transfer, uint32_t layer, void* stream);
 
 typedef struct kvpool_gpu_layer_save kvpool_gpu_layer_save_t;

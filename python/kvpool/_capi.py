@@ -172,6 +172,7 @@ _SIGNATURES = {
     "kvpool_gpu_transfer_wait": (Status, [P, _ptr(GpuTransferResult)]),
     "kvpool_gpu_transfer_destroy": (None, [P]),
     "kvpool_gpu_load_layers": (Status, [P, P, _ptr(C.c_uint64), C.c_size_t, P, _ptr(P), _ptr(C.c_size_t)]),
+    "kvpool_gpu_transfer_found": (C.c_size_t, [P]),
     "kvpool_gpu_transfer_layers": (C.c_uint32, [P]),
     "kvpool_gpu_transfer_layer_event": (P, [P, C.c_uint32]),
     "kvpool_gpu_transfer_wait_layer": (Status, [P, C.c_uint32, P]),

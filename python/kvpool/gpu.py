@@ -7,6 +7,7 @@ or an int handle (a cudaStream_t), None for the legacy default stream.
 Documented with the rest of the API in kvpool's docstring ("GPU").
 """
 
+import array
 import ctypes as C
 import weakref
 
@@ -201,8 +202,9 @@ def _layer(layer):
 
 class LayerTransfer(Transfer):
     """A layer-wise load in flight (``KvMover.load_layers``; gpu.h,
-    LayerTransfer). ``found``: the leading keys found in the pool (known at
-    once: their pages are being filled, the caller computes the rest).
+    LayerTransfer). ``found``: the leading keys found in the pool (their
+    pages are being filled, the caller computes the rest); reading it waits
+    for the lookup, which ``load_layers`` does not.
     ``layers``: the namespace's layers. ``wait_layer(l, stream=None)`` makes
     ``stream`` wait until layer l of every found block is in its pages and
     checksummed (a stream wait, cudaStreamWaitEvent: the host does not
@@ -216,10 +218,21 @@ class LayerTransfer(Transfer):
     the staged path (blocks on agents not mapped here) every layer's wait is
     the one for the whole transfer: nothing overlaps."""
 
-    def __init__(self, handle, mover, found):
+    def __init__(self, handle, mover):
         super().__init__(handle, mover)
-        self.found = found
         self.layers = int(lib.kvpool_gpu_transfer_layers(handle))
+        self._found = None
+
+    @property
+    def found(self):
+        if self._found is None:
+            self._found = int(lib.kvpool_gpu_transfer_found(self._live()))
+        return self._found
+
+    def close(self):
+        if self._handle and self._found is None:  # still known once closed; closing waits for the load anyway
+            self._found = int(lib.kvpool_gpu_transfer_found(self._handle))
+        super().close()
 
     def _check_layer(self, layer):
         layer = _layer(layer)
@@ -371,10 +384,15 @@ class KvMover(_Mover):
     @staticmethod
     def _keys_pages(keys, pages):
         k = Keys(keys)
-        pages = [_capi.uint(p, 64, f"pages[{i}]") for i, p in enumerate(pages)]
-        if len(pages) != k.count:
-            raise InvalidArgument(f"{k.count} keys and {len(pages)} pages")
-        return k, (C.c_uint64 * max(k.count, 1))(*pages)
+        try:  # array('Q') refuses what is not an int in [0, 2**64), at C speed (a call's marshalling is on the
+            pg = array.array("Q", pages)  # host path a forward pass waits for)
+        except (TypeError, OverflowError, ValueError):
+            pg = array.array("Q", [_capi.uint(p, 64, f"pages[{i}]") for i, p in enumerate(pages)])  # the error
+        if len(pg) != k.count:
+            raise InvalidArgument(f"{k.count} keys and {len(pg)} pages")
+        if not pg:
+            pg.append(0)
+        return k, (C.c_uint64 * len(pg)).from_buffer(pg)
 
     def _run(self, fn, keys, pages, stream):
         k, pg = self._keys_pages(keys, pages)
@@ -392,14 +410,15 @@ class KvMover(_Mover):
         """Loads the longest present prefix of keys into pages[i] layer by
         layer, the copies ordered after the work already queued on
         ``stream`` (the pages are free from that point) and run on the
-        mover's own stream. Returns a LayerTransfer: ``.found`` at once, a
-        stream waits per layer with ``wait_layer(l, stream)``."""
+        mover's own stream. Returns a LayerTransfer at once, before the
+        lookup (the mover's thread looks the keys up and queues the copies
+        while the caller queues its forward pass): a stream waits per layer
+        with ``wait_layer(l, stream)``; a lookup that fails is ``wait()``'s
+        error."""
         k, pg = self._keys_pages(keys, pages)
         t = C.c_void_p()
-        found = C.c_size_t()
-        check(lib.kvpool_gpu_load_layers(self._live(), k.array, pg, k.count, _stream(stream), C.byref(t),
-                                         C.byref(found)))
-        return LayerTransfer(t, self, found.value)
+        check(lib.kvpool_gpu_load_layers(self._live(), k.array, pg, k.count, _stream(stream), C.byref(t), None))
+        return LayerTransfer(t, self)
 
     def begin_save_layers(self, keys, pages):
         """Starts a layer-wise save of pages[i] under keys[i] (their slots

@@ -267,6 +267,10 @@ kvpool_status_t kvpool_gpu_load_layers(kvpool_gpu_mover_t* mover, const kvpool_k
   });
 }
 
+size_t kvpool_gpu_transfer_found(kvpool_gpu_transfer_t* transfer) {
+  return transfer == nullptr || transfer->layers == nullptr ? 0 : transfer->layers->found();
+}
+
 uint32_t kvpool_gpu_transfer_layers(kvpool_gpu_transfer_t* transfer) {
   return transfer == nullptr || transfer->layers == nullptr ? 0 : transfer->layers->layers();
 }

@@ -44,6 +44,7 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
         hashers_(options.hash_threads) {}
 
   ~KvMoverImpl() override {
+    starter_.reset();  // its thread may still use the streams below
     cudaSetDevice(engine_->device());
     if (int_stream_ != nullptr) {
       cudaStreamSynchronize(int_stream_);
@@ -198,6 +199,16 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
     if (Status s = check_args(keys, pages); !s.ok()) return tl::unexpected(s);
     GpuOptions o = current_options();
     const auto t0 = SteadyClock::now();
+    if (detail::LayerStarter* st = detail::layer_start_on_caller() ? nullptr : starter()) {
+      return detail::start_layer_load_async(*this, *st, keys, pages, stream, o, t0, layout_.num_layers);
+    }
+    return layer_load_now(keys, pages, stream, o, t0);
+  }
+
+  Result<std::unique_ptr<LayerTransfer>> layer_load_now(std::span<const Key128> keys,
+                                                        std::span<const std::uint64_t> pages, cudaStream_t stream,
+                                                        const GpuOptions& given, SteadyClock::time_point t0) override {
+    GpuOptions o = given;
     auto mg = mapped_get(keys, o);
     if (!mg) return tl::unexpected(mg.error());
     if (*mg) return detail::start_layer_load(*this, std::move(**mg), keys.size(), pages, stream, o, t0);
@@ -233,6 +244,12 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
           return start_staged(true, k, p, stream, current_options(), SteadyClock::now());
         },
         engine_->plan().units / engine_->plan().layer_units);
+  }
+
+  detail::LayerStarter* starter() {
+    std::lock_guard lock(mu_);
+    if (!std::exchange(starter_tried_, true)) starter_ = detail::LayerStarter::create(engine_->device());
+    return starter_.get();
   }
 
   // MoverCore, for the layer-wise transfers.
@@ -746,6 +763,8 @@ class KvMoverImpl : public KvMover, public detail::MoverCore {
   // Layer-wise loads' and saves' (copy, work) stream pairs; guarded by mu_ (creation).
   cudaStream_t layer_streams_[2][2] = {{nullptr, nullptr}, {nullptr, nullptr}};
   cudaMemPool_t staging_pool_ = nullptr;  // guarded by mu_ (creation)
+  std::unique_ptr<detail::LayerStarter> starter_;  // guarded by mu_ (creation)
+  bool starter_tried_ = false;                     // guarded by mu_
 };
 
 }  // namespace

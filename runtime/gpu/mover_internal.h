@@ -5,8 +5,10 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <mutex>
 #include <thread>
@@ -119,7 +121,69 @@ class MoverCore {
   // checks): mapped, or the staged path's whole-block stand-in.
   virtual Result<std::unique_ptr<LayerSave>> layer_save(std::span<const Key128> keys,
                                                         std::span<const std::uint64_t> pages) = 0;
+  // A layer-wise load started on the calling thread (load_layers without
+  // its argument checks): the lookup, then the mapped path's layer by layer
+  // copies or the staged path's whole blocks, ordered after `stream`.
+  virtual Result<std::unique_ptr<LayerTransfer>> layer_load_now(std::span<const Key128> keys,
+                                                                std::span<const std::uint64_t> pages,
+                                                                cudaStream_t stream, const GpuOptions& o,
+                                                                SteadyClock::time_point t0) = 0;
 };
+
+// A mover's thread that starts its layer-wise loads, so that load_layers
+// returns before the lookup (layer_start.cc says why), and the device
+// counters the callers' streams wait on per layer (CUDA stream memory
+// operations). Jobs run one at a time in the order posted: a step's loads
+// fill their first layers in the order the engine asked for them.
+class LayerStarter {
+ public:
+  // Null when the driver or device lacks stream memory operations.
+  static std::unique_ptr<LayerStarter> create(int device);
+  ~LayerStarter();  // runs what is posted; every transfer it started is gone
+  // A counter in device memory; base: its value when taken (it only grows).
+  struct Flag {
+    std::uint32_t* dev = nullptr;
+    std::uint32_t base = 0;
+    std::uint32_t index = 0;
+  };
+  std::optional<Flag> take_flag();  // none while every one is in use
+  void give_flag(Flag f, std::uint32_t last);  // last: its value now, written and complete
+  void post(std::function<void()> job);
+  // `stream` waits until the counter reaches value (a wrapping >=); the
+  // counter is set to value after what `stream` queued before.
+  Status wait_value(cudaStream_t stream, const Flag& f, std::uint32_t value) const;
+  Status write_value(cudaStream_t stream, const Flag& f, std::uint32_t value) const;
+  cudaStream_t order_stream() const { return order_; }    // the jobs' loads start after it
+  cudaStream_t signal_stream() const { return signal_; }  // writes the counters
+
+ private:
+  struct Driver;
+  explicit LayerStarter(int device);
+  Status init();
+  const int device_;
+  std::unique_ptr<Driver> driver_;
+  std::uint32_t* flags_ = nullptr;
+  cudaStream_t order_ = nullptr, signal_ = nullptr;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Flag> free_;                      // guarded by mu_
+  std::deque<std::function<void()>> jobs_;     // guarded by mu_
+  bool stopping_ = false;                      // guarded by mu_
+  std::thread thread_;
+};
+
+// KVPOOL_GPU_LAYER_START=caller: layer-wise loads start on the caller's
+// thread (the measurement's baseline; read at each load_layers).
+bool layer_start_on_caller();
+// load_layers through the starter: returns once `stream`'s position is
+// recorded; found(), event() and layer_event() block until the load has
+// started, wait_layer() never blocks, and a lookup or start that fails
+// raises every layer's counter and is wait()'s error.
+Result<std::unique_ptr<LayerTransfer>> start_layer_load_async(MoverCore& m, LayerStarter& st,
+                                                              std::span<const Key128> keys,
+                                                              std::span<const std::uint64_t> pages,
+                                                              cudaStream_t stream, const GpuOptions& o,
+                                                              SteadyClock::time_point t0, std::uint32_t layers);
 
 // Layer-wise transfers on the mapped path (layers.cc). load: mg from
 // begin_mapped_get, pages[i] for its found blocks; the copies start after

@@ -61,6 +61,7 @@ int main(void) {
     CHECK(kvpool_gpu_load_layers(NULL, &key, &page, 1, NULL, &t, &found) == KVPOOL_INVALID_ARGUMENT && t == NULL);
     CHECK(found == 7);
     CHECK(kvpool_gpu_transfer_layers(NULL) == 0);
+    CHECK(kvpool_gpu_transfer_found(NULL) == 0);
     CHECK(kvpool_gpu_transfer_layer_event(NULL, 0) == NULL);
     CHECK(kvpool_gpu_transfer_wait_layer(NULL, 0, NULL) == KVPOOL_INVALID_ARGUMENT);
     CHECK(kvpool_gpu_begin_save_layers(NULL, &key, &page, 1, &save) == KVPOOL_INVALID_ARGUMENT && save == NULL);

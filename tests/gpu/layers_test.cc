@@ -3,6 +3,7 @@
 // writes each layer's KV and saves it, another that waits layer by layer and
 // reads what landed; a layer slice corrupted in the pool; a save missing a
 // layer; slots of the old format. Skips where no GPU is usable.
+#include <signal.h>
 #include <unistd.h>
 
 #include <array>
@@ -163,6 +164,71 @@ TEST_CASE("a block corrupted in one layer's slice is reported failed in the same
     CHECK(r->done == 5);
     CHECK(r->get.stopped.code() == StatusCode::kDataLoss);
   }
+}
+
+TEST_CASE("a layer-wise load returns before its lookup and the stream, not the host, waits for it",
+          "[gpu][device][layers]") {
+  if (!have_gpu()) return;
+  Fixture f(KvLayoutKind::kVllmPaged);
+  cudaStream_t model;
+  CUDA_OK(cudaStreamCreateWithFlags(&model, cudaStreamNonBlocking));
+  auto keys = keys_for(8, 990);
+  std::vector<std::uint64_t> from = {0, 1, 2, 3, 4, 5, 6, 7}, to = {30, 31, 32, 33, 34, 35, 36, 37};
+  auto save = f.mover->save(keys, from, nullptr);
+  REQUIRE(save);
+  REQUIRE((*save)->wait());
+  std::vector<std::vector<std::byte>> expect;
+  for (auto p : from) expect.push_back(f.t.page_bytes(p));
+  f.t.poison();
+  CUDA_OK(cudaDeviceSynchronize());
+  // The pool stops answering: the lookup waits for it, load_layers does not
+  // (it used to block here until the client's timeout, then fail).
+  f.p.pool->process.kill(SIGSTOP);
+  auto load = f.mover->load_layers(keys, to, model);
+  REQUIRE(load);
+  for (std::uint32_t l = 0; l < f.layout.num_layers; ++l) REQUIRE((*load)->wait_layer(l, model).ok());
+  cudaEvent_t after;
+  CUDA_OK(cudaEventCreateWithFlags(&after, cudaEventDisableTiming));
+  CUDA_OK(cudaEventRecord(after, model));
+  usleep(200000);
+  CHECK(cudaEventQuery(after) == cudaErrorNotReady);  // held on the device, before any copy was queued
+  f.p.pool->process.kill(SIGCONT);
+  CHECK((*load)->found() == keys.size());
+  CUDA_OK(cudaEventSynchronize(after));
+  // Once the model's stream passed its waits every layer is in (read before
+  // wait(), which would synchronise the mover's streams).
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < to.size(); ++i) mismatches += f.t.page_bytes(to[i]) != expect[i];
+  CHECK(mismatches == 0);
+  auto r = (*load)->wait();
+  REQUIRE(r);
+  CHECK(r->done == keys.size());
+  cudaEventDestroy(after);
+  cudaStreamDestroy(model);
+}
+
+TEST_CASE("a layer-wise load whose lookup fails releases the waiting stream and reports it", "[gpu][device][layers]") {
+  if (!have_gpu()) return;
+  Fixture f(KvLayoutKind::kHfContiguous);
+  cudaStream_t model;
+  CUDA_OK(cudaStreamCreateWithFlags(&model, cudaStreamNonBlocking));
+  auto keys = keys_for(4, 995);
+  const std::vector<std::uint64_t> pages = {0, 1, 2, 3};
+  f.p.pool->process.kill(SIGKILL);
+  (void)f.p.pool->process.wait(Deadline::after(std::chrono::seconds(10)));
+  auto load = f.mover->load_layers(keys, pages, model);
+  REQUIRE(load);  // the lookup runs on the mover's thread
+  for (std::uint32_t l = 0; l < f.layout.num_layers; ++l) REQUIRE((*load)->wait_layer(l, model).ok());
+  CUDA_OK(cudaStreamSynchronize(model));  // returns: the failed start raised every layer's counter
+  auto r = (*load)->wait();
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code() != StatusCode::kOk);
+  CHECK((*load)->found() == 0);
+  // Later loads on the same mover still start (and fail the same way).
+  auto again = f.mover->load_layers(keys, pages, model);
+  REQUIRE(again);
+  CHECK_FALSE((*again)->wait());
+  cudaStreamDestroy(model);
 }
 
 TEST_CASE("a layer-wise save missing a layer commits nothing", "[gpu][device][layers]") {

@@ -182,6 +182,7 @@ def test_the_layer_wise_c_calls_refuse_null_handles():
     assert lib.kvpool_gpu_load_layers(None, None, None, 0, None, C.byref(t), C.byref(found)) == invalid
     assert not t.value
     assert lib.kvpool_gpu_transfer_layers(None) == 0
+    assert lib.kvpool_gpu_transfer_found(None) == 0
     assert lib.kvpool_gpu_transfer_layer_event(None, 0) is None
     assert lib.kvpool_gpu_transfer_wait_layer(None, 0, None) == invalid
     assert lib.kvpool_gpu_begin_save_layers(None, None, None, 0, C.byref(s)) == invalid
