@@ -11,7 +11,8 @@ and never move, so one KvMover is made over them:
   recompute   prefill the whole prompt: time to the next-token logits;
   sequential  KvMover.load of the P tokens' blocks, wait(), then the suffix
               prefill (what a fetch costs today);
-  layerwise   KvMover.load_layers, a forward pre-hook on each decoder layer
+  layerwise   KvMover.load_layers started on the mover's thread
+              (KVPOOL_GPU_LAYER_START=thread), a forward pre-hook on each decoder layer
               making the model's stream wait for that layer (wait_layer: a
               stream wait, never a host synchronisation), the suffix
               prefill at once, then wait(): every block verified;
@@ -222,19 +223,22 @@ def fetch_arms(model, kv, mover, ids, keys, kv_bytes, reps, stream):
         r = t.wait()  # the step's outcome: blocks that failed would be recomputed
         return t, r, logits
 
-    def layerwise_caller():
-        # The baseline: the lookup and the copies' enqueueing on this thread
-        # before load_layers returns (as before the mover's starter thread).
-        os.environ["KVPOOL_GPU_LAYER_START"] = "caller"
-        try:
-            return layerwise()
-        finally:
-            del os.environ["KVPOOL_GPU_LAYER_START"]
+    def started_on(where):
+        # KVPOOL_GPU_LAYER_START (gpu.h, load_layers): `thread`, the mover's
+        # starter; `caller`, the lookup and the copies' enqueueing on this
+        # thread before load_layers returns (the baseline).
+        def arm():
+            os.environ["KVPOOL_GPU_LAYER_START"] = where
+            try:
+                return layerwise()
+            finally:
+                del os.environ["KVPOOL_GPU_LAYER_START"]
+        return arm
 
     def fetch(arm):
         kv.poison(pre)  # anything not loaded shows in the logits
-        ms, (t, r, logits) = wall(dict(sequential=sequential, layerwise=layerwise,
-                                       layerwise_caller=layerwise_caller)[arm])
+        ms, (t, r, logits) = wall(dict(sequential=sequential, layerwise=started_on("thread"),
+                                       layerwise_caller=started_on("caller"))[arm])
         t.close()
         if arm == "layerwise":
             checks["found_short"] += int(t.found != nload)

@@ -274,14 +274,17 @@ class KvMover {
                                                  CUstream_st* stream) = 0;
   // Layer-wise forms (see LayerTransfer and LayerSave). load_layers orders
   // its copies after the work already queued on `stream` (the pages are
-  // free from that point) and returns before the lookup: the mover's own
-  // thread looks the keys up and queues the copies (loads in call order),
-  // while the caller queues its forward pass, whose launches are what a
-  // short suffix prefill waits for; the model's stream then waits per layer
-  // with wait_layer(l). A lookup or start that fails lets every wait pass
-  // and is wait()'s error. Where the driver has no stream memory operations,
-  // or with KVPOOL_GPU_LAYER_START=caller (for comparison), it starts on the
-  // caller's thread and returns the lookup's errors itself.
+  // free from that point); the model's stream then waits per layer with
+  // wait_layer(l). Where the load starts (KVPOOL_GPU_LAYER_START, read at
+  // each call; unset: `caller`):
+  //   caller  the lookup and the copies' enqueueing run in this call, which
+  //           returns the lookup's errors;
+  //   thread  the call returns before the lookup: the mover's own thread
+  //           looks the keys up and queues the copies (loads in call order)
+  //           while the caller queues its forward pass, whose launches are
+  //           what a short suffix prefill waits for; a lookup or start that
+  //           fails lets every wait pass and is wait()'s error. Needs the
+  //           driver's stream memory operations (else as `caller`).
   virtual Result<std::unique_ptr<LayerTransfer>> load_layers(std::span<const Key128> keys,
                                                              std::span<const std::uint64_t> pages,
                                                              CUstream_st* stream) = 0;

@@ -489,10 +489,11 @@ void kvpool_gpu_transfer_destroy(kvpool_gpu_transfer_t* transfer);
  *
  * kvpool_gpu_load_layers: like kvpool_gpu_load, the copies ordered after the
  * work queued on `stream`, but run layer after layer on the mover's own
- * stream. It returns before the lookup (gpu.h, KvMover::load_layers) unless
- * found_out is non-NULL: then it waits for the lookup and *found_out gets
- * the leading keys found in the pool. A lookup that fails is the transfer's
- * error. The transfer is waited on and destroyed like any other; its
+ * stream. Where the load starts on the mover's thread (gpu.h,
+ * KvMover::load_layers) it returns before the lookup unless found_out is
+ * non-NULL: then it waits for the lookup and *found_out gets the leading
+ * keys found in the pool (a lookup that fails is then the transfer's
+ * error). The transfer is waited on and destroyed like any other; its
  * kvpool_gpu_transfer_wait reports done = leading blocks whose every layer
  * verified. */
 kvpool_status_t kvpool_gpu_load_layers(kvpool_gpu_mover_t* mover, const kvpool_key_t* keys, const uint64_t* pages,

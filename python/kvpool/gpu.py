@@ -410,11 +410,12 @@ class KvMover(_Mover):
         """Loads the longest present prefix of keys into pages[i] layer by
         layer, the copies ordered after the work already queued on
         ``stream`` (the pages are free from that point) and run on the
-        mover's own stream. Returns a LayerTransfer at once, before the
-        lookup (the mover's thread looks the keys up and queues the copies
-        while the caller queues its forward pass): a stream waits per layer
-        with ``wait_layer(l, stream)``; a lookup that fails is ``wait()``'s
-        error."""
+        mover's own stream. Returns a LayerTransfer: a stream waits per
+        layer with ``wait_layer(l, stream)``. With
+        ``KVPOOL_GPU_LAYER_START=thread`` in the environment it returns
+        before the lookup (the mover's thread looks the keys up and queues
+        the copies while the caller queues its forward pass), and a lookup
+        that fails is ``wait()``'s error (gpu.h, KvMover::load_layers)."""
         k, pg = self._keys_pages(keys, pages)
         t = C.c_void_p()
         check(lib.kvpool_gpu_load_layers(self._live(), k.array, pg, k.count, _stream(stream), C.byref(t), None))

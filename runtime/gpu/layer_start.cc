@@ -27,6 +27,9 @@ using WaitValue = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
 using WriteValue = CUresult (*)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
 
 constexpr std::uint32_t kFlags = 256;  // loads in flight at once per mover; more start on the caller's thread
+// Where load_layers starts a load when KVPOOL_GPU_LAYER_START does not say
+// (`thread` or `caller`).
+constexpr bool kStartOnThread = false;
 
 Status driver_status(CUresult r, const char* what) {
   if (r == CUDA_SUCCESS) return Status();
@@ -262,7 +265,9 @@ Status LayerStarter::write_value(cudaStream_t stream, const Flag& f, std::uint32
 
 bool layer_start_on_caller() {
   const char* v = std::getenv("KVPOOL_GPU_LAYER_START");
-  return v != nullptr && std::strcmp(v, "caller") == 0;
+  if (v != nullptr && std::strcmp(v, "caller") == 0) return true;
+  if (v != nullptr && std::strcmp(v, "thread") == 0) return false;
+  return !kStartOnThread;
 }
 
 Result<std::unique_ptr<LayerTransfer>> start_layer_load_async(MoverCore& m, LayerStarter& st,

@@ -172,8 +172,9 @@ class LayerStarter {
   std::thread thread_;
 };
 
-// KVPOOL_GPU_LAYER_START=caller: layer-wise loads start on the caller's
-// thread (the measurement's baseline; read at each load_layers).
+// Whether load_layers starts on the caller's thread: KVPOOL_GPU_LAYER_START
+// =caller or =thread (read at each call; the benchmark compares both), else
+// layer_start.cc's default.
 bool layer_start_on_caller();
 // load_layers through the starter: returns once `stream`'s position is
 // recorded; found(), event() and layer_event() block until the load has

@@ -4,6 +4,7 @@
 // reads what landed; a layer slice corrupted in the pool; a save missing a
 // layer; slots of the old format. Skips where no GPU is usable.
 #include <signal.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <array>
@@ -166,9 +167,17 @@ TEST_CASE("a block corrupted in one layer's slice is reported failed in the same
   }
 }
 
+// Starts layer-wise loads on the mover's thread while in scope (gpu.h,
+// load_layers; whatever the default).
+struct StartOnThread {
+  StartOnThread() { setenv("KVPOOL_GPU_LAYER_START", "thread", 1); }
+  ~StartOnThread() { unsetenv("KVPOOL_GPU_LAYER_START"); }
+};
+
 TEST_CASE("a layer-wise load returns before its lookup and the stream, not the host, waits for it",
           "[gpu][device][layers]") {
   if (!have_gpu()) return;
+  StartOnThread on_thread;
   Fixture f(KvLayoutKind::kVllmPaged);
   cudaStream_t model;
   CUDA_OK(cudaStreamCreateWithFlags(&model, cudaStreamNonBlocking));
@@ -209,6 +218,7 @@ TEST_CASE("a layer-wise load returns before its lookup and the stream, not the h
 
 TEST_CASE("a layer-wise load whose lookup fails releases the waiting stream and reports it", "[gpu][device][layers]") {
   if (!have_gpu()) return;
+  StartOnThread on_thread;
   Fixture f(KvLayoutKind::kHfContiguous);
   cudaStream_t model;
   CUDA_OK(cudaStreamCreateWithFlags(&model, cudaStreamNonBlocking));
