@@ -132,12 +132,12 @@ class AsyncLayerLoad : public LayerTransfer {
       if (!w.ok()) logger()->error("gpu layer-wise load: a stream waiting on its layers may hang: {}", w.to_string());
     }
     Status r = cuda_status(cudaEventRecord(signaled_, sig), "cudaEventRecord");
-    {
-      std::lock_guard lock(mu_);
-      if (s.ok() && r.ok()) inner_ = std::move(*t);
-      else error_ = s.ok() ? r : s;  // a load started but not signalled ends with t below (its copies waited for)
-      done_ = true;
-    }
+    // Notified under the lock: once it is released the transfer may be
+    // destroyed. A load started but not signalled ends with `t`, after.
+    std::lock_guard lock(mu_);
+    if (s.ok() && r.ok()) inner_ = std::move(*t);
+    else error_ = s.ok() ? r : s;
+    done_ = true;
     cv_.notify_all();
   }
 
