@@ -75,7 +75,7 @@ void on_send_done(void* request, ucs_status_t /*status*/, void* user_data) {
 //   put[0]: 0..<short>..4294967296..<bcopy>..(inf)
 // "put[N]"/"get[N]" name the lanes RMA uses. With none (TCP in UCX 1.13),
 // RMA is emulated over the active-message lanes: "tcp (emulated)".
-std::string rma_transports_of(ucp_ep_h ep, std::string* full_text) {
+std::string rma_transports_of(ucp_ep_h ep, std::string* full_text, RmaKind* kind) {
   char* buf = nullptr;
   size_t len = 0;
   FILE* f = open_memstream(&buf, &len);
@@ -109,6 +109,7 @@ std::string rma_transports_of(ucp_ep_h ep, std::string* full_text) {
     }
   }
   bool emulated = rma_lanes.empty();
+  *kind = emulated ? RmaKind::kEmulated : RmaKind::kOneSided;
   std::set<std::string> tls;
   for (int lane : emulated ? am_lanes : rma_lanes) {
     if (auto it = lane_tl.find(lane); it != lane_tl.end()) tls.insert(it->second);
@@ -223,7 +224,7 @@ Result<std::unique_ptr<Peer>> Transport::connect(std::string_view worker_address
     return tl::unexpected(to_status(st, "connecting to a peer with UCX_TLS=" + impl_->tls + hint));
   }
   std::string info;
-  peer->rma_transports_ = rma_transports_of(peer->ep_, &info);
+  peer->rma_transports_ = rma_transports_of(peer->ep_, &info, &peer->rma_kind_);
   logger()->debug("endpoint up, error mode {}, RMA over {}\n{}", mode == ErrorMode::kPeer ? "peer" : "none",
                   peer->rma_transports_, info);
   return peer;

@@ -36,6 +36,12 @@ enum class ErrorMode {
   kNone,  // liveness comes from the control plane: Peer::mark_dead
 };
 
+// How UCX carries an endpoint's RMA (Peer::rma_kind).
+enum class RmaKind {
+  kOneSided,  // RMA lanes: shared memory, RDMA, a loopback to this worker
+  kEmulated,  // no RMA lane: UCX emulates put and get over active messages (tcp)
+};
+
 // One transfer of a batch: `length` bytes between local memory and
 // `remote_offset` bytes into the remote region.
 struct RmaOp {
@@ -230,8 +236,13 @@ class Peer {
   // The error mode the endpoint was created with (kPeer or kNone).
   ErrorMode error_mode() const { return mode_; }
   // The UCX transports carrying this endpoint's RMA lanes, e.g. "posix" or
-  // "tcp" (from ucp_ep_print_info); "self" for a loopback to this worker.
+  // "tcp (emulated)" (from ucp_ep_print_info); "self" for a loopback to this
+  // worker. For logs and stats: decide on rma_kind().
   const std::string& rma_transports() const { return rma_transports_; }
+  // Whether UCX moves RMA one-sided (shared memory, RDMA, loopback) or
+  // emulates it over active messages (tcp in UCX 1.13), where the client
+  // streams puts and asks the owner for reads instead.
+  RmaKind rma_kind() const { return rma_kind_; }
 
   struct State;  // opaque: shared with UCX callbacks
 
@@ -255,6 +266,7 @@ class Peer {
   ucp_ep* ep_ = nullptr;
   std::shared_ptr<State> state_;  // shared with UCX callbacks that may outlive a call
   std::string rma_transports_;
+  RmaKind rma_kind_ = RmaKind::kOneSided;
 };
 
 }  // namespace kvpool::transport

@@ -408,7 +408,7 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       // pieces ahead of the post, this thread any piece it has not reached.
       // Emulated RMA (tcp): payloads stream to the agent (put_streamed) in
       // pieces of one message each.
-      const bool emulated = (*conn)->peer->rma_transports().find("emulated") != std::string::npos;
+      const bool emulated = (*conn)->peer->rma_kind() == transport::RmaKind::kEmulated;
       const bool streamed = emulated && streamed_puts();
       const std::size_t piece_bytes = streamed ? transport::kStreamPieceBytes : kPutPieceBytes;
       std::vector<transport::RmaOp> piece_ops;

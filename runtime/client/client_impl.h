@@ -340,7 +340,7 @@ struct Client::Impl {
       conn->region = std::move(*region);
       // Over TCP UCX emulates get in software (DESIGN.md: 5-60x slower than
       // put): ask the agent to send the bytes instead.
-      conn->owner_reads = conn->peer->rma_transports().find("emulated") != std::string::npos;
+      conn->owner_reads = conn->peer->rma_kind() == transport::RmaKind::kEmulated;
       if (options.prefault_mapped_regions) conn->start_prefault();
       logger()->debug("connected to agent {} incarnation {} over {}", id, incarnation,
                       conn->peer->rma_transports());

@@ -34,10 +34,11 @@ struct Setup {
   std::string tls;       // what both sides use
   ErrorMode mode;        // how the client watches the owner
   std::string expected;  // the transport the RMA lanes must use
+  RmaKind kind;          // whether UCX emulates RMA over it
 };
 
-Setup tcp_setup() { return {"tcp", ErrorMode::kPeer, "tcp"}; }
-Setup shm_setup() { return {"posix,self", ErrorMode::kNone, "posix"}; }
+Setup tcp_setup() { return {"tcp", ErrorMode::kPeer, "tcp", RmaKind::kEmulated}; }
+Setup shm_setup() { return {"posix,self", ErrorMode::kNone, "posix", RmaKind::kOneSided}; }
 
 // A started owner process with the client side connected to it.
 struct Session {
@@ -94,6 +95,7 @@ void move_and_verify(const Setup& setup, bool owner_polls = false) {
   auto s = start(setup, kRegion, owner_polls);
   INFO("UCX_TLS=" << setup.tls << " rma lanes over " << s->peer->rma_transports());
   CHECK(s->peer->rma_transports().find(setup.expected) != std::string::npos);
+  CHECK(s->peer->rma_kind() == setup.kind);
 
   std::vector<std::byte> buf(kBlocks * kBlock);
   auto local = s->transport->register_memory(buf.data(), buf.size());
