@@ -214,10 +214,11 @@ class LayerTransfer : public Transfer {
   // (see load_layers).
   virtual CUevent_st* layer_event(std::uint32_t layer) const = 0;
   // Makes `stream` wait until layer `layer` is in, for callers without a
-  // CUDA runtime of their own; never blocks the host, even before the load
-  // has started (the stream waits on a counter in device memory the mover
-  // raises after the layer: cuStreamWaitValue32). kInvalidArgument past the
-  // layers.
+  // CUDA runtime of their own; never blocks the host (a load started on
+  // the caller's thread: cudaStreamWaitEvent on layer_event; on the mover's
+  // thread, even before the load has started: a wait on a counter in device
+  // memory the mover raises after the layer, cuStreamWaitValue32).
+  // kInvalidArgument past the layers.
   virtual Status wait_layer(std::uint32_t layer, CUstream_st* stream) const = 0;
   // Leading keys found in the pool (blocks until the lookup answered):
   // their pages are being filled; the caller computes the rest.
