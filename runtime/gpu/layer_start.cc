@@ -5,7 +5,7 @@
 // launching its kernels (a 16-token prefill at Llama-3-8B shapes: about 45
 // ms of launches, a few ms of GPU work), so every millisecond load_layers
 // spends on the caller's thread (the lookup, mapping the blocks, enqueueing
-// 32 layers of copies: 2.5 ms at 4k tokens, 8.8 at 32k on an H100) came
+// 32 layers of copies: 2.5 ms at 4k tokens, 8.8 at 32k on an H200) came
 // straight on top of the time to the first token. Here load_layers only
 // records where the caller's stream stands and returns; the lookup and the
 // copies run on the mover's starter thread, one load after another in call
