@@ -5,7 +5,10 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
+#include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,9 +48,30 @@ inline std::vector<std::uint64_t> slice_sums(const std::byte* payload, std::uint
   return table;
 }
 
+// A fresh path under /tmp, removed when the test process exits. A random
+// part as well as the pid: pids come round again (pid_max is 32768 here),
+// and a port file left by a killed run would hand a later test a dead port.
 inline std::string temp_path(const std::string& name) {
-  static int counter = 0;
-  return "/tmp/kvpool-test-" + std::to_string(getpid()) + "-" + std::to_string(++counter) + "-" + name;
+  struct Made {
+    std::mutex mu;
+    std::vector<std::string> paths;
+    ~Made() {
+      std::error_code ec;
+      for (const auto& p : paths) std::filesystem::remove_all(p, ec);
+    }
+  };
+  static Made made;
+  static const std::string nonce = [] {
+    std::random_device rd;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%08x%08x", rd(), rd());
+    return std::string(hex);
+  }();
+  std::lock_guard lock(made.mu);
+  std::string path = "/tmp/kvpool-test-" + std::to_string(getpid()) + "-" + nonce + "-" +
+                     std::to_string(made.paths.size() + 1) + "-" + name;
+  made.paths.push_back(path);
+  return path;
 }
 
 struct PoolProcess {

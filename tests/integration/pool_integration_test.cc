@@ -124,6 +124,36 @@ struct ScribblingPeer {
 
 }  // namespace
 
+// The fixture itself: a port file left behind by an earlier process of the
+// same pid once handed a test a dead coordinator's port.
+TEST_CASE("temp_path: every process gets fresh paths, removed when it exits", "[integration]") {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const std::string p = temp_path("port");
+    std::FILE* f = std::fopen(p.c_str(), "w");
+    const bool ok = f != nullptr && std::fputs("1\n", f) >= 0 && std::fclose(f) == 0;
+    const std::string line = (ok ? p : std::string("write failed")) + "\n";
+    (void)!::write(fds[1], line.data(), line.size());
+    std::exit(0);  // static destructors run, as at a test's normal end
+  }
+  ::close(fds[1]);
+  std::string line;
+  char c;
+  while (::read(fds[0], &c, 1) == 1 && c != '\n') line += c;
+  ::close(fds[0]);
+  int wstatus = 0;
+  REQUIRE(::waitpid(child, &wstatus, 0) == child);
+  REQUIRE(line.rfind("/tmp/kvpool-test-", 0) == 0);
+  CHECK_FALSE(std::filesystem::exists(line));
+  // Another process with the same pid would get another name: a random part.
+  const std::string mine = temp_path("port");
+  CHECK(mine != line);
+  CHECK_FALSE(std::filesystem::exists(mine));
+}
+
 TEST_CASE("blocks put by one process are read back by another over shared memory and over tcp",
           "[integration]") {
   auto pool = start_standalone("64MiB");
