@@ -10,6 +10,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include "runtime/common/asio_status.h"
 #include "runtime/common/logging.h"
 #include "runtime/common/process_util.h"
 
@@ -26,10 +27,6 @@ constexpr auto kIdleTimeout = std::chrono::seconds(30);
 std::shared_ptr<spdlog::logger> logger() {
   static auto l = log::get("metrics");
   return l;
-}
-
-Status to_status(const boost::system::error_code& ec, const std::string& what) {
-  return Status(StatusCode::kUnavailable, what + ": " + ec.message());
 }
 
 }  // namespace

@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "kvpool/status.h"
+#include "runtime/common/asio_status.h"
 
 namespace kvpool::rpc {
 
@@ -165,12 +166,7 @@ struct HelloReply {
 std::string encode_hello_reply(const HelloReply& reply);
 Result<HelloReply> decode_hello_reply(std::string_view payload);
 
-// The one mapping of Asio / Boost.System errors onto StatusCode: network
-// failures (refused, reset, EOF, unreachable, timed out) are kUnavailable
-// (retry, perhaps later), a cancelled operation is kCancelled, an address in
-// use or a permission refusal is kFailedPrecondition, a malformed address is
-// kInvalidArgument, anything else kInternal. `what` says what failed
-// ("connect to 10.0.0.5:7000").
-Status to_status(const boost::system::error_code& ec, std::string_view what);
+// Asio errors map to Status in one place (runtime/common/asio_status.h).
+using kvpool::to_status;
 
 }  // namespace kvpool::rpc

@@ -119,6 +119,19 @@ TEST_CASE("a metrics address that is not an IP is refused", "[metrics]") {
   CHECK(server.error().code() == StatusCode::kInvalidArgument);
 }
 
+// Asio errors map in one place (runtime/common/asio_status.h): a port in use
+// is the operator's to fix, not a retry.
+TEST_CASE("a metrics port already in use is refused as a precondition, naming the port", "[metrics]") {
+  auto first = MetricsServer::start("127.0.0.1", 0, std::make_shared<Registry>());
+  REQUIRE(first);
+  const std::uint16_t port = (*first)->port();
+  auto second = MetricsServer::start("127.0.0.1", port, std::make_shared<Registry>());
+  REQUIRE(!second);
+  CHECK(second.error().code() == StatusCode::kFailedPrecondition);
+  CHECK_THAT(second.error().message(), Catch::Contains(std::to_string(port)));
+  CHECK_THAT(second.error().message(), Catch::Contains("in use"));
+}
+
 TEST_CASE("a coordinator server that fails to start leaves nothing in a shared registry", "[metrics]") {
   auto registry = std::make_shared<Registry>();
   coordinator::CoordinatorServerOptions first;
