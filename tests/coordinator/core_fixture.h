@@ -154,4 +154,26 @@ struct Harness {
   std::vector<InvalidateRequest> pending;
 };
 
+inline CoordinatorConfig exact_lru_config(double watermark = 1.0) {
+  CoordinatorConfig c;
+  c.high_watermark = watermark;
+  c.low_watermark = watermark;
+  return c;
+}
+
+// Committed blocks on an agent (AgentView::blocks also counts blocks whose
+// eviction the agent has not acknowledged yet).
+inline std::uint64_t blocks_on(Harness& h, AgentId a) {
+  auto slots = h.core->slots(a);
+  REQUIRE(slots);
+  std::uint64_t n = 0;
+  for (const SlotView& v : *slots) n += v.state == SlotState::kCommitted ? 1 : 0;
+  return n;
+}
+// Blocks evicted so far, acknowledged or not.
+inline std::uint64_t evicted(Harness& h) {
+  const Stats st = h.core->stats();
+  return st.evictions + st.evicting;
+}
+
 }  // namespace kvpool::coordinator::testing

@@ -1,0 +1,185 @@
+// Time and introspection: tick(), the LRU stamp clock, stats, slots, memory.
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "coordinator/core_state.h"
+
+namespace kvpool::coordinator {
+
+TickActions CoordinatorCore::tick(Clock::time_point now) {
+  TickActions actions;
+  ReadyCallbacks ready;
+  {
+    std::lock_guard lock(mu_);
+    State& s = *s_;
+    s.sweep(now);
+    actions.dead_agents = std::move(s.dead_since_tick);
+    s.dead_since_tick.clear();
+
+    // A lease is good through its deadline (commit accepts now == deadline),
+    // so it expires once now is past it. Deadlines never change, so the heap
+    // pair of a lease still present carries its deadline.
+    while (!s.write_expiry.empty() && s.write_expiry.top().first < now) {
+      const std::uint64_t id = s.write_expiry.top().second;
+      s.write_expiry.pop();
+      auto it = s.write_leases.find(id);
+      if (it == s.write_leases.end()) continue;
+      const WriteLease l = it->second;
+      s.write_leases.erase(it);
+      --s.client_open[l.client];
+      if (s.write_lease_valid(l)) {
+        s.expire_write_lease(l, now);
+        ++actions.expired_write_leases;
+      }
+    }
+    // Moves past their deadline: the source agent never reported (it died,
+    // or lost its connection).
+    for (auto it = s.moves.begin(); it != s.moves.end();) {
+      if (it->second.deadline >= now) {
+        ++it;
+        continue;
+      }
+      const Move m = it->second;
+      const std::uint64_t id = it->first;
+      it = s.moves.erase(it);
+      s.forget_move(m, id);
+      s.fail_move(m, now);
+    }
+    while (!s.read_expiry.empty() && s.read_expiry.top().first < now) {
+      const std::uint64_t id = s.read_expiry.top().second;
+      s.read_expiry.pop();
+      auto it = s.read_leases.find(id);
+      if (it == s.read_leases.end()) continue;
+      const ReadLease l = std::move(it->second);
+      s.read_leases.erase(it);
+      for (const auto& [i, generation] : l.pins) s.unpin(i, generation);
+      ++actions.expired_read_leases;
+    }
+    while (!s.waiter_deadlines.empty() && s.waiter_deadlines.begin()->first <= now) {
+      s.finish_waiter(s.waiter_deadlines.begin()->second, &ready);
+      ++actions.fired_waiters;
+    }
+
+    constexpr std::size_t kMaxStampNotes = 4096;
+    if (s.stamp_notes.empty() || now - s.stamp_notes.back().first >= std::chrono::seconds(1)) {
+      if (s.stamp_notes.size() >= kMaxStampNotes) {
+        std::size_t kept = 0;
+        for (std::size_t i = 0; i < s.stamp_notes.size(); i += 2) s.stamp_notes[kept++] = s.stamp_notes[i];
+        s.stamp_notes.resize(kept);
+      }
+      s.stamp_notes.emplace_back(now, s.touch_clock);
+    }
+
+    std::uint32_t budget = s.config.max_evictions_per_tick;
+    for (auto& ap : s.agents) {
+      Agent& a = *ap;
+      if (!a.alive || !a.draining) continue;
+      while (a.live_granules > a.low_granules && budget > 0) {
+        const std::uint32_t i = a.lists.oldest(s.slab);
+        if (i == kNil) break;
+        s.evict(i);
+        --budget;
+        ++actions.evicted_blocks;
+      }
+      a.draining = a.live_granules > a.low_granules && budget == 0;
+    }
+
+    std::vector<ReclaimQueue::Pending> pending;
+    for (auto& ap : s.agents) {
+      if (!ap->alive) continue;
+      pending.clear();
+      ap->reclaim.collect_due(now, s.config.invalidation_retry, pending);
+      if (pending.empty()) continue;
+      InvalidateRequest req{ap->id, ap->reg.incarnation, {}};
+      req.slots.reserve(pending.size());
+      for (const auto& p : pending) req.slots.push_back(s.slot_ref(*ap, p));
+      actions.invalidations.push_back(std::move(req));
+    }
+  }
+  run_callbacks(ready);
+  return actions;
+}
+
+std::uint64_t CoordinatorCore::stamp_at(Clock::time_point t) const {
+  std::lock_guard lock(mu_);
+  const auto& notes = s_->stamp_notes;
+  // The last note taken at or before t.
+  auto it = std::upper_bound(notes.begin(), notes.end(), t,
+                             [](Clock::time_point x, const auto& note) { return x < note.first; });
+  return it == notes.begin() ? 0 : std::prev(it)->second;
+}
+
+Stats CoordinatorCore::stats() const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  Stats st;
+  for (const auto& ap : s.agents) {
+    AgentView v = view_of(*ap);
+    st.blocks += v.blocks;
+    st.capacity_bytes += v.capacity_bytes;
+    st.used_bytes += v.used_bytes;
+    st.live_bytes += v.live_bytes;
+    st.reclaiming_bytes += v.reclaiming_bytes;
+    if (v.alive) ++st.agents_alive;
+    st.agents.push_back(std::move(v));
+  }
+  st.write_leases = s.write_leases.size();
+  st.read_leases = s.read_leases.size();
+  st.waiters = s.waiters.size();
+  st.namespaces = s.namespaces.size();
+  st.membership_epoch = s.epoch;
+  st.lookup_hits = s.lookup_hits;
+  st.lookup_misses = s.lookup_misses;
+  st.evictions = s.evictions - (s.evicting_count - s.removing_count);
+  st.evicting = s.evicting_count - s.removing_count;
+  st.removing = s.removing_count;
+  st.removals = s.removals;
+  st.expired_write_leases = s.expired_write_leases;
+  st.aborted_write_leases = s.aborted_write_leases;
+  return st;
+}
+
+Result<std::vector<SlotView>> CoordinatorCore::slots(AgentId id) const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  const Agent* a = s.find_agent(id);
+  if (a == nullptr) return make_error(StatusCode::kNotFound, "unknown agent " + std::to_string(to_u32(id)));
+  std::vector<SlotView> out;
+  a->lists.for_each(s.slab, [&](std::uint32_t i) {
+    const BlockEntry& e = s.slab[i];
+    SlotView v;
+    v.payload_offset = static_cast<std::uint64_t>(e.granule) * kGranule;
+    v.length = static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
+    v.state = e.state == BlockState::kWriting     ? SlotState::kWriting
+              : e.state == BlockState::kCommitted ? SlotState::kCommitted
+                                                  : SlotState::kRemovedLeased;
+    v.generation = e.generation;
+    v.key = e.key;
+    v.namespace_id = s.namespaces[e.ns].id;
+    v.stamp = e.stamp;
+    out.push_back(v);
+  });
+  a->reclaim.for_each([&](const ReclaimQueue::Pending& p) {
+    SlotView v;
+    v.payload_offset = static_cast<std::uint64_t>(p.granule) * kGranule;
+    v.length = static_cast<std::uint64_t>(p.granules) * kGranule;
+    v.state = p.stage == ReclaimQueue::Stage::kQuarantined ? SlotState::kQuarantined : SlotState::kInvalidating;
+    v.generation = p.generation;
+    out.push_back(v);
+  });
+  std::sort(out.begin(), out.end(),
+            [](const SlotView& x, const SlotView& y) { return x.payload_offset < y.payload_offset; });
+  return out;
+}
+
+MemoryFootprint CoordinatorCore::memory() const {
+  std::lock_guard lock(mu_);
+  const State& s = *s_;
+  return MemoryFootprint{s.slab.in_use(), s.slab.memory_bytes(), s.by_key.memory_bytes(), s.by_slot.memory_bytes()};
+}
+
+}  // namespace kvpool::coordinator
