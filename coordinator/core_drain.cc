@@ -117,6 +117,63 @@ std::uint64_t CoordinatorCore::State::moves_from(std::uint32_t source) const {
   return n;
 }
 
+bool CoordinatorCore::State::issue_move(std::uint32_t src, std::uint32_t i, Clock::time_point now, DrainStep& step) {
+  const BlockEntry& e = slab[i];
+  const std::uint64_t bytes = static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
+  auto placed = place_move(src, bytes);
+  if (!placed) {
+    step.placement = Status(StatusCode::kResourceExhausted,
+                            "no other live agent has " + std::to_string(bytes) +
+                                " bytes free under its high watermark for a block of agent " + std::to_string(src));
+    return false;
+  }
+  const auto [target, slot] = *placed;
+  Agent& t = agent(target);
+  Move m;
+  m.entry = i;
+  m.old_generation = e.generation;
+  m.source = src;
+  m.target = target;
+  m.target_incarnation = t.reg.incarnation;
+  m.target_join = t.joins;
+  m.slot = slot;
+  m.generation = next_generation++;
+  m.deadline = now + config.write_lease_ttl;
+  const std::uint64_t move_id = next_lease++;
+  BlockMove bm;
+  bm.id = move_id;
+  bm.ns = namespaces[e.ns].id;
+  bm.key = e.key;
+  bm.from = location_of(e);
+  bm.to = Location{AgentId{target},
+                   t.reg.incarnation,
+                   t.layout.payload_region_offset(slot.offset),
+                   t.layout.header_offset(slot.offset),
+                   e.length,
+                   m.generation};
+  bm.deadline = m.deadline;
+  pin(i);  // off the LRU list: eviction leaves it alone, and oldest() moves on
+  moves.emplace(move_id, m);
+  moving[i] = move_id;
+  step.moves.push_back(bm);
+  return true;
+}
+
+std::vector<std::uint32_t> CoordinatorCore::State::held_blocks(const Agent& a, DrainStep& step) const {
+  std::vector<std::uint32_t> held;
+  a.lists.for_each_busy(slab, [&](std::uint32_t i) {
+    const BlockEntry& e = slab[i];
+    if (e.state == BlockState::kWriting) ++step.writing;
+    if (e.state != BlockState::kCommitted) return;
+    if (auto it = moving.find(i); it != moving.end()) {
+      auto m = moves.find(it->second);
+      if (m != moves.end() && m->second.old_generation == e.generation) return;  // already moving
+    }
+    held.push_back(i);
+  });
+  return held;
+}
+
 Result<DrainStep> CoordinatorCore::drain(AgentId id, std::uint32_t max_in_flight, Clock::time_point now) {
   std::lock_guard lock(mu_);
   State& s = *s_;
@@ -139,70 +196,15 @@ Result<DrainStep> CoordinatorCore::drain(AgentId id, std::uint32_t max_in_flight
   DrainStep step;
   const std::uint64_t in_flight = s.moves_from(src);
   const std::uint64_t room = max_in_flight > in_flight ? max_in_flight - in_flight : 0;
-  // Reserves a target slot and issues the move of entry i; false when no
-  // other agent has room.
-  auto issue = [&](std::uint32_t i) {
-    const BlockEntry& e = s.slab[i];
-    const std::uint64_t bytes = static_cast<std::uint64_t>(slot_granules(e.length)) * kGranule;
-    auto placed = s.place_move(src, bytes);
-    if (!placed) {
-      step.placement = Status(StatusCode::kResourceExhausted,
-                              "no other live agent has " + std::to_string(bytes) +
-                                  " bytes free under its high watermark for a block of agent " + std::to_string(src));
-      return false;
-    }
-    const auto [target, slot] = *placed;
-    Agent& t = s.agent(target);
-    Move m;
-    m.entry = i;
-    m.old_generation = e.generation;
-    m.source = src;
-    m.target = target;
-    m.target_incarnation = t.reg.incarnation;
-    m.target_join = t.joins;
-    m.slot = slot;
-    m.generation = s.next_generation++;
-    m.deadline = now + s.config.write_lease_ttl;
-    const std::uint64_t move_id = s.next_lease++;
-    BlockMove bm;
-    bm.id = move_id;
-    bm.ns = s.namespaces[e.ns].id;
-    bm.key = e.key;
-    bm.from = s.location_of(e);
-    bm.to = Location{AgentId{target},
-                     t.reg.incarnation,
-                     t.layout.payload_region_offset(slot.offset),
-                     t.layout.header_offset(slot.offset),
-                     e.length,
-                     m.generation};
-    bm.deadline = m.deadline;
-    s.pin(i);  // off the LRU list: eviction leaves it alone, and oldest() moves on
-    s.moves.emplace(move_id, m);
-    s.moving[i] = move_id;
-    step.moves.push_back(bm);
-    return true;
-  };
-  // The busy list (being written, read-leased, moving, removed-but-read):
-  // committed blocks a reader holds move too; it is short next to the LRU
-  // lists, which are taken from their least recently used end.
-  std::vector<std::uint32_t> held;
-  a->lists.for_each_busy(s.slab, [&](std::uint32_t i) {
-    const BlockEntry& e = s.slab[i];
-    if (e.state == BlockState::kWriting) ++step.writing;
-    if (e.state != BlockState::kCommitted) return;
-    if (auto it = s.moving.find(i); it != s.moving.end()) {
-      auto m = s.moves.find(it->second);
-      if (m != s.moves.end() && m->second.old_generation == e.generation) return;  // already moving
-    }
-    held.push_back(i);
-  });
+  const std::vector<std::uint32_t> held = s.held_blocks(*a, step);
   bool full = false;
   while (!full && step.moves.size() < room) {
     const std::uint32_t i = a->lists.oldest(s.slab);
     if (i == kNil) break;
-    full = !issue(i);
+    full = !s.issue_move(src, i, now, step);
   }
-  for (std::size_t k = 0; k < held.size() && !full && step.moves.size() < room; ++k) full = !issue(held[k]);
+  for (std::size_t k = 0; k < held.size() && !full && step.moves.size() < room; ++k)
+    full = !s.issue_move(src, held[k], now, step);
   // Blocks left unmoved for want of room (not for want of in-flight slots).
   if (full) {
     const std::uint64_t moving = in_flight + step.moves.size();

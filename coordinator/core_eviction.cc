@@ -71,6 +71,12 @@ RoomOutcome CoordinatorCore::State::make_room(Agent& a, std::uint64_t granules, 
   }
 
   const std::vector<pool::Slot> extents = a.future->free_extents();
+  if (evict_next_to_free(a, granules, extents, budget)) return RoomOutcome::kFits;
+  return sweep_for_room(a, granules, extents, budget);
+}
+
+bool CoordinatorCore::State::evict_next_to_free(Agent& a, std::uint64_t granules,
+                                                const std::vector<pool::Slot>& extents, std::uint32_t& budget) {
   std::vector<std::size_t> order(extents.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   const std::size_t n = std::min(order.size(), kWindowCandidates);
@@ -80,10 +86,14 @@ RoomOutcome CoordinatorCore::State::make_room(Agent& a, std::uint64_t granules, 
     if (auto plan = plan_window(a, extents[order[k]].offset / kGranule, granules, extents, budget)) {
       for (std::uint32_t e : *plan) evict(e);
       budget -= static_cast<std::uint32_t>(plan->size());
-      return RoomOutcome::kFits;
+      return true;
     }
   }
+  return false;
+}
 
+RoomOutcome CoordinatorCore::State::sweep_for_room(Agent& a, std::uint64_t granules,
+                                                   const std::vector<pool::Slot>& extents, std::uint32_t& budget) {
   // Sliding window over the region, resuming where the previous sweep
   // stopped and wrapping around: the shortest run ending at each position
   // that spans `granules` with no blocked slot; the first within budget

@@ -72,16 +72,12 @@ std::uint32_t CoordinatorCore::State::least_full(const std::vector<std::uint32_t
   return best;
 }
 
-AllocateItem CoordinatorCore::State::place(std::uint32_t ns, const BlockRequest& req,
-                                           const std::vector<std::uint32_t>& local, std::uint32_t client,
-                                           Clock::time_point now, std::uint32_t& budget) {
-  AllocateItem item;
-  const std::uint64_t granules = slot_granules(req.length);
-  const std::uint64_t bytes = granules * kGranule;
-  std::vector<std::uint32_t> tried;
+std::optional<pool::Slot> CoordinatorCore::State::choose_slot(std::uint64_t bytes,
+                                                              const std::vector<std::uint32_t>& local,
+                                                              const std::string& tenant, std::uint32_t& budget,
+                                                              std::vector<std::uint32_t>& tried,
+                                                              std::uint32_t& chosen) {
   std::optional<pool::Slot> slot;
-  std::uint32_t chosen = 0;
-  const std::string& tenant = namespaces[ns].tenant;
   if (config.placement == PlacementPolicy::kLocalFirst && !local.empty()) {
     if (std::uint32_t id = least_full(&local, bytes, tried, tenant); id != 0) {
       tried.push_back(id);
@@ -96,28 +92,46 @@ AllocateItem CoordinatorCore::State::place(std::uint32_t ns, const BlockRequest&
     slot = place_now(agent(id), bytes, budget);
     if (slot) chosen = id;
   }
+  return slot;
+}
+
+Status CoordinatorCore::State::no_room(const BlockRequest& req, const std::string& tenant,
+                                       const std::vector<std::uint32_t>& tried, std::uint32_t& budget) {
+  const std::uint64_t granules = slot_granules(req.length);
+  const std::uint64_t bytes = granules * kGranule;
+  if (tried.empty()) {
+    return Status(StatusCode::kResourceExhausted,
+                  "no live agent can hold a block of " + std::to_string(req.length) + " bytes" +
+                      (tenant.empty() ? std::string()
+                                      : " in a region of isolated tenant '" + tenant +
+                                            "' (no agent has registered one, or none is live)"));
+  }
+  for (std::uint32_t id : tried) {
+    const RoomOutcome room = make_room(agent(id), granules, budget);
+    if (room != RoomOutcome::kNoWay) {
+      return Status(StatusCode::kUnavailable, "no space free now for " + std::to_string(bytes) + " bytes; agent " +
+                                                  std::to_string(id) +
+                                                  " is reclaiming space (evicted blocks wait for their " +
+                                                  "invalidation to be acknowledged): retry shortly");
+    }
+  }
+  return Status(StatusCode::kResourceExhausted,
+                "no agent can fit " + std::to_string(bytes) +
+                    " bytes even after eviction: the space is read-leased or being written");
+}
+
+AllocateItem CoordinatorCore::State::place(std::uint32_t ns, const BlockRequest& req,
+                                           const std::vector<std::uint32_t>& local, std::uint32_t client,
+                                           Clock::time_point now, std::uint32_t& budget) {
+  AllocateItem item;
+  const std::uint64_t granules = slot_granules(req.length);
+  const std::uint64_t bytes = granules * kGranule;
+  std::vector<std::uint32_t> tried;
+  std::uint32_t chosen = 0;
+  const std::string& tenant = namespaces[ns].tenant;
+  const std::optional<pool::Slot> slot = choose_slot(bytes, local, tenant, budget, tried, chosen);
   if (!slot) {
-    if (tried.empty()) {
-      item.status = Status(StatusCode::kResourceExhausted,
-                           "no live agent can hold a block of " + std::to_string(req.length) + " bytes" +
-                               (tenant.empty() ? std::string()
-                                               : " in a region of isolated tenant '" + tenant +
-                                                     "' (no agent has registered one, or none is live)"));
-      return item;
-    }
-    for (std::uint32_t id : tried) {
-      const RoomOutcome room = make_room(agent(id), granules, budget);
-      if (room != RoomOutcome::kNoWay) {
-        item.status = Status(StatusCode::kUnavailable, "no space free now for " + std::to_string(bytes) +
-                                                           " bytes; agent " + std::to_string(id) +
-                                                           " is reclaiming space (evicted blocks wait for their " +
-                                                           "invalidation to be acknowledged): retry shortly");
-        return item;
-      }
-    }
-    item.status = Status(StatusCode::kResourceExhausted,
-                         "no agent can fit " + std::to_string(bytes) +
-                             " bytes even after eviction: the space is read-leased or being written");
+    item.status = no_room(req, tenant, tried, budget);
     return item;
   }
 

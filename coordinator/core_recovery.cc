@@ -9,6 +9,85 @@
 
 namespace kvpool::coordinator {
 
+std::optional<std::uint32_t> CoordinatorCore::State::recovered_namespace(const Agent& a, NamespaceId id) {
+  if (auto it = ns_index.find(id); it != ns_index.end()) {
+    // A block in a region its namespace may not use (the tenants file
+    // changed): left out, so no one is handed a location in a region
+    // that is not theirs.
+    if (namespaces[it->second].tenant != a.reg.tenant) return std::nullopt;
+    return it->second;
+  }
+  if (namespaces.size() >= kNil) return std::nullopt;
+  const auto ns = static_cast<std::uint32_t>(namespaces.size());
+  ns_index.emplace(id, ns);
+  Namespace& recovered = namespaces.emplace_back();
+  recovered.id = id;
+  recovered.tenant = a.reg.tenant;
+  return ns;
+}
+
+CoordinatorCore::State::Adoption CoordinatorCore::State::adopt_block(Agent& a, const RecoveredBlock& b) {
+  const std::uint32_t agent_id = to_u32(a.id);
+  const std::uint64_t g = slot_granules(b.length);
+  if (b.length == 0 || b.length > UINT32_MAX || b.payload_offset % kGranule != 0 ||
+      b.payload_offset >= a.layout.payload_bytes || g > (a.layout.payload_bytes - b.payload_offset) / kGranule ||
+      !can_read(b.key)) {
+    return Adoption::kDropped;  // left to the end of recovery, which invalidates it
+  }
+  const auto granule = static_cast<std::uint32_t>(b.payload_offset / kGranule);
+  if (const std::uint32_t i = find_slot(agent_id, granule); i != kNil) {
+    const BlockEntry& e = slab[i];
+    // Sent before (a repeat), or overlapping.
+    return e.key != b.key || e.generation != b.generation ? Adoption::kDropped : Adoption::kRepeat;
+  }
+  const pool::Slot slot{b.payload_offset, g * kGranule};
+  if (!a.space->reserve(slot).ok()) {
+    return Adoption::kDropped;  // overlaps an adopted block: not a block this coordinator can account for
+  }
+  a.used_granules += g;
+  const std::optional<std::uint32_t> found_ns = recovered_namespace(a, b.ns);
+  if (!found_ns) {
+    a.reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+    return Adoption::kDropped;
+  }
+  const std::uint32_t ns = *found_ns;
+  if (const std::uint32_t i = find_key(ns, b.key); i != kNil) {
+    BlockEntry& e = slab[i];
+    if (e.state == BlockState::kCommitted && e.pins == 0 && e.generation < b.generation) {
+      retire(i, std::nullopt);  // the older copy loses
+    } else {
+      a.reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+      return Adoption::kDropped;
+    }
+  }
+  const std::uint32_t i = slab.allocate();
+  if (i == kNil || !a.future->reserve(slot).ok()) {
+    if (i != kNil) slab.free(i);
+    a.reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+    return Adoption::kDropped;
+  }
+  BlockEntry& e = slab[i];
+  e.key = b.key;
+  e.generation = b.generation;
+  e.stamp = ++touch_clock;
+  e.agent = agent_id;
+  e.granule = granule;
+  e.length = static_cast<std::uint32_t>(b.length);
+  e.ns = ns;
+  e.state = BlockState::kCommitted;
+  by_key.insert(key_hash(ns, b.key), i);
+  by_slot.insert(slot_hash(agent_id, granule), i);
+  a.lists.link_lru(slab, i);
+  a.live_granules += g;
+  ++a.committed_blocks;
+  ++namespaces[ns].blocks;
+  ++namespaces[ns].live_blocks;
+  namespaces[ns].live_bytes += g * kGranule;
+  lru_insert(i);
+  next_generation = std::max(next_generation, b.generation + 1);
+  return Adoption::kAdopted;
+}
+
 Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t incarnation,
                                                       std::span<const RecoveredBlock> blocks, Clock::time_point now) {
   std::lock_guard lock(mu_);
@@ -22,86 +101,17 @@ Result<RecoverResult> CoordinatorCore::recover_blocks(AgentId id, std::uint64_t 
                       "agent " + std::to_string(to_u32(id)) + " is not recovering: rejoin first");
   }
   RecoverResult out;
-  const std::uint32_t agent_id = to_u32(id);
   for (const RecoveredBlock& b : blocks) {
-    const std::uint64_t g = slot_granules(b.length);
-    if (b.length == 0 || b.length > UINT32_MAX || b.payload_offset % kGranule != 0 ||
-        b.payload_offset >= a->layout.payload_bytes || g > (a->layout.payload_bytes - b.payload_offset) / kGranule ||
-        !s.can_read(b.key)) {
-      ++out.dropped;  // left to the end of recovery, which invalidates it
-      continue;
-    }
-    const auto granule = static_cast<std::uint32_t>(b.payload_offset / kGranule);
-    if (const std::uint32_t i = s.find_slot(agent_id, granule); i != kNil) {
-      const BlockEntry& e = s.slab[i];
-      if (e.key != b.key || e.generation != b.generation) ++out.dropped;
-      continue;  // sent before (a repeat), or overlapping
-    }
-    const pool::Slot slot{b.payload_offset, g * kGranule};
-    if (!a->space->reserve(slot).ok()) {
-      ++out.dropped;  // overlaps an adopted block: not a block this coordinator can account for
-      continue;
-    }
-    a->used_granules += g;
-    std::uint32_t ns;
-    if (auto it = s.ns_index.find(b.ns); it != s.ns_index.end()) {
-      ns = it->second;
-      if (s.namespaces[ns].tenant != a->reg.tenant) {
-        // A block in a region its namespace may not use (the tenants file
-        // changed): left out, so no one is handed a location in a region
-        // that is not theirs.
-        a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
+    switch (s.adopt_block(*a, b)) {
+      case State::Adoption::kAdopted:
+        ++out.adopted;
+        break;
+      case State::Adoption::kDropped:
         ++out.dropped;
-        continue;
-      }
-    } else if (s.namespaces.size() < kNil) {
-      ns = static_cast<std::uint32_t>(s.namespaces.size());
-      s.ns_index.emplace(b.ns, ns);
-      Namespace& recovered = s.namespaces.emplace_back();
-      recovered.id = b.ns;
-      recovered.tenant = a->reg.tenant;
-    } else {
-      a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
-      ++out.dropped;
-      continue;
+        break;
+      case State::Adoption::kRepeat:
+        break;
     }
-    if (const std::uint32_t i = s.find_key(ns, b.key); i != kNil) {
-      BlockEntry& e = s.slab[i];
-      if (e.state == BlockState::kCommitted && e.pins == 0 && e.generation < b.generation) {
-        s.retire(i, std::nullopt);  // the older copy loses
-      } else {
-        a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
-        ++out.dropped;
-        continue;
-      }
-    }
-    const std::uint32_t i = s.slab.allocate();
-    if (i == kNil || !a->future->reserve(slot).ok()) {
-      if (i != kNil) s.slab.free(i);
-      a->reclaim.add_ready(granule, static_cast<std::uint32_t>(g), b.generation);
-      ++out.dropped;
-      continue;
-    }
-    BlockEntry& e = s.slab[i];
-    e.key = b.key;
-    e.generation = b.generation;
-    e.stamp = ++s.touch_clock;
-    e.agent = agent_id;
-    e.granule = granule;
-    e.length = static_cast<std::uint32_t>(b.length);
-    e.ns = ns;
-    e.state = BlockState::kCommitted;
-    s.by_key.insert(key_hash(ns, b.key), i);
-    s.by_slot.insert(slot_hash(agent_id, granule), i);
-    a->lists.link_lru(s.slab, i);
-    a->live_granules += g;
-    ++a->committed_blocks;
-    ++s.namespaces[ns].blocks;
-    ++s.namespaces[ns].live_blocks;
-    s.namespaces[ns].live_bytes += g * kGranule;
-    s.lru_insert(i);
-    s.next_generation = std::max(s.next_generation, b.generation + 1);
-    ++out.adopted;
   }
   out.invalidations = s.collect_ready(now);
   return out;

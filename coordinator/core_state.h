@@ -352,6 +352,16 @@ struct CoordinatorCore::State {
   void declare_dead(Agent& a, const char* why);
   void sweep(Clock::time_point now);
 
+  // Recovery (core_recovery.cc).
+  // The namespace index of a recovered block: a known namespace of the
+  // agent's tenant, or a new one known only from recovered blocks; nullopt
+  // when the block may not be adopted.
+  std::optional<std::uint32_t> recovered_namespace(const Agent& a, NamespaceId id);
+  enum class Adoption { kAdopted, kDropped, kRepeat };
+  // One block of recover_blocks(): adopted as committed, dropped (its slot
+  // to invalidation when this coordinator accounts for it), or a repeat.
+  Adoption adopt_block(Agent& a, const RecoveredBlock& b);
+
   // Placement (core_placement.cc).
   // Evicts least-recently-used blocks while the agent would pass its high
   // watermark, down to the low one (counting the new block).
@@ -363,6 +373,17 @@ struct CoordinatorCore::State {
   // empty) are considered: a namespace's blocks never leave its regions.
   std::uint32_t least_full(const std::vector<std::uint32_t>* pool_ids, std::uint64_t bytes,
                            const std::vector<std::uint32_t>& tried, const std::string& tenant) const;
+  // place()'s first step: a slot of `bytes` on the writer's host (local-first)
+  // or the least full agents of `tenant`, at most kMaxPlacementTries of
+  // them; the agents tried, and the one chosen, come back in the arguments.
+  std::optional<pool::Slot> choose_slot(std::uint64_t bytes, const std::vector<std::uint32_t>& local,
+                                        const std::string& tenant, std::uint32_t& budget,
+                                        std::vector<std::uint32_t>& tried, std::uint32_t& chosen);
+  // Why no agent took the block: none can (kResourceExhausted), or one is
+  // making room by eviction (kUnavailable: retry).
+  Status no_room(const BlockRequest& req, const std::string& tenant, const std::vector<std::uint32_t>& tried,
+                 std::uint32_t& budget);
+  // A new block being written, under a new write lease.
   AllocateItem place(std::uint32_t ns, const BlockRequest& req, const std::vector<std::uint32_t>& local,
                      std::uint32_t client, Clock::time_point now, std::uint32_t& budget);
 
@@ -384,6 +405,12 @@ struct CoordinatorCore::State {
   // the region. When the cheapest window needs more than the budget, evicts
   // part of it (kProgress) so the next call finds a larger extent.
   RoomOutcome make_room(Agent& a, std::uint64_t granules, std::uint32_t& budget);
+  // make_room()'s window steps: a window next to one of the largest
+  // free-to-be extents within budget (true: evicted), else the bounded sweep.
+  bool evict_next_to_free(Agent& a, std::uint64_t granules, const std::vector<pool::Slot>& extents,
+                          std::uint32_t& budget);
+  RoomOutcome sweep_for_room(Agent& a, std::uint64_t granules, const std::vector<pool::Slot>& extents,
+                             std::uint32_t& budget);
   // Evicts the namespace's least recently used unleased blocks until one
   // more block of `bytes` fits its quota. False when the quota cannot make
   // room (every block is leased or being written).
@@ -418,6 +445,28 @@ struct CoordinatorCore::State {
   bool complete_move(const Move& m);
   void forget_move(const Move& m, std::uint64_t id);
   std::uint64_t moves_from(std::uint32_t source) const;
+
+  // tick()'s steps, in the order it takes them (core_tick.cc). Each returns
+  // how many it expired or evicted.
+  std::uint64_t expire_write_leases(Clock::time_point now);
+  void expire_moves(Clock::time_point now);
+  std::uint64_t expire_read_leases(Clock::time_point now);
+  // Notes the LRU stamp clock for stamp_at(), about once a second.
+  void note_stamp(Clock::time_point now);
+  // Agents above the high watermark whose eviction ran out of budget go on
+  // down to the low one, within max_evictions_per_tick.
+  std::uint64_t evict_draining();
+  // Every invalidation due: new, or unacknowledged for invalidation_retry.
+  std::vector<InvalidateRequest> collect_due(Clock::time_point now);
+
+  // drain()'s steps (core_drain.cc).
+  // Reserves a target slot and issues the move of entry i; false when no
+  // other agent has room.
+  bool issue_move(std::uint32_t src, std::uint32_t i, Clock::time_point now, DrainStep& step);
+  // The busy list (being written, read-leased, moving, removed-but-read):
+  // committed blocks a reader holds move too; it is short next to the LRU
+  // lists, which are taken from their least recently used end.
+  std::vector<std::uint32_t> held_blocks(const Agent& a, DrainStep& step) const;
 
   // Invariants (core_invariants.cc).
   Status check_agent(const Agent& a) const;

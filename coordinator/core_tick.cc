@@ -10,6 +10,104 @@
 
 namespace kvpool::coordinator {
 
+std::uint64_t CoordinatorCore::State::expire_write_leases(Clock::time_point now) {
+  std::uint64_t expired = 0;
+  // A lease is good through its deadline (commit accepts now == deadline),
+  // so it expires once now is past it. Deadlines never change, so the heap
+  // pair of a lease still present carries its deadline.
+  while (!write_expiry.empty() && write_expiry.top().first < now) {
+    const std::uint64_t id = write_expiry.top().second;
+    write_expiry.pop();
+    auto it = write_leases.find(id);
+    if (it == write_leases.end()) continue;
+    const WriteLease l = it->second;
+    write_leases.erase(it);
+    --client_open[l.client];
+    if (write_lease_valid(l)) {
+      expire_write_lease(l, now);
+      ++expired;
+    }
+  }
+  return expired;
+}
+
+void CoordinatorCore::State::expire_moves(Clock::time_point now) {
+  // Moves past their deadline: the source agent never reported (it died,
+  // or lost its connection).
+  for (auto it = moves.begin(); it != moves.end();) {
+    if (it->second.deadline >= now) {
+      ++it;
+      continue;
+    }
+    const Move m = it->second;
+    const std::uint64_t id = it->first;
+    it = moves.erase(it);
+    forget_move(m, id);
+    fail_move(m, now);
+  }
+}
+
+std::uint64_t CoordinatorCore::State::expire_read_leases(Clock::time_point now) {
+  std::uint64_t expired = 0;
+  while (!read_expiry.empty() && read_expiry.top().first < now) {
+    const std::uint64_t id = read_expiry.top().second;
+    read_expiry.pop();
+    auto it = read_leases.find(id);
+    if (it == read_leases.end()) continue;
+    const ReadLease l = std::move(it->second);
+    read_leases.erase(it);
+    for (const auto& [i, generation] : l.pins) unpin(i, generation);
+    ++expired;
+  }
+  return expired;
+}
+
+void CoordinatorCore::State::note_stamp(Clock::time_point now) {
+  constexpr std::size_t kMaxStampNotes = 4096;
+  if (stamp_notes.empty() || now - stamp_notes.back().first >= std::chrono::seconds(1)) {
+    if (stamp_notes.size() >= kMaxStampNotes) {
+      std::size_t kept = 0;
+      for (std::size_t i = 0; i < stamp_notes.size(); i += 2) stamp_notes[kept++] = stamp_notes[i];
+      stamp_notes.resize(kept);
+    }
+    stamp_notes.emplace_back(now, touch_clock);
+  }
+}
+
+std::uint64_t CoordinatorCore::State::evict_draining() {
+  std::uint64_t evicted = 0;
+  std::uint32_t budget = config.max_evictions_per_tick;
+  for (auto& ap : agents) {
+    Agent& a = *ap;
+    if (!a.alive || !a.draining) continue;
+    while (a.live_granules > a.low_granules && budget > 0) {
+      const std::uint32_t i = a.lists.oldest(slab);
+      if (i == kNil) break;
+      evict(i);
+      --budget;
+      ++evicted;
+    }
+    a.draining = a.live_granules > a.low_granules && budget == 0;
+  }
+  return evicted;
+}
+
+std::vector<InvalidateRequest> CoordinatorCore::State::collect_due(Clock::time_point now) {
+  std::vector<InvalidateRequest> out;
+  std::vector<ReclaimQueue::Pending> pending;
+  for (auto& ap : agents) {
+    if (!ap->alive) continue;
+    pending.clear();
+    ap->reclaim.collect_due(now, config.invalidation_retry, pending);
+    if (pending.empty()) continue;
+    InvalidateRequest req{ap->id, ap->reg.incarnation, {}};
+    req.slots.reserve(pending.size());
+    for (const auto& p : pending) req.slots.push_back(slot_ref(*ap, p));
+    out.push_back(std::move(req));
+  }
+  return out;
+}
+
 TickActions CoordinatorCore::tick(Clock::time_point now) {
   TickActions actions;
   ReadyCallbacks ready;
@@ -19,86 +117,16 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
     s.sweep(now);
     actions.dead_agents = std::move(s.dead_since_tick);
     s.dead_since_tick.clear();
-
-    // A lease is good through its deadline (commit accepts now == deadline),
-    // so it expires once now is past it. Deadlines never change, so the heap
-    // pair of a lease still present carries its deadline.
-    while (!s.write_expiry.empty() && s.write_expiry.top().first < now) {
-      const std::uint64_t id = s.write_expiry.top().second;
-      s.write_expiry.pop();
-      auto it = s.write_leases.find(id);
-      if (it == s.write_leases.end()) continue;
-      const WriteLease l = it->second;
-      s.write_leases.erase(it);
-      --s.client_open[l.client];
-      if (s.write_lease_valid(l)) {
-        s.expire_write_lease(l, now);
-        ++actions.expired_write_leases;
-      }
-    }
-    // Moves past their deadline: the source agent never reported (it died,
-    // or lost its connection).
-    for (auto it = s.moves.begin(); it != s.moves.end();) {
-      if (it->second.deadline >= now) {
-        ++it;
-        continue;
-      }
-      const Move m = it->second;
-      const std::uint64_t id = it->first;
-      it = s.moves.erase(it);
-      s.forget_move(m, id);
-      s.fail_move(m, now);
-    }
-    while (!s.read_expiry.empty() && s.read_expiry.top().first < now) {
-      const std::uint64_t id = s.read_expiry.top().second;
-      s.read_expiry.pop();
-      auto it = s.read_leases.find(id);
-      if (it == s.read_leases.end()) continue;
-      const ReadLease l = std::move(it->second);
-      s.read_leases.erase(it);
-      for (const auto& [i, generation] : l.pins) s.unpin(i, generation);
-      ++actions.expired_read_leases;
-    }
+    actions.expired_write_leases += s.expire_write_leases(now);
+    s.expire_moves(now);
+    actions.expired_read_leases += s.expire_read_leases(now);
     while (!s.waiter_deadlines.empty() && s.waiter_deadlines.begin()->first <= now) {
       s.finish_waiter(s.waiter_deadlines.begin()->second, &ready);
       ++actions.fired_waiters;
     }
-
-    constexpr std::size_t kMaxStampNotes = 4096;
-    if (s.stamp_notes.empty() || now - s.stamp_notes.back().first >= std::chrono::seconds(1)) {
-      if (s.stamp_notes.size() >= kMaxStampNotes) {
-        std::size_t kept = 0;
-        for (std::size_t i = 0; i < s.stamp_notes.size(); i += 2) s.stamp_notes[kept++] = s.stamp_notes[i];
-        s.stamp_notes.resize(kept);
-      }
-      s.stamp_notes.emplace_back(now, s.touch_clock);
-    }
-
-    std::uint32_t budget = s.config.max_evictions_per_tick;
-    for (auto& ap : s.agents) {
-      Agent& a = *ap;
-      if (!a.alive || !a.draining) continue;
-      while (a.live_granules > a.low_granules && budget > 0) {
-        const std::uint32_t i = a.lists.oldest(s.slab);
-        if (i == kNil) break;
-        s.evict(i);
-        --budget;
-        ++actions.evicted_blocks;
-      }
-      a.draining = a.live_granules > a.low_granules && budget == 0;
-    }
-
-    std::vector<ReclaimQueue::Pending> pending;
-    for (auto& ap : s.agents) {
-      if (!ap->alive) continue;
-      pending.clear();
-      ap->reclaim.collect_due(now, s.config.invalidation_retry, pending);
-      if (pending.empty()) continue;
-      InvalidateRequest req{ap->id, ap->reg.incarnation, {}};
-      req.slots.reserve(pending.size());
-      for (const auto& p : pending) req.slots.push_back(s.slot_ref(*ap, p));
-      actions.invalidations.push_back(std::move(req));
-    }
+    s.note_stamp(now);
+    actions.evicted_blocks += s.evict_draining();
+    actions.invalidations = s.collect_due(now);
   }
   run_callbacks(ready);
   return actions;
