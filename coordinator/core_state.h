@@ -22,6 +22,7 @@
 #include "coordinator/index_table.h"
 #include "coordinator/reclaim_queue.h"
 #include "coordinator/shard.h"
+#include "coordinator/waiter_table.h"
 #include "pool/slot_allocator.h"
 #include "pool/slot_header.h"
 #include "runtime/common/logging.h"
@@ -32,11 +33,6 @@ namespace core {
 inline std::shared_ptr<spdlog::logger> logger() {
   static const std::shared_ptr<spdlog::logger> l = log::get("coordinator");
   return l;
-}
-
-inline std::uint64_t key_hash(std::uint32_t ns, const Key128& key) {
-  return mix64(key.lo ^
-               mix64(key.hi ^ (static_cast<std::uint64_t>(ns) * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull)));
 }
 
 inline std::uint64_t slot_hash(std::uint32_t agent, std::uint32_t granule) {
@@ -152,31 +148,6 @@ struct ReadLease {
   std::vector<std::pair<std::uint32_t, Generation>> pins;  // entry, generation (a reused entry has another)
 };
 
-struct WaitKey {
-  std::uint32_t ns = 0;
-  Key128 key;
-  friend bool operator==(const WaitKey&, const WaitKey&) = default;
-};
-struct WaitKeyHash {
-  std::size_t operator()(const WaitKey& k) const { return static_cast<std::size_t>(key_hash(k.ns, k.key)); }
-};
-
-struct Waiter {
-  std::uint32_t ns = 0;
-  std::vector<Key128> keys;
-  std::vector<bool> committed;
-  std::size_t remaining = 0;
-  Clock::time_point deadline{};
-  WaitCallback done;
-};
-
-// Callbacks to run once the lock is released.
-using ReadyCallbacks = std::vector<std::pair<WaitCallback, std::vector<bool>>>;
-
-inline void run_callbacks(ReadyCallbacks& ready) {
-  for (auto& [done, committed] : ready) done(std::move(committed));
-}
-
 using ExpiryHeap = std::priority_queue<std::pair<Clock::time_point, std::uint64_t>,
                                        std::vector<std::pair<Clock::time_point, std::uint64_t>>, std::greater<>>;
 
@@ -211,21 +182,15 @@ using core::Agent;
 using core::compact_expiry;
 using core::ExpiryHeap;
 using core::hex;
-using core::key_hash;
 using core::key_text;
 using core::logger;
 using core::Move;
 using core::Namespace;
 using core::ReadLease;
-using core::ReadyCallbacks;
 using core::RoomOutcome;
-using core::run_callbacks;
 using core::slot_hash;
 using core::Step;
 using core::view_of;
-using core::Waiter;
-using core::WaitKey;
-using core::WaitKeyHash;
 using core::WriteLease;
 using pool::kGranule;
 
@@ -259,12 +224,9 @@ struct CoordinatorCore::State {
   std::unordered_map<std::uint64_t, Move> moves;
   std::unordered_map<std::uint32_t, std::uint64_t> moving;
 
-  std::unordered_map<std::uint64_t, Waiter> waiters;
-  std::unordered_map<WaitKey, std::vector<std::pair<std::uint64_t, std::uint32_t>>, WaitKeyHash> wait_index;
-  std::set<std::pair<Clock::time_point, std::uint64_t>> waiter_deadlines;
+  WaiterTable waiters;
 
   std::uint64_t next_lease = 1;
-  std::uint64_t next_waiter = 1;
   Generation next_generation = 1;
   std::uint64_t touch_clock = 0;
   // (time, touch_clock) noted by tick() about once a second: which stamps
@@ -421,10 +383,6 @@ struct CoordinatorCore::State {
   // still being written, or null.
   bool write_lease_valid(const WriteLease& l) const;
   void expire_write_lease(const WriteLease& l, Clock::time_point now);
-
-  // Waiters (core_waiters.cc).
-  void finish_waiter(std::uint64_t id, ReadyCallbacks* ready);
-  void notify_committed(std::uint32_t ns, const Key128& key, ReadyCallbacks& ready);
 
   // Drain moves (core_drain.cc).
   bool move_target_current(const Move& m) const;

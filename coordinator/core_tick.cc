@@ -120,10 +120,7 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
     actions.expired_write_leases += s.expire_write_leases(now);
     s.expire_moves(now);
     actions.expired_read_leases += s.expire_read_leases(now);
-    while (!s.waiter_deadlines.empty() && s.waiter_deadlines.begin()->first <= now) {
-      s.finish_waiter(s.waiter_deadlines.begin()->second, &ready);
-      ++actions.fired_waiters;
-    }
+    actions.fired_waiters += s.waiters.fire_due(now, ready);
     s.note_stamp(now);
     actions.evicted_blocks += s.evict_draining();
     actions.invalidations = s.collect_due(now);

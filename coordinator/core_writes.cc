@@ -139,7 +139,7 @@ std::vector<Status> CoordinatorCore::commit(std::span<const LeaseId> leases, Clo
       owner.lists.link_lru(s.slab, l.entry);
       ++owner.committed_blocks;
       ++s.namespaces[e.ns].blocks;
-      s.notify_committed(e.ns, e.key, ready);
+      s.waiters.notify_committed(e.ns, e.key, ready);
       out.emplace_back();
     }
   }

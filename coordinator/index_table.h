@@ -20,6 +20,8 @@
 #include <cstdint>
 #include <memory>
 
+#include "kvpool/types.h"
+
 namespace kvpool::coordinator {
 
 class IndexTable {
@@ -82,6 +84,13 @@ inline std::uint64_t mix64(std::uint64_t x) {
   x *= 0x94d049bb133111ebull;
   x ^= x >> 31;
   return x;
+}
+
+// The hash of a key of a namespace (by its index in the core): the key
+// index's, and the waiters' and evictions' maps'.
+inline std::uint64_t key_hash(std::uint32_t ns, const Key128& key) {
+  return mix64(key.lo ^
+               mix64(key.hi ^ (static_cast<std::uint64_t>(ns) * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull)));
 }
 
 }  // namespace kvpool::coordinator
