@@ -162,10 +162,8 @@ AllocateItem CoordinatorCore::State::place(std::uint32_t ns, const BlockRequest&
 
   const std::uint64_t lease = next_lease++;
   const Clock::time_point deadline = now + config.write_lease_ttl;
-  write_leases.emplace(lease, WriteLease{i, client, e.generation, chosen, a.reg.incarnation, deadline, a.joins});
+  write_leases.add(lease, WriteLease{i, client, e.generation, chosen, a.reg.incarnation, deadline, a.joins});
   ++client_open[client];
-  compact_expiry(write_expiry, write_leases);
-  write_expiry.emplace(deadline, lease);
 
   item.outcome = AllocateOutcome::kPlaced;
   item.location = location_of(e);

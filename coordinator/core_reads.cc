@@ -2,6 +2,7 @@
 // evictions a lookup may have to wait for.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -49,9 +50,7 @@ Result<LookupResult> CoordinatorCore::lookup(NamespaceId ns_id, std::span<const 
   if (take_read_lease && !pins.empty()) {
     const std::uint64_t id = s.next_lease++;
     const Clock::time_point deadline = now + s.config.read_lease_ttl;
-    s.read_leases.emplace(id, ReadLease{deadline, std::move(pins)});
-    compact_expiry(s.read_expiry, s.read_leases);
-    s.read_expiry.emplace(deadline, id);
+    s.read_leases.add(id, ReadLease{deadline, std::move(pins)});
     r.read_lease = LeaseId{id};
     r.lease_deadline = deadline;
   }
@@ -104,13 +103,11 @@ Status CoordinatorCore::release(LeaseId lease, Clock::time_point now) {
   std::lock_guard lock(mu_);
   State& s = *s_;
   s.sweep(now);
-  auto it = s.read_leases.find(to_u64(lease));
-  if (it == s.read_leases.end()) {
+  const std::optional<ReadLease> l = s.read_leases.take(to_u64(lease));
+  if (!l) {
     return Status(StatusCode::kNotFound, "unknown read lease " + std::to_string(to_u64(lease)) + " (or expired)");
   }
-  const ReadLease l = std::move(it->second);
-  s.read_leases.erase(it);
-  for (const auto& [i, generation] : l.pins) s.unpin(i, generation);
+  for (const auto& [i, generation] : l->pins) s.unpin(i, generation);
   return Status::ok_status();
 }
 

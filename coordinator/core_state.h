@@ -20,6 +20,7 @@
 #include "coordinator/block_slab.h"
 #include "coordinator/coordinator_core.h"
 #include "coordinator/index_table.h"
+#include "coordinator/lease_table.h"
 #include "coordinator/reclaim_queue.h"
 #include "coordinator/shard.h"
 #include "coordinator/waiter_table.h"
@@ -148,22 +149,6 @@ struct ReadLease {
   std::vector<std::pair<std::uint32_t, Generation>> pins;  // entry, generation (a reused entry has another)
 };
 
-using ExpiryHeap = std::priority_queue<std::pair<Clock::time_point, std::uint64_t>,
-                                       std::vector<std::pair<Clock::time_point, std::uint64_t>>, std::greater<>>;
-
-// A lease that ends early (commit, abort, release) leaves its heap pair
-// behind until the deadline passes. At a high rate that is rate x ttl stale
-// pairs (16 MB per million), so the heap is rebuilt from the live leases once
-// it holds more than twice as many pairs: amortised O(1) per lease.
-template <typename Map>
-void compact_expiry(ExpiryHeap& heap, const Map& live) {
-  if (heap.size() < 1024 || heap.size() <= 2 * live.size()) return;
-  std::vector<std::pair<Clock::time_point, std::uint64_t>> pairs;
-  pairs.reserve(live.size());
-  for (const auto& [id, lease] : live) pairs.emplace_back(lease.deadline, id);
-  heap = ExpiryHeap(std::greater<>(), std::move(pairs));
-}
-
 enum class RoomOutcome { kFits, kProgress, kNoWay };
 
 // What occupies a granule of the future map, for window planning.
@@ -179,8 +164,6 @@ AgentView view_of(const Agent& a);
 }  // namespace core
 
 using core::Agent;
-using core::compact_expiry;
-using core::ExpiryHeap;
 using core::hex;
 using core::key_text;
 using core::logger;
@@ -212,13 +195,11 @@ struct CoordinatorCore::State {
   std::unordered_map<std::string, std::uint32_t> namespaces_by_client;
   std::unordered_map<std::string, std::uint32_t> namespaces_by_tenant;
 
-  std::unordered_map<std::uint64_t, WriteLease> write_leases;
+  LeaseTable<WriteLease> write_leases;
   // Open write leases per writer (client id), for max_write_leases_per_client.
   std::unordered_map<std::string, std::uint32_t> client_index;
   std::vector<std::uint64_t> client_open;
-  ExpiryHeap write_expiry;  // (deadline, lease); stale pairs are skipped
-  std::unordered_map<std::uint64_t, ReadLease> read_leases;
-  ExpiryHeap read_expiry;
+  LeaseTable<ReadLease> read_leases;
 
   // Drain moves in flight by id, and the move of each pinned source entry.
   std::unordered_map<std::uint64_t, Move> moves;

@@ -12,16 +12,8 @@ namespace kvpool::coordinator {
 
 std::uint64_t CoordinatorCore::State::expire_write_leases(Clock::time_point now) {
   std::uint64_t expired = 0;
-  // A lease is good through its deadline (commit accepts now == deadline),
-  // so it expires once now is past it. Deadlines never change, so the heap
-  // pair of a lease still present carries its deadline.
-  while (!write_expiry.empty() && write_expiry.top().first < now) {
-    const std::uint64_t id = write_expiry.top().second;
-    write_expiry.pop();
-    auto it = write_leases.find(id);
-    if (it == write_leases.end()) continue;
-    const WriteLease l = it->second;
-    write_leases.erase(it);
+  while (auto expired_lease = write_leases.take_expired(now)) {
+    const WriteLease l = expired_lease->second;
     --client_open[l.client];
     if (write_lease_valid(l)) {
       expire_write_lease(l, now);
@@ -49,13 +41,8 @@ void CoordinatorCore::State::expire_moves(Clock::time_point now) {
 
 std::uint64_t CoordinatorCore::State::expire_read_leases(Clock::time_point now) {
   std::uint64_t expired = 0;
-  while (!read_expiry.empty() && read_expiry.top().first < now) {
-    const std::uint64_t id = read_expiry.top().second;
-    read_expiry.pop();
-    auto it = read_leases.find(id);
-    if (it == read_leases.end()) continue;
-    const ReadLease l = std::move(it->second);
-    read_leases.erase(it);
+  while (auto expired_lease = read_leases.take_expired(now)) {
+    const ReadLease l = std::move(expired_lease->second);
     for (const auto& [i, generation] : l.pins) unpin(i, generation);
     ++expired;
   }

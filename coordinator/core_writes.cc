@@ -100,14 +100,13 @@ std::vector<Status> CoordinatorCore::commit(std::span<const LeaseId> leases, Clo
     State& s = *s_;
     s.sweep(now);
     for (LeaseId lease : leases) {
-      auto it = s.write_leases.find(to_u64(lease));
-      if (it == s.write_leases.end()) {
+      const std::optional<WriteLease> taken = s.write_leases.take(to_u64(lease));
+      if (!taken) {
         out.emplace_back(StatusCode::kNotFound, "unknown write lease " + std::to_string(to_u64(lease)) +
                                                     " (never issued, committed, aborted or expired)");
         continue;
       }
-      const WriteLease l = it->second;
-      s.write_leases.erase(it);
+      const WriteLease l = *taken;
       --s.client_open[l.client];
       const Agent& a = s.agent(l.agent);
       // An agent that rejoined since (same incarnation) lost this lease's
@@ -154,13 +153,12 @@ BatchResult CoordinatorCore::abort(std::span<const LeaseId> leases, Clock::time_
   BatchResult r;
   r.statuses.reserve(leases.size());
   for (LeaseId lease : leases) {
-    auto it = s.write_leases.find(to_u64(lease));
-    if (it == s.write_leases.end()) {
+    const std::optional<WriteLease> taken = s.write_leases.take(to_u64(lease));
+    if (!taken) {
       r.statuses.emplace_back(StatusCode::kNotFound, "unknown write lease " + std::to_string(to_u64(lease)));
       continue;
     }
-    const WriteLease l = it->second;
-    s.write_leases.erase(it);
+    const WriteLease l = *taken;
     --s.client_open[l.client];
     if (s.write_lease_valid(l)) {
       if (now > l.deadline) {
