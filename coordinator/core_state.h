@@ -23,6 +23,7 @@
 #include "coordinator/lease_table.h"
 #include "coordinator/reclaim_queue.h"
 #include "coordinator/shard.h"
+#include "coordinator/stamp_notes.h"
 #include "coordinator/waiter_table.h"
 #include "pool/slot_allocator.h"
 #include "pool/slot_header.h"
@@ -210,10 +211,9 @@ struct CoordinatorCore::State {
   std::uint64_t next_lease = 1;
   Generation next_generation = 1;
   std::uint64_t touch_clock = 0;
-  // (time, touch_clock) noted by tick() about once a second: which stamps
-  // are older than a time (stamp_at). Thinned to every other note past
-  // kMaxStampNotes.
-  std::vector<std::pair<Clock::time_point, std::uint64_t>> stamp_notes;
+  // touch_clock noted by tick() about once a second: which stamps are
+  // older than a time (stamp_at).
+  StampNotes stamp_notes;
   std::uint64_t epoch = 0;
   std::vector<DeadAgent> dead_since_tick;
 
@@ -385,13 +385,11 @@ struct CoordinatorCore::State {
   void forget_move(const Move& m, std::uint64_t id);
   std::uint64_t moves_from(std::uint32_t source) const;
 
-  // tick()'s steps, in the order it takes them (core_tick.cc). Each returns
-  // how many it expired or evicted.
+  // tick()'s steps, in the order it takes them (core_tick.cc); the counts
+  // are of leases expired and blocks evicted.
   std::uint64_t expire_write_leases(Clock::time_point now);
   void expire_moves(Clock::time_point now);
   std::uint64_t expire_read_leases(Clock::time_point now);
-  // Notes the LRU stamp clock for stamp_at(), about once a second.
-  void note_stamp(Clock::time_point now);
   // Agents above the high watermark whose eviction ran out of budget go on
   // down to the low one, within max_evictions_per_tick.
   std::uint64_t evict_draining();

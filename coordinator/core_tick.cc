@@ -49,18 +49,6 @@ std::uint64_t CoordinatorCore::State::expire_read_leases(Clock::time_point now) 
   return expired;
 }
 
-void CoordinatorCore::State::note_stamp(Clock::time_point now) {
-  constexpr std::size_t kMaxStampNotes = 4096;
-  if (stamp_notes.empty() || now - stamp_notes.back().first >= std::chrono::seconds(1)) {
-    if (stamp_notes.size() >= kMaxStampNotes) {
-      std::size_t kept = 0;
-      for (std::size_t i = 0; i < stamp_notes.size(); i += 2) stamp_notes[kept++] = stamp_notes[i];
-      stamp_notes.resize(kept);
-    }
-    stamp_notes.emplace_back(now, touch_clock);
-  }
-}
-
 std::uint64_t CoordinatorCore::State::evict_draining() {
   std::uint64_t evicted = 0;
   std::uint32_t budget = config.max_evictions_per_tick;
@@ -108,7 +96,7 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
     s.expire_moves(now);
     actions.expired_read_leases += s.expire_read_leases(now);
     actions.fired_waiters += s.waiters.fire_due(now, ready);
-    s.note_stamp(now);
+    s.stamp_notes.note(now, s.touch_clock);
     actions.evicted_blocks += s.evict_draining();
     actions.invalidations = s.collect_due(now);
   }
@@ -118,11 +106,7 @@ TickActions CoordinatorCore::tick(Clock::time_point now) {
 
 std::uint64_t CoordinatorCore::stamp_at(Clock::time_point t) const {
   std::lock_guard lock(mu_);
-  const auto& notes = s_->stamp_notes;
-  // The last note taken at or before t.
-  auto it = std::upper_bound(notes.begin(), notes.end(), t,
-                             [](Clock::time_point x, const auto& note) { return x < note.first; });
-  return it == notes.begin() ? 0 : std::prev(it)->second;
+  return s_->stamp_notes.stamp_at(t);
 }
 
 Stats CoordinatorCore::stats() const {
