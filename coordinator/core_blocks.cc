@@ -110,9 +110,7 @@ void CoordinatorCore::State::retire_tracked(std::uint32_t i, bool removal) {
   const EvictingSlot ref{AgentId{e.agent}, a.layout.header_offset(offset), e.generation};
   retire(i, std::nullopt);
   if (a.evicting.emplace(ref.header_offset, ev).second) {
-    evicting[WaitKey{ev.ns, ev.key}].push_back(ref);
-    ++evicting_count;
-    if (removal) ++removing_count;
+    evicting.add(ev.ns, ev.key, ref, removal);
     ++namespaces[ev.ns].evicting;
   }
 }
@@ -125,20 +123,12 @@ void CoordinatorCore::State::evicted_done(Agent& a, std::uint64_t header_offset,
 }
 
 void CoordinatorCore::State::forget_evicting(const Agent& a, const Agent::Evicting& ev) {
-  auto k = evicting.find(WaitKey{ev.ns, ev.key});
-  if (k != evicting.end()) {
-    std::erase_if(k->second, [&](const EvictingSlot& r) { return r.agent == a.id && r.generation == ev.generation; });
-    if (k->second.empty()) evicting.erase(k);
-  }
-  --evicting_count;
-  if (ev.removal) --removing_count;
+  evicting.forget(ev.ns, ev.key, a.id, ev.generation, ev.removal);
   --namespaces[ev.ns].evicting;
 }
 
 const std::vector<EvictingSlot>* CoordinatorCore::State::evicting_of(std::uint32_t ns, const Key128& key) const {
-  if (evicting.empty()) return nullptr;
-  auto it = evicting.find(WaitKey{ns, key});
-  return it == evicting.end() ? nullptr : &it->second;
+  return evicting.of(ns, key);
 }
 
 std::vector<InvalidateRequest> CoordinatorCore::State::collect_ready(Clock::time_point now) {

@@ -102,14 +102,14 @@ Status CoordinatorCore::State::check_all() const {
   if (keyed != by_key.size()) return internal("key index size");
   std::uint64_t evicting_agents = 0, evicting_keys = 0, evicting_ns = 0;
   for (const auto& ap : agents) evicting_agents += ap->evicting.size();
-  for (const auto& [k, refs] : evicting) evicting_keys += refs.size();
+  evicting_keys = evicting.listed();
   for (const Namespace& n : namespaces) evicting_ns += n.evicting;
   std::uint64_t removing = 0;
   for (const auto& ap : agents) {
     for (const auto& [h, ev] : ap->evicting) removing += ev.removal ? 1 : 0;
   }
-  if (evicting_agents != evicting_count || evicting_keys != evicting_count || evicting_ns != evicting_count ||
-      removing != removing_count) {
+  if (evicting_agents != evicting.count() || evicting_keys != evicting.count() || evicting_ns != evicting.count() ||
+      removing != evicting.removing()) {
     return internal("evicting block counts disagree");
   }
   if (in_lists != by_slot.size()) return internal("slot index size");

@@ -19,6 +19,7 @@
 #include "coordinator/block_lists.h"
 #include "coordinator/block_slab.h"
 #include "coordinator/coordinator_core.h"
+#include "coordinator/evicting_keys.h"
 #include "coordinator/index_table.h"
 #include "coordinator/lease_table.h"
 #include "coordinator/reclaim_queue.h"
@@ -217,19 +218,13 @@ struct CoordinatorCore::State {
   std::uint64_t epoch = 0;
   std::vector<DeadAgent> dead_since_tick;
 
-  // Evicted blocks not yet invalidated by their agents, by (namespace
-  // index, key): lookups, wait_for and stats must not show the eviction
-  // before the agent has zeroed the slot header (a coordinator restart
-  // would otherwise bring back a block a client saw go). Usually one
-  // element per key; more when a key was written and evicted again before
-  // the first acknowledgement.
-  std::unordered_map<WaitKey, std::vector<EvictingSlot>, WaitKeyHash> evicting;
-  std::uint64_t evicting_count = 0;  // elements of `evicting`
-  std::uint64_t removing_count = 0;  // of which removals (Agent::Evicting::removal)
+  // Evicted blocks not yet invalidated by their agents, by key
+  // (evicting_keys.h); removals are Agent::Evicting::removal.
+  EvictingKeys evicting;
 
   std::uint64_t lookup_hits = 0;
   std::uint64_t lookup_misses = 0;
-  std::uint64_t evictions = 0;  // includes evicting_count (stats() subtracts it)
+  std::uint64_t evictions = 0;  // includes evicting.count() (stats() subtracts it)
   std::uint64_t removals = 0;
   std::uint64_t expired_write_leases = 0;
   std::uint64_t aborted_write_leases = 0;

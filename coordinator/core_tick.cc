@@ -130,9 +130,9 @@ Stats CoordinatorCore::stats() const {
   st.membership_epoch = s.epoch;
   st.lookup_hits = s.lookup_hits;
   st.lookup_misses = s.lookup_misses;
-  st.evictions = s.evictions - (s.evicting_count - s.removing_count);
-  st.evicting = s.evicting_count - s.removing_count;
-  st.removing = s.removing_count;
+  st.evictions = s.evictions - (s.evicting.count() - s.evicting.removing());
+  st.evicting = s.evicting.count() - s.evicting.removing();
+  st.removing = s.evicting.removing();
   st.removals = s.removals;
   st.expired_write_leases = s.expired_write_leases;
   st.aborted_write_leases = s.aborted_write_leases;
