@@ -92,7 +92,7 @@ TEST_CASE("an evicted block is evicting until its agent acknowledges: lookups re
   h.check();
 }
 
-TEST_CASE("a stale acknowledgement does not end an eviction; a repeated one is harmless", "[coordinator][evicting]") {
+TEST_CASE("a stale acknowledgement does not end an eviction, and a repeated one is harmless", "[coordinator][evicting]") {
   Harness h(exact(0.75));
   h.add_agent("a", "h1", 8);
   for (std::uint64_t k = 1; k <= 7; ++k) h.put(k);  // 7 evicts 1

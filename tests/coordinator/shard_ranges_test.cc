@@ -21,7 +21,7 @@ bool in(const Key128& k, std::uint64_t start, std::uint64_t end) {
 }
 }  // namespace
 
-TEST_CASE("owned, moving-away and foreign key ranges; list_keys of a range", "[coordinator][shard]") {
+TEST_CASE("owned, moving-away and foreign key ranges, and list_keys of a range", "[coordinator][shard]") {
   constexpr std::uint64_t kHalf = std::uint64_t{1} << 31, kQuarter = std::uint64_t{1} << 30;
   CoordinatorConfig config;
   config.owned_ranges = std::vector<std::pair<std::uint64_t, std::uint64_t>>{{0, kHalf}};

@@ -417,7 +417,7 @@ TEST_CASE("Server::start refuses bad options and a taken port", "[rpc][server]")
   }
 }
 
-TEST_CASE("past max_connections a client is told too many connections; a freed slot lets the next one in",
+TEST_CASE("past max_connections a client is told too many connections, and a freed slot lets the next one in",
           "[rpc][server][limits]") {
   ServerOptions o;
   o.max_connections = 2;
