@@ -79,6 +79,10 @@ const char* op_name(std::uint16_t type) {
       return "drain";
     case rpc::kDrainCopied:
       return "drain_copied";
+    case rpc::kSetQuota:
+      return "set_quota";
+    case rpc::kRecoverBlocks:
+      return "recover_blocks";
     default:
       return "unknown";
   }
@@ -573,6 +577,8 @@ void CoordinatorServer::Impl::init_metrics() {
                                       rpc::kRemovedDone,
                                       rpc::kDrain,
                                       rpc::kDrainCopied,
+                                      rpc::kSetQuota,
+                                      rpc::kRecoverBlocks,
                                       0};
   for (std::uint16_t t : types) {
     OpMetrics& m = ops[t];

@@ -9,6 +9,7 @@
 
 #include <fstream>
 
+#include "coordinator/server.h"
 #include "runtime/common/secret.h"
 #include "runtime/common/pattern.h"
 #include "tests/integration/pool_fixture.h"
@@ -281,4 +282,32 @@ TEST_CASE("refusals are counted by code, permission_denied too, and a tenant's n
   const std::string errors = "kvpool_coordinator_request_errors_total{op=\"register_namespace\",code=";
   CHECK(e.value(errors + "\"permission_denied\"}") == 1);
   CHECK(e.value(errors + "\"resource_exhausted\"}") == 1);
+}
+
+TEST_CASE("set_quota and recover_blocks are counted under their own operation", "[metrics]") {
+  auto registry = std::make_shared<metrics::Registry>();
+  coordinator::CoordinatorServerOptions o;
+  o.port = 0;
+  o.metrics = registry;
+  o.secret_file = temp_path("secret");
+  auto server = coordinator::CoordinatorServer::start(o);
+  REQUIRE(server);
+  auto raw = raw_with("127.0.0.1:" + std::to_string((*server)->port()), o.secret_file, rpc::Role::kTool);
+  REQUIRE(raw);
+  // Neither the namespace nor the agent exists: each is answered with an
+  // error, which is counted under the operation too.
+  CHECK(!raw->call(rpc::kSetQuota, rpc::encode(rpc::SetQuotaRequest{0x1234, 10, 0}), Deadline::after(scaled(10s))));
+  CHECK(!raw->call(rpc::kRecoverBlocks, rpc::encode(rpc::RecoverBlocksRequest{99, 1, true, {}}),
+                   Deadline::after(scaled(10s))));
+  auto e = parse_exposition(registry->render());
+  INFO(registry->render());
+  REQUIRE(e.error.empty());
+  CHECK(e.value("kvpool_coordinator_requests_total{op=\"set_quota\"}") == 1);
+  CHECK(e.value("kvpool_coordinator_requests_total{op=\"recover_blocks\"}") == 1);
+  CHECK(e.value("kvpool_coordinator_requests_total{op=\"unknown\"}") == 0);
+  double quota_errors = 0;
+  for (const auto& [series, v] : e.samples) {
+    if (series.rfind("kvpool_coordinator_request_errors_total{op=\"set_quota\",", 0) == 0) quota_errors += v;
+  }
+  CHECK(quota_errors == 1);
 }
