@@ -1,6 +1,7 @@
+#include "coordinator/server.h"
+
 #include <cstdio>
 
-#include "coordinator/server.h"
 #include "coordinator/server_impl.h"
 
 namespace kvpool::coordinator {

@@ -311,3 +311,26 @@ TEST_CASE("set_quota and recover_blocks are counted under their own operation", 
   }
   CHECK(quota_errors == 1);
 }
+
+TEST_CASE("a request that does not decode is refused and counted under its operation", "[metrics]") {
+  auto registry = std::make_shared<metrics::Registry>();
+  coordinator::CoordinatorServerOptions o;
+  o.port = 0;
+  o.metrics = registry;
+  o.secret_file = temp_path("secret");
+  auto server = coordinator::CoordinatorServer::start(o);
+  REQUIRE(server);
+  auto raw = raw_with("127.0.0.1:" + std::to_string((*server)->port()), o.secret_file, rpc::Role::kTool);
+  REQUIRE(raw);
+  auto bad = raw->call(rpc::kAllocate, std::string("\x01", 1), Deadline::after(scaled(10s)));
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().code() == StatusCode::kInvalidArgument);
+  // Requests that carry nothing read no payload: stray bytes are ignored.
+  CHECK(raw->call(rpc::kStats, "stray", Deadline::after(scaled(10s))));
+  auto e = parse_exposition(registry->render());
+  INFO(registry->render());
+  REQUIRE(e.error.empty());
+  CHECK(e.value("kvpool_coordinator_request_errors_total{op=\"allocate\",code=\"invalid_argument\"}") == 1);
+  CHECK(e.value("kvpool_coordinator_requests_total{op=\"stats\"}") == 1);
+  CHECK(e.value("kvpool_coordinator_request_duration_seconds_count{op=\"stats\"}") == 1);
+}
