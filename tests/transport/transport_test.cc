@@ -112,6 +112,44 @@ TEST_CASE("owner read requests round trip and malformed ones are refused", "[tra
   }
 }
 
+// Captured from the hand-written codec before issue 17's shared field lists:
+// a change here is a wire change that old peers would misread.
+TEST_CASE("owner read requests and region info keep their wire bytes", "[transport][golden]") {
+  auto hex = [](std::string_view b) {
+    static constexpr char kDigits[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned char c : b) {
+      out.push_back(kDigits[c >> 4]);
+      out.push_back(kDigits[c & 15]);
+    }
+    return out;
+  };
+  ReadRequest req;
+  req.id = 0x0102030405060708ull;
+  req.reader_address = "reader-address";
+  req.reader_peer_errors = true;
+  req.rkeys = {"rkey-one", "rkey-two"};
+  req.ops = {{0x1000, 0x2000, 64, 0}, {0x3000, 0x4000, 128, 1}};
+  req.source_rkey = "owner-rkey";
+  CHECK(hex(encode_read_request(req)) ==
+        "4b564f5208070605040302010e0000007265616465722d61646472657373010000000200000008000000726b65792d6f6e65"
+        "08000000726b65792d74776f0200000000100000000000000020000000000000400000000000000000000000003000000000"
+        "000000400000000000008000000000000000010000000a0000006f776e65722d726b6579");
+  ReadRequest stream = req;
+  stream.stream = true;
+  stream.reader_peer_errors = false;
+  stream.rkeys.clear();
+  stream.ops = {{0x1000, 0, 1 << 20, 0}, {0x3000, 0, 64, 0}};
+  CHECK(hex(encode_read_request(stream)) ==
+        "4b564f5208070605040302010e0000007265616465722d616464726573730200000000000000020000000010000000000000"
+        "0000000000000000000010000000000000000000003000000000000000000000000000004000000000000000000000000a00"
+        "00006f776e65722d726b6579");
+  RegionInfo info{"worker-address", "rkey", 0x7f0000000000ull, 1ull << 30, "boot-id"};
+  CHECK(hex(encode_region_info(info)) ==
+        "0e000000776f726b65722d6164647265737304000000726b657900000000007f0000000000400000000007000000626f6f74"
+        "2d6964");
+}
+
 TEST_CASE("region info survives the rendezvous encoding and garbage does not decode", "[transport]") {
   RegionInfo info{"addr\0ess", "rkey", 0x7f0000000000ull, 1ull << 30, "boot-id"};
   auto back = decode_region_info(encode_region_info(info));
