@@ -5,37 +5,50 @@
 #include "runtime/common/tenants.h"
 
 namespace kvpool::rpc {
-namespace {
 
-void put_hello(Writer& w, const Hello& hello) {
-  w.u16(hello.version);
-  w.u8(static_cast<std::uint8_t>(hello.role));
-  w.bytes(hello.id);
+// Field lists (codec.h): the payloads' wire formats, and the challenge's
+// part of both MACs.
+template <class Io>
+void fields(Io& io, AuthChallenge& c) {
+  io(c.scheme, c.flags);
+  io.bytes(c.server_nonce, kAuthNonceBytes);
 }
 
-void put_challenge(Writer& w, const AuthChallenge& c) {
-  w.u8(c.scheme);
-  w.u8(c.flags);
-  w.bytes(c.server_nonce);
+template <class Io>
+void fields(Io& io, ClientProof& p) {
+  io(p.scheme);
+  io.bytes(p.client_nonce, kAuthNonceBytes);
+  io.bytes(p.mac, kAuthMacBytes);
+  if (p.scheme == kAuthHmacSha256Tenant) io.bytes(p.tenant, kMaxTenantNameBytes);
+}
+
+namespace {
+
+// What both MACs cover first: a label distinct per side (and for a tenant,
+// with its name), the challenge, the client's nonce and the hello, all but
+// its auth field (which carries the client's MAC).
+Writer mac_input(std::string_view side, std::string_view tenant, const AuthChallenge& challenge,
+                 std::string_view client_nonce, const Hello& hello) {
+  Writer w;
+  if (tenant.empty()) {
+    w.bytes("kvpool auth v1 " + std::string(side));
+  } else {
+    w.bytes("kvpool auth v1 tenant " + std::string(side));
+    w.bytes(tenant);
+  }
+  w(challenge);
+  w.bytes(client_nonce);
+  w(hello.version, static_cast<std::uint8_t>(hello.role), hello.id);
+  return w;
 }
 
 }  // namespace
 
-std::string encode_auth_challenge(const AuthChallenge& challenge) {
-  Writer w;
-  w.u8(challenge.scheme);
-  w.u8(challenge.flags);
-  w.bytes(challenge.server_nonce);
-  return w.take();
-}
+std::string encode_auth_challenge(const AuthChallenge& challenge) { return encode_fields(challenge); }
 
 Result<AuthChallenge> decode_auth_challenge(std::string_view payload) {
-  Reader r(payload);
   AuthChallenge c;
-  c.scheme = r.u8();
-  c.flags = r.u8();
-  c.server_nonce = r.bytes(kAuthNonceBytes);
-  if (Status s = r.finish("auth challenge"); !s.ok()) return tl::unexpected(std::move(s));
+  if (Status s = decode_fields(payload, c, "auth challenge"); !s.ok()) return tl::unexpected(std::move(s));
   if (c.scheme != kAuthHmacSha256) {
     return make_error(StatusCode::kInvalidArgument, "auth challenge with unknown scheme " + std::to_string(c.scheme));
   }
@@ -49,23 +62,11 @@ Result<AuthChallenge> decode_auth_challenge(std::string_view payload) {
   return c;
 }
 
-std::string encode_client_proof(const ClientProof& proof) {
-  Writer w;
-  w.u8(proof.scheme);
-  w.bytes(proof.client_nonce);
-  w.bytes(proof.mac);
-  if (proof.scheme == kAuthHmacSha256Tenant) w.bytes(proof.tenant);
-  return w.take();
-}
+std::string encode_client_proof(const ClientProof& proof) { return encode_fields(proof); }
 
 Result<ClientProof> decode_client_proof(std::string_view payload) {
-  Reader r(payload);
   ClientProof p;
-  p.scheme = r.u8();
-  p.client_nonce = r.bytes(kAuthNonceBytes);
-  p.mac = r.bytes(kAuthMacBytes);
-  if (p.scheme == kAuthHmacSha256Tenant) p.tenant = r.bytes(kMaxTenantNameBytes);
-  if (Status s = r.finish("hello auth"); !s.ok()) return tl::unexpected(std::move(s));
+  if (Status s = decode_fields(payload, p, "hello auth"); !s.ok()) return tl::unexpected(std::move(s));
   if (p.scheme != kAuthHmacSha256 && p.scheme != kAuthHmacSha256Tenant) {
     return make_error(StatusCode::kInvalidArgument, "hello auth with unknown scheme " + std::to_string(p.scheme));
   }
@@ -80,34 +81,13 @@ Result<ClientProof> decode_client_proof(std::string_view payload) {
 
 std::string client_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
                        const Hello& hello, std::string_view tenant) {
-  Writer w;
-  if (tenant.empty()) {
-    w.bytes("kvpool auth v1 client");
-  } else {
-    w.bytes("kvpool auth v1 tenant client");
-    w.bytes(tenant);
-  }
-  put_challenge(w, challenge);
-  w.bytes(client_nonce);
-  put_hello(w, hello);
-  return hmac_sha256(key, w.buffer());
+  return hmac_sha256(key, mac_input("client", tenant, challenge, client_nonce, hello).buffer());
 }
 
 std::string server_mac(std::string_view key, const AuthChallenge& challenge, std::string_view client_nonce,
                        const Hello& hello, const HelloReply& reply, std::string_view tenant) {
-  Writer w;
-  if (tenant.empty()) {
-    w.bytes("kvpool auth v1 server");
-  } else {
-    w.bytes("kvpool auth v1 tenant server");
-    w.bytes(tenant);
-  }
-  put_challenge(w, challenge);
-  w.bytes(client_nonce);
-  put_hello(w, hello);
-  w.u8(static_cast<std::uint8_t>(reply.role));
-  w.bytes(reply.server_id);
-  w.bytes(reply.server_version);
+  Writer w = mac_input("server", tenant, challenge, client_nonce, hello);
+  w(static_cast<std::uint8_t>(reply.role), reply.server_id, reply.server_version);
   return hmac_sha256(key, w.buffer());
 }
 

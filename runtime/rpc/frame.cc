@@ -148,14 +148,13 @@ Result<std::optional<Frame>> FrameReader::next() {
 
 std::string encode_error(const Status& status) {
   Writer w;
-  w.u16(static_cast<std::uint16_t>(status.code()));
-  w.bytes(status.message());
+  w(status.code(), status.message());
   return w.take();
 }
 
 Status decode_error(std::string_view payload) {
   Reader r(payload);
-  std::uint16_t code = r.u16();
+  std::uint16_t code = r.u16();  // raw: an unknown code is reported, not mapped to kInternal
   std::string message = r.bytes(kMaxMessage);
   if (!r.done()) return Status(StatusCode::kInternal, "malformed error reply from the peer");
   if (code == 0 || code > static_cast<std::uint16_t>(kLastStatusCode)) {
@@ -166,20 +165,17 @@ Status decode_error(std::string_view payload) {
 
 std::string encode_hello(const Hello& hello) {
   Writer w;
-  w.u16(hello.version);
-  w.u8(static_cast<std::uint8_t>(hello.role));
-  w.bytes(hello.id);
-  w.bytes(hello.auth);
+  w(hello.version, static_cast<std::uint8_t>(hello.role), hello.id, hello.auth);
   return w.take();
 }
 
 Result<Hello> decode_hello(std::string_view payload) {
   Reader r(payload);
   Hello h;
-  h.version = r.u16();
-  std::uint8_t role = r.u8();
-  h.id = r.bytes(kMaxIdBytes);
-  h.auth = r.bytes();
+  std::uint8_t role = 0;  // checked after the payload, with its own message
+  r(h.version, role);
+  r.bytes(h.id, kMaxIdBytes);
+  r(h.auth);
   if (Status s = r.finish("hello"); !s.ok()) return tl::unexpected(std::move(s));
   if (!known_role(role))
     return make_error(StatusCode::kInvalidArgument, "hello with unknown role " + std::to_string(role));
@@ -189,20 +185,15 @@ Result<Hello> decode_hello(std::string_view payload) {
 
 std::string encode_hello_reply(const HelloReply& reply) {
   Writer w;
-  w.u8(static_cast<std::uint8_t>(reply.role));
-  w.bytes(reply.server_id);
-  w.bytes(reply.server_version);
-  w.bytes(reply.auth);
+  w(static_cast<std::uint8_t>(reply.role), reply.server_id, reply.server_version, reply.auth);
   return w.take();
 }
 
 Result<HelloReply> decode_hello_reply(std::string_view payload) {
   Reader r(payload);
   HelloReply h;
-  std::uint8_t role = r.u8();
-  h.server_id = r.bytes(kMaxIdBytes);
-  h.server_version = r.bytes(kMaxIdBytes);
-  h.auth = r.bytes(kMaxIdBytes);
+  const std::uint8_t role = r.u8();  // checked after the payload, as the hello's
+  for (std::string* s : {&h.server_id, &h.server_version, &h.auth}) r.bytes(*s, kMaxIdBytes);
   if (Status s = r.finish("hello reply"); !s.ok()) return tl::unexpected(std::move(s));
   if (!known_role(role)) {
     return make_error(StatusCode::kInvalidArgument, "hello reply with unknown role " + std::to_string(role));
