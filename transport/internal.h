@@ -70,6 +70,21 @@ struct ReadRequest {
 std::string encode_read_request(const ReadRequest& req);
 // kInvalidArgument with the reason for a malformed request.
 Result<ReadRequest> decode_read_request(const void* data, std::size_t length);
+// A kAmReadData message's header.
+struct ReadPieceHeader {
+  std::uint64_t id = 0;
+  std::uint32_t op = 0;
+  std::uint64_t offset = 0;
+};
+// Field lists (runtime/common/codec.h): the wire formats above, both ways.
+template <class Io>
+void fields(Io& io, ReadOp& op) {
+  io(op.src, op.dst, op.length, op.rkey);
+}
+template <class Io>
+void fields(Io& io, ReadPieceHeader& h) {
+  io(h.id, h.op, h.offset);
+}
 
 // Streamed puts (Peer::put_streamed, stream_write.cc). Wire format,
 // little-endian: kAmWriteData: header u64 write id, u64 destination address
@@ -91,7 +106,17 @@ inline constexpr std::int32_t kNoReply = 1;  // not a ucs_status_t (those are <=
 std::uint64_t rkey_tag(std::string_view packed_rkey);
 // The reply both protocols end with (u64 request or write id, i32
 // ucs_status_t), sent eagerly as active message am_id over ep.
+struct StatusReply {
+  std::uint64_t id = 0;
+  std::int32_t status = 0;
+};
+template <class Io>
+void fields(Io& io, StatusReply& r) {
+  io(r.id, r.status);
+}
 void send_status_reply(ucp_ep_h ep, unsigned am_id, std::uint64_t id, ucs_status_t status);
+// False unless data is exactly one StatusReply.
+bool decode_status_reply(const void* data, std::size_t length, StatusReply& out);
 // A streamed put on the owner, by write id.
 struct OwnerWrite {
   std::uint64_t placed = 0;

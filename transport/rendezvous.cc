@@ -162,25 +162,17 @@ Result<Channel> Listener::accept(Deadline deadline) {
   return Channel(fd);
 }
 
-std::string encode_region_info(const RegionInfo& info) {
-  Writer w;
-  w.bytes(info.worker_address);
-  w.bytes(info.packed_rkey);
-  w.u64(info.base);
-  w.u64(info.length);
-  w.bytes(info.host_id);
-  return w.take();
+// The region info's field list (codec.h): its wire format, both ways.
+template <class Io>
+void fields(Io& io, RegionInfo& info) {
+  io(info.worker_address, info.packed_rkey, info.base, info.length, info.host_id);
 }
 
+std::string encode_region_info(const RegionInfo& info) { return encode_fields(info); }
+
 Result<RegionInfo> decode_region_info(std::string_view bytes) {
-  Reader r(bytes);
   RegionInfo info;
-  info.worker_address = r.bytes();
-  info.packed_rkey = r.bytes();
-  info.base = r.u64();
-  info.length = r.u64();
-  info.host_id = r.bytes();
-  if (!r.done()) return make_error(StatusCode::kInvalidArgument, "rendezvous: malformed region info");
+  if (!decode_fields(bytes, info, "region info").ok()) return make_error(StatusCode::kInvalidArgument, "rendezvous: malformed region info");
   return info;
 }
 

@@ -150,16 +150,14 @@ ucs_status_t on_write_done(void* arg, const void* /*header*/, size_t /*header_le
 ucs_status_t on_write_reply(void* arg, const void* /*header*/, size_t /*header_length*/, void* data, size_t length,
                             const ucp_am_recv_param_t* /*param*/) {
   auto* impl = static_cast<Transport::Impl*>(arg);
-  Reader r(std::string_view(static_cast<const char*>(data), length));
-  const std::uint64_t id = r.u64();
-  const std::uint32_t status = r.u32();
-  if (!r.done()) {
+  StatusReply reply;
+  if (!decode_status_reply(data, length, reply)) {
     logger()->warn("malformed streamed put reply of {} bytes dropped", length);
     return UCS_OK;
   }
   std::lock_guard lock(impl->put_replies_mu);
-  auto it = impl->put_replies.find(id);
-  if (it != impl->put_replies.end()) it->second = static_cast<std::int32_t>(status);  // else: the writer gave up
+  auto it = impl->put_replies.find(reply.id);
+  if (it != impl->put_replies.end()) it->second = reply.status;  // else: the writer gave up
   return UCS_OK;
 }
 

@@ -80,10 +80,11 @@ ucs_status_t on_read_data(void* arg, const void* header, size_t header_length, v
     logger()->warn("owner read data with a {}-byte header dropped", header_length);
     return UCS_OK;
   }
-  Reader r(std::string_view(static_cast<const char*>(header), header_length));
-  const std::uint64_t id = r.u64();
-  const std::uint32_t op = r.u32();
-  const std::uint64_t offset = r.u64();
+  ReadPieceHeader piece;
+  Reader(std::string_view(static_cast<const char*>(header), header_length))(piece);
+  const std::uint64_t id = piece.id;
+  const std::uint32_t op = piece.op;
+  const std::uint64_t offset = piece.offset;
   std::shared_ptr<PendingRead> pending;
   {
     std::lock_guard lock(impl->reads_mu);
@@ -126,17 +127,15 @@ void on_reader_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
 ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_length*/, void* data,
                            size_t length, const ucp_am_recv_param_t* /*param*/) {
   auto* impl = static_cast<Transport::Impl*>(arg);
-  Reader r(std::string_view(static_cast<const char*>(data), length));
-  const std::uint64_t id = r.u64();
-  const std::uint32_t status = r.u32();
-  if (!r.done()) {
+  StatusReply reply;
+  if (!decode_status_reply(data, length, reply)) {
     logger()->warn("malformed owner read reply of {} bytes dropped", length);
     return UCS_OK;
   }
   std::shared_ptr<PendingRead> pending;
   {
     std::lock_guard lock(impl->reads_mu);
-    auto it = impl->reads.find(id);
+    auto it = impl->reads.find(reply.id);
     if (it == impl->reads.end()) return UCS_OK;  // the reader gave up (deadline)
     pending = it->second;
     // A stream's pieces may still be on their way (another lane): its
@@ -145,7 +144,7 @@ ucs_status_t on_read_reply(void* arg, const void* /*header*/, size_t /*header_le
   }
   // A stream that already failed on a bad piece keeps that error.
   int ok = UCS_OK;
-  pending->status.compare_exchange_strong(ok, static_cast<std::int32_t>(status));
+  pending->status.compare_exchange_strong(ok, reply.status);
   pending->done.store(true, std::memory_order_release);
   return UCS_OK;
 }
@@ -193,20 +192,11 @@ void on_reply_sent(void* request, ucs_status_t /*status*/, void* user_data) {
 
 std::string encode_read_request(const ReadRequest& req) {
   Writer w;
-  w.u32(kReadRequestMagic);
-  w.u64(req.id);
-  w.bytes(req.reader_address);
-  w.u32((req.reader_peer_errors ? kReadFlagPeerErrors : 0u) | (req.stream ? kReadFlagStream : 0u));
-  w.u32(static_cast<std::uint32_t>(req.rkeys.size()));
-  for (const std::string& rkey : req.rkeys) w.bytes(rkey);
-  w.u32(static_cast<std::uint32_t>(req.ops.size()));
-  for (const ReadOp& op : req.ops) {
-    w.u64(op.src);
-    w.u64(op.dst);
-    w.u64(op.length);
-    w.u32(op.rkey);
-  }
-  w.bytes(req.source_rkey);
+  const std::uint32_t flags = (req.reader_peer_errors ? kReadFlagPeerErrors : 0u) | (req.stream ? kReadFlagStream : 0u);
+  w(kReadRequestMagic, req.id, req.reader_address, flags);
+  w.list(req.rkeys);
+  w.list(req.ops);
+  w(req.source_rkey);
   return w.take();
 }
 
@@ -217,9 +207,8 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
   Reader r(std::string_view(static_cast<const char*>(data), length));
   ReadRequest req;
   if (r.u32() != kReadRequestMagic) return bad("bad magic");
-  req.id = r.u64();
-  req.reader_address = r.bytes();
-  const std::uint32_t flags = r.u32();
+  std::uint32_t flags = 0;
+  r(req.id, req.reader_address, flags);
   req.reader_peer_errors = (flags & kReadFlagPeerErrors) != 0;
   req.stream = (flags & kReadFlagStream) != 0;
   const std::uint32_t rkey_count = r.u32();
@@ -227,20 +216,17 @@ Result<ReadRequest> decode_read_request(const void* data, std::size_t length) {
   if ((req.stream ? rkey_count != 0 : rkey_count == 0) || rkey_count > kMaxReadRkeys) return bad("bad rkey count");
   req.rkeys.resize(rkey_count);
   for (std::string& rkey : req.rkeys) {
-    rkey = r.bytes();
+    r(rkey);
     if (!r.ok() || rkey.empty()) return bad("rkey length overruns the message");
   }
-  const std::uint32_t count = r.count(28);
+  const std::uint32_t count = r.count(Reader::min_wire_bytes<ReadOp>());
   if (!r.ok() || count > kMaxReadOps) return bad("op count does not match the message");
   req.ops.resize(count);
   for (ReadOp& op : req.ops) {
-    op.src = r.u64();
-    op.dst = r.u64();
-    op.length = r.u64();
-    op.rkey = r.u32();
+    r(op);
     if (op.rkey >= rkey_count && !req.stream) return bad("op names an rkey that is not there");
   }
-  req.source_rkey = r.bytes();
+  r(req.source_rkey);
   if (!r.ok() || req.source_rkey.empty()) return bad("no source rkey");
   if (!r.done()) return bad("op count does not match the message");
   return req;
@@ -420,11 +406,7 @@ void Transport::Impl::stream_read(ucp_ep_h ep, const ReadRequest& req) {
     const ReadOp& op = req.ops[j];
     for (std::uint64_t offset = 0; offset < op.length && st == UCS_OK;) {
       const std::uint64_t n = std::min<std::uint64_t>(kStreamPieceBytes, op.length - offset);
-      Writer w;
-      w.u64(req.id);
-      w.u32(static_cast<std::uint32_t>(j));
-      w.u64(offset);
-      const std::string encoded = w.take();
+      const std::string encoded = encode_fields(ReadPieceHeader{req.id, static_cast<std::uint32_t>(j), offset});
       auto* header = new PieceHeader;
       std::memcpy(header->bytes.data(), encoded.data(), kReadDataHeaderBytes);
       ucp_request_param_t p{};
@@ -462,10 +444,7 @@ void Transport::Impl::send_read_reply(ucp_ep_h ep, std::uint64_t id, ucs_status_
 }
 
 void send_status_reply(ucp_ep_h ep, unsigned am_id, std::uint64_t id, ucs_status_t status) {
-  Writer w;
-  w.u64(id);
-  w.u32(static_cast<std::uint32_t>(static_cast<std::int32_t>(status)));
-  auto* buf = new std::string(w.take());
+  auto* buf = new std::string(encode_fields(StatusReply{id, static_cast<std::int32_t>(status)}));
   ucp_request_param_t param{};
   param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   param.flags = UCP_AM_SEND_FLAG_EAGER;
@@ -479,6 +458,10 @@ void send_status_reply(ucp_ep_h ep, unsigned am_id, std::uint64_t id, ucs_status
                    ucs_status_string(UCS_PTR_STATUS(sp)));
     delete buf;
   }
+}
+
+bool decode_status_reply(const void* data, std::size_t length, StatusReply& out) {
+  return decode_fields(std::string_view(static_cast<const char*>(data), length), out, "status reply").ok();
 }
 
 std::string ucx_version() { return ucp_get_version_string(); }
