@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -116,6 +117,17 @@ struct Client::Router {
   Split split(const View& v, std::span<const Key128> keys, bool via_from) const;
   // Runs fn(p) for every part p with keys, in parallel; returns when all ran.
   void each(const Split& split, const std::function<void(std::size_t)>& fn);
+  // The keys keys[i] for i in `which` by shard (as split, not via_from),
+  // with the caller's indices i.
+  Split split_some(const View& v, std::span<const Key128> keys, const std::vector<std::size_t>& which) const;
+  // Calls fn(client, p) for every part p of `s` with keys, in parallel (as
+  // each); a part whose shard is unreachable gets that shard's error. One
+  // entry per part: nullopt for a part without keys.
+  template <class T, class Fn>
+  std::vector<std::optional<Result<T>>> ask(const View& v, const Split& s, Fn&& fn);
+  // Connects shard `id` (etcd://E/id) with this client's namespaces and
+  // buffers; on failure its error, and when to try again.
+  ShardClient dial(std::uint32_t id);
   Result<GetResult> get_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
                              std::span<const std::span<std::byte>> buffers, bool via_from);
   Result<std::size_t> lookup_pass(const View& v, NamespaceId ns, std::span<const Key128> keys, bool via_from);
@@ -158,5 +170,18 @@ struct Client::Router {
   void finish_mapped_get(RoutedMappedGet& routed, std::size_t loaded);
   ClientStats stats();
 };
+
+template <class T, class Fn>
+std::vector<std::optional<Result<T>>> Client::Router::ask(const View& v, const Split& s, Fn&& fn) {
+  std::vector<std::optional<Result<T>>> parts(v.ids.size());
+  each(s, [&](std::size_t p) {
+    if (!v.clients[p]) {
+      parts[p] = tl::unexpected(v.errors[p]);
+      return;
+    }
+    parts[p] = fn(*v.clients[p], p);
+  });
+  return parts;
+}
 
 }  // namespace kvpool
