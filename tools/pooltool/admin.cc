@@ -8,25 +8,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/common/process_util.h"
-#include "runtime/etcd/leader_address.h"
+#include "tools/common/pool_access.h"
 
 namespace kvpool::pooltool {
 
 Result<std::unique_ptr<AdminClient>> AdminClient::connect(const AdminOptions& options) {
-  // etcd://...: the shard's current leader (coordinator/README.md, "High availability").
-  auto target = etcd::resolve_coordinator(
-      options.coordinator, std::chrono::duration_cast<std::chrono::milliseconds>(options.timeout));
-  if (!target) return tl::unexpected(target.error());
-  auto hp = parse_host_port(*target);
-  if (!hp) return make_error(StatusCode::kInvalidArgument, "--coordinator: " + hp.error().message());
-  rpc::ClientOptions o;
-  o.host = hp->first;
-  o.port = hp->second;
-  o.role = rpc::Role::kTool;
-  o.client_id = "pooltool";
-  o.secret_file = options.secret_file;
-  auto c = rpc::Client::connect(o, Deadline::after(options.timeout));
+  auto c = tools::connect_tool(options.coordinator, options.timeout, options.secret_file, "pooltool");
   if (!c) return tl::unexpected(c.error());
   return std::unique_ptr<AdminClient>(new AdminClient(options, std::move(*c)));
 }

@@ -9,6 +9,7 @@
 #include "runtime/common/units.h"
 #include "runtime/etcd/leader_address.h"
 #include "runtime/etcd/shard_map.h"
+#include "tools/common/pool_access.h"
 #include "tools/pooltool/cluster.h"
 #include "tools/pooltool/commands.h"
 #include "tools/pooltool/output.h"
@@ -255,8 +256,7 @@ int cmd_shards_add(const Globals& g, std::uint32_t shard, bool wait, const std::
   if (!limit || limit->count() <= 0) {
     return fail(g, Status(StatusCode::kInvalidArgument, "--timeout-move: not a positive duration"), kExitUsage);
   }
-  const std::string rest = g.coordinator.substr(7);
-  const std::string endpoints = rest.substr(0, rest.find('/'));
+  const std::string endpoints = tools::etcd_endpoints(g.coordinator);
   auto ec = etcd::Client::create({addr->endpoints, std::min(g.timeout_ms, std::chrono::milliseconds(5000))});
   if (!ec) return fail(g, ec.error());
   // The new shard must be up: it takes writes the moment the map changes.

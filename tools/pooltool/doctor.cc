@@ -15,6 +15,7 @@
 
 #include "kvpool/client.h"
 #include "runtime/etcd/leader_address.h"
+#include "tools/common/pool_access.h"
 #include "tools/pooltool/admin.h"
 #include "tools/pooltool/checks.h"
 #include "tools/pooltool/cluster.h"
@@ -235,19 +236,6 @@ std::int64_t unix_ms_now() {
       .count();
 }
 
-NamespaceDescriptor tool_namespace(const std::string& model, std::uint64_t block_bytes) {
-  NamespaceDescriptor d;
-  d.model_id = model;
-  d.dtype = "bf16";
-  d.num_layers = 1;
-  d.num_kv_heads = 1;
-  d.head_dim = 1;
-  d.tokens_per_block = 16;
-  d.layout = "pooltool";
-  d.block_bytes = block_bytes;
-  return d;
-}
-
 // Fresh keys: random tokens, so a probe never dedupes against an earlier one.
 std::vector<Key128> fresh_keys(NamespaceId ns, std::size_t n) {
   std::mt19937_64 rng(std::random_device{}() ^ static_cast<std::uint64_t>(Clock::now().time_since_epoch().count()));
@@ -268,12 +256,7 @@ void fill(std::vector<std::byte>& buf, std::uint64_t seed) {
 
 Check check_probe(const DoctorOptions& options) {
   Check c{"probe put/get", CheckLevel::kOk, "", ""};
-  ClientOptions co;
-  co.coordinator = options.coordinator;
-  co.timeout = options.timeout;
-  co.client_id = "pooltool-doctor";
-  co.secret_file = options.secret_file;
-  auto client = Client::connect(co);
+  auto client = tools::connect_client(options.coordinator, options.timeout, options.secret_file, "pooltool-doctor");
   auto failed = [&](const std::string& what, const Status& s) {
     c.level = CheckLevel::kFail;
     c.detail = what + ": " + s.to_string();
@@ -284,7 +267,7 @@ Check check_probe(const DoctorOptions& options) {
   };
   if (!client) return failed("connect", client.error());
   constexpr std::uint64_t kProbeBytes = 64 << 10;
-  auto ns = (*client)->register_namespace(tool_namespace("pooltool-probe", kProbeBytes));
+  auto ns = (*client)->register_namespace(tools::tool_namespace("pooltool-probe", "pooltool", 16, kProbeBytes));
   if (!ns) return failed("register namespace", ns.error());
   auto keys = fresh_keys(*ns, 1);
   std::vector<std::byte> data(kProbeBytes), back(kProbeBytes);
@@ -364,8 +347,7 @@ std::vector<Check> run_doctor(const DoctorOptions& options) {
   if (etcd::is_etcd_address(options.coordinator)) {
     auto view = inspect_cluster(options.coordinator, options.timeout, options.secret_file);
     if (view) {
-      const std::string rest = options.coordinator.substr(7);
-      for (auto& c : check_cluster(*view, rest.substr(0, rest.find('/')))) checks.push_back(std::move(c));
+      for (auto& c : check_cluster(*view, tools::etcd_endpoints(options.coordinator))) checks.push_back(std::move(c));
     }
   }
   Check reach{"coordinator", CheckLevel::kOk, "", ""};
@@ -451,14 +433,9 @@ std::vector<Check> run_doctor(const DoctorOptions& options) {
 }
 
 Result<BenchResult> run_bench(const BenchOptions& options) {
-  ClientOptions co;
-  co.coordinator = options.coordinator;
-  co.timeout = options.timeout;
-  co.client_id = "pooltool-bench";
-  co.secret_file = options.secret_file;
-  auto client = Client::connect(co);
+  auto client = tools::connect_client(options.coordinator, options.timeout, options.secret_file, "pooltool-bench");
   if (!client) return tl::unexpected(client.error());
-  auto ns = (*client)->register_namespace(tool_namespace("pooltool-bench", options.block_bytes));
+  auto ns = (*client)->register_namespace(tools::tool_namespace("pooltool-bench", "pooltool", 16, options.block_bytes));
   if (!ns) return tl::unexpected(ns.error());
   const std::size_t n = options.blocks;
   std::vector<std::byte> data(n * options.block_bytes), back(n * options.block_bytes);

@@ -12,12 +12,12 @@
 
 #include "kvpool/client.h"
 #include "runtime/common/pattern.h"
-#include "runtime/common/process_util.h"
 #include "runtime/etcd/etcd_client.h"
 #include "runtime/etcd/leader_address.h"
 #include "runtime/etcd/shard_map.h"
 #include "runtime/rpc/client.h"
 #include "runtime/rpc/messages.h"
+#include "tools/common/pool_access.h"
 
 namespace kvpool::replay {
 namespace {
@@ -123,15 +123,7 @@ static Result<std::string> quota_coordinator(const std::string& coordinator, std
 
 Result<Report> run(const Options& options, std::span<const TraceRequest> requests) {
   const std::uint64_t block_bytes = kTokensPerHashId * options.bytes_per_token;
-  NamespaceDescriptor desc;
-  desc.model_id = options.model;
-  desc.dtype = "bf16";
-  desc.num_layers = 1;
-  desc.num_kv_heads = 1;
-  desc.head_dim = 1;
-  desc.tokens_per_block = kTokensPerHashId;
-  desc.layout = "replay";
-  desc.block_bytes = block_bytes;
+  const NamespaceDescriptor desc = tools::tool_namespace(options.model, "replay", kTokensPerHashId, block_bytes);
   if (auto b = block_bytes_of(desc); !b) {
     return make_error(StatusCode::kInvalidArgument, "--bytes-per-token " + std::to_string(options.bytes_per_token) +
                                                         ": " + b.error().message());
@@ -141,25 +133,12 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
     quota_target = quota_coordinator(options.coordinator, options.timeout);
     if (!quota_target) return tl::unexpected(quota_target.error());
   }
-  ClientOptions co;
-  co.coordinator = options.coordinator;
-  co.timeout = options.timeout;
-  co.client_id = "replay";
-  co.secret_file = options.secret_file;
-  auto first = Client::connect(co);
+  auto first = tools::connect_client(options.coordinator, options.timeout, options.secret_file, "replay");
   if (!first) return tl::unexpected(first.error());
   auto ns = (*first)->register_namespace(desc);
   if (!ns) return tl::unexpected(ns.error());
   if (options.capacity_blocks != 0) {
-    auto hp = parse_host_port(*quota_target);
-    if (!hp) return tl::unexpected(hp.error());
-    rpc::ClientOptions ro;
-    ro.host = hp->first;
-    ro.port = hp->second;
-    ro.role = rpc::Role::kTool;
-    ro.client_id = "replay";
-    ro.secret_file = options.secret_file;
-    auto admin = rpc::Client::connect(ro, Deadline::after(options.timeout));
+    auto admin = tools::connect_tool(*quota_target, options.timeout, options.secret_file, "replay");
     if (!admin) return tl::unexpected(admin.error());
     auto reply = (*admin)->call(rpc::kSetQuota, rpc::encode(rpc::SetQuotaRequest{*ns, options.capacity_blocks, 0}),
                                 Deadline::after(options.timeout));
@@ -170,8 +149,8 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
   std::vector<std::unique_ptr<Client>> clients;
   clients.push_back(std::move(*first));
   for (int w = 1; w < workers; ++w) {
-    co.client_id = "replay-" + std::to_string(w);
-    auto c = Client::connect(co);
+    auto c =
+        tools::connect_client(options.coordinator, options.timeout, options.secret_file, "replay-" + std::to_string(w));
     if (!c) return tl::unexpected(c.error());
     if (auto n = (*c)->register_namespace(desc); !n) return tl::unexpected(n.error());
     clients.push_back(std::move(*c));
