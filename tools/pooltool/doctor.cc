@@ -340,6 +340,40 @@ const char* level_name(CheckLevel level) {
   return "?";
 }
 
+namespace {
+
+// Every live agent reached over UCX from here (probe_agents): a check each.
+void add_ucx_checks(AdminClient& admin, std::chrono::milliseconds timeout, std::vector<Check>& checks) {
+  auto list = admin.list_agents();
+  auto probes = list ? probe_agents(list->agents, std::min(timeout, std::chrono::milliseconds(5000)))
+                     : Result<std::vector<AgentProbe>>(tl::unexpected(list.error()));
+  if (!probes) {
+    checks.push_back({"agents reachable over UCX", CheckLevel::kFail, probes.error().to_string(),
+                      "check UCX_TLS and `ucx_info -d` on this host"});
+    return;
+  }
+  for (const auto& p : *probes) {
+    std::string address;
+    for (const auto& a : list->agents) {
+      if (a.agent == p.agent) address = a.control_address;
+    }
+    Check c{"agent " + std::to_string(p.agent) + " (" + address + ") over UCX", CheckLevel::kOk, "", ""};
+    if (p.status.ok()) {
+      char us[32];
+      std::snprintf(us, sizeof us, "%.0f", p.get_us);
+      c.detail = "read its region over " + p.transports + " in " + us + " us";
+    } else {
+      c.level = CheckLevel::kFail;
+      c.detail = p.status.to_string() + (p.transports.empty() ? "" : " (over " + p.transports + ")");
+      c.fix = "the agent's host must be reachable from here on a transport both sides have: check routes and "
+              "firewalls (UCX over TCP uses ephemeral ports), and UCX_TLS on both sides";
+    }
+    checks.push_back(std::move(c));
+  }
+}
+
+}  // namespace
+
 std::vector<Check> run_doctor(const DoctorOptions& options) {
   std::vector<Check> checks = {check_thp(), check_memlock(), check_ucx()};
   for (auto& c : check_rdma()) checks.push_back(std::move(c));
@@ -401,32 +435,7 @@ std::vector<Check> run_doctor(const DoctorOptions& options) {
     }
   }
   if (options.probe && stats->agents_alive > 0) {
-    auto list = (*admin)->list_agents();
-    auto probes = list ? probe_agents(list->agents, std::min(options.timeout, std::chrono::milliseconds(5000)))
-                       : Result<std::vector<AgentProbe>>(tl::unexpected(list.error()));
-    if (!probes) {
-      checks.push_back({"agents reachable over UCX", CheckLevel::kFail, probes.error().to_string(),
-                        "check UCX_TLS and `ucx_info -d` on this host"});
-    } else {
-      for (const auto& p : *probes) {
-        std::string address;
-        for (const auto& a : list->agents) {
-          if (a.agent == p.agent) address = a.control_address;
-        }
-        Check c{"agent " + std::to_string(p.agent) + " (" + address + ") over UCX", CheckLevel::kOk, "", ""};
-        if (p.status.ok()) {
-          char us[32];
-          std::snprintf(us, sizeof us, "%.0f", p.get_us);
-          c.detail = "read its region over " + p.transports + " in " + us + " us";
-        } else {
-          c.level = CheckLevel::kFail;
-          c.detail = p.status.to_string() + (p.transports.empty() ? "" : " (over " + p.transports + ")");
-          c.fix = "the agent's host must be reachable from here on a transport both sides have: check routes and "
-                  "firewalls (UCX over TCP uses ephemeral ports), and UCX_TLS on both sides";
-        }
-        checks.push_back(std::move(c));
-      }
-    }
+    add_ucx_checks(**admin, options.timeout, checks);
     checks.push_back(check_probe(options));
   }
   return checks;
