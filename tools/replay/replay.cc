@@ -121,13 +121,69 @@ static Result<std::string> quota_coordinator(const std::string& coordinator, std
   return etcd::resolve_coordinator(coordinator, timeout);
 }
 
-Result<Report> run(const Options& options, std::span<const TraceRequest> requests) {
-  const std::uint64_t block_bytes = kTokensPerHashId * options.bytes_per_token;
-  const NamespaceDescriptor desc = tools::tool_namespace(options.model, "replay", kTokensPerHashId, block_bytes);
-  if (auto b = block_bytes_of(desc); !b) {
-    return make_error(StatusCode::kInvalidArgument, "--bytes-per-token " + std::to_string(options.bytes_per_token) +
-                                                        ": " + b.error().message());
+namespace {
+
+// What one worker did, added to the report when it is done.
+struct Tally {
+  HitRates rates;
+  std::size_t failed = 0;
+  std::uint64_t moved = 0, wrong = 0;
+  std::vector<double> latencies;  // per request, ms
+};
+
+// Replays one request: gets its longest cached prefix (bytes verified), then
+// puts the rest. in/out: the worker's buffers, reused from one request to
+// the next.
+void replay_request(Client& client, NamespaceId ns, const TraceRequest& r, std::uint64_t block_bytes,
+                    std::vector<std::byte>& in, std::vector<std::byte>& out, Tally& t) {
+  const auto t0 = Clock::now();
+  const std::size_t n = r.hash_ids.size();
+  std::vector<Key128> keys;
+  keys.reserve(n);
+  for (std::uint64_t id : r.hash_ids) keys.push_back(key_of(id));
+  out.resize(n * block_bytes);
+  std::vector<std::span<std::byte>> outs;
+  for (std::size_t j = 0; j < n; ++j) outs.emplace_back(out.data() + j * block_bytes, block_bytes);
+  std::size_t hit = 0;
+  bool ok = true;
+  if (n > 0) {
+    auto got = client.get(ns, keys, outs);
+    if (got) {
+      hit = got->loaded;
+      t.moved += hit * block_bytes;
+      for (std::size_t j = 0; j < hit; ++j) t.wrong += pattern_mismatches(outs[j].data(), 0, block_bytes, keys[j].lo);
+    } else {
+      ok = false;
+    }
   }
+  if (hit < n) {
+    in.resize((n - hit) * block_bytes);
+    std::vector<std::span<const std::byte>> ins;
+    for (std::size_t j = hit; j < n; ++j) {
+      std::byte* p = in.data() + (j - hit) * block_bytes;
+      fill_pattern(p, 0, block_bytes, keys[j].lo);
+      ins.emplace_back(p, block_bytes);
+    }
+    auto put = client.put(ns, std::span<const Key128>(keys).subspan(hit), ins);
+    if (put) {
+      t.moved += put->written * block_bytes;
+      ok &= put->failed == 0;
+    } else {
+      ok = false;
+    }
+  }
+  t.rates.blocks += n;
+  t.rates.hit_blocks += hit;
+  t.rates.tokens += r.input_length;
+  t.rates.hit_tokens += hit_tokens(r, hit);
+  if (!ok) ++t.failed;
+  t.latencies.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+}
+
+// One client per worker, each with the run's namespace (its id in *ns)
+// registered; with options.capacity_blocks, the namespace's quota set.
+Result<std::vector<std::unique_ptr<Client>>> connect_workers(const Options& options, const NamespaceDescriptor& desc,
+                                                             NamespaceId* ns) {
   Result<std::string> quota_target;
   if (options.capacity_blocks != 0) {
     quota_target = quota_coordinator(options.coordinator, options.timeout);
@@ -135,26 +191,40 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
   }
   auto first = tools::connect_client(options.coordinator, options.timeout, options.secret_file, "replay");
   if (!first) return tl::unexpected(first.error());
-  auto ns = (*first)->register_namespace(desc);
-  if (!ns) return tl::unexpected(ns.error());
+  auto id = (*first)->register_namespace(desc);
+  if (!id) return tl::unexpected(id.error());
+  *ns = *id;
   if (options.capacity_blocks != 0) {
     auto admin = tools::connect_tool(*quota_target, options.timeout, options.secret_file, "replay");
     if (!admin) return tl::unexpected(admin.error());
-    auto reply = (*admin)->call(rpc::kSetQuota, rpc::encode(rpc::SetQuotaRequest{*ns, options.capacity_blocks, 0}),
+    auto reply = (*admin)->call(rpc::kSetQuota, rpc::encode(rpc::SetQuotaRequest{*id, options.capacity_blocks, 0}),
                                 Deadline::after(options.timeout));
     if (!reply) return tl::unexpected(reply.error());
   }
-
-  const int workers = std::max(1, options.workers);
   std::vector<std::unique_ptr<Client>> clients;
   clients.push_back(std::move(*first));
-  for (int w = 1; w < workers; ++w) {
+  for (int w = 1; w < std::max(1, options.workers); ++w) {
     auto c =
         tools::connect_client(options.coordinator, options.timeout, options.secret_file, "replay-" + std::to_string(w));
     if (!c) return tl::unexpected(c.error());
     if (auto n = (*c)->register_namespace(desc); !n) return tl::unexpected(n.error());
     clients.push_back(std::move(*c));
   }
+  return clients;
+}
+
+}  // namespace
+
+Result<Report> run(const Options& options, std::span<const TraceRequest> requests) {
+  const std::uint64_t block_bytes = kTokensPerHashId * options.bytes_per_token;
+  const NamespaceDescriptor desc = tools::tool_namespace(options.model, "replay", kTokensPerHashId, block_bytes);
+  if (auto b = block_bytes_of(desc); !b) {
+    return make_error(StatusCode::kInvalidArgument, "--bytes-per-token " + std::to_string(options.bytes_per_token) +
+                                                        ": " + b.error().message());
+  }
+  NamespaceId ns = 0;
+  auto clients = connect_workers(options, desc, &ns);
+  if (!clients) return tl::unexpected(clients.error());
 
   std::atomic<std::size_t> next{0}, done{0};
   std::mutex mu;  // guards report and latencies
@@ -164,10 +234,7 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
   const auto start = Clock::now();
   auto worker = [&](Client& client, bool reports_progress) {
     std::vector<std::byte> in, out;
-    HitRates local;
-    std::size_t failed = 0;
-    std::uint64_t moved = 0, wrong = 0;
-    std::vector<double> lat;
+    Tally t;
     for (std::size_t i = next++; i < requests.size(); i = next++) {
       const TraceRequest& r = requests[i];
       if (options.speed > 0) {
@@ -175,66 +242,25 @@ Result<Report> run(const Options& options, std::span<const TraceRequest> request
                                      static_cast<double>(r.timestamp_ms) / options.speed));
         std::this_thread::sleep_until(due);
       }
-      const auto t0 = Clock::now();
-      const std::size_t n = r.hash_ids.size();
-      std::vector<Key128> keys;
-      keys.reserve(n);
-      for (std::uint64_t id : r.hash_ids) keys.push_back(key_of(id));
-      out.resize(n * block_bytes);
-      std::vector<std::span<std::byte>> outs;
-      for (std::size_t j = 0; j < n; ++j) outs.emplace_back(out.data() + j * block_bytes, block_bytes);
-      std::size_t hit = 0;
-      bool ok = true;
-      if (n > 0) {
-        auto got = client.get(*ns, keys, outs);
-        if (got) {
-          hit = got->loaded;
-          moved += hit * block_bytes;
-          for (std::size_t j = 0; j < hit; ++j) wrong += pattern_mismatches(outs[j].data(), 0, block_bytes, keys[j].lo);
-        } else {
-          ok = false;
-        }
-      }
-      if (hit < n) {
-        in.resize((n - hit) * block_bytes);
-        std::vector<std::span<const std::byte>> ins;
-        for (std::size_t j = hit; j < n; ++j) {
-          std::byte* p = in.data() + (j - hit) * block_bytes;
-          fill_pattern(p, 0, block_bytes, keys[j].lo);
-          ins.emplace_back(p, block_bytes);
-        }
-        auto put = client.put(*ns, std::span<const Key128>(keys).subspan(hit), ins);
-        if (put) {
-          moved += put->written * block_bytes;
-          ok &= put->failed == 0;
-        } else {
-          ok = false;
-        }
-      }
-      local.blocks += n;
-      local.hit_blocks += hit;
-      local.tokens += r.input_length;
-      local.hit_tokens += hit_tokens(r, hit);
-      if (!ok) ++failed;
-      lat.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+      replay_request(client, ns, r, block_bytes, in, out, t);
       const std::size_t d = ++done;
       if (reports_progress && options.progress && (d % 64 == 0 || d == requests.size())) {
         options.progress(d, requests.size());
       }
     }
     std::lock_guard lock(mu);
-    report.rates.blocks += local.blocks;
-    report.rates.hit_blocks += local.hit_blocks;
-    report.rates.tokens += local.tokens;
-    report.rates.hit_tokens += local.hit_tokens;
-    report.failed_requests += failed;
-    report.bytes_moved += moved;
-    report.wrong_bytes += wrong;
-    latencies.insert(latencies.end(), lat.begin(), lat.end());
+    report.rates.blocks += t.rates.blocks;
+    report.rates.hit_blocks += t.rates.hit_blocks;
+    report.rates.tokens += t.rates.tokens;
+    report.rates.hit_tokens += t.rates.hit_tokens;
+    report.failed_requests += t.failed;
+    report.bytes_moved += t.moved;
+    report.wrong_bytes += t.wrong;
+    latencies.insert(latencies.end(), t.latencies.begin(), t.latencies.end());
   };
   std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w) threads.emplace_back(worker, std::ref(*clients[w]), false);
-  worker(*clients[0], true);
+  for (std::size_t w = 1; w < clients->size(); ++w) threads.emplace_back(worker, std::ref(*(*clients)[w]), false);
+  worker(*(*clients)[0], true);
   for (auto& t : threads) t.join();
   if (options.progress) options.progress(done.load(), requests.size());
   report.seconds = std::chrono::duration<double>(Clock::now() - start).count();
