@@ -142,6 +142,13 @@ struct Client::Router {
   void put_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
                 std::span<const std::span<const std::byte>> blocks, const std::vector<std::size_t>& which,
                 PutResult& out, std::vector<bool>& whole);
+  // The passes of a put or mapped put of n keys: pass(view, which) over
+  // every key, then, when a shard refused keys for the map (outcomes and
+  // errors, which the passes set) and etcd has a newer map, over those keys
+  // again. The call's error as a whole, if any (after `whole`).
+  std::optional<Status> put_passes(std::size_t n, const std::vector<PutOutcome>& outcomes,
+                                   const std::vector<Status>& errors, const std::vector<bool>& whole,
+                                   const std::function<void(const View&, const std::vector<std::size_t>&)>& pass);
   void mapped_put_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
                        const std::vector<std::size_t>& which, MappedPut& out, std::vector<bool>& whole,
                        RoutedMappedPut& routed);

@@ -8,13 +8,6 @@
 
 namespace kvpool {
 
-using detail::count_outcomes;
-using detail::OtherSide;
-using detail::prefix_of;
-using detail::refused_by_map;
-using detail::refused_keys;
-using detail::whole_call_error;
-
 void Client::Router::put_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
                               std::span<const std::span<const std::byte>> blocks,
                               const std::vector<std::size_t>& which, PutResult& out, std::vector<bool>& whole) {
@@ -43,26 +36,35 @@ void Client::Router::put_pass(const View& v, NamespaceId ns, std::span<const Key
   }
 }
 
+std::optional<Status> Client::Router::put_passes(
+    std::size_t n, const std::vector<PutOutcome>& outcomes, const std::vector<Status>& errors,
+    const std::vector<bool>& whole, const std::function<void(const View&, const std::vector<std::size_t>&)>& pass) {
+  View v = view();
+  std::vector<std::size_t> all(n);
+  for (std::size_t i = 0; i < n; ++i) all[i] = i;
+  pass(v, all);
+  // Keys refused for the map: a coordinator is ahead of this router's map.
+  if (auto refused = detail::refused_keys(outcomes, errors); !refused.empty() && refresh(v.map->version)) {
+    pass(view(), refused);
+  }
+  return detail::whole_call_error(errors, whole);
+}
+
 Result<PutResult> Client::Router::put(NamespaceId ns, std::span<const Key128> keys,
                                       std::span<const std::span<const std::byte>> blocks) {
   if (keys.size() != blocks.size()) {
     return make_error(StatusCode::kInvalidArgument, "put: " + std::to_string(keys.size()) + " keys but " +
                                                         std::to_string(blocks.size()) + " blocks");
   }
-  View v = view();
   PutResult out;
   out.outcomes.assign(keys.size(), PutOutcome::kFailed);
   out.errors.assign(keys.size(), Status());
   std::vector<bool> whole(keys.size(), false);
-  std::vector<std::size_t> all(keys.size());
-  for (std::size_t i = 0; i < keys.size(); ++i) all[i] = i;
-  put_pass(v, ns, keys, blocks, all, out, whole);
-  // Keys refused for the map: a coordinator is ahead of this router's map.
-  if (auto refused = refused_keys(out.outcomes, out.errors); !refused.empty() && refresh(v.map->version)) {
-    put_pass(view(), ns, keys, blocks, refused, out, whole);
-  }
-  if (auto e = whole_call_error(out.errors, whole)) return tl::unexpected(*e);
-  count_outcomes(out);
+  auto e = put_passes(
+      keys.size(), out.outcomes, out.errors, whole,
+      [&](const View& v, const std::vector<std::size_t>& which) { put_pass(v, ns, keys, blocks, which, out, whole); });
+  if (e) return tl::unexpected(*e);
+  detail::count_outcomes(out);
   return out;
 }
 
@@ -81,7 +83,7 @@ Result<GetResult> Client::Router::get_pass(const View& v, NamespaceId ns, std::s
   }
   std::optional<std::size_t> at;
   GetResult out;
-  out.loaded = prefix_of(s, done, keys.size(), &at);
+  out.loaded = detail::prefix_of(s, done, keys.size(), &at);
   if (at) {
     const auto& r = *parts[*at];
     if (!r) {
@@ -97,7 +99,7 @@ Result<GetResult> Client::Router::get_pass(const View& v, NamespaceId ns, std::s
 Result<GetResult> Client::Router::get_view(const View& v, NamespaceId ns, std::span<const Key128> keys,
                                            std::span<const std::span<std::byte>> buffers) {
   GetResult out;
-  OtherSide side;
+  detail::OtherSide side;
   for (;;) {
     auto r = get_pass(v, ns, keys.subspan(out.loaded), buffers.subspan(out.loaded), side.via_from());
     if (!r) {
@@ -122,7 +124,8 @@ Result<GetResult> Client::Router::get(NamespaceId ns, std::span<const Key128> ke
   auto r = get_view(v, ns, keys, buffers);
   // Refused for the map at the prefix's end: read the map and go on from
   // there once.
-  const bool refused = r ? r->loaded < keys.size() && refused_by_map(r->stopped) : refused_by_map(r.error());
+  const bool refused =
+      r ? r->loaded < keys.size() && detail::refused_by_map(r->stopped) : detail::refused_by_map(r.error());
   if (!refused || !refresh(v.map->version)) return r;
   const std::size_t from = r ? r->loaded : 0;
   auto more = get_view(view(), ns, keys.subspan(from), buffers.subspan(from));
@@ -143,7 +146,7 @@ Result<std::size_t> Client::Router::lookup_pass(const View& v, NamespaceId ns, s
     if (parts[p] && *parts[p]) done[p] = **parts[p];
   }
   std::optional<std::size_t> at;
-  const std::size_t prefix = prefix_of(s, done, keys.size(), &at);
+  const std::size_t prefix = detail::prefix_of(s, done, keys.size(), &at);
   if (at && !*parts[*at]) return tl::unexpected(parts[*at]->error());
   return prefix;
 }
@@ -151,11 +154,11 @@ Result<std::size_t> Client::Router::lookup_pass(const View& v, NamespaceId ns, s
 Result<std::size_t> Client::Router::lookup_view(const View& v, NamespaceId ns, std::span<const Key128> keys,
                                                 bool* refused) {
   std::size_t found = 0;
-  OtherSide side;
+  detail::OtherSide side;
   for (;;) {
     auto r = lookup_pass(v, ns, keys.subspan(found), side.via_from());
     if (!r) {
-      *refused = refused_by_map(r.error());
+      *refused = detail::refused_by_map(r.error());
       if (found == 0) return tl::unexpected(r.error());
       return found;
     }

@@ -10,13 +10,6 @@
 
 namespace kvpool {
 
-using detail::count_outcomes;
-using detail::OtherSide;
-using detail::prefix_of;
-using detail::refused_by_map;
-using detail::refused_keys;
-using detail::whole_call_error;
-
 void Client::Router::mapped_put_pass(const View& v, NamespaceId ns, std::span<const Key128> keys,
                                      const std::vector<std::size_t>& which, MappedPut& out, std::vector<bool>& whole,
                                      RoutedMappedPut& routed) {
@@ -41,18 +34,15 @@ void Client::Router::mapped_put_pass(const View& v, NamespaceId ns, std::span<co
 
 Status Client::Router::begin_mapped_put(NamespaceId ns, std::span<const Key128> keys, MappedPut& out,
                                         RoutedMappedPut& routed) {
-  View v = view();
   out.outcomes.assign(keys.size(), PutOutcome::kFailed);
   out.errors.assign(keys.size(), Status());
   out.slots.assign(keys.size(), MappedSlot{});
   std::vector<bool> whole(keys.size(), false);
-  std::vector<std::size_t> all(keys.size());
-  for (std::size_t i = 0; i < keys.size(); ++i) all[i] = i;
-  mapped_put_pass(v, ns, keys, all, out, whole, routed);
-  if (auto refused = refused_keys(out.outcomes, out.errors); !refused.empty() && refresh(v.map->version)) {
-    mapped_put_pass(view(), ns, keys, refused, out, whole, routed);
-  }
-  if (auto e = whole_call_error(out.errors, whole)) {
+  auto e = put_passes(keys.size(), out.outcomes, out.errors, whole,
+                      [&](const View& v, const std::vector<std::size_t>& which) {
+                        mapped_put_pass(v, ns, keys, which, out, whole, routed);
+                      });
+  if (e) {
     abort_mapped_put(routed);
     return *e;
   }
@@ -105,7 +95,7 @@ Result<PutResult> Client::Router::finish_mapped_put(RoutedMappedPut& routed, con
     }
   }
   routed.parts.clear();
-  count_outcomes(out);
+  detail::count_outcomes(out);
   return out;
 }
 
@@ -128,7 +118,7 @@ Result<std::size_t> Client::Router::mapped_get_pass(const View& v, NamespaceId n
     for (std::size_t j = 0; j < s.index[p].size(); ++j) at_part[s.index[p][j]] = {p, j};
   }
   std::optional<std::size_t> at;
-  const std::size_t found = prefix_of(s, done, rest.size(), &at);
+  const std::size_t found = detail::prefix_of(s, done, rest.size(), &at);
   Status stopped;
   if (at) stopped = *parts[*at] ? (*parts[*at])->stopped : parts[*at]->error();
   for (std::size_t i = 0; i < found; ++i) {
@@ -156,7 +146,7 @@ Result<std::size_t> Client::Router::mapped_get_pass(const View& v, NamespaceId n
 
 Status Client::Router::mapped_get_view(const View& v, NamespaceId ns, std::span<const Key128> keys, MappedGet& out,
                                        RoutedMappedGet& routed) {
-  OtherSide side;
+  detail::OtherSide side;
   for (;;) {
     const std::size_t base = out.found;
     auto r = mapped_get_pass(v, ns, keys, base, side.via_from(), out, routed);
@@ -170,7 +160,8 @@ Status Client::Router::begin_mapped_get(NamespaceId ns, std::span<const Key128> 
                                         RoutedMappedGet& routed) {
   View v = view();
   Status s = mapped_get_view(v, ns, keys, out, routed);
-  const bool refused = !s.ok() ? refused_by_map(s) : out.found < keys.size() && refused_by_map(out.stopped);
+  const bool refused =
+      !s.ok() ? detail::refused_by_map(s) : out.found < keys.size() && detail::refused_by_map(out.stopped);
   if (refused && refresh(v.map->version)) s = mapped_get_view(view(), ns, keys, out, routed);
   if (!s.ok()) {
     finish_mapped_get(routed, 0);
