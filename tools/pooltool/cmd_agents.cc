@@ -39,18 +39,24 @@ int undrain_agent(const Globals& g, AdminClient& c, const rpc::AgentStatsRecord&
   return kExitOk;
 }
 
+// What --json prints at the end of a drain (the keys print sorted).
+json drain_json(const rpc::AgentStatsRecord& agent, const rpc::DrainReply& rep) {
+  return {{"agent", agent.agent},
+          {"address", agent.control_address},
+          {"drained", rep.drained},
+          {"draining", true},
+          {"moved", rep.moved},
+          {"blocks_left", rep.blocks_left},
+          {"failed_attempts", rep.failed}};
+}
+
 int report_unplaceable(const Globals& g, const rpc::AgentStatsRecord& agent, const std::string& who,
                        const rpc::DrainReply& rep) {
   if (g.json) {
-    print_json({{"agent", agent.agent},
-                {"address", agent.control_address},
-                {"drained", false},
-                {"draining", true},
-                {"moved", rep.moved},
-                {"blocks_left", rep.blocks_left},
-                {"unplaceable", rep.unplaceable},
-                {"failed_attempts", rep.failed},
-                {"error", {{"code", std::string(code_name(rep.placement.code))}, {"message", rep.placement.message}}}});
+    json j = drain_json(agent, rep);
+    j["unplaceable"] = rep.unplaceable;
+    j["error"] = {{"code", std::string(code_name(rep.placement.code))}, {"message", rep.placement.message}};
+    print_json(j);
   }
   std::fprintf(stderr,
                "pooltool: %s: %llu blocks cannot be placed on any other agent (%s); %llu moved. It stays "
@@ -64,14 +70,9 @@ int report_unplaceable(const Globals& g, const rpc::AgentStatsRecord& agent, con
 int report_drained(const Globals& g, const rpc::AgentStatsRecord& agent, const std::string& who,
                    const rpc::DrainReply& rep, double seconds) {
   if (g.json) {
-    print_json({{"agent", agent.agent},
-                {"address", agent.control_address},
-                {"drained", true},
-                {"draining", true},
-                {"moved", rep.moved},
-                {"blocks_left", rep.blocks_left},
-                {"failed_attempts", rep.failed},
-                {"seconds", seconds}});
+    json j = drain_json(agent, rep);
+    j["seconds"] = seconds;
+    print_json(j);
   } else {
     std::cout << who << " drained: " << rep.moved << " blocks moved to other agents in " << std::fixed
               << std::setprecision(2) << seconds << " s" << (rep.failed ? " (" + std::to_string(rep.failed) +
