@@ -5,10 +5,12 @@
 // should do next (STYLE.md): kUnavailable means retry this call,
 // kResourceExhausted means the pool is full (evict or back off),
 // kFailedPrecondition means don't retry until some state changes.
-// Result<T> is tl::expected<T, Status>; it becomes std::expected with C++23.
+// Result<T> is a [[nodiscard]] tl::expected<T, Status>; it becomes
+// std::expected with C++23.
 
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 
 #include <tl/expected.hpp>
@@ -57,8 +59,18 @@ class [[nodiscard]] Status {
   std::string message_;
 };
 
+// A value or the Status saying why not: tl::expected<T, Status>, and
+// [[nodiscard]] as Status is, so no caller drops a failure without saying so
+// (a `(void)` cast).
 template <typename T>
-using Result = tl::expected<T, Status>;
+class [[nodiscard]] Result : public tl::expected<T, Status> {
+ public:
+  using Base = tl::expected<T, Status>;
+  using Base::Base;
+  Result() = default;
+  Result(const Base& b) : Base(b) {}             // NOLINT: as implicit as expected's own
+  Result(Base&& b) noexcept(std::is_nothrow_move_constructible_v<Base>) : Base(std::move(b)) {}  // NOLINT
+};
 
 inline tl::unexpected<Status> make_error(StatusCode code, std::string message) {
   return tl::unexpected<Status>(Status(code, std::move(message)));
