@@ -22,6 +22,7 @@
 #include "runtime/common/process_util.h"
 #include "runtime/common/stream_copy.h"
 #include "runtime/client/router.h"
+#include "runtime/client/router_merge.h"
 #include "runtime/client/ordered_hasher.h"
 #include "runtime/client/streamed_chunk.h"
 #include "runtime/client/task_pool.h"
@@ -199,6 +200,18 @@ Status client_internal::check_slot(const rpc::LocationWire& loc, std::uint64_t r
                     ", region of " + std::to_string(region_bytes) + " bytes)");
 }
 
+Result<pool::SlotHeader> client_internal::check_header(std::span<const std::byte, pool::kSlotHeaderBytes> bytes,
+                                                       NamespaceId ns, const Key128& key,
+                                                       const rpc::LocationWire& loc, std::size_t block) {
+  auto h = pool::decode(bytes);
+  if (!h) return make_error(StatusCode::kDataLoss, "block " + std::to_string(block) + ": " + h.error().message());
+  if (h->namespace_id != ns || !(h->key == key) || h->payload_length != loc.length ||
+      h->generation != loc.generation) {
+    return make_error(StatusCode::kDataLoss, "block " + std::to_string(block) + ": header does not match its location");
+  }
+  return h;
+}
+
 void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
                               std::span<const std::span<const std::byte>> blocks, const rpc::AllocateReply& arep,
                               const std::vector<Clock::time_point>& lease_ends, AgentConn& conn, std::byte* base,
@@ -253,13 +266,7 @@ void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
       continue;
     }
     const auto& loc = arep.results[i].location;
-    pool::SlotHeader h;
-    h.namespace_id = ns;
-    h.key = keys[i];
-    h.payload_length = loc.length;
-    h.generation = loc.generation;
-    h.payload_checksum = checksums[i];
-    h.slices = tables.slices;
+    const auto h = slot_header(ns, keys[i], loc.length, loc.generation, checksums[i], tables.slices);
     write_header_mapped(base, loc.header_offset, h, tables.of(i));
     commit.leases.push_back(arep.results[i].lease);
     commit_index.push_back(i);
@@ -359,13 +366,7 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
     std::vector<transport::RmaOp> ops;
     for (std::size_t i : idx) {
       const auto& loc = arep.results[i].location;
-      pool::SlotHeader h;
-      h.namespace_id = ns;
-      h.key = keys[i];
-      h.payload_length = blocks[i].size();
-      h.generation = loc.generation;
-      h.payload_checksum = checksums[i];
-      h.slices = tables.slices;
+      const auto h = slot_header(ns, keys[i], blocks[i].size(), loc.generation, checksums[i], tables.slices);
       std::byte* at = headers.data() + i * head_bytes;
       pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(at, pool::kSlotHeaderBytes));
       if (tables.slices > 1) {
@@ -494,14 +495,7 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
       }
     }
   }
-  for (std::size_t i = 0; i < keys.size(); ++i) {
-    switch (result.outcomes[i]) {
-      case PutOutcome::kWritten: ++result.written; break;
-      case PutOutcome::kExists: ++result.deduplicated; break;
-      case PutOutcome::kPending: ++result.pending; break;
-      case PutOutcome::kFailed: ++result.failed; break;
-    }
-  }
+  detail::count_outcomes(result);
   return result;
 }
 
@@ -516,7 +510,8 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options) {
     if (!e->has_shard) {
       // No /SHARD: routed by the shard map, even with one shard (or none),
       // so that the client follows the map when shards are added.
-      const std::string endpoints = options.coordinator.substr(7, options.coordinator.find('/', 7) - 7);
+      std::string endpoints;  // as Router::connect takes them: HOST:PORT,...
+      for (const auto& ep : e->endpoints) endpoints += (endpoints.empty() ? "" : ",") + ep.to_string();
       auto ec = etcd::Client::create({e->endpoints, std::min(options.timeout, std::chrono::milliseconds(2000))});
       if (!ec) return tl::unexpected(ec.error());
       std::int64_t revision = 0;

@@ -119,6 +119,25 @@ inline std::vector<transport::RmaOp> coalesce(std::vector<transport::RmaOp> ops)
 Status check_slot(const rpc::LocationWire& loc, std::uint64_t region_bytes, std::uint64_t length, std::size_t block,
                   std::uint32_t slices = 1);
 
+// The header a put writes last for a block, vouching for its payload.
+inline pool::SlotHeader slot_header(NamespaceId ns, const Key128& key, std::uint64_t length, std::uint64_t generation,
+                                    std::uint64_t checksum, std::uint32_t slices) {
+  pool::SlotHeader h;
+  h.namespace_id = ns;
+  h.key = key;
+  h.payload_length = length;
+  h.generation = generation;
+  h.payload_checksum = checksum;
+  h.slices = slices;
+  return h;
+}
+
+// A block's header as read, decoded and checked against the location the
+// coordinator gave for `key` (block number `block`, for the message): the
+// one header check of every read site. kDataLoss when it is not that block.
+Result<pool::SlotHeader> check_header(std::span<const std::byte, pool::kSlotHeaderBytes> bytes, NamespaceId ns,
+                                      const Key128& key, const rpc::LocationWire& loc, std::size_t block);
+
 }  // namespace client_internal
 
 using namespace client_internal;  // NOLINT: this internal header's includers (client.cc, get.cc, mapped.cc)

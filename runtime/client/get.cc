@@ -47,12 +47,9 @@ std::vector<Status> Client::Impl::get_mapped(NamespaceId ns, std::span<const Key
     }
     std::array<std::byte, pool::kSlotHeaderBytes> bytes;
     std::memcpy(bytes.data(), base + loc.header_offset, bytes.size());
-    auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(bytes));
+    auto h = check_header(bytes, ns, keys[i], loc, i);
     if (!h) {
-      status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
-    } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
-               h->generation != loc.generation) {
-      status[j] = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+      status[j] = h.error();
     } else if (pool::copy_payload_checksum(bufs[i].data(), base + loc.payload_offset, loc.length, h->slices) !=
                h->payload_checksum) {
       // The bytes checked are the caller's copy, not the slot's: what is
@@ -120,15 +117,13 @@ Result<GetResult> Client::Impl::get(NamespaceId ns, std::span<const Key128> keys
     Verdict v;
     for (std::size_t j = 0; j < chunk.size(); ++j) {
       const std::size_t i = chunk[j];
-      auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(
-          headers.data() + i * pool::kSlotHeaderBytes, pool::kSlotHeaderBytes));
       const auto& loc = lrep.locations[i];
+      auto h = check_header(std::span<const std::byte, pool::kSlotHeaderBytes>(
+                                headers.data() + i * pool::kSlotHeaderBytes, pool::kSlotHeaderBytes),
+                            ns, keys[i], loc, i);
       Status st;
       if (!h) {
-        st = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
-      } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
-                 h->generation != loc.generation) {
-        st = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+        st = h.error();
       } else if (j < digests.size() && digests[j]) {
         if (*digests[j] != h->payload_checksum) {
           st = Status(StatusCode::kDataLoss, "payload checksum mismatch (torn or overwritten block)");

@@ -1,6 +1,7 @@
 // The zero-copy mapped API of include/kvpool/client.h (MappedPut, MappedGet:
 // the GPU path's access to same-host pool slots), split from client.cc.
 #include "runtime/client/client_impl.h"
+#include "runtime/client/router_merge.h"
 
 namespace kvpool {
 
@@ -185,14 +186,9 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
       continue;
     }
     const auto& loc = st.results[i].location;
-    pool::SlotHeader h;
-    h.namespace_id = st.ns;
-    h.key = st.keys[i];
-    h.payload_length = st.block_bytes;
-    h.generation = loc.generation;
     const auto table = checksums.subspan(i * st.slices, st.slices);
-    h.payload_checksum = pool::table_checksum(table);
-    h.slices = st.slices;
+    const auto h =
+        slot_header(st.ns, st.keys[i], st.block_bytes, loc.generation, pool::table_checksum(table), st.slices);
     write_header_mapped(put.slots[i].region, loc.header_offset, h, table.data());
     commit.leases.push_back(st.results[i].lease);
     commit_index.push_back(i);
@@ -214,14 +210,7 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
     }
   }
   st.conns.clear();
-  for (auto o : result.outcomes) {
-    switch (o) {
-      case PutOutcome::kWritten: ++result.written; break;
-      case PutOutcome::kExists: ++result.deduplicated; break;
-      case PutOutcome::kPending: ++result.pending; break;
-      case PutOutcome::kFailed: ++result.failed; break;
-    }
-  }
+  detail::count_outcomes(result);
   return result;
 }
 
@@ -298,16 +287,13 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
     }
     std::array<std::byte, pool::kSlotHeaderBytes> bytes;
     std::memcpy(bytes.data(), *base + loc.header_offset, bytes.size());
-    auto h = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(bytes));
+    auto h = check_header(bytes, ns, keys[i], loc, i);
     // The checksums handed out: each slice's, from the table the header
     // vouches for (read once, into our memory, then checked).
     Status bad;
     std::vector<std::uint64_t> table;
     if (!h) {
-      bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + h.error().message());
-    } else if (h->namespace_id != ns || !(h->key == keys[i]) || h->payload_length != loc.length ||
-               h->generation != loc.generation) {
-      bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": header does not match its location");
+      bad = h.error();
     } else if (h->slices != out.slices) {
       bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + std::to_string(h->slices) +
                                               " slices where the namespace's blocks have " + std::to_string(out.slices));
