@@ -5,14 +5,12 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
-#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -35,29 +33,6 @@
 
 namespace kvpool {
 namespace {
-
-// A put through UCX (tcp) sends each block in pieces of this size, each
-// checksummed just before it is posted (OrderedHasher), so the transport's
-// copy of the piece reads it from cache: hashing each block from memory
-// beside the send cost about 10 ms of CPU per 128 MiB batch on a host whose
-// two cores both carry socket copies.
-constexpr std::size_t kPutPieceBytes = 256 << 10;
-
-// Whether puts over emulated RMA (tcp) are streamed to the agent
-// (Peer::put_streamed), the default; KVPOOL_TCP_PUTS=rma keeps UCX's put
-// emulation, for benchmarks that compare the two in one build.
-bool streamed_puts() {
-  static const bool on = [] {
-    const char* v = std::getenv("KVPOOL_TCP_PUTS");
-    return v == nullptr || std::string_view(v) != "rma";
-  }();
-  return on;
-}
-
-// How many pieces ahead of the post the verifier thread may hash.
-constexpr std::size_t kPutHashLead = 1;
-// Over real RMA: pieces on the wire at once, and the verifier's lead.
-constexpr std::size_t kRdmaPutWindow = 16;
 
 std::string default_client_id() {
   char host[256] = {};
@@ -212,274 +187,15 @@ Result<pool::SlotHeader> client_internal::check_header(std::span<const std::byte
   return h;
 }
 
-void Client::Impl::put_mapped(NamespaceId ns, std::span<const Key128> keys,
-                              std::span<const std::span<const std::byte>> blocks, const rpc::AllocateReply& arep,
-                              const std::vector<Clock::time_point>& lease_ends, AgentConn& conn, std::byte* base,
-                              const std::vector<std::size_t>& idx, std::vector<std::uint64_t>& checksums,
-                              SliceTables& tables, const std::vector<char>& hashed, PutResult& result,
-                              rpc::LeaseBatch& commit,
-                              std::vector<std::size_t>& commit_index, rpc::LeaseBatch& abort) {
-  const std::uint64_t region_bytes = conn.region.length();
-  std::vector<Status> status(idx.size());
-  std::vector<char> touched(idx.size(), 0);  // the block's slot may hold some of our bytes
-  run_split(idx.size(), [&](std::size_t j) {
-    const std::size_t i = idx[j];
-    const auto& loc = arep.results[i].location;
-    if (Status c = check_slot(loc, region_bytes, blocks[i].size(), i, tables.slices); !c.ok()) {
-      status[j] = c;
-      return;
-    }
-    // Fencing (DESIGN.md, "Data flows"): no write after the lease's end. A
-    // copy ends within the call, so nothing of ours lands later.
-    if (Clock::now() >= lease_ends[i]) {
-      status[j] = Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the data was written");
-      return;
-    }
-    // Shared memory shows no dead peer: the control plane marks it.
-    if (Status h = conn.peer->health(); !h.ok()) {
-      status[j] = h;
-      return;
-    }
-    touched[j] = 1;
-    if (hashed[i]) {
-      stream_copy(base + loc.payload_offset, blocks[i].data(), loc.length);
-    } else {
-      checksums[i] = pool::stream_payload_checksum(base + loc.payload_offset, blocks[i].data(), loc.length,
-                                                   tables.slices, tables.of(i));
-    }
-  });
-  // Every payload byte is stored before any header that vouches for it
-  // (mfence: orders the copies' streaming stores too).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  const auto now = Clock::now();
-  const Status health = conn.peer->health();
-  for (std::size_t j = 0; j < idx.size(); ++j) {
-    const std::size_t i = idx[j];
-    if (status[j].ok() && now >= lease_ends[i]) {
-      status[j] = Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the header was written");
-    }
-    if (status[j].ok() && !health.ok()) status[j] = health;
-    if (!status[j].ok()) {
-      result.errors[i] = status[j];
-      // A touched slot is left to its lease's expiry and quarantine.
-      if (!touched[j]) abort.leases.push_back(arep.results[i].lease);
-      continue;
-    }
-    const auto& loc = arep.results[i].location;
-    const auto h = slot_header(ns, keys[i], loc.length, loc.generation, checksums[i], tables.slices);
-    write_header_mapped(base, loc.header_offset, h, tables.of(i));
-    commit.leases.push_back(arep.results[i].lease);
-    commit_index.push_back(i);
-  }
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-}
-
-Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys,
-                                    std::span<const std::span<const std::byte>> blocks) {
-  if (keys.size() != blocks.size()) {
-    return make_error(StatusCode::kInvalidArgument, "put: " + std::to_string(keys.size()) + " keys but " +
-                                                        std::to_string(blocks.size()) + " blocks");
-  }
-  auto bb = block_bytes(ns);
-  if (!bb) return tl::unexpected(bb.error());
-  for (const auto& b : blocks) {
-    if (b.size() != *bb) {
-      return make_error(StatusCode::kInvalidArgument, "put: a block of " + std::to_string(b.size()) +
-                                                          " bytes in a namespace of " + std::to_string(*bb) +
-                                                          "-byte blocks");
-    }
-  }
-  PutResult result;
-  result.outcomes.assign(keys.size(), PutOutcome::kFailed);
-  result.errors.assign(keys.size(), Status());
-  if (keys.empty()) return result;
-
-  rpc::AllocateReply arep;
-  std::vector<Clock::time_point> lease_ends;
-  // The payload checksums the headers carry: while the coordinator places
-  // the blocks, this thread hashes payloads in order (one thread, so the
-  // coordinator and our io thread have the other core); the rest are hashed
-  // below, while or as they are written.
-  std::vector<std::uint64_t> checksums(keys.size());
-  SliceTables tables(slices(ns, *bb), keys.size());
-  std::vector<char> hashed(keys.size(), 0);
-  {
-    std::vector<std::uint64_t> sizes;
-    for (const auto& b : blocks) sizes.push_back(b.size());
-    auto hash_ahead = [&](const std::atomic<bool>& arrived) {
-      for (std::size_t i = 0; i < keys.size() && !arrived.load(std::memory_order_acquire); ++i) {
-        checksums[i] = pool::block_checksum(blocks[i], tables.slices, tables.of(i));
-        hashed[i] = 1;
-      }
-    };
-    if (Status s = allocate(ns, keys, sizes, arep, lease_ends, hash_ahead); !s.ok()) return tl::unexpected(s);
-  }
-
-  // Payloads are written first and headers last, so a valid header means a
-  // complete payload (DESIGN.md). For agents reached through UCX the payload
-  // checksums, which the headers carry, are computed on the verifier thread
-  // while the payloads move: one thread hashes at about the speed another
-  // copies, so in series they would halve a put.
-  // Each block's header and then its slice table, put in one operation
-  // (pool/slot_header.h: a scan checks the table against the header).
-  const std::size_t head_bytes = pool::kSlotHeaderBytes + pool::table_bytes(tables.slices);
-  std::vector<std::byte> headers(head_bytes * keys.size());
-  std::map<std::uint32_t, std::vector<std::size_t>> by_agent;
-  for (std::size_t i = 0; i < keys.size(); ++i) {
-    const auto& r = arep.results[i];
-    switch (r.outcome) {
-      case rpc::AllocateOutcome::kExists:
-        result.outcomes[i] = PutOutcome::kExists;
-        break;
-      case rpc::AllocateOutcome::kPending:
-        result.outcomes[i] = PutOutcome::kPending;
-        break;
-      case rpc::AllocateOutcome::kError:
-        result.errors[i] = r.error.to_status();
-        break;
-      case rpc::AllocateOutcome::kPlaced:
-        by_agent[r.location.agent].push_back(i);
-        break;
-    }
-  }
-  // The agents' connections. A same-host agent's region mapped into this
-  // process (shared memory) is written with one pass per block that copies
-  // and hashes (pool::copy_payload_checksum), split over this thread and the
-  // verifier thread; other agents get UCX puts, piece by piece, each piece
-  // hashed just before it is posted (OrderedHasher).
-  struct Group {
-    std::uint32_t agent_id = 0;
-    std::vector<std::size_t>* idx = nullptr;
-    Result<std::shared_ptr<AgentConn>> conn;
-    std::byte* mapped = nullptr;
-  };
-  std::vector<Group> groups;
-  for (auto& [agent_id, idx] : by_agent) {
-    Group g{agent_id, &idx, agent(agent_id, arep.results[idx.front()].location.incarnation), nullptr};
-    if (g.conn) {
-      if (auto m = (*g.conn)->region.mapped()) g.mapped = *m;
-    }
-    groups.push_back(std::move(g));
-  }
-  // Called once put_each returned OK: every block of idx is hashed.
-  auto header_ops_for = [&](const std::vector<std::size_t>& idx) {
-    std::vector<transport::RmaOp> ops;
-    for (std::size_t i : idx) {
-      const auto& loc = arep.results[i].location;
-      const auto h = slot_header(ns, keys[i], blocks[i].size(), loc.generation, checksums[i], tables.slices);
-      std::byte* at = headers.data() + i * head_bytes;
-      pool::encode(h, std::span<std::byte, pool::kSlotHeaderBytes>(at, pool::kSlotHeaderBytes));
-      if (tables.slices > 1) {
-        pool::encode_table(std::span<const std::uint64_t>(tables.of(i), tables.slices),
-                           std::span<std::byte>(at + pool::kSlotHeaderBytes, head_bytes - pool::kSlotHeaderBytes));
-      }
-      ops.push_back({at, loc.header_offset, head_bytes});
-    }
-    return coalesce(std::move(ops));
-  };
-  rpc::LeaseBatch commit, abort;
-  // Back to the leader that issued the leases; another refuses them.
-  commit.epoch = abort.epoch = arep.epoch;
-  std::vector<std::size_t> commit_index;
-  for (auto& g : groups) {
-    const std::uint32_t agent_id = g.agent_id;
-    auto& idx = *g.idx;
-    auto& conn = g.conn;
-    if (g.mapped != nullptr) {
-      put_mapped(ns, keys, blocks, arep, lease_ends, **conn, g.mapped, idx, checksums, tables, hashed, result,
-                 commit, commit_index, abort);
-      continue;
-    }
-    Status s = conn ? Status() : conn.error();
-    // Fencing (DESIGN.md, "Data flows"): no put is posted after its write
-    // lease's deadline, and none may still be moving after it, so the
-    // coordinator's quarantine of an expired lease covers every late byte.
-    Clock::time_point lease_end = deadline().at();
-    for (std::size_t i : idx) lease_end = std::min(lease_end, lease_ends[i]);
-    const Deadline put_deadline(lease_end);
-    auto lease_left = [&] {
-      return put_deadline.expired()
-                 ? Status(StatusCode::kDeadlineExceeded, "put: the write lease ran out before the data was written")
-                 : Status();
-    };
-    bool posted = false;  // some op of this batch may still be in flight
-    if (s.ok()) s = lease_left();
-    if (s.ok()) {
-      // One op per piece; the verifier thread hashes up to kPutHashLead
-      // pieces ahead of the post, this thread any piece it has not reached.
-      // Emulated RMA (tcp): payloads stream to the agent (put_streamed) in
-      // pieces of one message each.
-      const bool emulated = (*conn)->peer->rma_kind() == transport::RmaKind::kEmulated;
-      const bool streamed = emulated && streamed_puts();
-      const std::size_t piece_bytes = streamed ? transport::kStreamPieceBytes : kPutPieceBytes;
-      std::vector<transport::RmaOp> piece_ops;
-      std::vector<detail::OrderedHasher::Piece> pieces;
-      for (std::size_t i : idx) {
-        const auto& loc = arep.results[i].location;
-        if (loc.length != blocks[i].size()) {
-          s = Status(StatusCode::kInternal, "put: a placement of " + std::to_string(loc.length) +
-                                                " bytes for a block of " + std::to_string(blocks[i].size()));
-          break;
-        }
-        for (std::size_t at = 0; at < loc.length; at += piece_bytes) {
-          const std::size_t len = std::min<std::size_t>(piece_bytes, loc.length - at);
-          piece_ops.push_back({const_cast<std::byte*>(blocks[i].data()) + at, loc.payload_offset + at, len});
-          pieces.push_back({i, at, len});
-        }
-      }
-      if (s.ok()) {
-        const transport::MemoryRegion* local = registered(blocks[idx.front()].data(), blocks[idx.front()].size());
-        // Emulated RMA (tcp): a piece leaves once UCX has copied it, so the
-        // next is posted then, right after its checksum. Real RMA: a piece
-        // leaves when the target has it; keep many on the wire, hashed
-        // further ahead (not measured: no RDMA NIC here).
-        const std::size_t window = emulated ? 1 : kRdmaPutWindow;
-        auto hasher = std::make_shared<detail::OrderedHasher>(std::move(pieces), blocks, checksums, hashed,
-                                                              emulated ? kPutHashLead : kRdmaPutWindow,
-                                                              tables.slices, tables.of(0));
-        verifier->submit([hasher] { hasher->run_helper(); });
-        // put_each and put_streamed return once the payloads are complete
-        // at the agent; only then do the headers go. Emulated RMA (tcp):
-        // the payloads go as messages the agent copies into the slots (one
-        // copy there instead of UCX's put emulation; Peer::put_streamed).
-        posted = true;
-        auto ready = [&hasher](std::size_t j) {
-          hasher->posted(j);
-          return hasher->ready(j);
-        };
-        s = streamed ? (*conn)->peer->put_streamed((*conn)->region, piece_ops, ready, put_deadline,
-                                                   {.yield_when_idle = true})
-                     : (*conn)->peer->put_each((*conn)->region, piece_ops, ready, put_deadline,
-                                               {.local = local, .yield_when_idle = true}, window);
-        hasher->stop();  // returns once the helper has left `blocks` and `checksums`
-      }
-      if (s.ok()) {
-        auto header_ops = header_ops_for(idx);
-        s = lease_left();
-        if (s.ok()) s = (*conn)->peer->put((*conn)->region, header_ops, put_deadline, {.yield_when_idle = true});
-      }
-    }
-    if (!s.ok() && posted) {
-      // Ops may still be queued in UCX: close the endpoint so nothing more
-      // of them is sent (the next operation reconnects), and leave the
-      // leases to expire into the coordinator's quarantine instead of
-      // aborting them, which would hand the space to another writer now.
-      drop_agent(agent_id, **conn, s);
-    }
-    for (std::size_t i : idx) {
-      if (s.ok()) {
-        commit.leases.push_back(arep.results[i].lease);
-        commit_index.push_back(i);
-      } else {
-        result.errors[i] = s;
-        if (!posted) abort.leases.push_back(arep.results[i].lease);
-      }
-    }
-  }
+void Client::Impl::abort_leases(const rpc::LeaseBatch& abort) {
   if (!abort.leases.empty()) {
     rpc::StatusBatch ignored;
     (void)call(rpc::kAbort, abort, ignored);  // the lease expires anyway
   }
+}
+
+void Client::Impl::commit_leases(const rpc::LeaseBatch& commit, const std::vector<std::size_t>& commit_index,
+                                 std::uint64_t block_bytes, PutResult& result) {
   if (!commit.leases.empty()) {
     rpc::StatusBatch crep;
     Status s = call(rpc::kCommit, commit, crep);
@@ -489,14 +205,12 @@ Result<PutResult> Client::Impl::put(NamespaceId ns, std::span<const Key128> keys
                                                          : Status(StatusCode::kInternal, "commit reply too short"));
       if (ks.ok()) {
         result.outcomes[i] = PutOutcome::kWritten;
-        bytes_put += blocks[i].size();
+        bytes_put += block_bytes;
       } else {
         result.errors[i] = ks;
       }
     }
   }
-  detail::count_outcomes(result);
-  return result;
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

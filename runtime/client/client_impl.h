@@ -1,5 +1,5 @@
 #pragma once
-// Internal to libkvpool's single-cluster client (client.cc, get.cc, mapped.cc):
+// Internal to libkvpool's single-cluster client (client.cc, put.cc, get.cc, mapped.cc):
 // Client::Impl and what those files use of it. Not a public header; include
 // it from those files only.
 
@@ -140,7 +140,7 @@ Result<pool::SlotHeader> check_header(std::span<const std::byte, pool::kSlotHead
 
 }  // namespace client_internal
 
-using namespace client_internal;  // NOLINT: this internal header's includers (client.cc, get.cc, mapped.cc)
+using namespace client_internal;  // NOLINT: this internal header's includers (client.cc, put.cc, get.cc, mapped.cc)
 
 struct Client::Impl {
   // Destruction order: the work queue first (no call in flight), then agent
@@ -455,21 +455,17 @@ struct Client::Impl {
   // body it started has returned. The caller alone does them all if the
   // verifier is busy with another call's work.
   void run_split(std::size_t n, const std::function<void(std::size_t)>& body);
-  // put() for the blocks `idx` placed on an agent whose region is mapped
-  // here at `base`: payloads copied and hashed in one pass, then headers,
-  // each only while its write lease lasts. Adds to commit (written blocks),
-  // abort (blocks never touched) and result.errors.
-  void put_mapped(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<const std::byte>> blocks,
-                  const rpc::AllocateReply& arep, const std::vector<Clock::time_point>& lease_ends, AgentConn& conn,
-                  std::byte* base, const std::vector<std::size_t>& idx, std::vector<std::uint64_t>& checksums,
-                  SliceTables& tables, const std::vector<char>& hashed, PutResult& result, rpc::LeaseBatch& commit,
-                  std::vector<std::size_t>& commit_index, rpc::LeaseBatch& abort);
-  // get() for the blocks `idx` of an agent whose region is mapped here at
-  // `base`: each block's header is checked, then its payload copied and
-  // hashed in one pass. Returns the status of each (OK: verified data).
-  std::vector<Status> get_mapped(NamespaceId ns, std::span<const Key128> keys, std::span<const std::span<std::byte>> bufs,
-                                 const rpc::LookupReply& lrep, AgentConn& conn, std::byte* base,
-                                 const std::vector<std::size_t>& idx);
+  // Gives back the leases of blocks never written to (errors ignored: the
+  // leases expire anyway).
+  void abort_leases(const rpc::LeaseBatch& abort);
+  // Commits the leases of written blocks, `commit_index` their indices in
+  // `result`: kWritten for each the coordinator took, else its error.
+  void commit_leases(const rpc::LeaseBatch& commit, const std::vector<std::size_t>& commit_index,
+                     std::uint64_t block_bytes, PutResult& result);
+  // The coordinator's lookup of `keys`, with a read lease (get.cc).
+  Result<rpc::LookupReply> lookup_leased(NamespaceId ns, std::span<const Key128> keys);
+  // Gives a read lease back, without waiting (0: none was taken).
+  void release_read_lease(std::uint64_t lease, std::uint64_t epoch);
 };
 
 }  // namespace kvpool

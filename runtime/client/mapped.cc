@@ -4,6 +4,40 @@
 #include "runtime/client/router_merge.h"
 
 namespace kvpool {
+namespace {
+
+// The base of the agent's region as mapped here, or why it is not.
+Result<std::byte*> mapped_base(const Result<std::shared_ptr<AgentConn>>& conn) {
+  if (!conn) return tl::unexpected(conn.error());
+  return (*conn)->region.mapped();
+}
+
+// The checksums a mapped get hands out for block `i`: each slice's, from the
+// table the header vouches for (read once, into our memory, then checked).
+Result<std::vector<std::uint64_t>> slice_checksums(const std::byte* base, const rpc::LocationWire& loc, NamespaceId ns,
+                                                   const Key128& key, std::size_t i, std::uint32_t slices) {
+  std::array<std::byte, pool::kSlotHeaderBytes> bytes;
+  std::memcpy(bytes.data(), base + loc.header_offset, bytes.size());
+  auto h = check_header(bytes, ns, key, loc, i);
+  if (!h) return tl::unexpected(h.error());
+  if (h->slices != slices) {
+    return make_error(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + std::to_string(h->slices) +
+                                                 " slices where the namespace's blocks have " + std::to_string(slices));
+  }
+  std::vector<std::uint64_t> table;
+  if (h->slices > 1) {
+    const std::byte* at = base + loc.header_offset + pool::kSlotHeaderBytes;
+    table = pool::decode_table(std::vector<std::byte>(at, at + pool::table_bytes(h->slices)));
+    if (pool::table_checksum(table) != h->payload_checksum) {
+      return make_error(StatusCode::kDataLoss, "block " + std::to_string(i) + ": slice table mismatch");
+    }
+  } else {
+    table.push_back(h->payload_checksum);
+  }
+  return table;
+}
+
+}  // namespace
 
 struct MappedPutState {
   // The client that began the put: a MappedPut dropped unfinished aborts
@@ -117,9 +151,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
       case rpc::AllocateOutcome::kPlaced: break;
     }
     auto conn = impl_->agent(r.location.agent, r.location.incarnation);
-    Result<std::byte*> base = tl::unexpected(Status());
-    if (conn) base = (*conn)->region.mapped();
-    else base = tl::unexpected(conn.error());
+    auto base = mapped_base(conn);
     if (!base) {
       out.errors[i] = base.error();
       abort.leases.push_back(r.lease);
@@ -139,10 +171,7 @@ Result<MappedPut> Client::begin_mapped_put(NamespaceId ns, std::span<const Key12
                               r.location.incarnation};
     st.conns[i] = *conn;
   }
-  if (!abort.leases.empty()) {
-    rpc::StatusBatch ignored;
-    (void)impl_->call(rpc::kAbort, abort, ignored);  // the lease expires anyway
-  }
+  impl_->abort_leases(abort);
   return out;
 }
 
@@ -194,21 +223,7 @@ Result<PutResult> Client::finish_mapped_put(MappedPut& put, std::span<const std:
     commit_index.push_back(i);
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (!commit.leases.empty()) {
-    rpc::StatusBatch crep;
-    Status s = impl_->call(rpc::kCommit, commit, crep);
-    for (std::size_t j = 0; j < commit_index.size(); ++j) {
-      std::size_t i = commit_index[j];
-      Status ks = !s.ok() ? s : (j < crep.results.size() ? crep.results[j].to_status()
-                                                         : Status(StatusCode::kInternal, "commit reply too short"));
-      if (ks.ok()) {
-        result.outcomes[i] = PutOutcome::kWritten;
-        impl_->bytes_put += st.block_bytes;
-      } else {
-        result.errors[i] = ks;
-      }
-    }
-  }
+  impl_->commit_leases(commit, commit_index, st.block_bytes, result);
   st.conns.clear();
   detail::count_outcomes(result);
   return result;
@@ -232,10 +247,7 @@ void Client::abort_mapped_put(MappedPut& put) {
   }
   // A DMA that was started may not have stopped: the caller aborts only
   // once its copies are complete or known never to have started.
-  if (!abort.leases.empty()) {
-    rpc::StatusBatch ignored;
-    (void)impl_->call(rpc::kAbort, abort, ignored);
-  }
+  impl_->abort_leases(abort);
   st.conns.clear();
 }
 
@@ -258,12 +270,9 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
   st.block_bytes = *bb;
   out.slices = impl_->slices(ns, *bb);
   if (keys.empty()) return out;
-  rpc::LookupRequest lreq;
-  lreq.ns = ns;
-  lreq.take_lease = true;
-  lreq.keys.assign(keys.begin(), keys.end());
-  rpc::LookupReply lrep;
-  if (Status s = impl_->call(rpc::kLookup, lreq, lrep); !s.ok()) return tl::unexpected(s);
+  auto looked_up = impl_->lookup_leased(ns, keys);
+  if (!looked_up) return tl::unexpected(looked_up.error());
+  const rpc::LookupReply& lrep = *looked_up;
   st.lease = lrep.lease;
   st.epoch = lrep.epoch;
   const std::size_t n = std::min(lrep.locations.size(), keys.size());
@@ -272,9 +281,7 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
   for (std::size_t i = 0; i < n; ++i) {
     const auto& loc = lrep.locations[i];
     auto conn = impl_->agent(loc.agent, loc.incarnation);
-    Result<std::byte*> base = tl::unexpected(Status());
-    if (conn) base = (*conn)->region.mapped();
-    else base = tl::unexpected(conn.error());
+    auto base = mapped_base(conn);
     if (!base) {
       out.stopped = base.error();
       break;
@@ -285,35 +292,15 @@ Result<MappedGet> Client::begin_mapped_get(NamespaceId ns, std::span<const Key12
       logger()->warn("mapped get: {}", c.message());
       break;
     }
-    std::array<std::byte, pool::kSlotHeaderBytes> bytes;
-    std::memcpy(bytes.data(), *base + loc.header_offset, bytes.size());
-    auto h = check_header(bytes, ns, keys[i], loc, i);
-    // The checksums handed out: each slice's, from the table the header
-    // vouches for (read once, into our memory, then checked).
-    Status bad;
-    std::vector<std::uint64_t> table;
-    if (!h) {
-      bad = h.error();
-    } else if (h->slices != out.slices) {
-      bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": " + std::to_string(h->slices) +
-                                              " slices where the namespace's blocks have " + std::to_string(out.slices));
-    } else if (h->slices > 1) {
-      const std::byte* at = *base + loc.header_offset + pool::kSlotHeaderBytes;
-      table = pool::decode_table(std::vector<std::byte>(at, at + pool::table_bytes(h->slices)));
-      if (pool::table_checksum(table) != h->payload_checksum) {
-        bad = Status(StatusCode::kDataLoss, "block " + std::to_string(i) + ": slice table mismatch");
-      }
-    } else {
-      table.push_back(h->payload_checksum);
-    }
-    if (!bad.ok()) {
-      out.stopped = bad;
+    auto table = slice_checksums(*base, loc, ns, keys[i], i, out.slices);
+    if (!table) {
+      out.stopped = table.error();
       ++impl_->verify_failures;
-      logger()->warn("mapped get: {}", bad.message());
+      logger()->warn("mapped get: {}", table.error().message());
       break;
     }
     out.slots.push_back(MappedSlot{*base + loc.payload_offset, *base, (*conn)->region.length(), loc.incarnation});
-    out.checksums.insert(out.checksums.end(), table.begin(), table.end());
+    out.checksums.insert(out.checksums.end(), table->begin(), table->end());
     st.conns.push_back(*conn);
     out.found = i + 1;
   }
@@ -332,12 +319,7 @@ void Client::finish_mapped_get(MappedGet& get, std::size_t loaded) {
   }
   st.done = true;
   impl_->bytes_got += std::min(loaded, get.found) * st.block_bytes;
-  if (st.lease != 0) {
-    rpc::ReleaseRequest rel{st.lease, st.epoch};
-    if (auto c = impl_->control()) {
-      (*c)->call_async(rpc::kRelease, rpc::encode(rel), impl_->deadline(), [](Result<std::string>) {});
-    }
-  }
+  impl_->release_read_lease(st.lease, st.epoch);
   st.conns.clear();
 }
 
