@@ -72,6 +72,7 @@ class RangeMover {
   const etcd::ShardRange& range() const { return options_.range; }
 
  private:
+  struct Move;  // one run's clients and counts (range_mover.cc)
   void run();
   bool sleep_for(std::chrono::milliseconds d);  // false when stopping
   RangeMoverOptions options_;
