@@ -471,18 +471,7 @@ void Agent::heartbeat_loop() {
 
 void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& payload) {
   if (type == rpc::kPushDrainCopy) {
-    rpc::DrainCopyMessage msg;
-    if (Status s = rpc::decode(payload, msg); !s.ok()) {
-      logger()->warn("drain copy request: {}", s.to_string());
-      return;
-    }
-    if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
-    if (!push_epoch_ok("drain copy", msg.epoch)) return;
-    {
-      std::lock_guard lock(drain_mu_);
-      drain_queue_.push_back(std::move(msg));
-    }
-    drain_cv_.notify_one();
+    queue_drain_copy(payload);
     return;
   }
   if (type != rpc::kPushInvalidate && type != rpc::kPushRemoved) {
@@ -497,21 +486,44 @@ void Agent::on_push(rpc::Client* from, std::uint16_t type, const std::string& pa
   if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
   if (!push_epoch_ok(type == rpc::kPushRemoved ? "removed" : "invalidate", msg.epoch)) return;
   if (type == rpc::kPushRemoved) {
-    {
-      // Bounded by the region: one entry per slot at most.
-      std::lock_guard lock(removed_mu_);
-      for (const auto& slot : msg.slots) removed_.emplace(slot.header_offset, slot.generation);
-    }
-    // Acknowledged once noted: the coordinator answers the remove then, so
-    // a coordinator restart after the answer cannot bring the blocks back.
-    rpc::InvalidateMessage noted = msg;
-    noted.agent = id();
-    from->call_async(rpc::kRemovedDone, rpc::encode(noted), Deadline::after(std::chrono::seconds(10)),
-                     [](Result<std::string> r) {
-                       if (!r) logger()->warn("removed ack: {}", r.error().to_string());
-                     });
+    note_removed(from, msg);
     return;
   }
+  invalidate(from, msg);
+}
+
+void Agent::queue_drain_copy(const std::string& payload) {
+  rpc::DrainCopyMessage msg;
+  if (Status s = rpc::decode(payload, msg); !s.ok()) {
+    logger()->warn("drain copy request: {}", s.to_string());
+    return;
+  }
+  if (msg.incarnation != incarnation_) return;  // meant for an earlier incarnation
+  if (!push_epoch_ok("drain copy", msg.epoch)) return;
+  {
+    std::lock_guard lock(drain_mu_);
+    drain_queue_.push_back(std::move(msg));
+  }
+  drain_cv_.notify_one();
+}
+
+void Agent::note_removed(rpc::Client* from, const rpc::InvalidateMessage& msg) {
+  {
+    // Bounded by the region: one entry per slot at most.
+    std::lock_guard lock(removed_mu_);
+    for (const auto& slot : msg.slots) removed_.emplace(slot.header_offset, slot.generation);
+  }
+  // Acknowledged once noted: the coordinator answers the remove then, so
+  // a coordinator restart after the answer cannot bring the blocks back.
+  rpc::InvalidateMessage noted = msg;
+  noted.agent = id();
+  from->call_async(rpc::kRemovedDone, rpc::encode(noted), Deadline::after(std::chrono::seconds(10)),
+                   [](Result<std::string> r) {
+                     if (!r) logger()->warn("removed ack: {}", r.error().to_string());
+                   });
+}
+
+void Agent::invalidate(rpc::Client* from, const rpc::InvalidateMessage& msg) {
   invalidate_requests_->inc();
   rpc::InvalidateMessage done;
   done.agent = id();
@@ -612,48 +624,16 @@ std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& 
   auto fail = [&](std::size_t i, const Status& s) { results[i].status = rpc::StatusWire::from(s); };
 
   // Headers of the copies: the same block under the move's generation.
-  std::vector<std::array<std::byte, pool::kSlotHeaderBytes>> headers(msg.moves.size());
-  std::vector<std::uint32_t> headers_slices(msg.moves.size(), 1);
+  DrainCopies copies;
+  copies.headers.resize(msg.moves.size());
+  copies.slices.resize(msg.moves.size(), 1);
   std::map<std::uint32_t, std::vector<std::size_t>> by_target;
   for (std::size_t i = 0; i < msg.moves.size(); ++i) {
-    const rpc::MoveWire& m = msg.moves[i];
-    const rpc::LocationWire& f = m.from;
-    if (f.header_offset % pool::kSlotHeaderBytes != 0 || f.header_offset + pool::kSlotHeaderBytes > layout_.header_table_bytes ||
-        f.payload_offset < layout_.payload_base || f.length == 0 || f.payload_offset > region_->size() ||
-        f.length > region_->size() - f.payload_offset) {
-      fail(i, Status(StatusCode::kInvalidArgument, "move source outside this agent's region"));
-      continue;
-    }
-    auto header = pool::decode(std::span<const std::byte, pool::kSlotHeaderBytes>(region_->data() + f.header_offset,
-                                                                                   pool::kSlotHeaderBytes));
-    if (!header) {
-      fail(i, header.error());
-      continue;
-    }
-    if (header->namespace_id != m.ns || header->key != m.key || header->payload_length != f.length ||
-        header->generation != f.generation) {
-      fail(i, Status(StatusCode::kFailedPrecondition, "the slot holds another block than the move names"));
-      continue;
-    }
-    // The slice table travels with the block (the copy's readers verify
-    // layers by it): checked here with the payload, copied with it below.
-    const std::uint64_t table = pool::table_bytes(header->slices);
-    if (table > layout_.header_table_bytes - f.header_offset - pool::kSlotHeaderBytes) {
-      fail(i, Status(StatusCode::kInvalidArgument, "move's slice table outside the header table"));
-      continue;
-    }
-    if (Status s = pool::verify_block(
-            *header, std::span<const std::byte>(region_->data() + f.payload_offset, f.length),
-            std::span<const std::byte>(region_->data() + f.header_offset + pool::kSlotHeaderBytes, table));
-        !s.ok()) {
+    if (Status s = prepare_copy(msg.moves[i], copies.headers[i], copies.slices[i]); !s.ok()) {
       fail(i, s);
       continue;
     }
-    pool::SlotHeader copy = *header;
-    copy.generation = m.to.generation;
-    headers_slices[i] = header->slices;
-    pool::encode(copy, std::span<std::byte, pool::kSlotHeaderBytes>(headers[i]));
-    by_target[m.to.agent].push_back(i);
+    by_target[msg.moves[i].to.agent].push_back(i);
   }
 
   for (auto& [target, moves] : by_target) {
@@ -668,51 +648,93 @@ std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& 
       fail_all(Status(StatusCode::kInvalidArgument, "no address for target agent " + std::to_string(target)));
       continue;
     }
-    const auto peer_key = std::make_pair(t->agent, t->incarnation);
-    auto it = drain_peers_.find(peer_key);
-    if (it == drain_peers_.end()) {
-      // An earlier incarnation of the target is gone for good.
-      std::erase_if(drain_peers_, [&](const auto& kv) { return kv.first.first == t->agent; });
-      auto peer = transport_->connect(t->worker_address, transport::ErrorMode::kAuto, t->host_id);
-      if (!peer) {
-        fail_all(peer.error());
-        continue;
-      }
-      auto region = (*peer)->import_region(
-          transport::RegionInfo{t->worker_address, t->packed_rkey, t->region_base, t->region_bytes, t->host_id});
-      if (!region) {
-        fail_all(region.error());
-        continue;
-      }
-      DrainPeer dp;
-      dp.peer = std::move(*peer);
-      dp.region = std::move(*region);
-      it = drain_peers_.emplace(peer_key, std::move(dp)).first;
+    auto it = drain_peer(*t);
+    if (!it) {
+      fail_all(it.error());
+      continue;
     }
-    DrainPeer& dp = it->second;
-    std::vector<transport::RmaOp> payloads, heads;
-    for (std::size_t i : moves) {
-      const rpc::MoveWire& m = msg.moves[i];
-      payloads.push_back({region_->data() + m.from.payload_offset, m.to.payload_offset, m.from.length});
-      if (const std::uint64_t table = pool::table_bytes(headers_slices[i]); table > 0) {
-        payloads.push_back({region_->data() + m.from.header_offset + pool::kSlotHeaderBytes,
-                            m.to.header_offset + pool::kSlotHeaderBytes, table});
-      }
-      heads.push_back({headers[i].data(), m.to.header_offset, pool::kSlotHeaderBytes});
-    }
-    // Payloads complete at the target before any header is put (put()
-    // returns after a flush), so a valid header there means a whole copy.
-    transport::BatchOptions local;
-    local.local = &region_->memory();
-    Status s = dp.peer->put(dp.region, payloads, deadline, local);
-    if (s.ok()) s = dp.peer->put(dp.region, heads, deadline);
+    DrainPeer& dp = (*it)->second;
+    Status s = put_copies(dp, msg, moves, copies, deadline);
     if (!s.ok()) {
       logger()->warn("drain: copying {} blocks to agent {}: {}", moves.size(), target, s.to_string());
       fail_all(s);
-      if (!dp.peer->health().ok() || s.code() == StatusCode::kDeadlineExceeded) drain_peers_.erase(it);
+      if (!dp.peer->health().ok() || s.code() == StatusCode::kDeadlineExceeded) drain_peers_.erase(*it);
     }
   }
   return results;
+}
+
+Status Agent::prepare_copy(const rpc::MoveWire& m, std::array<std::byte, pool::kSlotHeaderBytes>& copy_header,
+                           std::uint32_t& slices) const {
+  const rpc::LocationWire& f = m.from;
+  if (f.header_offset % pool::kSlotHeaderBytes != 0 ||
+      f.header_offset + pool::kSlotHeaderBytes > layout_.header_table_bytes ||
+      f.payload_offset < layout_.payload_base || f.length == 0 || f.payload_offset > region_->size() ||
+      f.length > region_->size() - f.payload_offset) {
+    return Status(StatusCode::kInvalidArgument, "move source outside this agent's region");
+  }
+  auto header = pool::decode(
+      std::span<const std::byte, pool::kSlotHeaderBytes>(region_->data() + f.header_offset, pool::kSlotHeaderBytes));
+  if (!header) return header.error();
+  if (header->namespace_id != m.ns || header->key != m.key || header->payload_length != f.length ||
+      header->generation != f.generation) {
+    return Status(StatusCode::kFailedPrecondition, "the slot holds another block than the move names");
+  }
+  // The slice table travels with the block (the copy's readers verify
+  // layers by it): checked here with the payload, copied with it below.
+  const std::uint64_t table = pool::table_bytes(header->slices);
+  if (table > layout_.header_table_bytes - f.header_offset - pool::kSlotHeaderBytes) {
+    return Status(StatusCode::kInvalidArgument, "move's slice table outside the header table");
+  }
+  if (Status s = pool::verify_block(
+          *header, std::span<const std::byte>(region_->data() + f.payload_offset, f.length),
+          std::span<const std::byte>(region_->data() + f.header_offset + pool::kSlotHeaderBytes, table));
+      !s.ok()) {
+    return s;
+  }
+  pool::SlotHeader copy = *header;
+  copy.generation = m.to.generation;
+  slices = header->slices;
+  pool::encode(copy, std::span<std::byte, pool::kSlotHeaderBytes>(copy_header));
+  return Status();
+}
+
+Result<Agent::DrainPeers::iterator> Agent::drain_peer(const rpc::DrainTarget& t) {
+  const auto peer_key = std::make_pair(t.agent, t.incarnation);
+  auto it = drain_peers_.find(peer_key);
+  if (it != drain_peers_.end()) return it;
+  // An earlier incarnation of the target is gone for good.
+  std::erase_if(drain_peers_, [&](const auto& kv) { return kv.first.first == t.agent; });
+  auto peer = transport_->connect(t.worker_address, transport::ErrorMode::kAuto, t.host_id);
+  if (!peer) return tl::unexpected(peer.error());
+  auto region = (*peer)->import_region(
+      transport::RegionInfo{t.worker_address, t.packed_rkey, t.region_base, t.region_bytes, t.host_id});
+  if (!region) return tl::unexpected(region.error());
+  DrainPeer dp;
+  dp.peer = std::move(*peer);
+  dp.region = std::move(*region);
+  return drain_peers_.emplace(peer_key, std::move(dp)).first;
+}
+
+Status Agent::put_copies(DrainPeer& dp, const rpc::DrainCopyMessage& msg, const std::vector<std::size_t>& moves,
+                         DrainCopies& copies, Deadline deadline) {
+  std::vector<transport::RmaOp> payloads, heads;
+  for (std::size_t i : moves) {
+    const rpc::MoveWire& m = msg.moves[i];
+    payloads.push_back({region_->data() + m.from.payload_offset, m.to.payload_offset, m.from.length});
+    if (const std::uint64_t table = pool::table_bytes(copies.slices[i]); table > 0) {
+      payloads.push_back({region_->data() + m.from.header_offset + pool::kSlotHeaderBytes,
+                          m.to.header_offset + pool::kSlotHeaderBytes, table});
+    }
+    heads.push_back({copies.headers[i].data(), m.to.header_offset, pool::kSlotHeaderBytes});
+  }
+  // Payloads complete at the target before any header is put (put()
+  // returns after a flush), so a valid header there means a whole copy.
+  transport::BatchOptions local;
+  local.local = &region_->memory();
+  Status s = dp.peer->put(dp.region, payloads, deadline, local);
+  if (s.ok()) s = dp.peer->put(dp.region, heads, deadline);
+  return s;
 }
 
 }  // namespace kvpool::agent

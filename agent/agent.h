@@ -47,12 +47,13 @@
 // stops heartbeats, leaves the coordinator connection, then frees the
 // regions (the tenants' first) before the transport.
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <map>
-#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -63,11 +64,10 @@
 #include "kvpool/status.h"
 #include "pool/pool_region.h"
 #include "pool/slot_header.h"
-#include "runtime/metrics/registry.h"
-#include "transport/transport.h"
-
-#include "runtime/rpc/messages.h"
 #include "runtime/common/units.h"
+#include "runtime/metrics/registry.h"
+#include "runtime/rpc/messages.h"
+#include "transport/transport.h"
 
 namespace kvpool::rpc {
 class Client;
@@ -169,6 +169,10 @@ class Agent {
   Status send_scan(rpc::Client& rpc, Deadline deadline);
   std::shared_ptr<rpc::Client> rpc() const;
   void on_push(rpc::Client* from, std::uint16_t type, const std::string& payload);
+  // The three pushes on_push takes, decoded and checked (incarnation, epoch).
+  void queue_drain_copy(const std::string& payload);
+  void note_removed(rpc::Client* from, const rpc::InvalidateMessage& msg);
+  void invalidate(rpc::Client* from, const rpc::InvalidateMessage& msg);
   void heartbeat_loop();
   void drain_loop();
   // Copies the message's blocks; one result per move, in order.
@@ -220,12 +224,25 @@ class Agent {
     std::unique_ptr<transport::Peer> peer;
     transport::RemoteRegion region;  // destroyed before peer (declared after it)
   };
+  // Headers of one message's copies, and their blocks' slice counts.
+  struct DrainCopies {
+    std::vector<std::array<std::byte, pool::kSlotHeaderBytes>> headers;
+    std::vector<std::uint32_t> slices;
+  };
   std::mutex drain_mu_;
   std::condition_variable drain_cv_;
   std::deque<rpc::DrainCopyMessage> drain_queue_;  // guarded by drain_mu_
   std::thread drain_thread_;
-  std::map<std::pair<std::uint32_t, std::uint64_t>, DrainPeer> drain_peers_;  // drain thread only
+  using DrainPeers = std::map<std::pair<std::uint32_t, std::uint64_t>, DrainPeer>;
+  DrainPeers drain_peers_;  // drain thread only
   std::atomic<std::uint64_t> drain_copies_{0};
+  // copy_moves's steps (drain thread only): the checked source and the
+  // copy's header, the peer of a target, the puts to one target.
+  Status prepare_copy(const rpc::MoveWire& m, std::array<std::byte, pool::kSlotHeaderBytes>& copy_header,
+                      std::uint32_t& slices) const;
+  Result<DrainPeers::iterator> drain_peer(const rpc::DrainTarget& t);
+  Status put_copies(DrainPeer& dp, const rpc::DrainCopyMessage& msg, const std::vector<std::size_t>& moves,
+                    DrainCopies& copies, Deadline deadline);
 
   void init_metrics();
   std::shared_ptr<metrics::Registry> registry_;
