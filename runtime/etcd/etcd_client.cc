@@ -263,21 +263,17 @@ Result<std::string> Client::post(const std::string& path, const std::string& bod
   return tl::unexpected(last);
 }
 
-Result<RangeResult> Client::get(const std::string& key) const {
-  auto text = post("/v3/kv/range", range_request(key, false).dump());
+Result<RangeResult> Client::range(const std::string& key, bool prefix) const {
+  auto text = post("/v3/kv/range", range_request(key, prefix).dump());
   if (!text) return tl::unexpected(text.error());
   auto j = parse(*text, "range");
   if (!j) return tl::unexpected(j.error());
   return gateway::range_result(*j);
 }
 
-Result<RangeResult> Client::get_prefix(const std::string& prefix) const {
-  auto text = post("/v3/kv/range", range_request(prefix, true).dump());
-  if (!text) return tl::unexpected(text.error());
-  auto j = parse(*text, "range");
-  if (!j) return tl::unexpected(j.error());
-  return gateway::range_result(*j);
-}
+Result<RangeResult> Client::get(const std::string& key) const { return range(key, false); }
+
+Result<RangeResult> Client::get_prefix(const std::string& prefix) const { return range(prefix, true); }
 
 Result<std::int64_t> Client::put(const std::string& key, const std::string& value, std::int64_t lease) const {
   json req = {{"key", base64_encode(key)}, {"value", base64_encode(value)}};
@@ -444,30 +440,76 @@ void Watch::run() {
   }
 }
 
-// One watch stream; returns whether it was established. Plain blocking I/O on
-// this thread: stop() shuts the socket down to end a read.
-bool Watch::stream_once(const Endpoint& ep) {
-  asio::io_context io;
-  tcp::socket sock(io);
+namespace {
+
+// A watch message's events and the revision after the last of them; an error
+// if any key-value in it is malformed.
+struct DecodedEvents {
+  std::vector<WatchEvent> events;
+  std::int64_t next = 0;
+};
+
+Result<DecodedEvents> decode_events(const json& res, std::int64_t next_revision) {
+  std::vector<WatchEvent> events;
+  std::int64_t next = next_revision;
+  Status malformed;
+  if (auto evs = res.find("events"); evs != res.end() && evs->is_array()) {
+    for (const auto& e : *evs) {
+      WatchEvent ev;
+      ev.type = e.value("type", "PUT") == "DELETE" ? WatchEvent::Type::kDelete : WatchEvent::Type::kPut;
+      if (auto kv = e.find("kv"); kv != e.end()) {
+        auto decoded = gateway::key_value(*kv);
+        if (!decoded) {
+          malformed = decoded.error();
+          break;
+        }
+        ev.kv = std::move(*decoded);
+      }
+      next = std::max(next, ev.kv.mod_revision + 1);
+      events.push_back(std::move(ev));
+    }
+  }
+  if (!malformed.ok()) return tl::unexpected(malformed);
+  return DecodedEvents{std::move(events), next};
+}
+
+bool connect_socket(asio::io_context& io, tcp::socket& sock, const Endpoint& ep) {
   boost::system::error_code ec;
   tcp::resolver resolver(io);
   auto hosts = resolver.resolve(ep.host, std::to_string(ep.port), ec);
   if (ec) return false;
   asio::connect(sock, hosts, ec);
   if (ec) return false;
-  {
-    std::lock_guard lock(fd_mutex_);
-    if (stopping_.load()) return false;
-    fd_ = sock.native_handle();
-  }
-  json create = range_request(key_, prefix_);
-  if (next_revision_ > 0) create["start_revision"] = std::to_string(next_revision_);
+  return true;
+}
+
+void write_watch_request(tcp::socket& sock, const Endpoint& ep, const std::string& key, bool prefix,
+                         std::int64_t next_revision, boost::system::error_code& ec) {
+  json create = range_request(key, prefix);
+  if (next_revision > 0) create["start_revision"] = std::to_string(next_revision);
   http::request<http::string_body> req{http::verb::post, "/v3/watch", 11};
   req.set(http::field::host, ep.to_string());
   req.set(http::field::content_type, "application/json");
   req.body() = json{{"create_request", create}}.dump();
   req.prepare_payload();
   http::write(sock, req, ec);
+}
+
+}  // namespace
+
+// One watch stream; returns whether it was established. Plain blocking I/O on
+// this thread: stop() shuts the socket down to end a read.
+bool Watch::stream_once(const Endpoint& ep) {
+  asio::io_context io;
+  tcp::socket sock(io);
+  boost::system::error_code ec;
+  if (!connect_socket(io, sock, ep)) return false;
+  {
+    std::lock_guard lock(fd_mutex_);
+    if (stopping_.load()) return false;
+    fd_ = sock.native_handle();
+  }
+  write_watch_request(sock, ep, key_, prefix_, next_revision_, ec);
   bool established = false;
   if (!ec) {
     beast::flat_buffer buffer;
@@ -487,76 +529,7 @@ bool Watch::stream_once(const Endpoint& ep) {
     }
     while (!ec && !stopping_.load() && !reset) {
       http::read_some(sock, buffer, parser, ec);
-      // Messages are JSON objects one after another (newline-separated).
-      for (;;) {
-        auto nl = pending.find('\n');
-        std::string text = nl == std::string::npos ? pending : pending.substr(0, nl);
-        json j = json::parse(text, nullptr, false);
-        if (j.is_discarded()) {
-          if (nl == std::string::npos) break;
-          logger()->warn("etcd watch on {}: malformed message '{}'", ep.to_string(), text.substr(0, 200));
-          pending.erase(0, nl + 1);
-          continue;
-        }
-        pending.erase(0, nl == std::string::npos ? pending.size() : nl + 1);
-        const json& res = j.contains("result") ? j["result"] : j;
-        if (res.contains("error") || j.contains("error")) {
-          logger()->warn("etcd watch on {}: {}", ep.to_string(), j.dump());
-          reset = true;  // reconnect
-          break;
-        }
-        if (res.value("created", false)) {
-          established = true;
-          ++connects_;
-        }
-        auto compact = gateway::int_field(res, "compact_revision");
-        if (!compact) {
-          logger()->warn("etcd watch on {}: {}; reconnecting", ep.to_string(), compact.error().message());
-          reset = true;
-          break;
-        }
-        if (const std::int64_t compacted = *compact; compacted > 0) {
-          logger()->warn("etcd watch on {}: revision {} compacted (oldest {}); re-reading", ep.to_string(),
-                         next_revision_, compacted);
-          next_revision_ = 0;
-          if (on_reset_) on_reset_();
-          reset = true;
-          break;
-        }
-        if (res.value("canceled", false)) {
-          reset = true;
-          break;
-        }
-        std::vector<WatchEvent> events;
-        std::int64_t next = next_revision_;
-        Status malformed;
-        if (auto evs = res.find("events"); evs != res.end() && evs->is_array()) {
-          for (const auto& e : *evs) {
-            WatchEvent ev;
-            ev.type = e.value("type", "PUT") == "DELETE" ? WatchEvent::Type::kDelete : WatchEvent::Type::kPut;
-            if (auto kv = e.find("kv"); kv != e.end()) {
-              auto decoded = gateway::key_value(*kv);
-              if (!decoded) {
-                malformed = decoded.error();
-                break;
-              }
-              ev.kv = std::move(*decoded);
-            }
-            next = std::max(next, ev.kv.mod_revision + 1);
-            events.push_back(std::move(ev));
-          }
-        }
-        if (!malformed.ok()) {
-          // Nothing of this message is applied: the new watch starts again
-          // from the last revision delivered.
-          logger()->warn("etcd watch on {}: {}; reconnecting", ep.to_string(), malformed.message());
-          reset = true;
-          break;
-        }
-        next_revision_ = next;
-        if (!events.empty() && on_events_) on_events_(events);
-        if (nl == std::string::npos) break;
-      }
+      reset = drain_messages(ep, pending, established);
       if (parser.is_done()) break;
     }
   }
@@ -566,6 +539,57 @@ bool Watch::stream_once(const Endpoint& ep) {
   }
   sock.close(ec);
   return established;
+}
+
+// Applies the whole messages in `pending` and drops them from it; returns
+// whether the stream must be reset (reconnected).
+bool Watch::drain_messages(const Endpoint& ep, std::string& pending, bool& established) {
+  // Messages are JSON objects one after another (newline-separated).
+  for (;;) {
+    auto nl = pending.find('\n');
+    std::string text = nl == std::string::npos ? pending : pending.substr(0, nl);
+    json j = json::parse(text, nullptr, false);
+    if (j.is_discarded()) {
+      if (nl == std::string::npos) break;
+      logger()->warn("etcd watch on {}: malformed message '{}'", ep.to_string(), text.substr(0, 200));
+      pending.erase(0, nl + 1);
+      continue;
+    }
+    pending.erase(0, nl == std::string::npos ? pending.size() : nl + 1);
+    const json& res = j.contains("result") ? j["result"] : j;
+    if (res.contains("error") || j.contains("error")) {
+      logger()->warn("etcd watch on {}: {}", ep.to_string(), j.dump());
+      return true;  // reconnect
+    }
+    if (res.value("created", false)) {
+      established = true;
+      ++connects_;
+    }
+    auto compact = gateway::int_field(res, "compact_revision");
+    if (!compact) {
+      logger()->warn("etcd watch on {}: {}; reconnecting", ep.to_string(), compact.error().message());
+      return true;
+    }
+    if (const std::int64_t compacted = *compact; compacted > 0) {
+      logger()->warn("etcd watch on {}: revision {} compacted (oldest {}); re-reading", ep.to_string(), next_revision_,
+                     compacted);
+      next_revision_ = 0;
+      if (on_reset_) on_reset_();
+      return true;
+    }
+    if (res.value("canceled", false)) return true;
+    auto decoded = decode_events(res, next_revision_);
+    if (!decoded) {
+      // Nothing of this message is applied: the new watch starts again
+      // from the last revision delivered.
+      logger()->warn("etcd watch on {}: {}; reconnecting", ep.to_string(), decoded.error().message());
+      return true;
+    }
+    next_revision_ = decoded->next;
+    if (!decoded->events.empty() && on_events_) on_events_(decoded->events);
+    if (nl == std::string::npos) break;
+  }
+  return false;
 }
 
 }  // namespace kvpool::etcd

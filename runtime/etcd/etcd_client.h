@@ -153,6 +153,7 @@ class Client {
 
  private:
   explicit Client(ClientOptions options) : options_(std::move(options)) {}
+  Result<RangeResult> range(const std::string& key, bool prefix) const;  // get and get_prefix
   ClientOptions options_;
   mutable std::atomic<std::size_t> preferred_{0};  // the endpoint that answered last
 };
@@ -191,6 +192,7 @@ class Watch {
   Watch() = default;
   void run();
   bool stream_once(const Endpoint& ep);
+  bool drain_messages(const Endpoint& ep, std::string& pending, bool& established);
 
   ClientOptions options_;
   std::string key_;
