@@ -45,6 +45,76 @@ bool reply_endpoint(const ucp_am_recv_param_t* param) {
   return (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 && param->reply_ep != nullptr;
 }
 
+// Removes a streamed put's reply slot when the writer stops waiting: a reply
+// that comes after we stopped waiting finds no one.
+struct ForgetReply {
+  Transport::Impl& impl;
+  std::uint64_t id;
+  ~ForgetReply() {
+    std::lock_guard lock(impl.put_replies_mu);
+    impl.put_replies.erase(id);
+  }
+};
+
+// A new streamed put's id, with a slot for its reply.
+std::uint64_t open_reply(Transport::Impl& impl) {
+  const std::uint64_t id = impl.next_write_id.fetch_add(1, std::memory_order_relaxed);
+  {
+    std::lock_guard lock(impl.put_replies_mu);
+    impl.put_replies[id] = kNoReply;
+  }
+  return id;
+}
+
+std::int32_t read_reply(Transport::Impl& impl, std::uint64_t id) {
+  std::lock_guard lock(impl.put_replies_mu);
+  return impl.put_replies[id];
+}
+
+// Sends one piece of a streamed put: `n` bytes of `data` to `addr` at the
+// owner. A send still in flight joins `out`.
+Status send_piece(ucp_ep_h ep, std::uint64_t id, std::uint64_t addr, std::uint64_t tag, const std::byte* data,
+                  std::uint64_t n, std::vector<ucs_status_ptr_t>& out, const char* what) {
+  Writer w;
+  w.u64(id);
+  w.u64(addr);
+  w.u64(tag);
+  const std::string encoded = w.take();
+  auto* header = new WriteHeader;
+  std::memcpy(header->bytes.data(), encoded.data(), kWriteDataHeaderBytes);
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  // Eager, so the owner's handler has the bytes at once; the reply
+  // endpoint lets whichever message completes the write answer it.
+  p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+  p.cb.send = on_write_piece_sent;
+  p.user_data = header;
+  ucs_status_ptr_t sp = ucp_am_send_nbx(ep, kAmWriteData, header->bytes.data(), kWriteDataHeaderBytes, data, n, &p);
+  if (UCS_PTR_IS_PTR(sp)) {
+    out.push_back(sp);
+  } else {
+    delete header;
+    if (UCS_PTR_IS_ERR(sp)) return to_status(UCS_PTR_STATUS(sp), what);
+  }
+  return Status();
+}
+
+// Tells the owner how many bytes the streamed put `id` sent in all.
+Status send_write_done(ucp_ep_h ep, std::uint64_t id, std::uint64_t total, std::vector<ucs_status_ptr_t>& out,
+                       const char* what) {
+  Writer w;
+  w.u64(id);
+  w.u64(total);
+  const std::string end = w.take();
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
+  ucs_status_ptr_t sp = ucp_am_send_nbx(ep, kAmWriteDone, nullptr, 0, end.data(), end.size(), &p);
+  if (UCS_PTR_IS_ERR(sp)) return to_status(UCS_PTR_STATUS(sp), what);
+  if (sp != nullptr) out.push_back(sp);
+  return Status();
+}
+
 }  // namespace
 
 std::uint64_t rkey_tag(std::string_view packed_rkey) { return XXH3_64bits(packed_rkey.data(), packed_rkey.size()); }
@@ -170,19 +240,8 @@ Status Peer::put_streamed(const RemoteRegion& remote, std::span<const RmaOp> ops
   if (ops.empty()) return Status();
   Transport::Impl& impl = *owner_->impl_;
   const std::uint64_t tag = rkey_tag(remote.packed_rkey_);
-  const std::uint64_t id = impl.next_write_id.fetch_add(1, std::memory_order_relaxed);
-  {
-    std::lock_guard lock(impl.put_replies_mu);
-    impl.put_replies[id] = kNoReply;
-  }
-  struct Forget {  // a reply that comes after we stopped waiting finds no one
-    Transport::Impl& impl;
-    std::uint64_t id;
-    ~Forget() {
-      std::lock_guard lock(impl.put_replies_mu);
-      impl.put_replies.erase(id);
-    }
-  } forget{impl, id};
+  const std::uint64_t id = open_reply(impl);
+  ForgetReply forget{impl, id};
   std::vector<ucs_status_ptr_t> out;  // sends that may still read our memory
   auto release = [&] {
     // Sends still queued in UCX read the caller's memory: on failure the
@@ -221,28 +280,8 @@ Status Peer::put_streamed(const RemoteRegion& remote, std::span<const RmaOp> ops
       // Fencing (DESIGN.md): nothing is sent after the deadline.
       if (s = failed(); !s.ok()) break;
       const std::uint64_t n = std::min<std::uint64_t>(kStreamPieceBytes, op.length - off);
-      Writer w;
-      w.u64(id);
-      w.u64(remote.base_ + op.remote_offset + off);
-      w.u64(tag);
-      const std::string encoded = w.take();
-      auto* header = new WriteHeader;
-      std::memcpy(header->bytes.data(), encoded.data(), kWriteDataHeaderBytes);
-      ucp_request_param_t p{};
-      p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-      // Eager, so the owner's handler has the bytes at once; the reply
-      // endpoint lets whichever message completes the write answer it.
-      p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
-      p.cb.send = on_write_piece_sent;
-      p.user_data = header;
-      ucs_status_ptr_t sp = ucp_am_send_nbx(ep_, kAmWriteData, header->bytes.data(), kWriteDataHeaderBytes,
-                                            static_cast<const std::byte*>(op.local) + off, n, &p);
-      if (UCS_PTR_IS_PTR(sp)) {
-        out.push_back(sp);
-      } else {
-        delete header;
-        if (UCS_PTR_IS_ERR(sp)) s = to_status(UCS_PTR_STATUS(sp), what);
-      }
+      s = send_piece(ep_, id, remote.base_ + op.remote_offset + off, tag, static_cast<const std::byte*>(op.local) + off,
+                     n, out, what);
       off += n;
       total += n;
     }
@@ -252,23 +291,10 @@ Status Peer::put_streamed(const RemoteRegion& remote, std::span<const RmaOp> ops
     release();
     return s;
   }
-  Writer w;
-  w.u64(id);
-  w.u64(total);
-  const std::string end = w.take();
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY;
-  ucs_status_ptr_t sp = ucp_am_send_nbx(ep_, kAmWriteDone, nullptr, 0, end.data(), end.size(), &p);
-  if (UCS_PTR_IS_ERR(sp)) return to_status(UCS_PTR_STATUS(sp), what);
-  if (sp != nullptr) out.push_back(sp);
+  if (Status d = send_write_done(ep_, id, total, out, what); !d.ok()) return d;
   // The reply says every byte is in place at the owner (the flush of put_each).
   while (true) {
-    std::int32_t reply = kNoReply;
-    {
-      std::lock_guard lock(impl.put_replies_mu);
-      reply = impl.put_replies[id];
-    }
+    const std::int32_t reply = read_reply(impl, id);
     if (reply != kNoReply) {
       if (Status d = drain(0); !d.ok()) {
         release();
