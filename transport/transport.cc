@@ -488,10 +488,11 @@ Transport::~Transport() {
   if (impl_->context != nullptr) ucp_cleanup(impl_->context);
 }
 
-Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& options) {
-  std::unique_ptr<Transport> t(new Transport());
-  Impl& impl = *t->impl_;
+namespace {
 
+// Reads UCX's configuration with our defaults and `tls` (the options', else
+// UCX_TLS, else ours) filled in. The caller releases the result.
+Result<ucp_config_t*> read_ucx_config(const TransportOptions& options, std::string& tls) {
   // setenv is not thread-safe against getenv: several transports created at
   // once (a client per coordinator shard connects in parallel) read and
   // write the environment only one at a time, through ucp_config_read,
@@ -499,7 +500,7 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   static std::mutex env_mu;
   std::unique_lock env_lock(env_mu);
   const char* env_tls = std::getenv("UCX_TLS");
-  impl.tls = !options.tls.empty() ? options.tls : (env_tls != nullptr ? env_tls : std::string(kDefaultTls));
+  tls = !options.tls.empty() ? options.tls : (env_tls != nullptr ? env_tls : std::string(kDefaultTls));
   // Our defaults apply only where the operator has not set UCX's variable.
   // Set through the environment before ucp_config_read: UCX 1.13 reports
   // transport-level keys given to ucp_config_modify as invalid.
@@ -517,7 +518,7 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
       {"UCX_TCP_CONN_NB", "y"},
   };
   // Only name TCP settings when TCP may be used: UCX warns about unused ones.
-  bool tcp_possible = impl.tls.find("tcp") != std::string::npos || impl.tls == "all" || impl.tls[0] == '^';
+  bool tcp_possible = tls.find("tcp") != std::string::npos || tls == "all" || tls[0] == '^';
   for (const auto& [name, value] : kDefaults) {
     if (!tcp_possible && std::string_view(name).starts_with("UCX_TCP_")) continue;
     ::setenv(name, value, /*overwrite=*/0);
@@ -526,17 +527,73 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   env_lock.unlock();
   if (st != UCS_OK) return tl::unexpected(to_status(st, "reading the UCX configuration"));
-  st = ucp_config_modify(config, "TLS", impl.tls.c_str());
+  st = ucp_config_modify(config, "TLS", tls.c_str());
   if (st != UCS_OK) {
     ucp_config_release(config);
-    return tl::unexpected(to_status(st, "setting UCX_TLS=" + impl.tls));
+    return tl::unexpected(to_status(st, "setting UCX_TLS=" + tls));
   }
+  return config;
+}
+
+Status install_am_handlers(Transport::Impl* impl, bool serve_owner_reads) {
+  ucp_am_handler_param_t am{};
+  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG |
+                  UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  am.arg = impl;
+  am.flags = UCP_AM_FLAG_WHOLE_MSG;
+  struct Handler {
+    unsigned id;
+    ucp_am_recv_callback_t cb;
+    bool owner;  // only where this process serves its regions
+    const char* what;
+  };
+  const Handler handlers[] = {
+      {kAmReadReply, on_read_reply, false, "the owner read reply handler"},
+      {kAmReadData, on_read_data, false, "the owner read data handler"},
+      {kAmWriteReply, on_write_reply, false, "the streamed put reply handler"},
+      {kAmReadRequest, on_read_request, true, "the owner read handler"},
+      {kAmWriteData, on_write_data, true, "the streamed put handler"},
+      {kAmWriteDone, on_write_done, true, "the streamed put end handler"},
+  };
+  for (const Handler& h : handlers) {
+    if (h.owner && !serve_owner_reads) continue;
+    am.id = h.id;
+    am.cb = h.cb;
+    ucs_status_t st = ucp_worker_set_am_recv_handler(impl->worker, &am);
+    if (st != UCS_OK) return to_status(st, std::string("installing ") + h.what);
+  }
+  return Status();
+}
+
+// ucp_mem_map of `bytes` at `address`; `flags` (UCP_MEM_MAP_ALLOCATE: UCX
+// allocates them) are passed only when set.
+ucs_status_t map_memory(ucp_context_h context, void* address, std::size_t bytes, unsigned flags, ucp_mem_h& memh) {
+  ucp_mem_map_params_t p{};
+  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  p.address = address;
+  p.length = bytes;
+  if (flags != 0) {
+    p.field_mask |= UCP_MEM_MAP_PARAM_FIELD_FLAGS;
+    p.flags = flags;
+  }
+  return ucp_mem_map(context, &p, &memh);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& options) {
+  std::unique_ptr<Transport> t(new Transport());
+  Impl& impl = *t->impl_;
+
+  auto config_read = read_ucx_config(options, impl.tls);
+  if (!config_read) return tl::unexpected(config_read.error());
+  ucp_config_t* config = *config_read;
 
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
   params.mt_workers_shared = 1;
-  st = ucp_init(&params, config, &impl.context);
+  ucs_status_t st = ucp_init(&params, config, &impl.context);
   ucp_config_release(config);
   if (st != UCS_OK) return tl::unexpected(to_status(st, "initializing UCX with UCX_TLS=" + impl.tls));
 
@@ -554,32 +611,7 @@ Result<std::unique_ptr<Transport>> Transport::create(const TransportOptions& opt
   ucp_worker_release_address(impl.worker, addr);
   impl.host_id = read_host_id();
 
-  ucp_am_handler_param_t am{};
-  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB | UCP_AM_HANDLER_PARAM_FIELD_ARG |
-                  UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
-  am.arg = &impl;
-  am.flags = UCP_AM_FLAG_WHOLE_MSG;
-  struct Handler {
-    unsigned id;
-    ucp_am_recv_callback_t cb;
-    bool owner;  // only where this process serves its regions
-    const char* what;
-  };
-  const Handler handlers[] = {
-      {kAmReadReply, on_read_reply, false, "the owner read reply handler"},
-      {kAmReadData, on_read_data, false, "the owner read data handler"},
-      {kAmWriteReply, on_write_reply, false, "the streamed put reply handler"},
-      {kAmReadRequest, on_read_request, true, "the owner read handler"},
-      {kAmWriteData, on_write_data, true, "the streamed put handler"},
-      {kAmWriteDone, on_write_done, true, "the streamed put end handler"},
-  };
-  for (const Handler& h : handlers) {
-    if (h.owner && !options.serve_owner_reads) continue;
-    am.id = h.id;
-    am.cb = h.cb;
-    st = ucp_worker_set_am_recv_handler(impl.worker, &am);
-    if (st != UCS_OK) return tl::unexpected(to_status(st, std::string("installing ") + h.what));
-  }
+  if (Status h = install_am_handlers(&impl, options.serve_owner_reads); !h.ok()) return tl::unexpected(h);
   // Streamed put ids start at a random point (the owner keys writes of
   // every writer by id).
   impl.next_write_id.store((static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}());
@@ -593,13 +625,8 @@ const std::string& Transport::tls() const { return impl_->tls; }
 
 Result<MemoryRegion> Transport::allocate(std::size_t bytes) {
   if (bytes == 0) return make_error(StatusCode::kInvalidArgument, "allocating a region of 0 bytes");
-  ucp_mem_map_params_t p{};
-  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH | UCP_MEM_MAP_PARAM_FIELD_FLAGS;
-  p.address = nullptr;
-  p.length = bytes;
-  p.flags = UCP_MEM_MAP_ALLOCATE;
   ucp_mem_h memh = nullptr;
-  ucs_status_t st = ucp_mem_map(impl_->context, &p, &memh);
+  ucs_status_t st = map_memory(impl_->context, nullptr, bytes, UCP_MEM_MAP_ALLOCATE, memh);
   if (st != UCS_OK) {
     return tl::unexpected(to_status(st, "allocating a region of " + std::to_string(bytes) + " bytes through UCX"));
   }
@@ -617,12 +644,8 @@ Result<MemoryRegion> Transport::register_memory(void* address, std::size_t bytes
   if (address == nullptr || bytes == 0) {
     return make_error(StatusCode::kInvalidArgument, "registering an empty buffer");
   }
-  ucp_mem_map_params_t p{};
-  p.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
-  p.address = address;
-  p.length = bytes;
   ucp_mem_h memh = nullptr;
-  ucs_status_t st = ucp_mem_map(impl_->context, &p, &memh);
+  ucs_status_t st = map_memory(impl_->context, address, bytes, 0, memh);
   if (st != UCS_OK) {
     return tl::unexpected(to_status(st, "registering " + std::to_string(bytes) + " bytes"));
   }
