@@ -98,6 +98,11 @@ struct Client::Impl {
   // for the io thread.
   Status dial(Deadline deadline);
 
+  // Steps of Client::connect, on the caller's thread: the TLS handshake the
+  // server's challenge asked for, and taking the server's hello reply.
+  Status start_tls(const Secret& secret, Deadline deadline);
+  void hello_done(HelloReply reply);
+
   // Registers the call and queues its frame; `done` runs exactly once.
   void start_call(std::uint16_t type, std::string payload, Clock::time_point sweep_at, std::uint64_t id, Done done);
   // Runs `done` with `status` on the io thread.
@@ -502,6 +507,34 @@ void Client::Impl::lose(Status why, spdlog::level::level_enum level) {
   if (challenge_unset) challenge.set_value(tl::unexpected(reason));
 }
 
+Status Client::Impl::start_tls(const Secret& secret, Deadline deadline) {
+  auto context = make_tls_context(false, secret.key(), secret.tenant());
+  if (!context) return context.error();
+  tls_context = std::move(*context);
+  auto handshake = std::make_shared<std::promise<error_code>>();
+  auto handshake_done = handshake->get_future();
+  asio::post(io, [this, handshake] {
+    tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket, tls_context->ctx);
+    tls->async_handshake(asio::ssl::stream_base::client,
+                         [handshake](const error_code& ec) { handshake->set_value(ec); });
+  });
+  if (deadline.at() != kNever && handshake_done.wait_until(deadline.at()) != std::future_status::ready) {
+    return Status(StatusCode::kDeadlineExceeded, "TLS handshake not done before the deadline");
+  }
+  if (error_code ec = handshake_done.get()) return tls_handshake_status(ec, "TLS handshake");
+  return Status();
+}
+
+void Client::Impl::hello_done(HelloReply reply) {
+  server = std::move(reply);
+  {
+    std::lock_guard lock(mu);
+    direct_writes = tls == nullptr;  // set on the io thread before the hello was sent
+  }
+  logger()->info("connected to {} '{}' (version '{}') at {} as {} '{}'", role_name(server.role), server.server_id,
+                 server.server_version, peer, role_name(options.role), options.client_id);
+}
+
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Client::~Client() = default;  // ~Impl closes and joins
@@ -541,23 +574,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
   if (!client_nonce) return fail(client_nonce.error().code(), client_nonce.error().message());
   Impl& im = *client->impl_;
   if ((challenge->flags & kAuthFlagTls) != 0) {
-    auto context = make_tls_context(false, secret->key(), secret->tenant());
-    if (!context) return fail(context.error().code(), context.error().message());
-    im.tls_context = std::move(*context);
-    auto handshake = std::make_shared<std::promise<error_code>>();
-    auto handshake_done = handshake->get_future();
-    asio::post(im.io, [&im, handshake] {
-      im.tls = std::make_unique<asio::ssl::stream<tcp::socket&>>(im.socket, im.tls_context->ctx);
-      im.tls->async_handshake(asio::ssl::stream_base::client,
-                              [handshake](const error_code& ec) { handshake->set_value(ec); });
-    });
-    if (deadline.at() != kNever && handshake_done.wait_until(deadline.at()) != std::future_status::ready) {
-      return fail(StatusCode::kDeadlineExceeded, "TLS handshake not done before the deadline");
-    }
-    if (error_code ec = handshake_done.get()) {
-      Status s = tls_handshake_status(ec, "TLS handshake");
-      return fail(s.code(), s.message());
-    }
+    if (Status s = im.start_tls(*secret, deadline); !s.ok()) return fail(s.code(), s.message());
   }
   asio::post(im.io, [&im] {
     im.reading_paused = false;
@@ -587,15 +604,7 @@ Result<std::unique_ptr<Client>> Client::connect(const ClientOptions& options, De
                                                    secret->path() +
                                                    ": refusing it (a server with another secret, or an impostor)");
   }
-  Impl& impl_ref = *client->impl_;
-  impl_ref.server = std::move(*server);
-  {
-    std::lock_guard lock(impl_ref.mu);
-    impl_ref.direct_writes = impl_ref.tls == nullptr;  // set on the io thread before the hello was sent
-  }
-  logger()->info("connected to {} '{}' (version '{}') at {} as {} '{}'", role_name(impl_ref.server.role),
-                 impl_ref.server.server_id, impl_ref.server.server_version, impl_ref.peer, role_name(options.role),
-                 options.client_id);
+  client->impl_->hello_done(std::move(*server));
   return client;
 }
 
