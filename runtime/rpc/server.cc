@@ -460,13 +460,17 @@ PendingReply::~PendingReply() {
 
 }  // namespace detail
 
-void Responder::reply(std::string payload) const {
-  if (!state_) return;
+std::shared_ptr<detail::Connection> Responder::claim() const {
+  if (!state_) return nullptr;
   if (state_->answered.exchange(true, std::memory_order_acq_rel)) {
     logger()->debug("second answer to request {} dropped", state_->request_id);
-    return;
+    return nullptr;
   }
-  auto c = state_->conn.lock();
+  return state_->conn.lock();
+}
+
+void Responder::reply(std::string payload) const {
+  auto c = claim();
   if (!c) return;
   if (payload.size() > c->max_frame()) {
     logger()->warn("{}: reply to request {} (type {}) is {} bytes, over max_frame {}; sending an error instead",
@@ -480,12 +484,7 @@ void Responder::reply(std::string payload) const {
 }
 
 void Responder::fail(const Status& status) const {
-  if (!state_) return;
-  if (state_->answered.exchange(true, std::memory_order_acq_rel)) {
-    logger()->debug("second answer to request {} dropped", state_->request_id);
-    return;
-  }
-  auto c = state_->conn.lock();
+  auto c = claim();
   if (!c) return;
   c->send(make_error_frame(state_->type, state_->request_id, status));
 }

@@ -76,6 +76,9 @@ class Responder {
  private:
   friend class detail::Connection;
   explicit Responder(std::shared_ptr<detail::PendingReply> state) : state_(std::move(state)) {}
+  // Marks the request answered; the connection to answer on, or null where
+  // there is none or the request was answered already.
+  std::shared_ptr<detail::Connection> claim() const;
   std::shared_ptr<detail::PendingReply> state_;
 };
 
