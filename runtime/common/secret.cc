@@ -133,7 +133,9 @@ Result<bool> create_if_absent(const std::string& path, const std::string& tenant
   return created;
 }
 
-Result<Secret> read_secret(const std::string& path, const std::string& from) {
+// Opens the secret file for reading once it is a regular file only its owner
+// may access; the caller closes the descriptor.
+Result<int> open_secret_file(const std::string& path, const std::string& from) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
   if (fd < 0) {
     int err = errno;
@@ -167,6 +169,11 @@ Result<Secret> read_secret(const std::string& path, const std::string& from) {
                           ": group or others may access it, so it is refused; run `chmod 600 " + path +
                           "` (and make a new secret if others may have read it)");
   }
+  return fd;
+}
+
+// Reads the secret file's text, less trailing whitespace, and closes `fd`.
+Result<std::string> read_secret_text(int fd, const std::string& path) {
   std::string key(kMaxSecretBytes + 1, '\0');
   std::size_t have = 0;
   for (;;) {
@@ -200,6 +207,11 @@ Result<Secret> read_secret(const std::string& path, const std::string& from) {
   }
   std::string exact(key.data(), have);
   OPENSSL_cleanse(key.data(), key.size());
+  return exact;
+}
+
+// A cluster secret, or a tenant credential (`kvpool-tenant NAME KEY`).
+Result<Secret> parse_secret(const std::string& path, std::string exact) {
   std::string_view text(exact);
   if (text.substr(0, kTenantCredentialTag.size() + 1) == std::string(kTenantCredentialTag) + " ") {
     // `kvpool-tenant NAME KEY`: one line, three fields.
@@ -221,6 +233,14 @@ Result<Secret> read_secret(const std::string& path, const std::string& from) {
     return Secret(path, std::move(tenant_key), std::move(name));
   }
   return Secret(path, std::move(exact));
+}
+
+Result<Secret> read_secret(const std::string& path, const std::string& from) {
+  auto fd = open_secret_file(path, from);
+  if (!fd) return tl::unexpected(fd.error());
+  auto exact = read_secret_text(*fd, path);
+  if (!exact) return tl::unexpected(exact.error());
+  return parse_secret(path, std::move(*exact));
 }
 
 }  // namespace
