@@ -92,6 +92,89 @@ struct WorkerStats {
   }
 };
 
+// What a worker's loops share: its client, namespace and block buffers.
+struct WorkerContext {
+  Client& client;
+  NamespaceId ns;
+  std::uint64_t block;
+  std::uint32_t tpb;
+  std::vector<std::byte>& arena;
+  std::span<std::byte> span_of(int i) const { return std::span<std::byte>(arena.data() + i * block, block); }
+};
+
+// Runs one put or get batch, its latency counted in `st`; a failure's
+// message goes to st.error.
+template <class Call>
+auto timed_batch(WorkerStats& st, Call call) -> decltype(call()) {
+  auto t0 = Clock::now();
+  auto res = call();
+  double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  if (!res) {
+    st.error = res.error().to_string();
+    return res;
+  }
+  st.batch_ms.push_back(ms);
+  st.busy_s += ms / 1000;
+  return res;
+}
+
+// The prefill worker's prompts; false (with st.error set) where the worker
+// must stop.
+bool run_prefill(const WorkerContext& c, int index, int workers, const Workload& w, WorkerStats& st) {
+  for (int r = index; r < w.requests; r += workers) {
+    auto keys = prefix_keys(c.ns, prompt_tokens(w, r, c.tpb), c.tpb);
+    std::vector<std::span<const std::byte>> blocks;
+    for (int i = 0; i < static_cast<int>(keys.size()); ++i) {
+      fill_pattern(c.arena.data() + i * c.block, 0, c.block, seed_of(keys[i]));
+      blocks.push_back(c.span_of(i));
+    }
+    auto res = timed_batch(st, [&] { return c.client.put(c.ns, keys, blocks); });
+    if (!res) return false;
+    st.put += res->written;
+    st.deduplicated += res->deduplicated;
+    st.pending += res->pending;
+    st.failed += res->failed;
+    st.bytes += res->written * c.block;
+    for (std::size_t i = 0; i < res->errors.size(); ++i) {
+      if (!res->errors[i].ok() && st.error.empty()) st.error = res->errors[i].to_string();
+    }
+  }
+  return true;
+}
+
+bool run_decode(const WorkerContext& c, int index, int workers, const Workload& w, WorkerStats& st) {
+  // Decode: wait for each prompt's KV (a prefill worker may still be
+  // writing it), then load and check it; cold prompts are misses.
+  for (int r = index; r < w.requests + w.cold_requests; r += workers) {
+    auto keys = prefix_keys(c.ns, prompt_tokens(w, r, c.tpb), c.tpb);
+    if (r < w.requests) {
+      auto ready = c.client.wait_for(c.ns, keys, std::chrono::seconds(30));
+      if (!ready) {
+        st.error = ready.error().to_string();
+        return false;
+      }
+    }
+    std::vector<std::span<std::byte>> bufs;
+    for (int i = 0; i < static_cast<int>(keys.size()); ++i) {
+      std::memset(c.arena.data() + i * c.block, 0, c.block);  // nothing stale can pass
+      bufs.push_back(c.span_of(i));
+    }
+    auto res = timed_batch(st, [&] { return c.client.get(c.ns, keys, bufs); });
+    if (!res) return false;
+    st.hit += res->loaded;
+    st.missed += keys.size() - res->loaded;
+    st.bytes += res->loaded * c.block;
+    for (std::size_t i = 0; i < res->loaded; ++i) {
+      st.wrong_bytes += pattern_mismatches(c.arena.data() + i * c.block, 0, c.block, seed_of(keys[i]));
+    }
+    if (r < w.requests && res->loaded != keys.size()) {
+      ++st.failed;
+      if (st.error.empty()) st.error = "prefilled prompt " + std::to_string(r) + ": " + res->stopped.to_string();
+    }
+  }
+  return true;
+}
+
 int run_worker(const std::string& role, int index, int workers, const std::string& coordinator, const Workload& w) {
   WorkerStats st;
   st.role = role;
@@ -121,74 +204,76 @@ int run_worker(const std::string& role, int index, int workers, const std::strin
     st.error = s.to_string();
     return finish(1);
   }
-  auto span_of = [&](int i) { return std::span<std::byte>(arena.data() + i * block, block); };
-
+  const WorkerContext context{**client, *ns, block, tpb, arena};
   if (role == "prefill") {
-    for (int r = index; r < w.requests; r += workers) {
-      auto keys = prefix_keys(*ns, prompt_tokens(w, r, tpb), tpb);
-      std::vector<std::span<const std::byte>> blocks;
-      for (int i = 0; i < static_cast<int>(keys.size()); ++i) {
-        fill_pattern(arena.data() + i * block, 0, block, seed_of(keys[i]));
-        blocks.push_back(span_of(i));
-      }
-      auto t0 = Clock::now();
-      auto res = (*client)->put(*ns, keys, blocks);
-      double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      if (!res) {
-        st.error = res.error().to_string();
-        return finish(1);
-      }
-      st.batch_ms.push_back(ms);
-      st.busy_s += ms / 1000;
-      st.put += res->written;
-      st.deduplicated += res->deduplicated;
-      st.pending += res->pending;
-      st.failed += res->failed;
-      st.bytes += res->written * block;
-      for (std::size_t i = 0; i < res->errors.size(); ++i) {
-        if (!res->errors[i].ok() && st.error.empty()) st.error = res->errors[i].to_string();
-      }
-    }
+    if (!run_prefill(context, index, workers, w, st)) return finish(1);
   } else {
-    // Decode: wait for each prompt's KV (a prefill worker may still be
-    // writing it), then load and check it; cold prompts are misses.
-    for (int r = index; r < w.requests + w.cold_requests; r += workers) {
-      auto keys = prefix_keys(*ns, prompt_tokens(w, r, tpb), tpb);
-      if (r < w.requests) {
-        auto ready = (*client)->wait_for(*ns, keys, std::chrono::seconds(30));
-        if (!ready) {
-          st.error = ready.error().to_string();
-          return finish(1);
-        }
-      }
-      std::vector<std::span<std::byte>> bufs;
-      for (int i = 0; i < static_cast<int>(keys.size()); ++i) {
-        std::memset(arena.data() + i * block, 0, block);  // nothing stale can pass
-        bufs.push_back(span_of(i));
-      }
-      auto t0 = Clock::now();
-      auto res = (*client)->get(*ns, keys, bufs);
-      double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-      if (!res) {
-        st.error = res.error().to_string();
-        return finish(1);
-      }
-      st.batch_ms.push_back(ms);
-      st.busy_s += ms / 1000;
-      st.hit += res->loaded;
-      st.missed += keys.size() - res->loaded;
-      st.bytes += res->loaded * block;
-      for (std::size_t i = 0; i < res->loaded; ++i) {
-        st.wrong_bytes += pattern_mismatches(arena.data() + i * block, 0, block, seed_of(keys[i]));
-      }
-      if (r < w.requests && res->loaded != keys.size()) {
-        ++st.failed;
-        if (st.error.empty()) st.error = "prefilled prompt " + std::to_string(r) + ": " + res->stopped.to_string();
-      }
-    }
+    if (!run_decode(context, index, workers, w, st)) return finish(1);
   }
   st.transport = (*client)->stats().transports;
   return finish(st.failed == 0 && st.wrong_bytes == 0 ? 0 : 1);
+}
+
+// Each worker's RESULT line; `ok` turns false for a worker that gave none or
+// failed.
+std::vector<json> collect_results(std::vector<Subprocess>& workers, bool& ok) {
+  std::vector<json> results;
+  for (auto& p : workers) {
+    auto line = p.wait_for_line("RESULT ", Deadline::after(std::chrono::seconds(120)));
+    if (!line) {
+      ok = false;
+      continue;
+    }
+    auto j = json::parse(*line, nullptr, false);
+    if (j.is_discarded()) {
+      ok = false;
+      continue;
+    }
+    results.push_back(j);
+    auto rc = p.wait(Deadline::after(std::chrono::seconds(30)));
+    ok &= rc && WIFEXITED(*rc) && WEXITSTATUS(*rc) == 0;
+  }
+  return results;
+}
+
+// Prints a row per worker and the summary; returns whether no byte was
+// wrong and no block failed.
+bool print_report(const std::vector<json>& results, double wall) {
+  std::printf("%-8s %-3s %-22s %6s %6s %6s %6s %6s %10s %8s %9s %9s %6s\n", "worker", "#", "transport", "put", "dedup",
+              "hit", "miss", "failed", "bytes", "GB/s", "p50 ms", "p99 ms", "wrong");
+  std::uint64_t tput = 0, tdedup = 0, thit = 0, tmiss = 0, tfailed = 0, tbytes = 0, twrong = 0;
+  std::vector<double> all;
+  double busy = 0;
+  for (const auto& r : results) {
+    std::vector<double> lat = r["batch_ms"].get<std::vector<double>>();
+    double b = r["busy_s"].get<double>();
+    std::uint64_t bytes = r["bytes"];
+    std::printf(
+        "%-8s %-3d %-22s %6llu %6llu %6llu %6llu %6llu %10s %8.2f %9.2f %9.2f %6llu\n",
+        r["role"].get<std::string>().c_str(), r["index"].get<int>(), r["transport"].get<std::string>().c_str(),
+        (unsigned long long)r["put"].get<std::uint64_t>(), (unsigned long long)r["deduplicated"].get<std::uint64_t>(),
+        (unsigned long long)r["hit"].get<std::uint64_t>(), (unsigned long long)r["missed"].get<std::uint64_t>(),
+        (unsigned long long)r["failed"].get<std::uint64_t>(), format_size(bytes).c_str(), b > 0 ? bytes / b / 1e9 : 0.0,
+        percentile(lat, 0.5), percentile(lat, 0.99), (unsigned long long)r["wrong_bytes"].get<std::uint64_t>());
+    if (!r["error"].get<std::string>().empty())
+      std::printf("         error: %s\n", r["error"].get<std::string>().c_str());
+    tput += r["put"].get<std::uint64_t>();
+    tdedup += r["deduplicated"].get<std::uint64_t>();
+    thit += r["hit"].get<std::uint64_t>();
+    tmiss += r["missed"].get<std::uint64_t>();
+    tfailed += r["failed"].get<std::uint64_t>();
+    tbytes += bytes;
+    twrong += r["wrong_bytes"].get<std::uint64_t>();
+    all.insert(all.end(), lat.begin(), lat.end());
+    busy += b;
+  }
+  std::printf(
+      "\nsummary: %llu blocks put, %llu deduplicated, %llu hit, %llu missed, %llu failed; %s moved "
+      "(%.2f GB/s per busy worker); batch latency p50 %.2f ms, p99 %.2f ms; wrong bytes %llu; %.1f s\n",
+      (unsigned long long)tput, (unsigned long long)tdedup, (unsigned long long)thit, (unsigned long long)tmiss,
+      (unsigned long long)tfailed, format_size(tbytes).c_str(), busy > 0 ? tbytes / busy / 1e9 : 0.0,
+      percentile(all, 0.5), percentile(all, 0.99), (unsigned long long)twrong, wall);
+  return twrong == 0 && tfailed == 0;
 }
 
 int run_driver(const std::string& pool_size, int prefill, int decode, const std::vector<std::string>& worker_tls,
@@ -240,63 +325,15 @@ int run_driver(const std::string& pool_size, int prefill, int decode, const std:
   bool ok = true;
   for (int i = 0; i < decode; ++i) ok &= spawn("decode", i, decode);  // decoders wait first
   for (int i = 0; i < prefill; ++i) ok &= spawn("prefill", i, prefill);
-  std::vector<json> results;
-  for (auto& p : workers) {
-    auto line = p.wait_for_line("RESULT ", Deadline::after(std::chrono::seconds(120)));
-    if (!line) {
-      ok = false;
-      continue;
-    }
-    auto j = json::parse(*line, nullptr, false);
-    if (j.is_discarded()) {
-      ok = false;
-      continue;
-    }
-    results.push_back(j);
-    auto rc = p.wait(Deadline::after(std::chrono::seconds(30)));
-    ok &= rc && WIFEXITED(*rc) && WEXITSTATUS(*rc) == 0;
-  }
+  std::vector<json> results = collect_results(workers, ok);
   double wall = std::chrono::duration<double>(Clock::now() - t0).count();
   agent->kill(SIGTERM);
   (void)agent->wait(Deadline::after(std::chrono::seconds(10)));
   std::remove(port_file.c_str());
   rmdir(tmpl);
 
-  std::printf("%-8s %-3s %-22s %6s %6s %6s %6s %6s %10s %8s %9s %9s %6s\n", "worker", "#", "transport", "put",
-              "dedup", "hit", "miss", "failed", "bytes", "GB/s", "p50 ms", "p99 ms", "wrong");
-  std::uint64_t tput = 0, tdedup = 0, thit = 0, tmiss = 0, tfailed = 0, tbytes = 0, twrong = 0;
-  std::vector<double> all;
-  double busy = 0;
-  for (const auto& r : results) {
-    std::vector<double> lat = r["batch_ms"].get<std::vector<double>>();
-    double b = r["busy_s"].get<double>();
-    std::uint64_t bytes = r["bytes"];
-    std::printf("%-8s %-3d %-22s %6llu %6llu %6llu %6llu %6llu %10s %8.2f %9.2f %9.2f %6llu\n",
-                r["role"].get<std::string>().c_str(), r["index"].get<int>(),
-                r["transport"].get<std::string>().c_str(), (unsigned long long)r["put"].get<std::uint64_t>(),
-                (unsigned long long)r["deduplicated"].get<std::uint64_t>(),
-                (unsigned long long)r["hit"].get<std::uint64_t>(), (unsigned long long)r["missed"].get<std::uint64_t>(),
-                (unsigned long long)r["failed"].get<std::uint64_t>(), format_size(bytes).c_str(),
-                b > 0 ? bytes / b / 1e9 : 0.0, percentile(lat, 0.5), percentile(lat, 0.99),
-                (unsigned long long)r["wrong_bytes"].get<std::uint64_t>());
-    if (!r["error"].get<std::string>().empty()) std::printf("         error: %s\n", r["error"].get<std::string>().c_str());
-    tput += r["put"].get<std::uint64_t>();
-    tdedup += r["deduplicated"].get<std::uint64_t>();
-    thit += r["hit"].get<std::uint64_t>();
-    tmiss += r["missed"].get<std::uint64_t>();
-    tfailed += r["failed"].get<std::uint64_t>();
-    tbytes += bytes;
-    twrong += r["wrong_bytes"].get<std::uint64_t>();
-    all.insert(all.end(), lat.begin(), lat.end());
-    busy += b;
-  }
-  std::printf("\nsummary: %llu blocks put, %llu deduplicated, %llu hit, %llu missed, %llu failed; %s moved "
-              "(%.2f GB/s per busy worker); batch latency p50 %.2f ms, p99 %.2f ms; wrong bytes %llu; %.1f s\n",
-              (unsigned long long)tput, (unsigned long long)tdedup, (unsigned long long)thit,
-              (unsigned long long)tmiss, (unsigned long long)tfailed, format_size(tbytes).c_str(),
-              busy > 0 ? tbytes / busy / 1e9 : 0.0, percentile(all, 0.5), percentile(all, 0.99),
-              (unsigned long long)twrong, wall);
-  ok &= static_cast<int>(results.size()) == prefill + decode && twrong == 0 && tfailed == 0;
+  const bool clean = print_report(results, wall);
+  ok &= static_cast<int>(results.size()) == prefill + decode && clean;
   std::printf("%s\n", ok ? "demo OK: every byte verified" : "demo FAILED");
   return ok ? 0 : 1;
 }
