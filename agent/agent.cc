@@ -668,7 +668,8 @@ Status Agent::prepare_copy(const rpc::MoveWire& m, std::array<std::byte, pool::k
                            std::uint32_t& slices) const {
   const rpc::LocationWire& f = m.from;
   if (f.header_offset % pool::kSlotHeaderBytes != 0 ||
-      f.header_offset + pool::kSlotHeaderBytes > layout_.header_table_bytes ||
+      layout_.header_table_bytes < pool::kSlotHeaderBytes ||
+      f.header_offset > layout_.header_table_bytes - pool::kSlotHeaderBytes ||
       f.payload_offset < layout_.payload_base || f.length == 0 || f.payload_offset > region_->size() ||
       f.length > region_->size() - f.payload_offset) {
     return Status(StatusCode::kInvalidArgument, "move source outside this agent's region");

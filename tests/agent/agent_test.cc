@@ -13,6 +13,7 @@
 #include "agent/agent.h"
 #include "coordinator/server.h"
 #include "kvpool/client.h"
+#include "pool/slot_header.h"
 #include "runtime/common/pattern.h"
 #include "runtime/common/secret.h"
 #include "runtime/rpc/messages.h"
@@ -228,6 +229,74 @@ TEST_CASE("an agent refuses pushes stamped with a leader epoch older than the on
     CHECK(acks[0].slots.size() == 1);
   }
   CHECK((*agent)->stale_push_refusals() == 3);
+  (*agent)->stop();
+  (*server)->stop();
+}
+
+TEST_CASE("a drain copy whose source header offset wraps past 2^64 is refused, not read", "[agent][drain]") {
+  // offset + 64 wrapped to 0 and passed the bounds check: the agent then
+  // read its header 2^64 - 64 bytes past its region.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::uint64_t agent_conn = 0;
+  std::vector<rpc::DrainCopiedRequest> reports;
+  rpc::ServerOptions so;
+  so.port = 0;
+  so.role = rpc::Role::kCoordinator;
+  so.server_id = "fake-leader";
+  so.create_secret = true;
+  auto server = rpc::Server::start(so, [&](rpc::Request req, rpc::Responder resp) {
+    std::lock_guard lock(mu);
+    if (req.type == rpc::kRegisterAgent) {
+      rpc::RegisterAgentReply rep;
+      rep.agent = 1;
+      rep.heartbeat_interval_ms = 200;
+      rep.epoch = 10;
+      agent_conn = req.connection_id;
+      cv.notify_all();
+      return resp.reply(rpc::encode(rep));
+    }
+    if (req.type == rpc::kDrainCopied) {
+      rpc::DrainCopiedRequest m;
+      REQUIRE(rpc::decode(req.payload, m).ok());
+      reports.push_back(m);
+      cv.notify_all();
+    }
+    resp.reply({});
+  });
+  REQUIRE(server);
+  agent::AgentOptions ao;
+  ao.coordinator = "127.0.0.1:" + std::to_string((*server)->port());
+  ao.pool_size = 8 << 20;
+  ao.tls = "posix,cma,self";
+  auto agent = agent::Agent::start(ao);
+  REQUIRE(agent);
+  std::uint64_t conn = 0;
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return agent_conn != 0; }));
+    conn = agent_conn;
+  }
+  rpc::DrainCopyMessage copy;
+  copy.agent = 1;
+  copy.incarnation = (*agent)->incarnation();
+  copy.epoch = 10;
+  rpc::MoveWire m;
+  m.id = 7;
+  m.from.header_offset = ~std::uint64_t{0} - pool::kSlotHeaderBytes + 1;  // 2^64 - 64
+  m.from.payload_offset = (*agent)->layout().payload_base;
+  m.from.length = kBlock;
+  m.to.agent = 2;
+  copy.moves.push_back(m);
+  REQUIRE((*server)->push(conn, rpc::kPushDrainCopy, rpc::encode(copy)).ok());
+  {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return !reports.empty(); }));
+    REQUIRE(reports[0].results.size() == 1);
+    CHECK(reports[0].results[0].id == 7);
+    CHECK(reports[0].results[0].status.code == StatusCode::kInvalidArgument);
+    CHECK_THAT(reports[0].results[0].status.message, Catch::Contains("outside this agent's region"));
+  }
   (*agent)->stop();
   (*server)->stop();
 }

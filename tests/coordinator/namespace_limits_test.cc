@@ -55,7 +55,7 @@ TEST_CASE("the default limits keep one client from filling the coordinator", "[c
   config.max_namespaces = 2000;
   Harness h(config);
   const NamespaceRegistrant abuser{"abuser:1", ""};
-  int taken = 0;
+  std::uint32_t taken = 0;
   for (int i = 0; i < 2000 && h.core->register_namespace(model(i), {}, abuser); ++i) ++taken;
   CHECK(taken == CoordinatorConfig{}.max_namespaces_per_client);
   CHECK(h.core->register_namespace(model(5000), {}, NamespaceRegistrant{"worker:2", ""}));

@@ -155,7 +155,7 @@ TEST_CASE("pooltool status shows the shard and epoch of a coordinator leading th
   CHECK(text.rc == 0);
   CHECK(text.out.find("leader of shard 5 (epoch " + std::to_string(leader->epoch) + ")") != std::string::npos);
   coordinator.kill(SIGTERM);
-  coordinator.wait(Deadline::after(scaled(10s)));
+  (void)coordinator.wait(Deadline::after(scaled(10s)));
 }
 
 TEST_CASE("pooltool agents and namespaces --json describe the pool", "[pooltool]") {
@@ -521,7 +521,7 @@ TEST_CASE("pooltool replay reaches a coordinator through etcd, quota included", 
   std::remove(trace.c_str());
   agent->kill(SIGTERM);
   coordinator.kill(SIGTERM);
-  coordinator.wait(Deadline::after(scaled(10s)));
+  (void)coordinator.wait(Deadline::after(scaled(10s)));
 }
 
 TEST_CASE("pooltool secret new writes a 0600 secret a pool accepts, and never overwrites one", "[pooltool]") {
