@@ -536,8 +536,7 @@ void Agent::invalidate(rpc::Client* from, const rpc::InvalidateMessage& msg) {
     // of its granules 2..g.
     const std::uint64_t headers =
         std::max<std::uint64_t>(1, slot.length / pool::kGranule + (slot.length % pool::kGranule != 0));
-    if (slot.header_offset % pool::kSlotHeaderBytes != 0 || slot.header_offset > layout_.header_table_bytes ||
-        headers > (layout_.header_table_bytes - slot.header_offset) / pool::kSlotHeaderBytes) {
+    if (!layout_.holds_headers(slot.header_offset, headers)) {
       logger()->warn("invalidate: headers at {} ({} of them) outside the header table", slot.header_offset, headers);
       invalidate_rejected_->inc();
       continue;
@@ -667,10 +666,7 @@ std::vector<rpc::MoveResultWire> Agent::copy_moves(const rpc::DrainCopyMessage& 
 Status Agent::prepare_copy(const rpc::MoveWire& m, std::array<std::byte, pool::kSlotHeaderBytes>& copy_header,
                            std::uint32_t& slices) const {
   const rpc::LocationWire& f = m.from;
-  if (f.header_offset % pool::kSlotHeaderBytes != 0 ||
-      layout_.header_table_bytes < pool::kSlotHeaderBytes ||
-      f.header_offset > layout_.header_table_bytes - pool::kSlotHeaderBytes ||
-      f.payload_offset < layout_.payload_base || f.length == 0 || f.payload_offset > region_->size() ||
+  if (!layout_.holds_headers(f.header_offset, 1) || f.payload_offset < layout_.payload_base || f.length == 0 || f.payload_offset > region_->size() ||
       f.length > region_->size() - f.payload_offset) {
     return Status(StatusCode::kInvalidArgument, "move source outside this agent's region");
   }

@@ -102,6 +102,13 @@ struct RegionLayout {
   std::uint64_t table_offset(std::uint64_t payload_offset) const {
     return header_offset(payload_offset) + kSlotHeaderBytes;
   }
+  // Whether `count` headers starting at region offset `offset` lie inside the
+  // header table, offset aligned to a header. Overflow-safe for any values:
+  // offsets come from the network (invalidations, drain copies).
+  bool holds_headers(std::uint64_t offset, std::uint64_t count) const {
+    return offset % kSlotHeaderBytes == 0 && offset <= header_table_bytes &&
+           count <= (header_table_bytes - offset) / kSlotHeaderBytes;
+  }
   // Header index (== granule index) of a G-aligned payload offset.
   static std::uint64_t slot_index(std::uint64_t payload_offset) { return payload_offset / kGranule; }
 

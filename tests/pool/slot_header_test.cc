@@ -332,3 +332,21 @@ TEST_CASE("a scan of a buffer smaller than its layout is rejected", "[pool][scan
   REQUIRE_FALSE(result);
   CHECK(result.error().code() == StatusCode::kInvalidArgument);
 }
+
+TEST_CASE("holds_headers keeps headers inside the table for any offset and count", "[pool][slot_header]") {
+  auto layout = RegionLayout::create(64ULL << 20);
+  REQUIRE(layout);
+  const std::uint64_t table = layout->header_table_bytes;
+  const std::uint64_t last = table - kSlotHeaderBytes;
+  CHECK(layout->holds_headers(0, 1));
+  CHECK(layout->holds_headers(last, 1));
+  CHECK(layout->holds_headers(0, table / kSlotHeaderBytes));
+  CHECK_FALSE(layout->holds_headers(0, table / kSlotHeaderBytes + 1));
+  CHECK_FALSE(layout->holds_headers(table, 1));
+  CHECK_FALSE(layout->holds_headers(last + 1, 1));  // not aligned to a header
+  // Values a peer could send: none may wrap past 2^64 into the table.
+  const std::uint64_t top = ~std::uint64_t{0} - kSlotHeaderBytes + 1;
+  CHECK_FALSE(layout->holds_headers(top, 1));
+  CHECK_FALSE(layout->holds_headers(last, ~std::uint64_t{0}));
+  CHECK_FALSE(layout->holds_headers(0, ~std::uint64_t{0} / kSlotHeaderBytes + 1));
+}
