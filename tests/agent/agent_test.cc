@@ -44,6 +44,61 @@ bool eventually(Pred pred, std::chrono::milliseconds timeout) {
   while (!d.expired() && !pred()) std::this_thread::sleep_for(10ms);
   return pred();
 }
+
+// A coordinator that registers one agent (id 1) with leader epoch 10 and
+// keeps every other request the agent sends, to push at it and read its
+// answers.
+struct FakeLeader {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::uint64_t agent_conn = 0;                            // guarded by mu
+  std::vector<std::pair<std::uint16_t, std::string>> got;  // guarded by mu
+  std::unique_ptr<rpc::Server> server;
+
+  FakeLeader() {
+    rpc::ServerOptions so;
+    so.port = 0;
+    so.role = rpc::Role::kCoordinator;
+    so.server_id = "fake-leader";
+    so.create_secret = true;
+    auto s = rpc::Server::start(so, [this](rpc::Request req, rpc::Responder resp) {
+      std::lock_guard lock(mu);
+      if (req.type == rpc::kRegisterAgent) {
+        rpc::RegisterAgentReply rep;
+        rep.agent = 1;
+        rep.heartbeat_interval_ms = 200;
+        rep.epoch = 10;
+        agent_conn = req.connection_id;
+        cv.notify_all();
+        return resp.reply(rpc::encode(rep));
+      }
+      got.emplace_back(req.type, std::string(req.payload));
+      cv.notify_all();
+      resp.reply({});
+    });
+    REQUIRE(s);
+    server = std::move(*s);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(server->port()); }
+  // The agent's connection, once it registered.
+  std::uint64_t agent() {
+    std::unique_lock lock(mu);
+    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return agent_conn != 0; }));
+    return agent_conn;
+  }
+  // Every request of `type` received so far, decoded.
+  template <typename M>
+  std::vector<M> received(std::uint16_t type) {
+    std::lock_guard lock(mu);
+    std::vector<M> out;
+    for (const auto& [t, payload] : got) {
+      if (t != type) continue;
+      out.emplace_back();
+      REQUIRE(rpc::decode(payload, out.back()).ok());
+    }
+    return out;
+  }
+};
 }  // namespace
 
 TEST_CASE("an agent's scan finds committed blocks and loses removed ones once invalidated", "[agent]") {
@@ -154,129 +209,58 @@ TEST_CASE("an agent refuses pushes stamped with a leader epoch older than the on
           "[agent][ha]") {
   // A coordinator that registers the agent with epoch 10, then pushes as a
   // deposed leader would (epoch 9) and as the leader (epoch 10).
-  std::mutex mu;
-  std::condition_variable cv;
-  std::uint64_t agent_conn = 0;
-  std::vector<rpc::InvalidateMessage> acks;
-  rpc::ServerOptions so;
-  so.port = 0;
-  so.role = rpc::Role::kCoordinator;
-  so.server_id = "fake-leader";
-  so.create_secret = true;
-  auto server = rpc::Server::start(so, [&](rpc::Request req, rpc::Responder resp) {
-    if (req.type == rpc::kRegisterAgent) {
-      rpc::RegisterAgentReply rep;
-      rep.agent = 1;
-      rep.heartbeat_interval_ms = 200;
-      rep.epoch = 10;
-      {
-        std::lock_guard lock(mu);
-        agent_conn = req.connection_id;
-      }
-      cv.notify_all();
-      return resp.reply(rpc::encode(rep));
-    }
-    if (req.type == rpc::kInvalidateDone) {
-      rpc::InvalidateMessage m;
-      REQUIRE(rpc::decode(req.payload, m).ok());
-      std::lock_guard lock(mu);
-      acks.push_back(m);
-    }
-    resp.reply({});
-  });
-  REQUIRE(server);
+  FakeLeader leader;
   agent::AgentOptions ao;
-  ao.coordinator = "127.0.0.1:" + std::to_string((*server)->port());
+  ao.coordinator = leader.address();
   ao.pool_size = 8 << 20;
   ao.tls = "posix,cma,self";
   auto agent = agent::Agent::start(ao);
   REQUIRE(agent);
   CHECK((*agent)->leader_epoch() == 10);
-  std::uint64_t conn = 0;
-  {
-    std::unique_lock lock(mu);
-    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return agent_conn != 0; }));
-    conn = agent_conn;
-  }
+  const std::uint64_t conn = leader.agent();
+  auto& server = leader.server;
   rpc::InvalidateMessage inv;
   inv.agent = 1;
   inv.incarnation = (*agent)->incarnation();
   inv.slots.push_back({0, (*agent)->layout().payload_base, kBlock, 1});
   inv.epoch = 9;
-  REQUIRE((*server)->push(conn, rpc::kPushInvalidate, rpc::encode(inv)).ok());
+  REQUIRE(server->push(conn, rpc::kPushInvalidate, rpc::encode(inv)).ok());
   rpc::DrainCopyMessage copy;
   copy.agent = 1;
   copy.incarnation = inv.incarnation;
   copy.epoch = 3;
-  REQUIRE((*server)->push(conn, rpc::kPushDrainCopy, rpc::encode(copy)).ok());
-  REQUIRE((*server)->push(conn, rpc::kPushRemoved, rpc::encode(inv)).ok());
+  REQUIRE(server->push(conn, rpc::kPushDrainCopy, rpc::encode(copy)).ok());
+  REQUIRE(server->push(conn, rpc::kPushRemoved, rpc::encode(inv)).ok());
   CHECK(eventually([&] { return (*agent)->stale_push_refusals() == 3; }, scaled(5s)));
   CHECK((*agent)->invalidated_slots() == 0);
   // The leader's own epoch goes through, and the acknowledgement echoes it.
   inv.epoch = 10;
-  REQUIRE((*server)->push(conn, rpc::kPushInvalidate, rpc::encode(inv)).ok());
+  REQUIRE(server->push(conn, rpc::kPushInvalidate, rpc::encode(inv)).ok());
   CHECK(eventually([&] { return (*agent)->invalidated_slots() == 1; }, scaled(5s)));
-  CHECK(eventually(
-      [&] {
-        std::lock_guard lock(mu);
-        return acks.size() == 1;
-      },
-      scaled(5s)));
+  CHECK(eventually([&] { return leader.received<rpc::InvalidateMessage>(rpc::kInvalidateDone).size() == 1; },
+                   scaled(5s)));
   {
-    std::lock_guard lock(mu);
+    auto acks = leader.received<rpc::InvalidateMessage>(rpc::kInvalidateDone);
     REQUIRE(acks.size() == 1);
     CHECK(acks[0].epoch == 10);
     CHECK(acks[0].slots.size() == 1);
   }
   CHECK((*agent)->stale_push_refusals() == 3);
   (*agent)->stop();
-  (*server)->stop();
+  server->stop();
 }
 
 TEST_CASE("a drain copy whose source header offset wraps past 2^64 is refused, not read", "[agent][drain]") {
   // offset + 64 wrapped to 0 and passed the bounds check: the agent then
   // read its header 2^64 - 64 bytes past its region.
-  std::mutex mu;
-  std::condition_variable cv;
-  std::uint64_t agent_conn = 0;
-  std::vector<rpc::DrainCopiedRequest> reports;
-  rpc::ServerOptions so;
-  so.port = 0;
-  so.role = rpc::Role::kCoordinator;
-  so.server_id = "fake-leader";
-  so.create_secret = true;
-  auto server = rpc::Server::start(so, [&](rpc::Request req, rpc::Responder resp) {
-    std::lock_guard lock(mu);
-    if (req.type == rpc::kRegisterAgent) {
-      rpc::RegisterAgentReply rep;
-      rep.agent = 1;
-      rep.heartbeat_interval_ms = 200;
-      rep.epoch = 10;
-      agent_conn = req.connection_id;
-      cv.notify_all();
-      return resp.reply(rpc::encode(rep));
-    }
-    if (req.type == rpc::kDrainCopied) {
-      rpc::DrainCopiedRequest m;
-      REQUIRE(rpc::decode(req.payload, m).ok());
-      reports.push_back(m);
-      cv.notify_all();
-    }
-    resp.reply({});
-  });
-  REQUIRE(server);
+  FakeLeader leader;
   agent::AgentOptions ao;
-  ao.coordinator = "127.0.0.1:" + std::to_string((*server)->port());
+  ao.coordinator = leader.address();
   ao.pool_size = 8 << 20;
   ao.tls = "posix,cma,self";
   auto agent = agent::Agent::start(ao);
   REQUIRE(agent);
-  std::uint64_t conn = 0;
-  {
-    std::unique_lock lock(mu);
-    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return agent_conn != 0; }));
-    conn = agent_conn;
-  }
+  const std::uint64_t conn = leader.agent();
   rpc::DrainCopyMessage copy;
   copy.agent = 1;
   copy.incarnation = (*agent)->incarnation();
@@ -288,17 +272,18 @@ TEST_CASE("a drain copy whose source header offset wraps past 2^64 is refused, n
   m.from.length = kBlock;
   m.to.agent = 2;
   copy.moves.push_back(m);
-  REQUIRE((*server)->push(conn, rpc::kPushDrainCopy, rpc::encode(copy)).ok());
+  REQUIRE(leader.server->push(conn, rpc::kPushDrainCopy, rpc::encode(copy)).ok());
+  REQUIRE(eventually([&] { return !leader.received<rpc::DrainCopiedRequest>(rpc::kDrainCopied).empty(); },
+                     scaled(5s)));
   {
-    std::unique_lock lock(mu);
-    REQUIRE(cv.wait_for(lock, scaled(5s), [&] { return !reports.empty(); }));
+    auto reports = leader.received<rpc::DrainCopiedRequest>(rpc::kDrainCopied);
     REQUIRE(reports[0].results.size() == 1);
     CHECK(reports[0].results[0].id == 7);
     CHECK(reports[0].results[0].status.code == StatusCode::kInvalidArgument);
     CHECK_THAT(reports[0].results[0].status.message, Catch::Contains("outside this agent's region"));
   }
   (*agent)->stop();
-  (*server)->stop();
+  leader.server->stop();
 }
 
 TEST_CASE("a coordinator without etcd registers agents with epoch 0 and they take it", "[agent][ha]") {
